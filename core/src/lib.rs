@@ -1,0 +1,22 @@
+//! `chips-core`: everything in chips that needs neither a database nor a runtime.
+//!
+//! * [`canon`]: canonical JSON (RFC 8785) and SHA-256 digests, the bytes every signature and hash
+//!   chain is computed over.
+//! * [`codec`]: base64url without padding, the text form of keys, signatures and digests.
+//! * [`sign`]: Ed25519 keys and signatures (verification happens inside the database).
+//! * [`address`]: CHIP addresses `cuid:agent[@host:port]`.
+//! * [`tally`]: tally status machine, certificates, credit terms, trading variables and the
+//!   signed tally document.
+//! * [`ticket`]: invitation tokens.
+//!
+//! Every fallible function returns [`Error`]; the extension maps its [`ErrorKind`] to a SQLSTATE.
+
+pub mod address;
+pub mod canon;
+pub mod codec;
+pub mod error;
+pub mod sign;
+pub mod tally;
+pub mod ticket;
+
+pub use error::{Error, ErrorKind, Result};

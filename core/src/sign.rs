@@ -1,0 +1,132 @@
+//! Ed25519 keys and signatures.
+//!
+//! Keys and signatures travel as base64url text (32-byte public keys, 64-byte signatures). A
+//! document is signed over its canonical JSON bytes ([`crate::canon::canonical`]). Verification
+//! is strict (RFC 8032 with the cofactor-less check and small-order keys refused), so a signature
+//! has exactly one valid encoding.
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde_json::Value;
+
+use crate::{canon, codec, Error, Result};
+
+/// Parses a base64url Ed25519 public key.
+pub fn public_key(text: &str) -> Result<VerifyingKey> {
+    let bytes = codec::b64url_decode_array::<32>(text, "public key")?;
+    let key = VerifyingKey::from_bytes(&bytes)
+        .map_err(|_| Error::Encoding(format!("public key {text:?} is not a point on Ed25519")))?;
+    if key.is_weak() {
+        return Err(Error::value(format!("public key {text:?} is a weak (small-order) key")));
+    }
+    Ok(key)
+}
+
+/// Parses a base64url Ed25519 signature.
+pub fn signature(text: &str) -> Result<Signature> {
+    let bytes = codec::b64url_decode_array::<64>(text, "signature")?;
+    Ok(Signature::from_bytes(&bytes))
+}
+
+/// Verifies `sig` (base64url) over `message` with `key` (base64url).
+pub fn verify(key: &str, message: &[u8], sig: &str) -> Result<()> {
+    let key = public_key(key)?;
+    let sig = signature(sig)?;
+    key.verify_strict(message, &sig)
+        .map_err(|_| Error::BadSignature("it was not made by the holder of this key over this document".into()))
+}
+
+/// Verifies a signature over the canonical JSON of `doc`.
+pub fn verify_json(key: &str, doc: &Value, sig: &str) -> Result<()> {
+    verify(key, canon::canonical(doc)?.as_bytes(), sig)
+}
+
+/// An Ed25519 key pair, for clients, tests and the demo (the database never holds one).
+pub struct KeyPair(SigningKey);
+
+impl KeyPair {
+    pub fn generate() -> Self {
+        KeyPair(SigningKey::generate(&mut rand::rngs::OsRng))
+    }
+
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        KeyPair(SigningKey::from_bytes(seed))
+    }
+
+    /// Derives a key pair from any text: for reproducible test and demo identities only.
+    pub fn from_phrase(phrase: &str) -> Self {
+        Self::from_seed(&canon::sha256(phrase.as_bytes()))
+    }
+
+    pub fn seed(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    pub fn public_b64(&self) -> String {
+        codec::b64url_encode(self.0.verifying_key().as_bytes())
+    }
+
+    pub fn sign(&self, message: &[u8]) -> String {
+        codec::b64url_encode(&self.0.sign(message).to_bytes())
+    }
+
+    pub fn sign_json(&self, doc: &Value) -> Result<String> {
+        Ok(self.sign(canon::canonical(doc)?.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+
+    #[test]
+    fn rfc8032_test_1() {
+        let seed: [u8; 32] =
+            unhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60").try_into().unwrap();
+        let kp = KeyPair::from_seed(&seed);
+        let public = codec::b64url_encode(&unhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"));
+        assert_eq!(kp.public_b64(), public);
+        let sig = codec::b64url_encode(&unhex(
+            "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b",
+        ));
+        assert_eq!(kp.sign(b""), sig);
+        verify(&public, b"", &sig).unwrap();
+    }
+
+    #[test]
+    fn json_signature_verifies_over_any_formatting() {
+        let kp = KeyPair::from_phrase("alice");
+        let doc = json!({"b": 2, "a": "x"});
+        let sig = kp.sign_json(&doc).unwrap();
+        let reformatted: Value = serde_json::from_str(r#"{ "a" : "x", "b" : 2.0 }"#).unwrap();
+        verify_json(&kp.public_b64(), &reformatted, &sig).unwrap();
+    }
+
+    #[test]
+    fn forged_and_tampered_signatures_refused() {
+        let alice = KeyPair::from_phrase("alice");
+        let mallory = KeyPair::from_phrase("mallory");
+        let doc = json!({"units": 100});
+        let forged = mallory.sign_json(&doc).unwrap();
+        assert!(matches!(verify_json(&alice.public_b64(), &doc, &forged), Err(Error::BadSignature(_))));
+        let good = alice.sign_json(&doc).unwrap();
+        let tampered = json!({"units": 1000});
+        assert!(matches!(verify_json(&alice.public_b64(), &tampered, &good), Err(Error::BadSignature(_))));
+    }
+
+    #[test]
+    fn malformed_keys_and_signatures_are_encoding_errors() {
+        let kp = KeyPair::from_phrase("alice");
+        assert!(matches!(verify(&kp.public_b64(), b"x", "not base64!"), Err(Error::Encoding(_))));
+        assert!(matches!(verify(&kp.public_b64(), b"x", "AAAA"), Err(Error::Encoding(_))));
+        assert!(matches!(verify("AAAA", b"x", &kp.sign(b"x")), Err(Error::Encoding(_))));
+        // The identity point is a small-order key.
+        let mut ident = [0u8; 32];
+        ident[0] = 1;
+        assert!(public_key(&codec::b64url_encode(&ident)).is_err());
+    }
+}
