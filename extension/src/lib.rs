@@ -1,10 +1,32 @@
+//! `chips`: mutual credit inside PostgreSQL.
+//!
+//! This crate is a thin shell: the rules that need no database live in `chips-core`; the tables,
+//! state machines, row-level security and peer messages are SQL (`sql/*.sql` at the workspace
+//! root, pulled in below). The functions here expose core to SQL with SQLSTATEs attached.
+
 use pgrx::prelude::*;
+
+mod crypto;
+mod error;
+mod tally;
+
 ::pgrx::pg_module_magic!(name, version);
-#[pg_extern]
-fn hello() -> &'static str { "hi" }
+
+// Tables, roles and pg_dump marks first; then every #[pg_extern]; then the SQL API that uses them.
+extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../../sql/api.sql", name = "api", finalize);
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests;
+
+/// Required by `cargo pgrx test`.
 #[cfg(test)]
 pub mod pg_test {
     pub fn setup(_options: Vec<&str>) {}
+
     #[must_use]
-    pub fn postgresql_conf_options() -> Vec<&'static str> { vec![] }
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
 }

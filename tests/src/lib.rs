@@ -1,1 +1,292 @@
+//! A real chips client over tokio-postgres, shared by the integration tests and the demo.
+//!
+//! * [`Cluster`]: a PostgreSQL cluster with chips installed (from `CHIPS_TEST_DSN`).
+//! * [`Site`]: one database = one chips site, with its own agent.
+//! * [`User`]: a person at a site, holding an Ed25519 key the database never sees, acting through
+//!   its own role (`SET ROLE`), as a phone app would through the sidecar.
+//! * [`relay`]: carries outbox messages from one site to another through `chips.peer_receive`,
+//!   standing in for the sidecar's transport.
 
+use chips_core::canon;
+use chips_core::sign::KeyPair;
+use serde_json::Value;
+use tokio_postgres::{Client, NoTls};
+use uuid::Uuid;
+
+pub type Error = tokio_postgres::Error;
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Connects and drives the connection on a background task.
+pub async fn connect(dsn: &str) -> Result<Client> {
+    let (client, conn) = tokio_postgres::connect(dsn, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// The SQLSTATE of a database error ("" when the error did not come from the server).
+pub fn sqlstate(e: &Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_default()
+}
+
+/// A cluster with the chips extension installed, reached with a superuser DSN (no dbname).
+#[derive(Clone)]
+pub struct Cluster {
+    pub dsn: String,
+}
+
+impl Cluster {
+    pub fn new(dsn: impl Into<String>) -> Self {
+        Cluster { dsn: dsn.into() }
+    }
+
+    /// From `CHIPS_TEST_DSN` (set by scripts/test.sh).
+    pub fn from_env() -> Self {
+        let dsn = std::env::var("CHIPS_TEST_DSN").expect(
+            "CHIPS_TEST_DSN is not set: run the integration tests through scripts/test.sh",
+        );
+        Cluster::new(dsn)
+    }
+
+    pub fn db_dsn(&self, db: &str) -> String {
+        format!("{} dbname={db}", self.dsn)
+    }
+
+    /// Creates (or re-creates) database `db` with chips installed.
+    pub async fn fresh_db(&self, db: &str) -> Result<Client> {
+        let admin = connect(&self.db_dsn("postgres")).await?;
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).await?;
+        admin.batch_execute(&format!("CREATE DATABASE \"{db}\"")).await?;
+        let c = connect(&self.db_dsn(db)).await?;
+        c.batch_execute("CREATE EXTENSION chips").await?;
+        Ok(c)
+    }
+
+    pub async fn drop_db(&self, db: &str) -> Result<()> {
+        let admin = connect(&self.db_dsn("postgres")).await?;
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).await
+    }
+
+    /// A new site in a fresh database `db`: its agent (key derived from `db`, listening on
+    /// 127.0.0.1:`port`) and a default contract.
+    pub async fn site(&self, db: &str, port: u16) -> Result<Site> {
+        let admin = self.fresh_db(db).await?;
+        let agent = KeyPair::from_phrase(&format!("agent of {db}"));
+        admin
+            .execute(
+                "SELECT chips.agent_register($1, '127.0.0.1', $2, local => true)",
+                &[&agent.public_b64(), &(port as i32)],
+            )
+            .await?;
+        let contract: String = admin
+            .query_one(
+                "SELECT chips.contract_add($1)",
+                &[&serde_json::json!({
+                    "title": "Tally contract",
+                    "version": 1,
+                    "text": "The parties agree to honour the chits of this tally as IOUs in CHIPs."
+                })],
+            )
+            .await?
+            .get(0);
+        Ok(Site { db: db.into(), dsn: self.db_dsn(db), admin, agent, contract })
+    }
+}
+
+/// One chips site: a database with its agent.
+pub struct Site {
+    pub db: String,
+    pub dsn: String,
+    /// A superuser connection (the DBA).
+    pub admin: Client,
+    pub agent: KeyPair,
+    pub contract: String,
+}
+
+impl Site {
+    pub fn agent_id(&self) -> String {
+        self.agent.public_b64()
+    }
+
+    /// Creates a user with a fresh key and connects as that user's role.
+    pub async fn user(&self, name: &str, cuid: &str) -> Result<User> {
+        let key = KeyPair::from_phrase(&format!("{name} at {}", self.db));
+        let ent: String = self
+            .admin
+            .query_one(
+                "SELECT chips.user_create($1, cuid => $2, pubkey => $3)",
+                &[&name, &cuid, &key.public_b64()],
+            )
+            .await?
+            .get(0);
+        let role: String = self
+            .admin
+            .query_one("SELECT username::text FROM chips.users WHERE ent = $1", &[&ent])
+            .await?
+            .get(0);
+        let db = connect(&self.dsn).await?;
+        db.batch_execute(&format!("SET ROLE \"{role}\"")).await?;
+        Ok(User { ent, cuid: cuid.into(), name: name.into(), role, key, db })
+    }
+}
+
+/// A person at a site: holds its key, acts through its own role.
+pub struct User {
+    pub ent: String,
+    pub cuid: String,
+    pub name: String,
+    pub role: String,
+    pub key: KeyPair,
+    pub db: Client,
+}
+
+impl User {
+    /// A draft tally on `side` ("stock": I extend credit; "foil": I am the client).
+    pub async fn draft(&self, side: &str, hold_terms: Value, part_terms: Value, memo: &str) -> Result<Uuid> {
+        Ok(self
+            .db
+            .query_one(
+                "SELECT chips.tally_create($1, hold_terms => $2, part_terms => $3, memo => $4)",
+                &[&side, &hold_terms, &part_terms, &memo],
+            )
+            .await?
+            .get(0))
+    }
+
+    pub async fn ticket(&self, tally: Uuid, reusable: bool) -> Result<Value> {
+        Ok(self
+            .db
+            .query_one("SELECT chips.ticket_create($1, reusable => $2)", &[&tally, &reusable])
+            .await?
+            .get(0))
+    }
+
+    pub async fn redeem(&self, ticket: &Value) -> Result<Option<Uuid>> {
+        Ok(self.db.query_one("SELECT chips.ticket_redeem($1)", &[ticket]).await?.get(0))
+    }
+
+    /// The tally document of my half, as the database builds it.
+    pub async fn doc(&self, tally: Uuid) -> Result<Value> {
+        Ok(self.db.query_one("SELECT chips.tally_json($1)", &[&tally]).await?.get(0))
+    }
+
+    /// My signature over the tally document (computed here, never in the database).
+    pub async fn sign(&self, tally: Uuid) -> Result<String> {
+        let doc = self.doc(tally).await?;
+        Ok(self.key.sign(canon::canonical(&doc).expect("documents are valid JSON").as_bytes()))
+    }
+
+    pub async fn offer(&self, tally: Uuid) -> Result<String> {
+        let sig = self.sign(tally).await?;
+        self.call("tally_offer", tally, Some(&sig)).await
+    }
+
+    pub async fn accept(&self, tally: Uuid) -> Result<String> {
+        let sig = self.sign(tally).await?;
+        self.call("tally_accept", tally, Some(&sig)).await
+    }
+
+    pub async fn counter(&self, tally: Uuid) -> Result<String> {
+        self.call("tally_counter", tally, None).await
+    }
+
+    pub async fn void(&self, tally: Uuid) -> Result<String> {
+        self.call("tally_void", tally, None).await
+    }
+
+    pub async fn close(&self, tally: Uuid) -> Result<String> {
+        self.call("tally_close", tally, None).await
+    }
+
+    /// Calls `chips.<function>(tally[, signature])` and returns the new state.
+    pub async fn call(&self, function: &str, tally: Uuid, signature: Option<&str>) -> Result<String> {
+        let row = match signature {
+            Some(s) => self.db.query_one(&format!("SELECT chips.{function}($1, $2)"), &[&tally, &s]).await?,
+            None => self.db.query_one(&format!("SELECT chips.{function}($1)"), &[&tally]).await?,
+        };
+        Ok(row.get(0))
+    }
+
+    /// The state of my half of a tally (`P.offer`, `open`, ...), or None when I hold none.
+    pub async fn state(&self, tally: Uuid) -> Result<Option<String>> {
+        Ok(self
+            .db
+            .query_opt("SELECT state FROM chips.tallies_v WHERE tally_uuid = $1", &[&tally])
+            .await?
+            .map(|r| r.get(0)))
+    }
+
+    /// My tallies: (uuid, state), oldest first.
+    pub async fn tallies(&self) -> Result<Vec<(Uuid, String)>> {
+        Ok(self
+            .db
+            .query("SELECT tally_uuid, state FROM chips.tallies_v ORDER BY id", &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+}
+
+/// What a relay pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Relayed {
+    pub applied: usize,
+    pub duplicates: usize,
+    pub failed: usize,
+}
+
+/// Carries every deliverable outbox message of `from` addressed to `to`'s agent into `to`
+/// (`chips.peer_receive`), acknowledging each one `to` applied or already had. Messages `to`
+/// refuses stay in `from`'s outbox (their lease expires and they are retried).
+pub async fn relay(from: &Site, to: &Site) -> Result<Relayed> {
+    let mut done = Relayed::default();
+    let rows = from
+        .admin
+        .query(
+            "SELECT id, from_agent, msg FROM chips.outbox_claim(1000, '1 second') WHERE to_agent = $1",
+            &[&to.agent_id()],
+        )
+        .await?;
+    let mut acked = Vec::new();
+    for row in rows {
+        let (id, from_agent, msg): (i64, String, Value) = (row.get(0), row.get(1), row.get(2));
+        match to.admin.query_one("SELECT chips.peer_receive($1, $2)", &[&from_agent, &msg]).await {
+            Ok(r) => {
+                let result: String = r.get(0);
+                if result == "duplicate" {
+                    done.duplicates += 1;
+                } else {
+                    done.applied += 1;
+                }
+                acked.push(id);
+            }
+            Err(_) => done.failed += 1,
+        }
+    }
+    from.admin.execute("SELECT chips.outbox_ack($1)", &[&acked]).await?;
+    Ok(done)
+}
+
+/// Relays between every pair of sites until no message moves; returns the total.
+pub async fn relay_all(sites: &[&Site]) -> Result<Relayed> {
+    let mut total = Relayed::default();
+    loop {
+        let mut moved = 0;
+        for from in sites {
+            for to in sites {
+                if from.db != to.db {
+                    let r = relay(from, to).await?;
+                    moved += r.applied + r.duplicates;
+                    total.applied += r.applied;
+                    total.duplicates += r.duplicates;
+                    total.failed += r.failed;
+                }
+            }
+        }
+        if moved == 0 {
+            return Ok(total);
+        }
+    }
+}

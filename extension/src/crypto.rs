@@ -1,0 +1,61 @@
+//! Canonical JSON, digests, base64url and Ed25519 verification, callable from SQL.
+
+use chips_core::{canon, codec, sign, Error};
+use pgrx::prelude::*;
+use pgrx::JsonB;
+
+use crate::error::{sql, SqlResult};
+
+/// The canonical (RFC 8785) text of a JSON value.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn canonical_json(doc: JsonB) -> SqlResult<String> {
+    sql(canon::canonical(&doc.0))
+}
+
+/// SHA-256 of the canonical text of a JSON value.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn json_digest(doc: JsonB) -> SqlResult<Vec<u8>> {
+    sql(canon::digest(&doc.0).map(|d| d.to_vec()))
+}
+
+/// base64url without padding.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn b64url_encode(data: &[u8]) -> String {
+    codec::b64url_encode(data)
+}
+
+/// Decodes base64url without padding; SQLSTATE 22P02 for anything else.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn b64url_decode(encoded: &str) -> SqlResult<Vec<u8>> {
+    sql(codec::b64url_decode(encoded))
+}
+
+/// Whether `signature` is `pubkey`'s Ed25519 signature over the canonical text of `doc`.
+/// A malformed key or signature is an error (22P02), not `false`.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn verify_signature(pubkey: &str, doc: JsonB, signature: &str) -> SqlResult<bool> {
+    match sign::verify_json(pubkey, &doc.0, signature) {
+        Ok(()) => Ok(true),
+        Err(Error::BadSignature(_)) => Ok(false),
+        Err(e) => sql(Err(e)),
+    }
+}
+
+/// A fresh random invitation token.
+#[pg_extern(volatile, parallel_safe)]
+fn new_token() -> String {
+    chips_core::ticket::new_token()
+}
+
+/// The role the session acts as (after SET ROLE), even inside a SECURITY DEFINER function, where
+/// `current_user` is the function's owner. The user API uses it to know who is calling.
+#[pg_extern(stable, parallel_safe)]
+fn outer_role() -> String {
+    // SAFETY: both are plain catalog look-ups valid in any transaction; with noerr = false a
+    // missing role raises a Postgres error instead of returning null.
+    unsafe {
+        let oid = pg_sys::GetOuterUserId();
+        let name = pg_sys::GetUserNameFromId(oid, false);
+        core::ffi::CStr::from_ptr(name).to_string_lossy().into_owned()
+    }
+}

@@ -1,0 +1,107 @@
+//! Tally rules from `chips_core::tally`, callable from SQL.
+
+use chips_core::address::{self, ChipAddress};
+use chips_core::tally::{self, Cert, Side, Status, TallyDoc, Terms, TradingVars};
+use pgrx::prelude::*;
+use pgrx::JsonB;
+
+use crate::error::{sql, ChipsError, SqlResult};
+
+fn status(s: &str) -> SqlResult<Status> {
+    sql(s.parse())
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> JsonB {
+    JsonB(serde_json::to_value(v).expect("core types always serialize"))
+}
+
+/// Whether a tally half may move from one status to another (the lifecycle's transition table).
+#[pg_extern(immutable, strict, parallel_safe)]
+fn tally_transition_allowed(from_status: &str, to_status: &str) -> SqlResult<bool> {
+    Ok(tally::transition_allowed(status(from_status)?, status(to_status)?))
+}
+
+/// The state a person sees: status plus who signed (`P.draft`, `H.offer`, `P.offer`, `open`, ...).
+#[pg_extern(immutable, strict, parallel_safe)]
+fn tally_state(
+    status_text: &str,
+    holder_signed: bool,
+    partner_signed: bool,
+    has_partner: bool,
+) -> SqlResult<String> {
+    Ok(tally::state_label(status(status_text)?, holder_signed, partner_signed, has_partner))
+}
+
+/// Validates a tally document and returns it normalized.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn tally_doc_check(doc: JsonB) -> SqlResult<JsonB> {
+    Ok(JsonB(sql(TallyDoc::from_json(&doc.0))?.to_json()))
+}
+
+/// Raises 28000 unless `signature` is `side`'s signature over the tally document.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn tally_verify(doc: JsonB, side: &str, signature: &str) -> SqlResult<bool> {
+    let d = sql(TallyDoc::from_json(&doc.0))?;
+    let side: Side = sql(side.parse())?;
+    sql(d.verify(side, signature))?;
+    Ok(true)
+}
+
+/// Validates a certificate (`{chad, name, public, type}`) and returns it normalized.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn cert_check(cert: JsonB) -> SqlResult<JsonB> {
+    Ok(to_json(&sql(Cert::from_json(&cert.0))?))
+}
+
+/// Validates credit terms (`{limit, call}`) and returns them normalized.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn terms_check(terms: JsonB) -> SqlResult<JsonB> {
+    Ok(to_json(&sql(Terms::from_json(&terms.0))?))
+}
+
+/// Raises 22023 unless the trading variables are within their constraints.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn trading_check(target: i64, bound: i64, reward: f64, clutch: f64) -> SqlResult<bool> {
+    sql(TradingVars { target, bound, reward, clutch }.check())?;
+    Ok(true)
+}
+
+/// Parses a CHIP address `cuid:agent[@host:port]` into its JSON form.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn address_parse(address: &str) -> SqlResult<JsonB> {
+    Ok(to_json(&sql(ChipAddress::parse(address))?))
+}
+
+/// Validates a CHIP address in JSON form (`{cuid, agent, host, port}`) and returns it normalized.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn address_check(chad: JsonB) -> SqlResult<JsonB> {
+    if !chad.0.is_object() {
+        return Err(ChipsError::Invalid(format!("a CHIP address must be a JSON object, not {}", chad.0)).into());
+    }
+    let a: ChipAddress = serde_json::from_value(chad.0.clone())
+        .map_err(|e| ChipsError::Invalid(format!("CHIP address {}: {e}", chad.0)))?;
+    sql(a.check())?;
+    Ok(to_json(&a))
+}
+
+/// Raises 22023 unless `agent` is a base64url Ed25519 public key.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn agent_check(agent: &str) -> SqlResult<bool> {
+    sql(address::check_agent(agent))?;
+    Ok(true)
+}
+
+/// Raises 22023 unless `cuid` is a valid CHIP user id.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn cuid_check(cuid: &str) -> SqlResult<bool> {
+    sql(address::check_cuid(cuid))?;
+    Ok(true)
+}
+
+/// Raises 22023 unless `key` is a base64url Ed25519 public key.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn pubkey_check(key: &str) -> SqlResult<bool> {
+    chips_core::sign::public_key(key)
+        .map_err(|e| ChipsError::Invalid(format!("public key: {e}")))?;
+    Ok(true)
+}

@@ -1,0 +1,1 @@
+//! `#[pg_test]`s: the SQL-callable units, run inside a rolled-back transaction.

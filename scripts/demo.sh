@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The main job: a chips network on a private PostgreSQL cluster that this script starts (and
+# stops). Arguments go to the demo program (`scripts/demo.sh --help`).
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+ensure_deps
+install_extension
+DIR=$REPO/.pgdata/demo
+PORT=${CHIPS_DEMO_PORT:-54320}
+say "starting a private cluster on 127.0.0.1:$PORT"
+cluster_start "$DIR" "$PORT"
+trap 'cluster_stop "$DIR"' EXIT
+cd "$REPO"
+cargo run -q -p chips-demo -- --dsn "host=127.0.0.1 port=$PORT user=postgres dbname=postgres" "$@"

@@ -1,0 +1,70 @@
+# Shared by scripts/demo.sh and scripts/test.sh: install what is missing, build and install the
+# extension, and run private PostgreSQL 15 clusters under the repository.
+# shellcheck shell=bash
+
+PG_BIN=/usr/lib/postgresql/15/bin
+PG_CONFIG=$PG_BIN/pg_config
+PGRX_VERSION=0.18.1
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export PATH="$HOME/.cargo/bin:$PATH"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# apt packages, cargo-pgrx and `cargo pgrx init`, each only when missing.
+ensure_deps() {
+    local missing=()
+    for p in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo libpq-dev; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "installing ${missing[*]}"
+        local SUDO=""
+        [ "$(id -u)" -eq 0 ] || SUDO=sudo
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
+        say "installing cargo-pgrx $PGRX_VERSION (takes several minutes once)"
+        cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
+    fi
+    if ! grep -q "pg15" "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null; then
+        say "cargo pgrx init --pg15"
+        cargo pgrx init --pg15 "$PG_CONFIG" >/dev/null
+    fi
+}
+
+# Build the extension and install it into the system PostgreSQL 15 directories.
+install_extension() {
+    say "building and installing the chips extension"
+    (cd "$REPO/extension" && cargo pgrx install --pg-config "$PG_CONFIG" "$@") >/dev/null
+}
+
+# Run a command as the postgres user (initdb refuses root).
+as_postgres() {
+    if [ "$(id -un)" = postgres ]; then "$@"; else runuser -u postgres -- "$@"; fi
+}
+
+# cluster_start DIR PORT: a private cluster in DIR, on 127.0.0.1:PORT, socket in DIR/sock.
+cluster_start() {
+    local dir=$1 port=$2
+    mkdir -p "$dir"
+    chown postgres: "$dir" 2>/dev/null || true
+    if [ ! -f "$dir/data/PG_VERSION" ]; then
+        as_postgres "$PG_BIN/initdb" -D "$dir/data" --auth=trust --username=postgres \
+            --encoding=UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 ||
+            { cat "$dir/initdb.log"; return 1; }
+        as_postgres mkdir -p "$dir/sock"
+    fi
+    if as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+        return 0
+    fi
+    as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+        -o "-p $port -k $dir/sock -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
+}
+
+cluster_stop() {
+    local dir=$1
+    if [ -f "$dir/data/postmaster.pid" ]; then
+        as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+    fi
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Every test: formatting and lints, core unit and property tests, #[pg_test]s, and integration
+# tests as real clients against a private cluster this script starts (and stops).
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+ensure_deps
+cd "$REPO"
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+say "cargo clippy"
+cargo clippy -q --workspace --all-targets -- -D warnings
+
+say "core: unit and property tests"
+cargo test -q -p chips-core
+
+say "extension: #[pg_test]s"
+PGTEST_DIR=$(mktemp -d /tmp/chips-pgtest.XXXXXX)
+chown postgres: "$PGTEST_DIR"
+(cd extension && cargo pgrx test pg15 --runas postgres --pgdata "$PGTEST_DIR/data")
+rm -rf "$PGTEST_DIR"
+
+install_extension
+DIR=$REPO/.pgdata/test
+PORT=${CHIPS_TEST_PORT:-54330}
+say "integration tests against a private cluster on 127.0.0.1:$PORT"
+rm -rf "$DIR"
+cluster_start "$DIR" "$PORT"
+trap 'cluster_stop "$DIR"; rm -rf "$DIR"' EXIT
+CHIPS_TEST_DSN="host=127.0.0.1 port=$PORT user=postgres" PG_BIN="$PG_BIN" \
+    cargo test -q -p chips-tests -p chipsd -p chips-demo -- --test-threads=4

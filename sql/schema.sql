@@ -1,0 +1,155 @@
+-- chips install SQL, part 1: roles, tables, indexes, pg_dump marks.
+-- Functions, triggers, views, row-level security and grants follow in sql/api.sql.
+-- Everything lives in schema chips (fixed by the control file).
+
+-- Roles are cluster-wide: create them once, whichever database installs chips first.
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'chips_admin') THEN
+        CREATE ROLE chips_admin NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'chips_user') THEN
+        CREATE ROLE chips_user NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'chips_agent') THEN
+        CREATE ROLE chips_agent NOLOGIN;
+    END IF;
+END
+$roles$;
+
+REVOKE CREATE ON SCHEMA chips FROM PUBLIC;
+GRANT USAGE ON SCHEMA chips TO chips_admin, chips_user, chips_agent;
+
+CREATE SEQUENCE chips.ent_seq START 1000;
+CREATE SEQUENCE chips.tally_seq;
+CREATE SEQUENCE chips.outbox_seq;
+
+-- A site's peer identities. `local` agents are served by this database's sidecar(s); the others
+-- are partners' agents, learned from certificates and tickets.
+CREATE TABLE chips.agents (
+    agent      text PRIMARY KEY,        -- base64url Ed25519 public key (43 characters)
+    host       text,
+    port       integer CHECK (port BETWEEN 1 AND 65535),
+    local      boolean NOT NULL DEFAULT false,
+    created    timestamptz NOT NULL DEFAULT now(),
+    CHECK (char_length(agent) = 43)
+);
+
+-- People and organizations holding tallies at this site.
+CREATE TABLE chips.users (
+    ent        text PRIMARY KEY,        -- entity id, 'p1000' for people, 'o1001' for organizations
+    ent_type   text NOT NULL DEFAULT 'p' CHECK (ent_type IN ('p', 'o')),
+    cuid       text NOT NULL,           -- CHIP user id; the address is cuid:agent
+    agent      text NOT NULL REFERENCES chips.agents,
+    name       text NOT NULL CHECK (char_length(name) BETWEEN 1 AND 200),
+    pubkey     text,                    -- Ed25519 public key, base64url; needed to sign tallies
+    status     text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'locked', 'off')),
+    username   name NOT NULL UNIQUE,    -- the PostgreSQL role that acts as this user
+    created    timestamptz NOT NULL DEFAULT now(),
+    updated    timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (cuid, agent)
+);
+
+-- Contract documents, referenced from tallies by rid = base64url(SHA-256(canonical JSON)).
+CREATE TABLE chips.contracts (
+    rid        text PRIMARY KEY,
+    title      text NOT NULL,
+    doc        jsonb NOT NULL,
+    created    timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per tally half held at this site. A tally between two users of this site has two rows
+-- (one stock, one foil) with the same tally_uuid.
+CREATE TABLE chips.tallies (
+    id          bigint PRIMARY KEY DEFAULT nextval('chips.tally_seq'),
+    ent         text NOT NULL REFERENCES chips.users,
+    tally_uuid  uuid NOT NULL,
+    side        text NOT NULL CHECK (side IN ('stock', 'foil')),
+    version     integer NOT NULL DEFAULT 1 CHECK (version = 1),
+    revision    integer NOT NULL DEFAULT 1 CHECK (revision >= 1),
+    status      text NOT NULL DEFAULT 'draft'
+                CHECK (status IN ('draft', 'offer', 'open', 'closing', 'closed', 'void')),
+    tally_date  timestamptz(3) NOT NULL DEFAULT now(),
+    memo        text CHECK (char_length(memo) <= 1000),
+    contract    text NOT NULL,          -- rid of the contract both parties agree to
+    hold_cert   jsonb NOT NULL,         -- holder's certificate, frozen
+    part_cert   jsonb,                  -- partner's certificate, frozen (null until known)
+    hold_terms  jsonb NOT NULL DEFAULT '{}',  -- credit terms the holder grants the partner
+    part_terms  jsonb NOT NULL DEFAULT '{}',  -- credit terms the partner grants the holder
+    hold_sig    text,                   -- holder's Ed25519 signature over the tally document
+    part_sig    text,                   -- partner's signature
+    digest      bytea,                  -- SHA-256 of the canonical tally document, set at open
+    part_ent    text REFERENCES chips.users,  -- the partner, when a user of this site
+    -- trading variables of the holder (mychips §1.2); changed by setting chits
+    target      bigint NOT NULL DEFAULT 0,
+    bound       bigint NOT NULL DEFAULT 0,
+    reward      double precision NOT NULL DEFAULT 0,
+    clutch      double precision NOT NULL DEFAULT 0,
+    -- balances in milliCHIPs from the holder's view (positive: the partner owes the holder)
+    net_good    bigint NOT NULL DEFAULT 0,
+    net_pend    bigint NOT NULL DEFAULT 0,
+    created     timestamptz NOT NULL DEFAULT now(),
+    updated     timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (tally_uuid, side),
+    CHECK (target >= 0 AND bound >= target),
+    CHECK (reward BETWEEN -1 AND 1 AND clutch BETWEEN -1 AND 1 AND reward + clutch >= 0),
+    CHECK (status NOT IN ('open', 'closing', 'closed')
+           OR (part_cert IS NOT NULL AND hold_sig IS NOT NULL AND part_sig IS NOT NULL
+               AND digest IS NOT NULL)),
+    CHECK (part_ent IS DISTINCT FROM ent)
+);
+CREATE INDEX tallies_ent_idx ON chips.tallies (ent, status);
+CREATE INDEX tallies_part_ent_idx ON chips.tallies (part_ent) WHERE part_ent IS NOT NULL;
+
+-- Invitation tickets. A ticket offers its draft tally (the template) to whoever redeems it:
+-- a one-time ticket gives the template itself a partner; a reusable one copies the template.
+CREATE TABLE chips.tickets (
+    token      text PRIMARY KEY,
+    ent        text NOT NULL REFERENCES chips.users,
+    tally_id   bigint NOT NULL REFERENCES chips.tallies ON DELETE CASCADE,
+    reusable   boolean NOT NULL DEFAULT false,
+    expires    timestamptz NOT NULL,
+    uses       integer NOT NULL DEFAULT 0,
+    used       timestamptz,             -- last redemption
+    created    timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX tickets_ent_idx ON chips.tickets (ent);
+
+-- Messages to peers, written in the same transaction as the state change they announce and
+-- delivered by the sidecar (at least once; receivers deduplicate on msg_id).
+CREATE TABLE chips.outbox (
+    id            bigint PRIMARY KEY DEFAULT nextval('chips.outbox_seq'),
+    msg_id        uuid NOT NULL UNIQUE,
+    from_agent    text NOT NULL,
+    to_agent      text NOT NULL,
+    target        text NOT NULL,
+    action        text NOT NULL,
+    msg           jsonb NOT NULL,
+    created       timestamptz NOT NULL DEFAULT now(),
+    attempts      integer NOT NULL DEFAULT 0,
+    claimed_until timestamptz,
+    delivered     timestamptz
+);
+CREATE INDEX outbox_pending_idx ON chips.outbox (to_agent, id) WHERE delivered IS NULL;
+
+-- Messages received from peers and applied (for idempotency: a msg_id is applied once).
+CREATE TABLE chips.inbox (
+    msg_id     uuid PRIMARY KEY,
+    from_agent text NOT NULL,
+    target     text NOT NULL,
+    action     text NOT NULL,
+    result     text NOT NULL,
+    received   timestamptz NOT NULL DEFAULT now()
+);
+
+-- Rows of extension tables are left out of pg_dump unless marked; mark every table and sequence.
+SELECT pg_catalog.pg_extension_config_dump('chips.agents', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.users', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.contracts', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.tallies', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.tickets', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.inbox', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.ent_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.tally_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.outbox_seq', '');
