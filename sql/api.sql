@@ -138,8 +138,8 @@ BEGIN
         RAISE EXCEPTION 'tally % needs both parties'' signatures to be open', t.tally_uuid
             USING ERRCODE = '28000';
     END IF;
-    PERFORM chips.tally_verify(v_doc, t.side, t.hold_sig);
-    PERFORM chips.tally_verify(v_doc, chips._other(t.side), t.part_sig);
+    PERFORM chips._verify(v_doc, t.side, t.hold_sig);
+    PERFORM chips._verify(v_doc, chips._other(t.side), t.part_sig);
 END
 $$;
 
@@ -158,6 +158,21 @@ BEGIN
         RAISE EXCEPTION 'you have no tally %', p_uuid USING ERRCODE = '42704';
     END IF;
     RETURN t;
+END
+$$;
+
+-- Raises 28000 unless `p_sig` is `p_side`'s signature over `p_doc` (null or empty included:
+-- chips.tally_verify is strict, and a strict function returns null for a null argument).
+CREATE FUNCTION chips._verify(p_doc jsonb, p_side text, p_sig text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_sig IS NULL OR p_sig = '' THEN
+        RAISE EXCEPTION 'tally % carries no % signature', p_doc->>'uuid', p_side
+            USING ERRCODE = '28000';
+    END IF;
+    PERFORM chips.tally_verify(p_doc, p_side, p_sig);
 END
 $$;
 
@@ -682,7 +697,7 @@ BEGIN
             HINT = 'Give someone a ticket for it (chips.ticket_create) and wait until they redeem it.';
     END IF;
     v_doc := chips._tally_doc(t);
-    PERFORM chips.tally_verify(v_doc, t.side, tally_offer.signature);
+    PERFORM chips._verify(v_doc, t.side, tally_offer.signature);
     UPDATE chips.tallies x SET status = 'offer', hold_sig = tally_offer.signature, part_sig = NULL
     WHERE x.id = t.id RETURNING * INTO t;
     PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'tally', 'offer',
@@ -706,7 +721,7 @@ BEGIN
         PERFORM chips._refuse(t, 'accept', 'Only an offer from your partner (P.offer) can be accepted.');
     END IF;
     v_doc := chips._tally_doc(t);
-    PERFORM chips.tally_verify(v_doc, t.side, tally_accept.signature);
+    PERFORM chips._verify(v_doc, t.side, tally_accept.signature);
     UPDATE chips.tallies x SET status = 'open', hold_sig = tally_accept.signature
     WHERE x.id = t.id RETURNING * INTO t;
     PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'tally', 'open',
@@ -892,10 +907,15 @@ BEGIN
     IF v_sig IS NULL THEN
         RAISE EXCEPTION 'an offer must carry the offerer''s signature' USING ERRCODE = '22023';
     END IF;
-    PERFORM chips.tally_verify(v_doc, chips._other(r.side), v_sig);
+    PERFORM chips._verify(v_doc, chips._other(r.side), v_sig);
     SELECT * INTO t FROM chips.tallies x
     WHERE x.tally_uuid = (v_doc->>'uuid')::uuid AND x.side = r.side FOR UPDATE;
     IF NOT FOUND THEN
+        -- a void for this revision overtook the offer: the offer is withdrawn already
+        IF EXISTS (SELECT 1 FROM chips.tally_tombstones z
+                   WHERE z.tally_uuid = (v_doc->>'uuid')::uuid AND z.ent = r.ent AND z.revision >= v_rev) THEN
+            RETURN 'ignored';
+        END IF;
         INSERT INTO chips.tallies (ent, tally_uuid, side, version, revision, status, tally_date, memo,
                                    contract, hold_cert, part_cert, hold_terms, part_terms, part_sig,
                                    part_ent)
@@ -948,8 +968,8 @@ BEGIN
     IF t.status IN ('open', 'closing', 'closed') OR (v_doc->>'revision')::integer < t.revision THEN
         RETURN 'ignored';
     END IF;
-    PERFORM chips.tally_verify(v_doc, r.side, v_hold_sig);
-    PERFORM chips.tally_verify(v_doc, chips._other(r.side), v_part_sig);
+    PERFORM chips._verify(v_doc, r.side, v_hold_sig);
+    PERFORM chips._verify(v_doc, chips._other(r.side), v_part_sig);
     t := chips._store_doc(t.id, v_doc, r.side);
     UPDATE chips.tallies x SET hold_sig = v_hold_sig, part_sig = v_part_sig, status = 'open'
     WHERE x.id = t.id RETURNING * INTO t;
@@ -982,7 +1002,15 @@ SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     t chips.tallies := chips._partner_half(msg);
+    v_ent text := chips._local_ent(msg->'to');
 BEGIN
+    IF t.id IS NULL AND v_ent IS NOT NULL THEN
+        -- the void overtook its offer: remember it so the offer is ignored when it comes
+        INSERT INTO chips.tally_tombstones AS z (tally_uuid, ent, revision)
+        VALUES ((msg->'object'->>'uuid')::uuid, v_ent, (msg->'object'->>'revision')::integer)
+        ON CONFLICT (tally_uuid, ent) DO UPDATE SET revision = greatest(z.revision, EXCLUDED.revision);
+        RETURN 'ignored';
+    END IF;
     IF t.id IS NULL OR t.status NOT IN ('draft', 'offer')
        OR (msg->'object'->>'revision')::integer < t.revision THEN
         RETURN 'ignored';

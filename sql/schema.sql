@@ -142,6 +142,15 @@ CREATE TABLE chips.inbox (
     received   timestamptz NOT NULL DEFAULT now()
 );
 
+-- Voids that arrived before the tally they void (messages reordered): the late offer is ignored.
+CREATE TABLE chips.tally_tombstones (
+    tally_uuid uuid NOT NULL,
+    ent        text NOT NULL REFERENCES chips.users,
+    revision   integer NOT NULL,
+    created    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tally_uuid, ent)
+);
+
 -- Rows of extension tables are left out of pg_dump unless marked; mark every table and sequence.
 SELECT pg_catalog.pg_extension_config_dump('chips.agents', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.users', '');
@@ -150,6 +159,7 @@ SELECT pg_catalog.pg_extension_config_dump('chips.tallies', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.tickets', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.outbox', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.inbox', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.tally_tombstones', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.ent_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.tally_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.outbox_seq', '');

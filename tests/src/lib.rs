@@ -30,6 +30,11 @@ pub fn sqlstate(e: &Error) -> String {
     e.code().map(|c| c.code().to_string()).unwrap_or_default()
 }
 
+/// The server's message of a database error (the error's own text when it has none).
+pub fn errmsg(e: &Error) -> String {
+    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
+}
+
 /// A cluster with the chips extension installed, reached with a superuser DSN (no dbname).
 #[derive(Clone)]
 pub struct Cluster {
@@ -289,4 +294,41 @@ pub async fn relay_all(sites: &[&Site]) -> Result<Relayed> {
             return Ok(total);
         }
     }
+}
+
+/// A notification received on a LISTEN connection: (channel, payload as JSON).
+pub type Note = (String, Value);
+
+/// Opens a connection that LISTENs on `channels`; notifications arrive on the returned receiver.
+pub async fn listen(
+    dsn: &str,
+    channels: &[&str],
+) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<Note>)> {
+    use futures_util::StreamExt;
+    let (client, mut conn) = tokio_postgres::connect(dsn, NoTls).await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(msg)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = msg {
+                let payload = serde_json::from_str(n.payload()).unwrap_or(Value::Null);
+                if tx.send((n.channel().to_string(), payload)).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    for ch in channels {
+        client.batch_execute(&format!("LISTEN \"{ch}\"")).await?;
+    }
+    Ok((client, rx))
+}
+
+/// Takes every notification that arrives within `wait`.
+pub async fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Note>, wait: std::time::Duration) -> Vec<Note> {
+    let mut out = Vec::new();
+    while let Ok(Some(n)) = tokio::time::timeout(wait, rx.recv()).await {
+        out.push(n);
+    }
+    out
 }
