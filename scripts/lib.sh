@@ -36,7 +36,10 @@ ensure_deps() {
 # Build the extension and install it into the system PostgreSQL 15 directories.
 install_extension() {
     say "building and installing the chips extension"
-    (cd "$REPO/extension" && cargo pgrx install --pg-config "$PG_CONFIG" "$@") >/dev/null
+    local log="$REPO/target/pgrx-install.log"
+    mkdir -p "$REPO/target"
+    (cd "$REPO/extension" && cargo pgrx install --pg-config "$PG_CONFIG" "$@") >"$log" 2>&1 ||
+        { tail -50 "$log"; return 1; }
 }
 
 # Run a command as the postgres user (initdb refuses root).

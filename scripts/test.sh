@@ -11,6 +11,7 @@ say "cargo fmt --check"
 cargo fmt --all -- --check
 say "cargo clippy"
 cargo clippy -q --workspace --all-targets -- -D warnings
+cargo clippy -q -p chips --features pg_test --all-targets -- -D warnings
 
 say "core: unit and property tests"
 cargo test -q -p chips-core

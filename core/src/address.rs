@@ -23,7 +23,9 @@ pub struct ChipAddress {
 pub fn check_cuid(cuid: &str) -> Result<()> {
     let ok = !cuid.is_empty()
         && cuid.len() <= 64
-        && cuid.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        && cuid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -35,20 +37,26 @@ pub fn check_cuid(cuid: &str) -> Result<()> {
 
 /// An agent id: the base64url (no padding) Ed25519 public key of a site's agent.
 pub fn check_agent(agent: &str) -> Result<()> {
-    crate::sign::public_key(agent)
-        .map(|_| ())
-        .map_err(|_| Error::value(format!("agent id {agent:?} is not a base64url Ed25519 public key")))
+    crate::sign::public_key(agent).map(|_| ()).map_err(|_| {
+        Error::value(format!(
+            "agent id {agent:?} is not a base64url Ed25519 public key"
+        ))
+    })
 }
 
 /// A host name or IP address (no scheme, no port).
 pub fn check_host(host: &str) -> Result<()> {
     let ok = !host.is_empty()
         && host.len() <= 253
-        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
     if ok {
         Ok(())
     } else {
-        Err(Error::value(format!("host {host:?} is not a host name or IP address")))
+        Err(Error::value(format!(
+            "host {host:?} is not a host name or IP address"
+        )))
     }
 }
 
@@ -67,7 +75,11 @@ impl ChipAddress {
 
     /// Parses `cuid:agent` or `cuid:agent@host:port` (IPv6 hosts in brackets).
     pub fn parse(text: &str) -> Result<Self> {
-        let bad = || Error::value(format!("{text:?} is not a CHIP address (cuid:agent[@host:port])"));
+        let bad = || {
+            Error::value(format!(
+                "{text:?} is not a CHIP address (cuid:agent[@host:port])"
+            ))
+        };
         let (id, place) = match text.split_once('@') {
             Some((id, place)) => (id, Some(place)),
             None => (text, None),
@@ -81,7 +93,12 @@ impl ChipAddress {
                 (Some(host.to_string()), Some(port))
             }
         };
-        let addr = ChipAddress { cuid: cuid.into(), agent: agent.into(), host, port };
+        let addr = ChipAddress {
+            cuid: cuid.into(),
+            agent: agent.into(),
+            host,
+            port,
+        };
         addr.check()?;
         Ok(addr)
     }
@@ -110,12 +127,19 @@ mod tests {
     #[test]
     fn parse_and_display_roundtrip() {
         let agent = KeyPair::from_phrase("site-a").public_b64();
-        for text in [format!("suzie:{agent}"), format!("c_2_3:{agent}@127.0.0.1:65430"), format!("a.b-c:{agent}@[::1]:1")] {
+        for text in [
+            format!("suzie:{agent}"),
+            format!("c_2_3:{agent}@127.0.0.1:65430"),
+            format!("a.b-c:{agent}@[::1]:1"),
+        ] {
             let a = ChipAddress::parse(&text).unwrap();
             assert_eq!(a.to_string(), text);
         }
         let a = ChipAddress::parse(&format!("suzie:{agent}@example.org:65430")).unwrap();
-        assert_eq!((a.cuid.as_str(), a.host.as_deref(), a.port), ("suzie", Some("example.org"), Some(65430)));
+        assert_eq!(
+            (a.cuid.as_str(), a.host.as_deref(), a.port),
+            ("suzie", Some("example.org"), Some(65430))
+        );
     }
 
     #[test]

@@ -67,26 +67,40 @@ mod tests {
         let mut pos = 0;
         for k in keys {
             let needle = serde_json::to_string(k).unwrap();
-            let at = out[pos..].find(&needle).unwrap_or_else(|| panic!("{k:?} out of order in {out}"));
+            let at = out[pos..]
+                .find(&needle)
+                .unwrap_or_else(|| panic!("{k:?} out of order in {out}"));
             pos += at + needle.len();
         }
     }
 
     #[test]
     fn non_ascii_is_not_escaped() {
-        assert_eq!(canonical(&json!({"name": "Zoë ☃"})).unwrap(), r#"{"name":"Zoë ☃"}"#);
+        assert_eq!(
+            canonical(&json!({"name": "Zoë ☃"})).unwrap(),
+            r#"{"name":"Zoë ☃"}"#
+        );
     }
 
     #[test]
     fn nested_objects_sorted_and_compact() {
         let v = json!({"b": [1, {"z": 1, "a": 2}], "a": {"d": null, "c": "x"}});
-        assert_eq!(canonical(&v).unwrap(), r#"{"a":{"c":"x","d":null},"b":[1,{"a":2,"z":1}]}"#);
+        assert_eq!(
+            canonical(&v).unwrap(),
+            r#"{"a":{"c":"x","d":null},"b":[1,{"a":2,"z":1}]}"#
+        );
     }
 
     #[test]
     fn sha256_vectors() {
-        assert_eq!(hex(&sha256(b"")), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
-        assert_eq!(hex(&sha256(b"abc")), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            hex(&sha256(b"")),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            hex(&sha256(b"abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]
@@ -103,7 +117,10 @@ mod tests {
     #[test]
     fn invalid_json_is_an_error() {
         assert!(matches!(canonical_text("{"), Err(Error::Json(_))));
-        assert!(matches!(canonical_text(r#"{"a":1} x"#), Err(Error::Json(_))));
+        assert!(matches!(
+            canonical_text(r#"{"a":1} x"#),
+            Err(Error::Json(_))
+        ));
     }
 
     fn arb_json() -> impl Strategy<Value = Value> {

@@ -21,7 +21,10 @@ pub fn b64url_decode_array<const N: usize>(text: &str, what: &str) -> Result<[u8
         Error::Encoding(format!("{what} {text:?} is not base64url without padding"))
     })?;
     bytes.as_slice().try_into().map_err(|_| {
-        Error::Encoding(format!("{what} must be {N} bytes, {text:?} decodes to {}", bytes.len()))
+        Error::Encoding(format!(
+            "{what} must be {N} bytes, {text:?} decodes to {}",
+            bytes.len()
+        ))
     })
 }
 
@@ -31,7 +34,13 @@ mod tests {
 
     #[test]
     fn rfc4648_vectors_without_padding() {
-        for (plain, enc) in [("", ""), ("f", "Zg"), ("fo", "Zm8"), ("foo", "Zm9v"), ("foob", "Zm9vYg")] {
+        for (plain, enc) in [
+            ("", ""),
+            ("f", "Zg"),
+            ("fo", "Zm8"),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg"),
+        ] {
             assert_eq!(b64url_encode(plain.as_bytes()), enc);
             assert_eq!(b64url_decode(enc).unwrap(), plain.as_bytes());
         }

@@ -16,7 +16,9 @@ pub fn public_key(text: &str) -> Result<VerifyingKey> {
     let key = VerifyingKey::from_bytes(&bytes)
         .map_err(|_| Error::Encoding(format!("public key {text:?} is not a point on Ed25519")))?;
     if key.is_weak() {
-        return Err(Error::value(format!("public key {text:?} is a weak (small-order) key")));
+        return Err(Error::value(format!(
+            "public key {text:?} is a weak (small-order) key"
+        )));
     }
     Ok(key)
 }
@@ -31,8 +33,9 @@ pub fn signature(text: &str) -> Result<Signature> {
 pub fn verify(key: &str, message: &[u8], sig: &str) -> Result<()> {
     let key = public_key(key)?;
     let sig = signature(sig)?;
-    key.verify_strict(message, &sig)
-        .map_err(|_| Error::BadSignature("it was not made by the holder of this key over this document".into()))
+    key.verify_strict(message, &sig).map_err(|_| {
+        Error::BadSignature("it was not made by the holder of this key over this document".into())
+    })
 }
 
 /// Verifies a signature over the canonical JSON of `doc`.
@@ -80,15 +83,22 @@ mod tests {
     use serde_json::json;
 
     fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     #[test]
     fn rfc8032_test_1() {
         let seed: [u8; 32] =
-            unhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60").try_into().unwrap();
+            unhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+                .try_into()
+                .unwrap();
         let kp = KeyPair::from_seed(&seed);
-        let public = codec::b64url_encode(&unhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"));
+        let public = codec::b64url_encode(&unhex(
+            "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+        ));
         assert_eq!(kp.public_b64(), public);
         let sig = codec::b64url_encode(&unhex(
             "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b",
@@ -112,18 +122,33 @@ mod tests {
         let mallory = KeyPair::from_phrase("mallory");
         let doc = json!({"units": 100});
         let forged = mallory.sign_json(&doc).unwrap();
-        assert!(matches!(verify_json(&alice.public_b64(), &doc, &forged), Err(Error::BadSignature(_))));
+        assert!(matches!(
+            verify_json(&alice.public_b64(), &doc, &forged),
+            Err(Error::BadSignature(_))
+        ));
         let good = alice.sign_json(&doc).unwrap();
         let tampered = json!({"units": 1000});
-        assert!(matches!(verify_json(&alice.public_b64(), &tampered, &good), Err(Error::BadSignature(_))));
+        assert!(matches!(
+            verify_json(&alice.public_b64(), &tampered, &good),
+            Err(Error::BadSignature(_))
+        ));
     }
 
     #[test]
     fn malformed_keys_and_signatures_are_encoding_errors() {
         let kp = KeyPair::from_phrase("alice");
-        assert!(matches!(verify(&kp.public_b64(), b"x", "not base64!"), Err(Error::Encoding(_))));
-        assert!(matches!(verify(&kp.public_b64(), b"x", "AAAA"), Err(Error::Encoding(_))));
-        assert!(matches!(verify("AAAA", b"x", &kp.sign(b"x")), Err(Error::Encoding(_))));
+        assert!(matches!(
+            verify(&kp.public_b64(), b"x", "not base64!"),
+            Err(Error::Encoding(_))
+        ));
+        assert!(matches!(
+            verify(&kp.public_b64(), b"x", "AAAA"),
+            Err(Error::Encoding(_))
+        ));
+        assert!(matches!(
+            verify("AAAA", b"x", &kp.sign(b"x")),
+            Err(Error::Encoding(_))
+        ));
         // The identity point is a small-order key.
         let mut ident = [0u8; 32];
         ident[0] = 1;

@@ -42,7 +42,9 @@ impl FromStr for Side {
         match s {
             "stock" => Ok(Side::Stock),
             "foil" => Ok(Side::Foil),
-            _ => Err(Error::value(format!("tally side must be 'stock' or 'foil', not {s:?}"))),
+            _ => Err(Error::value(format!(
+                "tally side must be 'stock' or 'foil', not {s:?}"
+            ))),
         }
     }
 }
@@ -71,8 +73,14 @@ pub enum Status {
     Void,
 }
 
-pub const ALL_STATUSES: [Status; 6] =
-    [Status::Draft, Status::Offer, Status::Open, Status::Closing, Status::Closed, Status::Void];
+pub const ALL_STATUSES: [Status; 6] = [
+    Status::Draft,
+    Status::Offer,
+    Status::Open,
+    Status::Closing,
+    Status::Closed,
+    Status::Void,
+];
 
 impl Status {
     pub fn as_str(self) -> &'static str {
@@ -133,13 +141,21 @@ pub fn check_transition(from: Status, to: Status) -> Result<()> {
     if transition_allowed(from, to) {
         Ok(())
     } else {
-        Err(Error::Transition { from: from.to_string(), to: to.to_string() })
+        Err(Error::Transition {
+            from: from.to_string(),
+            to: to.to_string(),
+        })
     }
 }
 
 /// The state a person sees: the status plus who has signed. `P.` = the partner acted and it is
 /// the holder's turn, `H.` = the holder acted and waits for the partner, `B.` = both signed.
-pub fn state_label(status: Status, holder_signed: bool, partner_signed: bool, has_partner: bool) -> String {
+pub fn state_label(
+    status: Status,
+    holder_signed: bool,
+    partner_signed: bool,
+    has_partner: bool,
+) -> String {
     match status {
         Status::Draft if has_partner => "P.draft".into(),
         Status::Offer => match (holder_signed, partner_signed) {
@@ -166,14 +182,22 @@ pub struct TradingVars {
 
 impl Default for TradingVars {
     fn default() -> Self {
-        TradingVars { target: 0, bound: 0, reward: 0.0, clutch: 0.0 }
+        TradingVars {
+            target: 0,
+            bound: 0,
+            reward: 0.0,
+            clutch: 0.0,
+        }
     }
 }
 
 impl TradingVars {
     pub fn check(&self) -> Result<()> {
         if self.target < 0 {
-            return Err(Error::value(format!("target must be >= 0, not {}", self.target)));
+            return Err(Error::value(format!(
+                "target must be >= 0, not {}",
+                self.target
+            )));
         }
         if self.bound < self.target {
             return Err(Error::value(format!(
@@ -183,7 +207,9 @@ impl TradingVars {
         }
         for (name, v) in [("reward", self.reward), ("clutch", self.clutch)] {
             if !(-1.0..=1.0).contains(&v) {
-                return Err(Error::value(format!("{name} must be between -1 and 1, not {v}")));
+                return Err(Error::value(format!(
+                    "{name} must be between -1 and 1, not {v}"
+                )));
             }
         }
         if self.reward + self.clutch < 0.0 {
@@ -222,7 +248,9 @@ impl Terms {
         }
         if let Some(c) = self.call {
             if c < 0 {
-                return Err(Error::value(format!("call period must be >= 0 days, not {c}")));
+                return Err(Error::value(format!(
+                    "call period must be >= 0 days, not {c}"
+                )));
             }
         }
         Ok(())
@@ -244,7 +272,11 @@ pub struct Cert {
 
 impl Cert {
     pub fn from_json(v: &Value) -> Result<Cert> {
-        let c: Cert = from_object(v, "certificate", " (needs chad, name, public; optional type)")?;
+        let c: Cert = from_object(
+            v,
+            "certificate",
+            " (needs chad, name, public; optional type)",
+        )?;
         c.check()?;
         Ok(c)
     }
@@ -258,7 +290,9 @@ impl Cert {
             .map_err(|e| Error::value(format!("certificate public key: {e}")))?;
         if let Some(k) = &self.kind {
             if k != "p" && k != "o" {
-                return Err(Error::value(format!("certificate type must be 'p' or 'o', not {k:?}")));
+                return Err(Error::value(format!(
+                    "certificate type must be 'p' or 'o', not {k:?}"
+                )));
             }
         }
         Ok(())
@@ -293,7 +327,9 @@ pub struct TallyDoc {
 /// Deserializes `v` as `T`, refusing anything but a JSON object (serde would take an array).
 fn from_object<T: serde::de::DeserializeOwned>(v: &Value, what: &str, hint: &str) -> Result<T> {
     if !v.is_object() {
-        return Err(Error::value(format!("{what} must be a JSON object, not {v}")));
+        return Err(Error::value(format!(
+            "{what} must be a JSON object, not {v}"
+        )));
     }
     serde_json::from_value(v.clone()).map_err(|e| Error::value(format!("{what}: {e}{hint}")))
 }
@@ -330,13 +366,22 @@ impl TallyDoc {
 
     pub fn check(&self) -> Result<()> {
         if self.version != 1 {
-            return Err(Error::value(format!("tally version {} is not supported (only 1)", self.version)));
+            return Err(Error::value(format!(
+                "tally version {} is not supported (only 1)",
+                self.version
+            )));
         }
         if self.revision < 1 {
-            return Err(Error::value(format!("tally revision must be >= 1, not {}", self.revision)));
+            return Err(Error::value(format!(
+                "tally revision must be >= 1, not {}",
+                self.revision
+            )));
         }
         if !is_uuid(&self.uuid) {
-            return Err(Error::value(format!("tally uuid {:?} is not a lower-case UUID", self.uuid)));
+            return Err(Error::value(format!(
+                "tally uuid {:?} is not a lower-case UUID",
+                self.uuid
+            )));
         }
         if !is_utc_millis(&self.date) {
             return Err(Error::value(format!(
@@ -370,14 +415,16 @@ impl TallyDoc {
 
     /// Verifies `sig` as `side`'s signature over this document.
     pub fn verify(&self, side: Side, sig: &str) -> Result<()> {
-        sign::verify_json(&self.party(side).cert.public, &self.to_json(), sig).map_err(|e| match e {
-            Error::BadSignature(_) => Error::BadSignature(format!(
-                "the {side} signature on tally {} was not made by {}'s key",
-                self.uuid,
-                self.party(side).cert.chad.cuid
-            )),
-            other => other,
-        })
+        sign::verify_json(&self.party(side).cert.public, &self.to_json(), sig).map_err(
+            |e| match e {
+                Error::BadSignature(_) => Error::BadSignature(format!(
+                    "the {side} signature on tally {} was not made by {}'s key",
+                    self.uuid,
+                    self.party(side).cert.chad.cuid
+                )),
+                other => other,
+            },
+        )
     }
 }
 
@@ -436,25 +483,46 @@ mod tests {
 
     #[test]
     fn trading_variables_constraints() {
-        let ok = TradingVars { target: 3, bound: 7, reward: 0.02, clutch: 0.04 };
+        let ok = TradingVars {
+            target: 3,
+            bound: 7,
+            reward: 0.02,
+            clutch: 0.04,
+        };
         ok.check().unwrap();
         TradingVars::default().check().unwrap();
         let bad = [
             TradingVars { target: -1, ..ok },
             TradingVars { bound: 2, ..ok },
             TradingVars { reward: 1.5, ..ok },
-            TradingVars { clutch: -1.01, ..ok },
-            TradingVars { reward: -0.5, clutch: 0.2, ..ok },
+            TradingVars {
+                clutch: -1.01,
+                ..ok
+            },
+            TradingVars {
+                reward: -0.5,
+                clutch: 0.2,
+                ..ok
+            },
         ];
         for b in bad {
             assert!(b.check().is_err(), "{b:?} accepted");
         }
-        TradingVars { reward: -0.5, clutch: 0.5, ..ok }.check().unwrap();
+        TradingVars {
+            reward: -0.5,
+            clutch: 0.5,
+            ..ok
+        }
+        .check()
+        .unwrap();
     }
 
     #[test]
     fn terms_validation() {
-        assert_eq!(Terms::from_json(&json!({"limit": 5000})).unwrap().limit, Some(5000));
+        assert_eq!(
+            Terms::from_json(&json!({"limit": 5000})).unwrap().limit,
+            Some(5000)
+        );
         assert_eq!(Terms::from_json(&json!({})).unwrap(), Terms::default());
         assert!(Terms::from_json(&json!({"limit": -1})).is_err());
         assert!(Terms::from_json(&json!({"limit": 1.5})).is_err());
@@ -488,8 +556,17 @@ mod tests {
             date: "2026-11-21T10:00:00.000Z".into(),
             memo: Some("groceries".into()),
             agree: crate::codec::b64url_encode(&[7u8; 32]),
-            stock: TallyParty { cert: sc, terms: Terms { limit: Some(100_000), call: None } },
-            foil: TallyParty { cert: fc, terms: Terms::default() },
+            stock: TallyParty {
+                cert: sc,
+                terms: Terms {
+                    limit: Some(100_000),
+                    call: None,
+                },
+            },
+            foil: TallyParty {
+                cert: fc,
+                terms: Terms::default(),
+            },
         };
         (d, sk, fk)
     }
@@ -504,10 +581,16 @@ mod tests {
         d.verify(Side::Stock, &ssig).unwrap();
         d.verify(Side::Foil, &fsig).unwrap();
         // A signature by the wrong party, or over another revision, is refused.
-        assert!(matches!(d.verify(Side::Stock, &fsig), Err(Error::BadSignature(_))));
+        assert!(matches!(
+            d.verify(Side::Stock, &fsig),
+            Err(Error::BadSignature(_))
+        ));
         let mut d2 = d.clone();
         d2.revision = 2;
-        assert!(matches!(d2.verify(Side::Stock, &ssig), Err(Error::BadSignature(_))));
+        assert!(matches!(
+            d2.verify(Side::Stock, &ssig),
+            Err(Error::BadSignature(_))
+        ));
     }
 
     #[test]
@@ -524,7 +607,11 @@ mod tests {
         assert!(bad.check().is_err());
         let mut bad = d.clone();
         bad.foil.cert.chad = bad.stock.cert.chad.clone();
-        assert!(bad.check().unwrap_err().to_string().contains("two different parties"));
+        assert!(bad
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("two different parties"));
         let mut bad = d;
         bad.agree = "short".into();
         assert!(bad.check().is_err());

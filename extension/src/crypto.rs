@@ -4,18 +4,18 @@ use chips_core::{canon, codec, sign, Error};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
-use crate::error::{sql, SqlResult};
+use crate::error::{ok, ChipsError};
 
 /// The canonical (RFC 8785) text of a JSON value.
 #[pg_extern(immutable, strict, parallel_safe)]
-fn canonical_json(doc: JsonB) -> SqlResult<String> {
-    sql(canon::canonical(&doc.0))
+fn canonical_json(doc: JsonB) -> String {
+    ok(canon::canonical(&doc.0))
 }
 
 /// SHA-256 of the canonical text of a JSON value.
 #[pg_extern(immutable, strict, parallel_safe)]
-fn json_digest(doc: JsonB) -> SqlResult<Vec<u8>> {
-    sql(canon::digest(&doc.0).map(|d| d.to_vec()))
+fn json_digest(doc: JsonB) -> Vec<u8> {
+    ok(canon::digest(&doc.0).map(|d| d.to_vec()))
 }
 
 /// base64url without padding.
@@ -26,18 +26,18 @@ fn b64url_encode(data: &[u8]) -> String {
 
 /// Decodes base64url without padding; SQLSTATE 22P02 for anything else.
 #[pg_extern(immutable, strict, parallel_safe)]
-fn b64url_decode(encoded: &str) -> SqlResult<Vec<u8>> {
-    sql(codec::b64url_decode(encoded))
+fn b64url_decode(encoded: &str) -> Vec<u8> {
+    ok(codec::b64url_decode(encoded))
 }
 
 /// Whether `signature` is `pubkey`'s Ed25519 signature over the canonical text of `doc`.
 /// A malformed key or signature is an error (22P02), not `false`.
 #[pg_extern(immutable, strict, parallel_safe)]
-fn verify_signature(pubkey: &str, doc: JsonB, signature: &str) -> SqlResult<bool> {
+fn verify_signature(pubkey: &str, doc: JsonB, signature: &str) -> bool {
     match sign::verify_json(pubkey, &doc.0, signature) {
-        Ok(()) => Ok(true),
-        Err(Error::BadSignature(_)) => Ok(false),
-        Err(e) => sql(Err(e)),
+        Ok(()) => true,
+        Err(Error::BadSignature(_)) => false,
+        Err(e) => ChipsError::from(e).raise(),
     }
 }
 
@@ -56,6 +56,8 @@ fn outer_role() -> String {
     unsafe {
         let oid = pg_sys::GetOuterUserId();
         let name = pg_sys::GetUserNameFromId(oid, false);
-        core::ffi::CStr::from_ptr(name).to_string_lossy().into_owned()
+        core::ffi::CStr::from_ptr(name)
+            .to_string_lossy()
+            .into_owned()
     }
 }

@@ -1,14 +1,17 @@
 //! The extension's one error type and its SQLSTATEs.
+//!
+//! Functions raise with [`ChipsError::raise`] (a Postgres ERROR with the mapped SQLSTATE; it
+//! never returns), so SQL callers get `22P02`, `22023`, `28000` or `55000`, never a bare `XX000`.
 
 use chips_core::ErrorKind;
 use pgrx::pg_sys::panic::ErrorReport;
-use pgrx::PgSqlErrorCode;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
 
 #[derive(Debug)]
 pub enum ChipsError {
     /// A rule of the domain refused the input (see [`chips_core::Error`]).
     Core(chips_core::Error),
-    /// An argument names something that is not of the expected kind.
+    /// An argument is not of the expected shape.
     Invalid(String),
 }
 
@@ -37,18 +40,15 @@ impl ChipsError {
             ChipsError::Invalid(m) => m.clone(),
         }
     }
-}
 
-impl From<ChipsError> for ErrorReport {
-    fn from(e: ChipsError) -> Self {
-        ErrorReport::new(e.sqlstate(), e.message(), "chips")
+    /// Raises this error as a Postgres ERROR (the transaction is aborted; nothing it wrote stays).
+    pub fn raise(self) -> ! {
+        ErrorReport::new(self.sqlstate(), self.message(), "chips").report(PgLogLevel::ERROR);
+        unreachable!("a Postgres ERROR does not return")
     }
 }
 
-/// What every `#[pg_extern]` of chips returns: a value or an error with its SQLSTATE.
-pub type SqlResult<T> = Result<T, ErrorReport>;
-
-/// Converts a core result, mapping its error to the right SQLSTATE.
-pub fn sql<T>(r: chips_core::Result<T>) -> SqlResult<T> {
-    r.map_err(|e| ChipsError::from(e).into())
+/// The value of a core result, or the error raised with its SQLSTATE.
+pub fn ok<T>(r: chips_core::Result<T>) -> T {
+    r.unwrap_or_else(|e| ChipsError::from(e).raise())
 }

@@ -5,10 +5,10 @@ use chips_core::tally::{self, Cert, Side, Status, TallyDoc, Terms, TradingVars};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
-use crate::error::{sql, ChipsError, SqlResult};
+use crate::error::{ok, ChipsError};
 
-fn status(s: &str) -> SqlResult<Status> {
-    sql(s.parse())
+fn status(s: &str) -> Status {
+    ok(s.parse())
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> JsonB {
@@ -17,8 +17,8 @@ fn to_json<T: serde::Serialize>(v: &T) -> JsonB {
 
 /// Whether a tally half may move from one status to another (the lifecycle's transition table).
 #[pg_extern(immutable, strict, parallel_safe)]
-fn tally_transition_allowed(from_status: &str, to_status: &str) -> SqlResult<bool> {
-    Ok(tally::transition_allowed(status(from_status)?, status(to_status)?))
+fn tally_transition_allowed(from_status: &str, to_status: &str) -> bool {
+    tally::transition_allowed(status(from_status), status(to_status))
 }
 
 /// The state a person sees: status plus who signed (`P.draft`, `H.offer`, `P.offer`, `open`, ...).
@@ -28,80 +28,95 @@ fn tally_state(
     holder_signed: bool,
     partner_signed: bool,
     has_partner: bool,
-) -> SqlResult<String> {
-    Ok(tally::state_label(status(status_text)?, holder_signed, partner_signed, has_partner))
+) -> String {
+    tally::state_label(
+        status(status_text),
+        holder_signed,
+        partner_signed,
+        has_partner,
+    )
 }
 
 /// Validates a tally document and returns it normalized.
 #[pg_extern(immutable, strict, parallel_safe)]
-fn tally_doc_check(doc: JsonB) -> SqlResult<JsonB> {
-    Ok(JsonB(sql(TallyDoc::from_json(&doc.0))?.to_json()))
+fn tally_doc_check(doc: JsonB) -> JsonB {
+    JsonB(ok(TallyDoc::from_json(&doc.0)).to_json())
 }
 
 /// Raises 28000 unless `signature` is `side`'s signature over the tally document.
 #[pg_extern(immutable, strict, parallel_safe)]
-fn tally_verify(doc: JsonB, side: &str, signature: &str) -> SqlResult<bool> {
-    let d = sql(TallyDoc::from_json(&doc.0))?;
-    let side: Side = sql(side.parse())?;
-    sql(d.verify(side, signature))?;
-    Ok(true)
+fn tally_verify(doc: JsonB, side: &str, signature: &str) -> bool {
+    let d = ok(TallyDoc::from_json(&doc.0));
+    let side: Side = ok(side.parse());
+    ok(d.verify(side, signature));
+    true
 }
 
 /// Validates a certificate (`{chad, name, public, type}`) and returns it normalized.
 #[pg_extern(immutable, strict, parallel_safe)]
-fn cert_check(cert: JsonB) -> SqlResult<JsonB> {
-    Ok(to_json(&sql(Cert::from_json(&cert.0))?))
+fn cert_check(cert: JsonB) -> JsonB {
+    to_json(&ok(Cert::from_json(&cert.0)))
 }
 
 /// Validates credit terms (`{limit, call}`) and returns them normalized.
 #[pg_extern(immutable, strict, parallel_safe)]
-fn terms_check(terms: JsonB) -> SqlResult<JsonB> {
-    Ok(to_json(&sql(Terms::from_json(&terms.0))?))
+fn terms_check(terms: JsonB) -> JsonB {
+    to_json(&ok(Terms::from_json(&terms.0)))
 }
 
 /// Raises 22023 unless the trading variables are within their constraints.
 #[pg_extern(immutable, strict, parallel_safe)]
-fn trading_check(target: i64, bound: i64, reward: f64, clutch: f64) -> SqlResult<bool> {
-    sql(TradingVars { target, bound, reward, clutch }.check())?;
-    Ok(true)
+fn trading_check(target: i64, bound: i64, reward: f64, clutch: f64) -> bool {
+    ok(TradingVars {
+        target,
+        bound,
+        reward,
+        clutch,
+    }
+    .check());
+    true
 }
 
 /// Parses a CHIP address `cuid:agent[@host:port]` into its JSON form.
 #[pg_extern(immutable, strict, parallel_safe)]
-fn address_parse(address: &str) -> SqlResult<JsonB> {
-    Ok(to_json(&sql(ChipAddress::parse(address))?))
+fn address_parse(address: &str) -> JsonB {
+    to_json(&ok(ChipAddress::parse(address)))
 }
 
 /// Validates a CHIP address in JSON form (`{cuid, agent, host, port}`) and returns it normalized.
 #[pg_extern(immutable, strict, parallel_safe)]
-fn address_check(chad: JsonB) -> SqlResult<JsonB> {
+fn address_check(chad: JsonB) -> JsonB {
     if !chad.0.is_object() {
-        return Err(ChipsError::Invalid(format!("a CHIP address must be a JSON object, not {}", chad.0)).into());
+        ChipsError::Invalid(format!(
+            "a CHIP address must be a JSON object, not {}",
+            chad.0
+        ))
+        .raise();
     }
     let a: ChipAddress = serde_json::from_value(chad.0.clone())
-        .map_err(|e| ChipsError::Invalid(format!("CHIP address {}: {e}", chad.0)))?;
-    sql(a.check())?;
-    Ok(to_json(&a))
+        .unwrap_or_else(|e| ChipsError::Invalid(format!("CHIP address {}: {e}", chad.0)).raise());
+    ok(a.check());
+    to_json(&a)
 }
 
 /// Raises 22023 unless `agent` is a base64url Ed25519 public key.
 #[pg_extern(immutable, strict, parallel_safe)]
-fn agent_check(agent: &str) -> SqlResult<bool> {
-    sql(address::check_agent(agent))?;
-    Ok(true)
+fn agent_check(agent: &str) -> bool {
+    ok(address::check_agent(agent));
+    true
 }
 
 /// Raises 22023 unless `cuid` is a valid CHIP user id.
 #[pg_extern(immutable, strict, parallel_safe)]
-fn cuid_check(cuid: &str) -> SqlResult<bool> {
-    sql(address::check_cuid(cuid))?;
-    Ok(true)
+fn cuid_check(cuid: &str) -> bool {
+    ok(address::check_cuid(cuid));
+    true
 }
 
 /// Raises 22023 unless `key` is a base64url Ed25519 public key.
 #[pg_extern(immutable, strict, parallel_safe)]
-fn pubkey_check(key: &str) -> SqlResult<bool> {
+fn pubkey_check(key: &str) -> bool {
     chips_core::sign::public_key(key)
-        .map_err(|e| ChipsError::Invalid(format!("public key: {e}")))?;
-    Ok(true)
+        .unwrap_or_else(|e| ChipsError::Invalid(format!("public key: {e}")).raise());
+    true
 }

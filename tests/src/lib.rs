@@ -32,7 +32,9 @@ pub fn sqlstate(e: &Error) -> String {
 
 /// The server's message of a database error (the error's own text when it has none).
 pub fn errmsg(e: &Error) -> String {
-    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string())
 }
 
 /// A cluster with the chips extension installed, reached with a superuser DSN (no dbname).
@@ -48,9 +50,8 @@ impl Cluster {
 
     /// From `CHIPS_TEST_DSN` (set by scripts/test.sh).
     pub fn from_env() -> Self {
-        let dsn = std::env::var("CHIPS_TEST_DSN").expect(
-            "CHIPS_TEST_DSN is not set: run the integration tests through scripts/test.sh",
-        );
+        let dsn = std::env::var("CHIPS_TEST_DSN")
+            .expect("CHIPS_TEST_DSN is not set: run the integration tests through scripts/test.sh");
         Cluster::new(dsn)
     }
 
@@ -61,8 +62,12 @@ impl Cluster {
     /// Creates (or re-creates) database `db` with chips installed.
     pub async fn fresh_db(&self, db: &str) -> Result<Client> {
         let admin = connect(&self.db_dsn("postgres")).await?;
-        admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).await?;
-        admin.batch_execute(&format!("CREATE DATABASE \"{db}\"")).await?;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+            .await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{db}\""))
+            .await?;
         let c = connect(&self.db_dsn(db)).await?;
         c.batch_execute("CREATE EXTENSION chips").await?;
         Ok(c)
@@ -70,7 +75,9 @@ impl Cluster {
 
     pub async fn drop_db(&self, db: &str) -> Result<()> {
         let admin = connect(&self.db_dsn("postgres")).await?;
-        admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).await
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+            .await
     }
 
     /// A new site in a fresh database `db`: its agent (key derived from `db`, listening on
@@ -95,7 +102,13 @@ impl Cluster {
             )
             .await?
             .get(0);
-        Ok(Site { db: db.into(), dsn: self.db_dsn(db), admin, agent, contract })
+        Ok(Site {
+            db: db.into(),
+            dsn: self.db_dsn(db),
+            admin,
+            agent,
+            contract,
+        })
     }
 }
 
@@ -127,12 +140,22 @@ impl Site {
             .get(0);
         let role: String = self
             .admin
-            .query_one("SELECT username::text FROM chips.users WHERE ent = $1", &[&ent])
+            .query_one(
+                "SELECT username::text FROM chips.users WHERE ent = $1",
+                &[&ent],
+            )
             .await?
             .get(0);
         let db = connect(&self.dsn).await?;
         db.batch_execute(&format!("SET ROLE \"{role}\"")).await?;
-        Ok(User { ent, cuid: cuid.into(), name: name.into(), role, key, db })
+        Ok(User {
+            ent,
+            cuid: cuid.into(),
+            name: name.into(),
+            role,
+            key,
+            db,
+        })
     }
 }
 
@@ -148,7 +171,13 @@ pub struct User {
 
 impl User {
     /// A draft tally on `side` ("stock": I extend credit; "foil": I am the client).
-    pub async fn draft(&self, side: &str, hold_terms: Value, part_terms: Value, memo: &str) -> Result<Uuid> {
+    pub async fn draft(
+        &self,
+        side: &str,
+        hold_terms: Value,
+        part_terms: Value,
+        memo: &str,
+    ) -> Result<Uuid> {
         Ok(self
             .db
             .query_one(
@@ -162,24 +191,39 @@ impl User {
     pub async fn ticket(&self, tally: Uuid, reusable: bool) -> Result<Value> {
         Ok(self
             .db
-            .query_one("SELECT chips.ticket_create($1, reusable => $2)", &[&tally, &reusable])
+            .query_one(
+                "SELECT chips.ticket_create($1, reusable => $2)",
+                &[&tally, &reusable],
+            )
             .await?
             .get(0))
     }
 
     pub async fn redeem(&self, ticket: &Value) -> Result<Option<Uuid>> {
-        Ok(self.db.query_one("SELECT chips.ticket_redeem($1)", &[ticket]).await?.get(0))
+        Ok(self
+            .db
+            .query_one("SELECT chips.ticket_redeem($1)", &[ticket])
+            .await?
+            .get(0))
     }
 
     /// The tally document of my half, as the database builds it.
     pub async fn doc(&self, tally: Uuid) -> Result<Value> {
-        Ok(self.db.query_one("SELECT chips.tally_json($1)", &[&tally]).await?.get(0))
+        Ok(self
+            .db
+            .query_one("SELECT chips.tally_json($1)", &[&tally])
+            .await?
+            .get(0))
     }
 
     /// My signature over the tally document (computed here, never in the database).
     pub async fn sign(&self, tally: Uuid) -> Result<String> {
         let doc = self.doc(tally).await?;
-        Ok(self.key.sign(canon::canonical(&doc).expect("documents are valid JSON").as_bytes()))
+        Ok(self.key.sign(
+            canon::canonical(&doc)
+                .expect("documents are valid JSON")
+                .as_bytes(),
+        ))
     }
 
     pub async fn offer(&self, tally: Uuid) -> Result<String> {
@@ -205,10 +249,23 @@ impl User {
     }
 
     /// Calls `chips.<function>(tally[, signature])` and returns the new state.
-    pub async fn call(&self, function: &str, tally: Uuid, signature: Option<&str>) -> Result<String> {
+    pub async fn call(
+        &self,
+        function: &str,
+        tally: Uuid,
+        signature: Option<&str>,
+    ) -> Result<String> {
         let row = match signature {
-            Some(s) => self.db.query_one(&format!("SELECT chips.{function}($1, $2)"), &[&tally, &s]).await?,
-            None => self.db.query_one(&format!("SELECT chips.{function}($1)"), &[&tally]).await?,
+            Some(s) => {
+                self.db
+                    .query_one(&format!("SELECT chips.{function}($1, $2)"), &[&tally, &s])
+                    .await?
+            }
+            None => {
+                self.db
+                    .query_one(&format!("SELECT chips.{function}($1)"), &[&tally])
+                    .await?
+            }
         };
         Ok(row.get(0))
     }
@@ -217,7 +274,10 @@ impl User {
     pub async fn state(&self, tally: Uuid) -> Result<Option<String>> {
         Ok(self
             .db
-            .query_opt("SELECT state FROM chips.tallies_v WHERE tally_uuid = $1", &[&tally])
+            .query_opt(
+                "SELECT state FROM chips.tallies_v WHERE tally_uuid = $1",
+                &[&tally],
+            )
             .await?
             .map(|r| r.get(0)))
     }
@@ -226,7 +286,10 @@ impl User {
     pub async fn tallies(&self) -> Result<Vec<(Uuid, String)>> {
         Ok(self
             .db
-            .query("SELECT tally_uuid, state FROM chips.tallies_v ORDER BY id", &[])
+            .query(
+                "SELECT tally_uuid, state FROM chips.tallies_v ORDER BY id",
+                &[],
+            )
             .await?
             .iter()
             .map(|r| (r.get(0), r.get(1)))
@@ -257,7 +320,11 @@ pub async fn relay(from: &Site, to: &Site) -> Result<Relayed> {
     let mut acked = Vec::new();
     for row in rows {
         let (id, from_agent, msg): (i64, String, Value) = (row.get(0), row.get(1), row.get(2));
-        match to.admin.query_one("SELECT chips.peer_receive($1, $2)", &[&from_agent, &msg]).await {
+        match to
+            .admin
+            .query_one("SELECT chips.peer_receive($1, $2)", &[&from_agent, &msg])
+            .await
+        {
             Ok(r) => {
                 let result: String = r.get(0);
                 if result == "duplicate" {
@@ -270,7 +337,9 @@ pub async fn relay(from: &Site, to: &Site) -> Result<Relayed> {
             Err(_) => done.failed += 1,
         }
     }
-    from.admin.execute("SELECT chips.outbox_ack($1)", &[&acked]).await?;
+    from.admin
+        .execute("SELECT chips.outbox_ack($1)", &[&acked])
+        .await?;
     Ok(done)
 }
 
@@ -325,7 +394,10 @@ pub async fn listen(
 }
 
 /// Takes every notification that arrives within `wait`.
-pub async fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Note>, wait: std::time::Duration) -> Vec<Note> {
+pub async fn drain(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Note>,
+    wait: std::time::Duration,
+) -> Vec<Note> {
     let mut out = Vec::new();
     while let Ok(Some(n)) = tokio::time::timeout(wait, rx.recv()).await {
         out.push(n);

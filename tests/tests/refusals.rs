@@ -13,13 +13,21 @@ async fn site(db: &str) -> Site {
 }
 
 async fn pair(s: &Site) -> (User, User) {
-    (s.user("Ann Vendor", "ann").await.unwrap(), s.user("Bob Client", "bob").await.unwrap())
+    (
+        s.user("Ann Vendor", "ann").await.unwrap(),
+        s.user("Bob Client", "bob").await.unwrap(),
+    )
 }
 
 /// A tally between ann and bob in P.draft.
 async fn drafted(ann: &User, bob: &User) -> Uuid {
-    let t = ann.draft("stock", json!({"limit": 1000}), json!({}), "").await.unwrap();
-    bob.redeem(&ann.ticket(t, false).await.unwrap()).await.unwrap();
+    let t = ann
+        .draft("stock", json!({"limit": 1000}), json!({}), "")
+        .await
+        .unwrap();
+    bob.redeem(&ann.ticket(t, false).await.unwrap())
+        .await
+        .unwrap();
     t
 }
 
@@ -38,7 +46,13 @@ async fn ann_half_in(s: &Site, ann: &User, bob: &User, status: Status) -> Uuid {
             ann.offer(t).await.unwrap();
             bob.accept(t).await.unwrap();
             if status == Status::Closing {
-                s.admin.execute("UPDATE chips.tallies SET net_good = 1 WHERE tally_uuid = $1", &[&t]).await.unwrap();
+                s.admin
+                    .execute(
+                        "UPDATE chips.tallies SET net_good = 1 WHERE tally_uuid = $1",
+                        &[&t],
+                    )
+                    .await
+                    .unwrap();
                 ann.close(t).await.unwrap();
             } else if status == Status::Closed {
                 ann.close(t).await.unwrap();
@@ -47,7 +61,10 @@ async fn ann_half_in(s: &Site, ann: &User, bob: &User, status: Status) -> Uuid {
     }
     let st: String = s
         .admin
-        .query_one("SELECT status FROM chips.tallies WHERE tally_uuid = $1 AND ent = $2", &[&t, &ann.ent])
+        .query_one(
+            "SELECT status FROM chips.tallies WHERE tally_uuid = $1 AND ent = $2",
+            &[&t, &ann.ent],
+        )
         .await
         .unwrap()
         .get(0);
@@ -101,15 +118,31 @@ async fn signed_tally_document_cannot_change() {
     let t = drafted(&ann, &bob).await;
     ann.offer(t).await.unwrap();
     bob.accept(t).await.unwrap();
-    for set in ["memo = 'changed'", "revision = 5", "hold_terms = '{\"limit\": 1}'", "hold_sig = NULL", "digest = NULL"] {
+    for set in [
+        "memo = 'changed'",
+        "revision = 5",
+        "hold_terms = '{\"limit\": 1}'",
+        "hold_sig = NULL",
+        "digest = NULL",
+    ] {
         let e = s
             .admin
-            .execute(&format!("UPDATE chips.tallies SET {set} WHERE tally_uuid = $1"), &[&t])
+            .execute(
+                &format!("UPDATE chips.tallies SET {set} WHERE tally_uuid = $1"),
+                &[&t],
+            )
             .await
             .unwrap_err();
         assert_eq!(sqlstate(&e), "55000", "{set}: {e}");
     }
-    let e = s.admin.execute("UPDATE chips.tallies SET ent = 'p1' WHERE tally_uuid = $1", &[&t]).await.unwrap_err();
+    let e = s
+        .admin
+        .execute(
+            "UPDATE chips.tallies SET ent = 'p1' WHERE tally_uuid = $1",
+            &[&t],
+        )
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&e), "55000");
 }
 
@@ -122,19 +155,34 @@ async fn refused_api_calls_change_nothing() {
     // No partner yet.
     let lonely = ann.draft("stock", json!({}), json!({}), "").await.unwrap();
     let sig = ann.sign(lonely).await.unwrap();
-    let e = ann.call("tally_offer", lonely, Some(&sig)).await.unwrap_err();
+    let e = ann
+        .call("tally_offer", lonely, Some(&sig))
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&e), "55000");
     assert_eq!(ann.state(lonely).await.unwrap().as_deref(), Some("draft"));
 
     // Ann's own offer: she cannot accept or counter it, nor change it.
     let t = drafted(&ann, &bob).await;
     ann.offer(t).await.unwrap();
-    for r in [ann.accept(t).await, ann.counter(t).await, ann.offer(t).await] {
+    for r in [
+        ann.accept(t).await,
+        ann.counter(t).await,
+        ann.offer(t).await,
+    ] {
         assert_eq!(sqlstate(&r.unwrap_err()), "55000");
     }
-    let e = ann.db.execute("SELECT chips.tally_update($1, memo => 'x')", &[&t]).await.unwrap_err();
+    let e = ann
+        .db
+        .execute("SELECT chips.tally_update($1, memo => 'x')", &[&t])
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&e), "55000");
-    let e = ann.db.execute("SELECT chips.ticket_create($1)", &[&t]).await.unwrap_err();
+    let e = ann
+        .db
+        .execute("SELECT chips.ticket_create($1)", &[&t])
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&e), "55000");
     assert_eq!(sqlstate(&ann.close(t).await.unwrap_err()), "55000");
     assert_eq!(ann.state(t).await.unwrap().as_deref(), Some("H.offer"));
@@ -142,7 +190,12 @@ async fn refused_api_calls_change_nothing() {
 
     // Open: no void, counter, offer or accept.
     bob.accept(t).await.unwrap();
-    for r in [bob.void(t).await, bob.counter(t).await, bob.accept(t).await, bob.offer(t).await] {
+    for r in [
+        bob.void(t).await,
+        bob.counter(t).await,
+        bob.accept(t).await,
+        bob.offer(t).await,
+    ] {
         assert_eq!(sqlstate(&r.unwrap_err()), "55000");
     }
     assert_eq!(bob.state(t).await.unwrap().as_deref(), Some("open"));
@@ -167,21 +220,58 @@ async fn forged_malformed_and_missing_signatures_refused() {
     // Ann's signature over another document (other memo) is no signature over this one.
     let mut other = doc.clone();
     other["memo"] = json!("something else");
-    let wrong_doc = ann.key.sign(chips_core::canon::canonical(&other).unwrap().as_bytes());
-    assert_eq!(sqlstate(&ann.call("tally_offer", t, Some(&wrong_doc)).await.unwrap_err()), "28000");
-    assert_eq!(sqlstate(&ann.call("tally_offer", t, Some("not base64 !")).await.unwrap_err()), "22P02");
-    assert_eq!(sqlstate(&ann.call("tally_offer", t, Some("")).await.unwrap_err()), "28000");
-    let e = ann.db.query_one("SELECT chips.tally_offer($1, NULL)", &[&t]).await.unwrap_err();
+    let wrong_doc = ann
+        .key
+        .sign(chips_core::canon::canonical(&other).unwrap().as_bytes());
+    assert_eq!(
+        sqlstate(
+            &ann.call("tally_offer", t, Some(&wrong_doc))
+                .await
+                .unwrap_err()
+        ),
+        "28000"
+    );
+    assert_eq!(
+        sqlstate(
+            &ann.call("tally_offer", t, Some("not base64 !"))
+                .await
+                .unwrap_err()
+        ),
+        "22P02"
+    );
+    assert_eq!(
+        sqlstate(&ann.call("tally_offer", t, Some("")).await.unwrap_err()),
+        "28000"
+    );
+    let e = ann
+        .db
+        .query_one("SELECT chips.tally_offer($1, NULL)", &[&t])
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&e), "28000");
-    assert_eq!(ann.state(t).await.unwrap().as_deref(), Some("P.draft"), "nothing changed");
+    assert_eq!(
+        ann.state(t).await.unwrap().as_deref(),
+        Some("P.draft"),
+        "nothing changed"
+    );
     assert_eq!(bob.state(t).await.unwrap(), None, "nothing was sent");
 
     ann.offer(t).await.unwrap();
     let forged = mallory.sign(canonical.as_bytes());
-    assert_eq!(sqlstate(&bob.call("tally_accept", t, Some(&forged)).await.unwrap_err()), "28000");
+    assert_eq!(
+        sqlstate(
+            &bob.call("tally_accept", t, Some(&forged))
+                .await
+                .unwrap_err()
+        ),
+        "28000"
+    );
     // Bob's key over the right document, but with Ann's signature: still not Bob's.
     let anns = ann.key.sign(canonical.as_bytes());
-    assert_eq!(sqlstate(&bob.call("tally_accept", t, Some(&anns)).await.unwrap_err()), "28000");
+    assert_eq!(
+        sqlstate(&bob.call("tally_accept", t, Some(&anns)).await.unwrap_err()),
+        "28000"
+    );
     assert_eq!(bob.state(t).await.unwrap().as_deref(), Some("P.offer"));
     assert_eq!(ann.state(t).await.unwrap().as_deref(), Some("H.offer"));
 
@@ -217,7 +307,12 @@ async fn bad_input_gets_a_clear_error() {
         let e = ann.db.execute(*q, &[]).await.unwrap_err();
         assert_eq!(sqlstate(&e), *code, "{q}: {e}");
     }
-    let n: i64 = s.admin.query_one("SELECT count(*) FROM chips.tallies", &[]).await.unwrap().get(0);
+    let n: i64 = s
+        .admin
+        .query_one("SELECT count(*) FROM chips.tallies", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0, "no bad call wrote a tally");
 
     let admin_cases: Vec<(&str, &str)> = vec![
@@ -243,6 +338,11 @@ async fn bad_input_gets_a_clear_error() {
             Ok(_) => assert_eq!(*code, "", "{q} was accepted"),
         }
     }
-    let n: i64 = s.admin.query_one("SELECT count(*) FROM chips.users", &[]).await.unwrap().get(0);
+    let n: i64 = s
+        .admin
+        .query_one("SELECT count(*) FROM chips.users", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 2, "no bad call wrote a user");
 }

@@ -14,29 +14,65 @@ async fn users_see_and_touch_only_their_own_rows() {
     let ann = s.user("Ann", "ann").await.unwrap();
     let bob = s.user("Bob", "bob").await.unwrap();
     let cat = s.user("Cat", "cat").await.unwrap();
-    let secret = ann.draft("stock", json!({"limit": 99}), json!({}), "Ann's private draft").await.unwrap();
+    let secret = ann
+        .draft(
+            "stock",
+            json!({"limit": 99}),
+            json!({}),
+            "Ann's private draft",
+        )
+        .await
+        .unwrap();
     let shared = ann.draft("stock", json!({}), json!({}), "").await.unwrap();
-    bob.redeem(&ann.ticket(shared, false).await.unwrap()).await.unwrap();
+    bob.redeem(&ann.ticket(shared, false).await.unwrap())
+        .await
+        .unwrap();
     ann.offer(shared).await.unwrap();
 
     // Bob sees his half of the shared tally, nothing of Ann's.
-    let rows = bob.db.query("SELECT tally_uuid, ent FROM chips.tallies", &[]).await.unwrap();
+    let rows = bob
+        .db
+        .query("SELECT tally_uuid, ent FROM chips.tallies", &[])
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].get::<_, Uuid>(0), shared);
     assert_eq!(rows[0].get::<_, String>(1), bob.ent);
-    let n: i64 = cat.db.query_one("SELECT count(*) FROM chips.tallies_v", &[]).await.unwrap().get(0);
+    let n: i64 = cat
+        .db
+        .query_one("SELECT count(*) FROM chips.tallies_v", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0);
-    let n: i64 = bob.db.query_one("SELECT count(*) FROM chips.users", &[]).await.unwrap().get(0);
+    let n: i64 = bob
+        .db
+        .query_one("SELECT count(*) FROM chips.users", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1, "Bob sees only his own user row");
-    let n: i64 = bob.db.query_one("SELECT count(*) FROM chips.tickets", &[]).await.unwrap().get(0);
+    let n: i64 = bob
+        .db
+        .query_one("SELECT count(*) FROM chips.tickets", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0, "tickets are their issuer's");
 
     // Guessing ids does not help: another user's tally is "no such tally".
     for f in ["tally_json", "tally_void", "tally_counter", "ticket_create"] {
-        let e = bob.db.execute(&format!("SELECT chips.{f}($1)"), &[&secret]).await.unwrap_err();
+        let e = bob
+            .db
+            .execute(&format!("SELECT chips.{f}($1)"), &[&secret])
+            .await
+            .unwrap_err();
         assert_eq!(sqlstate(&e), "42704", "{f}");
     }
-    let e = bob.call("tally_offer", secret, Some("x")).await.unwrap_err();
+    let e = bob
+        .call("tally_offer", secret, Some("x"))
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&e), "42704");
     // Cat cannot act on Ann and Bob's tally either.
     assert_eq!(sqlstate(&cat.accept(shared).await.unwrap_err()), "42704");
@@ -55,7 +91,10 @@ async fn users_see_and_touch_only_their_own_rows() {
     }
     let memo: String = s
         .admin
-        .query_one("SELECT memo FROM chips.tallies WHERE tally_uuid = $1", &[&secret])
+        .query_one(
+            "SELECT memo FROM chips.tallies WHERE tally_uuid = $1",
+            &[&secret],
+        )
         .await
         .unwrap()
         .get(0);
@@ -97,10 +136,23 @@ async fn admin_and_agent_functions_are_not_for_users_or_public() {
     assert_eq!(
         public,
         [
-            "address_check", "address_parse", "agent_check", "b64url_decode", "b64url_encode",
-            "canonical_json", "cert_check", "cuid_check", "json_digest", "pubkey_check",
-            "tally_doc_check", "tally_state", "tally_transition_allowed", "tally_verify",
-            "terms_check", "trading_check", "verify_signature"
+            "address_check",
+            "address_parse",
+            "agent_check",
+            "b64url_decode",
+            "b64url_encode",
+            "canonical_json",
+            "cert_check",
+            "cuid_check",
+            "json_digest",
+            "pubkey_check",
+            "tally_doc_check",
+            "tally_state",
+            "tally_transition_allowed",
+            "tally_verify",
+            "terms_check",
+            "trading_check",
+            "verify_signature"
         ]
     );
     // Every SECURITY DEFINER function pins its search_path.
@@ -119,7 +171,10 @@ async fn admin_and_agent_functions_are_not_for_users_or_public() {
     // Nobody but the owner may create objects in the schema.
     let ok: bool = s
         .admin
-        .query_one("SELECT has_schema_privilege('chips_user', 'chips', 'CREATE')", &[])
+        .query_one(
+            "SELECT has_schema_privilege('chips_user', 'chips', 'CREATE')",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -131,25 +186,64 @@ async fn roles_that_are_not_active_users_are_refused() {
     let s = site("t_roles").await;
     let bob = s.user("Bob", "bob").await.unwrap();
     // A role in chips_user that acts for no user.
-    s.admin.batch_execute("DROP ROLE IF EXISTS t_roles_stray; CREATE ROLE t_roles_stray IN ROLE chips_user").await.unwrap();
+    s.admin
+        .batch_execute(
+            "DROP ROLE IF EXISTS t_roles_stray; CREATE ROLE t_roles_stray IN ROLE chips_user",
+        )
+        .await
+        .unwrap();
     let stray = connect(&s.dsn).await.unwrap();
     stray.batch_execute("SET ROLE t_roles_stray").await.unwrap();
-    let e = stray.execute("SELECT chips.tally_create('stock')", &[]).await.unwrap_err();
+    let e = stray
+        .execute("SELECT chips.tally_create('stock')", &[])
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&e), "42501");
     // A locked user.
-    s.admin.execute("SELECT chips.user_set_status($1, 'locked')", &[&bob.ent]).await.unwrap();
-    let e = bob.draft("stock", json!({}), json!({}), "").await.unwrap_err();
+    s.admin
+        .execute("SELECT chips.user_set_status($1, 'locked')", &[&bob.ent])
+        .await
+        .unwrap();
+    let e = bob
+        .draft("stock", json!({}), json!({}), "")
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&e), "42501");
     assert!(errmsg(&e).contains("locked"), "{}", errmsg(&e));
     // A superuser cannot be mapped to a user (it would bypass row-level security).
-    let e = s.admin.execute("SELECT chips.user_create('Root', username => 'postgres')", &[]).await.unwrap_err();
+    let e = s
+        .admin
+        .execute(
+            "SELECT chips.user_create('Root', username => 'postgres')",
+            &[],
+        )
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&e), "22023");
     // A user without a key cannot sign anything yet.
-    let ent: String = s.admin.query_one("SELECT chips.user_create('Keyless')", &[]).await.unwrap().get(0);
-    let role: String = s.admin.query_one("SELECT username::text FROM chips.users WHERE ent = $1", &[&ent]).await.unwrap().get(0);
+    let ent: String = s
+        .admin
+        .query_one("SELECT chips.user_create('Keyless')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let role: String = s
+        .admin
+        .query_one(
+            "SELECT username::text FROM chips.users WHERE ent = $1",
+            &[&ent],
+        )
+        .await
+        .unwrap()
+        .get(0);
     let c = connect(&s.dsn).await.unwrap();
-    c.batch_execute(&format!("SET ROLE \"{role}\"")).await.unwrap();
-    let e = c.execute("SELECT chips.tally_create('stock')", &[]).await.unwrap_err();
+    c.batch_execute(&format!("SET ROLE \"{role}\""))
+        .await
+        .unwrap();
+    let e = c
+        .execute("SELECT chips.tally_create('stock')", &[])
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&e), "55000");
 }
 
@@ -161,19 +255,31 @@ async fn peer_messages_are_checked_before_they_change_anything() {
     let ann = a.user("Ann", "ann").await.unwrap();
     let eve = b.user("Eve", "eve").await.unwrap();
     let t = ann.draft("stock", json!({}), json!({}), "").await.unwrap();
-    eve.redeem(&ann.ticket(t, false).await.unwrap()).await.unwrap();
+    eve.redeem(&ann.ticket(t, false).await.unwrap())
+        .await
+        .unwrap();
     chips_tests::relay_all(&[&a, &b]).await.unwrap();
     ann.offer(t).await.unwrap();
-    let offer: serde_json::Value =
-        a.admin.query_one("SELECT msg FROM chips.outbox WHERE action = 'offer'", &[]).await.unwrap().get(0);
+    let offer: serde_json::Value = a
+        .admin
+        .query_one("SELECT msg FROM chips.outbox WHERE action = 'offer'", &[])
+        .await
+        .unwrap()
+        .get(0);
     let recv = |from: String, msg: serde_json::Value| {
         let c = &b.admin;
-        async move { c.query_one("SELECT chips.peer_receive($1, $2)", &[&from, &msg]).await }
+        async move {
+            c.query_one("SELECT chips.peer_receive($1, $2)", &[&from, &msg])
+                .await
+        }
     };
 
     // An impostor agent relaying Ann's offer.
     let impostor = chips_core::sign::KeyPair::from_phrase("impostor").public_b64();
-    assert_eq!(sqlstate(&recv(impostor.clone(), offer.clone()).await.unwrap_err()), "42501");
+    assert_eq!(
+        sqlstate(&recv(impostor.clone(), offer.clone()).await.unwrap_err()),
+        "42501"
+    );
     // A message whose `from` is rewritten to the impostor: the tally's party is not the sender.
     let mut m = offer.clone();
     m["from"]["agent"] = json!(impostor);
@@ -196,7 +302,10 @@ async fn peer_messages_are_checked_before_they_change_anything() {
     for (m, code) in [
         (json!([1, 2]), "22023"),
         (json!({"id": "x"}), "22023"),
-        (json!({"id": "nope", "target": "tally", "action": "offer", "from": {"agent": a.agent_id()}, "to": {}, "object": {}}), "22P02"),
+        (
+            json!({"id": "nope", "target": "tally", "action": "offer", "from": {"agent": a.agent_id()}, "to": {}, "object": {}}),
+            "22P02",
+        ),
     ] {
         assert_eq!(sqlstate(&recv(a.agent_id(), m).await.unwrap_err()), code);
     }
@@ -204,8 +313,17 @@ async fn peer_messages_are_checked_before_they_change_anything() {
     m["action"] = json!("explode");
     assert_eq!(sqlstate(&recv(a.agent_id(), m).await.unwrap_err()), "22023");
 
-    assert_eq!(eve.state(t).await.unwrap(), None, "no refused message left a trace");
-    let n: i64 = b.admin.query_one("SELECT count(*) FROM chips.inbox", &[]).await.unwrap().get(0);
+    assert_eq!(
+        eve.state(t).await.unwrap(),
+        None,
+        "no refused message left a trace"
+    );
+    let n: i64 = b
+        .admin
+        .query_one("SELECT count(*) FROM chips.inbox", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0, "no refused message was recorded as received");
     // The genuine message still goes through.
     let got: String = recv(a.agent_id(), offer).await.unwrap().get(0);

@@ -25,7 +25,10 @@ async fn one_time_ticket_cannot_be_reused() {
     assert_eq!(sqlstate(&e), "55000");
     let part: String = s
         .admin
-        .query_one("SELECT part_cert->'chad'->>'cuid' FROM chips.tallies WHERE tally_uuid = $1", &[&t])
+        .query_one(
+            "SELECT part_cert->'chad'->>'cuid' FROM chips.tallies WHERE tally_uuid = $1",
+            &[&t],
+        )
         .await
         .unwrap()
         .get(0);
@@ -38,19 +41,36 @@ async fn reusable_ticket_makes_one_draft_per_redeemer() {
     let shop = s.user("Corner Shop", "shop").await.unwrap();
     let bob = s.user("Bob", "bob").await.unwrap();
     let cat = s.user("Cat", "cat").await.unwrap();
-    let template = shop.draft("stock", json!({"limit": 2000}), json!({}), "customer account").await.unwrap();
+    let template = shop
+        .draft(
+            "stock",
+            json!({"limit": 2000}),
+            json!({}),
+            "customer account",
+        )
+        .await
+        .unwrap();
     let ticket = shop.ticket(template, true).await.unwrap();
     let tb = bob.redeem(&ticket).await.unwrap().unwrap();
     let tc = cat.redeem(&ticket).await.unwrap().unwrap();
     assert!(tb != tc && tb != template && tc != template);
-    assert_eq!(shop.state(template).await.unwrap().as_deref(), Some("draft"), "the template stays");
+    assert_eq!(
+        shop.state(template).await.unwrap().as_deref(),
+        Some("draft"),
+        "the template stays"
+    );
     for t in [tb, tc] {
         assert_eq!(shop.state(t).await.unwrap().as_deref(), Some("P.draft"));
         assert_eq!(shop.doc(t).await.unwrap()["stock"]["terms"]["limit"], 2000);
     }
     shop.offer(tc).await.unwrap();
     assert_eq!(cat.accept(tc).await.unwrap(), "open");
-    let uses: i32 = s.admin.query_one("SELECT uses FROM chips.tickets", &[]).await.unwrap().get(0);
+    let uses: i32 = s
+        .admin
+        .query_one("SELECT uses FROM chips.tickets", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(uses, 2);
 }
 
@@ -69,7 +89,13 @@ async fn expired_unknown_and_own_tickets_refused() {
     unknown["token"] = json!("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
     assert_eq!(sqlstate(&bob.redeem(&unknown).await.unwrap_err()), "42704");
 
-    s.admin.execute("UPDATE chips.tickets SET expires = now() - interval '1 second'", &[]).await.unwrap();
+    s.admin
+        .execute(
+            "UPDATE chips.tickets SET expires = now() - interval '1 second'",
+            &[],
+        )
+        .await
+        .unwrap();
     let e = bob.redeem(&ticket).await.unwrap_err();
     assert_eq!(sqlstate(&e), "55000");
     assert!(errmsg(&e).contains("expired"), "{}", errmsg(&e));
@@ -78,7 +104,10 @@ async fn expired_unknown_and_own_tickets_refused() {
     for lifetime in ["0 seconds", "-1 hour", "91 days"] {
         let e = ann
             .db
-            .execute(&format!("SELECT chips.ticket_create($1, lifetime => '{lifetime}')"), &[&t])
+            .execute(
+                &format!("SELECT chips.ticket_create($1, lifetime => '{lifetime}')"),
+                &[&t],
+            )
             .await
             .unwrap_err();
         assert_eq!(sqlstate(&e), "22023", "{lifetime}");
@@ -98,10 +127,17 @@ async fn remote_ticket_refusals_reach_no_tally() {
     eve.redeem(&ticket).await.unwrap();
     fay.redeem(&ticket).await.unwrap();
     let r = relay_all(&[&a, &b]).await.unwrap();
-    assert_eq!((r.applied, r.failed), (1, 1), "the second redemption of a one-time ticket is refused");
+    assert_eq!(
+        (r.applied, r.failed),
+        (1, 1),
+        "the second redemption of a one-time ticket is refused"
+    );
     let part: String = a
         .admin
-        .query_one("SELECT part_cert->'chad'->>'cuid' FROM chips.tallies WHERE tally_uuid = $1", &[&t])
+        .query_one(
+            "SELECT part_cert->'chad'->>'cuid' FROM chips.tallies WHERE tally_uuid = $1",
+            &[&t],
+        )
         .await
         .unwrap()
         .get(0);

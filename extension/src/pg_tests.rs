@@ -1,0 +1,189 @@
+//! `#[pg_test]`s: the SQL-callable units, each run inside a transaction that is rolled back.
+
+#[pgrx::pg_schema]
+mod tests {
+    use chips_core::sign::KeyPair;
+    use chips_core::tally::{transition_allowed, ALL_STATUSES};
+    use pgrx::prelude::*;
+    use pgrx::JsonB;
+    use serde_json::json;
+
+    fn one<T: FromDatum + IntoDatum>(q: &str) -> T {
+        Spi::get_one::<T>(q)
+            .expect("query")
+            .expect("non-null result")
+    }
+
+    fn one_with<T: FromDatum + IntoDatum>(q: &str, args: &[pgrx::datum::DatumWithOid]) -> T {
+        Spi::get_one_with_args::<T>(q, args)
+            .expect("query")
+            .expect("non-null result")
+    }
+
+    /// Runs `call` and asserts it fails with the SQL condition `condition` (e.g.
+    /// `invalid_text_representation`): the check happens in PL/pgSQL, so the SQLSTATE is exact.
+    fn expect_condition(call: &str, condition: &str) {
+        Spi::run(&format!(
+            "DO $t$ BEGIN PERFORM {call}; RAISE EXCEPTION 'no error from: %', $c${call}$c$;
+             EXCEPTION WHEN {condition} THEN NULL; END $t$"
+        ))
+        .unwrap_or_else(|e| panic!("{call}: expected {condition}, got {e}"));
+    }
+
+    #[pg_test]
+    fn canonical_json_sorts_keys_and_normalizes_numbers() {
+        let got: String = one(
+            r#"SELECT chips.canonical_json('{"b": [1, 2.50, "é\n"], "a": null, "A": true}'::jsonb)"#,
+        );
+        assert_eq!(got, "{\"A\":true,\"a\":null,\"b\":[1,2.5,\"é\\n\"]}");
+    }
+
+    #[pg_test]
+    fn json_digest_is_sha256_of_the_canonical_text() {
+        // Cross-checked against PostgreSQL's own sha256().
+        let same: bool = one(
+            r#"WITH j(doc) AS (VALUES ('{"z": 1, "a": {"y": [true, null]}}'::jsonb))
+               SELECT chips.json_digest(doc) = sha256(convert_to(chips.canonical_json(doc), 'UTF8')) FROM j"#,
+        );
+        assert!(same);
+    }
+
+    #[pg_test]
+    fn b64url_round_trip_and_errors() {
+        let back: Vec<u8> =
+            one(r"SELECT chips.b64url_decode(chips.b64url_encode('\xfbff00'::bytea))");
+        assert_eq!(back, vec![0xfb, 0xff, 0x00]);
+        let text: String = one(r"SELECT chips.b64url_encode('\xfbff'::bytea)");
+        assert_eq!(text, "-_8");
+        expect_condition("chips.b64url_decode('@@')", "invalid_text_representation");
+        expect_condition("chips.b64url_decode('Zg==')", "invalid_text_representation");
+    }
+
+    #[pg_test]
+    fn signatures_verify_inside_the_database() {
+        let kp = KeyPair::from_phrase("pg_test");
+        let doc = json!({"units": 1500, "memo": "lunch"});
+        let sig = kp.sign_json(&doc).unwrap();
+        let q = "SELECT chips.verify_signature($1, $2, $3)";
+        let ok: bool = one_with(
+            q,
+            &[
+                kp.public_b64().into(),
+                JsonB(doc.clone()).into(),
+                sig.clone().into(),
+            ],
+        );
+        assert!(ok);
+        let other = json!({"units": 15000, "memo": "lunch"});
+        let ok: bool = one_with(
+            q,
+            &[kp.public_b64().into(), JsonB(other).into(), sig.into()],
+        );
+        assert!(!ok, "a signature over another document does not verify");
+        expect_condition(
+            &format!(
+                "chips.verify_signature('{}', '{{}}', 'short')",
+                kp.public_b64()
+            ),
+            "invalid_text_representation",
+        );
+    }
+
+    #[pg_test]
+    fn transition_table_is_core_s() {
+        for from in ALL_STATUSES {
+            for to in ALL_STATUSES {
+                let q = format!("SELECT chips.tally_transition_allowed('{from}', '{to}')");
+                assert_eq!(
+                    one::<bool>(&q),
+                    transition_allowed(from, to),
+                    "{from} -> {to}"
+                );
+            }
+        }
+        expect_condition(
+            "chips.tally_transition_allowed('open', 'opened')",
+            "invalid_parameter_value",
+        );
+        let s: String = one("SELECT chips.tally_state('offer', false, true, true)");
+        assert_eq!(s, "P.offer");
+    }
+
+    #[pg_test]
+    fn value_checks_raise_invalid_parameter_value() {
+        for call in [
+            "chips.trading_check(3, 2, 0, 0)",
+            "chips.trading_check(0, 0, 1.5, 0)",
+            "chips.trading_check(0, 0, -0.5, 0.2)",
+            r#"chips.terms_check('{"limit": -1}')"#,
+            r#"chips.cert_check('{"name": "x"}')"#,
+            r#"chips.tally_doc_check('{"version": 1}')"#,
+            "chips.address_parse('nobody')",
+            "chips.cuid_check('has space')",
+            "chips.agent_check('short')",
+        ] {
+            expect_condition(call, "invalid_parameter_value");
+        }
+        let ok: bool = one("SELECT chips.trading_check(3, 7, 0.02, 0.04)");
+        assert!(ok);
+    }
+
+    /// The whole local lifecycle through the user API, acting as each user with SET LOCAL ROLE.
+    #[pg_test]
+    fn local_tally_lifecycle_through_the_user_api() {
+        let site = KeyPair::from_phrase("pg_test site");
+        let (ann_key, bob_key) = (KeyPair::from_phrase("ann"), KeyPair::from_phrase("bob"));
+        Spi::run_with_args(
+            "SELECT chips.agent_register($1, '127.0.0.1', 65430, true)",
+            &[site.public_b64().into()],
+        )
+        .unwrap();
+        Spi::run(r#"SELECT chips.contract_add('{"title": "Test contract", "text": "IOUs are honoured."}')"#).unwrap();
+        let ann: String = one_with(
+            "SELECT chips.user_create('Ann', 'ann', $1)",
+            &[ann_key.public_b64().into()],
+        );
+        let bob: String = one_with(
+            "SELECT chips.user_create('Bob', 'bob', $1)",
+            &[bob_key.public_b64().into()],
+        );
+        let role = |ent: &str| -> String {
+            one_with(
+                "SELECT username::text FROM chips.users WHERE ent = $1",
+                &[ent.into()],
+            )
+        };
+        let (ann_role, bob_role) = (role(&ann), role(&bob));
+        let act_as = |r: &str| Spi::run(&format!("SET LOCAL ROLE \"{r}\"")).unwrap();
+
+        act_as(&ann_role);
+        let t: pgrx::Uuid =
+            one(r#"SELECT chips.tally_create('stock', hold_terms => '{"limit": 25000}')"#);
+        let ticket: JsonB = one_with("SELECT chips.ticket_create($1)", &[t.into()]);
+        act_as(&bob_role);
+        let got: pgrx::Uuid = one_with("SELECT chips.ticket_redeem($1)", &[ticket.into()]);
+        assert_eq!(got, t);
+        act_as(&ann_role);
+        let doc: JsonB = one_with("SELECT chips.tally_json($1)", &[t.into()]);
+        let state: String = one_with(
+            "SELECT chips.tally_offer($1, $2)",
+            &[t.into(), ann_key.sign_json(&doc.0).unwrap().into()],
+        );
+        assert_eq!(state, "H.offer");
+        act_as(&bob_role);
+        let state: String = one_with(
+            "SELECT chips.tally_accept($1, $2)",
+            &[t.into(), bob_key.sign_json(&doc.0).unwrap().into()],
+        );
+        assert_eq!(state, "open");
+        let visible: i64 = one("SELECT count(*) FROM chips.tallies");
+        assert_eq!(visible, 1, "Bob sees only his half");
+        Spi::run("RESET ROLE").unwrap();
+        let same: bool = one_with(
+            "SELECT count(DISTINCT digest) = 1 AND count(*) = 2 AND bool_and(status = 'open')
+             FROM chips.tallies WHERE tally_uuid = $1",
+            &[t.into()],
+        );
+        assert!(same, "both halves open with one digest");
+    }
+}
