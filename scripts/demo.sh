@@ -6,7 +6,7 @@ source "$(dirname "$0")/lib.sh"
 
 ensure_deps
 install_extension
-DIR=$REPO/.pgdata/demo
+DIR=$(cluster_base)/demo
 PORT=${CHIPS_DEMO_PORT:-54320}
 say "starting a private cluster on 127.0.0.1:$PORT"
 cluster_start "$DIR" "$PORT"

@@ -47,6 +47,16 @@ as_postgres() {
     if [ "$(id -un)" = postgres ]; then "$@"; else runuser -u postgres -- "$@"; fi
 }
 
+# Where private clusters live: under the repository (.pgdata/) when the postgres user can reach
+# it and socket paths stay short; otherwise (a checkout under /root, a long path) in /tmp.
+cluster_base() {
+    local base=$REPO/.pgdata
+    if [ ${#base} -gt 60 ] || ! runuser -u postgres -- test -x "$REPO" 2>/dev/null; then
+        base=/tmp/chips-pgdata-$(printf '%s' "$REPO" | sha256sum | cut -c1-12)
+    fi
+    echo "$base"
+}
+
 # cluster_start DIR PORT: a private cluster in DIR, on 127.0.0.1:PORT, socket in DIR/sock.
 cluster_start() {
     local dir=$1 port=$2

@@ -23,7 +23,7 @@ chown postgres: "$PGTEST_DIR"
 rm -rf "$PGTEST_DIR"
 
 install_extension
-DIR=$REPO/.pgdata/test
+DIR=$(cluster_base)/test
 PORT=${CHIPS_TEST_PORT:-54330}
 say "integration tests against a private cluster on 127.0.0.1:$PORT"
 rm -rf "$DIR"
