@@ -26,6 +26,7 @@ install_extension
 DIR=$(cluster_base)/test
 PORT=${CHIPS_TEST_PORT:-54330}
 say "integration tests against a private cluster on 127.0.0.1:$PORT"
+cluster_stop "$DIR"   # a cluster left running by an interrupted run
 rm -rf "$DIR"
 cluster_start "$DIR" "$PORT"
 trap 'cluster_stop "$DIR"; rm -rf "$DIR"' EXIT
