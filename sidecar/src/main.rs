@@ -44,7 +44,8 @@ enum Command {
 }
 
 fn read_key(path: &PathBuf) -> Result<KeyPair, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let seed = chips_core::codec::b64url_decode_array::<32>(text.trim(), "key file")
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(KeyPair::from_seed(&seed))
@@ -53,8 +54,11 @@ fn read_key(path: &PathBuf) -> Result<KeyPair, String> {
 fn sign_stdin(key: &PathBuf) -> Result<String, String> {
     let kp = read_key(key)?;
     let mut input = String::new();
-    std::io::stdin().read_to_string(&mut input).map_err(|e| format!("reading stdin: {e}"))?;
-    let doc: serde_json::Value = serde_json::from_str(&input).map_err(|e| format!("stdin is not JSON: {e}"))?;
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .map_err(|e| format!("reading stdin: {e}"))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&input).map_err(|e| format!("stdin is not JSON: {e}"))?;
     kp.sign_json(&doc).map_err(|e| e.to_string())
 }
 

@@ -53,9 +53,19 @@ fn sign_makes_a_signature_over_the_canonical_json() {
     let dir = std::env::temp_dir().join(format!("chipsd-sign-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let key = dir.join("user.key");
-    let out = Command::new(env!("CARGO_BIN_EXE_chipsd")).arg("keygen").arg("--out").arg(&key).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_chipsd"))
+        .arg("keygen")
+        .arg("--out")
+        .arg(&key)
+        .output()
+        .unwrap();
     let public = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let pk = Command::new(env!("CARGO_BIN_EXE_chipsd")).arg("pubkey").arg("--key").arg(&key).output().unwrap();
+    let pk = Command::new(env!("CARGO_BIN_EXE_chipsd"))
+        .arg("pubkey")
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8(pk.stdout).unwrap().trim(), public);
     let mut child = Command::new(env!("CARGO_BIN_EXE_chipsd"))
         .arg("sign")
@@ -66,7 +76,12 @@ fn sign_makes_a_signature_over_the_canonical_json() {
         .spawn()
         .unwrap();
     // Whitespace and key order do not matter: the canonical form is signed.
-    child.stdin.take().unwrap().write_all(b"{ \"b\": 2,\n \"a\": [1, 2.0] }").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{ \"b\": 2,\n \"a\": [1, 2.0] }")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let sig = String::from_utf8(out.stdout).unwrap().trim().to_string();
