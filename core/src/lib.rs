@@ -13,6 +13,7 @@
 
 pub mod address;
 pub mod canon;
+pub mod chit;
 pub mod codec;
 pub mod error;
 pub mod sign;

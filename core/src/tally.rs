@@ -334,7 +334,7 @@ fn from_object<T: serde::de::DeserializeOwned>(v: &Value, what: &str, hint: &str
     serde_json::from_value(v.clone()).map_err(|e| Error::value(format!("{what}: {e}{hint}")))
 }
 
-fn is_uuid(s: &str) -> bool {
+pub(crate) fn is_uuid(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 36
         && b.iter().enumerate().all(|(i, c)| match i {
@@ -343,7 +343,7 @@ fn is_uuid(s: &str) -> bool {
         })
 }
 
-fn is_utc_millis(s: &str) -> bool {
+pub(crate) fn is_utc_millis(s: &str) -> bool {
     // YYYY-MM-DDTHH:MM:SS.mmmZ
     let b = s.as_bytes();
     b.len() == 24

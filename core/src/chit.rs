@@ -1,0 +1,414 @@
+//! Chits: signed IOUs on an open tally, and the hash chain that orders them.
+//!
+//! A chit moves value between the two halves of a tally. Its issuer (`by`) is the side that
+//! pledges value: the issuer's balance goes down by `units`, the other side's goes up. Units are
+//! milliCHIPs (1 CHIP = 1000). A `set` chit carries no units: it changes its issuer's trading
+//! variables, or asks to close the tally.
+//!
+//! Every good chit gets a place in its tally's chain: `index` (1, 2, ...), the hash of the chit
+//! before it (`prior`; the tally digest for index 1), and its own hash, SHA-256 of the canonical
+//! JSON of the chit document plus `{index, prior, sign}`. Both halves of a tally end with the
+//! same chain.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+use std::str::FromStr;
+
+use crate::tally::{Side, TradingVars};
+use crate::{canon, codec, sign, Error, Result};
+
+/// What a chit does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChitType {
+    /// A transaction: a payment the issuer signs, or an invoice the other side asks it to sign.
+    Tran,
+    /// A setting: the issuer's trading variables, or a request to close.
+    Set,
+    /// Part of a credit lift (written by lifts only).
+    Lift,
+}
+
+impl ChitType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChitType::Tran => "tran",
+            ChitType::Set => "set",
+            ChitType::Lift => "lift",
+        }
+    }
+}
+
+impl FromStr for ChitType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "tran" => Ok(ChitType::Tran),
+            "set" => Ok(ChitType::Set),
+            "lift" => Ok(ChitType::Lift),
+            _ => Err(Error::value(format!(
+                "chit type must be tran, set or lift, not {s:?}"
+            ))),
+        }
+    }
+}
+
+/// The status of a chit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChitStatus {
+    /// Asked for (an invoice) or reserved (a lift in progress); moves no value yet.
+    Pend,
+    /// Signed by its issuer (or committed by its lift): final.
+    Good,
+    /// Declined or withdrawn: final.
+    Void,
+}
+
+pub const ALL_CHIT_STATUSES: [ChitStatus; 3] =
+    [ChitStatus::Pend, ChitStatus::Good, ChitStatus::Void];
+
+impl ChitStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChitStatus::Pend => "pend",
+            ChitStatus::Good => "good",
+            ChitStatus::Void => "void",
+        }
+    }
+}
+
+impl FromStr for ChitStatus {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        ALL_CHIT_STATUSES
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| Error::value(format!("{s:?} is not a chit status")))
+    }
+}
+
+impl fmt::Display for ChitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether a chit may move from `from` to `to`: only a pending chit changes (to good when its
+/// issuer signs, to void when declined or withdrawn); good and void are final.
+pub fn chit_transition_allowed(from: ChitStatus, to: ChitStatus) -> bool {
+    from == to || (from == ChitStatus::Pend && matches!(to, ChitStatus::Good | ChitStatus::Void))
+}
+
+/// What a `set` chit asks for. Trading variables left out keep their value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clutch: Option<f64>,
+    /// `true`: close the tally once its balance is zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close: Option<bool>,
+}
+
+impl Settings {
+    pub fn from_json(v: &Value) -> Result<Settings> {
+        if !v.is_object() {
+            return Err(Error::value(format!(
+                "settings must be a JSON object, not {v}"
+            )));
+        }
+        let s: Settings = serde_json::from_value(v.clone()).map_err(|e| {
+            Error::value(format!(
+                "settings: {e} (allowed: target, bound, reward, clutch, close)"
+            ))
+        })?;
+        if s == Settings::default() {
+            return Err(Error::value("a setting chit must change something"));
+        }
+        if s.close == Some(false) {
+            return Err(Error::value("close can only be true"));
+        }
+        Ok(s)
+    }
+
+    /// The trading variables after applying these settings to `current`, checked.
+    pub fn apply(&self, current: TradingVars) -> Result<TradingVars> {
+        let next = TradingVars {
+            target: self.target.unwrap_or(current.target),
+            bound: self.bound.unwrap_or(current.bound),
+            reward: self.reward.unwrap_or(current.reward),
+            clutch: self.clutch.unwrap_or(current.clutch),
+        };
+        next.check()?;
+        Ok(next)
+    }
+}
+
+/// The document a chit's issuer signs (over its canonical JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChitDoc {
+    /// The tally's uuid.
+    pub tally: String,
+    /// The issuer: the side that pledges value.
+    pub by: Side,
+    #[serde(rename = "type")]
+    pub kind: ChitType,
+    pub uuid: String,
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, UTC.
+    pub date: String,
+    /// milliCHIPs, >= 1; absent for a `set` chit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub units: Option<i64>,
+    /// Free reference data for `tran`; the [`Settings`] for `set`; the lift for `lift`.
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memo: Option<String>,
+}
+
+/// The most units one chit may carry: 10^15 milliCHIPs (a trillion CHIPs). Sums of any realistic
+/// number of chits stay far inside i64.
+pub const MAX_UNITS: i64 = 1_000_000_000_000_000;
+
+impl ChitDoc {
+    pub fn from_json(v: &Value) -> Result<ChitDoc> {
+        if !v.is_object() {
+            return Err(Error::value(format!(
+                "a chit must be a JSON object, not {v}"
+            )));
+        }
+        let d: ChitDoc =
+            serde_json::from_value(v.clone()).map_err(|e| Error::value(format!("chit: {e}")))?;
+        d.check()?;
+        Ok(d)
+    }
+
+    pub fn check(&self) -> Result<()> {
+        if !crate::tally::is_uuid(&self.tally) || !crate::tally::is_uuid(&self.uuid) {
+            return Err(Error::value("chit tally and uuid must be lower-case UUIDs"));
+        }
+        if !crate::tally::is_utc_millis(&self.date) {
+            return Err(Error::value(format!(
+                "chit date {:?} is not YYYY-MM-DDTHH:MM:SS.mmmZ",
+                self.date
+            )));
+        }
+        match (self.kind, self.units) {
+            (ChitType::Set, None) => {
+                Settings::from_json(self.reference.as_ref().unwrap_or(&Value::Null))?;
+            }
+            (ChitType::Set, Some(_)) => {
+                return Err(Error::value("a setting chit carries no units"))
+            }
+            (_, Some(u)) if (1..=MAX_UNITS).contains(&u) => {}
+            (_, Some(u)) => {
+                return Err(Error::value(format!(
+                    "units must be between 1 and {MAX_UNITS}, not {u}"
+                )))
+            }
+            (_, None) => return Err(Error::value("a transaction chit needs units")),
+        }
+        if let Some(m) = &self.memo {
+            if m.chars().count() > 1000 {
+                return Err(Error::value("memo is longer than 1000 characters"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).expect("a ChitDoc always serializes")
+    }
+
+    /// The change of the `holder` half's balance when this chit is good: the issuer pledges
+    /// value, so its balance goes down.
+    pub fn value_for(&self, holder: Side) -> i64 {
+        let u = self.units.unwrap_or(0);
+        if self.by == holder {
+            -u
+        } else {
+            u
+        }
+    }
+
+    /// Verifies the issuer's signature with the issuer's public key.
+    pub fn verify(&self, issuer_key: &str, signature: &str) -> Result<()> {
+        sign::verify_json(issuer_key, &self.to_json(), signature).map_err(|e| match e {
+            Error::BadSignature(_) => Error::BadSignature(format!(
+                "chit {} was not signed by its issuer ({})",
+                self.uuid, self.by
+            )),
+            other => other,
+        })
+    }
+
+    /// The chain hash of this chit at `index`, after the block whose hash is `prior`.
+    pub fn chain_hash(
+        &self,
+        index: i64,
+        prior: &[u8],
+        signature: Option<&str>,
+    ) -> Result<[u8; 32]> {
+        if index < 1 {
+            return Err(Error::value(format!(
+                "chain index must be >= 1, not {index}"
+            )));
+        }
+        if prior.len() != 32 {
+            return Err(Error::value("the prior hash must be 32 bytes"));
+        }
+        let mut v = self.to_json();
+        let o = v.as_object_mut().expect("a chit is an object");
+        o.insert("index".into(), Value::from(index));
+        o.insert("prior".into(), Value::from(codec::b64url_encode(prior)));
+        if let Some(s) = signature {
+            o.insert("sign".into(), Value::from(s));
+        }
+        canon::digest(&v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sign::KeyPair;
+    use serde_json::json;
+
+    fn doc(by: Side, units: Option<i64>) -> ChitDoc {
+        ChitDoc {
+            tally: "0b6f2a52-62cf-4c53-9c64-0b2ad4c3e1a7".into(),
+            by,
+            kind: if units.is_some() {
+                ChitType::Tran
+            } else {
+                ChitType::Set
+            },
+            uuid: "9d1f6a52-62cf-4c53-9c64-0b2ad4c3e1a7".into(),
+            date: "2026-11-21T10:00:00.000Z".into(),
+            units,
+            reference: units.is_none().then(|| json!({"target": 3, "bound": 7})),
+            memo: Some("lunch".into()),
+        }
+    }
+
+    #[test]
+    fn transitions() {
+        use ChitStatus::*;
+        for from in ALL_CHIT_STATUSES {
+            for to in ALL_CHIT_STATUSES {
+                let expect = from == to || (from == Pend && to != Pend);
+                assert_eq!(chit_transition_allowed(from, to), expect, "{from} -> {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn value_follows_the_issuer() {
+        let d = doc(Side::Foil, Some(1500));
+        assert_eq!(
+            d.value_for(Side::Foil),
+            -1500,
+            "the payer's balance goes down"
+        );
+        assert_eq!(d.value_for(Side::Stock), 1500);
+        assert_eq!(doc(Side::Stock, None).value_for(Side::Foil), 0);
+    }
+
+    #[test]
+    fn validation() {
+        doc(Side::Foil, Some(1)).check().unwrap();
+        doc(Side::Foil, None).check().unwrap();
+        for bad in [Some(0), Some(-5), Some(MAX_UNITS + 1)] {
+            assert!(doc(Side::Foil, bad).check().is_err(), "{bad:?}");
+        }
+        let mut d = doc(Side::Foil, None);
+        d.reference = Some(json!({"target": 9, "bound": 7, "color": 1}));
+        assert!(d.check().is_err());
+        d.reference = Some(json!({}));
+        assert!(d.check().is_err(), "a setting must change something");
+        d.reference = None;
+        assert!(d.check().is_err());
+        let mut d = doc(Side::Foil, Some(5));
+        d.kind = ChitType::Set;
+        assert!(d.check().is_err());
+        let mut v = doc(Side::Foil, Some(5)).to_json();
+        v["extra"] = json!(1);
+        assert!(ChitDoc::from_json(&v).is_err());
+        assert!(ChitDoc::from_json(&json!([1])).is_err());
+    }
+
+    #[test]
+    fn settings_apply_and_check() {
+        let cur = TradingVars::default();
+        let s = Settings::from_json(&json!({"target": 3, "bound": 7})).unwrap();
+        assert_eq!(
+            s.apply(cur).unwrap(),
+            TradingVars {
+                target: 3,
+                bound: 7,
+                reward: 0.0,
+                clutch: 0.0
+            }
+        );
+        let s = Settings::from_json(&json!({"target": 9})).unwrap();
+        assert!(s.apply(cur).is_err(), "target above bound");
+        assert!(Settings::from_json(&json!({"close": false})).is_err());
+        assert_eq!(
+            Settings::from_json(&json!({"close": true})).unwrap().close,
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn signatures_and_chain_hashes() {
+        let payer = KeyPair::from_phrase("payer");
+        let d = doc(Side::Foil, Some(1500));
+        let sig = payer.sign_json(&d.to_json()).unwrap();
+        d.verify(&payer.public_b64(), &sig).unwrap();
+        let mut other = d.clone();
+        other.units = Some(15000);
+        assert!(matches!(
+            other.verify(&payer.public_b64(), &sig),
+            Err(Error::BadSignature(_))
+        ));
+
+        let genesis = [9u8; 32];
+        let h1 = d.chain_hash(1, &genesis, Some(&sig)).unwrap();
+        assert_eq!(
+            h1,
+            d.chain_hash(1, &genesis, Some(&sig)).unwrap(),
+            "deterministic"
+        );
+        assert_ne!(
+            h1,
+            d.chain_hash(2, &genesis, Some(&sig)).unwrap(),
+            "index is hashed"
+        );
+        assert_ne!(
+            h1,
+            d.chain_hash(1, &[8u8; 32], Some(&sig)).unwrap(),
+            "prior is hashed"
+        );
+        assert_ne!(
+            h1,
+            other.chain_hash(1, &genesis, Some(&sig)).unwrap(),
+            "content is hashed"
+        );
+        // The hash is SHA-256 of the canonical chit plus index, prior and sign.
+        let mut v = d.to_json();
+        v["index"] = json!(1);
+        v["prior"] = json!(codec::b64url_encode(&genesis));
+        v["sign"] = json!(sig);
+        assert_eq!(h1, canon::digest(&v).unwrap());
+        assert!(d.chain_hash(0, &genesis, None).is_err());
+    }
+}
