@@ -23,6 +23,7 @@ GRANT USAGE ON SCHEMA chips TO chips_admin, chips_user, chips_agent;
 CREATE SEQUENCE chips.ent_seq START 1000;
 CREATE SEQUENCE chips.tally_seq;
 CREATE SEQUENCE chips.outbox_seq;
+CREATE SEQUENCE chips.chit_seq;
 
 -- A site's peer identities. `local` agents are served by this database's sidecar(s); the others
 -- are partners' agents, learned from certificates and tickets.
@@ -86,8 +87,15 @@ CREATE TABLE chips.tallies (
     reward      double precision NOT NULL DEFAULT 0,
     clutch      double precision NOT NULL DEFAULT 0,
     -- balances in milliCHIPs from the holder's view (positive: the partner owes the holder)
-    net_good    bigint NOT NULL DEFAULT 0,
-    net_pend    bigint NOT NULL DEFAULT 0,
+    net_good    bigint NOT NULL DEFAULT 0,  -- sum of good chits
+    net_pend    bigint NOT NULL DEFAULT 0,  -- sum of good and pending chits
+    part_sets   jsonb NOT NULL DEFAULT '{}',  -- the partner's trading variables, from its set chits
+    -- the chit chain: chain_len good chits are chained; chain_tip is the hash of the last block
+    -- (the tally digest while chain_len = 0); on the foil half, chain_conf is the last index the
+    -- stock half confirmed
+    chain_len   integer NOT NULL DEFAULT 0,
+    chain_tip   bytea,
+    chain_conf  integer NOT NULL DEFAULT 0,
     created     timestamptz NOT NULL DEFAULT now(),
     updated     timestamptz NOT NULL DEFAULT now(),
     UNIQUE (tally_uuid, side),
@@ -142,6 +150,40 @@ CREATE TABLE chips.inbox (
     received   timestamptz NOT NULL DEFAULT now()
 );
 
+-- Chits: one row per chit per tally half. Value moves from the issuer's half to the other.
+CREATE TABLE chips.chits (
+    id          bigint PRIMARY KEY DEFAULT nextval('chips.chit_seq'),
+    tally_id    bigint NOT NULL REFERENCES chips.tallies,
+    chit_uuid   uuid NOT NULL,
+    chit_type   text NOT NULL CHECK (chit_type IN ('tran', 'set', 'lift')),
+    issuer      text NOT NULL CHECK (issuer IN ('stock', 'foil')),
+    units       bigint CHECK (units BETWEEN 1 AND 1000000000000000),
+    reference   jsonb,
+    memo        text,
+    chit_date   timestamptz(3) NOT NULL,
+    signature   text,                   -- the issuer's Ed25519 signature over the chit document
+    status      text NOT NULL CHECK (status IN ('pend', 'good', 'void')),
+    value       bigint NOT NULL,        -- change of this half's balance when good
+    chain_idx   integer,                -- place in the chain (good chits, once ordered)
+    chain_prev  bytea,
+    chain_hash  bytea,
+    created     timestamptz NOT NULL DEFAULT now(),
+    updated     timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (tally_id, chit_uuid),
+    UNIQUE (tally_id, chain_idx),
+    CHECK ((chit_type = 'set') = (units IS NULL)),
+    CHECK (status <> 'good' OR chit_type = 'lift' OR signature IS NOT NULL),
+    CHECK (chain_idx IS NULL OR (status = 'good' AND chain_prev IS NOT NULL AND chain_hash IS NOT NULL))
+);
+CREATE INDEX chits_unchained_idx ON chips.chits (tally_id) WHERE status = 'good' AND chain_idx IS NULL;
+
+-- Keys the database holds for custodial users (created with custodial => true): lets
+-- integrations and simulations sign through SQL alone. Readable by the owner only.
+CREATE TABLE chips.custody (
+    ent        text PRIMARY KEY REFERENCES chips.users,
+    seed       bytea NOT NULL CHECK (length(seed) = 32)
+);
+
 -- Voids that arrived before the tally they void (messages reordered): the late offer is ignored.
 CREATE TABLE chips.tally_tombstones (
     tally_uuid uuid NOT NULL,
@@ -159,6 +201,9 @@ SELECT pg_catalog.pg_extension_config_dump('chips.tallies', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.tickets', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.outbox', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.inbox', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.chits', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.custody', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.chit_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.tally_tombstones', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.ent_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.tally_seq', '');

@@ -61,3 +61,28 @@ fn outer_role() -> String {
             .into_owned()
     }
 }
+
+/// A new random Ed25519 seed (32 bytes), for a custodial user's key.
+#[pg_extern(volatile, parallel_safe)]
+fn new_seed() -> Vec<u8> {
+    chips_core::sign::KeyPair::generate().seed().to_vec()
+}
+
+/// The base64url public key of a seed.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn seed_public(seed: &[u8]) -> String {
+    keypair(seed).public_b64()
+}
+
+/// Signs the canonical JSON of `doc` with a seed: what a custodial user's "device" does.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn seed_sign(seed: &[u8], doc: JsonB) -> String {
+    ok(keypair(seed).sign_json(&doc.0))
+}
+
+fn keypair(seed: &[u8]) -> chips_core::sign::KeyPair {
+    let seed: [u8; 32] = seed
+        .try_into()
+        .unwrap_or_else(|_| ChipsError::Invalid("a key seed is 32 bytes".into()).raise());
+    chips_core::sign::KeyPair::from_seed(&seed)
+}

@@ -6,15 +6,24 @@
 
 use pgrx::prelude::*;
 
+mod chit;
 mod crypto;
 mod error;
 mod tally;
 
 ::pgrx::pg_module_magic!(name, version);
 
-// Tables, roles and pg_dump marks first; then every #[pg_extern]; then the SQL API that uses them.
+// Tables, roles and pg_dump marks first; then the functions (Rust and PL/pgSQL, in any order: a
+// PL/pgSQL body is not resolved until it runs); last the triggers, views, row-level security and
+// grants, which need every function to exist.
 extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
-extension_sql_file!("../../sql/api.sql", name = "api", finalize);
+extension_sql_file!("../../sql/tally.sql", name = "tally", requires = ["schema"]);
+extension_sql_file!(
+    "../../sql/chits.sql",
+    name = "chits",
+    requires = ["schema", "tally"]
+);
+extension_sql_file!("../../sql/finalize.sql", name = "finalize", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]
 mod pg_tests;

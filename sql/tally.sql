@@ -1,5 +1,6 @@
--- chips install SQL, part 2: the SQL API, triggers, views, row-level security and grants.
--- Runs after every #[pg_extern] of the extension exists.
+-- chips install SQL, part 2: the tally API (identity, tickets, tallies, peer messages) and the
+-- trigger functions that guard tallies. Functions only: the triggers, views, row-level security
+-- and grants are in sql/finalize.sql, which runs after every function exists.
 --
 -- Conventions
 -- * Functions whose names start with '_' are internal: revoked from PUBLIC, granted to nobody.
@@ -17,9 +18,9 @@
 
 -- The entity id of the user the calling role acts for, or null.
 CREATE FUNCTION chips.my_ent() RETURNS text
-LANGUAGE sql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = chips, pg_catalog, pg_temp
-AS $$ SELECT u.ent FROM chips.users u WHERE u.username = chips.outer_role() $$;
+AS $$ BEGIN RETURN (SELECT u.ent FROM chips.users u WHERE u.username = chips.outer_role()); END $$;
 
 -- The calling user's row; 42501 when the role is no active chips user.
 CREATE FUNCTION chips._me() RETURNS chips.users
@@ -121,10 +122,14 @@ $$;
 
 -- The state a person sees (draft, P.draft, H.offer, P.offer, open, closing, closed, void).
 CREATE FUNCTION chips._state(t chips.tallies) RETURNS text
-LANGUAGE sql IMMUTABLE
+LANGUAGE plpgsql IMMUTABLE
 SET search_path = chips, pg_catalog, pg_temp
-AS $$ SELECT chips.tally_state(t.status, t.hold_sig IS NOT NULL, t.part_sig IS NOT NULL,
-                               t.part_cert IS NOT NULL) $$;
+AS $$
+BEGIN
+    RETURN chips.tally_state(t.status, t.hold_sig IS NOT NULL, t.part_sig IS NOT NULL,
+                             t.part_cert IS NOT NULL);
+END
+$$;
 
 -- Raises 28000 unless both signatures of a tally half verify over its document.
 CREATE FUNCTION chips._check_signed(t chips.tallies) RETURNS void
@@ -237,6 +242,10 @@ BEGIN
         WHEN 'tally/open' THEN RETURN chips._recv_open(msg);
         WHEN 'tally/void' THEN RETURN chips._recv_void(msg);
         WHEN 'tally/close' THEN RETURN chips._recv_close(msg);
+        WHEN 'chit/pend' THEN RETURN chips._recv_chit_pend(msg);
+        WHEN 'chit/good' THEN RETURN chips._recv_chit_good(msg);
+        WHEN 'chit/void' THEN RETURN chips._recv_chit_void(msg);
+        WHEN 'chit/chain' THEN RETURN chips._recv_chain(msg);
         ELSE
             RAISE EXCEPTION 'unknown peer message %/%', msg->>'target', msg->>'action'
                 USING ERRCODE = '22023';
@@ -360,7 +369,7 @@ $$;
 
 CREATE FUNCTION chips.user_create(name text, cuid text DEFAULT NULL, pubkey text DEFAULT NULL,
                                   ent_type text DEFAULT 'p', agent text DEFAULT NULL,
-                                  username name DEFAULT NULL)
+                                  username name DEFAULT NULL, custodial boolean DEFAULT false)
 RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = chips, pg_catalog, pg_temp
@@ -371,6 +380,7 @@ DECLARE
     v_cuid text;
     v_role name;
     v_n integer;
+    v_seed bytea;
 BEGIN
     IF user_create.ent_type IS NULL OR user_create.ent_type NOT IN ('p', 'o') THEN
         RAISE EXCEPTION 'ent_type must be ''p'' (person) or ''o'' (organization)'
@@ -395,6 +405,13 @@ BEGIN
     END IF;
     IF user_create.pubkey IS NOT NULL THEN
         PERFORM chips.pubkey_check(user_create.pubkey);
+        IF user_create.custodial THEN
+            RAISE EXCEPTION 'a custodial user''s key is made by the database: give no pubkey'
+                USING ERRCODE = '22023';
+        END IF;
+    END IF;
+    IF user_create.custodial THEN
+        v_seed := chips.new_seed();
     END IF;
     v_ent := user_create.ent_type || pg_catalog.nextval('chips.ent_seq');
     v_cuid := coalesce(user_create.cuid, v_ent);
@@ -419,7 +436,11 @@ BEGIN
         EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN IN ROLE chips_user', v_role);
     END IF;
     INSERT INTO chips.users (ent, ent_type, cuid, agent, name, pubkey, username)
-    VALUES (v_ent, user_create.ent_type, v_cuid, v_agent, user_create.name, user_create.pubkey, v_role);
+    VALUES (v_ent, user_create.ent_type, v_cuid, v_agent, user_create.name,
+            coalesce(user_create.pubkey, chips.seed_public(v_seed)), v_role);
+    IF v_seed IS NOT NULL THEN
+        INSERT INTO chips.custody (ent, seed) VALUES (v_ent, v_seed);
+    END IF;
     RETURN v_ent;
 END
 $$;
@@ -431,6 +452,10 @@ SET search_path = chips, pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM chips.pubkey_check(user_set_key.pubkey);
+    IF EXISTS (SELECT 1 FROM chips.custody k WHERE k.ent = user_set_key.ent) THEN
+        RAISE EXCEPTION 'user % is custodial: the database holds their key', user_set_key.ent
+            USING ERRCODE = '55000';
+    END IF;
     UPDATE chips.users u SET pubkey = user_set_key.pubkey, updated = pg_catalog.now()
     WHERE u.ent = user_set_key.ent;
     IF NOT FOUND THEN
@@ -680,7 +705,7 @@ END
 $$;
 
 -- Sign a draft and offer it to the partner.
-CREATE FUNCTION chips.tally_offer(tally uuid, signature text) RETURNS text
+CREATE FUNCTION chips.tally_offer(tally uuid, signature text DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = chips, pg_catalog, pg_temp
 AS $$
@@ -688,6 +713,7 @@ DECLARE
     v_me chips.users := chips._me();
     t chips.tallies := chips._my_tally(v_me, tally_offer.tally);
     v_doc jsonb;
+    v_sig text;
 BEGIN
     IF t.status <> 'draft' THEN
         PERFORM chips._refuse(t, 'offer', 'Only a draft can be offered.');
@@ -697,18 +723,19 @@ BEGIN
             HINT = 'Give someone a ticket for it (chips.ticket_create) and wait until they redeem it.';
     END IF;
     v_doc := chips._tally_doc(t);
-    PERFORM chips._verify(v_doc, t.side, tally_offer.signature);
-    UPDATE chips.tallies x SET status = 'offer', hold_sig = tally_offer.signature, part_sig = NULL
+    v_sig := coalesce(tally_offer.signature, chips._custodial_sign(v_me.ent, v_doc));
+    PERFORM chips._verify(v_doc, t.side, v_sig);
+    UPDATE chips.tallies x SET status = 'offer', hold_sig = v_sig, part_sig = NULL
     WHERE x.id = t.id RETURNING * INTO t;
     PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'tally', 'offer',
         pg_catalog.jsonb_build_object('tally', v_doc,
-            'sign', pg_catalog.jsonb_build_object(t.side, tally_offer.signature)));
+            'sign', pg_catalog.jsonb_build_object(t.side, v_sig)));
     RETURN chips._state(t);
 END
 $$;
 
 -- Sign the partner's offer: the tally opens on both halves.
-CREATE FUNCTION chips.tally_accept(tally uuid, signature text) RETURNS text
+CREATE FUNCTION chips.tally_accept(tally uuid, signature text DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = chips, pg_catalog, pg_temp
 AS $$
@@ -716,13 +743,15 @@ DECLARE
     v_me chips.users := chips._me();
     t chips.tallies := chips._my_tally(v_me, tally_accept.tally);
     v_doc jsonb;
+    v_sig text;
 BEGIN
     IF t.status <> 'offer' OR t.part_sig IS NULL OR t.hold_sig IS NOT NULL THEN
         PERFORM chips._refuse(t, 'accept', 'Only an offer from your partner (P.offer) can be accepted.');
     END IF;
     v_doc := chips._tally_doc(t);
-    PERFORM chips._verify(v_doc, t.side, tally_accept.signature);
-    UPDATE chips.tallies x SET status = 'open', hold_sig = tally_accept.signature
+    v_sig := coalesce(tally_accept.signature, chips._custodial_sign(v_me.ent, v_doc));
+    PERFORM chips._verify(v_doc, t.side, v_sig);
+    UPDATE chips.tallies x SET status = 'open', hold_sig = v_sig
     WHERE x.id = t.id RETURNING * INTO t;
     PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'tally', 'open',
         pg_catalog.jsonb_build_object('tally', v_doc,
@@ -1117,92 +1146,3 @@ BEGIN
     RETURN NULL;
 END
 $$;
-
-CREATE TRIGGER tallies_bi BEFORE INSERT ON chips.tallies
-    FOR EACH ROW EXECUTE FUNCTION chips._tallies_bi();
-CREATE TRIGGER tallies_bu BEFORE UPDATE ON chips.tallies
-    FOR EACH ROW EXECUTE FUNCTION chips._tallies_bu();
-CREATE TRIGGER tallies_notify AFTER INSERT OR UPDATE ON chips.tallies
-    FOR EACH ROW EXECUTE FUNCTION chips._tallies_notify();
-CREATE TRIGGER outbox_notify AFTER INSERT ON chips.outbox
-    FOR EACH ROW EXECUTE FUNCTION chips._outbox_notify();
-
-------------------------------------------------------------------------------------------------
--- Views
-------------------------------------------------------------------------------------------------
-
-CREATE VIEW chips.tallies_v WITH (security_invoker = true) AS
-SELECT t.id, t.ent, t.tally_uuid, t.side, t.status, chips._state(t) AS state, t.revision,
-       t.tally_date, t.memo, t.contract, t.part_cert->'chad' AS part_chad,
-       t.part_cert->>'name' AS part_name, t.part_ent, t.hold_terms, t.part_terms,
-       t.target, t.bound, t.reward, t.clutch, t.net_good, t.net_pend,
-       chips.b64url_encode(t.digest) AS digest, chips._tally_doc(t) AS doc, t.created, t.updated
-FROM chips.tallies t;
-
-------------------------------------------------------------------------------------------------
--- Row-level security: users see their own rows; admins see everything
-------------------------------------------------------------------------------------------------
-
-ALTER TABLE chips.users ENABLE ROW LEVEL SECURITY;
-ALTER TABLE chips.tallies ENABLE ROW LEVEL SECURITY;
-ALTER TABLE chips.tickets ENABLE ROW LEVEL SECURITY;
-
-CREATE POLICY users_own ON chips.users FOR SELECT TO chips_user
-    USING (ent = (SELECT chips.my_ent()));
-CREATE POLICY tallies_own ON chips.tallies FOR SELECT TO chips_user
-    USING (ent = (SELECT chips.my_ent()));
-CREATE POLICY tickets_own ON chips.tickets FOR SELECT TO chips_user
-    USING (ent = (SELECT chips.my_ent()));
-CREATE POLICY users_admin ON chips.users FOR SELECT TO chips_admin USING (true);
-CREATE POLICY tallies_admin ON chips.tallies FOR SELECT TO chips_admin USING (true);
-CREATE POLICY tickets_admin ON chips.tickets FOR SELECT TO chips_admin USING (true);
-
-------------------------------------------------------------------------------------------------
--- Grants
-------------------------------------------------------------------------------------------------
-
-REVOKE ALL ON ALL TABLES IN SCHEMA chips FROM PUBLIC;
-REVOKE ALL ON ALL SEQUENCES IN SCHEMA chips FROM PUBLIC;
-REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA chips FROM PUBLIC;
-
--- Pure functions anyone may use.
-GRANT EXECUTE ON FUNCTION
-    chips.canonical_json(jsonb), chips.json_digest(jsonb), chips.b64url_encode(bytea),
-    chips.b64url_decode(text), chips.verify_signature(text, jsonb, text),
-    chips.tally_transition_allowed(text, text), chips.tally_state(text, boolean, boolean, boolean),
-    chips.tally_doc_check(jsonb), chips.tally_verify(jsonb, text, text), chips.cert_check(jsonb),
-    chips.terms_check(jsonb), chips.trading_check(bigint, bigint, double precision, double precision),
-    chips.address_parse(text), chips.address_check(jsonb), chips.agent_check(text),
-    chips.cuid_check(text), chips.pubkey_check(text)
-TO PUBLIC;
-
--- Users: their own rows, and the user API.
-GRANT SELECT ON chips.users, chips.tallies, chips.tickets, chips.tallies_v TO chips_user;
-GRANT SELECT ON chips.agents, chips.contracts TO chips_user;
-GRANT EXECUTE ON FUNCTION
-    chips.my_ent(), chips.user_cert(), chips._tally_doc(chips.tallies), chips._state(chips.tallies),
-    chips._iso(timestamptz), chips._other(text),
-    chips.tally_create(text, text, jsonb, jsonb, text),
-    chips.tally_update(uuid, jsonb, jsonb, text, text), chips.tally_json(uuid),
-    chips.ticket_create(uuid, boolean, interval), chips.ticket_redeem(jsonb),
-    chips.tally_offer(uuid, text), chips.tally_accept(uuid, text), chips.tally_counter(uuid),
-    chips.tally_void(uuid), chips.tally_close(uuid)
-TO chips_user;
-
--- The sidecar: peer messages in and out.
-GRANT SELECT ON chips.agents, chips.outbox, chips.inbox TO chips_agent;
-GRANT EXECUTE ON FUNCTION
-    chips.peer_receive(text, jsonb), chips.outbox_claim(integer, interval, text[]),
-    chips.outbox_ack(bigint[])
-TO chips_agent;
-
--- Administrators: read everything, manage agents, users and contracts.
-GRANT SELECT ON ALL TABLES IN SCHEMA chips TO chips_admin;
-GRANT EXECUTE ON FUNCTION
-    chips.my_ent(), chips._tally_doc(chips.tallies), chips._state(chips.tallies),
-    chips._iso(timestamptz), chips._other(text),
-    chips.agent_register(text, text, integer, boolean),
-    chips.user_create(text, text, text, text, text, name),
-    chips.user_set_key(text, text), chips.user_set_status(text, text),
-    chips.contract_add(jsonb, text)
-TO chips_admin;

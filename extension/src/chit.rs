@@ -1,0 +1,52 @@
+//! Chit rules from `chips_core::chit`, callable from SQL.
+
+use chips_core::chit::{self, ChitDoc, ChitStatus, Settings};
+use chips_core::tally::Side;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+
+use crate::error::{ok, ChipsError};
+
+/// Whether a chit may move from one status to another.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn chit_transition_allowed(from_status: &str, to_status: &str) -> bool {
+    let from: ChitStatus = ok(from_status.parse());
+    let to: ChitStatus = ok(to_status.parse());
+    chit::chit_transition_allowed(from, to)
+}
+
+/// Validates a chit document and returns it normalized.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn chit_doc_check(doc: JsonB) -> JsonB {
+    JsonB(ok(ChitDoc::from_json(&doc.0)).to_json())
+}
+
+/// Raises 28000 unless `signature` is the issuer's (`issuer_key`) signature over the chit.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn chit_verify(doc: JsonB, issuer_key: &str, signature: &str) -> bool {
+    let d = ok(ChitDoc::from_json(&doc.0));
+    ok(d.verify(issuer_key, signature));
+    true
+}
+
+/// The change of the `holder` half's balance when the chit is good.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn chit_value(doc: JsonB, holder: &str) -> i64 {
+    let d = ok(ChitDoc::from_json(&doc.0));
+    let side: Side = ok(holder.parse());
+    d.value_for(side)
+}
+
+/// The chain hash of a chit at `index` after the block hashed `prior`.
+#[pg_extern(immutable, parallel_safe)]
+fn chit_chain_hash(doc: JsonB, index: i32, prior: &[u8], signature: Option<&str>) -> Vec<u8> {
+    let d = ok(ChitDoc::from_json(&doc.0));
+    ok(d.chain_hash(i64::from(index), prior, signature)).to_vec()
+}
+
+/// Validates the settings of a `set` chit and returns them normalized.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn settings_check(settings: JsonB) -> JsonB {
+    let s = ok(Settings::from_json(&settings.0));
+    JsonB(serde_json::to_value(s).unwrap_or_else(|e| ChipsError::Invalid(e.to_string()).raise()))
+}

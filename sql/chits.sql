@@ -1,0 +1,792 @@
+-- chips install SQL, part 3: chits, balances and the chit chain. Functions only (the triggers,
+-- views and grants are in sql/finalize.sql).
+--
+-- Value: a chit's issuer (`issuer`, the side that pledges value) owes `units` more; its `value`
+-- is the change of the holding half's balance (-units on the issuer's half, +units on the
+-- other). net_good sums the good chits, net_pend the good and pending ones: O(1) per change.
+--
+-- Chain: the foil half orders the chain, the stock half conforms. A chit that becomes good on the
+-- foil half is appended there at once; the foil half sends the stock half every entry it has not
+-- confirmed (`upd`); the stock half places them at the same indexes, checks each hash, and
+-- answers `ack` (or `nak` with its length when it sees a gap). Every step is idempotent.
+
+------------------------------------------------------------------------------------------------
+-- Documents
+------------------------------------------------------------------------------------------------
+
+-- A JSON object without its top-level null members (nested values are kept as they are).
+CREATE FUNCTION chips._strip_top(j jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(pg_catalog.jsonb_object_agg(e.key, e.value), '{}'::jsonb)
+    FROM pg_catalog.jsonb_each(j) e WHERE pg_catalog.jsonb_typeof(e.value) <> 'null'
+$$;
+
+-- The document a chit's issuer signs, rebuilt from a chit row and its tally's uuid.
+CREATE FUNCTION chips._chit_doc(c chips.chits, p_tally uuid) RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+    SELECT chips._strip_top(pg_catalog.jsonb_build_object(
+        'tally', p_tally, 'by', c.issuer, 'type', c.chit_type, 'uuid', c.chit_uuid,
+        'date', chips._iso(c.chit_date), 'units', c.units, 'ref', c.reference, 'memo', c.memo))
+$$;
+
+CREATE FUNCTION chips._chit_doc(c chips.chits) RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = chips, pg_catalog, pg_temp
+AS $$ SELECT chips._chit_doc(c, (SELECT t.tally_uuid FROM chips.tallies t WHERE t.id = c.tally_id)) $$;
+
+-- The public key of a side of a tally half.
+CREATE FUNCTION chips._key_of(t chips.tallies, p_side text) RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = chips, pg_catalog, pg_temp
+AS $$ SELECT CASE WHEN p_side = t.side THEN t.hold_cert ELSE t.part_cert END->>'public' $$;
+
+-- Insert a chit into a half from its (checked) document.
+CREATE FUNCTION chips._chit_insert(t chips.tallies, p_doc jsonb, p_status text, p_sig text)
+RETURNS chips.chits
+LANGUAGE plpgsql
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    c chips.chits;
+BEGIN
+    INSERT INTO chips.chits (tally_id, chit_uuid, chit_type, issuer, units, reference, memo,
+                             chit_date, signature, status, value)
+    VALUES (t.id, (p_doc->>'uuid')::uuid, p_doc->>'type', p_doc->>'by', (p_doc->>'units')::bigint,
+            p_doc->'ref', p_doc->>'memo', (p_doc->>'date')::timestamptz, p_sig, p_status,
+            chips.chit_value(p_doc, t.side))
+    RETURNING * INTO c;
+    IF chips.canonical_json(chips._chit_doc(c, t.tally_uuid)) <> chips.canonical_json(p_doc) THEN
+        RAISE EXCEPTION 'chit % cannot be stored exactly as it was written', p_doc->>'uuid'
+            USING ERRCODE = '22023', DETAIL = chips.canonical_json(p_doc);
+    END IF;
+    RETURN c;
+END
+$$;
+
+------------------------------------------------------------------------------------------------
+-- Effects of a chit becoming good on a half: settings, closing
+------------------------------------------------------------------------------------------------
+
+CREATE FUNCTION chips._chit_effects(p_tally_id bigint, c chips.chits) RETURNS void
+LANGUAGE plpgsql
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    t chips.tallies;
+    s jsonb;
+BEGIN
+    SELECT * INTO t FROM chips.tallies x WHERE x.id = p_tally_id;
+    IF c.chit_type = 'set' THEN
+        s := chips.settings_check(c.reference);
+        IF c.issuer = t.side THEN
+            UPDATE chips.tallies x SET
+                target = coalesce((s->>'target')::bigint, x.target),
+                bound = coalesce((s->>'bound')::bigint, x.bound),
+                reward = coalesce((s->>'reward')::double precision, x.reward),
+                clutch = coalesce((s->>'clutch')::double precision, x.clutch)
+            WHERE x.id = t.id;
+        ELSE
+            UPDATE chips.tallies x SET part_sets = x.part_sets || (s - 'close') WHERE x.id = t.id;
+        END IF;
+        IF (s->>'close')::boolean AND t.status = 'open' THEN
+            UPDATE chips.tallies x SET status = 'closing' WHERE x.id = t.id;
+        END IF;
+    END IF;
+    PERFORM chips._close_if_settled(t.id);
+END
+$$;
+
+------------------------------------------------------------------------------------------------
+-- The chain
+------------------------------------------------------------------------------------------------
+
+-- Append a good chit to the end of a half's chain.
+CREATE FUNCTION chips._chain_append(p_tally_id bigint, p_chit_id bigint) RETURNS void
+LANGUAGE plpgsql
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    t chips.tallies;
+    c chips.chits;
+    v_prior bytea;
+    v_hash bytea;
+BEGIN
+    SELECT * INTO t FROM chips.tallies x WHERE x.id = p_tally_id FOR UPDATE;
+    SELECT * INTO c FROM chips.chits y WHERE y.id = p_chit_id;
+    IF c.chain_idx IS NOT NULL THEN
+        RETURN;
+    END IF;
+    v_prior := coalesce(t.chain_tip, t.digest);
+    v_hash := chips.chit_chain_hash(chips._chit_doc(c, t.tally_uuid), t.chain_len + 1, v_prior, c.signature);
+    UPDATE chips.chits y SET chain_idx = t.chain_len + 1, chain_prev = v_prior, chain_hash = v_hash
+    WHERE y.id = c.id;
+    UPDATE chips.tallies x SET chain_len = t.chain_len + 1, chain_tip = v_hash WHERE x.id = t.id;
+END
+$$;
+
+-- The foil half sends the stock half every chain entry the stock half has not confirmed.
+CREATE FUNCTION chips._chain_send(p_tally_id bigint) RETURNS void
+LANGUAGE plpgsql
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    t chips.tallies;
+    v_entries jsonb;
+BEGIN
+    SELECT * INTO t FROM chips.tallies x WHERE x.id = p_tally_id;
+    IF t.side <> 'foil' OR t.chain_len <= t.chain_conf THEN
+        RETURN;
+    END IF;
+    SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'index', c.chain_idx, 'hash', chips.b64url_encode(c.chain_hash),
+               'chit', chips._chit_doc(c, t.tally_uuid), 'sign', c.signature) ORDER BY c.chain_idx)
+    INTO v_entries
+    FROM chips.chits c WHERE c.tally_id = t.id AND c.chain_idx > t.chain_conf;
+    PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'chain',
+        pg_catalog.jsonb_build_object('cmd', 'upd', 'tally', t.tally_uuid, 'chits', v_entries));
+END
+$$;
+
+-- A chit became good on a half: the foil half chains it and tells the stock half.
+CREATE FUNCTION chips._chit_good(p_tally_id bigint, c chips.chits) RETURNS void
+LANGUAGE plpgsql
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM chips._chit_effects(p_tally_id, c);
+    IF (SELECT x.side FROM chips.tallies x WHERE x.id = p_tally_id) = 'foil' THEN
+        PERFORM chips._chain_append(p_tally_id, c.id);
+        PERFORM chips._chain_send(p_tally_id);
+    END IF;
+END
+$$;
+
+------------------------------------------------------------------------------------------------
+-- Custodial keys
+------------------------------------------------------------------------------------------------
+
+-- The signature of a custodial user over a document, or null when the database holds no key.
+CREATE FUNCTION chips._custodial_sign(p_ent text, p_doc jsonb) RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_seed bytea;
+BEGIN
+    SELECT k.seed INTO v_seed FROM chips.custody k WHERE k.ent = p_ent;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    RETURN chips.seed_sign(v_seed, p_doc);
+END
+$$;
+
+------------------------------------------------------------------------------------------------
+-- The user API: payments, invoices, settings
+------------------------------------------------------------------------------------------------
+
+-- The caller's half of an open (or closing) tally, locked.
+CREATE FUNCTION chips._my_open_tally(p_me chips.users, p_uuid uuid) RETURNS chips.tallies
+LANGUAGE plpgsql
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    t chips.tallies := chips._my_tally(p_me, p_uuid);
+BEGIN
+    IF t.status NOT IN ('open', 'closing') THEN
+        PERFORM chips._refuse(t, 'write chits on', 'Chits go on open tallies.');
+    END IF;
+    RETURN t;
+END
+$$;
+
+-- Raises 23514 when a good chit of `p_units` issued by the holder of `t` would take the holder's
+-- balance below minus the credit its partner granted it.
+CREATE FUNCTION chips._check_limit(t chips.tallies, p_units bigint) RETURNS void
+LANGUAGE plpgsql
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_limit bigint := coalesce((t.part_terms->>'limit')::bigint, 0);
+BEGIN
+    IF t.net_good - p_units < -v_limit THEN
+        RAISE EXCEPTION 'paying % would take your balance on tally % to %, past the credit limit of % your partner granted',
+            p_units, t.tally_uuid, t.net_good - p_units, v_limit
+            USING ERRCODE = '23514',
+                  HINT = 'Pay at most ' || pg_catalog.greatest(t.net_good + v_limit, 0) || ' milliCHIPs.';
+    END IF;
+END
+$$;
+
+-- A chit document for the caller to sign: a payment (units) or a setting (units null,
+-- reference = settings), with a fresh uuid and the current time.
+CREATE FUNCTION chips.chit_json(tally uuid, units bigint DEFAULT NULL, memo text DEFAULT NULL,
+                                reference jsonb DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_me chips.users := chips._me();
+    t chips.tallies := chips._my_open_tally(v_me, chit_json.tally);
+BEGIN
+    RETURN chips.chit_doc_check(chips._strip_top(pg_catalog.jsonb_build_object(
+        'tally', t.tally_uuid, 'by', t.side,
+        'type', CASE WHEN chit_json.units IS NULL THEN 'set' ELSE 'tran' END,
+        'uuid', pg_catalog.gen_random_uuid(), 'date', chips._iso(pg_catalog.now()),
+        'units', chit_json.units, 'ref', chit_json.reference, 'memo', chit_json.memo)));
+END
+$$;
+
+-- Issue a signed chit: a payment (`tran`) or a setting (`set`) by the caller.
+CREATE FUNCTION chips.chit_issue(doc jsonb, signature text DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_me chips.users := chips._me();
+    v_doc jsonb := chips.chit_doc_check(chit_issue.doc);
+    t chips.tallies := chips._my_open_tally(v_me, (v_doc->>'tally')::uuid);
+    v_sig text := coalesce(chit_issue.signature, chips._custodial_sign(v_me.ent, v_doc));
+    c chips.chits;
+BEGIN
+    IF v_doc->>'by' <> t.side THEN
+        RAISE EXCEPTION 'you are the % of tally %: you can only issue chits by %', t.side, t.tally_uuid, t.side
+            USING ERRCODE = '22023', HINT = 'To ask your partner for value, send an invoice (chips.chit_invoice).';
+    END IF;
+    IF v_doc->>'type' = 'lift' THEN
+        RAISE EXCEPTION 'lift chits are written by lifts only' USING ERRCODE = '22023';
+    END IF;
+    IF abs(extract(epoch FROM (v_doc->>'date')::timestamptz - pg_catalog.now())) > 3600 THEN
+        RAISE EXCEPTION 'chit date % is more than an hour from now', v_doc->>'date' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO c FROM chips.chits y WHERE y.tally_id = t.id AND y.chit_uuid = (v_doc->>'uuid')::uuid;
+    IF FOUND THEN
+        IF c.status = 'good' AND c.signature = v_sig
+           AND chips.canonical_json(chips._chit_doc(c, t.tally_uuid)) = chips.canonical_json(v_doc) THEN
+            RETURN 'good';   -- the same chit again (a retry): nothing to do
+        END IF;
+        RAISE EXCEPTION 'tally % already has a chit %', t.tally_uuid, v_doc->>'uuid' USING ERRCODE = '23505';
+    END IF;
+    IF v_doc->>'type' = 'tran' THEN
+        PERFORM chips._check_limit(t, (v_doc->>'units')::bigint);
+    ELSE
+        -- settings: checked against the trading variables they change
+        PERFORM chips.trading_check(
+            coalesce((v_doc->'ref'->>'target')::bigint, t.target),
+            coalesce((v_doc->'ref'->>'bound')::bigint, t.bound),
+            coalesce((v_doc->'ref'->>'reward')::double precision, t.reward),
+            coalesce((v_doc->'ref'->>'clutch')::double precision, t.clutch));
+    END IF;
+    IF v_sig IS NULL THEN
+        RAISE EXCEPTION 'chit % carries no signature', v_doc->>'uuid' USING ERRCODE = '28000';
+    END IF;
+    c := chips._chit_insert(t, v_doc, 'good', v_sig);      -- the trigger verifies the signature
+    PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'good',
+                        pg_catalog.jsonb_build_object('chit', v_doc, 'sign', v_sig));
+    PERFORM chips._chit_good(t.id, c);
+    RETURN 'good';
+END
+$$;
+
+-- Pay through SQL alone: for custodial users (the database holds their key).
+CREATE FUNCTION chips.pay(tally uuid, units bigint, memo text DEFAULT NULL,
+                          reference jsonb DEFAULT NULL)
+RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_me chips.users := chips._me();
+    v_doc jsonb;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM chips.custody k WHERE k.ent = v_me.ent) THEN
+        RAISE EXCEPTION 'user % signs with their own key: use chips.chit_json and chips.chit_issue', v_me.ent
+            USING ERRCODE = '55000';
+    END IF;
+    IF pay.units IS NULL THEN
+        RAISE EXCEPTION 'a payment needs units' USING ERRCODE = '22023';
+    END IF;
+    v_doc := chips.chit_json(pay.tally, pay.units, pay.memo, pay.reference);
+    PERFORM chips.chit_issue(v_doc, NULL);
+    RETURN (v_doc->>'uuid')::uuid;
+END
+$$;
+
+-- Ask the partner for value: a pending chit the partner signs (chit_sign) or declines.
+CREATE FUNCTION chips.chit_invoice(tally uuid, units bigint, memo text DEFAULT NULL,
+                                   reference jsonb DEFAULT NULL)
+RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_me chips.users := chips._me();
+    t chips.tallies := chips._my_open_tally(v_me, chit_invoice.tally);
+    v_doc jsonb;
+BEGIN
+    IF chit_invoice.units IS NULL THEN
+        RAISE EXCEPTION 'an invoice needs units' USING ERRCODE = '22023';
+    END IF;
+    v_doc := chips.chit_doc_check(chips._strip_top(pg_catalog.jsonb_build_object(
+        'tally', t.tally_uuid, 'by', chips._other(t.side), 'type', 'tran',
+        'uuid', pg_catalog.gen_random_uuid(), 'date', chips._iso(pg_catalog.now()),
+        'units', chit_invoice.units, 'ref', chit_invoice.reference, 'memo', chit_invoice.memo)));
+    PERFORM chips._chit_insert(t, v_doc, 'pend', NULL);
+    PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'pend',
+                        pg_catalog.jsonb_build_object('chit', v_doc));
+    RETURN (v_doc->>'uuid')::uuid;
+END
+$$;
+
+-- The caller's pending chit, locked.
+CREATE FUNCTION chips._my_pending(t chips.tallies, p_chit uuid) RETURNS chips.chits
+LANGUAGE plpgsql
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    c chips.chits;
+BEGIN
+    SELECT * INTO c FROM chips.chits y WHERE y.tally_id = t.id AND y.chit_uuid = p_chit FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tally % has no chit %', t.tally_uuid, p_chit USING ERRCODE = '42704';
+    END IF;
+    IF c.status <> 'pend' THEN
+        RAISE EXCEPTION 'chit % is %: only a pending chit can be signed or declined', p_chit, c.status
+            USING ERRCODE = '55000';
+    END IF;
+    RETURN c;
+END
+$$;
+
+-- Sign an invoice the partner sent: it becomes a good chit (a payment by the caller).
+CREATE FUNCTION chips.chit_sign(tally uuid, chit uuid, signature text DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_me chips.users := chips._me();
+    t chips.tallies := chips._my_open_tally(v_me, chit_sign.tally);
+    c chips.chits := chips._my_pending(t, chit_sign.chit);
+    v_doc jsonb := chips._chit_doc(c, t.tally_uuid);
+    v_sig text := coalesce(chit_sign.signature, chips._custodial_sign(v_me.ent, v_doc));
+BEGIN
+    IF c.issuer <> t.side THEN
+        RAISE EXCEPTION 'chit % is your own invoice: your partner signs it', chit_sign.chit
+            USING ERRCODE = '55000';
+    END IF;
+    IF v_sig IS NULL THEN
+        RAISE EXCEPTION 'chit % carries no signature', chit_sign.chit USING ERRCODE = '28000';
+    END IF;
+    PERFORM chips._check_limit(t, c.units);
+    UPDATE chips.chits y SET status = 'good', signature = v_sig WHERE y.id = c.id RETURNING * INTO c;
+    PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'good',
+                        pg_catalog.jsonb_build_object('chit', v_doc, 'sign', v_sig));
+    PERFORM chips._chit_good(t.id, c);
+    RETURN 'good';
+END
+$$;
+
+-- Decline an invoice (the payer) or withdraw it (the one who asked).
+CREATE FUNCTION chips.chit_decline(tally uuid, chit uuid) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_me chips.users := chips._me();
+    t chips.tallies := chips._my_tally(v_me, chit_decline.tally);
+    c chips.chits := chips._my_pending(t, chit_decline.chit);
+BEGIN
+    UPDATE chips.chits y SET status = 'void' WHERE y.id = c.id;
+    PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'void',
+                        pg_catalog.jsonb_build_object('tally', t.tally_uuid, 'uuid', c.chit_uuid));
+    PERFORM chips._close_if_settled(t.id);
+    RETURN 'void';
+END
+$$;
+
+------------------------------------------------------------------------------------------------
+-- Receiving chit messages
+------------------------------------------------------------------------------------------------
+
+-- The recipient's half of the tally a chit message is about, locked; the sender must be its
+-- partner.
+CREATE FUNCTION chips._chit_half(msg jsonb, p_tally uuid) RETURNS chips.tallies
+LANGUAGE plpgsql
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_ent text := chips._local_ent(msg->'to');
+    t chips.tallies;
+BEGIN
+    PERFORM 1 FROM chips.tallies x WHERE x.tally_uuid = p_tally ORDER BY x.id FOR UPDATE;
+    SELECT * INTO t FROM chips.tallies x WHERE x.tally_uuid = p_tally AND x.ent = v_ent;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no tally % here', p_tally USING ERRCODE = '42704';
+    END IF;
+    IF NOT chips._same_party(t.part_cert->'chad', msg->'from') THEN
+        RAISE EXCEPTION 'only the partner of tally % can send its chits', p_tally USING ERRCODE = '42501';
+    END IF;
+    IF t.status NOT IN ('open', 'closing', 'closed') THEN
+        RAISE EXCEPTION 'tally % is not open here yet', p_tally USING ERRCODE = '55000';
+    END IF;
+    RETURN t;
+END
+$$;
+
+CREATE FUNCTION chips._recv_chit_pend(msg jsonb) RETURNS text
+LANGUAGE plpgsql
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_doc jsonb := chips.chit_doc_check(msg->'object'->'chit');
+    t chips.tallies := chips._chit_half(msg, (v_doc->>'tally')::uuid);
+BEGIN
+    IF v_doc->>'by' <> t.side OR v_doc->>'type' <> 'tran' THEN
+        RAISE EXCEPTION 'an invoice asks its recipient to pay' USING ERRCODE = '22023';
+    END IF;
+    IF EXISTS (SELECT 1 FROM chips.chits y WHERE y.tally_id = t.id AND y.chit_uuid = (v_doc->>'uuid')::uuid) THEN
+        RETURN 'ignored';
+    END IF;
+    PERFORM chips._chit_insert(t, v_doc, 'pend', NULL);
+    RETURN 'pend';
+END
+$$;
+
+CREATE FUNCTION chips._recv_chit_good(msg jsonb) RETURNS text
+LANGUAGE plpgsql
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_doc jsonb := chips.chit_doc_check(msg->'object'->'chit');
+    v_sig text := msg->'object'->>'sign';
+    t chips.tallies := chips._chit_half(msg, (v_doc->>'tally')::uuid);
+    c chips.chits;
+BEGIN
+    IF v_doc->>'by' = t.side OR v_doc->>'type' = 'lift' THEN
+        RAISE EXCEPTION 'a good chit from the partner must be issued by the partner' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO c FROM chips.chits y
+    WHERE y.tally_id = t.id AND y.chit_uuid = (v_doc->>'uuid')::uuid FOR UPDATE;
+    IF FOUND AND c.status = 'good' THEN
+        RETURN 'ignored';
+    ELSIF FOUND THEN
+        -- an invoice we sent, now signed (or signed while we withdrew it: the signature wins)
+        IF chips.canonical_json(chips._chit_doc(c, t.tally_uuid)) <> chips.canonical_json(v_doc) THEN
+            RAISE EXCEPTION 'chit % differs from the one asked for', c.chit_uuid USING ERRCODE = '22023';
+        END IF;
+        UPDATE chips.chits y SET status = 'good', signature = v_sig WHERE y.id = c.id RETURNING * INTO c;
+    ELSE
+        c := chips._chit_insert(t, v_doc, 'good', v_sig);
+    END IF;
+    PERFORM chips._chit_good(t.id, c);
+    RETURN 'good';
+END
+$$;
+
+CREATE FUNCTION chips._recv_chit_void(msg jsonb) RETURNS text
+LANGUAGE plpgsql
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    t chips.tallies := chips._chit_half(msg, (msg->'object'->>'tally')::uuid);
+BEGIN
+    UPDATE chips.chits y SET status = 'void'
+    WHERE y.tally_id = t.id AND y.chit_uuid = (msg->'object'->>'uuid')::uuid AND y.status = 'pend';
+    IF NOT FOUND THEN
+        RETURN 'ignored';
+    END IF;
+    PERFORM chips._close_if_settled(t.id);
+    RETURN 'void';
+END
+$$;
+
+-- Chain messages: upd (foil -> stock), ack and nak (stock -> foil).
+CREATE FUNCTION chips._recv_chain(msg jsonb) RETURNS text
+LANGUAGE plpgsql
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    t chips.tallies := chips._chit_half(msg, (msg->'object'->>'tally')::uuid);
+    e jsonb;
+    c chips.chits;
+    v_doc jsonb;
+    v_idx integer;
+    v_prior bytea;
+    v_hash bytea;
+    v_here bytea;
+BEGIN
+    CASE msg->'object'->>'cmd'
+    WHEN 'upd' THEN
+        IF t.side <> 'stock' THEN
+            RAISE EXCEPTION 'only the foil half orders the chain of tally %', t.tally_uuid USING ERRCODE = '22023';
+        END IF;
+        FOR e IN SELECT x.value FROM pg_catalog.jsonb_array_elements(msg->'object'->'chits') x
+                 ORDER BY (x.value->>'index')::integer LOOP
+            v_idx := (e->>'index')::integer;
+            SELECT * INTO t FROM chips.tallies x WHERE x.id = t.id;
+            IF v_idx <= t.chain_len THEN
+                SELECT y.chain_hash INTO v_here FROM chips.chits y WHERE y.tally_id = t.id AND y.chain_idx = v_idx;
+                IF v_here IS DISTINCT FROM chips.b64url_decode(e->>'hash') THEN
+                    RAISE EXCEPTION 'the chain of tally % differs from the partner''s at index %', t.tally_uuid, v_idx
+                        USING ERRCODE = '55000';
+                END IF;
+                CONTINUE;
+            END IF;
+            IF v_idx > t.chain_len + 1 THEN
+                -- a gap: ask for everything after what we have
+                PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'chain',
+                    pg_catalog.jsonb_build_object('cmd', 'nak', 'tally', t.tally_uuid, 'index', t.chain_len));
+                RETURN 'nak';
+            END IF;
+            v_doc := chips.chit_doc_check(e->'chit');
+            SELECT * INTO c FROM chips.chits y
+            WHERE y.tally_id = t.id AND y.chit_uuid = (v_doc->>'uuid')::uuid FOR UPDATE;
+            IF NOT FOUND THEN
+                c := chips._chit_insert(t, v_doc, 'good', e->>'sign');
+                PERFORM chips._chit_effects(t.id, c);
+            ELSIF c.status <> 'good' THEN
+                IF chips.canonical_json(chips._chit_doc(c, t.tally_uuid)) <> chips.canonical_json(v_doc) THEN
+                    RAISE EXCEPTION 'chit % differs from the partner''s', c.chit_uuid USING ERRCODE = '22023';
+                END IF;
+                UPDATE chips.chits y SET status = 'good', signature = e->>'sign' WHERE y.id = c.id RETURNING * INTO c;
+                PERFORM chips._chit_effects(t.id, c);
+            END IF;
+            v_prior := coalesce(t.chain_tip, t.digest);
+            v_hash := chips.chit_chain_hash(chips._chit_doc(c, t.tally_uuid), v_idx, v_prior, c.signature);
+            IF v_hash <> chips.b64url_decode(e->>'hash') THEN
+                RAISE EXCEPTION 'chit % hashes differently here at index % of tally %', c.chit_uuid, v_idx, t.tally_uuid
+                    USING ERRCODE = '55000';
+            END IF;
+            UPDATE chips.chits y SET chain_idx = v_idx, chain_prev = v_prior, chain_hash = v_hash WHERE y.id = c.id;
+            UPDATE chips.tallies x SET chain_len = v_idx, chain_tip = v_hash WHERE x.id = t.id;
+        END LOOP;
+        SELECT * INTO t FROM chips.tallies x WHERE x.id = t.id;
+        PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'chain',
+            pg_catalog.jsonb_build_object('cmd', 'ack', 'tally', t.tally_uuid, 'index', t.chain_len,
+                                          'hash', chips.b64url_encode(coalesce(t.chain_tip, t.digest))));
+        RETURN 'upd';
+    WHEN 'ack' THEN
+        v_idx := (msg->'object'->>'index')::integer;
+        IF t.side <> 'foil' OR v_idx > t.chain_len OR v_idx <= t.chain_conf THEN
+            RETURN 'ignored';
+        END IF;
+        SELECT coalesce((SELECT y.chain_hash FROM chips.chits y WHERE y.tally_id = t.id AND y.chain_idx = v_idx),
+                        CASE WHEN v_idx = 0 THEN t.digest END) INTO v_here;
+        IF v_here IS DISTINCT FROM chips.b64url_decode(msg->'object'->>'hash') THEN
+            RAISE EXCEPTION 'the partner''s chain of tally % differs at index %', t.tally_uuid, v_idx
+                USING ERRCODE = '55000';
+        END IF;
+        UPDATE chips.tallies x SET chain_conf = v_idx WHERE x.id = t.id;
+        RETURN 'ack';
+    WHEN 'nak' THEN
+        IF t.side <> 'foil' THEN
+            RETURN 'ignored';
+        END IF;
+        UPDATE chips.tallies x SET chain_conf = least(x.chain_conf, (msg->'object'->>'index')::integer)
+        WHERE x.id = t.id;
+        PERFORM chips._chain_send(t.id);
+        RETURN 'nak';
+    ELSE
+        RAISE EXCEPTION 'unknown chain command %', msg->'object'->>'cmd' USING ERRCODE = '22023';
+    END CASE;
+END
+$$;
+
+------------------------------------------------------------------------------------------------
+-- Repair and audit
+------------------------------------------------------------------------------------------------
+
+-- Re-send what a half's partner may be missing: the foil half its unconfirmed chain entries,
+-- the stock half its own good chits not chained yet and a nak asking for what follows its
+-- chain. For the sidecar to call now and then (and after a partner restored a backup).
+-- Returns the number of tally halves that sent something.
+CREATE FUNCTION chips.chain_sync(tally uuid DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    t chips.tallies;
+    c chips.chits;
+    n integer := 0;
+BEGIN
+    FOR t IN SELECT * FROM chips.tallies x
+             WHERE x.status IN ('open', 'closing', 'closed')
+               AND (chain_sync.tally IS NULL OR x.tally_uuid = chain_sync.tally)
+             ORDER BY x.id FOR UPDATE LOOP
+        IF t.side = 'foil' AND t.chain_len > t.chain_conf THEN
+            PERFORM chips._chain_send(t.id);
+            n := n + 1;
+        ELSIF t.side = 'stock' AND EXISTS (SELECT 1 FROM chips.chits y
+                                           WHERE y.tally_id = t.id AND y.status = 'good' AND y.chain_idx IS NULL) THEN
+            FOR c IN SELECT * FROM chips.chits y
+                     WHERE y.tally_id = t.id AND y.status = 'good' AND y.chain_idx IS NULL AND y.issuer = t.side
+                     ORDER BY y.id LOOP
+                PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'good',
+                    pg_catalog.jsonb_build_object('chit', chips._chit_doc(c, t.tally_uuid), 'sign', c.signature));
+            END LOOP;
+            PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'chain',
+                pg_catalog.jsonb_build_object('cmd', 'nak', 'tally', t.tally_uuid, 'index', t.chain_len));
+            n := n + 1;
+        END IF;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+-- Check a tally half against everything it caches: balances against the sum of its chits, every
+-- chain link and hash, every signature, the tally digest. One row per check; all ok = true for a
+-- sound half.
+CREATE FUNCTION chips.tally_audit(tally uuid)
+RETURNS TABLE (ent text, side text, check_name text, ok boolean, detail text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    t chips.tallies;
+    c chips.chits;
+    v_good bigint;
+    v_pend bigint;
+    v_prior bytea;
+    v_bad text;
+    v_n integer;
+BEGIN
+    FOR t IN SELECT * FROM chips.tallies x WHERE x.tally_uuid = tally_audit.tally ORDER BY x.id LOOP
+        ent := t.ent;
+        side := t.side;
+        SELECT coalesce(sum(y.value) FILTER (WHERE y.status = 'good'), 0),
+               coalesce(sum(y.value) FILTER (WHERE y.status IN ('good', 'pend')), 0)
+        INTO v_good, v_pend FROM chips.chits y WHERE y.tally_id = t.id;
+        check_name := 'balance'; ok := v_good = t.net_good AND v_pend = t.net_pend;
+        detail := pg_catalog.format('cached good %s pend %s, chits sum to good %s pend %s',
+                                    t.net_good, t.net_pend, v_good, v_pend);
+        RETURN NEXT;
+
+        check_name := 'digest';
+        ok := t.status NOT IN ('open', 'closing', 'closed') OR t.digest = chips.json_digest(chips._tally_doc(t));
+        detail := CASE WHEN ok THEN 'tally document hashes to its digest' ELSE 'tally document does not hash to its digest' END;
+        IF ok AND t.status IN ('open', 'closing', 'closed') THEN
+            BEGIN
+                PERFORM chips._check_signed(t);
+            EXCEPTION WHEN OTHERS THEN
+                ok := false; detail := SQLERRM;
+            END;
+        END IF;
+        RETURN NEXT;
+
+        check_name := 'chain'; ok := true; detail := NULL;
+        v_prior := t.digest;
+        v_n := 0;
+        FOR c IN SELECT * FROM chips.chits y WHERE y.tally_id = t.id AND y.chain_idx IS NOT NULL ORDER BY y.chain_idx LOOP
+            v_n := v_n + 1;
+            IF c.chain_idx <> v_n OR c.chain_prev IS DISTINCT FROM v_prior
+               OR c.chain_hash <> chips.chit_chain_hash(chips._chit_doc(c, t.tally_uuid), c.chain_idx, c.chain_prev, c.signature) THEN
+                ok := false; detail := pg_catalog.format('block %s (chit %s) does not link or hash', c.chain_idx, c.chit_uuid);
+                EXIT;
+            END IF;
+            v_prior := c.chain_hash;
+        END LOOP;
+        IF ok AND (v_n <> t.chain_len OR coalesce(t.chain_tip, t.digest) IS DISTINCT FROM v_prior) THEN
+            ok := false; detail := pg_catalog.format('the tally says %s blocks, the chain has %s', t.chain_len, v_n);
+        END IF;
+        detail := coalesce(detail, v_n || ' blocks link and hash');
+        RETURN NEXT;
+
+        check_name := 'signatures'; v_bad := NULL;
+        FOR c IN SELECT * FROM chips.chits y WHERE y.tally_id = t.id AND y.status = 'good' AND y.chit_type <> 'lift' LOOP
+            IF NOT chips.verify_signature(chips._key_of(t, c.issuer), chips._chit_doc(c, t.tally_uuid), c.signature) THEN
+                v_bad := c.chit_uuid::text;
+                EXIT;
+            END IF;
+        END LOOP;
+        ok := v_bad IS NULL;
+        detail := coalesce('chit ' || v_bad || ' is not signed by its issuer', 'every good chit is signed by its issuer');
+        RETURN NEXT;
+    END LOOP;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no tally %', tally_audit.tally USING ERRCODE = '42704';
+    END IF;
+END
+$$;
+
+------------------------------------------------------------------------------------------------
+-- Trigger functions
+------------------------------------------------------------------------------------------------
+
+-- Chit rules for every writer: the status machine, immutable documents, verified signatures.
+CREATE FUNCTION chips._chits_biu() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    t chips.tallies;
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        IF NOT chips.chit_transition_allowed(OLD.status, NEW.status) THEN
+            RAISE EXCEPTION 'chit % cannot go from % to %', OLD.chit_uuid, OLD.status, NEW.status
+                USING ERRCODE = '55000';
+        END IF;
+        IF (NEW.id, NEW.tally_id, NEW.chit_uuid, NEW.chit_type, NEW.issuer, NEW.units, NEW.reference,
+            NEW.memo, NEW.chit_date, NEW.value) IS DISTINCT FROM
+           (OLD.id, OLD.tally_id, OLD.chit_uuid, OLD.chit_type, OLD.issuer, OLD.units, OLD.reference,
+            OLD.memo, OLD.chit_date, OLD.value)
+           OR (OLD.signature IS NOT NULL AND NEW.signature IS DISTINCT FROM OLD.signature)
+           OR (OLD.chain_idx IS NOT NULL AND (NEW.chain_idx, NEW.chain_prev, NEW.chain_hash)
+                                             IS DISTINCT FROM (OLD.chain_idx, OLD.chain_prev, OLD.chain_hash)) THEN
+            RAISE EXCEPTION 'chit % cannot change once written', OLD.chit_uuid USING ERRCODE = '55000';
+        END IF;
+    END IF;
+    IF NEW.status = 'good' AND NEW.chit_type <> 'lift'
+       AND (TG_OP = 'INSERT' OR OLD.status <> 'good') THEN
+        SELECT * INTO t FROM chips.tallies x WHERE x.id = NEW.tally_id;
+        IF NEW.signature IS NULL OR NEW.signature = '' THEN
+            RAISE EXCEPTION 'chit % carries no signature', NEW.chit_uuid USING ERRCODE = '28000';
+        END IF;
+        PERFORM chips.chit_verify(chips._chit_doc(NEW, t.tally_uuid), chips._key_of(t, NEW.issuer), NEW.signature);
+    END IF;
+    NEW.updated := pg_catalog.now();
+    RETURN NEW;
+END
+$$;
+
+-- Balances in O(1): add the change of this chit's contribution.
+CREATE FUNCTION chips._chits_balance() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    d_good bigint := CASE WHEN NEW.status = 'good' THEN NEW.value ELSE 0 END;
+    d_pend bigint := CASE WHEN NEW.status IN ('good', 'pend') THEN NEW.value ELSE 0 END;
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        d_good := d_good - CASE WHEN OLD.status = 'good' THEN OLD.value ELSE 0 END;
+        d_pend := d_pend - CASE WHEN OLD.status IN ('good', 'pend') THEN OLD.value ELSE 0 END;
+    END IF;
+    IF d_good <> 0 OR d_pend <> 0 THEN
+        UPDATE chips.tallies x SET net_good = x.net_good + d_good, net_pend = x.net_pend + d_pend
+        WHERE x.id = NEW.tally_id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- Tell the holder about every chit of theirs that is written or changes status.
+CREATE FUNCTION chips._chits_notify() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'INSERT' OR NEW.status <> OLD.status THEN
+        PERFORM pg_catalog.pg_notify('chips_user_' || t.ent, pg_catalog.json_build_object(
+            'target', 'chit', 'tally', t.tally_uuid, 'uuid', NEW.chit_uuid, 'status', NEW.status,
+            'type', NEW.chit_type, 'value', NEW.value,
+            'action', CASE WHEN NEW.status = 'pend' AND NEW.issuer = t.side THEN 'sign' END)::text)
+        FROM chips.tallies t WHERE t.id = NEW.tally_id;
+    END IF;
+    RETURN NULL;
+END
+$$;

@@ -1,0 +1,123 @@
+-- chips install SQL, last part: triggers, views, row-level security and grants. Runs after every
+-- function (Rust and SQL) exists.
+
+------------------------------------------------------------------------------------------------
+-- Triggers: the rules hold for every writer, admins and direct SQL included
+------------------------------------------------------------------------------------------------
+
+CREATE TRIGGER tallies_bi BEFORE INSERT ON chips.tallies
+    FOR EACH ROW EXECUTE FUNCTION chips._tallies_bi();
+CREATE TRIGGER tallies_bu BEFORE UPDATE ON chips.tallies
+    FOR EACH ROW EXECUTE FUNCTION chips._tallies_bu();
+CREATE TRIGGER tallies_notify AFTER INSERT OR UPDATE ON chips.tallies
+    FOR EACH ROW EXECUTE FUNCTION chips._tallies_notify();
+CREATE TRIGGER chits_biu BEFORE INSERT OR UPDATE ON chips.chits
+    FOR EACH ROW EXECUTE FUNCTION chips._chits_biu();
+CREATE TRIGGER chits_balance AFTER INSERT OR UPDATE OF status ON chips.chits
+    FOR EACH ROW EXECUTE FUNCTION chips._chits_balance();
+CREATE TRIGGER chits_notify AFTER INSERT OR UPDATE OF status ON chips.chits
+    FOR EACH ROW EXECUTE FUNCTION chips._chits_notify();
+CREATE TRIGGER outbox_notify AFTER INSERT ON chips.outbox
+    FOR EACH ROW EXECUTE FUNCTION chips._outbox_notify();
+
+------------------------------------------------------------------------------------------------
+-- Views
+------------------------------------------------------------------------------------------------
+
+CREATE VIEW chips.tallies_v WITH (security_invoker = true) AS
+SELECT t.id, t.ent, t.tally_uuid, t.side, t.status, chips._state(t) AS state, t.revision,
+       t.tally_date, t.memo, t.contract, t.part_cert->'chad' AS part_chad,
+       t.part_cert->>'name' AS part_name, t.part_ent, t.hold_terms, t.part_terms,
+       t.target, t.bound, t.reward, t.clutch, t.net_good, t.net_pend,
+       chips.b64url_encode(t.digest) AS digest, chips._tally_doc(t) AS doc, t.created, t.updated
+FROM chips.tallies t;
+
+CREATE VIEW chips.chits_v WITH (security_invoker = true) AS
+SELECT c.id, t.ent, t.tally_uuid, c.chit_uuid, c.chit_type, c.issuer,
+       CASE WHEN c.issuer = t.side THEN 'L' ELSE 'A' END || '.' || c.status AS state,
+       c.status, c.units, c.value, c.reference, c.memo, c.chit_date, c.chain_idx,
+       chips.b64url_encode(c.chain_hash) AS chain_hash, chips._chit_doc(c, t.tally_uuid) AS doc,
+       c.signature, c.created, c.updated
+FROM chips.chits c JOIN chips.tallies t ON t.id = c.tally_id;
+
+------------------------------------------------------------------------------------------------
+-- Row-level security: users see their own rows; admins see everything
+------------------------------------------------------------------------------------------------
+
+ALTER TABLE chips.users ENABLE ROW LEVEL SECURITY;
+ALTER TABLE chips.tallies ENABLE ROW LEVEL SECURITY;
+ALTER TABLE chips.tickets ENABLE ROW LEVEL SECURITY;
+ALTER TABLE chips.chits ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY users_own ON chips.users FOR SELECT TO chips_user
+    USING (ent = (SELECT chips.my_ent()));
+CREATE POLICY tallies_own ON chips.tallies FOR SELECT TO chips_user
+    USING (ent = (SELECT chips.my_ent()));
+CREATE POLICY tickets_own ON chips.tickets FOR SELECT TO chips_user
+    USING (ent = (SELECT chips.my_ent()));
+CREATE POLICY chits_own ON chips.chits FOR SELECT TO chips_user
+    USING (tally_id IN (SELECT t.id FROM chips.tallies t WHERE t.ent = (SELECT chips.my_ent())));
+CREATE POLICY chits_admin ON chips.chits FOR SELECT TO chips_admin USING (true);
+CREATE POLICY users_admin ON chips.users FOR SELECT TO chips_admin USING (true);
+CREATE POLICY tallies_admin ON chips.tallies FOR SELECT TO chips_admin USING (true);
+CREATE POLICY tickets_admin ON chips.tickets FOR SELECT TO chips_admin USING (true);
+
+------------------------------------------------------------------------------------------------
+-- Grants
+------------------------------------------------------------------------------------------------
+
+REVOKE ALL ON ALL TABLES IN SCHEMA chips FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA chips FROM PUBLIC;
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA chips FROM PUBLIC;
+
+-- Pure functions anyone may use.
+GRANT EXECUTE ON FUNCTION
+    chips.canonical_json(jsonb), chips.json_digest(jsonb), chips.b64url_encode(bytea),
+    chips.b64url_decode(text), chips.verify_signature(text, jsonb, text),
+    chips.tally_transition_allowed(text, text), chips.tally_state(text, boolean, boolean, boolean),
+    chips.tally_doc_check(jsonb), chips.tally_verify(jsonb, text, text), chips.cert_check(jsonb),
+    chips.terms_check(jsonb), chips.trading_check(bigint, bigint, double precision, double precision),
+    chips.address_parse(text), chips.address_check(jsonb), chips.agent_check(text),
+    chips.cuid_check(text), chips.pubkey_check(text),
+    chips.chit_transition_allowed(text, text), chips.chit_doc_check(jsonb),
+    chips.chit_verify(jsonb, text, text), chips.chit_value(jsonb, text),
+    chips.chit_chain_hash(jsonb, integer, bytea, text), chips.settings_check(jsonb)
+TO PUBLIC;
+
+-- Users: their own rows, and the user API.
+GRANT SELECT ON chips.users, chips.tallies, chips.tickets, chips.tallies_v, chips.chits,
+    chips.chits_v TO chips_user;
+GRANT SELECT ON chips.agents, chips.contracts TO chips_user;
+GRANT EXECUTE ON FUNCTION
+    chips.my_ent(), chips.user_cert(), chips._tally_doc(chips.tallies), chips._state(chips.tallies),
+    chips._iso(timestamptz), chips._other(text),
+    chips.tally_create(text, text, jsonb, jsonb, text),
+    chips.tally_update(uuid, jsonb, jsonb, text, text), chips.tally_json(uuid),
+    chips.ticket_create(uuid, boolean, interval), chips.ticket_redeem(jsonb),
+    chips.tally_offer(uuid, text), chips.tally_accept(uuid, text), chips.tally_counter(uuid),
+    chips.tally_void(uuid), chips.tally_close(uuid),
+    chips._chit_doc(chips.chits, uuid), chips._strip_top(jsonb),
+    chips.chit_json(uuid, bigint, text, jsonb), chips.chit_issue(jsonb, text),
+    chips.pay(uuid, bigint, text, jsonb), chips.chit_invoice(uuid, bigint, text, jsonb),
+    chips.chit_sign(uuid, uuid, text), chips.chit_decline(uuid, uuid)
+TO chips_user;
+
+-- The sidecar: peer messages in and out.
+GRANT SELECT ON chips.agents, chips.outbox, chips.inbox TO chips_agent;
+GRANT EXECUTE ON FUNCTION
+    chips.peer_receive(text, jsonb), chips.outbox_claim(integer, interval, text[]),
+    chips.outbox_ack(bigint[]), chips.chain_sync(uuid)
+TO chips_agent;
+
+-- Administrators: read everything, manage agents, users and contracts.
+GRANT SELECT ON ALL TABLES IN SCHEMA chips TO chips_admin;
+GRANT EXECUTE ON FUNCTION
+    chips.my_ent(), chips._tally_doc(chips.tallies), chips._state(chips.tallies),
+    chips._iso(timestamptz), chips._other(text),
+    chips.agent_register(text, text, integer, boolean),
+    chips.user_create(text, text, text, text, text, name, boolean),
+    chips._chit_doc(chips.chits, uuid), chips._strip_top(jsonb),
+    chips.tally_audit(uuid), chips.chain_sync(uuid),
+    chips.user_set_key(text, text), chips.user_set_status(text, text),
+    chips.contract_add(jsonb, text)
+TO chips_admin;
