@@ -217,7 +217,7 @@ BEGIN
         RAISE EXCEPTION 'paying % would take your balance on tally % to %, past the credit limit of % your partner granted',
             p_units, t.tally_uuid, t.net_good - p_units, v_limit
             USING ERRCODE = '23514',
-                  HINT = 'Pay at most ' || pg_catalog.greatest(t.net_good + v_limit, 0) || ' milliCHIPs.';
+                  HINT = 'Pay at most ' || greatest(t.net_good + v_limit, 0) || ' milliCHIPs.';
     END IF;
 END
 $$;
@@ -272,6 +272,11 @@ BEGIN
         END IF;
         RAISE EXCEPTION 'tally % already has a chit %', t.tally_uuid, v_doc->>'uuid' USING ERRCODE = '23505';
     END IF;
+    IF v_sig IS NULL THEN
+        RAISE EXCEPTION 'chit % carries no signature', v_doc->>'uuid' USING ERRCODE = '28000';
+    END IF;
+    -- a forgery is reported as one, before any rule about its content
+    PERFORM chips.chit_verify(v_doc, t.hold_cert->>'public', v_sig);
     IF v_doc->>'type' = 'tran' THEN
         PERFORM chips._check_limit(t, (v_doc->>'units')::bigint);
     ELSE
@@ -282,10 +287,7 @@ BEGIN
             coalesce((v_doc->'ref'->>'reward')::double precision, t.reward),
             coalesce((v_doc->'ref'->>'clutch')::double precision, t.clutch));
     END IF;
-    IF v_sig IS NULL THEN
-        RAISE EXCEPTION 'chit % carries no signature', v_doc->>'uuid' USING ERRCODE = '28000';
-    END IF;
-    c := chips._chit_insert(t, v_doc, 'good', v_sig);      -- the trigger verifies the signature
+    c := chips._chit_insert(t, v_doc, 'good', v_sig);      -- the trigger verifies it again
     PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'good',
                         pg_catalog.jsonb_build_object('chit', v_doc, 'sign', v_sig));
     PERFORM chips._chit_good(t.id, c);
@@ -382,6 +384,7 @@ BEGIN
     IF v_sig IS NULL THEN
         RAISE EXCEPTION 'chit % carries no signature', chit_sign.chit USING ERRCODE = '28000';
     END IF;
+    PERFORM chips.chit_verify(v_doc, t.hold_cert->>'public', v_sig);
     PERFORM chips._check_limit(t, c.units);
     UPDATE chips.chits y SET status = 'good', signature = v_sig WHERE y.id = c.id RETURNING * INTO c;
     PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'good',

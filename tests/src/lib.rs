@@ -127,6 +127,43 @@ impl Site {
         self.agent.public_b64()
     }
 
+    /// Every audit row of a tally that is not ok, as "ent side check: detail".
+    pub async fn audit_failures(&self, tally: Uuid) -> Result<Vec<String>> {
+        Ok(self
+            .admin
+            .query(
+                "SELECT ent, side, check_name, detail FROM chips.tally_audit($1) WHERE NOT ok",
+                &[&tally],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {}: {}",
+                    r.get::<_, String>(0),
+                    r.get::<_, String>(1),
+                    r.get::<_, String>(2),
+                    r.get::<_, String>(3)
+                )
+            })
+            .collect())
+    }
+
+    /// The chain of one half: (index, chit uuid, hash), in order.
+    pub async fn chain(&self, tally: Uuid, side: &str) -> Result<Vec<(i32, Uuid, Vec<u8>)>> {
+        Ok(self
+            .admin
+            .query(
+                "SELECT c.chain_idx, c.chit_uuid, c.chain_hash FROM chips.chits c JOIN chips.tallies t ON t.id = c.tally_id
+                 WHERE t.tally_uuid = $1 AND t.side = $2 AND c.chain_idx IS NOT NULL ORDER BY c.chain_idx",
+                &[&tally, &side],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
     /// Creates a user with a fresh key and connects as that user's role.
     pub async fn user(&self, name: &str, cuid: &str) -> Result<User> {
         let key = KeyPair::from_phrase(&format!("{name} at {}", self.db));
@@ -248,6 +285,125 @@ impl User {
         self.call("tally_close", tally, None).await
     }
 
+    /// A payment: the database prepares the chit, this user signs it, the database verifies.
+    pub async fn pay(&self, tally: Uuid, units: i64, memo: &str) -> Result<Uuid> {
+        let doc: Value = self
+            .db
+            .query_one(
+                "SELECT chips.chit_json($1, $2, $3)",
+                &[&tally, &units, &memo],
+            )
+            .await?
+            .get(0);
+        self.issue(&doc).await?;
+        Ok(Uuid::parse_str(doc["uuid"].as_str().expect("chit uuid")).expect("uuid"))
+    }
+
+    /// A setting chit (`{"target": .., "bound": .., "reward": .., "clutch": ..}` or
+    /// `{"close": true}`), signed by this user.
+    pub async fn settings(&self, tally: Uuid, settings: Value) -> Result<String> {
+        let doc: Value = self
+            .db
+            .query_one(
+                "SELECT chips.chit_json($1, NULL, NULL, $2)",
+                &[&tally, &settings],
+            )
+            .await?
+            .get(0);
+        self.issue(&doc).await
+    }
+
+    /// Signs a chit document and issues it.
+    pub async fn issue(&self, doc: &Value) -> Result<String> {
+        let sig = self.key.sign_json(doc).expect("documents are valid JSON");
+        Ok(self
+            .db
+            .query_one("SELECT chips.chit_issue($1, $2)", &[doc, &sig])
+            .await?
+            .get(0))
+    }
+
+    pub async fn invoice(&self, tally: Uuid, units: i64, memo: &str) -> Result<Uuid> {
+        Ok(self
+            .db
+            .query_one(
+                "SELECT chips.chit_invoice($1, $2, $3)",
+                &[&tally, &units, &memo],
+            )
+            .await?
+            .get(0))
+    }
+
+    /// Signs an invoice the partner sent (the chit document is read from my half).
+    pub async fn sign_invoice(&self, tally: Uuid, chit: Uuid) -> Result<String> {
+        let doc: Value = self
+            .db
+            .query_one(
+                "SELECT doc FROM chips.chits_v WHERE tally_uuid = $1 AND chit_uuid = $2",
+                &[&tally, &chit],
+            )
+            .await?
+            .get(0);
+        let sig = self.key.sign_json(&doc).expect("documents are valid JSON");
+        Ok(self
+            .db
+            .query_one("SELECT chips.chit_sign($1, $2, $3)", &[&tally, &chit, &sig])
+            .await?
+            .get(0))
+    }
+
+    pub async fn decline(&self, tally: Uuid, chit: Uuid) -> Result<String> {
+        Ok(self
+            .db
+            .query_one("SELECT chips.chit_decline($1, $2)", &[&tally, &chit])
+            .await?
+            .get(0))
+    }
+
+    /// My half's (net_good, net_pend) of a tally.
+    pub async fn balance(&self, tally: Uuid) -> Result<(i64, i64)> {
+        let r = self
+            .db
+            .query_one(
+                "SELECT net_good, net_pend FROM chips.tallies WHERE tally_uuid = $1",
+                &[&tally],
+            )
+            .await?;
+        Ok((r.get(0), r.get(1)))
+    }
+
+    /// The state of one of my chits (`L.good`, `A.pend`, ...).
+    pub async fn chit_state(&self, tally: Uuid, chit: Uuid) -> Result<Option<String>> {
+        Ok(self
+            .db
+            .query_opt(
+                "SELECT state FROM chips.chits_v WHERE tally_uuid = $1 AND chit_uuid = $2",
+                &[&tally, &chit],
+            )
+            .await?
+            .map(|r| r.get(0)))
+    }
+
+    /// Opens a tally with `client` (this user is the vendor, granting `limit`), relaying through
+    /// `sites` when the two are on different sites.
+    pub async fn open_with(&self, client: &User, limit: i64, sites: &[&Site]) -> Result<Uuid> {
+        let t = self
+            .draft(
+                "stock",
+                serde_json::json!({"limit": limit}),
+                serde_json::json!({}),
+                "",
+            )
+            .await?;
+        client.redeem(&self.ticket(t, false).await?).await?;
+        relay_all(sites).await?;
+        self.offer(t).await?;
+        relay_all(sites).await?;
+        client.accept(t).await?;
+        relay_all(sites).await?;
+        Ok(t)
+    }
+
     /// Calls `chips.<function>(tally[, signature])` and returns the new state.
     pub async fn call(
         &self,
@@ -343,7 +499,8 @@ pub async fn relay(from: &Site, to: &Site) -> Result<Relayed> {
     Ok(done)
 }
 
-/// Relays between every pair of sites until no message moves; returns the total.
+/// Relays between every pair of sites until no message moves; returns the total. With one site
+/// (or none) there is nothing to relay.
 pub async fn relay_all(sites: &[&Site]) -> Result<Relayed> {
     let mut total = Relayed::default();
     loop {

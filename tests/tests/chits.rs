@@ -1,0 +1,780 @@
+//! Chits: payments, invoices, settings, balances, limits, signatures, and the chain that both
+//! halves of a tally must agree on, within one site and across two, under loss, duplication,
+//! reordering and concurrency.
+
+use std::time::Duration;
+
+use chips_tests::{
+    connect, drain, errmsg, listen, relay, relay_all, sqlstate, Cluster, Site, User,
+};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+async fn site(db: &str) -> Site {
+    Cluster::from_env().site(db, 65430).await.expect("site")
+}
+
+/// Ann (vendor, stock) and Bob (client, foil) with an open tally on which Ann grants `limit`.
+async fn local_pair(db: &str, limit: i64) -> (Site, User, User, Uuid) {
+    let s = site(db).await;
+    let ann = s.user("Ann", "ann").await.unwrap();
+    let bob = s.user("Bob", "bob").await.unwrap();
+    let t = ann.open_with(&bob, limit, &[]).await.unwrap();
+    (s, ann, bob, t)
+}
+
+async fn count(s: &Site, q: &str) -> i64 {
+    s.admin.query_one(q, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test]
+async fn payments_move_balances_on_both_halves_and_chain_them() {
+    let (s, ann, bob, t) = local_pair("t_chit_pay", 10_000).await;
+    let c1 = bob.pay(t, 1_500, "bread").await.unwrap();
+    bob.pay(t, 2_500, "cake").await.unwrap();
+    assert_eq!(bob.balance(t).await.unwrap(), (-4_000, -4_000));
+    assert_eq!(ann.balance(t).await.unwrap(), (4_000, 4_000));
+    assert_eq!(
+        bob.chit_state(t, c1).await.unwrap().as_deref(),
+        Some("L.good")
+    );
+    assert_eq!(
+        ann.chit_state(t, c1).await.unwrap().as_deref(),
+        Some("A.good")
+    );
+    // Ann pays some back (she may: Bob owes her more than that).
+    ann.pay(t, 1_000, "refund").await.unwrap();
+    assert_eq!(bob.balance(t).await.unwrap().0, -3_000);
+    let (foil, stock) = (
+        s.chain(t, "foil").await.unwrap(),
+        s.chain(t, "stock").await.unwrap(),
+    );
+    assert_eq!(foil.len(), 3);
+    assert_eq!(foil, stock, "both halves hold the same chain");
+    assert!(s.audit_failures(t).await.unwrap().is_empty());
+    assert_eq!(
+        count(&s, "SELECT count(*) FROM chips.outbox").await,
+        0,
+        "a local tally needs no peer traffic"
+    );
+}
+
+#[tokio::test]
+async fn over_limit_payment_is_refused_and_writes_nothing() {
+    let (s, ann, bob, t) = local_pair("t_chit_limit", 5_000).await;
+    bob.pay(t, 4_000, "").await.unwrap();
+    let e = bob.pay(t, 1_001, "").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "23514", "{}", errmsg(&e));
+    assert!(
+        errmsg(&e).contains("credit limit of 5000"),
+        "{}",
+        errmsg(&e)
+    );
+    bob.pay(t, 1_000, "exactly to the limit").await.unwrap();
+    assert_eq!(sqlstate(&bob.pay(t, 1, "").await.unwrap_err()), "23514");
+    // Ann granted credit; Bob granted none: Ann cannot pay beyond what Bob owes her.
+    assert_eq!(sqlstate(&ann.pay(t, 5_001, "").await.unwrap_err()), "23514");
+    ann.pay(t, 5_000, "").await.unwrap();
+    assert_eq!(ann.balance(t).await.unwrap(), (0, 0));
+    assert_eq!(
+        count(&s, "SELECT count(*) FROM chips.chits").await,
+        6,
+        "3 good chits on 2 halves"
+    );
+    assert!(s.audit_failures(t).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn invoices_are_signed_or_declined() {
+    let (s, ann, bob, t) = local_pair("t_chit_invoice", 10_000).await;
+    let ch = format!("chips_user_{}", bob.ent);
+    let (_l, mut rx) = listen(&s.dsn, &[&ch]).await.unwrap();
+    let inv = ann.invoice(t, 2_000, "March delivery").await.unwrap();
+    assert_eq!(
+        ann.chit_state(t, inv).await.unwrap().as_deref(),
+        Some("A.pend")
+    );
+    assert_eq!(
+        bob.chit_state(t, inv).await.unwrap().as_deref(),
+        Some("L.pend")
+    );
+    assert_eq!(
+        ann.balance(t).await.unwrap(),
+        (0, 2_000),
+        "pending until signed"
+    );
+    let notes = drain(&mut rx, Duration::from_millis(300)).await;
+    assert!(notes.iter().any(|(_, p)| p["target"] == "chit"
+        && p["action"] == "sign"
+        && p["uuid"] == inv.to_string()));
+    // Ann cannot sign her own invoice.
+    let e = ann
+        .db
+        .execute("SELECT chips.chit_sign($1, $2, 'x')", &[&t, &inv])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "55000");
+    assert_eq!(bob.sign_invoice(t, inv).await.unwrap(), "good");
+    assert_eq!(
+        ann.chit_state(t, inv).await.unwrap().as_deref(),
+        Some("A.good")
+    );
+    assert_eq!(ann.balance(t).await.unwrap(), (2_000, 2_000));
+    // A second invoice, declined by Bob; a third, withdrawn by Ann.
+    let inv2 = ann.invoice(t, 500, "").await.unwrap();
+    assert_eq!(bob.decline(t, inv2).await.unwrap(), "void");
+    assert_eq!(
+        ann.chit_state(t, inv2).await.unwrap().as_deref(),
+        Some("A.void")
+    );
+    let inv3 = ann.invoice(t, 700, "").await.unwrap();
+    assert_eq!(ann.decline(t, inv3).await.unwrap(), "void");
+    assert_eq!(
+        bob.chit_state(t, inv3).await.unwrap().as_deref(),
+        Some("L.void")
+    );
+    assert_eq!(
+        sqlstate(&bob.sign_invoice(t, inv3).await.unwrap_err()),
+        "55000"
+    );
+    assert_eq!(ann.balance(t).await.unwrap(), (2_000, 2_000));
+    // An invoice past the limit cannot be signed.
+    let big = ann.invoice(t, 9_000, "").await.unwrap();
+    assert_eq!(
+        sqlstate(&bob.sign_invoice(t, big).await.unwrap_err()),
+        "23514"
+    );
+    assert!(s.audit_failures(t).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn forged_tampered_and_malformed_chits_are_refused() {
+    let (s, ann, bob, t) = local_pair("t_chit_forged", 10_000).await;
+    let doc: Value = bob
+        .db
+        .query_one("SELECT chips.chit_json($1, 1000, 'x')", &[&t])
+        .await
+        .unwrap()
+        .get(0);
+    let mallory = chips_core::sign::KeyPair::from_phrase("mallory");
+    let forged = mallory.sign_json(&doc).unwrap();
+    let issue = |doc: Value, sig: Option<String>| {
+        let db = &bob.db;
+        async move {
+            db.query_one("SELECT chips.chit_issue($1, $2)", &[&doc, &sig])
+                .await
+        }
+    };
+    assert_eq!(
+        sqlstate(&issue(doc.clone(), Some(forged)).await.unwrap_err()),
+        "28000"
+    );
+    // Bob signs 1000, someone raises it to 100000.
+    let sig = bob.key.sign_json(&doc).unwrap();
+    let mut raised = doc.clone();
+    raised["units"] = json!(100_000);
+    assert_eq!(
+        sqlstate(&issue(raised, Some(sig.clone())).await.unwrap_err()),
+        "28000"
+    );
+    assert_eq!(
+        sqlstate(&issue(doc.clone(), None).await.unwrap_err()),
+        "28000"
+    );
+    assert_eq!(
+        sqlstate(&issue(doc.clone(), Some("short".into())).await.unwrap_err()),
+        "22P02"
+    );
+    // Bob cannot issue a chit in Ann's name, nor a lift chit, nor one dated last year.
+    let mut by_ann = doc.clone();
+    by_ann["by"] = json!("stock");
+    let s_ = bob.key.sign_json(&by_ann).unwrap();
+    assert_eq!(
+        sqlstate(&issue(by_ann, Some(s_)).await.unwrap_err()),
+        "22023"
+    );
+    let mut old = doc.clone();
+    old["date"] = json!("2025-01-01T00:00:00.000Z");
+    let s_ = bob.key.sign_json(&old).unwrap();
+    assert_eq!(sqlstate(&issue(old, Some(s_)).await.unwrap_err()), "22023");
+    for bad in [
+        json!({"units": 0}),
+        json!({"units": -5}),
+        json!({"type": "lift"}),
+        json!({"extra": 1}),
+    ] {
+        let mut d = doc.clone();
+        for (k, v) in bad.as_object().unwrap() {
+            d[k] = v.clone();
+        }
+        let s_ = bob.key.sign_json(&d).unwrap();
+        assert_eq!(sqlstate(&issue(d, Some(s_)).await.unwrap_err()), "22023");
+    }
+    assert_eq!(
+        count(&s, "SELECT count(*) FROM chips.chits").await,
+        0,
+        "nothing refused was written"
+    );
+    // The genuine one goes through; sending it again is a harmless retry; reusing its uuid for
+    // other content is refused.
+    assert_eq!(
+        issue(doc.clone(), Some(sig.clone()))
+            .await
+            .unwrap()
+            .get::<_, String>(0),
+        "good"
+    );
+    assert_eq!(
+        issue(doc.clone(), Some(sig))
+            .await
+            .unwrap()
+            .get::<_, String>(0),
+        "good"
+    );
+    let mut other = doc.clone();
+    other["memo"] = json!("y");
+    let s_ = bob.key.sign_json(&other).unwrap();
+    assert_eq!(
+        sqlstate(&issue(other, Some(s_)).await.unwrap_err()),
+        "23505"
+    );
+    assert_eq!(bob.balance(t).await.unwrap().0, -1000);
+    // Ann on a tally she does not hold, chits on a tally that is not open.
+    let draft = ann.draft("stock", json!({}), json!({}), "").await.unwrap();
+    let e = ann
+        .db
+        .execute("SELECT chips.chit_json($1, 5)", &[&draft])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "55000");
+}
+
+#[tokio::test]
+async fn chit_status_rules_hold_for_direct_sql() {
+    let (s, ann, bob, t) = local_pair("t_chit_matrix", 10_000).await;
+    let good = bob.pay(t, 100, "").await.unwrap();
+    let pend = ann.invoice(t, 200, "").await.unwrap();
+    let void = ann.invoice(t, 300, "").await.unwrap();
+    bob.decline(t, void).await.unwrap();
+    let try_sql = |q: String| {
+        let a = &s.admin;
+        async move {
+            a.batch_execute("BEGIN").await.unwrap();
+            let r = a.execute(&q, &[]).await;
+            a.batch_execute("ROLLBACK").await.unwrap();
+            r
+        }
+    };
+    let upd = |chit: Uuid, set: &str| {
+        format!("UPDATE chips.chits SET {set} WHERE chit_uuid = '{chit}' AND tally_id = (SELECT id FROM chips.tallies WHERE tally_uuid = '{t}' AND side = 'foil')")
+    };
+    for (chit, set, code) in [
+        (good, "status = 'void'", "55000"),
+        (good, "status = 'pend'", "55000"),
+        (void, "status = 'good'", "55000"),
+        (void, "status = 'pend'", "55000"),
+        (pend, "status = 'good'", "28000"),
+        (pend, "status = 'good', signature = 'AAAA'", "22P02"),
+        (good, "units = 1", "55000"),
+        (good, "memo = 'rewritten'", "55000"),
+        (good, "chain_idx = 7", "55000"),
+        (good, "signature = NULL", "55000"),
+    ] {
+        let e = try_sql(upd(chit, set)).await.unwrap_err();
+        assert_eq!(sqlstate(&e), code, "{set}: {}", errmsg(&e));
+    }
+    // Allowed: pend -> void by hand (an administrator cancelling an invoice).
+    assert_eq!(try_sql(upd(pend, "status = 'void'")).await.unwrap(), 1);
+    // An invented good chit is refused: its signature does not verify.
+    let e = try_sql(format!(
+        "INSERT INTO chips.chits (tally_id, chit_uuid, chit_type, issuer, units, chit_date, signature, status, value)
+         SELECT id, gen_random_uuid(), 'tran', 'foil', 5, now(), '{}', 'good', 5 FROM chips.tallies WHERE tally_uuid = '{t}' AND side = 'stock'",
+        "A".repeat(86)
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(sqlstate(&e), "28000", "{}", errmsg(&e));
+}
+
+#[tokio::test]
+async fn settings_and_closing() {
+    let (s, ann, bob, t) = local_pair("t_chit_settings", 10_000).await;
+    assert_eq!(
+        bob.settings(
+            t,
+            json!({"target": 3000, "bound": 7000, "reward": 0.02, "clutch": 0.04})
+        )
+        .await
+        .unwrap(),
+        "good"
+    );
+    let r = s
+        .admin
+        .query_one("SELECT target, bound, reward, clutch FROM chips.tallies WHERE tally_uuid = $1 AND side = 'foil'", &[&t])
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            r.get::<_, i64>(0),
+            r.get::<_, i64>(1),
+            r.get::<_, f64>(2),
+            r.get::<_, f64>(3)
+        ),
+        (3000, 7000, 0.02, 0.04)
+    );
+    let sets: Value = s
+        .admin
+        .query_one(
+            "SELECT part_sets FROM chips.tallies WHERE tally_uuid = $1 AND side = 'stock'",
+            &[&t],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        sets,
+        json!({"target": 3000, "bound": 7000, "reward": 0.02, "clutch": 0.04}),
+        "Ann's half knows Bob's settings"
+    );
+    let e = bob.settings(t, json!({"target": 9000})).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "22023", "target above bound: {}", errmsg(&e));
+    let e = bob.settings(t, json!({"colour": "red"})).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "22023");
+
+    // Close with a balance: closing until it is zero, then closed on both halves.
+    bob.pay(t, 2_000, "").await.unwrap();
+    assert_eq!(
+        ann.settings(t, json!({"close": true})).await.unwrap(),
+        "good"
+    );
+    assert_eq!(ann.state(t).await.unwrap().as_deref(), Some("closing"));
+    assert_eq!(bob.state(t).await.unwrap().as_deref(), Some("closing"));
+    ann.pay(t, 2_000, "settled").await.unwrap();
+    assert_eq!(ann.state(t).await.unwrap().as_deref(), Some("closed"));
+    assert_eq!(bob.state(t).await.unwrap().as_deref(), Some("closed"));
+    assert_eq!(sqlstate(&bob.pay(t, 1, "").await.unwrap_err()), "55000");
+    assert!(s.audit_failures(t).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn custodial_users_pay_through_sql_alone() {
+    let s = site("t_chit_custodial").await;
+    let shop: String = s
+        .admin
+        .query_one(
+            "SELECT chips.user_create('Shop', 'shop', custodial => true)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let cust: String = s
+        .admin
+        .query_one(
+            "SELECT chips.user_create('Cust', 'cust', custodial => true)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let as_role = |ent: String| {
+        let s = &s;
+        async move {
+            let role: String = s
+                .admin
+                .query_one(
+                    "SELECT username::text FROM chips.users WHERE ent = $1",
+                    &[&ent],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            let c = connect(&s.dsn).await.unwrap();
+            c.batch_execute(&format!("SET ROLE \"{role}\""))
+                .await
+                .unwrap();
+            c
+        }
+    };
+    let (shop_db, cust_db) = (as_role(shop).await, as_role(cust).await);
+    let t: Uuid = shop_db
+        .query_one(
+            "SELECT chips.tally_create('stock', hold_terms => '{\"limit\": 900}')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let ticket: Value = shop_db
+        .query_one("SELECT chips.ticket_create($1)", &[&t])
+        .await
+        .unwrap()
+        .get(0);
+    cust_db
+        .execute("SELECT chips.ticket_redeem($1)", &[&ticket])
+        .await
+        .unwrap();
+    shop_db
+        .execute("SELECT chips.tally_offer($1)", &[&t])
+        .await
+        .unwrap();
+    cust_db
+        .execute("SELECT chips.tally_accept($1)", &[&t])
+        .await
+        .unwrap();
+    cust_db
+        .execute("SELECT chips.pay($1, 600, 'groceries')", &[&t])
+        .await
+        .unwrap();
+    let e = cust_db
+        .execute("SELECT chips.pay($1, 301)", &[&t])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "23514");
+    assert!(
+        s.audit_failures(t).await.unwrap().is_empty(),
+        "custodial signatures verify like any other"
+    );
+    // Nobody but the owner reads the keys.
+    let e = cust_db
+        .execute("SELECT * FROM chips.custody", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+    // A user with their own key cannot use chips.pay.
+    let ann = s.user("Ann", "ann").await.unwrap();
+    let t2 = ann.draft("foil", json!({}), json!({}), "").await.unwrap();
+    let e = ann
+        .db
+        .execute("SELECT chips.pay($1, 1)", &[&t2])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "55000");
+}
+
+/// Two sites: Ann (stock) at a, Eve (foil) at b.
+async fn cross(db: &str, limit: i64) -> (Site, Site, User, User, Uuid) {
+    let cl = Cluster::from_env();
+    let a = cl.site(&format!("{db}_a"), 65481).await.unwrap();
+    let b = cl.site(&format!("{db}_b"), 65482).await.unwrap();
+    let ann = a.user("Ann", "ann").await.unwrap();
+    let eve = b.user("Eve", "eve").await.unwrap();
+    let t = ann.open_with(&eve, limit, &[&a, &b]).await.unwrap();
+    (a, b, ann, eve, t)
+}
+
+async fn assert_converged(a: &Site, b: &Site, ann: &User, eve: &User, t: Uuid) {
+    let (stock, foil) = (
+        a.chain(t, "stock").await.unwrap(),
+        b.chain(t, "foil").await.unwrap(),
+    );
+    assert_eq!(stock, foil, "both halves hold the same chain");
+    let (ga, gb) = (ann.balance(t).await.unwrap(), eve.balance(t).await.unwrap());
+    assert_eq!(ga.0, -gb.0, "balances mirror each other");
+    assert!(
+        a.audit_failures(t).await.unwrap().is_empty(),
+        "{:?}",
+        a.audit_failures(t).await
+    );
+    assert!(
+        b.audit_failures(t).await.unwrap().is_empty(),
+        "{:?}",
+        b.audit_failures(t).await
+    );
+    let foil_conf: i32 = b
+        .admin
+        .query_one(
+            "SELECT chain_conf FROM chips.tallies WHERE tally_uuid = $1",
+            &[&t],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        foil_conf as usize,
+        foil.len(),
+        "the foil half knows the stock half confirmed everything"
+    );
+}
+
+#[tokio::test]
+async fn cross_site_payments_both_ways_converge() {
+    let (a, b, ann, eve, t) = cross("t_chit_cross", 50_000).await;
+    eve.pay(t, 10_000, "").await.unwrap();
+    let inv = ann.invoice(t, 3_000, "invoice").await.unwrap();
+    relay_all(&[&a, &b]).await.unwrap();
+    eve.sign_invoice(t, inv).await.unwrap();
+    // Both pay at the same moment: Ann's chit reaches the foil half after Eve's.
+    ann.pay(t, 1_000, "").await.unwrap();
+    eve.pay(t, 2_000, "").await.unwrap();
+    relay_all(&[&a, &b]).await.unwrap();
+    assert_eq!(eve.balance(t).await.unwrap().0, -14_000);
+    assert_converged(&a, &b, &ann, &eve, t).await;
+    assert_eq!(a.chain(t, "stock").await.unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn lost_duplicated_and_reordered_chain_messages_converge() {
+    let (a, b, ann, eve, t) = cross("t_chit_loss", 50_000).await;
+    // Lost: Eve's first payment and every message about it vanish (say, b's outbox was restored
+    // from an old backup); her second payment's update carries both entries.
+    eve.pay(t, 1_000, "lost").await.unwrap();
+    b.admin
+        .execute("DELETE FROM chips.outbox WHERE delivered IS NULL", &[])
+        .await
+        .unwrap();
+    eve.pay(t, 2_000, "").await.unwrap();
+    relay_all(&[&a, &b]).await.unwrap();
+    assert_converged(&a, &b, &ann, &eve, t).await;
+
+    // Lost in the other direction: Ann's payment never reaches Eve; chain_sync re-sends it.
+    ann.pay(t, 500, "lost too").await.unwrap();
+    a.admin
+        .execute("DELETE FROM chips.outbox WHERE delivered IS NULL", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        a.chain(t, "stock").await.unwrap().len(),
+        2,
+        "not chained until the foil half orders it"
+    );
+    assert_eq!(
+        a.admin
+            .query_one("SELECT chips.chain_sync($1)", &[&t])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+    relay_all(&[&a, &b]).await.unwrap();
+    assert_converged(&a, &b, &ann, &eve, t).await;
+    assert_eq!(eve.balance(t).await.unwrap().0, -2_500);
+
+    // Duplicated and reordered: two updates from the foil half, delivered newest first and
+    // then each again.
+    eve.pay(t, 100, "").await.unwrap();
+    eve.pay(t, 200, "").await.unwrap();
+    let msgs = b
+        .admin
+        .query(
+            "SELECT id, msg FROM chips.outbox WHERE delivered IS NULL ORDER BY id DESC",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut results = vec![];
+    for row in msgs.iter().chain(msgs.iter()) {
+        let (msg, from): (Value, String) = (row.get(1), b.agent_id());
+        let mut again = msg.clone();
+        again["id"] = json!(Uuid::new_v4()); // a retransmission under a new id
+        for m in [msg, again] {
+            if let Ok(r) = a
+                .admin
+                .query_one("SELECT chips.peer_receive($1, $2)", &[&from, &m])
+                .await
+            {
+                results.push(r.get::<_, String>(0));
+            }
+        }
+    }
+    let ids: Vec<i64> = msgs.iter().map(|r| r.get(0)).collect();
+    b.admin
+        .execute("SELECT chips.outbox_ack($1)", &[&ids])
+        .await
+        .unwrap();
+    assert!(results.contains(&"duplicate".to_string()), "{results:?}");
+    relay_all(&[&a, &b]).await.unwrap();
+    assert_converged(&a, &b, &ann, &eve, t).await;
+    assert_eq!(eve.balance(t).await.unwrap().0, -2_800);
+
+    // A gap (the stock half sees entry n+2 first) is answered with nak and filled.
+    eve.pay(t, 10, "").await.unwrap();
+    let first: (i64, Value) = {
+        let r = b
+            .admin
+            .query_one(
+                "SELECT id, msg FROM chips.outbox WHERE delivered IS NULL AND action = 'chain'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    b.admin
+        .execute("SELECT chips.outbox_ack($1)", &[&vec![first.0]])
+        .await
+        .unwrap(); // lost after all
+    eve.pay(t, 20, "").await.unwrap();
+    let mut gap: Value = b
+        .admin
+        .query_one(
+            "SELECT msg FROM chips.outbox WHERE delivered IS NULL AND action = 'chain'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // keep only the newest entry, as if the update had been cut short
+    let last = gap["object"]["chits"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    gap["object"]["chits"] = json!([last]);
+    gap["id"] = json!(Uuid::new_v4());
+    let r: String = a
+        .admin
+        .query_one("SELECT chips.peer_receive($1, $2)", &[&b.agent_id(), &gap])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(r, "nak");
+    relay_all(&[&a, &b]).await.unwrap();
+    assert_converged(&a, &b, &ann, &eve, t).await;
+    let r = relay(&a, &b).await.unwrap();
+    assert_eq!(r.applied + r.failed, 0, "quiet once converged");
+}
+
+#[tokio::test]
+async fn audit_catches_tampering() {
+    let (s, _ann, bob, t) = local_pair("t_chit_audit", 10_000).await;
+    bob.pay(t, 1_000, "").await.unwrap();
+    bob.pay(t, 2_000, "").await.unwrap();
+    assert!(s.audit_failures(t).await.unwrap().is_empty());
+    // A superuser bypasses the triggers and rewrites history.
+    s.admin
+        .batch_execute(&format!(
+            "SET session_replication_role = replica;
+             UPDATE chips.chits SET units = 10, value = -10 WHERE chain_idx = 1 AND tally_id = (SELECT id FROM chips.tallies WHERE tally_uuid = '{t}' AND side = 'foil');
+             SET session_replication_role = origin;"
+        ))
+        .await
+        .unwrap();
+    let bad = s.audit_failures(t).await.unwrap();
+    for check in ["balance", "chain", "signatures"] {
+        assert!(
+            bad.iter().any(|b| b.contains(&format!("foil {check}"))),
+            "{check} not caught: {bad:?}"
+        );
+    }
+    assert!(
+        !bad.iter().any(|b| b.contains("stock")),
+        "the untouched half is sound: {bad:?}"
+    );
+    let e = s
+        .admin
+        .query("SELECT * FROM chips.tally_audit($1)", &[&Uuid::new_v4()])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42704");
+}
+
+#[tokio::test]
+async fn concurrent_payments_never_break_a_chain_or_drift_a_balance() {
+    let s = site("t_chit_concurrent").await;
+    let shop = s.user("Shop", "shop").await.unwrap();
+    let mut clients = vec![];
+    let mut tallies = vec![];
+    for i in 0..4 {
+        let c = s
+            .user(&format!("Client {i}"), &format!("c{i}"))
+            .await
+            .unwrap();
+        tallies.push(shop.open_with(&c, 1_000_000, &[]).await.unwrap());
+        clients.push(c);
+    }
+    // 16 sessions: four per client, all paying at once (same tally and different tallies);
+    // the shop pays back on every tally at the same time.
+    let mut tasks = vec![];
+    for (i, c) in clients.iter().enumerate() {
+        let t = tallies[i];
+        for _ in 0..4 {
+            let db = connect(&s.dsn).await.unwrap();
+            db.batch_execute(&format!("SET ROLE \"{}\"", c.role))
+                .await
+                .unwrap();
+            let key = chips_core::sign::KeyPair::from_seed(&c.key.seed());
+            tasks.push(tokio::spawn(async move {
+                let mut paid = 0i64;
+                for n in 1..=25i64 {
+                    let doc: Value = db
+                        .query_one("SELECT chips.chit_json($1, $2)", &[&t, &n])
+                        .await
+                        .unwrap()
+                        .get(0);
+                    let sig = key.sign_json(&doc).unwrap();
+                    db.execute("SELECT chips.chit_issue($1, $2)", &[&doc, &sig])
+                        .await
+                        .unwrap();
+                    paid += n;
+                }
+                (t, paid)
+            }));
+        }
+    }
+    let shop_db = connect(&s.dsn).await.unwrap();
+    shop_db
+        .batch_execute(&format!("SET ROLE \"{}\"", shop.role))
+        .await
+        .unwrap();
+    let shop_key = chips_core::sign::KeyPair::from_seed(&shop.key.seed());
+    let tallies2 = tallies.clone();
+    let refunds = tokio::spawn(async move {
+        let mut n = 0;
+        for round in 0..10 {
+            for t in &tallies2 {
+                let doc: Value = shop_db
+                    .query_one("SELECT chips.chit_json($1, 1)", &[t])
+                    .await
+                    .unwrap()
+                    .get(0);
+                let sig = shop_key.sign_json(&doc).unwrap();
+                // may be refused early on, before the client owes anything
+                if shop_db
+                    .execute("SELECT chips.chit_issue($1, $2)", &[&doc, &sig])
+                    .await
+                    .is_ok()
+                {
+                    n += 1;
+                }
+            }
+            let _ = round;
+        }
+        n
+    });
+    let mut paid_per_tally = std::collections::HashMap::new();
+    for task in tasks {
+        let (t, paid) = task.await.unwrap();
+        *paid_per_tally.entry(t).or_insert(0i64) += paid;
+    }
+    let refunded = refunds.await.unwrap();
+    let mut total_refunds = 0i64;
+    for (i, t) in tallies.iter().enumerate() {
+        let (good, _) = clients[i].balance(*t).await.unwrap();
+        let refunds_here: i64 = s
+            .admin
+            .query_one(
+                "SELECT count(*) FROM chips.chits c JOIN chips.tallies x ON x.id = c.tally_id WHERE x.tally_uuid = $1 AND x.side = 'foil' AND c.issuer = 'stock'",
+                &[t],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        total_refunds += refunds_here;
+        assert_eq!(
+            good,
+            -(paid_per_tally[t] - refunds_here),
+            "no payment lost or counted twice"
+        );
+        assert_eq!(paid_per_tally[t], 4 * (25 * 26 / 2));
+        let (foil, stock) = (
+            s.chain(*t, "foil").await.unwrap(),
+            s.chain(*t, "stock").await.unwrap(),
+        );
+        assert_eq!(foil.len() as i64, 100 + refunds_here);
+        assert_eq!(foil, stock);
+        assert!(s.audit_failures(*t).await.unwrap().is_empty());
+    }
+    assert_eq!(total_refunds, refunded as i64);
+}
