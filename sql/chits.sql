@@ -14,52 +14,57 @@
 -- Documents
 ------------------------------------------------------------------------------------------------
 
--- A JSON object without its top-level null members (nested values are kept as they are).
-CREATE FUNCTION chips._strip_top(j jsonb) RETURNS jsonb
-LANGUAGE sql IMMUTABLE
-SET search_path = chips, pg_catalog, pg_temp
-AS $$
-    SELECT coalesce(pg_catalog.jsonb_object_agg(e.key, e.value), '{}'::jsonb)
-    FROM pg_catalog.jsonb_each(j) e WHERE pg_catalog.jsonb_typeof(e.value) <> 'null'
-$$;
-
 -- The document a chit's issuer signs, rebuilt from a chit row and its tally's uuid.
 CREATE FUNCTION chips._chit_doc(c chips.chits, p_tally uuid) RETURNS jsonb
 LANGUAGE sql STABLE
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
-    SELECT chips._strip_top(pg_catalog.jsonb_build_object(
-        'tally', p_tally, 'by', c.issuer, 'type', c.chit_type, 'uuid', c.chit_uuid,
-        'date', chips._iso(c.chit_date), 'units', c.units, 'ref', c.reference, 'memo', c.memo))
+    SELECT chips.chit_doc_make(p_tally, c.issuer, c.chit_type, c.chit_uuid,
+                               (extract(epoch FROM c.chit_date) * 1000)::bigint, c.units,
+                               c.reference, c.memo)
 $$;
 
 CREATE FUNCTION chips._chit_doc(c chips.chits) RETURNS jsonb
 LANGUAGE sql STABLE
-SET search_path = chips, pg_catalog, pg_temp
 AS $$ SELECT chips._chit_doc(c, (SELECT t.tally_uuid FROM chips.tallies t WHERE t.id = c.tally_id)) $$;
 
 -- The public key of a side of a tally half.
 CREATE FUNCTION chips._key_of(t chips.tallies, p_side text) RETURNS text
 LANGUAGE sql IMMUTABLE
-SET search_path = chips, pg_catalog, pg_temp
 AS $$ SELECT CASE WHEN p_side = t.side THEN t.hold_cert ELSE t.part_cert END->>'public' $$;
 
--- Insert a chit into a half from its (checked) document.
+-- Insert a chit into a half from its (checked) document. A good chit on the foil half takes its
+-- place at the end of the chain at once (the foil half orders the chain).
 CREATE FUNCTION chips._chit_insert(t chips.tallies, p_doc jsonb, p_status text, p_sig text)
 RETURNS chips.chits
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     c chips.chits;
+    v_idx integer;
+    v_prior bytea;
 BEGIN
+    IF p_status = 'good' AND (t.side = 'foil' OR t.part_ent IS NOT NULL) THEN
+        SELECT x.chain_len + 1, coalesce(x.chain_tip, x.digest) INTO v_idx, v_prior
+        FROM chips.tallies x WHERE x.id = t.id;
+        IF t.side = 'stock' THEN
+            -- a local tally: the stock half takes the place the foil half gave the chit, if it has
+            -- one already (else the foil half chains both when it gets the chit)
+            IF NOT EXISTS (SELECT 1 FROM chips.chits y JOIN chips.tallies f ON f.id = y.tally_id
+                           WHERE f.tally_uuid = t.tally_uuid AND f.side = 'foil'
+                             AND y.chit_uuid = (p_doc->>'uuid')::uuid AND y.chain_idx = v_idx) THEN
+                v_idx := NULL;
+                v_prior := NULL;
+            END IF;
+        END IF;
+    END IF;
     INSERT INTO chips.chits (tally_id, chit_uuid, chit_type, issuer, units, reference, memo,
-                             chit_date, signature, status, value)
+                             chit_date, signature, status, value, chain_idx, chain_prev, chain_hash)
     VALUES (t.id, (p_doc->>'uuid')::uuid, p_doc->>'type', p_doc->>'by', (p_doc->>'units')::bigint,
             p_doc->'ref', p_doc->>'memo', (p_doc->>'date')::timestamptz, p_sig, p_status,
-            chips.chit_value(p_doc, t.side))
+            chips.chit_value(p_doc, t.side), v_idx, v_prior,
+            CASE WHEN v_idx IS NOT NULL THEN chips.chit_chain_hash(p_doc, v_idx, v_prior, p_sig) END)
     RETURNING * INTO c;
-    IF chips.canonical_json(chips._chit_doc(c, t.tally_uuid)) <> chips.canonical_json(p_doc) THEN
+    IF chips._chit_doc(c, t.tally_uuid) <> p_doc THEN
         RAISE EXCEPTION 'chit % cannot be stored exactly as it was written', p_doc->>'uuid'
             USING ERRCODE = '22023', DETAIL = chips.canonical_json(p_doc);
     END IF;
@@ -73,7 +78,6 @@ $$;
 
 CREATE FUNCTION chips._chit_effects(p_tally_id bigint, c chips.chits) RETURNS void
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     t chips.tallies;
@@ -94,9 +98,12 @@ BEGIN
         END IF;
         IF (s->>'close')::boolean AND t.status = 'open' THEN
             UPDATE chips.tallies x SET status = 'closing' WHERE x.id = t.id;
+            t.status := 'closing';
         END IF;
     END IF;
-    PERFORM chips._close_if_settled(t.id);
+    IF t.status = 'closing' THEN
+        PERFORM chips._close_if_settled(t.id);
+    END IF;
 END
 $$;
 
@@ -104,16 +111,14 @@ $$;
 -- The chain
 ------------------------------------------------------------------------------------------------
 
--- Append a good chit to the end of a half's chain.
+-- Append a good chit to the end of a half's chain (the chits trigger moves the tally's tip).
 CREATE FUNCTION chips._chain_append(p_tally_id bigint, p_chit_id bigint) RETURNS void
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     t chips.tallies;
     c chips.chits;
     v_prior bytea;
-    v_hash bytea;
 BEGIN
     SELECT * INTO t FROM chips.tallies x WHERE x.id = p_tally_id FOR UPDATE;
     SELECT * INTO c FROM chips.chits y WHERE y.id = p_chit_id;
@@ -121,17 +126,15 @@ BEGIN
         RETURN;
     END IF;
     v_prior := coalesce(t.chain_tip, t.digest);
-    v_hash := chips.chit_chain_hash(chips._chit_doc(c, t.tally_uuid), t.chain_len + 1, v_prior, c.signature);
-    UPDATE chips.chits y SET chain_idx = t.chain_len + 1, chain_prev = v_prior, chain_hash = v_hash
+    UPDATE chips.chits y SET chain_idx = t.chain_len + 1, chain_prev = v_prior,
+        chain_hash = chips.chit_chain_hash(chips._chit_doc(c, t.tally_uuid), t.chain_len + 1, v_prior, c.signature)
     WHERE y.id = c.id;
-    UPDATE chips.tallies x SET chain_len = t.chain_len + 1, chain_tip = v_hash WHERE x.id = t.id;
 END
 $$;
 
 -- The foil half sends the stock half every chain entry the stock half has not confirmed.
 CREATE FUNCTION chips._chain_send(p_tally_id bigint) RETURNS void
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     t chips.tallies;
@@ -151,16 +154,40 @@ BEGIN
 END
 $$;
 
--- A chit became good on a half: the foil half chains it and tells the stock half.
+-- A chit became good on a half: the foil half chains it and tells the stock half. When the stock
+-- half is in this database too (a tally between two local users, whose chit is already on both
+-- halves), it is chained here at once, to the same hash, and no message is needed.
 CREATE FUNCTION chips._chit_good(p_tally_id bigint, c chips.chits) RETURNS void
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
+DECLARE
+    t chips.tallies;
+    v_stock bigint;
+    v_chit bigint;
+    v_foil_hash bytea;
+    v_stock_hash bytea;
 BEGIN
     PERFORM chips._chit_effects(p_tally_id, c);
-    IF (SELECT x.side FROM chips.tallies x WHERE x.id = p_tally_id) = 'foil' THEN
-        PERFORM chips._chain_append(p_tally_id, c.id);
+    SELECT * INTO t FROM chips.tallies x WHERE x.id = p_tally_id;
+    IF t.side <> 'foil' THEN
+        RETURN;
+    END IF;
+    PERFORM chips._chain_append(p_tally_id, c.id);
+    IF t.part_ent IS NULL THEN
         PERFORM chips._chain_send(p_tally_id);
+        RETURN;
+    END IF;
+    SELECT x.id INTO v_stock FROM chips.tallies x WHERE x.tally_uuid = t.tally_uuid AND x.side = 'stock';
+    SELECT y.id INTO v_chit FROM chips.chits y WHERE y.tally_id = v_stock AND y.chit_uuid = c.chit_uuid;
+    IF v_chit IS NULL THEN
+        RETURN;     -- the stock half chains it when it writes it
+    END IF;
+    PERFORM chips._chain_append(v_stock, v_chit);
+    SELECT y.chain_hash INTO v_foil_hash FROM chips.chits y WHERE y.id = c.id;
+    SELECT y.chain_hash INTO v_stock_hash FROM chips.chits y WHERE y.id = v_chit;
+    IF v_foil_hash IS DISTINCT FROM v_stock_hash THEN
+        RAISE EXCEPTION 'the halves of tally % chain chit % differently', t.tally_uuid, c.chit_uuid
+            USING ERRCODE = '55000';
     END IF;
 END
 $$;
@@ -172,7 +199,6 @@ $$;
 -- The signature of a custodial user over a document, or null when the database holds no key.
 CREATE FUNCTION chips._custodial_sign(p_ent text, p_doc jsonb) RETURNS text
 LANGUAGE plpgsql STABLE
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_seed bytea;
@@ -192,7 +218,6 @@ $$;
 -- The caller's half of an open (or closing) tally, locked.
 CREATE FUNCTION chips._my_open_tally(p_me chips.users, p_uuid uuid) RETURNS chips.tallies
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     t chips.tallies := chips._my_tally(p_me, p_uuid);
@@ -208,7 +233,6 @@ $$;
 -- balance below minus the credit its partner granted it.
 CREATE FUNCTION chips._check_limit(t chips.tallies, p_units bigint) RETURNS void
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_limit bigint := coalesce((t.part_terms->>'limit')::bigint, 0);
@@ -234,11 +258,10 @@ DECLARE
     v_me chips.users := chips._me();
     t chips.tallies := chips._my_open_tally(v_me, chit_json.tally);
 BEGIN
-    RETURN chips.chit_doc_check(chips._strip_top(pg_catalog.jsonb_build_object(
-        'tally', t.tally_uuid, 'by', t.side,
-        'type', CASE WHEN chit_json.units IS NULL THEN 'set' ELSE 'tran' END,
-        'uuid', pg_catalog.gen_random_uuid(), 'date', chips._iso(pg_catalog.now()),
-        'units', chit_json.units, 'ref', chit_json.reference, 'memo', chit_json.memo)));
+    RETURN chips.chit_doc_make(t.tally_uuid, t.side,
+        CASE WHEN chit_json.units IS NULL THEN 'set' ELSE 'tran' END, pg_catalog.gen_random_uuid(),
+        (extract(epoch FROM pg_catalog.now()) * 1000)::bigint, chit_json.units, chit_json.reference,
+        chit_json.memo);
 END
 $$;
 
@@ -334,10 +357,9 @@ BEGIN
     IF chit_invoice.units IS NULL THEN
         RAISE EXCEPTION 'an invoice needs units' USING ERRCODE = '22023';
     END IF;
-    v_doc := chips.chit_doc_check(chips._strip_top(pg_catalog.jsonb_build_object(
-        'tally', t.tally_uuid, 'by', chips._other(t.side), 'type', 'tran',
-        'uuid', pg_catalog.gen_random_uuid(), 'date', chips._iso(pg_catalog.now()),
-        'units', chit_invoice.units, 'ref', chit_invoice.reference, 'memo', chit_invoice.memo)));
+    v_doc := chips.chit_doc_make(t.tally_uuid, chips._other(t.side), 'tran', pg_catalog.gen_random_uuid(),
+        (extract(epoch FROM pg_catalog.now()) * 1000)::bigint, chit_invoice.units,
+        chit_invoice.reference, chit_invoice.memo);
     PERFORM chips._chit_insert(t, v_doc, 'pend', NULL);
     PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'pend',
                         pg_catalog.jsonb_build_object('chit', v_doc));
@@ -348,7 +370,6 @@ $$;
 -- The caller's pending chit, locked.
 CREATE FUNCTION chips._my_pending(t chips.tallies, p_chit uuid) RETURNS chips.chits
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     c chips.chits;
@@ -420,7 +441,6 @@ $$;
 -- partner.
 CREATE FUNCTION chips._chit_half(msg jsonb, p_tally uuid) RETURNS chips.tallies
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_ent text := chips._local_ent(msg->'to');
@@ -443,7 +463,6 @@ $$;
 
 CREATE FUNCTION chips._recv_chit_pend(msg jsonb) RETURNS text
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_doc jsonb := chips.chit_doc_check(msg->'object'->'chit');
@@ -462,7 +481,6 @@ $$;
 
 CREATE FUNCTION chips._recv_chit_good(msg jsonb) RETURNS text
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_doc jsonb := chips.chit_doc_check(msg->'object'->'chit');
@@ -493,7 +511,6 @@ $$;
 
 CREATE FUNCTION chips._recv_chit_void(msg jsonb) RETURNS text
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     t chips.tallies := chips._chit_half(msg, (msg->'object'->>'tally')::uuid);
@@ -511,7 +528,6 @@ $$;
 -- Chain messages: upd (foil -> stock), ack and nak (stock -> foil).
 CREATE FUNCTION chips._recv_chain(msg jsonb) RETURNS text
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     t chips.tallies := chips._chit_half(msg, (msg->'object'->>'tally')::uuid);
@@ -566,7 +582,6 @@ BEGIN
                     USING ERRCODE = '55000';
             END IF;
             UPDATE chips.chits y SET chain_idx = v_idx, chain_prev = v_prior, chain_hash = v_hash WHERE y.id = c.id;
-            UPDATE chips.tallies x SET chain_len = v_idx, chain_tip = v_hash WHERE x.id = t.id;
         END LOOP;
         SELECT * INTO t FROM chips.tallies x WHERE x.id = t.id;
         PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'chain',
@@ -756,7 +771,8 @@ BEGIN
 END
 $$;
 
--- Balances in O(1): add the change of this chit's contribution.
+-- Balances in O(1): add the change of this chit's contribution; and when the chit takes its
+-- place in the chain, move the tally's chain tip in the same update.
 CREATE FUNCTION chips._chits_balance() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = chips, pg_catalog, pg_temp
@@ -769,7 +785,12 @@ BEGIN
         d_good := d_good - CASE WHEN OLD.status = 'good' THEN OLD.value ELSE 0 END;
         d_pend := d_pend - CASE WHEN OLD.status IN ('good', 'pend') THEN OLD.value ELSE 0 END;
     END IF;
-    IF d_good <> 0 OR d_pend <> 0 THEN
+    IF NEW.chain_idx IS NOT NULL AND (TG_OP = 'INSERT' OR OLD.chain_idx IS NULL) THEN
+        -- a new block: the tally's chain grows by one (blocks are only ever appended)
+        UPDATE chips.tallies x SET net_good = x.net_good + d_good, net_pend = x.net_pend + d_pend,
+            chain_len = NEW.chain_idx, chain_tip = NEW.chain_hash
+        WHERE x.id = NEW.tally_id;
+    ELSIF d_good <> 0 OR d_pend <> 0 THEN
         UPDATE chips.tallies x SET net_good = x.net_good + d_good, net_pend = x.net_pend + d_pend
         WHERE x.id = NEW.tally_id;
     END IF;
@@ -777,18 +798,21 @@ BEGIN
 END
 $$;
 
--- Tell the holder about every chit of theirs that is written or changes status.
+-- Tell the holder about a chit they must act on: an invoice waiting for their signature (the
+-- agent hears of everything it must send through the outbox). Payments notify nobody: a NOTIFY
+-- holds a cluster-wide lock from pre-commit to the end of the commit, which would serialize
+-- every payment's commit; users read balances and chits, and (with the websocket API) follow
+-- their event feed.
 CREATE FUNCTION chips._chits_notify() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = chips, pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF TG_OP = 'INSERT' OR NEW.status <> OLD.status THEN
+    IF NEW.status = 'pend' AND (TG_OP = 'INSERT' OR OLD.status <> 'pend') THEN
         PERFORM pg_catalog.pg_notify('chips_user_' || t.ent, pg_catalog.json_build_object(
             'target', 'chit', 'tally', t.tally_uuid, 'uuid', NEW.chit_uuid, 'status', NEW.status,
-            'type', NEW.chit_type, 'value', NEW.value,
-            'action', CASE WHEN NEW.status = 'pend' AND NEW.issuer = t.side THEN 'sign' END)::text)
-        FROM chips.tallies t WHERE t.id = NEW.tally_id;
+            'units', NEW.units, 'action', 'sign')::text)
+        FROM chips.tallies t WHERE t.id = NEW.tally_id AND t.side = NEW.issuer;
     END IF;
     RETURN NULL;
 END

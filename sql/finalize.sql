@@ -13,7 +13,7 @@ CREATE TRIGGER tallies_notify AFTER INSERT OR UPDATE ON chips.tallies
     FOR EACH ROW EXECUTE FUNCTION chips._tallies_notify();
 CREATE TRIGGER chits_biu BEFORE INSERT OR UPDATE ON chips.chits
     FOR EACH ROW EXECUTE FUNCTION chips._chits_biu();
-CREATE TRIGGER chits_balance AFTER INSERT OR UPDATE OF status ON chips.chits
+CREATE TRIGGER chits_balance AFTER INSERT OR UPDATE OF status, chain_idx ON chips.chits
     FOR EACH ROW EXECUTE FUNCTION chips._chits_balance();
 CREATE TRIGGER chits_notify AFTER INSERT OR UPDATE OF status ON chips.chits
     FOR EACH ROW EXECUTE FUNCTION chips._chits_notify();
@@ -81,7 +81,8 @@ GRANT EXECUTE ON FUNCTION
     chips.cuid_check(text), chips.pubkey_check(text),
     chips.chit_transition_allowed(text, text), chips.chit_doc_check(jsonb),
     chips.chit_verify(jsonb, text, text), chips.chit_value(jsonb, text),
-    chips.chit_chain_hash(jsonb, integer, bytea, text), chips.settings_check(jsonb)
+    chips.chit_chain_hash(jsonb, integer, bytea, text), chips.settings_check(jsonb),
+    chips.chit_doc_make(uuid, text, text, uuid, bigint, bigint, jsonb, text)
 TO PUBLIC;
 
 -- Users: their own rows, and the user API.
@@ -96,7 +97,7 @@ GRANT EXECUTE ON FUNCTION
     chips.ticket_create(uuid, boolean, interval), chips.ticket_redeem(jsonb),
     chips.tally_offer(uuid, text), chips.tally_accept(uuid, text), chips.tally_counter(uuid),
     chips.tally_void(uuid), chips.tally_close(uuid),
-    chips._chit_doc(chips.chits, uuid), chips._strip_top(jsonb),
+    chips._chit_doc(chips.chits, uuid),
     chips.chit_json(uuid, bigint, text, jsonb), chips.chit_issue(jsonb, text),
     chips.pay(uuid, bigint, text, jsonb), chips.chit_invoice(uuid, bigint, text, jsonb),
     chips.chit_sign(uuid, uuid, text), chips.chit_decline(uuid, uuid)
@@ -116,7 +117,7 @@ GRANT EXECUTE ON FUNCTION
     chips._iso(timestamptz), chips._other(text),
     chips.agent_register(text, text, integer, boolean),
     chips.user_create(text, text, text, text, text, name, boolean),
-    chips._chit_doc(chips.chits, uuid), chips._strip_top(jsonb),
+    chips._chit_doc(chips.chits, uuid),
     chips.tally_audit(uuid), chips.chain_sync(uuid),
     chips.user_set_key(text, text), chips.user_set_status(text, text),
     chips.contract_add(jsonb, text)

@@ -91,8 +91,9 @@ CREATE TABLE chips.tallies (
     net_pend    bigint NOT NULL DEFAULT 0,  -- sum of good and pending chits
     part_sets   jsonb NOT NULL DEFAULT '{}',  -- the partner's trading variables, from its set chits
     -- the chit chain: chain_len good chits are chained; chain_tip is the hash of the last block
-    -- (the tally digest while chain_len = 0); on the foil half, chain_conf is the last index the
-    -- stock half confirmed
+    -- (the tally digest while chain_len = 0); on the foil half of a tally with another site,
+    -- chain_conf is the last index the stock half confirmed (a local tally chains both halves
+    -- in one transaction and does not use it)
     chain_len   integer NOT NULL DEFAULT 0,
     chain_tip   bytea,
     chain_conf  integer NOT NULL DEFAULT 0,
@@ -105,7 +106,7 @@ CREATE TABLE chips.tallies (
            OR (part_cert IS NOT NULL AND hold_sig IS NOT NULL AND part_sig IS NOT NULL
                AND digest IS NOT NULL)),
     CHECK (part_ent IS DISTINCT FROM ent)
-);
+) WITH (fillfactor = 70);   -- room for HOT updates: every chit updates its tally's balance
 CREATE INDEX tallies_ent_idx ON chips.tallies (ent, status);
 CREATE INDEX tallies_part_ent_idx ON chips.tallies (part_ent) WHERE part_ent IS NOT NULL;
 

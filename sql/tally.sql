@@ -25,7 +25,6 @@ AS $$ BEGIN RETURN (SELECT u.ent FROM chips.users u WHERE u.username = chips.out
 -- The calling user's row; 42501 when the role is no active chips user.
 CREATE FUNCTION chips._me() RETURNS chips.users
 LANGUAGE plpgsql STABLE
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_role text := chips.outer_role();
@@ -51,24 +50,20 @@ $$;
 -- A timestamp as the documents write it: YYYY-MM-DDTHH:MM:SS.mmmZ (UTC).
 CREATE FUNCTION chips._iso(ts timestamptz) RETURNS text
 LANGUAGE sql STABLE
-SET search_path = chips, pg_catalog, pg_temp
 AS $$ SELECT pg_catalog.to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') $$;
 
 CREATE FUNCTION chips._other(side text) RETURNS text
 LANGUAGE sql IMMUTABLE
-SET search_path = chips, pg_catalog, pg_temp
 AS $$ SELECT CASE side WHEN 'stock' THEN 'foil' WHEN 'foil' THEN 'stock' END $$;
 
 -- Whether two CHIP addresses name the same party (cuid and agent; host and port may differ).
 CREATE FUNCTION chips._same_party(a jsonb, b jsonb) RETURNS boolean
 LANGUAGE sql IMMUTABLE
-SET search_path = chips, pg_catalog, pg_temp
 AS $$ SELECT coalesce(a->>'cuid' = b->>'cuid' AND a->>'agent' = b->>'agent', false) $$;
 
 -- The certificate of a user of this site.
 CREATE FUNCTION chips._cert(p_ent text) RETURNS jsonb
 LANGUAGE sql STABLE
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
     SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
         'chad', pg_catalog.jsonb_build_object('cuid', u.cuid, 'agent', u.agent,
@@ -83,7 +78,6 @@ $$;
 -- The certificate of the calling user; 55000 while the user has no public key.
 CREATE FUNCTION chips._my_cert(p_me chips.users) RETURNS jsonb
 LANGUAGE plpgsql STABLE
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 BEGIN
     IF p_me.pubkey IS NULL THEN
@@ -97,17 +91,17 @@ $$;
 
 -- The user of this site at a CHIP address, or null.
 CREATE FUNCTION chips._local_ent(p_chad jsonb) RETURNS text
-LANGUAGE sql STABLE
-SET search_path = chips, pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE
 AS $$
-    SELECT u.ent FROM chips.users u JOIN chips.agents a ON a.agent = u.agent AND a.local
-    WHERE u.cuid = p_chad->>'cuid' AND u.agent = p_chad->>'agent'
+BEGIN
+    RETURN (SELECT u.ent FROM chips.users u JOIN chips.agents a ON a.agent = u.agent AND a.local
+            WHERE u.cuid = p_chad->>'cuid' AND u.agent = p_chad->>'agent');
+END
 $$;
 
 -- The document both parties sign, built from one half. Both halves of a tally build the same one.
 CREATE FUNCTION chips._tally_doc(t chips.tallies) RETURNS jsonb
 LANGUAGE sql STABLE
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
     SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
         'version', t.version,
@@ -123,7 +117,6 @@ $$;
 -- The state a person sees (draft, P.draft, H.offer, P.offer, open, closing, closed, void).
 CREATE FUNCTION chips._state(t chips.tallies) RETURNS text
 LANGUAGE plpgsql IMMUTABLE
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN chips.tally_state(t.status, t.hold_sig IS NOT NULL, t.part_sig IS NOT NULL,
@@ -134,7 +127,6 @@ $$;
 -- Raises 28000 unless both signatures of a tally half verify over its document.
 CREATE FUNCTION chips._check_signed(t chips.tallies) RETURNS void
 LANGUAGE plpgsql STABLE
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_doc jsonb := chips._tally_doc(t);
@@ -152,7 +144,6 @@ $$;
 -- first, so that two users acting on one tally at once never deadlock.
 CREATE FUNCTION chips._my_tally(p_me chips.users, p_uuid uuid) RETURNS chips.tallies
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     t chips.tallies;
@@ -170,7 +161,6 @@ $$;
 -- chips.tally_verify is strict, and a strict function returns null for a null argument).
 CREATE FUNCTION chips._verify(p_doc jsonb, p_side text, p_sig text) RETURNS void
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 BEGIN
     IF p_sig IS NULL OR p_sig = '' THEN
@@ -183,7 +173,6 @@ $$;
 
 CREATE FUNCTION chips._refuse(t chips.tallies, p_action text, p_allowed text) RETURNS void
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 BEGIN
     RAISE EXCEPTION 'cannot % tally %: it is %', p_action, t.tally_uuid, chips._state(t)
@@ -198,7 +187,6 @@ $$;
 -- Remember a partner's agent (and where it listens) so the sidecar can reach it.
 CREATE FUNCTION chips._agent_seen(p_chad jsonb) RETURNS void
 LANGUAGE sql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
     INSERT INTO chips.agents AS a (agent, host, port)
     VALUES (p_chad->>'agent', p_chad->>'host', (p_chad->>'port')::integer)
@@ -212,7 +200,6 @@ $$;
 CREATE FUNCTION chips._send(p_from jsonb, p_to jsonb, p_target text, p_action text, p_object jsonb)
 RETURNS text
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_msg jsonb := pg_catalog.jsonb_build_object(
@@ -233,7 +220,6 @@ $$;
 -- Apply one message addressed to this site. Returns what it did.
 CREATE FUNCTION chips._apply(msg jsonb) RETURNS text
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 BEGIN
     CASE (msg->>'target') || '/' || (msg->>'action')
@@ -633,7 +619,6 @@ $$;
 -- or a copy of it does (reusable ticket). Returns the tally's uuid.
 CREATE FUNCTION chips._ticket_use(p_token text, p_cert jsonb) RETURNS uuid
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     tk chips.tickets;
@@ -804,7 +789,6 @@ $$;
 -- Closes a closing tally whose balance is zero.
 CREATE FUNCTION chips._close_if_settled(p_id bigint) RETURNS void
 LANGUAGE sql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
     UPDATE chips.tallies x SET status = 'closed'
     WHERE x.id = p_id AND x.status = 'closing' AND x.net_good = 0 AND x.net_pend = 0
@@ -837,7 +821,6 @@ $$;
 
 CREATE FUNCTION chips._recv_ticket(msg jsonb) RETURNS text
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_cert jsonb := chips.cert_check(msg->'object'->'cert');
@@ -861,7 +844,6 @@ $$;
 -- Which half of the tally document the message is for, and the local user holding it.
 CREATE FUNCTION chips._recipient(p_doc jsonb, msg jsonb, OUT side text, OUT ent text)
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 BEGIN
     IF chips._same_party(p_doc->'stock'->'cert'->'chad', msg->'to') THEN
@@ -887,7 +869,6 @@ $$;
 -- Store the document fields of a received tally in an existing half.
 CREATE FUNCTION chips._store_doc(p_id bigint, p_doc jsonb, p_side text) RETURNS chips.tallies
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     t chips.tallies;
@@ -910,7 +891,6 @@ $$;
 -- Guard: what a half stores must rebuild the exact document that was signed.
 CREATE FUNCTION chips._check_faithful(t chips.tallies, p_doc jsonb) RETURNS void
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 BEGIN
     IF chips.canonical_json(chips._tally_doc(t)) <> chips.canonical_json(p_doc) THEN
@@ -922,7 +902,6 @@ $$;
 
 CREATE FUNCTION chips._recv_offer(msg jsonb) RETURNS text
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_doc jsonb := chips.tally_doc_check(msg->'object'->'tally');
@@ -974,7 +953,6 @@ $$;
 
 CREATE FUNCTION chips._recv_open(msg jsonb) RETURNS text
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_doc jsonb := chips.tally_doc_check(msg->'object'->'tally');
@@ -1010,7 +988,6 @@ $$;
 -- The partner's half of a tally addressed by a message carrying {uuid}; null when unknown.
 CREATE FUNCTION chips._partner_half(msg jsonb) RETURNS chips.tallies
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_ent text := chips._local_ent(msg->'to');
@@ -1027,7 +1004,6 @@ $$;
 
 CREATE FUNCTION chips._recv_void(msg jsonb) RETURNS text
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     t chips.tallies := chips._partner_half(msg);
@@ -1051,7 +1027,6 @@ $$;
 
 CREATE FUNCTION chips._recv_close(msg jsonb) RETURNS text
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     t chips.tallies := chips._partner_half(msg);
@@ -1095,7 +1070,7 @@ BEGIN
        (OLD.id, OLD.ent, OLD.tally_uuid, OLD.side) THEN
         RAISE EXCEPTION 'the identity of tally % cannot change', OLD.tally_uuid USING ERRCODE = '55000';
     END IF;
-    IF NOT chips.tally_transition_allowed(OLD.status, NEW.status) THEN
+    IF NEW.status <> OLD.status AND NOT chips.tally_transition_allowed(OLD.status, NEW.status) THEN
         RAISE EXCEPTION 'tally % cannot go from % to %', OLD.tally_uuid, OLD.status, NEW.status
             USING ERRCODE = '55000';
     END IF;

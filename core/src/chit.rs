@@ -175,6 +175,14 @@ pub struct ChitDoc {
     pub memo: Option<String>,
 }
 
+/// Milliseconds since 1970 (UTC) as `YYYY-MM-DDTHH:MM:SS.mmmZ`, the date form of documents.
+pub fn iso_millis(ms: i64) -> Result<String> {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .filter(|d| (0..=9999).contains(&chrono::Datelike::year(d)))
+        .map(|d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .ok_or_else(|| Error::value(format!("{ms} ms is not a date between years 0 and 9999")))
+}
+
 /// The most units one chit may carry: 10^15 milliCHIPs (a trillion CHIPs). Sums of any realistic
 /// number of chits stay far inside i64.
 pub const MAX_UNITS: i64 = 1_000_000_000_000_000;
@@ -242,7 +250,17 @@ impl ChitDoc {
 
     /// Verifies the issuer's signature with the issuer's public key.
     pub fn verify(&self, issuer_key: &str, signature: &str) -> Result<()> {
-        sign::verify_json(issuer_key, &self.to_json(), signature).map_err(|e| match e {
+        self.verify_with(issuer_key, signature, sign::verify_json)
+    }
+
+    /// [`ChitDoc::verify`] with another verifier (e.g. a [`sign::VerifyCache`]).
+    pub fn verify_with(
+        &self,
+        issuer_key: &str,
+        signature: &str,
+        check: impl FnOnce(&str, &Value, &str) -> Result<()>,
+    ) -> Result<()> {
+        check(issuer_key, &self.to_json(), signature).map_err(|e| match e {
             Error::BadSignature(_) => Error::BadSignature(format!(
                 "chit {} was not signed by its issuer ({})",
                 self.uuid, self.by
@@ -298,6 +316,20 @@ mod tests {
             reference: units.is_none().then(|| json!({"target": 3, "bound": 7})),
             memo: Some("lunch".into()),
         }
+    }
+
+    #[test]
+    fn iso_dates() {
+        assert_eq!(iso_millis(0).unwrap(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            iso_millis(1_795_252_345_678).unwrap(),
+            "2026-11-21T09:12:25.678Z"
+        );
+        assert_eq!(iso_millis(-1).unwrap(), "1969-12-31T23:59:59.999Z");
+        assert!(iso_millis(i64::MAX).is_err());
+        assert!(crate::tally::is_utc_millis(
+            &iso_millis(1_795_252_345_678).unwrap()
+        ));
     }
 
     #[test]

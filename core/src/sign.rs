@@ -155,3 +155,78 @@ mod tests {
         assert!(public_key(&codec::b64url_encode(&ident)).is_err());
     }
 }
+
+/// Remembers the last signatures that verified, so that one signature checked several times in
+/// a row (by a function, then by the trigger guarding the row it writes, then on the partner's
+/// half) costs one Ed25519 verification. Verification is a pure function of key, message and
+/// signature, so a remembered success is always still true; failures are not remembered.
+pub struct VerifyCache {
+    seen: std::collections::VecDeque<[u8; 32]>,
+    capacity: usize,
+}
+
+impl VerifyCache {
+    pub fn new(capacity: usize) -> Self {
+        VerifyCache {
+            seen: std::collections::VecDeque::with_capacity(capacity),
+            capacity,
+        }
+    }
+
+    fn fingerprint(key: &str, message: &[u8], sig: &str) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in [key.as_bytes(), sig.as_bytes(), message] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        h.finalize().into()
+    }
+
+    /// [`verify`], remembering successes.
+    pub fn verify(&mut self, key: &str, message: &[u8], sig: &str) -> Result<()> {
+        let f = Self::fingerprint(key, message, sig);
+        if self.seen.contains(&f) {
+            return Ok(());
+        }
+        verify(key, message, sig)?;
+        if self.seen.len() == self.capacity {
+            self.seen.pop_front();
+        }
+        self.seen.push_back(f);
+        Ok(())
+    }
+
+    /// [`verify_json`], remembering successes.
+    pub fn verify_json(&mut self, key: &str, doc: &Value, sig: &str) -> Result<()> {
+        self.verify(key, canon::canonical(doc)?.as_bytes(), sig)
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    #[test]
+    fn cache_remembers_successes_only() {
+        let kp = KeyPair::from_phrase("cache");
+        let other = KeyPair::from_phrase("other");
+        let mut c = VerifyCache::new(2);
+        let sig = kp.sign(b"m");
+        c.verify(&kp.public_b64(), b"m", &sig).unwrap();
+        c.verify(&kp.public_b64(), b"m", &sig).unwrap();
+        assert_eq!(c.seen.len(), 1);
+        // A cached success never vouches for another key, message or signature.
+        assert!(c.verify(&other.public_b64(), b"m", &sig).is_err());
+        assert!(c.verify(&kp.public_b64(), b"n", &sig).is_err());
+        assert!(c.verify(&kp.public_b64(), b"m", &other.sign(b"m")).is_err());
+        assert_eq!(c.seen.len(), 1, "failures are not remembered");
+        // Bounded: the oldest success is forgotten (and re-verified when asked again).
+        c.verify(&other.public_b64(), b"x", &other.sign(b"x"))
+            .unwrap();
+        c.verify(&other.public_b64(), b"y", &other.sign(b"y"))
+            .unwrap();
+        assert_eq!(c.seen.len(), 2);
+        c.verify(&kp.public_b64(), b"m", &sig).unwrap();
+    }
+}

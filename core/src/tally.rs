@@ -415,16 +415,24 @@ impl TallyDoc {
 
     /// Verifies `sig` as `side`'s signature over this document.
     pub fn verify(&self, side: Side, sig: &str) -> Result<()> {
-        sign::verify_json(&self.party(side).cert.public, &self.to_json(), sig).map_err(
-            |e| match e {
-                Error::BadSignature(_) => Error::BadSignature(format!(
-                    "the {side} signature on tally {} was not made by {}'s key",
-                    self.uuid,
-                    self.party(side).cert.chad.cuid
-                )),
-                other => other,
-            },
-        )
+        self.verify_with(side, sig, sign::verify_json)
+    }
+
+    /// [`TallyDoc::verify`] with another verifier (e.g. a [`sign::VerifyCache`]).
+    pub fn verify_with(
+        &self,
+        side: Side,
+        sig: &str,
+        check: impl FnOnce(&str, &Value, &str) -> Result<()>,
+    ) -> Result<()> {
+        check(&self.party(side).cert.public, &self.to_json(), sig).map_err(|e| match e {
+            Error::BadSignature(_) => Error::BadSignature(format!(
+                "the {side} signature on tally {} was not made by {}'s key",
+                self.uuid,
+                self.party(side).cert.chad.cuid
+            )),
+            other => other,
+        })
     }
 }
 

@@ -30,11 +30,26 @@ fn b64url_decode(encoded: &str) -> Vec<u8> {
     ok(codec::b64url_decode(encoded))
 }
 
+thread_local! {
+    /// Signatures verified lately in this backend (see `chips_core::sign::VerifyCache`).
+    static VERIFIED: std::cell::RefCell<sign::VerifyCache> =
+        std::cell::RefCell::new(sign::VerifyCache::new(256));
+}
+
+/// Verifies `sig` by `key` over the canonical JSON of `doc`, remembering successes.
+pub(crate) fn verify_json_cached(
+    key: &str,
+    doc: &serde_json::Value,
+    sig: &str,
+) -> chips_core::Result<()> {
+    VERIFIED.with(|c| c.borrow_mut().verify_json(key, doc, sig))
+}
+
 /// Whether `signature` is `pubkey`'s Ed25519 signature over the canonical text of `doc`.
 /// A malformed key or signature is an error (22P02), not `false`.
 #[pg_extern(immutable, strict, parallel_safe)]
 fn verify_signature(pubkey: &str, doc: JsonB, signature: &str) -> bool {
-    match sign::verify_json(pubkey, &doc.0, signature) {
+    match verify_json_cached(pubkey, &doc.0, signature) {
         Ok(()) => true,
         Err(Error::BadSignature(_)) => false,
         Err(e) => ChipsError::from(e).raise(),

@@ -145,6 +145,7 @@ async fn admin_and_agent_functions_are_not_for_users_or_public() {
             "cert_check",
             "chit_chain_hash",
             "chit_doc_check",
+            "chit_doc_make",
             "chit_transition_allowed",
             "chit_value",
             "chit_verify",

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Chit throughput through the SQL API (chips.pay: a custodial payment, signed and verified in
+# the database, balance, chain and both tally halves updated) against plain INSERTs of rows of
+# the same width into an unindexed table, with pgbench, in the same run on the same private
+# cluster. Prints median transactions per second over REPS runs for 1, 4 and 16 clients.
+#
+#   bash scripts/bench-chits.sh            # DURATION=10 REPS=3 by default
+#   DURATION=30 REPS=5 bash scripts/bench-chits.sh
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+DURATION=${DURATION:-10}
+REPS=${REPS:-3}
+CLIENTS=${CLIENTS:-"1 4 16"}
+ensure_deps
+install_extension --release
+DIR=$(cluster_base)/bench
+PORT=${CHIPS_BENCH_PORT:-54350}
+cluster_stop "$DIR"
+rm -rf "$DIR"
+cluster_start "$DIR" "$PORT"
+[ -n "${KEEP:-}" ] || trap 'cluster_stop "$DIR"; rm -rf "$DIR"' EXIT
+PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
+"${PSQL[@]}" -d postgres -c "CREATE DATABASE bench"
+
+say "setting up: a payer with 16 open tallies (custodial keys)"
+"${PSQL[@]}" -d bench <<'SQL' >/dev/null
+CREATE EXTENSION chips;
+SELECT chips.agent_register('kHgBc9ZaNUEG1QKJRV3uM5yyZHv8yiVtGzxPwZJ6SLo', '127.0.0.1', 65430, local => true);
+SELECT chips.contract_add('{"title": "Benchmark contract"}');
+SELECT chips.user_create('Payer', 'payer', custodial => true, username => 'bench_payer');
+ALTER ROLE bench_payer LOGIN;
+CREATE TABLE public.bench_tallies (n int PRIMARY KEY, tally uuid NOT NULL);
+GRANT SELECT ON public.bench_tallies TO bench_payer;
+DO $$
+DECLARE
+    v_ent text;
+    v_t uuid;
+    v_ticket jsonb;
+BEGIN
+    FOR i IN 0..15 LOOP
+        v_ent := chips.user_create('Vendor ' || i, 'v' || i, custodial => true, username => 'bench_v' || i);
+        EXECUTE format('SET ROLE %I', 'bench_v' || i);
+        v_t := chips.tally_create('stock', hold_terms => '{"limit": 1000000000000000}');
+        v_ticket := chips.ticket_create(v_t);
+        SET ROLE bench_payer;
+        PERFORM chips.ticket_redeem(v_ticket);
+        EXECUTE format('SET ROLE %I', 'bench_v' || i);
+        PERFORM chips.tally_offer(v_t);
+        SET ROLE bench_payer;
+        PERFORM chips.tally_accept(v_t);
+        RESET ROLE;
+        INSERT INTO public.bench_tallies VALUES (i, v_t);
+    END LOOP;
+END
+$$;
+-- The baseline: rows as wide as a chit row, no index, no trigger.
+CREATE TABLE public.raw_chits (LIKE chips.chits);
+CREATE SEQUENCE public.raw_seq;
+GRANT USAGE ON SEQUENCE public.raw_seq TO bench_payer;
+GRANT INSERT ON public.raw_chits TO bench_payer;
+SQL
+"${PSQL[@]}" -d bench -c "SELECT chips.pay(tally, 1) FROM public.bench_tallies WHERE n = 0" -U bench_payer >/dev/null
+
+WORK=$(mktemp -d)
+cat > "$WORK/api.sql" <<'SQL'
+SELECT chips.pay(tally, 1, 'bench') FROM public.bench_tallies WHERE n = :client_id % 16;
+SQL
+cat > "$WORK/raw.sql" <<'SQL'
+INSERT INTO public.raw_chits VALUES (nextval('public.raw_seq'), :client_id + 1, gen_random_uuid(), 'tran', 'foil', 1,
+  NULL, 'bench', now(), 'q3HlVwQ0L6ZpRG0K7tXAAm0nVXm2ZQ2a5C8fB0l9qkUJiyAqiHPmvKD8ZZu3g9Q7sN0M6mX4wqkRDTgEcv7VCA', 'good', -1,
+  :client_id + 1, decode('7f6d3a1c5b9e2f4a8c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b', 'hex'),
+  decode('1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b', 'hex'), now(), now());
+SQL
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+run() { # script clients -> tps
+    local out
+    out=$(pgbench -n -h 127.0.0.1 -p "$PORT" -U bench_payer -c "$2" -j "$(( $2 < 2 ? 1 : 2 ))" \
+        -T "$DURATION" -f "$WORK/$1.sql" bench 2>&1) || { echo "$out" >&2; return 1; }
+    echo "$out" | awk '/^tps/ {print $3; exit}'
+}
+
+say "pgbench: ${DURATION}s per run, median of $REPS runs, alternating API and raw runs"
+printf '%-8s %14s %14s %8s\n' clients api_tps raw_tps ratio
+for c in $CLIENTS; do
+    api=(); raw=()
+    for _ in $(seq "$REPS"); do
+        api+=("$(run api "$c")")
+        raw+=("$(run raw "$c")")
+    done
+    a=$(printf '%s\n' "${api[@]}" | median)
+    r=$(printf '%s\n' "${raw[@]}" | median)
+    printf '%-8s %14.1f %14.1f %8.3f\n' "$c" "$a" "$r" "$(echo "$a / $r" | bc -l)"
+done
+# The payments left every chain and balance sound.
+bad=$("${PSQL[@]}" -d bench -At -c "SELECT count(*) FROM public.bench_tallies b, chips.tally_audit(b.tally) a WHERE NOT a.ok")
+chits=$("${PSQL[@]}" -d bench -At -c "SELECT count(*) FROM chips.chits")
+echo "chit rows written: $chits; audit failures: $bad"
+rm -rf "$WORK"
+[ "$bad" = 0 ]
