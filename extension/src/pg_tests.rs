@@ -186,4 +186,133 @@ mod tests {
         );
         assert!(same, "both halves open with one digest");
     }
+
+    #[pg_test]
+    fn chit_units_through_sql() {
+        use chips_core::chit::{chit_transition_allowed, ALL_CHIT_STATUSES};
+        for from in ALL_CHIT_STATUSES {
+            for to in ALL_CHIT_STATUSES {
+                let q = format!("SELECT chips.chit_transition_allowed('{from}', '{to}')");
+                assert_eq!(
+                    one::<bool>(&q),
+                    chit_transition_allowed(from, to),
+                    "{from} -> {to}"
+                );
+            }
+        }
+        let doc: JsonB = one(
+            "SELECT chips.chit_doc_make('6f2c4b1e-0000-4000-8000-000000000001', 'foil', 'tran',
+                '6f2c4b1e-0000-4000-8000-000000000002', 1795252345678, 1500, NULL, 'lunch')",
+        );
+        assert_eq!(
+            doc.0,
+            json!({"tally": "6f2c4b1e-0000-4000-8000-000000000001", "by": "foil", "type": "tran",
+                   "uuid": "6f2c4b1e-0000-4000-8000-000000000002", "date": "2026-11-21T09:12:25.678Z",
+                   "units": 1500, "memo": "lunch"})
+        );
+        let v: i64 = one_with(
+            "SELECT chips.chit_value($1, 'foil')",
+            &[JsonB(doc.0.clone()).into()],
+        );
+        assert_eq!(v, -1500);
+        let kp = KeyPair::from_phrase("payer");
+        let sig = kp.sign_json(&doc.0).unwrap();
+        let ok: bool = one_with(
+            "SELECT chips.chit_verify($1, $2, $3)",
+            &[
+                JsonB(doc.0.clone()).into(),
+                kp.public_b64().into(),
+                sig.clone().into(),
+            ],
+        );
+        assert!(ok);
+        // The chain hash matches core's.
+        let prior = [7u8; 32];
+        let h: Vec<u8> = one_with(
+            "SELECT chips.chit_chain_hash($1, 1, $2, $3)",
+            &[
+                JsonB(doc.0.clone()).into(),
+                prior.to_vec().into(),
+                sig.clone().into(),
+            ],
+        );
+        let d = chips_core::chit::ChitDoc::from_json(&doc.0).unwrap();
+        assert_eq!(h, d.chain_hash(1, &prior, Some(&sig)).unwrap().to_vec());
+        for call in [
+            "chips.chit_doc_make('6f2c4b1e-0000-4000-8000-000000000001', 'foil', 'tran', '6f2c4b1e-0000-4000-8000-000000000002', 0, 0, NULL, NULL)",
+            "chips.chit_doc_make('6f2c4b1e-0000-4000-8000-000000000001', 'both', 'tran', '6f2c4b1e-0000-4000-8000-000000000002', 0, 5, NULL, NULL)",
+            r#"chips.settings_check('{"target": 1, "colour": 2}')"#,
+            r#"chips.settings_check('{}')"#,
+            "chips.chit_transition_allowed('pend', 'paid')",
+        ] {
+            expect_condition(call, "invalid_parameter_value");
+        }
+        expect_condition(
+            &format!(
+                "chips.chit_verify('{}', '{}', '{}')",
+                doc.0,
+                KeyPair::from_phrase("other").public_b64(),
+                sig
+            ),
+            "invalid_authorization_specification",
+        );
+    }
+
+    /// A payment through the user API, inside one transaction: balances, chain, audit.
+    #[pg_test]
+    fn local_payment_through_the_user_api() {
+        let site = KeyPair::from_phrase("pg_test pay site");
+        Spi::run_with_args(
+            "SELECT chips.agent_register($1, '127.0.0.1', 65430, true)",
+            &[site.public_b64().into()],
+        )
+        .unwrap();
+        Spi::run(r#"SELECT chips.contract_add('{"title": "Test contract"}')"#).unwrap();
+        let shop: String = one("SELECT chips.user_create('Shop', 'shop', custodial => true)");
+        let cust: String = one("SELECT chips.user_create('Cust', 'cust', custodial => true)");
+        let role = |ent: &str| -> String {
+            one_with(
+                "SELECT username::text FROM chips.users WHERE ent = $1",
+                &[ent.into()],
+            )
+        };
+        // (as the superuser: once acting as Shop, row-level security hides Cust's user row)
+        let (shop, cust) = (role(&shop), role(&cust));
+        let act_as = |r: &str| Spi::run(&format!("SET LOCAL ROLE \"{r}\"")).unwrap();
+        act_as(&shop);
+        let t: pgrx::Uuid =
+            one(r#"SELECT chips.tally_create('stock', hold_terms => '{"limit": 1000}')"#);
+        let ticket: JsonB = one_with("SELECT chips.ticket_create($1)", &[t.into()]);
+        act_as(&cust);
+        Spi::run_with_args("SELECT chips.ticket_redeem($1)", &[ticket.into()]).unwrap();
+        act_as(&shop);
+        Spi::run_with_args("SELECT chips.tally_offer($1)", &[t.into()]).unwrap();
+        act_as(&cust);
+        Spi::run_with_args("SELECT chips.tally_accept($1)", &[t.into()]).unwrap();
+        for units in [400i64, 500] {
+            Spi::run_with_args("SELECT chips.pay($1, $2)", &[t.into(), units.into()]).unwrap();
+        }
+        let (good, len): (Option<i64>, Option<i32>) = Spi::get_two_with_args(
+            "SELECT net_good, chain_len FROM chips.tallies WHERE tally_uuid = $1",
+            &[t.into()],
+        )
+        .unwrap();
+        assert_eq!((good, len), (Some(-900), Some(2)));
+        Spi::run("RESET ROLE").unwrap();
+        let bad: i64 = one_with(
+            "SELECT count(*) FROM chips.tally_audit($1) WHERE NOT ok",
+            &[t.into()],
+        );
+        assert_eq!(bad, 0);
+        let halves: i64 = one_with(
+            "SELECT count(DISTINCT (net_good, chain_tip)) FROM chips.tallies WHERE tally_uuid = $1",
+            &[t.into()],
+        );
+        assert_eq!(halves, 2, "opposite balances, same chain tip");
+        let tips: i64 = one_with(
+            "SELECT count(DISTINCT chain_tip) FROM chips.tallies WHERE tally_uuid = $1",
+            &[t.into()],
+        );
+        assert_eq!(tips, 1);
+    }
 }
