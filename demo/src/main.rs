@@ -1,10 +1,10 @@
 //! The main job: a small chips network on a private cluster, driven as real clients would drive
 //! it, printing what happens.
 //!
-//! Today (foundation): two sites, each its own database with its own agent. People at site
-//! `alpha` open tallies among themselves through tickets, offers, counter-offers and
-//! acceptances; one person at site `beta` opens a tally with a vendor at `alpha` through peer
-//! messages. Until `chipsd` carries peer traffic, the demo hands each site's outbox messages to
+//! Today: two sites, each its own database with its own agent. People at site `alpha` open
+//! tallies among themselves through tickets, offers, counter-offers and acceptances; one person
+//! at site `beta` opens a tally with a vendor at `alpha` through peer messages. Then they pay,
+//! invoice and change settings with signed chits, locally and across the sites. Until `chipsd` carries peer traffic, the demo hands each site's outbox messages to
 //! the other site's `chips.peer_receive` itself (and says so).
 
 use std::process::ExitCode;
@@ -96,7 +96,9 @@ impl Demo {
 }
 
 fn chips(milli: i64) -> String {
-    format!("{}.{:03} CHIP", milli / 1000, milli % 1000)
+    let sign = if milli < 0 { "-" } else { "" };
+    let m = milli.unsigned_abs();
+    format!("{sign}{}.{:03} CHIP", m / 1000, m % 1000)
 }
 
 async fn run(args: Args) -> Result<(), String> {
@@ -194,6 +196,53 @@ async fn run(args: Args) -> Result<(), String> {
     demo.open(&bob, &eve, 30_000, "rolls for the grocery", &sites)
         .await?;
 
+    println!(
+        "\n== payments and invoices (chits, signed by their issuers, verified by the database)"
+    );
+    let bread = demo.opened[0].3; // Ann (vendor) and Bob (client)
+    bob.pay(bread, 12_500, "a week of bread").await.map_err(e)?;
+    println!("  Bob pays Ann 12.500 CHIP on his account");
+    let inv = ann
+        .invoice(bread, 4_000, "cakes for the party")
+        .await
+        .map_err(e)?;
+    println!(
+        "  Ann invoices Bob 4.000 CHIP; Bob signs it: {}",
+        bob.sign_invoice(bread, inv).await.map_err(e)?
+    );
+    match bob.pay(bread, 40_000, "too much").await {
+        Err(err) => println!(
+            "  Bob tries to pay 40.000 CHIP more: {} {}",
+            chips_tests::sqlstate(&err),
+            chips_tests::errmsg(&err)
+        ),
+        Ok(_) => return Err("a payment past the credit limit was accepted".into()),
+    }
+    println!(
+        "  Cat sets her trading variables on the wheat tally: {}",
+        cat.settings(demo.opened[2].3, json!({"target": 20_000, "bound": 50_000}))
+            .await
+            .map_err(e)?
+    );
+    let rolls = demo.opened[3].3; // Bob (vendor, alpha) and Eve (client, beta)
+    eve.pay(rolls, 7_250, "rolls").await.map_err(e)?;
+    println!("  across sites: Eve pays Bob 7.250 CHIP");
+    demo.relay(&sites).await?;
+    bob.pay(rolls, 250, "refund for a stale roll")
+        .await
+        .map_err(e)?;
+    println!("  Bob refunds 0.250 CHIP");
+    demo.relay(&sites).await?;
+    for (who, u, t) in [
+        ("Bob, bread", &bob, bread),
+        ("Ann, bread", &ann, bread),
+        ("Eve, rolls", &eve, rolls),
+        ("Bob, rolls", &bob, rolls),
+    ] {
+        let (good, _) = u.balance(t).await.map_err(e)?;
+        println!("    balance {who:<11} {:>12}", chips(good));
+    }
+
     println!("\n== what each site holds");
     let mut ok = true;
     for s in &sites {
@@ -250,6 +299,26 @@ async fn run(args: Args) -> Result<(), String> {
             }
         }
         ok &= digests.len() == 2 && digests[0].is_some() && digests[0] == digests[1];
+        // every half's balances, chain and signatures check out, and the chains are the same
+        let mut chains = vec![];
+        for s in &sites {
+            for side in ["stock", "foil"] {
+                let held = s
+                    .admin
+                    .query_opt(
+                        "SELECT 1 FROM chips.tallies WHERE tally_uuid = $1 AND side = $2",
+                        &[t, &side],
+                    )
+                    .await
+                    .map_err(e)?
+                    .is_some();
+                if held {
+                    chains.push(s.chain(*t, side).await.map_err(e)?);
+                    ok &= s.audit_failures(*t).await.map_err(e)?.is_empty();
+                }
+            }
+        }
+        ok &= chains.len() == 2 && chains[0] == chains[1];
     }
 
     println!("\n== summary");
@@ -274,8 +343,27 @@ async fn run(args: Args) -> Result<(), String> {
     for (v, c, memo, t) in &demo.opened {
         println!("    {v} -> {c}: {memo} ({})", &t.to_string()[..8]);
     }
+    let chits: i64 = alpha
+        .admin
+        .query_one(
+            "SELECT count(*) FROM chips.chits WHERE status = 'good'",
+            &[],
+        )
+        .await
+        .map_err(e)?
+        .get(0);
+    let chits_b: i64 = beta
+        .admin
+        .query_one(
+            "SELECT count(*) FROM chips.chits WHERE status = 'good'",
+            &[],
+        )
+        .await
+        .map_err(e)?
+        .get(0);
+    println!("  good chit rows (one per tally half): {}", chits + chits_b);
     println!(
-        "  both halves of every tally open with the same digest: {}",
+        "  both halves of every tally agree (digest, chain, balances, audit): {}",
         if ok { "yes" } else { "NO" }
     );
     if ok {

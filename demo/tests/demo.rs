@@ -16,7 +16,14 @@ fn demo_runs_and_both_halves_of_every_tally_agree() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("tallies opened: 4"), "{stdout}");
-    assert!(stdout.contains("same digest: yes"), "{stdout}");
+    assert!(
+        stdout.contains("agree (digest, chain, balances, audit): yes"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("23514"),
+        "the over-limit payment is refused: {stdout}"
+    );
     assert!(
         stdout.contains("28000"),
         "the forged offer is refused: {stdout}"
