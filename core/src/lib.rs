@@ -8,12 +8,15 @@
 //! * [`tally`]: tally status machine, certificates, credit terms, trading variables and the
 //!   signed tally document.
 //! * [`ticket`]: invitation tokens.
+//! * [`chit`]: chit documents, the chit status machine, settings, chain hashes.
+//! * [`clearing`]: the exact optimum of credit lifts (min-cost circulation) and its circles.
 //!
 //! Every fallible function returns [`Error`]; the extension maps its [`ErrorKind`] to a SQLSTATE.
 
 pub mod address;
 pub mod canon;
 pub mod chit;
+pub mod clearing;
 pub mod codec;
 pub mod error;
 pub mod sign;
