@@ -277,9 +277,7 @@ fn min_cost_flow(net: &mut Network, s: usize, t: usize, want: i128) -> Result<i1
             if level[t] < 0 {
                 break;
             }
-            for v in 0..n {
-                next[v] = net.first[v];
-            }
+            next.copy_from_slice(&net.first[..n]);
             // Blocking flow: advance along admissible arcs, augment at t, retreat from dead ends.
             path.clear();
             let mut v = s;
