@@ -224,6 +224,8 @@ fn min_cost_flow(net: &mut Network, s: usize, t: usize, want: i128) -> Result<i1
     let mut next = vec![0usize; n];
     let mut queue = Vec::with_capacity(n);
     let mut path: Vec<u32> = Vec::new();
+    let mut adm: Vec<u32> = Vec::new();
+    let mut adm_first = vec![0usize; n + 1];
     let mut sent: i128 = 0;
     while sent < want {
         // Shortest distances from s under reduced costs.
@@ -255,6 +257,20 @@ fn min_cost_flow(net: &mut Network, s: usize, t: usize, want: i128) -> Result<i1
         for v in 0..n {
             pot[v] += dist[v].min(dist[t]);
         }
+        // The arcs of zero reduced cost: the only ones a blocking flow of this phase can use
+        // (pushing along one opens its reverse, which has zero reduced cost too).
+        adm_first.fill(0);
+        adm.clear();
+        for v in 0..n {
+            adm_first[v] = adm.len();
+            for &a in net.out(v) {
+                let w = net.head[a as usize] as usize;
+                if net.cost[a as usize] + pot[v] - pot[w] == 0 {
+                    adm.push(a);
+                }
+            }
+        }
+        adm_first[n] = adm.len();
         // Max flow along the arcs of zero reduced cost (Dinic).
         loop {
             level.fill(-1);
@@ -265,10 +281,10 @@ fn min_cost_flow(net: &mut Network, s: usize, t: usize, want: i128) -> Result<i1
             while qi < queue.len() {
                 let v = queue[qi] as usize;
                 qi += 1;
-                for &a in net.out(v) {
+                for &a in &adm[adm_first[v]..adm_first[v + 1]] {
                     let a = a as usize;
                     let w = net.head[a] as usize;
-                    if net.residual[a] > 0 && level[w] < 0 && net.cost[a] + pot[v] - pot[w] == 0 {
+                    if net.residual[a] > 0 && level[w] < 0 {
                         level[w] = level[v] + 1;
                         queue.push(w as u32);
                     }
@@ -277,7 +293,7 @@ fn min_cost_flow(net: &mut Network, s: usize, t: usize, want: i128) -> Result<i1
             if level[t] < 0 {
                 break;
             }
-            next.copy_from_slice(&net.first[..n]);
+            next.copy_from_slice(&adm_first[..n]);
             // Blocking flow: advance along admissible arcs, augment at t, retreat from dead ends.
             path.clear();
             let mut v = s;
@@ -294,18 +310,20 @@ fn min_cost_flow(net: &mut Network, s: usize, t: usize, want: i128) -> Result<i1
                     sent = sent
                         .checked_add(i128::from(push))
                         .ok_or_else(|| Error::value("flow total overflows"))?;
-                    path.clear();
-                    v = s;
+                    // Back up to the tail of the first arc this push saturated, not to s.
+                    let k = path
+                        .iter()
+                        .position(|&a| net.residual[a as usize] == 0)
+                        .expect("the bottleneck arc is saturated");
+                    v = net.head[path[k] as usize ^ 1] as usize;
+                    path.truncate(k);
                     continue;
                 }
                 let mut advanced = false;
-                while next[v] < net.first[v + 1] {
-                    let a = net.arcs[next[v]] as usize;
+                while next[v] < adm_first[v + 1] {
+                    let a = adm[next[v]] as usize;
                     let w = net.head[a] as usize;
-                    if net.residual[a] > 0
-                        && level[w] == level[v] + 1
-                        && net.cost[a] + pot[v] - pot[w] == 0
-                    {
+                    if net.residual[a] > 0 && level[w] == level[v] + 1 {
                         path.push(a as u32);
                         v = w;
                         advanced = true;
