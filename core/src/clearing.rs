@@ -17,6 +17,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::time::{Duration, Instant};
 
 use crate::{Error, Result};
 
@@ -38,6 +39,9 @@ pub struct Circulation {
     pub cleared: i128,
     /// Sum of cost times flow (for plain clearing, minus `cleared`).
     pub cost: i128,
+    /// False when a deadline cut the search short: the flow is still a circulation (every net
+    /// position kept), just not proven the cheapest.
+    pub optimal: bool,
 }
 
 /// The largest absolute cost an edge may have (keeps potentials far from overflow).
@@ -159,6 +163,13 @@ const INF: i64 = i64::MAX / 4;
 /// A min-cost circulation of `edges` on nodes `0..n`: `0 <= flow <= cap`, inflow equals outflow
 /// at every node, minimum `sum(cost * flow)`.
 pub fn solve(n: usize, edges: &[Edge]) -> Result<Circulation> {
+    solve_within(n, edges, None)
+}
+
+/// [`solve`], but the search for a cheaper flow stops at `deadline`; what is left to route is
+/// then routed by a plain max-flow, so the answer is always a circulation, optimal or not
+/// ([`Circulation::optimal`]).
+pub fn solve_within(n: usize, edges: &[Edge], deadline: Option<Instant>) -> Result<Circulation> {
     check(n, edges)?;
     let useful = on_some_circle(n, edges);
     // Only edges on some circle take part. Negative-cost ones start saturated.
@@ -193,8 +204,11 @@ pub fn solve(n: usize, edges: &[Edge]) -> Result<Circulation> {
             pairs.push((v as u32, t, amount, 0, 0));
         }
     }
+    let mut work = Work::new(n + 2);
     let mut net = Network::new(n + 2, &pairs);
-    let sent = min_cost_flow(&mut net, s as usize, t as usize, supply)?;
+    let (sent, optimal) = min_cost_flow(
+        &mut net, &mut work, s as usize, t as usize, supply, deadline,
+    )?;
     debug_assert_eq!(sent, supply, "returning the excess is always feasible");
 
     let mut flow = vec![0i64; edges.len()];
@@ -211,31 +225,71 @@ pub fn solve(n: usize, edges: &[Edge]) -> Result<Circulation> {
         flow,
         cleared,
         cost,
+        optimal,
     })
 }
 
+/// Scratch space of the flow algorithms, allocated once per solve.
+struct Work {
+    pot: Vec<i64>,
+    dist: Vec<i64>,
+    level: Vec<i32>,
+    next: Vec<usize>,
+    queue: Vec<u32>,
+    path: Vec<u32>,
+    /// The arcs a blocking flow may use, grouped by tail: `adm[adm_first[v]..adm_first[v + 1]]`.
+    adm: Vec<u32>,
+    adm_first: Vec<usize>,
+}
+
+impl Work {
+    fn new(n: usize) -> Work {
+        Work {
+            pot: vec![0; n],
+            dist: vec![INF; n],
+            level: vec![-1; n],
+            next: vec![0; n],
+            queue: Vec::with_capacity(n),
+            path: Vec::new(),
+            adm: Vec::new(),
+            adm_first: vec![0; n + 1],
+        }
+    }
+}
+
 /// Primal-dual min-cost flow from `s` to `t` of at most `want`; all arc costs with residual
-/// capacity must be non-negative at the start. Returns the amount sent.
-fn min_cost_flow(net: &mut Network, s: usize, t: usize, want: i128) -> Result<i128> {
+/// capacity must be non-negative at the start. Returns the amount sent, and whether it is of
+/// minimum cost (false when `deadline` passed and the rest was sent by a plain max-flow).
+fn min_cost_flow(
+    net: &mut Network,
+    w: &mut Work,
+    s: usize,
+    t: usize,
+    want: i128,
+    deadline: Option<Instant>,
+) -> Result<(i128, bool)> {
     let n = net.first.len() - 1;
-    let mut pot = vec![0i64; n];
-    let mut dist = vec![INF; n];
-    let mut level = vec![-1i32; n];
-    let mut next = vec![0usize; n];
-    let mut queue = Vec::with_capacity(n);
-    let mut path: Vec<u32> = Vec::new();
-    let mut adm: Vec<u32> = Vec::new();
-    let mut adm_first = vec![0usize; n + 1];
     let mut sent: i128 = 0;
     while sent < want {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            // Out of time: route the rest along any residual arcs.
+            w.adm.clear();
+            for v in 0..n {
+                w.adm_first[v] = w.adm.len();
+                w.adm.extend_from_slice(net.out(v));
+            }
+            w.adm_first[n] = w.adm.len();
+            sent += blocking_flows(net, w, s, t)?;
+            return Ok((sent, false));
+        }
         // Shortest distances from s under reduced costs.
-        dist.fill(INF);
-        dist[s] = 0;
+        w.dist.fill(INF);
+        w.dist[s] = 0;
         let mut heap = BinaryHeap::new();
         heap.push(Reverse((0i64, s as u32)));
         while let Some(Reverse((d, v))) = heap.pop() {
             let v = v as usize;
-            if d > dist[v] {
+            if d > w.dist[v] {
                 continue;
             }
             for &a in net.out(v) {
@@ -243,111 +297,121 @@ fn min_cost_flow(net: &mut Network, s: usize, t: usize, want: i128) -> Result<i1
                 if net.residual[a] == 0 {
                     continue;
                 }
-                let w = net.head[a] as usize;
-                let nd = d + net.cost[a] + pot[v] - pot[w];
-                if nd < dist[w] {
-                    dist[w] = nd;
-                    heap.push(Reverse((nd, w as u32)));
+                let x = net.head[a] as usize;
+                let nd = d + net.cost[a] + w.pot[v] - w.pot[x];
+                if nd < w.dist[x] {
+                    w.dist[x] = nd;
+                    heap.push(Reverse((nd, x as u32)));
                 }
             }
         }
-        if dist[t] >= INF {
+        if w.dist[t] >= INF {
             break;
         }
+        let dt = w.dist[t];
         for v in 0..n {
-            pot[v] += dist[v].min(dist[t]);
+            w.pot[v] += w.dist[v].min(dt);
         }
         // The arcs of zero reduced cost: the only ones a blocking flow of this phase can use
         // (pushing along one opens its reverse, which has zero reduced cost too).
-        adm_first.fill(0);
-        adm.clear();
+        w.adm.clear();
         for v in 0..n {
-            adm_first[v] = adm.len();
+            w.adm_first[v] = w.adm.len();
             for &a in net.out(v) {
-                let w = net.head[a as usize] as usize;
-                if net.cost[a as usize] + pot[v] - pot[w] == 0 {
-                    adm.push(a);
+                let x = net.head[a as usize] as usize;
+                if net.cost[a as usize] + w.pot[v] - w.pot[x] == 0 {
+                    w.adm.push(a);
                 }
             }
         }
-        adm_first[n] = adm.len();
-        // Max flow along the arcs of zero reduced cost (Dinic).
+        w.adm_first[n] = w.adm.len();
+        sent += blocking_flows(net, w, s, t)?;
+    }
+    Ok((sent, true))
+}
+
+/// Dinic's max flow from `s` to `t` over the arcs `w.adm`: BFS levels, then blocking flows
+/// that advance along the arcs, augment at `t`, and retreat from dead ends; until `t` is out of
+/// reach.
+fn blocking_flows(net: &mut Network, w: &mut Work, s: usize, t: usize) -> Result<i128> {
+    let n = w.level.len();
+    let mut sent: i128 = 0;
+    loop {
+        w.level.fill(-1);
+        w.level[s] = 0;
+        w.queue.clear();
+        w.queue.push(s as u32);
+        let mut qi = 0;
+        while qi < w.queue.len() {
+            let v = w.queue[qi] as usize;
+            qi += 1;
+            for &a in &w.adm[w.adm_first[v]..w.adm_first[v + 1]] {
+                let a = a as usize;
+                let x = net.head[a] as usize;
+                if net.residual[a] > 0 && w.level[x] < 0 {
+                    w.level[x] = w.level[v] + 1;
+                    w.queue.push(x as u32);
+                }
+            }
+        }
+        if w.level[t] < 0 {
+            return Ok(sent);
+        }
+        w.next.copy_from_slice(&w.adm_first[..n]);
+        w.path.clear();
+        let mut v = s;
         loop {
-            level.fill(-1);
-            level[s] = 0;
-            queue.clear();
-            queue.push(s as u32);
-            let mut qi = 0;
-            while qi < queue.len() {
-                let v = queue[qi] as usize;
-                qi += 1;
-                for &a in &adm[adm_first[v]..adm_first[v + 1]] {
-                    let a = a as usize;
-                    let w = net.head[a] as usize;
-                    if net.residual[a] > 0 && level[w] < 0 {
-                        level[w] = level[v] + 1;
-                        queue.push(w as u32);
-                    }
+            if v == t {
+                let push = w
+                    .path
+                    .iter()
+                    .map(|&a| net.residual[a as usize])
+                    .min()
+                    .expect("s != t");
+                for &a in &w.path {
+                    net.residual[a as usize] -= push;
+                    net.residual[a as usize ^ 1] += push;
                 }
+                sent = sent
+                    .checked_add(i128::from(push))
+                    .ok_or_else(|| Error::value("flow total overflows"))?;
+                // Back up to the tail of the first arc this push saturated, not to s.
+                let k = w
+                    .path
+                    .iter()
+                    .position(|&a| net.residual[a as usize] == 0)
+                    .expect("the bottleneck arc is saturated");
+                v = net.head[w.path[k] as usize ^ 1] as usize;
+                w.path.truncate(k);
+                continue;
             }
-            if level[t] < 0 {
-                break;
-            }
-            next.copy_from_slice(&adm_first[..n]);
-            // Blocking flow: advance along admissible arcs, augment at t, retreat from dead ends.
-            path.clear();
-            let mut v = s;
-            loop {
-                if v == t {
-                    let mut push = i64::MAX;
-                    for &a in &path {
-                        push = push.min(net.residual[a as usize]);
-                    }
-                    for &a in &path {
-                        net.residual[a as usize] -= push;
-                        net.residual[a as usize ^ 1] += push;
-                    }
-                    sent = sent
-                        .checked_add(i128::from(push))
-                        .ok_or_else(|| Error::value("flow total overflows"))?;
-                    // Back up to the tail of the first arc this push saturated, not to s.
-                    let k = path
-                        .iter()
-                        .position(|&a| net.residual[a as usize] == 0)
-                        .expect("the bottleneck arc is saturated");
-                    v = net.head[path[k] as usize ^ 1] as usize;
-                    path.truncate(k);
-                    continue;
-                }
-                let mut advanced = false;
-                while next[v] < adm_first[v + 1] {
-                    let a = adm[next[v]] as usize;
-                    let w = net.head[a] as usize;
-                    if net.residual[a] > 0 && level[w] == level[v] + 1 {
-                        path.push(a as u32);
-                        v = w;
-                        advanced = true;
-                        break;
-                    }
-                    next[v] += 1;
-                }
-                if advanced {
-                    continue;
-                }
-                if v == s {
+            let mut advanced = false;
+            while w.next[v] < w.adm_first[v + 1] {
+                let a = w.adm[w.next[v]] as usize;
+                let x = net.head[a] as usize;
+                if net.residual[a] > 0 && w.level[x] == w.level[v] + 1 {
+                    w.path.push(a as u32);
+                    v = x;
+                    advanced = true;
                     break;
                 }
-                level[v] = -1; // dead end for this phase
-                let a = path
-                    .pop()
-                    .expect("a node other than s was reached by an arc")
-                    as usize;
-                v = net.head[a ^ 1] as usize;
-                next[v] += 1;
+                w.next[v] += 1;
             }
+            if advanced {
+                continue;
+            }
+            if v == s {
+                break;
+            }
+            w.level[v] = -1; // a dead end for this round
+            let a = w
+                .path
+                .pop()
+                .expect("a node other than s was reached by an arc") as usize;
+            v = net.head[a ^ 1] as usize;
+            w.next[v] += 1;
         }
     }
-    Ok(sent)
 }
 
 /// One lift: the edges of a circle (in order, each edge's `to` is the next one's `from`) and
@@ -457,6 +521,9 @@ pub struct LiftOptions {
     pub min_units: i64,
     /// Circles of more edges than this are left out.
     pub max_len: usize,
+    /// Stop searching for a better plan after this long (the plan stays a valid circulation;
+    /// [`Plan::optimal`] says whether it is the optimum).
+    pub time_budget: Option<Duration>,
 }
 
 impl Default for LiftOptions {
@@ -464,6 +531,7 @@ impl Default for LiftOptions {
         LiftOptions {
             min_units: 1,
             max_len: usize::MAX,
+            time_budget: None,
         }
     }
 }
@@ -474,14 +542,16 @@ pub struct Plan {
     pub circles: Vec<Circle>,
     /// Sum over kept circles of units times length: the debt the plan clears.
     pub cleared: i128,
-    /// What the optimum clears before circles are left out.
+    /// What the circulation found clears before circles are left out.
     pub optimum: i128,
+    /// Whether that circulation is the proven optimum (false when the time budget ran out).
+    pub optimal: bool,
 }
 
 /// Solves, decomposes, and keeps the circles `options` allow. Leaving a circle out keeps the
 /// rest a circulation, so every plan keeps every net position.
 pub fn plan(n: usize, edges: &[Edge], options: LiftOptions) -> Result<Plan> {
-    let c = solve(n, edges)?;
+    let c = solve_within(n, edges, options.time_budget.map(|b| Instant::now() + b))?;
     let circles: Vec<Circle> = decompose(n, edges, &c.flow)?
         .into_iter()
         .filter(|k| k.units >= options.min_units && k.edges.len() <= options.max_len)
@@ -494,6 +564,7 @@ pub fn plan(n: usize, edges: &[Edge], options: LiftOptions) -> Result<Plan> {
         circles,
         cleared,
         optimum: c.cleared,
+        optimal: c.optimal,
     })
 }
 
@@ -697,7 +768,8 @@ mod tests {
                 }
             }
             prop_assert_eq!(sum, c.flow.clone());
-            let p = plan(n, &edges, LiftOptions { min_units: 50, max_len: 3 }).unwrap();
+            let p = plan(n, &edges, LiftOptions { min_units: 50, max_len: 3, time_budget: None }).unwrap();
+            prop_assert!(p.optimal);
             prop_assert!(p.cleared <= p.optimum);
             let mut pf = vec![0i64; edges.len()];
             for k in &p.circles {
@@ -705,6 +777,21 @@ mod tests {
                 for &ei in &k.edges { pf[ei as usize] += k.units; }
             }
             prop_assert!(net_positions(n, &edges, &pf).iter().all(|&b| b == 0));
+        }
+
+        /// With no time at all, the plan is still a circulation within the capacities, and no
+        /// better than the optimum.
+        #[test]
+        fn out_of_time_is_still_sound((n, edges) in arb_graph(9, 1000)) {
+            let best = solve(n, &edges).unwrap();
+            let c = solve_within(n, &edges, Some(Instant::now())).unwrap();
+            prop_assert!(net_positions(n, &edges, &c.flow).iter().all(|&b| b == 0));
+            for (e, &f) in edges.iter().zip(&c.flow) {
+                prop_assert!(0 <= f && f <= e.cap);
+            }
+            prop_assert!(c.cost >= best.cost);
+            prop_assert!(!c.optimal || c.cost == best.cost);
+            decompose(n, &edges, &c.flow).unwrap();
         }
 
         /// Scaling every capacity by a large factor scales the optimum exactly (no float oracle
