@@ -10,6 +10,7 @@
 //! * [`ticket`]: invitation tokens.
 //! * [`chit`]: chit documents, the chit status machine, settings, chain hashes.
 //! * [`clearing`]: the exact optimum of credit lifts (min-cost circulation) and its circles.
+//! * [`peer`]: frame types, the peer message envelope, Noise IK sessions keyed by agent keys.
 //!
 //! Every fallible function returns [`Error`]; the extension maps its [`ErrorKind`] to a SQLSTATE.
 
@@ -19,6 +20,7 @@ pub mod chit;
 pub mod clearing;
 pub mod codec;
 pub mod error;
+pub mod peer;
 pub mod sign;
 pub mod tally;
 pub mod ticket;
