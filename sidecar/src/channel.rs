@@ -1,0 +1,161 @@
+//! One encrypted peer connection: length-delimited frames (4-byte big-endian length, one type
+//! byte) over TCP, a Noise IK handshake, then transport messages.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use chips_core::peer::{self, FrameType, Hello, MAX_FRAME, MAX_NOISE_MESSAGE};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use crate::error::{Error, Result};
+
+/// What a connection that closes before saying anything is refused with.
+pub const CLOSED_EARLY: &str = "the peer closed before its hello";
+
+/// Noise adds a 16-byte tag to every transport message.
+pub const MAX_PAYLOAD: usize = MAX_NOISE_MESSAGE - 16;
+
+pub struct Channel {
+    framed: Framed<TcpStream, LengthDelimitedCodec>,
+    noise: snow::TransportState,
+    /// The peer's agent id, as the handshake proved it.
+    pub peer_agent: String,
+    buf: Vec<u8>,
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .big_endian()
+        .max_frame_length(MAX_FRAME)
+        .new_codec()
+}
+
+async fn next_frame(
+    framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
+    wait: Duration,
+) -> Result<Option<(FrameType, Vec<u8>)>> {
+    match tokio::time::timeout(wait, framed.next()).await {
+        Err(_) => Err(Error::Protocol("timed out waiting for a frame".into())),
+        Ok(None) => Ok(None),
+        Ok(Some(Err(e))) => Err(Error::Protocol(format!("bad frame: {e}"))),
+        Ok(Some(Ok(bytes))) => {
+            let (kind, payload) = peer::parse_frame(&bytes)?;
+            Ok(Some((kind, payload.to_vec())))
+        }
+    }
+}
+
+async fn send_frame(
+    framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
+    kind: FrameType,
+    payload: &[u8],
+) -> Result<()> {
+    framed
+        .send(Bytes::from(peer::frame(kind, payload)?))
+        .await?;
+    Ok(())
+}
+
+impl Channel {
+    /// Dials `addr` and opens a session with the agent `remote_agent`.
+    pub async fn connect(
+        addr: &str,
+        seed: &[u8; 32],
+        remote_agent: &str,
+        wait: Duration,
+    ) -> Result<Channel> {
+        let stream = tokio::time::timeout(wait, TcpStream::connect(addr))
+            .await
+            .map_err(|_| Error::Protocol(format!("timed out connecting to {addr}")))??;
+        stream.set_nodelay(true)?;
+        let mut framed = Framed::new(stream, codec());
+        let mut hs = peer::initiator(seed, remote_agent)?;
+        let hello = serde_json::to_vec(&Hello {
+            agent: peer::agent_id(seed),
+            version: 1,
+        })
+        .expect("hello serializes");
+        let mut buf = vec![0u8; MAX_NOISE_MESSAGE];
+        let n = hs.write_message(&hello, &mut buf)?;
+        send_frame(&mut framed, FrameType::Hello, &buf[..n]).await?;
+        match next_frame(&mut framed, wait).await? {
+            Some((FrameType::Accept, reply)) => {
+                hs.read_message(&reply, &mut buf)?;
+            }
+            Some((other, _)) => {
+                return Err(Error::Protocol(format!(
+                    "expected an accept frame, got {other:?}"
+                )))
+            }
+            None => {
+                return Err(Error::Protocol(
+                    "the peer closed during the handshake".into(),
+                ))
+            }
+        }
+        Ok(Channel {
+            framed,
+            noise: hs.into_transport_mode()?,
+            peer_agent: remote_agent.to_string(),
+            buf,
+        })
+    }
+
+    /// Answers a session opened by a peer; refuses one whose claimed agent id is not the key
+    /// the handshake proved.
+    pub async fn accept(stream: TcpStream, seed: &[u8; 32], wait: Duration) -> Result<Channel> {
+        stream.set_nodelay(true)?;
+        let mut framed = Framed::new(stream, codec());
+        let mut hs = peer::responder(seed)?;
+        let mut buf = vec![0u8; MAX_NOISE_MESSAGE];
+        let hello = match next_frame(&mut framed, wait).await? {
+            Some((FrameType::Hello, msg)) => {
+                let n = hs.read_message(&msg, &mut buf)?;
+                Hello::check(&buf[..n], hs.get_remote_static())?
+            }
+            Some((other, _)) => {
+                return Err(Error::Protocol(format!(
+                    "expected a hello frame, got {other:?}"
+                )))
+            }
+            None => return Err(Error::Protocol(CLOSED_EARLY.into())),
+        };
+        let n = hs.write_message(b"", &mut buf)?;
+        send_frame(&mut framed, FrameType::Accept, &buf[..n]).await?;
+        Ok(Channel {
+            framed,
+            noise: hs.into_transport_mode()?,
+            peer_agent: hello.agent,
+            buf,
+        })
+    }
+
+    pub async fn send(&mut self, payload: &[u8]) -> Result<()> {
+        if payload.len() > MAX_PAYLOAD {
+            return Err(Error::Protocol(format!(
+                "message of {} bytes (at most {MAX_PAYLOAD})",
+                payload.len()
+            )));
+        }
+        let n = self.noise.write_message(payload, &mut self.buf)?;
+        let Channel { framed, buf, .. } = self;
+        send_frame(framed, FrameType::Transport, &buf[..n]).await
+    }
+
+    /// The next message, None when the peer closed the connection.
+    pub async fn recv(&mut self, wait: Duration) -> Result<Option<Vec<u8>>> {
+        match next_frame(&mut self.framed, wait).await? {
+            None => Ok(None),
+            Some((FrameType::Transport, msg)) => {
+                let n = self.noise.read_message(&msg, &mut self.buf)?;
+                Ok(Some(self.buf[..n].to_vec()))
+            }
+            Some((other, _)) => Err(Error::Protocol(format!(
+                "unexpected {other:?} frame in a session"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Outbound: claim outbox messages (woken by `chips_agent` notifications, and by a poll), send
+//! them to their peers in order, and acknowledge what the peers applied. A message a peer
+//! refuses, or one that cannot be sent, stays in the outbox: its lease runs out and it is
+//! claimed again, after a back-off for that peer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::channel::Channel;
+use crate::config::Config;
+use crate::db;
+use crate::error::{Error, Result};
+
+struct Peer {
+    channel: Option<Channel>,
+    failures: u32,
+    next_try: Instant,
+}
+
+pub async fn run(cfg: Arc<Config>, seed: [u8; 32], token: CancellationToken) -> Result<()> {
+    let agent = chips_core::peer::agent_id(&seed);
+    let (client, mut wake) = db::listen(&cfg.db, "chips_agent").await?;
+    let mut peers: HashMap<String, Peer> = HashMap::new();
+    let mut last_sync = Instant::now();
+    info!(%agent, "sender running");
+    loop {
+        if let Err(e) = drain(&client, &agent, &seed, &mut peers).await {
+            warn!(error = %e, "sending failed");
+        }
+        if last_sync.elapsed() >= Duration::from_secs(cfg.sync_secs) {
+            last_sync = Instant::now();
+            if let Err(e) = client.execute("SELECT chips.chain_sync()", &[]).await {
+                warn!(error = %e, "chain sync failed");
+            }
+        }
+        tokio::select! {
+            _ = token.cancelled() => break,
+            _ = wake.recv() => {}
+            _ = tokio::time::sleep(Duration::from_millis(cfg.poll_ms)) => {}
+        }
+    }
+    info!("sender stopped");
+    Ok(())
+}
+
+/// Sends everything claimable now.
+async fn drain(
+    client: &Client,
+    agent: &str,
+    seed: &[u8; 32],
+    peers: &mut HashMap<String, Peer>,
+) -> Result<()> {
+    loop {
+        let rows = client
+            .query(
+                "SELECT id, to_agent, host, port, msg FROM chips.outbox_claim(100, '10 seconds', ARRAY[$1])",
+                &[&agent],
+            )
+            .await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // Group by peer, keeping each peer's messages in order.
+        let mut order: Vec<String> = Vec::new();
+        let mut groups: HashMap<String, Vec<(i64, Option<String>, Option<i32>, Value)>> =
+            HashMap::new();
+        for r in &rows {
+            let to: String = r.get(1);
+            if !groups.contains_key(&to) {
+                order.push(to.clone());
+            }
+            groups
+                .entry(to)
+                .or_default()
+                .push((r.get(0), r.get(2), r.get(3), r.get(4)));
+        }
+        let mut acked: Vec<i64> = Vec::new();
+        let mut stalled = false;
+        for to in order {
+            let msgs = &groups[&to];
+            let peer = peers.entry(to.clone()).or_insert(Peer {
+                channel: None,
+                failures: 0,
+                next_try: Instant::now(),
+            });
+            if Instant::now() < peer.next_try {
+                stalled = true;
+                continue;
+            }
+            match send_all(peer, &to, msgs, seed, &mut acked).await {
+                Ok(()) => peer.failures = 0,
+                Err(e) => {
+                    stalled = true;
+                    peer.channel = None;
+                    peer.failures += 1;
+                    let wait = Duration::from_millis(200 * 2u64.pow(peer.failures.min(8)))
+                        .min(Duration::from_secs(60));
+                    peer.next_try = Instant::now() + wait;
+                    warn!(peer = %to, error = %e, retry_in = ?wait, "delivery stopped");
+                }
+            }
+        }
+        if !acked.is_empty() {
+            client
+                .execute("SELECT chips.outbox_ack($1)", &[&acked])
+                .await?;
+        }
+        if stalled {
+            return Ok(()); // the rest waits for its lease and the peer's back-off
+        }
+    }
+}
+
+/// Sends one peer its messages in order, stopping at the first it refuses.
+async fn send_all(
+    peer: &mut Peer,
+    to: &str,
+    msgs: &[(i64, Option<String>, Option<i32>, Value)],
+    seed: &[u8; 32],
+    acked: &mut Vec<i64>,
+) -> Result<()> {
+    let wait = Duration::from_secs(10);
+    for (id, host, port, msg) in msgs {
+        if peer.channel.is_none() {
+            let (Some(host), Some(port)) = (host, port) else {
+                return Err(Error::Protocol(format!("no address known for agent {to}")));
+            };
+            let addr = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            peer.channel = Some(Channel::connect(&addr, seed, to, wait).await?);
+            info!(peer = %to, %addr, "peer session open");
+        }
+        let ch = peer.channel.as_mut().expect("just opened");
+        ch.send(&serde_json::to_vec(msg).expect("messages serialize"))
+            .await?;
+        let reply = ch
+            .recv(wait)
+            .await?
+            .ok_or_else(|| Error::Protocol("the peer closed the session".into()))?;
+        let reply: Value = serde_json::from_slice(&reply)
+            .map_err(|e| Error::Protocol(format!("bad reply: {e}")))?;
+        if reply.get("id") != msg.get("id") {
+            return Err(Error::Protocol(format!(
+                "reply for another message: {reply}"
+            )));
+        }
+        if let Some(result) = reply.get("result") {
+            debug!(peer = %to, id = %msg["id"], %result, "delivered");
+            acked.push(*id);
+        } else {
+            return Err(Error::Protocol(format!(
+                "refused ({}): {}",
+                reply["sqlstate"].as_str().unwrap_or(""),
+                reply["error"].as_str().unwrap_or("")
+            )));
+        }
+    }
+    Ok(())
+}

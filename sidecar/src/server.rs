@@ -1,0 +1,110 @@
+//! Inbound: accept peer connections (at most `max_connections` at once), open their sessions,
+//! and apply every message they send through `chips.peer_receive`, one transaction each.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chips_core::peer::Envelope;
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::channel::Channel;
+use crate::channel::CLOSED_EARLY;
+use crate::config::Config;
+use crate::db;
+use crate::error::{Error, Result};
+
+pub async fn serve(
+    listener: TcpListener,
+    cfg: Arc<Config>,
+    seed: [u8; 32],
+    token: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let limit = Arc::new(Semaphore::new(cfg.max_connections));
+    loop {
+        let (stream, addr) = tokio::select! {
+            _ = token.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            warn!(%addr, "too many peer connections: refused");
+            continue; // dropping the stream closes it
+        };
+        let (cfg, token) = (cfg.clone(), token.clone());
+        tracker.spawn(async move {
+            match handle(stream, &cfg, &seed, &token).await {
+                Ok(()) => debug!(%addr, "peer connection closed"),
+                // a probe or a port scan: nothing was said
+                Err(Error::Protocol(m)) if m == CLOSED_EARLY => {
+                    debug!(%addr, "closed before its hello")
+                }
+                Err(e) => warn!(%addr, error = %e, "peer connection refused or ended"),
+            }
+            drop(permit);
+        });
+    }
+    info!("listener stopped");
+}
+
+async fn handle(
+    stream: TcpStream,
+    cfg: &Config,
+    seed: &[u8; 32],
+    token: &CancellationToken,
+) -> Result<()> {
+    let idle = Duration::from_secs(cfg.idle_timeout_secs);
+    let mut ch = Channel::accept(stream, seed, Duration::from_secs(10)).await?;
+    info!(peer = %ch.peer_agent, "peer session open");
+    let client = db::connect(&cfg.db).await?;
+    loop {
+        let msg = tokio::select! {
+            _ = token.cancelled() => return Ok(()),
+            r = ch.recv(idle) => match r? {
+                Some(m) => m,
+                None => return Ok(()),
+            },
+        };
+        let reply = apply(&client, &ch.peer_agent, &msg).await;
+        ch.send(&serde_json::to_vec(&reply).expect("replies serialize"))
+            .await?;
+    }
+}
+
+/// Applies one message; the reply names it and says what happened.
+async fn apply(client: &tokio_postgres::Client, peer: &str, msg: &[u8]) -> Value {
+    let env = match Envelope::from_slice(msg) {
+        Ok(e) => e,
+        Err(e) => return json!({"id": null, "error": e.to_string(), "sqlstate": "22023"}),
+    };
+    let doc: Value = serde_json::to_value(&env).expect("envelopes serialize");
+    match client
+        .query_one("SELECT chips.peer_receive($1, $2)", &[&peer, &doc])
+        .await
+    {
+        Ok(row) => {
+            let result: String = row.get(0);
+            debug!(id = %env.id, target = %env.target, action = %env.action, %result, "applied");
+            json!({"id": env.id, "result": result})
+        }
+        Err(e) => {
+            let (code, text) = match e.as_db_error() {
+                Some(d) => (d.code().code().to_string(), d.message().to_string()),
+                None => (String::new(), e.to_string()),
+            };
+            warn!(id = %env.id, sqlstate = %code, error = %text, "refused");
+            json!({"id": env.id, "error": text, "sqlstate": code})
+        }
+    }
+}
