@@ -17,6 +17,14 @@ use crate::config::Config;
 use crate::db;
 use crate::error::{Error, Result};
 
+/// A claimed outbox message.
+struct Outgoing {
+    id: i64,
+    host: Option<String>,
+    port: Option<i32>,
+    msg: Value,
+}
+
 struct Peer {
     channel: Option<Channel>,
     failures: u32,
@@ -68,17 +76,18 @@ async fn drain(
         }
         // Group by peer, keeping each peer's messages in order.
         let mut order: Vec<String> = Vec::new();
-        let mut groups: HashMap<String, Vec<(i64, Option<String>, Option<i32>, Value)>> =
-            HashMap::new();
+        let mut groups: HashMap<String, Vec<Outgoing>> = HashMap::new();
         for r in &rows {
             let to: String = r.get(1);
             if !groups.contains_key(&to) {
                 order.push(to.clone());
             }
-            groups
-                .entry(to)
-                .or_default()
-                .push((r.get(0), r.get(2), r.get(3), r.get(4)));
+            groups.entry(to).or_default().push(Outgoing {
+                id: r.get(0),
+                host: r.get(2),
+                port: r.get(3),
+                msg: r.get(4),
+            });
         }
         let mut acked: Vec<i64> = Vec::new();
         let mut stalled = false;
@@ -121,12 +130,18 @@ async fn drain(
 async fn send_all(
     peer: &mut Peer,
     to: &str,
-    msgs: &[(i64, Option<String>, Option<i32>, Value)],
+    msgs: &[Outgoing],
     seed: &[u8; 32],
     acked: &mut Vec<i64>,
 ) -> Result<()> {
     let wait = Duration::from_secs(10);
-    for (id, host, port, msg) in msgs {
+    for Outgoing {
+        id,
+        host,
+        port,
+        msg,
+    } in msgs
+    {
         if peer.channel.is_none() {
             let (Some(host), Some(port)) = (host, port) else {
                 return Err(Error::Protocol(format!("no address known for agent {to}")));
