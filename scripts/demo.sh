@@ -12,4 +12,7 @@ say "starting a private cluster on 127.0.0.1:$PORT"
 cluster_start "$DIR" "$PORT"
 trap 'cluster_stop "$DIR"' EXIT
 cd "$REPO"
-cargo run -q -p chips-demo -- --dsn "host=127.0.0.1 port=$PORT user=postgres dbname=postgres" "$@"
+say "building chipsd and the demo"
+cargo build -q -p chipsd -p chips-demo
+target/debug/chips-demo --dsn "host=127.0.0.1 port=$PORT user=postgres" \
+    --chipsd target/debug/chipsd "$@"

@@ -4,12 +4,15 @@
 //! Today: two sites, each its own database with its own agent. People at site `alpha` open
 //! tallies among themselves through tickets, offers, counter-offers and acceptances; one person
 //! at site `beta` opens a tally with a vendor at `alpha` through peer messages. Then they pay,
-//! invoice and change settings with signed chits, locally and across the sites. Until `chipsd` carries peer traffic, the demo hands each site's outbox messages to
-//! the other site's `chips.peer_receive` itself (and says so).
+//! invoice and change settings with signed chits, locally and across the sites. Each site has
+//! its own `chipsd` on loopback, which carries the peer traffic over Noise.
 
 use std::process::ExitCode;
 
-use chips_tests::{relay_all, Cluster, Relayed, Site, User};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chips_tests::{Cluster, Site, User};
 use clap::Parser;
 use serde_json::json;
 use uuid::Uuid;
@@ -27,35 +30,113 @@ struct Args {
     /// Prefix of the demo's database names (re-created on every run).
     #[arg(long, default_value = "chips_demo")]
     prefix: String,
+    /// The chipsd binary (default: the one built next to this program).
+    #[arg(long, env = "CHIPSD_BIN")]
+    chipsd: Option<std::path::PathBuf>,
+}
+
+/// A site's sidecar, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Sidecar(Child);
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
 struct Demo {
     cluster: Cluster,
-    relayed: Relayed,
+    chipsd: std::path::PathBuf,
+    keys: std::path::PathBuf,
+    sidecars: Vec<Sidecar>,
     opened: Vec<(String, String, String, Uuid)>,
 }
 
 impl Demo {
-    async fn site(&self, name: &str, port: u16) -> Result<Site, String> {
+    /// A site: its database, its agent, and its chipsd listening on a free port.
+    async fn site(&mut self, name: &str) -> Result<Site, String> {
+        let port = free_port()?;
         let s = self
             .cluster
             .site(name, port)
             .await
             .map_err(|e| format!("creating site {name}: {e}"))?;
-        println!("site {name:<16} agent {}  (127.0.0.1:{port})", s.agent_id());
+        let key = self.keys.join(format!("{name}.key"));
+        std::fs::write(&key, chips_core::codec::b64url_encode(&s.agent.seed()))
+            .map_err(|e| e.to_string())?;
+        let child = Command::new(&self.chipsd)
+            .args([
+                "run",
+                "--db",
+                &s.dsn,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--key",
+            ])
+            .arg(&key)
+            .args(["--poll-ms", "100"])
+            .env("CHIPSD_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.chipsd.display()))?;
+        self.sidecars.push(Sidecar(child));
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if t.elapsed() > Duration::from_secs(20) {
+                return Err(format!("chipsd of {name} did not start"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        println!(
+            "site {name:<16} agent {}  chipsd on 127.0.0.1:{port}",
+            s.agent_id()
+        );
         Ok(s)
     }
 
+    /// Waits until the sidecars have delivered every message of every site.
     async fn relay(&mut self, sites: &[&Site]) -> Result<(), String> {
-        let r = relay_all(sites).await.map_err(|e| e.to_string())?;
-        if r.applied + r.duplicates + r.failed > 0 {
-            println!(
-                "    [relay] {} peer message(s) handed across sites",
-                r.applied
-            );
+        let t = Instant::now();
+        let mut quiet = 0;
+        while quiet < 3 {
+            let mut pending = 0i64;
+            for s in sites {
+                let n: i64 = s
+                    .admin
+                    .query_one(
+                        "SELECT count(*) FROM chips.outbox WHERE delivered IS NULL",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .get(0);
+                pending += n;
+            }
+            quiet = if pending == 0 { quiet + 1 } else { 0 };
+            if t.elapsed() > Duration::from_secs(30) {
+                return Err(format!(
+                    "{pending} peer message(s) still undelivered after 30 s"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        self.relayed.applied += r.applied;
-        self.relayed.failed += r.failed;
         Ok(())
     }
 
@@ -102,15 +183,38 @@ fn chips(milli: i64) -> String {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let e = |e: tokio_postgres::Error| chips_tests::errmsg(&e);
+    let chipsd = match args.chipsd {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("chipsd"),
+    };
+    if !chipsd.exists() {
+        return Err(format!(
+            "no chipsd at {} (build it: cargo build -p chipsd)",
+            chipsd.display()
+        ));
+    }
+    let keys = std::env::temp_dir().join(format!("chips-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&keys).map_err(|e| e.to_string())?;
     let mut demo = Demo {
         cluster: Cluster::new(&args.dsn),
-        relayed: Relayed::default(),
+        chipsd,
+        keys: keys.clone(),
+        sidecars: vec![],
         opened: vec![],
     };
+    let result = scenario(&mut demo, &args.prefix).await;
+    demo.sidecars.clear(); // stop them before the cluster goes
+    let _ = std::fs::remove_dir_all(&keys);
+    result
+}
+
+async fn scenario(demo: &mut Demo, prefix: &str) -> Result<(), String> {
+    let e = |e: tokio_postgres::Error| chips_tests::errmsg(&e);
     println!("== sites");
-    let alpha = demo.site(&format!("{}_alpha", args.prefix), 65431).await?;
-    let beta = demo.site(&format!("{}_beta", args.prefix), 65432).await?;
+    let alpha = demo.site(&format!("{prefix}_alpha")).await?;
+    let beta = demo.site(&format!("{prefix}_beta")).await?;
     let sites = [&alpha, &beta];
 
     println!("\n== users");
@@ -192,7 +296,7 @@ async fn run(args: Args) -> Result<(), String> {
     }
     println!("  Ann voids the draft: {}", ann.void(t2).await.map_err(e)?);
 
-    println!("\n== a tally across sites (alpha <-> beta by peer messages, handed across by the demo until chipsd does)");
+    println!("\n== a tally across sites (alpha <-> beta: peer messages carried by the chipsd of each site)");
     demo.open(&bob, &eve, 30_000, "rolls for the grocery", &sites)
         .await?;
 
@@ -334,11 +438,20 @@ async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(e)?
         .get(0);
+    let mut messages = 0i64;
+    for s in &sites {
+        let n: i64 = s
+            .admin
+            .query_one("SELECT count(*) FROM chips.inbox", &[])
+            .await
+            .map_err(e)?
+            .get(0);
+        messages += n;
+    }
     println!(
-        "  sites: 2   users: {}   tallies opened: {}   peer messages relayed: {}",
+        "  sites: 2   users: {}   tallies opened: {}   peer messages carried by chipsd: {messages}",
         users + users_b,
         demo.opened.len(),
-        demo.relayed.applied
     );
     for (v, c, memo, t) in &demo.opened {
         println!("    {v} -> {c}: {memo} ({})", &t.to_string()[..8]);
