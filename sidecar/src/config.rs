@@ -23,6 +23,8 @@ pub struct Config {
     pub poll_ms: u64,
     /// How often `chips.chain_sync()` runs.
     pub sync_secs: u64,
+    /// How long to wait to connect, for a handshake, or for a peer's reply.
+    pub reply_timeout_ms: u64,
 }
 
 /// The file's form: every field optional.
@@ -36,6 +38,7 @@ pub struct FileConfig {
     pub idle_timeout_secs: Option<u64>,
     pub poll_ms: Option<u64>,
     pub sync_secs: Option<u64>,
+    pub reply_timeout_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -69,6 +72,10 @@ impl FileConfig {
                 .unwrap_or(60),
             poll_ms: other.poll_ms.or(self.poll_ms).unwrap_or(1000),
             sync_secs: other.sync_secs.or(self.sync_secs).unwrap_or(30),
+            reply_timeout_ms: other
+                .reply_timeout_ms
+                .or(self.reply_timeout_ms)
+                .unwrap_or(10_000),
         })
     }
 }

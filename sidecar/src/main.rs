@@ -80,6 +80,9 @@ struct RunArgs {
     poll_ms: Option<u64>,
     #[arg(long, env = "CHIPSD_SYNC_SECS")]
     sync_secs: Option<u64>,
+    /// How long to wait to connect, for a handshake, or for a peer's reply (default 10000).
+    #[arg(long, env = "CHIPSD_REPLY_TIMEOUT_MS")]
+    reply_timeout_ms: Option<u64>,
 }
 
 fn run(args: RunArgs) -> Result<(), String> {
@@ -95,6 +98,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         idle_timeout_secs: args.idle_timeout_secs,
         poll_ms: args.poll_ms,
         sync_secs: args.sync_secs,
+        reply_timeout_ms: args.reply_timeout_ms,
     })?;
     let seed = read_key(&cfg.key)?.seed();
     tracing_subscriber::fmt()

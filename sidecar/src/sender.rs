@@ -38,7 +38,8 @@ pub async fn run(cfg: Arc<Config>, seed: [u8; 32], token: CancellationToken) -> 
     let mut last_sync = Instant::now();
     info!(%agent, "sender running");
     loop {
-        if let Err(e) = drain(&client, &agent, &seed, &mut peers).await {
+        let wait = Duration::from_millis(cfg.reply_timeout_ms);
+        if let Err(e) = drain(&client, &agent, &seed, &mut peers, wait).await {
             warn!(error = %e, "sending failed");
         }
         if last_sync.elapsed() >= Duration::from_secs(cfg.sync_secs) {
@@ -63,6 +64,7 @@ async fn drain(
     agent: &str,
     seed: &[u8; 32],
     peers: &mut HashMap<String, Peer>,
+    wait: Duration,
 ) -> Result<()> {
     loop {
         let rows = client
@@ -102,7 +104,7 @@ async fn drain(
                 stalled = true;
                 continue;
             }
-            match send_all(peer, &to, msgs, seed, &mut acked).await {
+            match send_all(peer, &to, msgs, seed, &mut acked, wait).await {
                 Ok(()) => peer.failures = 0,
                 Err(e) => {
                     stalled = true;
@@ -133,8 +135,8 @@ async fn send_all(
     msgs: &[Outgoing],
     seed: &[u8; 32],
     acked: &mut Vec<i64>,
+    wait: Duration,
 ) -> Result<()> {
-    let wait = Duration::from_secs(10);
     for Outgoing {
         id,
         host,

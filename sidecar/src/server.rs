@@ -65,7 +65,7 @@ async fn handle(
     token: &CancellationToken,
 ) -> Result<()> {
     let idle = Duration::from_secs(cfg.idle_timeout_secs);
-    let mut ch = Channel::accept(stream, seed, Duration::from_secs(10)).await?;
+    let mut ch = Channel::accept(stream, seed, Duration::from_millis(cfg.reply_timeout_ms)).await?;
     info!(peer = %ch.peer_agent, "peer session open");
     let client = db::connect(&cfg.db).await?;
     loop {

@@ -29,6 +29,8 @@ impl Sidecar {
             "100".into(),
             "--sync-secs".into(),
             "2".into(),
+            "--reply-timeout-ms".into(),
+            "1500".into(),
         ];
         let mut s = Sidecar {
             child: spawn(&args),
@@ -276,5 +278,190 @@ async fn an_impostor_and_garbage_are_refused_before_sql() {
         .unwrap()
         .get(0);
     assert_eq!(n, 0, "nothing reached SQL");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A TCP proxy that injects faults into transport (`T`) frames, both ways: drops, duplicates,
+/// swaps with the next frame, and cut connections, from a seeded generator and within a budget
+/// (so the test ends). Handshake frames pass untouched. Returns how many faults it injected.
+struct FaultyProxy {
+    faults: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FaultyProxy {
+    async fn start(listen: u16, target: u16, seed: u64, budget: usize) -> FaultyProxy {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::Arc;
+        let faults = Arc::new(AtomicUsize::new(0));
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", listen))
+            .await
+            .unwrap();
+        let f = faults.clone();
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while let Ok((client, _)) = listener.accept().await {
+                n += 1;
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pump(cr, sw, seed ^ n, budget, f.clone()));
+                tokio::spawn(pump(sr, cw, seed ^ n ^ 0x5555, budget, f.clone()));
+            }
+        });
+        FaultyProxy { faults }
+    }
+
+    fn injected(&self) -> usize {
+        self.faults.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    seed: u64,
+    budget: usize,
+    faults: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut rng = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % 100
+    };
+    let mut held: Option<Vec<u8>> = None;
+    loop {
+        let mut len = [0u8; 4];
+        if from.read_exact(&mut len).await.is_err() {
+            break;
+        }
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        if from.read_exact(&mut body).await.is_err() {
+            break;
+        }
+        let mut frame = len.to_vec();
+        frame.extend_from_slice(&body);
+        // takes one fault from the budget, if any is left
+        let spend = || {
+            faults
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |f| {
+                    (f < budget).then_some(f + 1)
+                })
+                .is_ok()
+        };
+        if body.first() == Some(&b'T') {
+            match next() {
+                0..=7 if spend() => continue, // dropped
+                8..=15 if spend() => {
+                    // duplicated
+                    let _ = to.write_all(&frame).await;
+                }
+                16..=23 if spend() && held.is_none() => {
+                    // swapped with the next
+                    held = Some(frame);
+                    continue;
+                }
+                24..=27 if spend() => break, // connection cut
+                _ => {}
+            }
+        }
+        if to.write_all(&frame).await.is_err() {
+            break;
+        }
+        if let Some(h) = held.take() {
+            if to.write_all(&h).await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_duplicated_reordered_frames_and_cut_connections_still_converge() {
+    let cl = Cluster::from_env();
+    // Each site advertises its proxy's port, so all traffic between the sidecars crosses one.
+    let (pa, pb, xa, xb) = (free_port(), free_port(), free_port(), free_port());
+    let a = cl.site("t_relay_faults_a", xa).await.unwrap();
+    let b = cl.site("t_relay_faults_b", xb).await.unwrap();
+    let proxy_a = FaultyProxy::start(xa, pa, 7, 8).await;
+    let proxy_b = FaultyProxy::start(xb, pb, 11, 8).await;
+    let dir = std::env::temp_dir().join(format!("chipsd-faults-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _sa = Sidecar::start(&a, pa, &dir);
+    let _sb = Sidecar::start(&b, pb, &dir);
+    let ann = a.user("Ann", "ann").await.unwrap();
+    let eve = b.user("Eve", "eve").await.unwrap();
+
+    let t = ann
+        .draft(
+            "stock",
+            json!({"limit": 1_000_000}),
+            json!({}),
+            "through a bad network",
+        )
+        .await
+        .unwrap();
+    eve.redeem(&ann.ticket(t, false).await.unwrap())
+        .await
+        .unwrap();
+    eventually("the ticket reaches Ann", || state_is(&ann, t, "P.draft")).await;
+    ann.offer(t).await.unwrap();
+    eventually("the offer reaches Eve", || state_is(&eve, t, "P.offer")).await;
+    eve.accept(t).await.unwrap();
+    eventually("the tally opens at Ann", || state_is(&ann, t, "open")).await;
+    let mut expect = 0i64;
+    for n in 1..=10i64 {
+        eve.pay(t, 100 * n, "").await.unwrap();
+        expect -= 100 * n;
+    }
+    eventually("Ann sees Eve's payments", || async {
+        ann.balance(t).await.unwrap().0 == 5_500
+    })
+    .await;
+    // Now both pay at the same time.
+    for n in 1..=5i64 {
+        ann.pay(t, n, "").await.unwrap();
+        eve.pay(t, n, "").await.unwrap();
+    }
+    eventually("both chains agree despite the faults", || {
+        converged(&a, &b, &ann, &eve, t, 20)
+    })
+    .await;
+    assert_eq!(eve.balance(t).await.unwrap().0, expect);
+    // Retries of messages that later ones already made redundant still go out (and are
+    // answered `ignored` or `duplicate`): every outbox drains.
+    for s in [&a, &b] {
+        assert!(s.audit_failures(t).await.unwrap().is_empty());
+        eventually("the outbox drains", || async {
+            let left: i64 = s
+                .admin
+                .query_one(
+                    "SELECT count(*) FROM chips.outbox WHERE delivered IS NULL",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            left == 0
+        })
+        .await;
+    }
+    assert!(
+        converged(&a, &b, &ann, &eve, t, 20).await,
+        "still converged after the retries"
+    );
+    let injected = proxy_a.injected() + proxy_b.injected();
+    assert!(
+        injected > 0,
+        "the proxies injected no fault: the test proves nothing"
+    );
+    eprintln!("faults injected: {injected}");
     std::fs::remove_dir_all(&dir).ok();
 }
