@@ -23,6 +23,14 @@ chown postgres: "$PGTEST_DIR"
 rm -rf "$PGTEST_DIR"
 
 install_extension
+# A Noise implementation not written by us, for the interop test (PyPI noiseprotocol).
+VENV=$REPO/target/test-venv
+if ! "$VENV/bin/python" -c "import noise" 2>/dev/null; then
+    say "installing the Python noiseprotocol package into $VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q noiseprotocol
+fi
+export CHIPS_PYTHON=$VENV/bin/python
 DIR=$(cluster_base)/test
 PORT=${CHIPS_TEST_PORT:-54330}
 say "integration tests against a private cluster on 127.0.0.1:$PORT"

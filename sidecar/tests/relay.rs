@@ -465,3 +465,53 @@ async fn dropped_duplicated_reordered_frames_and_cut_connections_still_converge(
     eprintln!("faults injected: {injected}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A Noise implementation we did not write (PyPI `noiseprotocol`, run by the interpreter in
+/// `CHIPS_PYTHON`) completes a handshake with chipsd and exchanges a message.
+#[tokio::test]
+async fn a_foreign_noise_implementation_talks_to_chipsd() {
+    let python = std::env::var("CHIPS_PYTHON").expect(
+        "CHIPS_PYTHON names a python with the noiseprotocol package (scripts/test.sh sets it)",
+    );
+    let cl = Cluster::from_env();
+    let port = free_port();
+    let s = cl.site("t_relay_interop", port).await.unwrap();
+    let _ann = s.user("Ann", "ann").await.unwrap();
+    let dir = std::env::temp_dir().join(format!("chipsd-interop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _sc = Sidecar::start(&s, port, &dir);
+    let peer = chips_core::sign::KeyPair::from_phrase("a python peer");
+    let out = Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/interop_noise.py"
+        ))
+        .args(["127.0.0.1", &port.to_string(), &s.agent_id()])
+        .arg(chips_core::codec::b64url_encode(&peer.seed()))
+        .args([peer.public_b64(), "ann".to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python peer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["id"], reply["sent_id"], "{reply}");
+    assert_eq!(
+        reply["result"], "ignored",
+        "a void for a tally Ann never saw: {reply}"
+    );
+    let from: String = s
+        .admin
+        .query_one("SELECT from_agent FROM chips.inbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        from,
+        peer.public_b64(),
+        "applied under the key the handshake proved"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
