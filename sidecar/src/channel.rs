@@ -19,7 +19,8 @@ pub const MAX_PAYLOAD: usize = MAX_NOISE_MESSAGE - 16;
 
 pub struct Channel {
     framed: Framed<TcpStream, LengthDelimitedCodec>,
-    noise: snow::TransportState,
+    /// None only for the plaintext channels of the transport benchmark.
+    noise: Option<snow::TransportState>,
     /// The peer's agent id, as the handshake proved it.
     pub peer_agent: String,
     buf: Vec<u8>,
@@ -98,7 +99,7 @@ impl Channel {
         }
         Ok(Channel {
             framed,
-            noise: hs.into_transport_mode()?,
+            noise: Some(hs.into_transport_mode()?),
             peer_agent: remote_agent.to_string(),
             buf,
         })
@@ -127,10 +128,22 @@ impl Channel {
         send_frame(&mut framed, FrameType::Accept, &buf[..n]).await?;
         Ok(Channel {
             framed,
-            noise: hs.into_transport_mode()?,
+            noise: Some(hs.into_transport_mode()?),
             peer_agent: hello.agent,
             buf,
         })
+    }
+
+    /// An unencrypted channel over `stream`, with the same framing: for the transport
+    /// benchmark's baseline only (the listener never offers one).
+    #[doc(hidden)]
+    pub fn plaintext_for_benchmark(stream: TcpStream) -> Channel {
+        Channel {
+            framed: Framed::new(stream, codec()),
+            noise: None,
+            peer_agent: String::new(),
+            buf: vec![0u8; MAX_NOISE_MESSAGE],
+        }
     }
 
     pub async fn send(&mut self, payload: &[u8]) -> Result<()> {
@@ -140,19 +153,29 @@ impl Channel {
                 payload.len()
             )));
         }
-        let n = self.noise.write_message(payload, &mut self.buf)?;
-        let Channel { framed, buf, .. } = self;
-        send_frame(framed, FrameType::Transport, &buf[..n]).await
+        let Channel {
+            framed, buf, noise, ..
+        } = self;
+        match noise {
+            Some(noise) => {
+                let n = noise.write_message(payload, buf)?;
+                send_frame(framed, FrameType::Transport, &buf[..n]).await
+            }
+            None => send_frame(framed, FrameType::Transport, payload).await,
+        }
     }
 
     /// The next message, None when the peer closed the connection.
     pub async fn recv(&mut self, wait: Duration) -> Result<Option<Vec<u8>>> {
         match next_frame(&mut self.framed, wait).await? {
             None => Ok(None),
-            Some((FrameType::Transport, msg)) => {
-                let n = self.noise.read_message(&msg, &mut self.buf)?;
-                Ok(Some(self.buf[..n].to_vec()))
-            }
+            Some((FrameType::Transport, msg)) => match &mut self.noise {
+                Some(noise) => {
+                    let n = noise.read_message(&msg, &mut self.buf)?;
+                    Ok(Some(self.buf[..n].to_vec()))
+                }
+                None => Ok(Some(msg)),
+            },
             Some((other, _)) => Err(Error::Protocol(format!(
                 "unexpected {other:?} frame in a session"
             ))),

@@ -6,12 +6,7 @@
 //! * `chipsd keygen`, `chipsd pubkey`: agent (or user) keys.
 //! * `chipsd sign`: sign a JSON document's canonical form with a key file.
 
-mod channel;
-mod config;
-mod db;
-mod error;
-mod sender;
-mod server;
+use chipsd::{config, sender, server};
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
