@@ -515,3 +515,152 @@ async fn a_foreign_noise_implementation_talks_to_chipsd() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_and_sigterm_stops_chipsd_cleanly() {
+    use std::io::Read;
+    let cl = Cluster::from_env();
+    let port = free_port();
+    let s = cl.site("t_relay_lifecycle", port).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("chipsd-lifecycle-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut sc = Sidecar::start(&s, port, &dir);
+    // Half-open: connect and say nothing; chipsd closes it after the handshake timeout (1.5 s).
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = sock.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "closed without a word");
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "closed by the timeout, not left open"
+    );
+    // SIGTERM: a clean exit, promptly.
+    let pid = sc.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = sc.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(12),
+            "chipsd did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// One database serving two agents, each with its own sidecar: each sends only its own agent's
+/// messages, and nothing is sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sidecars_serve_one_database_without_sending_anything_twice() {
+    let cl = Cluster::from_env();
+    let (p1, p2, pb) = (free_port(), free_port(), free_port());
+    let a = cl.site("t_relay_two_a", p1).await.unwrap();
+    let b = cl.site("t_relay_two_b", pb).await.unwrap();
+    let ann = a.user("Ann", "ann").await.unwrap(); // on the first agent
+    let second = chips_core::sign::KeyPair::from_phrase("second agent of t_relay_two_a");
+    a.admin
+        .execute(
+            "SELECT chips.agent_register($1, '127.0.0.1', $2, local => true)",
+            &[&second.public_b64(), &(p2 as i32)],
+        )
+        .await
+        .unwrap();
+    let amy = a
+        .user_on("Amy", "amy", Some(&second.public_b64()))
+        .await
+        .unwrap();
+    let eve = b.user("Eve", "eve").await.unwrap();
+    let dir = std::env::temp_dir().join(format!("chipsd-two-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _s1 = Sidecar::start(&a, p1, &dir);
+    // the second sidecar of site a, with the second agent's key
+    let key2 = dir.join("second.key");
+    std::fs::write(&key2, chips_core::codec::b64url_encode(&second.seed())).unwrap();
+    let mut s2 = Sidecar {
+        child: spawn(&[
+            "run".into(),
+            "--db".into(),
+            a.dsn.clone(),
+            "--listen".into(),
+            format!("127.0.0.1:{p2}"),
+            "--key".into(),
+            key2.display().to_string(),
+            "--poll-ms".into(),
+            "100".into(),
+        ]),
+        args: vec![],
+    };
+    s2.wait_listening(p2);
+    let _sb = Sidecar::start(&b, pb, &dir);
+
+    let mut tallies = vec![];
+    for u in [&ann, &amy] {
+        let t = u
+            .draft("stock", json!({"limit": 50_000}), json!({}), "")
+            .await
+            .unwrap();
+        eve.redeem(&u.ticket(t, false).await.unwrap())
+            .await
+            .unwrap();
+        eventually("the ticket arrives", || state_is(u, t, "P.draft")).await;
+        u.offer(t).await.unwrap();
+        eventually("the offer arrives", || state_is(&eve, t, "P.offer")).await;
+        eve.accept(t).await.unwrap();
+        eventually("the tally opens", || state_is(u, t, "open")).await;
+        eve.pay(t, 500, "").await.unwrap();
+        tallies.push((u, t));
+    }
+    for (u, t) in &tallies {
+        eventually("the payment arrives", || async {
+            u.balance(*t).await.unwrap().0 == 500
+        })
+        .await;
+        u.pay(*t, 100, "").await.unwrap();
+    }
+    for (u, t) in &tallies {
+        eventually("chains agree", || converged(&a, &b, u, &eve, *t, 2)).await;
+    }
+    for s in [&a, &b] {
+        eventually("the outbox drains", || async {
+            let n: i64 = s
+                .admin
+                .query_one(
+                    "SELECT count(*) FROM chips.outbox WHERE delivered IS NULL",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            n == 0
+        })
+        .await;
+    }
+    // Nothing was sent twice: every message of site a was claimed once, and each agent's
+    // messages left through that agent's sidecar (site b heard from both agents).
+    let twice: i64 = a
+        .admin
+        .query_one("SELECT count(*) FROM chips.outbox WHERE attempts <> 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(twice, 0);
+    let senders: i64 = b
+        .admin
+        .query_one("SELECT count(DISTINCT from_agent) FROM chips.inbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(senders, 2);
+    std::fs::remove_dir_all(&dir).ok();
+}

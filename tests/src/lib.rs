@@ -166,12 +166,17 @@ impl Site {
 
     /// Creates a user with a fresh key and connects as that user's role.
     pub async fn user(&self, name: &str, cuid: &str) -> Result<User> {
+        self.user_on(name, cuid, None).await
+    }
+
+    /// [`Site::user`] on a given local agent (for a site serving several).
+    pub async fn user_on(&self, name: &str, cuid: &str, agent: Option<&str>) -> Result<User> {
         let key = KeyPair::from_phrase(&format!("{name} at {}", self.db));
         let ent: String = self
             .admin
             .query_one(
-                "SELECT chips.user_create($1, cuid => $2, pubkey => $3)",
-                &[&name, &cuid, &key.public_b64()],
+                "SELECT chips.user_create($1, cuid => $2, pubkey => $3, agent => $4)",
+                &[&name, &cuid, &key.public_b64(), &agent],
             )
             .await?
             .get(0);
