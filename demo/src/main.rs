@@ -78,9 +78,7 @@ impl Demo {
             .site(name, port)
             .await
             .map_err(|e| format!("creating site {name}: {e}"))?;
-        let key = self.keys.join(format!("{name}.key"));
-        std::fs::write(&key, chips_core::codec::b64url_encode(&s.agent.seed()))
-            .map_err(|e| e.to_string())?;
+        let key = s.write_agent_key(&self.keys).map_err(|e| e.to_string())?;
         let child = Command::new(&self.chipsd)
             .args([
                 "run",
@@ -118,16 +116,7 @@ impl Demo {
         while quiet < 3 {
             let mut pending = 0i64;
             for s in sites {
-                let n: i64 = s
-                    .admin
-                    .query_one(
-                        "SELECT count(*) FROM chips.outbox WHERE delivered IS NULL",
-                        &[],
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .get(0);
-                pending += n;
+                pending += s.undelivered().await.map_err(|e| e.to_string())?;
             }
             quiet = if pending == 0 { quiet + 1 } else { 0 };
             if t.elapsed() > Duration::from_secs(30) {

@@ -15,8 +15,7 @@ struct Sidecar {
 
 impl Sidecar {
     fn start(site: &Site, port: u16, dir: &std::path::Path) -> Sidecar {
-        let key = dir.join(format!("{}.key", site.db));
-        std::fs::write(&key, chips_core::codec::b64url_encode(&site.agent.seed())).unwrap();
+        let key = site.write_agent_key(dir).unwrap();
         let args = vec![
             "run".into(),
             "--db".into(),
@@ -190,16 +189,11 @@ async fn two_sites_over_noise_and_a_killed_sidecar_loses_nothing() {
         eve.balance(t).await.unwrap().0,
         -(1_000 - 300 + 200 + 15 - 7)
     );
-    let pending: i64 = b
-        .admin
-        .query_one(
-            "SELECT count(*) FROM chips.outbox WHERE delivered IS NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(pending, 0, "every message delivered and acknowledged");
+    assert_eq!(
+        b.undelivered().await.unwrap(),
+        0,
+        "every message delivered and acknowledged"
+    );
     assert!(a.audit_failures(t).await.unwrap().is_empty());
     assert!(b.audit_failures(t).await.unwrap().is_empty());
     std::fs::remove_dir_all(&dir).ok();
@@ -440,16 +434,7 @@ async fn dropped_duplicated_reordered_frames_and_cut_connections_still_converge(
     for s in [&a, &b] {
         assert!(s.audit_failures(t).await.unwrap().is_empty());
         eventually("the outbox drains", || async {
-            let left: i64 = s
-                .admin
-                .query_one(
-                    "SELECT count(*) FROM chips.outbox WHERE delivered IS NULL",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            left == 0
+            s.undelivered().await.unwrap() == 0
         })
         .await;
     }
@@ -633,16 +618,7 @@ async fn two_sidecars_serve_one_database_without_sending_anything_twice() {
     }
     for s in [&a, &b] {
         eventually("the outbox drains", || async {
-            let n: i64 = s
-                .admin
-                .query_one(
-                    "SELECT count(*) FROM chips.outbox WHERE delivered IS NULL",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            n == 0
+            s.undelivered().await.unwrap() == 0
         })
         .await;
     }

@@ -127,6 +127,25 @@ impl Site {
         self.agent.public_b64()
     }
 
+    /// Messages in this site's outbox not delivered yet.
+    pub async fn undelivered(&self) -> Result<i64> {
+        Ok(self
+            .admin
+            .query_one(
+                "SELECT count(*) FROM chips.outbox WHERE delivered IS NULL",
+                &[],
+            )
+            .await?
+            .get(0))
+    }
+
+    /// Writes this site's agent key file (as `chipsd keygen` would) into `dir`.
+    pub fn write_agent_key(&self, dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+        let path = dir.join(format!("{}.key", self.db));
+        std::fs::write(&path, chips_core::codec::b64url_encode(&self.agent.seed()))?;
+        Ok(path)
+    }
+
     /// Every audit row of a tally that is not ok, as "ent side check: detail".
     pub async fn audit_failures(&self, tally: Uuid) -> Result<Vec<String>> {
         Ok(self
