@@ -1,0 +1,202 @@
+//! `chips-check`: verifies the invariants of a chips network across all its sites.
+//!
+//! ```text
+//! chips-check --dsn "host=127.0.0.1 port=54320 user=postgres dbname=site_a" --dsn "...dbname=site_b"
+//! ```
+//!
+//! Checks, and reports every failure (exit status 1 if any):
+//! - every tally half passes `chips.tally_audit` (balances equal the sum of its chits, every
+//!   chain block links and hashes, every good chit and the tally itself are signed);
+//! - the two halves of every open (or closing, closed) tally, wherever they are, have the same
+//!   digest, the same chain (index, chit, hash) and mirrored balances; a half whose partner site
+//!   was not given is counted, not failed;
+//! - every user's net position (the sum of their halves' balances) equals the sum of their own
+//!   good transaction chits: nothing else (a lift, a bug) moved it.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+#[derive(Parser)]
+#[command(about = "Verify the invariants of a chips network across its sites")]
+struct Args {
+    /// One site's database (libpq connection string), once per site.
+    #[arg(long = "dsn", required = true)]
+    dsns: Vec<String>,
+}
+
+/// One half as the checker sees it.
+struct Half {
+    site: String,
+    side: String,
+    status: String,
+    net_good: i64,
+    digest: Option<Vec<u8>>,
+    chain: Vec<(i32, Uuid, Vec<u8>)>,
+}
+
+async fn halves(db: &Client, site: &str) -> Result<Vec<(Uuid, Half)>, tokio_postgres::Error> {
+    let mut out = Vec::new();
+    for r in db
+        .query(
+            "SELECT id, tally_uuid, side, status, net_good, digest FROM chips.tallies ORDER BY id",
+            &[],
+        )
+        .await?
+    {
+        let id: i64 = r.get(0);
+        let chain = db
+            .query(
+                "SELECT chain_idx, chit_uuid, chain_hash FROM chips.chits WHERE tally_id = $1 AND chain_idx IS NOT NULL ORDER BY chain_idx",
+                &[&id],
+            )
+            .await?
+            .iter()
+            .map(|c| (c.get(0), c.get(1), c.get(2)))
+            .collect();
+        out.push((
+            r.get(1),
+            Half {
+                site: site.to_string(),
+                side: r.get(2),
+                status: r.get(3),
+                net_good: r.get(4),
+                digest: r.get(5),
+                chain,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+async fn check(args: Args) -> Result<Vec<String>, String> {
+    let e = |e: tokio_postgres::Error| chips_tests::errmsg(&e);
+    let mut problems = Vec::new();
+    let mut tallies: BTreeMap<Uuid, Vec<Half>> = BTreeMap::new();
+    let (mut chits, mut users) = (0i64, 0usize);
+    for dsn in &args.dsns {
+        let db = chips_tests::connect(dsn)
+            .await
+            .map_err(|x| format!("{dsn}: {}", e(x)))?;
+        let site: String = db
+            .query_one("SELECT current_database()::text", &[])
+            .await
+            .map_err(e)?
+            .get(0);
+        for (t, h) in halves(&db, &site).await.map_err(e)? {
+            tallies.entry(t).or_default().push(h);
+        }
+        // Audits of every half held here.
+        for r in db
+            .query(
+                "SELECT t.tally_uuid, a.ent, a.side, a.check_name, a.detail
+                 FROM (SELECT DISTINCT tally_uuid FROM chips.tallies) t, chips.tally_audit(t.tally_uuid) a
+                 WHERE NOT a.ok",
+                &[],
+            )
+            .await
+            .map_err(e)?
+        {
+            let (t, ent, side, check, detail): (Uuid, String, String, String, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+            problems.push(format!("{site}: tally {t} {side} half of {ent}: {check}: {detail}"));
+        }
+        // Net positions move only by the users' own transactions.
+        for r in db
+            .query(
+                "SELECT u.ent,
+                        coalesce((SELECT sum(t.net_good) FROM chips.tallies t WHERE t.ent = u.ent), 0)::bigint,
+                        coalesce((SELECT sum(c.value) FROM chips.chits c JOIN chips.tallies t ON t.id = c.tally_id
+                                  WHERE t.ent = u.ent AND c.status = 'good' AND c.chit_type IN ('tran', 'set')), 0)::bigint
+                 FROM chips.users u",
+                &[],
+            )
+            .await
+            .map_err(e)?
+        {
+            users += 1;
+            let (ent, net, own): (String, i64, i64) = (r.get(0), r.get(1), r.get(2));
+            if net != own {
+                problems.push(format!("{site}: user {ent} stands at {net} but their own chits sum to {own}"));
+            }
+        }
+        let n: i64 = db
+            .query_one("SELECT count(*) FROM chips.chits", &[])
+            .await
+            .map_err(e)?
+            .get(0);
+        chits += n;
+    }
+    let (mut pairs, mut alone) = (0, 0);
+    for (t, hs) in &tallies {
+        let signed: Vec<&Half> = hs
+            .iter()
+            .filter(|h| ["open", "closing", "closed"].contains(&h.status.as_str()))
+            .collect();
+        match signed.as_slice() {
+            [a, b] => {
+                pairs += 1;
+                if a.side == b.side {
+                    problems.push(format!(
+                        "tally {t}: two {} halves ({} and {})",
+                        a.side, a.site, b.site
+                    ));
+                }
+                if a.digest != b.digest {
+                    problems.push(format!(
+                        "tally {t}: the halves at {} and {} have different digests",
+                        a.site, b.site
+                    ));
+                }
+                if a.net_good != -b.net_good {
+                    problems.push(format!(
+                        "tally {t}: balances {} ({}) and {} ({}) do not mirror",
+                        a.net_good, a.site, b.net_good, b.site
+                    ));
+                }
+                if a.chain != b.chain {
+                    problems.push(format!(
+                        "tally {t}: chains differ ({} blocks at {}, {} at {})",
+                        a.chain.len(),
+                        a.site,
+                        b.chain.len(),
+                        b.site
+                    ));
+                }
+            }
+            [_] => alone += 1,
+            [] => {}
+            more => problems.push(format!("tally {t}: {} signed halves", more.len())),
+        }
+    }
+    println!(
+        "checked {} site(s): {users} users, {} tallies ({pairs} with both halves here, {alone} with the partner's half elsewhere), {chits} chit rows",
+        args.dsns.len(),
+        tallies.len()
+    );
+    Ok(problems)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match check(Args::parse()).await {
+        Ok(problems) if problems.is_empty() => {
+            println!("all invariants hold");
+            ExitCode::SUCCESS
+        }
+        Ok(problems) => {
+            for p in &problems {
+                println!("FAIL {p}");
+            }
+            println!("{} problem(s)", problems.len());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("chips-check: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
