@@ -124,7 +124,7 @@ async fn serve(cfg: std::sync::Arc<config::Config>, seed: [u8; 32]) -> Result<()
         token.clone(),
         tracker.clone(),
     ));
-    let sender = {
+    {
         let (cfg, token) = (cfg.clone(), token.clone());
         tracker.spawn(async move {
             // The database may not be up yet (or restarts): keep trying until told to stop.
@@ -140,8 +140,8 @@ async fn serve(cfg: std::sync::Arc<config::Config>, seed: [u8; 32]) -> Result<()
                     }
                 }
             }
-        })
-    };
+        });
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
     tokio::select! {
@@ -159,7 +159,6 @@ async fn serve(cfg: std::sync::Arc<config::Config>, seed: [u8; 32]) -> Result<()
             "in-flight work did not finish in 10 s; abandoning it (the outbox keeps it)"
         );
     }
-    drop(sender);
     Ok(())
 }
 
