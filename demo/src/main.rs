@@ -33,6 +33,12 @@ struct Args {
     /// The chipsd binary (default: the one built next to this program).
     #[arg(long, env = "CHIPSD_BIN")]
     chipsd: Option<std::path::PathBuf>,
+    /// Random payments in the trading phase.
+    #[arg(long, default_value_t = 40)]
+    payments: usize,
+    /// Seed of the trading phase's choices.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 }
 
 /// A site's sidecar, stopped (SIGTERM, then SIGKILL) when dropped.
@@ -193,18 +199,19 @@ async fn run(args: Args) -> Result<(), String> {
         sidecars: vec![],
         opened: vec![],
     };
-    let result = scenario(&mut demo, &args.prefix).await;
+    let result = scenario(&mut demo, &args.prefix, args.payments, args.seed).await;
     demo.sidecars.clear(); // stop them before the cluster goes
     let _ = std::fs::remove_dir_all(&keys);
     result
 }
 
-async fn scenario(demo: &mut Demo, prefix: &str) -> Result<(), String> {
+async fn scenario(demo: &mut Demo, prefix: &str, payments: usize, seed: u64) -> Result<(), String> {
     let e = |e: tokio_postgres::Error| chips_tests::errmsg(&e);
     println!("== sites");
     let alpha = demo.site(&format!("{prefix}_alpha")).await?;
     let beta = demo.site(&format!("{prefix}_beta")).await?;
-    let sites = [&alpha, &beta];
+    let gamma = demo.site(&format!("{prefix}_gamma")).await?;
+    let sites = [&alpha, &beta, &gamma];
 
     println!("\n== users");
     let ann = alpha.user("Ann's Bakery", "ann").await.map_err(e)?;
@@ -212,12 +219,14 @@ async fn scenario(demo: &mut Demo, prefix: &str) -> Result<(), String> {
     let cat = alpha.user("Cat Miller", "cat").await.map_err(e)?;
     let dan = alpha.user("Dan Farmer", "dan").await.map_err(e)?;
     let eve = beta.user("Eve Grocer", "eve").await.map_err(e)?;
+    let gus = gamma.user("Gus Mill", "gus").await.map_err(e)?;
     for (s, u) in [
         (&alpha, &ann),
         (&alpha, &bob),
         (&alpha, &cat),
         (&alpha, &dan),
         (&beta, &eve),
+        (&gamma, &gus),
     ] {
         println!(
             "  {:<14} {}  at {}:{}",
@@ -336,6 +345,71 @@ async fn scenario(demo: &mut Demo, prefix: &str) -> Result<(), String> {
         println!("    balance {who:<11} {:>12}", chips(good));
     }
 
+    println!("\n== a ring of tallies across the three sites (alpha -> beta -> gamma -> alpha)");
+    demo.open(&eve, &gus, 60_000, "vegetables", &sites).await?;
+    demo.open(&gus, &ann, 80_000, "milling", &sites).await?;
+
+    // Who pays on which tally: the client (foil) of each opened tally.
+    let everyone = [&ann, &bob, &cat, &dan, &eve, &gus];
+    let by_name = |n: &str| *everyone.iter().find(|u| u.name == n).expect("a demo user");
+    let trades: Vec<(&User, &User, Uuid)> = demo
+        .opened
+        .iter()
+        .map(|(v, c, _, t)| (by_name(v), by_name(c), *t))
+        .collect();
+    // Eve lives at beta, Gus at gamma, everyone else at alpha.
+    let site_of = |u: &User| -> usize {
+        match u.name.as_str() {
+            "Eve Grocer" => 1,
+            "Gus Mill" => 2,
+            _ => 0,
+        }
+    };
+    println!(
+        "\n== trading: {payments} random payments (seed {seed}) on the {} tallies",
+        trades.len()
+    );
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+    let (mut made, mut refused) = (0usize, 0usize);
+    let mut latencies: Vec<f64> = Vec::new();
+    for _ in 0..payments {
+        let (vendor, client, t) = trades[rand::Rng::gen_range(&mut rng, 0..trades.len())];
+        let units = rand::Rng::gen_range(&mut rng, 1..=3_000i64);
+        let started = Instant::now();
+        match client.pay(t, units, "").await {
+            Ok(chit) => {
+                made += 1;
+                if site_of(vendor) != site_of(client) {
+                    // wait for the payment to reach the vendor's site
+                    while vendor.chit_state(t, chit).await.map_err(e)?.is_none() {
+                        if started.elapsed() > Duration::from_secs(30) {
+                            return Err("a cross-site payment did not arrive in 30 s".into());
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    latencies.push(started.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            Err(err) if chips_tests::sqlstate(&err) == "23514" => refused += 1,
+            Err(err) => return Err(chips_tests::errmsg(&err)),
+        }
+    }
+    demo.relay(&sites).await?;
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            0.0
+        } else {
+            latencies[((latencies.len() - 1) as f64 * p).round() as usize]
+        }
+    };
+    println!(
+        "  {made} paid, {refused} refused (over the credit limit); {} crossed sites: latency p50 {:.1} ms, p99 {:.1} ms",
+        latencies.len(),
+        pct(0.5),
+        pct(0.99)
+    );
+
     println!("\n== what each site holds");
     let mut ok = true;
     for s in &sites {
@@ -415,55 +489,42 @@ async fn scenario(demo: &mut Demo, prefix: &str) -> Result<(), String> {
     }
 
     println!("\n== summary");
-    let users: i64 = alpha
-        .admin
-        .query_one("SELECT count(*) FROM chips.users", &[])
-        .await
-        .map_err(e)?
-        .get(0);
-    let users_b: i64 = beta
-        .admin
-        .query_one("SELECT count(*) FROM chips.users", &[])
-        .await
-        .map_err(e)?
-        .get(0);
-    let mut messages = 0i64;
+    let (mut users, mut messages) = (0i64, 0i64);
     for s in &sites {
-        let n: i64 = s
+        let row = s
             .admin
-            .query_one("SELECT count(*) FROM chips.inbox", &[])
+            .query_one(
+                "SELECT (SELECT count(*) FROM chips.users), (SELECT count(*) FROM chips.inbox)",
+                &[],
+            )
             .await
-            .map_err(e)?
-            .get(0);
-        messages += n;
+            .map_err(e)?;
+        users += row.get::<_, i64>(0);
+        messages += row.get::<_, i64>(1);
     }
     println!(
-        "  sites: 2   users: {}   tallies opened: {}   peer messages carried by chipsd: {messages}",
-        users + users_b,
+        "  sites: {}   users: {}   tallies opened: {}   peer messages carried by chipsd: {messages}",
+        sites.len(),
+        users,
         demo.opened.len(),
     );
     for (v, c, memo, t) in &demo.opened {
         println!("    {v} -> {c}: {memo} ({})", &t.to_string()[..8]);
     }
-    let chits: i64 = alpha
-        .admin
-        .query_one(
-            "SELECT count(*) FROM chips.chits WHERE status = 'good'",
-            &[],
-        )
-        .await
-        .map_err(e)?
-        .get(0);
-    let chits_b: i64 = beta
-        .admin
-        .query_one(
-            "SELECT count(*) FROM chips.chits WHERE status = 'good'",
-            &[],
-        )
-        .await
-        .map_err(e)?
-        .get(0);
-    println!("  good chit rows (one per tally half): {}", chits + chits_b);
+    let mut chits = 0i64;
+    for s in &sites {
+        let n: i64 = s
+            .admin
+            .query_one(
+                "SELECT count(*) FROM chips.chits WHERE status = 'good'",
+                &[],
+            )
+            .await
+            .map_err(e)?
+            .get(0);
+        chits += n;
+    }
+    println!("  good chit rows (one per tally half): {chits}");
     println!(
         "  both halves of every tally agree (digest, chain, balances, audit): {}",
         if ok { "yes" } else { "NO" }

@@ -15,7 +15,9 @@ fn demo_runs_and_both_halves_of_every_tally_agree() {
         "demo failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("tallies opened: 4"), "{stdout}");
+    assert!(stdout.contains("sites: 3"), "{stdout}");
+    assert!(stdout.contains("tallies opened: 6"), "{stdout}");
+    assert!(stdout.contains("crossed sites: latency p50"), "{stdout}");
     assert!(
         stdout.contains("agree (digest, chain, balances, audit): yes"),
         "{stdout}"
