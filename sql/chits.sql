@@ -752,6 +752,7 @@ BEGIN
             NEW.memo, NEW.chit_date, NEW.value) IS DISTINCT FROM
            (OLD.id, OLD.tally_id, OLD.chit_uuid, OLD.chit_type, OLD.issuer, OLD.units, OLD.reference,
             OLD.memo, OLD.chit_date, OLD.value)
+           OR (OLD.lift_id IS NOT NULL AND NEW.lift_id IS DISTINCT FROM OLD.lift_id)
            OR (OLD.signature IS NOT NULL AND NEW.signature IS DISTINCT FROM OLD.signature)
            OR (OLD.chain_idx IS NOT NULL AND (NEW.chain_idx, NEW.chain_prev, NEW.chain_hash)
                                              IS DISTINCT FROM (OLD.chain_idx, OLD.chain_prev, OLD.chain_hash)) THEN

@@ -107,7 +107,8 @@ TO chips_user;
 GRANT SELECT ON chips.agents, chips.outbox, chips.inbox TO chips_agent;
 GRANT EXECUTE ON FUNCTION
     chips.peer_receive(text, jsonb), chips.outbox_claim(integer, interval, text[]),
-    chips.outbox_ack(bigint[]), chips.chain_sync(uuid)
+    chips.outbox_ack(bigint[]), chips.chain_sync(uuid),
+    chips.clear(boolean, bigint, integer), chips.clearing_plan(bigint, integer, integer)
 TO chips_agent;
 
 -- Administrators: read everything, manage agents, users and contracts.
@@ -119,6 +120,7 @@ GRANT EXECUTE ON FUNCTION
     chips.user_create(text, text, text, text, text, name, boolean),
     chips._chit_doc(chips.chits, uuid),
     chips.tally_audit(uuid), chips.chain_sync(uuid),
+    chips.clear(boolean, bigint, integer), chips.clearing_plan(bigint, integer, integer),
     chips.user_set_key(text, text), chips.user_set_status(text, text),
     chips.contract_add(jsonb, text)
 TO chips_admin;

@@ -24,6 +24,7 @@ CREATE SEQUENCE chips.ent_seq START 1000;
 CREATE SEQUENCE chips.tally_seq;
 CREATE SEQUENCE chips.outbox_seq;
 CREATE SEQUENCE chips.chit_seq;
+CREATE SEQUENCE chips.lift_seq;
 
 -- A site's peer identities. `local` agents are served by this database's sidecar(s); the others
 -- are partners' agents, learned from certificates and tickets.
@@ -151,6 +152,17 @@ CREATE TABLE chips.inbox (
     received   timestamptz NOT NULL DEFAULT now()
 );
 
+-- Credit lifts: one row per lift executed (or in progress) here; its chits carry lift_id.
+CREATE TABLE chips.lifts (
+    id          bigint PRIMARY KEY DEFAULT nextval('chips.lift_seq'),
+    lift_uuid   uuid NOT NULL UNIQUE,
+    kind        text NOT NULL CHECK (kind IN ('local')),
+    status      text NOT NULL CHECK (status IN ('pend', 'good', 'void')),
+    units       bigint NOT NULL CHECK (units > 0),
+    tallies     uuid[] NOT NULL,        -- the circle, in order
+    created     timestamptz NOT NULL DEFAULT now()
+);
+
 -- Chits: one row per chit per tally half. Value moves from the issuer's half to the other.
 CREATE TABLE chips.chits (
     id          bigint PRIMARY KEY DEFAULT nextval('chips.chit_seq'),
@@ -168,13 +180,15 @@ CREATE TABLE chips.chits (
     chain_idx   integer,                -- place in the chain (good chits, once ordered)
     chain_prev  bytea,
     chain_hash  bytea,
+    lift_id     bigint REFERENCES chips.lifts,   -- the lift a lift chit belongs to
     created     timestamptz NOT NULL DEFAULT now(),
     updated     timestamptz NOT NULL DEFAULT now(),
     UNIQUE (tally_id, chit_uuid),
     UNIQUE (tally_id, chain_idx),
     CHECK ((chit_type = 'set') = (units IS NULL)),
     CHECK (status <> 'good' OR chit_type = 'lift' OR signature IS NOT NULL),
-    CHECK (chain_idx IS NULL OR (status = 'good' AND chain_prev IS NOT NULL AND chain_hash IS NOT NULL))
+    CHECK (chain_idx IS NULL OR (status = 'good' AND chain_prev IS NOT NULL AND chain_hash IS NOT NULL)),
+    CHECK (chit_type = 'lift' OR lift_id IS NULL)
 );
 CREATE INDEX chits_unchained_idx ON chips.chits (tally_id) WHERE status = 'good' AND chain_idx IS NULL;
 
@@ -202,7 +216,9 @@ SELECT pg_catalog.pg_extension_config_dump('chips.tallies', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.tickets', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.outbox', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.inbox', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.lifts', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.chits', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.lift_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.custody', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.chit_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.tally_tombstones', '');

@@ -7,6 +7,7 @@
 use pgrx::prelude::*;
 
 mod chit;
+mod clearing;
 mod crypto;
 mod error;
 mod tally;
@@ -22,6 +23,11 @@ extension_sql_file!(
     "../../sql/chits.sql",
     name = "chits",
     requires = ["schema", "tally"]
+);
+extension_sql_file!(
+    "../../sql/lifts.sql",
+    name = "lifts",
+    requires = ["schema", "tally", "chits"]
 );
 extension_sql_file!("../../sql/finalize.sql", name = "finalize", finalize);
 
