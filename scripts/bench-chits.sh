@@ -67,8 +67,10 @@ cat > "$WORK/api.sql" <<'SQL'
 SELECT chips.pay(tally, 1, 'bench') FROM public.bench_tallies WHERE n = :client_id % 16;
 SQL
 cat > "$WORK/raw.sql" <<'SQL'
-INSERT INTO public.raw_chits VALUES (nextval('public.raw_seq'), :client_id + 1, gen_random_uuid(), 'tran', 'foil', 1,
-  NULL, 'bench', now(), 'q3HlVwQ0L6ZpRG0K7tXAAm0nVXm2ZQ2a5C8fB0l9qkUJiyAqiHPmvKD8ZZu3g9Q7sN0M6mX4wqkRDTgEcv7VCA', 'good', -1,
+INSERT INTO public.raw_chits (id, tally_id, chit_uuid, chit_type, issuer, units, reference, memo,
+  chit_date, signature, status, value, chain_idx, chain_prev, chain_hash, created, updated)
+VALUES (nextval('public.raw_seq'), :client_id + 1, gen_random_uuid(), 'tran', 'foil', 1, NULL, 'bench', now(),
+  'q3HlVwQ0L6ZpRG0K7tXAAm0nVXm2ZQ2a5C8fB0l9qkUJiyAqiHPmvKD8ZZu3g9Q7sN0M6mX4wqkRDTgEcv7VCA', 'good', -1,
   :client_id + 1, decode('7f6d3a1c5b9e2f4a8c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b', 'hex'),
   decode('1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b', 'hex'), now(), now());
 SQL
