@@ -9,7 +9,6 @@
 
 use std::process::ExitCode;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chips_tests::{Cluster, Site, User};
@@ -41,73 +40,33 @@ struct Args {
     seed: u64,
 }
 
-/// A site's sidecar, stopped (SIGTERM, then SIGKILL) when dropped.
-struct Sidecar(Child);
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
-}
-
 struct Demo {
     cluster: Cluster,
     chipsd: std::path::PathBuf,
     keys: std::path::PathBuf,
-    sidecars: Vec<Sidecar>,
+    sidecars: Vec<chips_tests::Sidecar>,
     opened: Vec<(String, String, String, Uuid)>,
 }
 
 impl Demo {
     /// A site: its database, its agent, and its chipsd listening on a free port.
     async fn site(&mut self, name: &str) -> Result<Site, String> {
-        let port = free_port()?;
+        let port = chips_tests::free_port();
         let s = self
             .cluster
             .site(name, port)
             .await
             .map_err(|e| format!("creating site {name}: {e}"))?;
-        let key = s.write_agent_key(&self.keys).map_err(|e| e.to_string())?;
-        let child = Command::new(&self.chipsd)
-            .args([
-                "run",
-                "--db",
-                &s.dsn,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--key",
-            ])
-            .arg(&key)
-            .args(["--poll-ms", "100"])
-            .env("CHIPSD_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", self.chipsd.display()))?;
-        self.sidecars.push(Sidecar(child));
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if t.elapsed() > Duration::from_secs(20) {
-                return Err(format!("chipsd of {name} did not start"));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let sidecar = chips_tests::Sidecar::start(
+            &self.chipsd,
+            &s,
+            port,
+            &self.keys,
+            &["--poll-ms", "100"],
+            "error",
+        )
+        .map_err(|e| format!("chipsd of {name} ({}): {e}", self.chipsd.display()))?;
+        self.sidecars.push(sidecar);
         println!(
             "site {name:<16} agent {}  chipsd on 127.0.0.1:{port}",
             s.agent_id()
@@ -200,7 +159,9 @@ async fn run(args: Args) -> Result<(), String> {
         opened: vec![],
     };
     let result = scenario(&mut demo, &args.prefix, args.payments, args.seed).await;
-    demo.sidecars.clear(); // stop them before the cluster goes
+    for s in &mut demo.sidecars {
+        s.stop(Duration::from_secs(5)); // gracefully, before the cluster goes
+    }
     let _ = std::fs::remove_dir_all(&keys);
     result
 }

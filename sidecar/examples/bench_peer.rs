@@ -6,67 +6,26 @@
 //! bash scripts/bench-peer.sh                 # builds in release, starts a private cluster
 //! ```
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chips_tests::{Cluster, Site, User};
+use chips_tests::{free_port, Cluster, Sidecar, User};
 use serde_json::json;
 use uuid::Uuid;
 
-struct Sidecar(Child);
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn sidecar(chipsd: &str, site: &Site, port: u16, dir: &std::path::Path) -> Sidecar {
-    let key = site.write_agent_key(dir).unwrap();
-    let child = Command::new(chipsd)
-        .args([
-            "run",
-            "--db",
-            &site.dsn,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--key",
-        ])
-        .arg(&key)
-        .args(["--poll-ms", "1000"])
-        .env("CHIPSD_LOG", "error")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "chipsd did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Sidecar(child)
-}
-
+/// Waits (up to 60 s, checking every millisecond) until `f` holds.
 async fn until<F, Fut>(f: F)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let t = Instant::now();
-    while !f().await {
-        assert!(t.elapsed() < Duration::from_secs(60), "timed out");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    chips_tests::eventually(
+        "the benchmark",
+        Duration::from_secs(60),
+        Duration::from_millis(1),
+        f,
+    )
+    .await
+    .unwrap();
 }
 
 async fn arrived(u: &User, t: Uuid, chit: Uuid) -> bool {
@@ -89,10 +48,19 @@ async fn main() {
     let b = cl.site("bench_peer_b", pb).await.unwrap();
     let dir = std::env::temp_dir().join(format!("bench-peer-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (_sa, _sb) = (
-        sidecar(&chipsd, &a, pa, &dir),
-        sidecar(&chipsd, &b, pb, &dir),
-    );
+    let start = |site, port| {
+        let flags = ["--poll-ms", "1000"];
+        Sidecar::start(
+            std::path::Path::new(&chipsd),
+            site,
+            port,
+            &dir,
+            &flags,
+            "error",
+        )
+        .unwrap()
+    };
+    let (_sa, _sb) = (start(&a, pa), start(&b, pb));
     let ann = a.user("Ann", "ann").await.unwrap();
     let eve = b.user("Eve", "eve").await.unwrap();
     let t = ann

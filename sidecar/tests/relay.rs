@@ -2,88 +2,33 @@
 //! end over Noise; a sidecar killed (SIGKILL) mid-stream and restarted loses nothing; an
 //! impostor is refused before anything reaches SQL.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use chips_tests::{Cluster, Site, User};
+use chips_tests::{free_port, Cluster, Sidecar, Site, User};
 use serde_json::json;
 
-struct Sidecar {
-    child: Child,
-    args: Vec<String>,
-}
+const CHIPSD: &str = env!("CARGO_BIN_EXE_chipsd");
 
-impl Sidecar {
-    fn start(site: &Site, port: u16, dir: &std::path::Path) -> Sidecar {
-        let key = site.write_agent_key(dir).unwrap();
-        let args = vec![
-            "run".into(),
-            "--db".into(),
-            site.dsn.clone(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--key".into(),
-            key.display().to_string(),
-            "--poll-ms".into(),
-            "100".into(),
-            "--sync-secs".into(),
-            "2".into(),
-            "--reply-timeout-ms".into(),
-            "1500".into(),
-        ];
-        let mut s = Sidecar {
-            child: spawn(&args),
-            args,
-        };
-        s.wait_listening(port);
-        s
-    }
-
-    fn wait_listening(&mut self, port: u16) {
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "chipsd did not start listening"
-            );
-            assert!(self.child.try_wait().unwrap().is_none(), "chipsd exited");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-
-    fn restart(&mut self, port: u16) {
-        self.child = spawn(&self.args);
-        self.wait_listening(port);
-    }
-}
-
-fn spawn(args: &[String]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_chipsd"))
-        .args(args)
-        .env("CHIPSD_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// chipsd for `site` with this file's test settings: fast polls and syncs, short timeouts.
+fn sidecar(site: &Site, port: u16, dir: &std::path::Path) -> Sidecar {
+    let flags = [
+        "--poll-ms",
+        "100",
+        "--sync-secs",
+        "2",
+        "--reply-timeout-ms",
+        "1500",
+    ];
+    Sidecar::start(
+        std::path::Path::new(CHIPSD),
+        site,
+        port,
+        dir,
+        &flags,
+        "warn",
+    )
+    .unwrap()
 }
 
 /// Waits (up to 30 s) until `f` holds.
@@ -92,14 +37,9 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let t = Instant::now();
-    while !f().await {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    chips_tests::eventually(what, Duration::from_secs(30), Duration::from_millis(100), f)
+        .await
+        .unwrap();
 }
 
 async fn state_is(u: &User, t: uuid::Uuid, want: &str) -> bool {
@@ -133,8 +73,8 @@ async fn two_sites_over_noise_and_a_killed_sidecar_loses_nothing() {
     let b = cl.site("t_relay_b", pb).await.unwrap();
     let dir = std::env::temp_dir().join(format!("chipsd-relay-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let _sa = Sidecar::start(&a, pa, &dir);
-    let mut sb = Sidecar::start(&b, pb, &dir);
+    let _sa = sidecar(&a, pa, &dir);
+    let mut sb = sidecar(&b, pb, &dir);
     let ann = a.user("Ann", "ann").await.unwrap();
     let eve = b.user("Eve", "eve").await.unwrap();
 
@@ -180,7 +120,7 @@ async fn two_sites_over_noise_and_a_killed_sidecar_loses_nothing() {
     }
     ann.pay(t, 7, "to a dead peer").await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    sb.restart(pb);
+    sb.restart().unwrap();
     eventually("everything arrives once the sidecar is back", || {
         converged(&a, &b, &ann, &eve, t, 9)
     })
@@ -207,7 +147,7 @@ async fn an_impostor_and_garbage_are_refused_before_sql() {
     let s = cl.site("t_relay_impostor", port).await.unwrap();
     let dir = std::env::temp_dir().join(format!("chipsd-impostor-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let _sc = Sidecar::start(&s, port, &dir);
+    let _sc = sidecar(&s, port, &dir);
 
     // Mallory holds her own key but claims another agent's id in her hello.
     let mallory = chips_core::sign::KeyPair::from_phrase("mallory").seed();
@@ -388,8 +328,8 @@ async fn dropped_duplicated_reordered_frames_and_cut_connections_still_converge(
     let proxy_b = FaultyProxy::start(xb, pb, 11, 8).await;
     let dir = std::env::temp_dir().join(format!("chipsd-faults-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let _sa = Sidecar::start(&a, pa, &dir);
-    let _sb = Sidecar::start(&b, pb, &dir);
+    let _sa = sidecar(&a, pa, &dir);
+    let _sb = sidecar(&b, pb, &dir);
     let ann = a.user("Ann", "ann").await.unwrap();
     let eve = b.user("Eve", "eve").await.unwrap();
 
@@ -464,7 +404,7 @@ async fn a_foreign_noise_implementation_talks_to_chipsd() {
     let _ann = s.user("Ann", "ann").await.unwrap();
     let dir = std::env::temp_dir().join(format!("chipsd-interop-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let _sc = Sidecar::start(&s, port, &dir);
+    let _sc = sidecar(&s, port, &dir);
     let peer = chips_core::sign::KeyPair::from_phrase("a python peer");
     let out = Command::new(python)
         .arg(concat!(
@@ -509,7 +449,7 @@ async fn a_silent_connection_is_closed_and_sigterm_stops_chipsd_cleanly() {
     let s = cl.site("t_relay_lifecycle", port).await.unwrap();
     let dir = std::env::temp_dir().join(format!("chipsd-lifecycle-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut sc = Sidecar::start(&s, port, &dir);
+    let mut sc = sidecar(&s, port, &dir);
     // Half-open: connect and say nothing; chipsd closes it after the handshake timeout (1.5 s).
     let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
@@ -523,23 +463,9 @@ async fn a_silent_connection_is_closed_and_sigterm_stops_chipsd_cleanly() {
         "closed by the timeout, not left open"
     );
     // SIGTERM: a clean exit, promptly.
-    let pid = sc.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let t = Instant::now();
-    let status = loop {
-        if let Some(st) = sc.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(12),
-            "chipsd did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = sc
+        .stop(Duration::from_secs(12))
+        .expect("chipsd did not stop on SIGTERM within 12 s");
     assert!(status.success(), "exit status {status}");
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -568,26 +494,24 @@ async fn two_sidecars_serve_one_database_without_sending_anything_twice() {
     let eve = b.user("Eve", "eve").await.unwrap();
     let dir = std::env::temp_dir().join(format!("chipsd-two-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let _s1 = Sidecar::start(&a, p1, &dir);
+    let _s1 = sidecar(&a, p1, &dir);
     // the second sidecar of site a, with the second agent's key
     let key2 = dir.join("second.key");
     std::fs::write(&key2, chips_core::codec::b64url_encode(&second.seed())).unwrap();
-    let mut s2 = Sidecar {
-        child: spawn(&[
-            "run".into(),
-            "--db".into(),
-            a.dsn.clone(),
-            "--listen".into(),
-            format!("127.0.0.1:{p2}"),
-            "--key".into(),
-            key2.display().to_string(),
-            "--poll-ms".into(),
-            "100".into(),
-        ]),
-        args: vec![],
-    };
-    s2.wait_listening(p2);
-    let _sb = Sidecar::start(&b, pb, &dir);
+    let args = [
+        "run",
+        "--db",
+        &a.dsn,
+        "--listen",
+        &format!("127.0.0.1:{p2}"),
+        "--key",
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .chain([key2.display().to_string(), "--poll-ms".into(), "100".into()])
+    .collect();
+    let _s2 = Sidecar::spawn(std::path::Path::new(CHIPSD), args, p2, "warn").unwrap();
+    let _sb = sidecar(&b, pb, &dir);
 
     let mut tallies = vec![];
     for u in [&ann, &amy] {

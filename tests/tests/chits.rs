@@ -377,26 +377,10 @@ async fn custodial_users_pay_through_sql_alone() {
         .await
         .unwrap()
         .get(0);
-    let as_role = |ent: String| {
-        let s = &s;
-        async move {
-            let role: String = s
-                .admin
-                .query_one(
-                    "SELECT username::text FROM chips.users WHERE ent = $1",
-                    &[&ent],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            let c = connect(&s.dsn).await.unwrap();
-            c.batch_execute(&format!("SET ROLE \"{role}\""))
-                .await
-                .unwrap();
-            c
-        }
-    };
-    let (shop_db, cust_db) = (as_role(shop).await, as_role(cust).await);
+    let (shop_db, cust_db) = (
+        s.connect_as(&shop).await.unwrap(),
+        s.connect_as(&cust).await.unwrap(),
+    );
     let t: Uuid = shop_db
         .query_one(
             "SELECT chips.tally_create('stock', hold_terms => '{\"limit\": 900}')",

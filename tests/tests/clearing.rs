@@ -11,6 +11,18 @@ async fn owe(creditor: &User, debtor: &User, units: i64) -> Uuid {
     t
 }
 
+/// What all debtors owe (each tally's stock half is owed its balance).
+async fn total_debt(s: &Site) -> i64 {
+    s.admin
+        .query_one(
+            "SELECT sum(net_good)::bigint FROM chips.tallies WHERE side = 'stock'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 async fn positions(s: &Site) -> Vec<(String, i64)> {
     s.admin
         .query(
@@ -121,29 +133,13 @@ async fn overlapping_circles_clear_the_optimum() {
     owe(&u[0], &u[1], 4_000).await; // b owes a 4
     owe(&u[2], &u[1], 4_000).await; // b owes c 4
     owe(&u[0], &u[2], 4_000).await; // c owes a 4
-    let total_before: i64 = s
-        .admin
-        .query_one(
-            "SELECT sum(net_good)::bigint FROM chips.tallies WHERE side = 'stock'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let total_before = total_debt(&s).await;
     let before = positions(&s).await;
     s.admin
         .execute("SELECT * FROM chips.clear(execute => true)", &[])
         .await
         .unwrap();
-    let total_after: i64 = s
-        .admin
-        .query_one(
-            "SELECT sum(net_good)::bigint FROM chips.tallies WHERE side = 'stock'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let total_after = total_debt(&s).await;
     // x on a->b->a and y on a->b->c->a, with x + y <= 6 (a->b), x <= 4, y <= 4: the most debt
     // cleared, 2x + 3y, is 16 at y = 4, x = 2 (a greedy lift of the 2-circle first clears 14).
     assert_eq!(total_before - total_after, 16_000);

@@ -234,19 +234,7 @@ async fn roles_that_are_not_active_users_are_refused() {
         .await
         .unwrap()
         .get(0);
-    let role: String = s
-        .admin
-        .query_one(
-            "SELECT username::text FROM chips.users WHERE ent = $1",
-            &[&ent],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let c = connect(&s.dsn).await.unwrap();
-    c.batch_execute(&format!("SET ROLE \"{role}\""))
-        .await
-        .unwrap();
+    let c = s.connect_as(&ent).await.unwrap();
     let e = c
         .execute("SELECT chips.tally_create('stock')", &[])
         .await
