@@ -40,6 +40,17 @@ SELECT c.id, t.ent, t.tally_uuid, c.chit_uuid, c.chit_type, c.issuer,
        c.signature, c.created, c.updated
 FROM chips.chits c JOIN chips.tallies t ON t.id = c.tally_id;
 
+-- Lifts, one row per lift and tally half: what the lift did to that holder's balance
+-- (positive: the holder owes less, or is owed more).
+CREATE VIEW chips.lifts_v WITH (security_invoker = true) AS
+SELECT l.lift_uuid AS lift, l.kind, l.status, l.units, pg_catalog.cardinality(l.tallies) AS tallies,
+       l.through, l.margin, t.ent, t.tally_uuid AS tally, t.side,
+       CASE WHEN c.issuer = t.side THEN -c.units ELSE c.units END AS change,
+       c.chain_idx, l.created
+FROM chips.lifts l
+JOIN chips.chits c ON c.lift_id = l.id
+JOIN chips.tallies t ON t.id = c.tally_id;
+
 ------------------------------------------------------------------------------------------------
 -- Row-level security: users see their own rows; admins see everything
 ------------------------------------------------------------------------------------------------
@@ -58,6 +69,10 @@ CREATE POLICY tickets_own ON chips.tickets FOR SELECT TO chips_user
 CREATE POLICY chits_own ON chips.chits FOR SELECT TO chips_user
     USING (tally_id IN (SELECT t.id FROM chips.tallies t WHERE t.ent = (SELECT chips.my_ent())));
 CREATE POLICY chits_admin ON chips.chits FOR SELECT TO chips_admin USING (true);
+ALTER TABLE chips.lifts ENABLE ROW LEVEL SECURITY;
+CREATE POLICY lifts_own ON chips.lifts FOR SELECT TO chips_user
+    USING (id IN (SELECT c.lift_id FROM chips.chits c WHERE c.lift_id IS NOT NULL));
+CREATE POLICY lifts_admin ON chips.lifts FOR SELECT TO chips_admin USING (true);
 CREATE POLICY users_admin ON chips.users FOR SELECT TO chips_admin USING (true);
 CREATE POLICY tallies_admin ON chips.tallies FOR SELECT TO chips_admin USING (true);
 CREATE POLICY tickets_admin ON chips.tickets FOR SELECT TO chips_admin USING (true);
@@ -87,7 +102,7 @@ TO PUBLIC;
 
 -- Users: their own rows, and the user API.
 GRANT SELECT ON chips.users, chips.tallies, chips.tickets, chips.tallies_v, chips.chits,
-    chips.chits_v TO chips_user;
+    chips.chits_v, chips.lifts, chips.lifts_v TO chips_user;
 GRANT SELECT ON chips.agents, chips.contracts TO chips_user;
 GRANT EXECUTE ON FUNCTION
     chips.my_ent(), chips.user_cert(), chips._tally_doc(chips.tallies), chips._state(chips.tallies),
@@ -100,7 +115,8 @@ GRANT EXECUTE ON FUNCTION
     chips._chit_doc(chips.chits, uuid),
     chips.chit_json(uuid, bigint, text, jsonb), chips.chit_issue(jsonb, text),
     chips.pay(uuid, bigint, text, jsonb), chips.chit_invoice(uuid, bigint, text, jsonb),
-    chips.chit_sign(uuid, uuid, text), chips.chit_decline(uuid, uuid)
+    chips.chit_sign(uuid, uuid, text), chips.chit_decline(uuid, uuid),
+    chips.lift_through_me(boolean, bigint, integer)
 TO chips_user;
 
 -- The sidecar: peer messages in and out.
@@ -108,7 +124,7 @@ GRANT SELECT ON chips.agents, chips.outbox, chips.inbox TO chips_agent;
 GRANT EXECUTE ON FUNCTION
     chips.peer_receive(text, jsonb), chips.outbox_claim(integer, interval, text[]),
     chips.outbox_ack(bigint[]), chips.chain_sync(uuid),
-    chips.clear(boolean, bigint, integer), chips.clearing_plan(bigint, integer, integer)
+    chips.clearing_tick()
 TO chips_agent;
 
 -- Administrators: read everything, manage agents, users and contracts.
@@ -120,7 +136,10 @@ GRANT EXECUTE ON FUNCTION
     chips.user_create(text, text, text, text, text, name, boolean),
     chips._chit_doc(chips.chits, uuid),
     chips.tally_audit(uuid), chips.chain_sync(uuid),
-    chips.clear(boolean, bigint, integer), chips.clearing_plan(bigint, integer, integer),
+    chips.clear(boolean, bigint, integer, text),
+    chips.clearing_plan(bigint, integer, integer, text, double precision),
+    chips.clearing_configure(boolean, interval, bigint, integer, double precision),
+    chips.clearing_tick(),
     chips.user_set_key(text, text), chips.user_set_status(text, text),
     chips.contract_add(jsonb, text)
 TO chips_admin;

@@ -160,8 +160,28 @@ CREATE TABLE chips.lifts (
     status      text NOT NULL CHECK (status IN ('pend', 'good', 'void')),
     units       bigint NOT NULL CHECK (units > 0),
     tallies     uuid[] NOT NULL,        -- the circle, in order
-    created     timestamptz NOT NULL DEFAULT now()
+    debtors     text[] NOT NULL,        -- step i lowers what debtors[i] owes debtors[i + 1] (wrapping)
+    through     text,                   -- the user a lift through one user was asked for
+    margin      double precision NOT NULL DEFAULT 0,  -- compounded margin of its costed steps
+    created     timestamptz NOT NULL DEFAULT now(),
+    CHECK (cardinality(tallies) = cardinality(debtors) AND cardinality(tallies) >= 2)
 );
+
+-- Site settings of automatic clearing: one row. chips.clearing_configure changes it,
+-- chips.clearing_tick (called by chipsd, or by cron) runs a pass when one is due.
+CREATE TABLE chips.clearing_settings (
+    one         boolean PRIMARY KEY DEFAULT true CHECK (one),
+    enabled     boolean NOT NULL DEFAULT false,
+    every       interval NOT NULL DEFAULT '5 minutes' CHECK (every >= interval '1 second'),
+    min_units   bigint NOT NULL DEFAULT 1 CHECK (min_units >= 1),
+    max_len     integer NOT NULL DEFAULT 0 CHECK (max_len >= 0),
+    max_margin  double precision NOT NULL DEFAULT 0 CHECK (max_margin BETWEEN 0 AND 1),
+    last_run    timestamptz,
+    last_lifts  integer NOT NULL DEFAULT 0,
+    last_units  numeric NOT NULL DEFAULT 0
+);
+-- No row until the first chips.clearing_configure: readers take the defaults above (and a
+-- pg_dump restore does not collide with a row the install made).
 
 -- Chits: one row per chit per tally half. Value moves from the issuer's half to the other.
 CREATE TABLE chips.chits (
@@ -190,6 +210,7 @@ CREATE TABLE chips.chits (
     CHECK (chain_idx IS NULL OR (status = 'good' AND chain_prev IS NOT NULL AND chain_hash IS NOT NULL)),
     CHECK (chit_type = 'lift' OR lift_id IS NULL)
 );
+CREATE INDEX chits_lift_idx ON chips.chits (lift_id) WHERE lift_id IS NOT NULL;
 CREATE INDEX chits_unchained_idx ON chips.chits (tally_id) WHERE status = 'good' AND chain_idx IS NULL;
 
 -- Keys the database holds for custodial users (created with custodial => true): lets
@@ -217,6 +238,7 @@ SELECT pg_catalog.pg_extension_config_dump('chips.tickets', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.outbox', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.inbox', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.lifts', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.clearing_settings', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.chits', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.lift_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.custody', '');

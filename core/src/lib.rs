@@ -10,6 +10,8 @@
 //! * [`ticket`]: invitation tokens.
 //! * [`chit`]: chit documents, the chit status machine, settings, chain hashes.
 //! * [`clearing`]: the exact optimum of credit lifts (min-cost circulation) and its circles.
+//! * [`liftable`]: the liftable graph of tallies (trading variables, limits, costed capacity)
+//!   and its clearing, whole or through one node.
 //! * [`peer`]: frame types, the peer message envelope, Noise IK sessions keyed by agent keys.
 //!
 //! Every fallible function returns [`Error`]; the extension maps its [`ErrorKind`] to a SQLSTATE.
@@ -20,6 +22,7 @@ pub mod chit;
 pub mod clearing;
 pub mod codec;
 pub mod error;
+pub mod liftable;
 pub mod peer;
 pub mod sign;
 pub mod tally;

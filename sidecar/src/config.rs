@@ -25,6 +25,9 @@ pub struct Config {
     pub sync_secs: u64,
     /// How long to wait to connect, for a handshake, or for a peer's reply.
     pub reply_timeout_ms: u64,
+    /// How often `chips.clearing_tick()` is called (it clears only when the site's settings
+    /// say a pass is due); 0: never.
+    pub clearing_secs: u64,
 }
 
 /// The file's form: every field optional.
@@ -39,6 +42,7 @@ pub struct FileConfig {
     pub poll_ms: Option<u64>,
     pub sync_secs: Option<u64>,
     pub reply_timeout_ms: Option<u64>,
+    pub clearing_secs: Option<u64>,
 }
 
 impl FileConfig {
@@ -76,6 +80,7 @@ impl FileConfig {
                 .reply_timeout_ms
                 .or(self.reply_timeout_ms)
                 .unwrap_or(10_000),
+            clearing_secs: other.clearing_secs.or(self.clearing_secs).unwrap_or(5),
         })
     }
 }

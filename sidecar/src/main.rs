@@ -6,7 +6,7 @@
 //! * `chipsd keygen`, `chipsd pubkey`: agent (or user) keys.
 //! * `chipsd sign`: sign a JSON document's canonical form with a key file.
 
-use chipsd::{config, sender, server};
+use chipsd::{clearing, config, sender, server};
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -55,7 +55,7 @@ enum Command {
 #[derive(clap::Args)]
 struct RunArgs {
     /// A TOML file with any of: db, listen, key, max_connections, idle_timeout_secs, poll_ms,
-    /// sync_secs.
+    /// sync_secs, reply_timeout_ms, clearing_secs.
     #[arg(long, env = "CHIPSD_CONFIG")]
     config: Option<PathBuf>,
     /// libpq connection string of the site's database.
@@ -78,6 +78,10 @@ struct RunArgs {
     /// How long to wait to connect, for a handshake, or for a peer's reply (default 10000).
     #[arg(long, env = "CHIPSD_REPLY_TIMEOUT_MS")]
     reply_timeout_ms: Option<u64>,
+    /// How often to call chips.clearing_tick() (default 5; 0: never). The site's
+    /// chips.clearing_configure decides whether and how often a pass actually runs.
+    #[arg(long, env = "CHIPSD_CLEARING_SECS")]
+    clearing_secs: Option<u64>,
 }
 
 fn run(args: RunArgs) -> Result<(), String> {
@@ -94,6 +98,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         poll_ms: args.poll_ms,
         sync_secs: args.sync_secs,
         reply_timeout_ms: args.reply_timeout_ms,
+        clearing_secs: args.clearing_secs,
     })?;
     let seed = read_key(&cfg.key)?.seed();
     tracing_subscriber::fmt()
@@ -142,6 +147,7 @@ async fn serve(cfg: std::sync::Arc<config::Config>, seed: [u8; 32]) -> Result<()
             }
         });
     }
+    tracker.spawn(clearing::run(cfg.clone(), token.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
     tokio::select! {

@@ -158,3 +158,332 @@ async fn overlapping_circles_clear_the_optimum() {
         .unwrap_err();
     assert_eq!(sqlstate(&e), "42501");
 }
+
+/// Debt left on the site: sum over tallies of |balance|.
+async fn abs_debt(s: &Site) -> i64 {
+    s.admin
+        .query_one(
+            "SELECT coalesce(sum(abs(net_good)), 0)::bigint FROM chips.tallies WHERE side = 'stock'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn stock_balance(s: &Site, t: Uuid) -> i64 {
+    s.admin
+        .query_one(
+            "SELECT net_good FROM chips.tallies WHERE tally_uuid = $1 AND side = 'stock'",
+            &[&t],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn trading_variables_limits_and_the_margin_policy_shape_the_lifts() {
+    let s = Cluster::from_env()
+        .site("t_clear_vars", 65430)
+        .await
+        .unwrap();
+    let (a, b, c) = (
+        s.user("Ann", "ann").await.unwrap(),
+        s.user("Bob", "bob").await.unwrap(),
+        s.user("Cat", "cat").await.unwrap(),
+    );
+    let ab = owe(&b, &a, 10_000).await; // Ann owes Bob 10
+    let bc = owe(&c, &b, 10_000).await; // Bob owes Cat 10
+    let ca = c.open_with(&a, 1_000_000, &[]).await.unwrap(); // Cat vendor to Ann, at zero
+    let before = positions(&s).await;
+    let plan = |max_margin: f64| {
+        let s = &s;
+        async move {
+            s.admin
+                .query(
+                    "SELECT debtor, creditor, units, costed, margin
+                     FROM chips.clearing_plan(max_margin => $1) ORDER BY circle, step",
+                    &[&max_margin],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    // Closing the circle needs Ann to end up owing Cat: Cat has not said it wants that.
+    assert!(plan(0.0).await.is_empty());
+    // Cat will hold 4 of Ann's credit free, up to 10 at a 1 % reward.
+    c.settings(
+        ca,
+        serde_json::json!({"target": 4_000, "bound": 10_000, "reward": 0.01, "clutch": 0.0}),
+    )
+    .await
+    .unwrap();
+    let free = plan(0.0).await;
+    assert_eq!(free.len(), 3);
+    assert!(free
+        .iter()
+        .all(|r| r.get::<_, i64>(2) == 4_000 && !r.get::<_, bool>(3)));
+    let costed = plan(0.02).await;
+    assert_eq!(costed.len(), 3);
+    assert!(costed.iter().all(|r| r.get::<_, i64>(2) == 10_000));
+    let step_ca = costed
+        .iter()
+        .find(|r| r.get::<_, String>(0) == c.ent)
+        .expect("a step from Cat");
+    assert_eq!(step_ca.get::<_, String>(1), a.ent);
+    assert!(step_ca.get::<_, bool>(3), "beyond Cat's target: costed");
+    assert!((step_ca.get::<_, f64>(4) - 0.01).abs() < 1e-9);
+    // A bad policy is refused.
+    let e = s
+        .admin
+        .query("SELECT * FROM chips.clearing_plan(max_margin => 2)", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "22023");
+
+    // The site accepts margins up to 2 %: the pass lifts 10 (Cat at its bound), nothing more.
+    s.admin
+        .execute("SELECT chips.clearing_configure(max_margin => 0.02)", &[])
+        .await
+        .unwrap();
+    let done = s
+        .admin
+        .query(
+            "SELECT units, status FROM chips.clear(execute => true)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].get::<_, i64>(0), 10_000);
+    assert_eq!(stock_balance(&s, ab).await, 0);
+    assert_eq!(stock_balance(&s, bc).await, 0);
+    assert_eq!(stock_balance(&s, ca).await, 10_000, "Ann now owes Cat 10");
+    assert_eq!(abs_debt(&s).await, 10_000);
+    assert_eq!(positions(&s).await, before);
+    for t in [ab, bc, ca] {
+        assert!(s.audit_failures(t).await.unwrap().is_empty());
+    }
+    assert!(s
+        .admin
+        .query("SELECT * FROM chips.clear(execute => true)", &[])
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn a_lift_through_one_user_and_who_sees_it() {
+    let s = Cluster::from_env()
+        .site("t_clear_through", 65430)
+        .await
+        .unwrap();
+    let u: Vec<User> =
+        futures_util::future::join_all(["a", "b", "c", "d", "e", "f"].iter().map(|n| s.user(n, n)))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    // Two separate circles: a->b->c->a and d->e->f->d.
+    owe(&u[1], &u[0], 3_000).await;
+    owe(&u[2], &u[1], 3_000).await;
+    owe(&u[0], &u[2], 3_000).await;
+    let de = owe(&u[4], &u[3], 5_000).await; // d owes e 5
+    let ef = owe(&u[5], &u[4], 6_000).await; // e owes f 6
+    owe(&u[3], &u[5], 7_000).await; // f owes d 7
+
+    // e asks for the lifts through itself: only its own circle moves.
+    let e = &u[4];
+    let planned =
+        e.db.query("SELECT units, status FROM chips.lift_through_me()", &[])
+            .await
+            .unwrap();
+    assert_eq!(planned.len(), 1);
+    assert_eq!(planned[0].get::<_, String>(1), "planned");
+    let done =
+        e.db.query(
+            "SELECT lift, units, tallies, status FROM chips.lift_through_me(execute => true)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(
+        (done[0].get::<_, i64>(1), done[0].get::<_, i32>(2)),
+        (5_000, 3)
+    );
+    let lift: Uuid = done[0].get(0);
+    assert_eq!(stock_balance(&s, de).await, 0);
+    assert_eq!(stock_balance(&s, ef).await, 1_000);
+    assert_eq!(abs_debt(&s).await, 9_000 + 1_000 + 2_000);
+
+    // e sees the lift on its two tallies: owed 5 less by d, owing 5 less to f.
+    let mine =
+        e.db.query(
+            "SELECT tally, change, through FROM chips.lifts_v WHERE lift = $1 ORDER BY change",
+            &[&lift],
+        )
+        .await
+        .unwrap();
+    let changes: Vec<(Uuid, i64)> = mine.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(changes, vec![(de, -5_000), (ef, 5_000)]);
+    assert_eq!(mine[0].get::<_, Option<String>>(2), Some(e.ent.clone()));
+    // a, not on the circle, sees neither the lift nor its chits.
+    for sql in [
+        "SELECT count(*) FROM chips.lifts_v",
+        "SELECT count(*) FROM chips.lifts",
+        "SELECT count(*) FROM chips.chits WHERE chit_type = 'lift'",
+    ] {
+        let n: i64 = u[0].db.query_one(sql, &[]).await.unwrap().get(0);
+        assert_eq!(n, 0, "{sql}");
+    }
+    let n: i64 =
+        e.db.query_one("SELECT count(*) FROM chips.lifts", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(n, 1);
+    // The admin may ask through anyone, but only an existing user.
+    let err = s
+        .admin
+        .query("SELECT * FROM chips.clear(through => 'nobody')", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "42704");
+    let through_a = s
+        .admin
+        .query(
+            "SELECT units FROM chips.clear(execute => true, through => $1)",
+            &[&u[0].ent],
+        )
+        .await
+        .unwrap();
+    assert_eq!(through_a.len(), 1);
+    assert_eq!(abs_debt(&s).await, 3_000);
+}
+
+#[tokio::test]
+async fn a_payment_during_the_pass_shrinks_the_lift() {
+    let s = Cluster::from_env()
+        .site("t_clear_stale", 65430)
+        .await
+        .unwrap();
+    let (a, b, c) = (
+        s.user("Ann", "ann").await.unwrap(),
+        s.user("Bob", "bob").await.unwrap(),
+        s.user("Cat", "cat").await.unwrap(),
+    );
+    let ab = owe(&b, &a, 10_000).await;
+    let bc = owe(&c, &b, 10_000).await;
+    let ca = owe(&a, &c, 10_000).await;
+    let before = positions(&s).await;
+    // Bob pays Ann 4 (lowering what she owes him) in a transaction still open when the pass
+    // starts: the pass plans 10 on the balances it sees, waits for the tally's lock, then
+    // re-checks and lifts only 6.
+    b.db.batch_execute("BEGIN").await.unwrap();
+    b.pay(ab, 4_000, "during the pass").await.unwrap();
+    let dsn = s.dsn.clone();
+    let pass = tokio::spawn(async move {
+        let admin = chips_tests::connect(&dsn).await.unwrap();
+        admin
+            .query(
+                "SELECT units, status FROM chips.clear(execute => true)",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)))
+            .collect::<Vec<_>>()
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert!(
+        !pass.is_finished(),
+        "the pass waits for the paying transaction"
+    );
+    b.db.batch_execute("COMMIT").await.unwrap();
+    let done = pass.await.unwrap();
+    assert_eq!(done, vec![(6_000, "good".to_string())]);
+    assert_eq!(stock_balance(&s, ab).await, 0);
+    assert_eq!(stock_balance(&s, bc).await, 4_000);
+    assert_eq!(stock_balance(&s, ca).await, 4_000);
+    // Bob paid 4 of his own: his and Ann's positions moved by exactly that, no one else's.
+    let after = positions(&s).await;
+    for ((ent, x), (_, y)) in before.iter().zip(&after) {
+        let moved = if *ent == a.ent {
+            4_000
+        } else if *ent == b.ent {
+            -4_000
+        } else {
+            0
+        };
+        assert_eq!(y - x, moved, "{ent}");
+    }
+}
+
+#[tokio::test]
+async fn automatic_clearing_runs_when_due_and_tells_the_users() {
+    let s = Cluster::from_env()
+        .site("t_clear_auto", 65430)
+        .await
+        .unwrap();
+    let (a, b, c) = (
+        s.user("Ann", "ann").await.unwrap(),
+        s.user("Bob", "bob").await.unwrap(),
+        s.user("Cat", "cat").await.unwrap(),
+    );
+    owe(&b, &a, 2_000).await;
+    owe(&c, &b, 2_000).await;
+    owe(&a, &c, 2_000).await;
+    let tick = || async {
+        let r = s
+            .admin
+            .query_one(
+                "SELECT ran, lifts, units::bigint FROM chips.clearing_tick()",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get::<_, bool>(0), r.get::<_, i32>(1), r.get::<_, i64>(2))
+    };
+    // Off by default.
+    assert_eq!(tick().await, (false, 0, 0));
+    assert_eq!(abs_debt(&s).await, 6_000);
+    let (_l, mut notes) = chips_tests::listen(&s.dsn, &[&format!("chips_user_{}", a.ent)])
+        .await
+        .unwrap();
+    s.admin
+        .execute(
+            "SELECT chips.clearing_configure(enabled => true, every => '1 hour', min_units => 1000)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(tick().await, (true, 1, 6_000));
+    assert_eq!(abs_debt(&s).await, 0);
+    // Not due again for an hour.
+    owe(&b, &a, 2_000).await;
+    owe(&a, &b, 2_000).await;
+    assert_eq!(tick().await, (false, 0, 0));
+    let got = chips_tests::drain(&mut notes, std::time::Duration::from_millis(500)).await;
+    let lifts: Vec<_> = got.iter().filter(|(_, p)| p["target"] == "lift").collect();
+    assert_eq!(
+        lifts.len(),
+        2,
+        "one note per tally of Ann's in the lift: {got:?}"
+    );
+    assert!(lifts.iter().all(|(_, p)| p["units"] == 2_000));
+    // Bad settings are refused and change nothing.
+    let e = s
+        .admin
+        .execute("SELECT chips.clearing_configure(every => '0 seconds')", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "22023");
+    let e =
+        a.db.execute("SELECT chips.clearing_configure(enabled => false)", &[])
+            .await
+            .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+}

@@ -185,6 +185,10 @@ fn calls() -> Vec<(&'static str, Vec<Arg>)> {
             "SELECT chips.pay($1, $2, $3, $4)",
             vec![Uuid, Big, Text, Json],
         ),
+        (
+            "SELECT * FROM chips.lift_through_me($1, $2, $3)",
+            vec![Bool, Big, Int],
+        ),
     ]
 }
 
@@ -221,6 +225,18 @@ fn admin_calls() -> Vec<(&'static str, Vec<Arg>)> {
         (
             "SELECT chips.trading_check($1, $2, 0.5, 0.5)",
             vec![Big, Big],
+        ),
+        (
+            "SELECT * FROM chips.clearing_plan($1, $2, $3, $4)",
+            vec![Big, Int, Int, Text],
+        ),
+        (
+            "SELECT * FROM chips.clear($1, $2, $3, $4)",
+            vec![Bool, Big, Int, Text],
+        ),
+        (
+            "SELECT chips.clearing_configure($1, $2::text::interval, $3, $4)",
+            vec![Bool, Interval, Big, Int],
         ),
     ]
 }
