@@ -47,7 +47,7 @@ BEGIN
             v_cap := CASE
                 WHEN h.status IS DISTINCT FROM 'open' OR p.status IS DISTINCT FROM 'open'
                      OR h.net_good <> h.net_pend OR p.net_good <> p.net_pend THEN 0
-                ELSE chips.lift_capacity(h.net_good, h.target, h.bound, h.reward, p.clutch,
+                ELSE chips._lift_capacity(h.net_good, h.target, h.bound, h.reward, p.clutch,
                                          coalesce((h.hold_terms->>'limit')::bigint, 0),
                                          v_margin, c.costed[i]) END;
             v_units := least(v_units, coalesce(v_cap, 0));   -- least() skips nulls: never here

@@ -204,7 +204,7 @@ fn clearing_plan(
 /// debt the holder owes, then (if the partner's clutch and the site's `max_margin` allow) up to
 /// the holder's target and, with `costed`, its bound, never past the `lim` it granted the
 /// partner. The executor's re-check of every step; see `chips_core::liftable::Half`.
-#[pg_extern(immutable, parallel_safe)]
+#[pg_extern(immutable, parallel_safe, name = "_lift_capacity")]
 #[allow(clippy::too_many_arguments)]
 fn lift_capacity(
     position: i64,
