@@ -34,7 +34,8 @@ AS $$ SELECT CASE WHEN p_side = t.side THEN t.hold_cert ELSE t.part_cert END->>'
 
 -- Insert a chit into a half from its (checked) document. A good chit on the foil half takes its
 -- place at the end of the chain at once (the foil half orders the chain).
-CREATE FUNCTION chips._chit_insert(t chips.tallies, p_doc jsonb, p_status text, p_sig text)
+CREATE FUNCTION chips._chit_insert(t chips.tallies, p_doc jsonb, p_status text, p_sig text,
+                                   p_lift bigint DEFAULT NULL)
 RETURNS chips.chits
 LANGUAGE plpgsql
 AS $$
@@ -49,8 +50,10 @@ BEGIN
         IF t.side = 'stock' THEN
             -- a local tally: the stock half takes the place the foil half gave the chit, if it has
             -- one already (else the foil half chains both when it gets the chit)
-            IF NOT EXISTS (SELECT 1 FROM chips.chits y JOIN chips.tallies f ON f.id = y.tally_id
-                           WHERE f.tally_uuid = t.tally_uuid AND f.side = 'foil'
+            -- (two lookups by unique keys: plans made while chits is small stay index scans)
+            IF NOT EXISTS (SELECT 1 FROM chips.chits y
+                           WHERE y.tally_id = (SELECT f.id FROM chips.tallies f
+                                               WHERE f.tally_uuid = t.tally_uuid AND f.side = 'foil')
                              AND y.chit_uuid = (p_doc->>'uuid')::uuid AND y.chain_idx = v_idx) THEN
                 v_idx := NULL;
                 v_prior := NULL;
@@ -58,11 +61,13 @@ BEGIN
         END IF;
     END IF;
     INSERT INTO chips.chits (tally_id, chit_uuid, chit_type, issuer, units, reference, memo,
-                             chit_date, signature, status, value, chain_idx, chain_prev, chain_hash)
+                             chit_date, signature, status, value, chain_idx, chain_prev, chain_hash,
+                             lift_id)
     VALUES (t.id, (p_doc->>'uuid')::uuid, p_doc->>'type', p_doc->>'by', (p_doc->>'units')::bigint,
             p_doc->'ref', p_doc->>'memo', (p_doc->>'date')::timestamptz, p_sig, p_status,
             chips.chit_value(p_doc, t.side), v_idx, v_prior,
-            CASE WHEN v_idx IS NOT NULL THEN chips.chit_chain_hash(p_doc, v_idx, v_prior, p_sig) END)
+            CASE WHEN v_idx IS NOT NULL THEN chips.chit_chain_hash(p_doc, v_idx, v_prior, p_sig) END,
+            p_lift)
     RETURNING * INTO c;
     IF chips._chit_doc(c, t.tally_uuid) <> p_doc THEN
         RAISE EXCEPTION 'chit % cannot be stored exactly as it was written', p_doc->>'uuid'

@@ -75,10 +75,9 @@ BEGIN
                                          (extract(epoch FROM pg_catalog.now()) * 1000)::bigint,
                                          v_units, pg_catalog.jsonb_build_object('lift', v_lift), NULL);
             SELECT * INTO h FROM chips.tallies x WHERE x.tally_uuid = c.uuids[i] AND x.side = 'foil';
-            cf := chips._chit_insert(h, v_doc, 'good', NULL);
+            cf := chips._chit_insert(h, v_doc, 'good', NULL, v_id);
             SELECT * INTO h FROM chips.tallies x WHERE x.tally_uuid = c.uuids[i] AND x.side = 'stock';
-            cs := chips._chit_insert(h, v_doc, 'good', NULL);
-            UPDATE chips.chits y SET lift_id = v_id WHERE y.id IN (cf.id, cs.id);
+            cs := chips._chit_insert(h, v_doc, 'good', NULL, v_id);
             PERFORM chips._chit_good(cf.tally_id, cf);     -- chains both halves
             PERFORM chips._chit_effects(cs.tally_id, cs);
             PERFORM pg_catalog.pg_notify('chips_user_' || x.ent, pg_catalog.json_build_object(
