@@ -83,7 +83,7 @@ CREATE POLICY tickets_admin ON chips.tickets FOR SELECT TO chips_admin USING (tr
 
 REVOKE ALL ON ALL TABLES IN SCHEMA chips FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA chips FROM PUBLIC;
-REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA chips FROM PUBLIC;
+REVOKE EXECUTE ON ALL ROUTINES IN SCHEMA chips FROM PUBLIC;   -- functions and procedures
 
 -- Pure functions anyone may use.
 GRANT EXECUTE ON FUNCTION
@@ -123,9 +123,19 @@ TO chips_user;
 GRANT SELECT ON chips.agents, chips.outbox, chips.inbox TO chips_agent;
 GRANT EXECUTE ON FUNCTION
     chips.peer_receive(text, jsonb), chips.outbox_claim(integer, interval, text[]),
-    chips.outbox_ack(bigint[]), chips.chain_sync(uuid),
-    chips.clearing_tick()
+    chips.outbox_ack(bigint[]), chips.chain_sync(uuid)
 TO chips_agent;
+-- Automatic clearing (chipsd's tick, or cron as an admin): the procedures and what they call.
+GRANT EXECUTE ON FUNCTION
+    chips._plan_circles(bigint, integer, text, double precision),
+    chips._lift_circle(uuid[], text[], text[], boolean[], bigint, double precision, bigint, boolean,
+                       text, double precision),
+    chips._clearing_claim(), chips._clearing_done(integer, numeric)
+TO chips_agent, chips_admin;
+GRANT EXECUTE ON PROCEDURE chips.clearing_tick(boolean, integer, numeric),
+    chips.clearing_run(integer, numeric, bigint, integer, integer)
+TO chips_agent, chips_admin;
+GRANT SELECT ON chips.clearing_settings TO chips_agent;
 
 -- Administrators: read everything, manage agents, users and contracts.
 GRANT SELECT ON ALL TABLES IN SCHEMA chips TO chips_admin;
@@ -139,7 +149,6 @@ GRANT EXECUTE ON FUNCTION
     chips.clear(boolean, bigint, integer, text),
     chips.clearing_plan(bigint, integer, integer, text, double precision),
     chips.clearing_configure(boolean, interval, bigint, integer, double precision),
-    chips.clearing_tick(),
     chips.user_set_key(text, text), chips.user_set_status(text, text),
     chips.contract_add(jsonb, text)
 TO chips_admin;

@@ -8,6 +8,109 @@
 -- with it, or is skipped), and writes the lift and one lift chit on both halves of every tally
 -- of the circle, chained like any good chit: all of it, or nothing.
 
+-- The circles of the plan, one row each (steps in order).
+CREATE FUNCTION chips._plan_circles(p_min_units bigint, p_max_len integer, p_through text,
+                                    p_max_margin double precision)
+RETURNS TABLE (uuids uuid[], debtors text[], creditors text[], costed boolean[], planned bigint,
+               margin double precision)
+LANGUAGE sql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+    SELECT array_agg(q.tally ORDER BY q.step), array_agg(q.debtor ORDER BY q.step),
+           array_agg(q.creditor ORDER BY q.step), array_agg(q.costed ORDER BY q.step),
+           min(q.units), min(q.margin)
+    FROM chips.clearing_plan(p_min_units, p_max_len, 0, p_through, p_max_margin) q
+    GROUP BY q.circle ORDER BY q.circle
+$$;
+
+-- One circle: lock its tallies (every half, in id order), re-check every step's capacity as the
+-- tallies are now, and (with p_execute) write the lift and one lift chit on both halves of
+-- every step, chained. Anything that is not a circle of open local tallies is refused.
+CREATE FUNCTION chips._lift_circle(p_uuids uuid[], p_debtors text[], p_creditors text[],
+                                   p_costed boolean[], p_planned bigint, p_margin double precision,
+                                   p_min_units bigint, p_execute boolean, p_through text,
+                                   p_max_margin double precision)
+RETURNS TABLE (lift uuid, units bigint, tallies integer, status text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    n integer := coalesce(pg_catalog.cardinality(p_uuids), 0);
+    v_units bigint := p_planned;
+    v_cap bigint;
+    v_lift uuid;
+    v_id bigint;
+    v_doc jsonb;
+    h chips.tallies;     -- the half of the step's debtor: its position rises
+    p chips.tallies;     -- the creditor's half: its position drops (it issues the lift chit)
+    cf chips.chits;
+    cs chips.chits;
+BEGIN
+    IF n < 2 OR pg_catalog.cardinality(p_debtors) IS DISTINCT FROM n
+       OR pg_catalog.cardinality(p_creditors) IS DISTINCT FROM n
+       OR pg_catalog.cardinality(p_costed) IS DISTINCT FROM n
+       OR p_planned IS NULL OR p_planned < 1 OR p_min_units IS NULL OR p_min_units < 1
+       OR p_max_margin IS NULL THEN
+        RAISE EXCEPTION 'a lift is a circle of at least 2 steps, with units >= 1' USING ERRCODE = '22023';
+    END IF;
+    FOR i IN 1..n LOOP
+        IF p_creditors[i] IS DISTINCT FROM p_debtors[i % n + 1] THEN
+            RAISE EXCEPTION 'step % of the lift does not lead to the next step''s debtor', i
+                USING ERRCODE = '22023';
+        END IF;
+    END LOOP;
+    PERFORM 1 FROM chips.tallies x WHERE x.tally_uuid = ANY (p_uuids) ORDER BY x.id FOR UPDATE;
+    FOR i IN 1..n LOOP
+        SELECT * INTO h FROM chips.tallies x WHERE x.tally_uuid = p_uuids[i] AND x.ent = p_debtors[i];
+        SELECT * INTO p FROM chips.tallies x WHERE x.tally_uuid = p_uuids[i] AND x.ent = p_creditors[i];
+        v_cap := CASE
+            WHEN h.id IS NULL OR p.id IS NULL OR h.side = p.side
+                 OR h.status <> 'open' OR p.status <> 'open'
+                 OR h.net_good <> h.net_pend OR p.net_good <> p.net_pend THEN 0
+            ELSE chips._lift_capacity(h.net_good, h.target, h.bound, h.reward, p.clutch,
+                                      coalesce((h.hold_terms->>'limit')::bigint, 0),
+                                      p_max_margin, coalesce(p_costed[i], false)) END;
+        v_units := least(v_units, coalesce(v_cap, 0));   -- least() skips nulls: never here
+    END LOOP;
+    lift := NULL;
+    units := greatest(v_units, 0);
+    tallies := n;
+    IF v_units < p_min_units THEN
+        status := 'skipped';        -- payments since the plan used the capacity up
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    IF NOT coalesce(p_execute, false) THEN
+        status := 'planned';
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    v_lift := pg_catalog.gen_random_uuid();
+    INSERT INTO chips.lifts (lift_uuid, kind, status, units, tallies, debtors, through, margin)
+    VALUES (v_lift, 'local', 'good', v_units, p_uuids, p_debtors, p_through, coalesce(p_margin, 0))
+    RETURNING id INTO v_id;
+    FOR i IN 1..n LOOP
+        SELECT * INTO p FROM chips.tallies x WHERE x.tally_uuid = p_uuids[i] AND x.ent = p_creditors[i];
+        v_doc := chips.chit_doc_make(p_uuids[i], p.side, 'lift', pg_catalog.gen_random_uuid(),
+                                     (extract(epoch FROM pg_catalog.now()) * 1000)::bigint,
+                                     v_units, pg_catalog.jsonb_build_object('lift', v_lift), NULL);
+        SELECT * INTO h FROM chips.tallies x WHERE x.tally_uuid = p_uuids[i] AND x.side = 'foil';
+        cf := chips._chit_insert(h, v_doc, 'good', NULL, v_id);
+        SELECT * INTO h FROM chips.tallies x WHERE x.tally_uuid = p_uuids[i] AND x.side = 'stock';
+        cs := chips._chit_insert(h, v_doc, 'good', NULL, v_id);
+        PERFORM chips._chit_good(cf.tally_id, cf);     -- chains both halves
+        PERFORM chips._chit_effects(cs.tally_id, cs);
+        PERFORM pg_catalog.pg_notify('chips_user_' || x.ent, pg_catalog.json_build_object(
+            'target', 'lift', 'lift', v_lift, 'tally', p_uuids[i], 'units', v_units)::text)
+        FROM chips.tallies x WHERE x.tally_uuid = p_uuids[i];
+    END LOOP;
+    lift := v_lift;
+    status := 'good';
+    RETURN NEXT;
+END
+$$;
+
+-- A whole pass in the caller's transaction.
 CREATE FUNCTION chips._lift_run(p_execute boolean, p_min_units bigint, p_max_len integer,
                                 p_through text, p_max_margin double precision)
 RETURNS TABLE (lift uuid, units bigint, tallies integer, status text)
@@ -15,78 +118,15 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     c record;
-    v_units bigint;
-    v_cap bigint;
-    v_lift uuid;
-    v_id bigint;
-    v_doc jsonb;
     v_margin double precision := coalesce(p_max_margin,
         (SELECT x.max_margin FROM chips.clearing_settings x), 0);
-    h chips.tallies;     -- the half of the step's debtor: its position rises
-    p chips.tallies;     -- the creditor's half: its position drops (it issues the lift chit)
-    cf chips.chits;
-    cs chips.chits;
-    n integer;
 BEGIN
     IF p_min_units IS NULL OR p_min_units < 1 OR p_max_len IS NULL OR p_max_len < 0 THEN
         RAISE EXCEPTION 'min_units must be >= 1 and max_len >= 0' USING ERRCODE = '22023';
     END IF;
-    FOR c IN SELECT q.circle, array_agg(q.tally ORDER BY q.step) AS uuids,
-                    array_agg(q.debtor ORDER BY q.step) AS debtors,
-                    array_agg(q.creditor ORDER BY q.step) AS creditors,
-                    array_agg(q.costed ORDER BY q.step) AS costed,
-                    min(q.units) AS planned, min(q.margin) AS margin
-             FROM chips.clearing_plan(p_min_units, p_max_len, 0, p_through, v_margin) q
-             GROUP BY q.circle ORDER BY q.circle LOOP
-        n := pg_catalog.array_length(c.uuids, 1);
-        PERFORM 1 FROM chips.tallies x WHERE x.tally_uuid = ANY (c.uuids) ORDER BY x.id FOR UPDATE;
-        v_units := c.planned;
-        FOR i IN 1..n LOOP
-            SELECT * INTO h FROM chips.tallies x WHERE x.tally_uuid = c.uuids[i] AND x.ent = c.debtors[i];
-            SELECT * INTO p FROM chips.tallies x WHERE x.tally_uuid = c.uuids[i] AND x.ent = c.creditors[i];
-            v_cap := CASE
-                WHEN h.status IS DISTINCT FROM 'open' OR p.status IS DISTINCT FROM 'open'
-                     OR h.net_good <> h.net_pend OR p.net_good <> p.net_pend THEN 0
-                ELSE chips._lift_capacity(h.net_good, h.target, h.bound, h.reward, p.clutch,
-                                         coalesce((h.hold_terms->>'limit')::bigint, 0),
-                                         v_margin, c.costed[i]) END;
-            v_units := least(v_units, coalesce(v_cap, 0));   -- least() skips nulls: never here
-        END LOOP;
-        lift := NULL;
-        units := greatest(v_units, 0);
-        tallies := n;
-        IF v_units < p_min_units THEN
-            status := 'skipped';        -- payments since the plan used the capacity up
-            RETURN NEXT;
-            CONTINUE;
-        END IF;
-        IF NOT p_execute THEN
-            status := 'planned';
-            RETURN NEXT;
-            CONTINUE;
-        END IF;
-        v_lift := pg_catalog.gen_random_uuid();
-        INSERT INTO chips.lifts (lift_uuid, kind, status, units, tallies, debtors, through, margin)
-        VALUES (v_lift, 'local', 'good', v_units, c.uuids, c.debtors, p_through, c.margin)
-        RETURNING id INTO v_id;
-        FOR i IN 1..n LOOP
-            SELECT * INTO p FROM chips.tallies x WHERE x.tally_uuid = c.uuids[i] AND x.ent = c.creditors[i];
-            v_doc := chips.chit_doc_make(c.uuids[i], p.side, 'lift', pg_catalog.gen_random_uuid(),
-                                         (extract(epoch FROM pg_catalog.now()) * 1000)::bigint,
-                                         v_units, pg_catalog.jsonb_build_object('lift', v_lift), NULL);
-            SELECT * INTO h FROM chips.tallies x WHERE x.tally_uuid = c.uuids[i] AND x.side = 'foil';
-            cf := chips._chit_insert(h, v_doc, 'good', NULL, v_id);
-            SELECT * INTO h FROM chips.tallies x WHERE x.tally_uuid = c.uuids[i] AND x.side = 'stock';
-            cs := chips._chit_insert(h, v_doc, 'good', NULL, v_id);
-            PERFORM chips._chit_good(cf.tally_id, cf);     -- chains both halves
-            PERFORM chips._chit_effects(cs.tally_id, cs);
-            PERFORM pg_catalog.pg_notify('chips_user_' || x.ent, pg_catalog.json_build_object(
-                'target', 'lift', 'lift', v_lift, 'tally', c.uuids[i], 'units', v_units)::text)
-            FROM chips.tallies x WHERE x.tally_uuid = c.uuids[i];
-        END LOOP;
-        lift := v_lift;
-        status := 'good';
-        RETURN NEXT;
+    FOR c IN SELECT * FROM chips._plan_circles(p_min_units, p_max_len, p_through, v_margin) LOOP
+        RETURN QUERY SELECT * FROM chips._lift_circle(c.uuids, c.debtors, c.creditors, c.costed,
+            c.planned, c.margin, p_min_units, p_execute, p_through, v_margin);
     END LOOP;
 END
 $$;
@@ -154,41 +194,77 @@ BEGIN
 END
 $$;
 
--- Runs a clearing pass if automatic clearing is on and one is due; otherwise does nothing.
--- Cheap to call often (chipsd calls it every few seconds; or schedule it with cron). Two callers
--- at once: one runs, the other returns at once.
-CREATE FUNCTION chips.clearing_tick()
-RETURNS TABLE (ran boolean, lifts integer, units numeric)
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = chips, pg_catalog, pg_temp
+-- An executing pass that commits every `batch` lifts: each lift holds its tallies' locks only
+-- until its batch commits, and a long pass never keeps row versions alive for its whole run.
+-- A procedure (CALL it outside a transaction block); not SECURITY DEFINER (a procedure that is
+-- may not commit): it needs EXECUTE on chips._plan_circles and chips._lift_circle.
+CREATE PROCEDURE chips.clearing_run(INOUT lifts integer DEFAULT NULL, INOUT units numeric DEFAULT NULL,
+                                    min_units bigint DEFAULT NULL, max_len integer DEFAULT NULL,
+                                    batch integer DEFAULT 100)
+LANGUAGE plpgsql
 AS $$
 DECLARE
-    s chips.clearing_settings;
-    n integer := 0;
-    total numeric := 0;
+    s record;
+    c record;
     r record;
+    k integer := 0;
+BEGIN
+    SELECT coalesce(clearing_run.min_units, x.min_units, 1) AS min_units,
+           coalesce(clearing_run.max_len, x.max_len, 0) AS max_len,
+           coalesce(x.max_margin, 0) AS max_margin
+    INTO s FROM (SELECT 1) one LEFT JOIN chips.clearing_settings x ON true;
+    IF s.min_units < 1 OR s.max_len < 0 OR coalesce(clearing_run.batch, 0) < 1 THEN
+        RAISE EXCEPTION 'min_units and batch must be >= 1 and max_len >= 0' USING ERRCODE = '22023';
+    END IF;
+    lifts := 0; units := 0;
+    FOR c IN SELECT * FROM chips._plan_circles(s.min_units, s.max_len, NULL, s.max_margin) LOOP
+        SELECT * INTO r FROM chips._lift_circle(c.uuids, c.debtors, c.creditors, c.costed,
+            c.planned, c.margin, s.min_units, true, NULL, s.max_margin) x;
+        IF r.status = 'good' THEN
+            lifts := lifts + 1;
+            units := units + r.units::numeric * r.tallies;
+        END IF;
+        k := k + 1;
+        IF k % clearing_run.batch = 0 THEN
+            COMMIT;
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- Runs a clearing pass if automatic clearing is on and one is due; otherwise does nothing.
+-- Cheap to call often (chipsd calls it every few seconds; or schedule it with cron). The caller
+-- that moves last_run claims the pass (others see it not due) and commits before running it.
+CREATE PROCEDURE chips.clearing_tick(INOUT ran boolean DEFAULT NULL, INOUT lifts integer DEFAULT NULL,
+                                     INOUT units numeric DEFAULT NULL)
+LANGUAGE plpgsql
+AS $$
 BEGIN
     ran := false; lifts := 0; units := 0;
-    SELECT * INTO s FROM chips.clearing_settings;
-    IF NOT FOUND OR NOT s.enabled
-       OR (s.last_run IS NOT NULL AND pg_catalog.now() < s.last_run + s.every)
-       OR NOT pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('chips.clearing_tick')) THEN
-        RETURN NEXT;
+    IF NOT chips._clearing_claim() THEN
         RETURN;
     END IF;
-    -- another session may have run it just before this one took the lock
-    SELECT * INTO s FROM chips.clearing_settings;
-    IF s.last_run IS NOT NULL AND pg_catalog.now() < s.last_run + s.every THEN
-        RETURN NEXT;
-        RETURN;
-    END IF;
-    FOR r IN SELECT * FROM chips._lift_run(true, s.min_units, s.max_len, NULL, s.max_margin) x
-             WHERE x.status = 'good' LOOP
-        n := n + 1;
-        total := total + r.units::numeric * r.tallies;
-    END LOOP;
-    UPDATE chips.clearing_settings x SET last_run = pg_catalog.now(), last_lifts = n, last_units = total;
-    ran := true; lifts := n; units := total;
-    RETURN NEXT;
+    COMMIT;
+    CALL chips.clearing_run(lifts, units);
+    PERFORM chips._clearing_done(lifts, units);
+    ran := true;
 END
+$$;
+
+CREATE FUNCTION chips._clearing_claim() RETURNS boolean
+LANGUAGE sql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+    WITH claimed AS (
+        UPDATE chips.clearing_settings x SET last_run = pg_catalog.now()
+        WHERE x.enabled AND (x.last_run IS NULL OR pg_catalog.now() >= x.last_run + x.every)
+        RETURNING 1)
+    SELECT EXISTS (SELECT 1 FROM claimed)
+$$;
+
+CREATE FUNCTION chips._clearing_done(p_lifts integer, p_units numeric) RETURNS void
+LANGUAGE sql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+    UPDATE chips.clearing_settings SET last_lifts = p_lifts, last_units = p_units
 $$;

@@ -32,19 +32,21 @@ pub async fn run(cfg: Arc<Config>, token: CancellationToken) {
             }
         }
         let Some(c) = &client else { continue };
-        match c
-            .query_one(
-                "SELECT ran, lifts, units::text FROM chips.clearing_tick()",
-                &[],
-            )
-            .await
-        {
-            Ok(r) if r.get::<_, bool>(0) => info!(
-                lifts = r.get::<_, i32>(1),
-                units = r.get::<_, String>(2),
-                "clearing pass"
-            ),
-            Ok(_) => {}
+        // simple_query: the procedure commits as it goes, and its INOUT results come as text
+        match c.simple_query("CALL chips.clearing_tick()").await {
+            Ok(msgs) => {
+                for m in msgs {
+                    if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                        if r.get(0) == Some("t") {
+                            info!(
+                                lifts = r.get(1).unwrap_or("?"),
+                                units = r.get(2).unwrap_or("?"),
+                                "clearing pass"
+                            );
+                        }
+                    }
+                }
+            }
             Err(e) => {
                 warn!(error = %e, "clearing tick failed");
                 if c.is_closed() {

@@ -437,15 +437,24 @@ async fn automatic_clearing_runs_when_due_and_tells_the_users() {
     owe(&c, &b, 2_000).await;
     owe(&a, &c, 2_000).await;
     let tick = || async {
-        let r = s
+        // simple_query: the procedure's INOUT results as text (units is numeric)
+        let rows = s
             .admin
-            .query_one(
-                "SELECT ran, lifts, units::bigint FROM chips.clearing_tick()",
-                &[],
-            )
+            .simple_query("CALL chips.clearing_tick()")
             .await
             .unwrap();
-        (r.get::<_, bool>(0), r.get::<_, i32>(1), r.get::<_, i64>(2))
+        let r = rows
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            })
+            .expect("CALL returns its INOUT values");
+        (
+            r.get(0) == Some("t"),
+            r.get(1).unwrap().parse::<i32>().unwrap(),
+            r.get(2).unwrap().parse::<i64>().unwrap(),
+        )
     };
     // Off by default.
     assert_eq!(tick().await, (false, 0, 0));
