@@ -75,7 +75,6 @@ VALUES (nextval('public.raw_seq'), :client_id + 1, gen_random_uuid(), 'tran', 'f
   decode('1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b', 'hex'), now(), now());
 SQL
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 run() { # script clients -> tps
     local out
     out=$(pgbench -n -h 127.0.0.1 -p "$PORT" -U bench_payer -c "$2" -j "$(( $2 < 2 ? 1 : 2 ))" \

@@ -28,16 +28,17 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO"
 REPS=${REPS:-3}
-PORT=${PORT:-54370}
+PORT=${CHIPS_BENCH_PORT:-54370}
 ensure_deps
 install_extension --release
 DIR=$(cluster_base)/bench-clearing
+cluster_stop "$DIR"     # a cluster left by an interrupted run would hold the bench database
+rm -rf "$DIR"
 cluster_start "$DIR" "$PORT"
-trap 'cluster_stop "$DIR"' EXIT
-PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
 WORK=$(mktemp -d)
-chmod 755 "$WORK"
-trap 'cluster_stop "$DIR"; rm -rf "$WORK"' EXIT
+chmod 755 "$WORK"       # the server reads the COPY file from here
+trap 'cluster_stop "$DIR"; rm -rf "$DIR" "$WORK"' EXIT
+PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
 
 # load CSV: a fresh database `bench` with the CSV as open local tallies.
 load() {
@@ -69,7 +70,6 @@ SQL
 }
 
 ms() { "${PSQL[@]}" -d bench -At -c "\\timing on" -c "$1" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | tail -1; }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
 if [ "${1:-}" = "--greedy" ]; then
     USERS=${2:-40}; TALLIES=${3:-120}; MAXLEN=${MAXLEN:-8}

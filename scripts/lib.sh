@@ -10,6 +10,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
+# The median of the numbers on stdin, one per line (benchmarks report medians).
+median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+
 # apt packages, cargo-pgrx and `cargo pgrx init`, each only when missing.
 ensure_deps() {
     local missing=()

@@ -256,7 +256,7 @@ LANGUAGE sql SECURITY DEFINER
 SET search_path = chips, pg_catalog, pg_temp
 AS $$
     WITH claimed AS (
-        UPDATE chips.clearing_settings x SET last_run = pg_catalog.now()
+        UPDATE chips.clearing_settings x SET last_run = pg_catalog.now(), last_lifts = 0, last_units = 0
         WHERE x.enabled AND (x.last_run IS NULL OR pg_catalog.now() >= x.last_run + x.every)
         RETURNING 1)
     SELECT EXISTS (SELECT 1 FROM claimed)

@@ -100,7 +100,7 @@ impl Half {
             // ceiling - p, clamped at zero, without overflow for any i64 p
             i64::try_from((i128::from(ceiling) - i128::from(p)).max(0)).unwrap_or(i64::MAX)
         };
-        let reduce = gap(0).min(if p < 0 { i64::MAX } else { 0 });
+        let reduce = if p < 0 { gap(0) } else { 0 };
         let free = gap(target).max(reduce);
         let max = gap(bound).max(free);
         let clutch = self.partner_clutch;
@@ -217,6 +217,17 @@ struct Arc {
     margin: f64,
 }
 
+impl Arc {
+    /// How `units` on this arc move its tally's `net` (the foil's arc lowers it).
+    fn lowers_net_by(&self, units: i64) -> i128 {
+        if self.foil {
+            i128::from(units)
+        } else {
+            -i128::from(units)
+        }
+    }
+}
+
 fn graph(n: usize, tallies: &[Tally], policy: &Policy) -> Result<(Vec<Edge>, Vec<Arc>)> {
     let mut edges = Vec::with_capacity(tallies.len() * 2);
     let mut arcs = Vec::with_capacity(tallies.len() * 2);
@@ -249,22 +260,21 @@ fn graph(n: usize, tallies: &[Tally], policy: &Policy) -> Result<(Vec<Edge>, Vec
     Ok((edges, arcs))
 }
 
-/// Per tally, the net move of a flow on [`graph`]'s arcs (positive: `net` lowered), spread back
-/// over the arcs of that one direction in segment order.
+/// Per tally, the net move of a flow on [`graph`]'s arcs, spread back over the arcs of that one
+/// direction in segment order: flows that went both ways round one tally cancel.
 fn netted(tallies: &[Tally], edges: &[Edge], arcs: &[Arc], flow: &[i64]) -> Vec<i64> {
     let mut moved = vec![0i128; tallies.len()];
     for (a, &f) in arcs.iter().zip(flow) {
-        let f = i128::from(f);
-        moved[a.tally as usize] += if a.foil { f } else { -f };
+        moved[a.tally as usize] += a.lowers_net_by(f);
     }
     let mut out = vec![0i64; flow.len()];
     for (i, a) in arcs.iter().enumerate() {
         let m = &mut moved[a.tally as usize];
         let want = if a.foil { *m } else { -*m };
         if want > 0 {
-            let take = want.min(i128::from(edges[i].cap));
-            out[i] = take as i64;
-            *m -= if a.foil { take } else { -take };
+            let take = want.min(i128::from(edges[i].cap)) as i64;
+            out[i] = take;
+            *m -= a.lowers_net_by(take);
         }
     }
     out
@@ -312,7 +322,18 @@ fn compound(margins: impl Iterator<Item = f64>) -> f64 {
     1.0 - margins.fold(1.0, |keep, m| keep * (1.0 - m))
 }
 
-fn lifts_of(
+/// The arc that joins a split node back together: its index, and the node's two sides.
+struct Join {
+    arc: usize,
+    split: u32,
+    node: u32,
+}
+
+/// Cuts a (netted, merged) circulation into lifts and keeps those `options` and `policy`
+/// allow. With `join`, the circles are those through the split node, the joining arc left out
+/// and the split side named as the node again.
+#[allow(clippy::too_many_arguments)]
+fn plan_of(
     n: usize,
     tallies: &[Tally],
     edges: &[Edge],
@@ -320,31 +341,50 @@ fn lifts_of(
     flow: &[i64],
     policy: &Policy,
     options: &LiftOptions,
-) -> Result<(Vec<Lift>, i128)> {
+    join: Option<Join>,
+) -> Result<(Vec<Lift>, i128, i128)> {
     let mut kept = Vec::new();
-    let mut moved = vec![0i128; tallies.len()];
+    let (mut moved, mut optimum) = (vec![0i128; tallies.len()], vec![0i128; tallies.len()]);
     for c in clearing::decompose(n, edges, flow)? {
-        let margin = compound(c.edges.iter().map(|&e| arcs[e as usize].margin));
+        let steps: Vec<u32> = match &join {
+            None => c.edges,
+            Some(j) => {
+                let rest: Vec<u32> = c
+                    .edges
+                    .iter()
+                    .copied()
+                    .filter(|&e| e as usize != j.arc)
+                    .collect();
+                if rest.len() == c.edges.len() {
+                    continue; // not through the node (not at the optimum: such circles cost)
+                }
+                rest
+            }
+        };
+        for &e in &steps {
+            let a = &arcs[e as usize];
+            optimum[a.tally as usize] += a.lowers_net_by(c.units);
+        }
+        let margin = compound(steps.iter().map(|&e| arcs[e as usize].margin));
         if c.units < options.min_units
-            || c.edges.len() > options.max_len
+            || steps.len() > options.max_len
             || margin > policy.max_margin + EPS
         {
             continue;
         }
-        let steps = c
-            .edges
+        let steps = steps
             .iter()
             .map(|&e| {
                 let (a, d) = (&arcs[e as usize], &edges[e as usize]);
-                moved[a.tally as usize] += if a.foil {
-                    i128::from(c.units)
-                } else {
-                    -i128::from(c.units)
+                moved[a.tally as usize] += a.lowers_net_by(c.units);
+                let to = match &join {
+                    Some(j) if d.to == j.split => j.node,
+                    _ => d.to,
                 };
                 Step {
                     tally: a.tally,
                     from: d.from,
-                    to: d.to,
+                    to,
                     costed: a.segment == Segment::Costed,
                 }
             })
@@ -355,7 +395,11 @@ fn lifts_of(
             margin,
         });
     }
-    Ok((kept, cleared_by(tallies, &moved)))
+    Ok((
+        kept,
+        cleared_by(tallies, &moved),
+        cleared_by(tallies, &optimum),
+    ))
 }
 
 /// The clearing of `tallies` among nodes `0..n`: the lifts of the optimum (most debt cleared)
@@ -370,17 +414,9 @@ pub fn clear(
     let deadline = options.time_budget.map(|b| Instant::now() + b);
     let c = clearing::solve_within(n, &edges, deadline)?;
     let flow = netted(tallies, &edges, &arcs, &c.flow);
-    let mut moved = vec![0i128; tallies.len()];
-    for (a, &f) in arcs.iter().zip(&flow) {
-        moved[a.tally as usize] += if a.foil {
-            i128::from(f)
-        } else {
-            -i128::from(f)
-        };
-    }
-    let optimum = cleared_by(tallies, &moved);
     let (edges, arcs, flow) = merged(&edges, &arcs, &flow);
-    let (lifts, cleared) = lifts_of(n, tallies, &edges, &arcs, &flow, policy, &options)?;
+    let (lifts, cleared, optimum) =
+        plan_of(n, tallies, &edges, &arcs, &flow, policy, &options, None)?;
     Ok(TallyPlan {
         lifts,
         cleared,
@@ -409,7 +445,7 @@ pub fn through(
     // its debts and what it is owed (and carries on past zero only within the target, in that
     // same direction). Keeping both arcs of such a tally would let a "circle" go out and back
     // along it, moving nothing.
-    let (mut edges, mut arcs): (Vec<Edge>, Vec<Arc>) = all_edges
+    let (mut edges, arcs): (Vec<Edge>, Vec<Arc>) = all_edges
         .into_iter()
         .zip(all_arcs)
         .filter(|(e, a)| {
@@ -429,75 +465,45 @@ pub fn through(
             out_cap += i128::from(e.cap);
         }
     }
-    edges.push(Edge {
+    let deadline = options.time_budget.map(|b| Instant::now() + b);
+    let joining = Edge {
         from: split,
         to: node,
         cap: i64::try_from(out_cap).unwrap_or(i64::MAX),
         cost: -clearing::MAX_COST,
-    });
+    };
+    let c = clearing::solve_within(n + 1, &[edges.as_slice(), &[joining]].concat(), deadline)?;
+    let (tally_flow, join_flow) = c.flow.split_at(edges.len());
+    // Net per tally and merge; the joining arc goes last, as it is.
+    let flow = netted(tallies, &edges, &arcs, tally_flow);
+    let (mut edges, mut arcs, mut flow) = merged(&edges, &arcs, &flow);
+    edges.push(joining);
     arcs.push(Arc {
         tally: u32::MAX,
         foil: false,
         segment: Segment::Reduce,
         margin: 0.0,
     });
-    let deadline = options.time_budget.map(|b| Instant::now() + b);
-    let c = clearing::solve_within(n + 1, &edges, deadline)?;
-    let join = edges.len() - 1;
-    // Net per tally, leaving the joining arc as it is.
-    let mut flow = netted(tallies, &edges[..join], &arcs[..join], &c.flow[..join]);
-    flow.push(c.flow[join]);
-    let (edges, arcs, flow) = merged(&edges, &arcs, &flow);
-    let join = edges.len() - 1;
-    // Undo the split for the circles (the joining arc is dropped from each).
-    let mut kept = Vec::new();
-    let mut moved = vec![0i128; tallies.len()];
-    let mut optimum_moved = vec![0i128; tallies.len()];
-    for circle in clearing::decompose(n + 1, &edges, &flow)? {
-        let steps: Vec<u32> = circle
-            .edges
-            .iter()
-            .copied()
-            .filter(|&e| e as usize != join)
-            .collect();
-        if steps.len() == circle.edges.len() {
-            continue; // not through the node (cannot happen at the optimum: such circles cost)
-        }
-        let sign = |a: &Arc| if a.foil { 1i128 } else { -1 };
-        for &e in &steps {
-            let a = &arcs[e as usize];
-            optimum_moved[a.tally as usize] += sign(a) * i128::from(circle.units);
-        }
-        let margin = compound(steps.iter().map(|&e| arcs[e as usize].margin));
-        if circle.units < options.min_units
-            || steps.len() > options.max_len
-            || margin > policy.max_margin + EPS
-        {
-            continue;
-        }
-        let lift_steps = steps
-            .iter()
-            .map(|&e| {
-                let (a, d) = (&arcs[e as usize], &edges[e as usize]);
-                moved[a.tally as usize] += sign(a) * i128::from(circle.units);
-                Step {
-                    tally: a.tally,
-                    from: d.from,
-                    to: if d.to == split { node } else { d.to },
-                    costed: a.segment == Segment::Costed,
-                }
-            })
-            .collect();
-        kept.push(Lift {
-            steps: lift_steps,
-            units: circle.units,
-            margin,
-        });
-    }
+    flow.push(join_flow[0]);
+    let join = Join {
+        arc: edges.len() - 1,
+        split,
+        node,
+    };
+    let (lifts, cleared, optimum) = plan_of(
+        n + 1,
+        tallies,
+        &edges,
+        &arcs,
+        &flow,
+        policy,
+        &options,
+        Some(join),
+    )?;
     Ok(TallyPlan {
-        lifts: kept,
-        cleared: cleared_by(tallies, &moved),
-        optimum: cleared_by(tallies, &optimum_moved),
+        lifts,
+        cleared,
+        optimum,
         optimal: c.optimal,
     })
 }
@@ -764,23 +770,17 @@ mod tests {
                 }
             }
         }
-        let mut pos = vec![
-            0i128;
-            ts.iter()
-                .map(|t| t.stock.max(t.foil) as usize + 1)
-                .max()
-                .unwrap_or(0)
-        ];
-        for (t, (&a, &b)) in ts.iter().zip(
-            net.iter().zip(
-                ts.iter()
-                    .map(|t| i128::from(t.net))
-                    .collect::<Vec<_>>()
-                    .iter(),
-            ),
-        ) {
-            pos[t.stock as usize] += a - b;
-            pos[t.foil as usize] -= a - b;
+        // Each node's position change: what it is owed more, less what it owes more.
+        let nodes = ts
+            .iter()
+            .map(|t| t.stock.max(t.foil) as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let mut pos = vec![0i128; nodes];
+        for (t, &after) in ts.iter().zip(&net) {
+            let rise = after - i128::from(t.net);
+            pos[t.stock as usize] += rise;
+            pos[t.foil as usize] -= rise;
         }
         (net, pos)
     }
@@ -822,7 +822,7 @@ mod tests {
             let (_, pos) = apply(&ts, &p.lifts);
             prop_assert!(pos.iter().all(|&x| x == 0));
             for l in &p.lifts {
-                prop_assert!(l.steps.first().unwrap().from == 0 || l.steps.iter().any(|s| s.from == 0));
+                prop_assert!(l.steps.iter().any(|s| s.from == 0));
                 prop_assert!(l.steps.iter().any(|s| s.to == 0));
             }
             // Without targets no balance crosses zero: then no lift through node 0 is left

@@ -37,8 +37,7 @@ async fn chipsd_drives_automatic_clearing() {
             .get::<_, i64>(0)
     };
     assert_eq!(debt().await, 9_000);
-    let dir = std::env::temp_dir().join(format!("chipsd-clearing-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = chips_tests::scratch_dir("clearing");
     let port = free_port();
     let mut sc = Sidecar::start(
         std::path::Path::new(CHIPSD),

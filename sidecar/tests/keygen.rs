@@ -5,8 +5,7 @@ use std::process::Command;
 
 #[test]
 fn keygen_writes_a_0600_key_and_refuses_to_overwrite() {
-    let dir = std::env::temp_dir().join(format!("chipsd-keygen-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = chips_tests::scratch_dir("keygen");
     let key = dir.join("agent.key");
     let out = Command::new(env!("CARGO_BIN_EXE_chipsd"))
         .arg("keygen")
@@ -50,8 +49,7 @@ fn keygen_writes_a_0600_key_and_refuses_to_overwrite() {
 #[test]
 fn sign_makes_a_signature_over_the_canonical_json() {
     use std::io::Write;
-    let dir = std::env::temp_dir().join(format!("chipsd-sign-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = chips_tests::scratch_dir("sign");
     let key = dir.join("user.key");
     let out = Command::new(env!("CARGO_BIN_EXE_chipsd"))
         .arg("keygen")

@@ -71,8 +71,7 @@ async fn two_sites_over_noise_and_a_killed_sidecar_loses_nothing() {
     let (pa, pb) = (free_port(), free_port());
     let a = cl.site("t_relay_a", pa).await.unwrap();
     let b = cl.site("t_relay_b", pb).await.unwrap();
-    let dir = std::env::temp_dir().join(format!("chipsd-relay-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = chips_tests::scratch_dir("relay");
     let _sa = sidecar(&a, pa, &dir);
     let mut sb = sidecar(&b, pb, &dir);
     let ann = a.user("Ann", "ann").await.unwrap();
@@ -145,8 +144,7 @@ async fn an_impostor_and_garbage_are_refused_before_sql() {
     let cl = Cluster::from_env();
     let port = free_port();
     let s = cl.site("t_relay_impostor", port).await.unwrap();
-    let dir = std::env::temp_dir().join(format!("chipsd-impostor-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = chips_tests::scratch_dir("impostor");
     let _sc = sidecar(&s, port, &dir);
 
     // Mallory holds her own key but claims another agent's id in her hello.
@@ -326,8 +324,7 @@ async fn dropped_duplicated_reordered_frames_and_cut_connections_still_converge(
     let b = cl.site("t_relay_faults_b", xb).await.unwrap();
     let proxy_a = FaultyProxy::start(xa, pa, 7, 8).await;
     let proxy_b = FaultyProxy::start(xb, pb, 11, 8).await;
-    let dir = std::env::temp_dir().join(format!("chipsd-faults-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = chips_tests::scratch_dir("faults");
     let _sa = sidecar(&a, pa, &dir);
     let _sb = sidecar(&b, pb, &dir);
     let ann = a.user("Ann", "ann").await.unwrap();
@@ -402,8 +399,7 @@ async fn a_foreign_noise_implementation_talks_to_chipsd() {
     let port = free_port();
     let s = cl.site("t_relay_interop", port).await.unwrap();
     let _ann = s.user("Ann", "ann").await.unwrap();
-    let dir = std::env::temp_dir().join(format!("chipsd-interop-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = chips_tests::scratch_dir("interop");
     let _sc = sidecar(&s, port, &dir);
     let peer = chips_core::sign::KeyPair::from_phrase("a python peer");
     let out = Command::new(python)
@@ -447,8 +443,7 @@ async fn a_silent_connection_is_closed_and_sigterm_stops_chipsd_cleanly() {
     let cl = Cluster::from_env();
     let port = free_port();
     let s = cl.site("t_relay_lifecycle", port).await.unwrap();
-    let dir = std::env::temp_dir().join(format!("chipsd-lifecycle-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = chips_tests::scratch_dir("lifecycle");
     let mut sc = sidecar(&s, port, &dir);
     // Half-open: connect and say nothing; chipsd closes it after the handshake timeout (1.5 s).
     let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -492,8 +487,7 @@ async fn two_sidecars_serve_one_database_without_sending_anything_twice() {
         .await
         .unwrap();
     let eve = b.user("Eve", "eve").await.unwrap();
-    let dir = std::env::temp_dir().join(format!("chipsd-two-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = chips_tests::scratch_dir("two");
     let _s1 = sidecar(&a, p1, &dir);
     // the second sidecar of site a, with the second agent's key
     let key2 = dir.join("second.key");

@@ -602,6 +602,14 @@ pub async fn drain(
     out
 }
 
+/// A scratch directory for one test process, `$TMPDIR/chipsd-<tag>-<pid>`, created if missing;
+/// the test removes it when done.
+pub fn scratch_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("chipsd-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a scratch directory under the temp dir");
+    dir
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -11,6 +11,15 @@ async fn owe(creditor: &User, debtor: &User, units: i64) -> Uuid {
     t
 }
 
+/// Three users of `s`: Ann (p1000), Bob (p1001), Cat (p1002).
+async fn ann_bob_cat(s: &Site) -> (User, User, User) {
+    (
+        s.user("Ann", "ann").await.unwrap(),
+        s.user("Bob", "bob").await.unwrap(),
+        s.user("Cat", "cat").await.unwrap(),
+    )
+}
+
 /// What all debtors owe (each tally's stock half is owed its balance).
 async fn total_debt(s: &Site) -> i64 {
     s.admin
@@ -42,11 +51,7 @@ async fn a_triangle_is_cleared_by_one_lift_and_net_positions_stay() {
         .site("t_clear_triangle", 65430)
         .await
         .unwrap();
-    let (a, b, c) = (
-        s.user("Ann", "ann").await.unwrap(),
-        s.user("Bob", "bob").await.unwrap(),
-        s.user("Cat", "cat").await.unwrap(),
-    );
+    let (a, b, c) = ann_bob_cat(&s).await;
     let ab = owe(&b, &a, 5_000).await; // Ann owes Bob 5
     let bc = owe(&c, &b, 3_000).await; // Bob owes Cat 3
     let ca = owe(&a, &c, 7_000).await; // Cat owes Ann 7
@@ -188,11 +193,7 @@ async fn trading_variables_limits_and_the_margin_policy_shape_the_lifts() {
         .site("t_clear_vars", 65430)
         .await
         .unwrap();
-    let (a, b, c) = (
-        s.user("Ann", "ann").await.unwrap(),
-        s.user("Bob", "bob").await.unwrap(),
-        s.user("Cat", "cat").await.unwrap(),
-    );
+    let (a, b, c) = ann_bob_cat(&s).await;
     let ab = owe(&b, &a, 10_000).await; // Ann owes Bob 10
     let bc = owe(&c, &b, 10_000).await; // Bob owes Cat 10
     let ca = c.open_with(&a, 1_000_000, &[]).await.unwrap(); // Cat vendor to Ann, at zero
@@ -369,11 +370,7 @@ async fn a_payment_during_the_pass_shrinks_the_lift() {
         .site("t_clear_stale", 65430)
         .await
         .unwrap();
-    let (a, b, c) = (
-        s.user("Ann", "ann").await.unwrap(),
-        s.user("Bob", "bob").await.unwrap(),
-        s.user("Cat", "cat").await.unwrap(),
-    );
+    let (a, b, c) = ann_bob_cat(&s).await;
     let ab = owe(&b, &a, 10_000).await;
     let bc = owe(&c, &b, 10_000).await;
     let ca = owe(&a, &c, 10_000).await;
@@ -428,11 +425,7 @@ async fn automatic_clearing_runs_when_due_and_tells_the_users() {
         .site("t_clear_auto", 65430)
         .await
         .unwrap();
-    let (a, b, c) = (
-        s.user("Ann", "ann").await.unwrap(),
-        s.user("Bob", "bob").await.unwrap(),
-        s.user("Cat", "cat").await.unwrap(),
-    );
+    let (a, b, c) = ann_bob_cat(&s).await;
     owe(&b, &a, 2_000).await;
     owe(&c, &b, 2_000).await;
     owe(&a, &c, 2_000).await;
