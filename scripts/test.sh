@@ -25,10 +25,10 @@ rm -rf "$PGTEST_DIR"
 install_extension
 # A Noise implementation not written by us, for the interop test (PyPI noiseprotocol).
 VENV=$REPO/target/test-venv
-if ! "$VENV/bin/python" -c "import noise" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import noise, websockets" 2>/dev/null; then
     say "installing the Python noiseprotocol package into $VENV"
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q noiseprotocol
+    "$VENV/bin/pip" install -q noiseprotocol websockets
 fi
 export CHIPS_PYTHON=$VENV/bin/python
 DIR=$(cluster_base)/test

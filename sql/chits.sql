@@ -820,6 +820,22 @@ BEGIN
             'units', NEW.units, 'action', 'sign')::text)
         FROM chips.tallies t WHERE t.id = NEW.tally_id AND t.side = NEW.issuer;
     END IF;
+    -- the holder's event stream (sql/access.sql): every new chit and every change of status
+    IF TG_OP = 'INSERT' OR OLD.status IS DISTINCT FROM NEW.status THEN
+        IF NEW.lift_id IS NULL THEN
+            PERFORM chips._event(t.ent, 'chit', pg_catalog.jsonb_build_object(
+                'tally', t.tally_uuid, 'chit', NEW.chit_uuid, 'type', NEW.chit_type,
+                'by', NEW.issuer, 'status', NEW.status, 'units', NEW.units, 'memo', NEW.memo,
+                'change', CASE WHEN NEW.issuer = t.side THEN -NEW.units ELSE NEW.units END))
+            FROM chips.tallies t WHERE t.id = NEW.tally_id;
+        ELSE
+            PERFORM chips._event(t.ent, 'lift', pg_catalog.jsonb_build_object(
+                'lift', l.lift_uuid, 'tally', t.tally_uuid, 'chit', NEW.chit_uuid,
+                'status', NEW.status, 'units', NEW.units,
+                'change', CASE WHEN NEW.issuer = t.side THEN -NEW.units ELSE NEW.units END))
+            FROM chips.tallies t, chips.lifts l WHERE t.id = NEW.tally_id AND l.id = NEW.lift_id;
+        END IF;
+    END IF;
     RETURN NULL;
 END
 $$;

@@ -19,6 +19,10 @@ CREATE TRIGGER chits_notify AFTER INSERT OR UPDATE OF status ON chips.chits
     FOR EACH ROW EXECUTE FUNCTION chips._chits_notify();
 CREATE TRIGGER outbox_notify AFTER INSERT ON chips.outbox
     FOR EACH ROW EXECUTE FUNCTION chips._outbox_notify();
+-- Events are numbered at commit (sql/access.sql, chips._events_number).
+CREATE CONSTRAINT TRIGGER events_number AFTER INSERT ON chips.events
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION chips._events_number();
 
 ------------------------------------------------------------------------------------------------
 -- Views
@@ -52,6 +56,66 @@ JOIN chips.chits c ON c.lift_id = l.id
 JOIN chips.tallies t ON t.id = c.tally_id;
 
 ------------------------------------------------------------------------------------------------
+-- Lists for clients (rows of the caller's own, by row-level security and by ent). Here, not in
+-- sql/access.sql, because they return the views' row types.
+------------------------------------------------------------------------------------------------
+
+CREATE FUNCTION chips.tallies_list() RETURNS SETOF chips.tallies_v
+LANGUAGE plpgsql STABLE
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_ent text := chips.my_ent();
+BEGIN
+    IF v_ent IS NULL THEN
+        RAISE EXCEPTION 'role % acts for no chips user, or has no live session', CURRENT_USER
+            USING ERRCODE = '42501';
+    END IF;
+    RETURN QUERY SELECT * FROM chips.tallies_v v WHERE v.ent = v_ent ORDER BY v.id;
+END
+$$;
+
+CREATE FUNCTION chips.chits_list(tally uuid DEFAULT NULL, max_chits integer DEFAULT 100)
+RETURNS SETOF chips.chits_v
+LANGUAGE plpgsql STABLE
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_ent text := chips.my_ent();
+BEGIN
+    IF v_ent IS NULL THEN
+        RAISE EXCEPTION 'role % acts for no chips user, or has no live session', CURRENT_USER
+            USING ERRCODE = '42501';
+    END IF;
+    IF chits_list.max_chits IS NULL OR chits_list.max_chits NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'max_chits must be 1 to 10000' USING ERRCODE = '22023';
+    END IF;
+    RETURN QUERY SELECT * FROM chips.chits_v v
+    WHERE v.ent = v_ent AND (chits_list.tally IS NULL OR v.tally_uuid = chits_list.tally)
+    ORDER BY v.id DESC LIMIT chits_list.max_chits;
+END
+$$;
+
+CREATE FUNCTION chips.lifts_list(max_lifts integer DEFAULT 100) RETURNS SETOF chips.lifts_v
+LANGUAGE plpgsql STABLE
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_ent text := chips.my_ent();
+BEGIN
+    IF v_ent IS NULL THEN
+        RAISE EXCEPTION 'role % acts for no chips user, or has no live session', CURRENT_USER
+            USING ERRCODE = '42501';
+    END IF;
+    IF lifts_list.max_lifts IS NULL OR lifts_list.max_lifts NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'max_lifts must be 1 to 10000' USING ERRCODE = '22023';
+    END IF;
+    RETURN QUERY SELECT * FROM chips.lifts_v v WHERE v.ent = v_ent
+    ORDER BY v.created DESC LIMIT lifts_list.max_lifts;
+END
+$$;
+
+------------------------------------------------------------------------------------------------
 -- Row-level security: users see their own rows; admins see everything
 ------------------------------------------------------------------------------------------------
 
@@ -76,6 +140,10 @@ CREATE POLICY lifts_admin ON chips.lifts FOR SELECT TO chips_admin USING (true);
 CREATE POLICY users_admin ON chips.users FOR SELECT TO chips_admin USING (true);
 CREATE POLICY tallies_admin ON chips.tallies FOR SELECT TO chips_admin USING (true);
 CREATE POLICY tickets_admin ON chips.tickets FOR SELECT TO chips_admin USING (true);
+ALTER TABLE chips.events ENABLE ROW LEVEL SECURITY;
+CREATE POLICY events_own ON chips.events FOR SELECT TO chips_user
+    USING (ent = (SELECT chips.my_ent()));
+CREATE POLICY events_admin ON chips.events FOR SELECT TO chips_admin USING (true);
 
 ------------------------------------------------------------------------------------------------
 -- Grants
@@ -116,8 +184,18 @@ GRANT EXECUTE ON FUNCTION
     chips.chit_json(uuid, bigint, text, jsonb), chips.chit_issue(jsonb, text),
     chips.pay(uuid, bigint, text, jsonb), chips.chit_invoice(uuid, bigint, text, jsonb),
     chips.chit_sign(uuid, uuid, text), chips.chit_decline(uuid, uuid),
-    chips.lift_through_me(boolean, bigint, integer)
+    chips.lift_through_me(boolean, bigint, integer),
+    chips.events_since(bigint, integer), chips.tallies_list(), chips.chits_list(uuid, integer),
+    chips.lifts_list(integer), chips.tally_trade(uuid, jsonb, text)
 TO chips_user;
+GRANT SELECT ON chips.events TO chips_user;
+
+-- The user gateway: logins, and documents. It acts for users by SET ROLE to their roles
+-- (user_create grants each to chips_gateway), within sessions (chips._me).
+GRANT EXECUTE ON FUNCTION
+    chips.login_register(text, text, text), chips.login_challenge(text, text),
+    chips.login_finish(text, text, interval), chips.login_end(text), chips.document(text)
+TO chips_gateway;
 
 -- The sidecar: peer messages in and out.
 GRANT SELECT ON chips.agents, chips.outbox, chips.inbox TO chips_agent;
@@ -150,5 +228,7 @@ GRANT EXECUTE ON FUNCTION
     chips.clearing_plan(bigint, integer, integer, text, double precision),
     chips.clearing_configure(boolean, interval, bigint, integer, double precision),
     chips.user_set_key(text, text), chips.user_set_status(text, text),
-    chips.contract_add(jsonb, text)
+    chips.contract_add(jsonb, text),
+    chips.login_ticket(text, interval), chips.login_revoke(text, text),
+    chips.events_prune(interval), chips.file_add(bytea, text), chips.document(text)
 TO chips_admin;

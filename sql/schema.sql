@@ -14,17 +14,23 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'chips_agent') THEN
         CREATE ROLE chips_agent NOLOGIN;
     END IF;
+    -- The user gateway (chipsd's websocket server): may SET ROLE to every user's role, and acts
+    -- for a user only inside a session that user opened by signing a challenge.
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'chips_gateway') THEN
+        CREATE ROLE chips_gateway NOLOGIN;
+    END IF;
 END
 $roles$;
 
 REVOKE CREATE ON SCHEMA chips FROM PUBLIC;
-GRANT USAGE ON SCHEMA chips TO chips_admin, chips_user, chips_agent;
+GRANT USAGE ON SCHEMA chips TO chips_admin, chips_user, chips_agent, chips_gateway;
 
 CREATE SEQUENCE chips.ent_seq START 1000;
 CREATE SEQUENCE chips.tally_seq;
 CREATE SEQUENCE chips.outbox_seq;
 CREATE SEQUENCE chips.chit_seq;
 CREATE SEQUENCE chips.lift_seq;
+CREATE SEQUENCE chips.event_seq;
 
 -- A site's peer identities. `local` agents are served by this database's sidecar(s); the others
 -- are partners' agents, learned from certificates and tickets.
@@ -229,6 +235,68 @@ CREATE TABLE chips.tally_tombstones (
     PRIMARY KEY (tally_uuid, ent)
 );
 
+-- User access (sql/access.sql). A login ticket, issued by an admin, lets its holder register
+-- one connection key for the user; the key then logs in by signing a challenge, which opens a
+-- session. The gateway acts for a user only within a live session.
+CREATE TABLE chips.login_tickets (
+    token      text PRIMARY KEY,
+    ent        text NOT NULL REFERENCES chips.users ON DELETE CASCADE,
+    expires    timestamptz NOT NULL,
+    created    timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE chips.device_keys (
+    ent        text NOT NULL REFERENCES chips.users ON DELETE CASCADE,
+    pubkey     text NOT NULL,           -- Ed25519 public key, base64url
+    label      text CHECK (char_length(label) <= 200),
+    created    timestamptz NOT NULL DEFAULT now(),
+    last_login timestamptz,
+    PRIMARY KEY (ent, pubkey)
+);
+CREATE TABLE chips.login_challenges (
+    nonce      text PRIMARY KEY,
+    ent        text NOT NULL,
+    pubkey     text NOT NULL,
+    expires    timestamptz NOT NULL
+);
+CREATE TABLE chips.sessions (
+    id         text PRIMARY KEY,
+    ent        text NOT NULL REFERENCES chips.users ON DELETE CASCADE,
+    pubkey     text NOT NULL,
+    created    timestamptz NOT NULL DEFAULT now(),
+    expires    timestamptz NOT NULL,
+    ended      timestamptz
+);
+CREATE INDEX sessions_ent_idx ON chips.sessions (ent);
+
+-- Each user's events (tallies, chits, lifts), numbered 1, 2, 3... per user in commit order: a
+-- subscriber that holds seq n has seen exactly events 1..n. `seq` is null only until the
+-- inserting transaction commits (a deferred trigger numbers them under the user's head row).
+CREATE TABLE chips.event_heads (
+    ent        text PRIMARY KEY REFERENCES chips.users ON DELETE CASCADE,
+    seq        bigint NOT NULL DEFAULT 0,   -- the last number given
+    pruned     bigint NOT NULL DEFAULT 0    -- events up to this number were pruned
+);
+CREATE TABLE chips.events (
+    id         bigint PRIMARY KEY DEFAULT nextval('chips.event_seq'),
+    ent        text NOT NULL,
+    seq        bigint,
+    kind       text NOT NULL CHECK (kind IN ('tally', 'chit', 'lift')),
+    body       jsonb NOT NULL,
+    xid        xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    created    timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (ent, seq)
+);
+CREATE INDEX events_unnumbered_idx ON chips.events (xid) WHERE seq IS NULL;
+
+-- Stored files (documents besides contracts), addressed like contracts by
+-- base64url(SHA-256(data)); served over HTTP by chipsd at /doc/<hash>.
+CREATE TABLE chips.files (
+    digest     text PRIMARY KEY,
+    media_type text NOT NULL,
+    data       bytea NOT NULL,
+    created    timestamptz NOT NULL DEFAULT now()
+);
+
 -- Rows of extension tables are left out of pg_dump unless marked; mark every table and sequence.
 SELECT pg_catalog.pg_extension_config_dump('chips.agents', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.users', '');
@@ -247,3 +315,11 @@ SELECT pg_catalog.pg_extension_config_dump('chips.tally_tombstones', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.ent_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.tally_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.outbox_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.event_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.login_tickets', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.device_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.login_challenges', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.sessions', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.event_heads', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.events', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.files', '');

@@ -20,7 +20,17 @@
 CREATE FUNCTION chips.my_ent() RETURNS text
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = chips, pg_catalog, pg_temp
-AS $$ BEGIN RETURN (SELECT u.ent FROM chips.users u WHERE u.username = chips.outer_role()); END $$;
+AS $$
+DECLARE
+    v_ent text := (SELECT u.ent FROM chips.users u WHERE u.username = chips.outer_role());
+BEGIN
+    -- through the gateway, only within a session the user opened (sql/access.sql)
+    IF v_ent IS NOT NULL AND chips._via_gateway() AND v_ent IS DISTINCT FROM chips._session_ent() THEN
+        RETURN NULL;
+    END IF;
+    RETURN v_ent;
+END
+$$;
 
 -- The calling user's row; 42501 when the role is no active chips user.
 CREATE FUNCTION chips._me() RETURNS chips.users
@@ -38,6 +48,10 @@ BEGIN
     END IF;
     IF v_user.status <> 'active' THEN
         RAISE EXCEPTION 'user % is %', v_user.ent, v_user.status USING ERRCODE = '42501';
+    END IF;
+    IF chips._via_gateway() AND v_user.ent IS DISTINCT FROM chips._session_ent() THEN
+        RAISE EXCEPTION 'no live session for user %', v_user.ent USING ERRCODE = '42501',
+            HINT = 'Log in again: chips.login_challenge and chips.login_finish.';
     END IF;
     RETURN v_user;
 END
@@ -417,10 +431,21 @@ BEGIN
             RAISE EXCEPTION 'role % bypasses row-level security and cannot act for a user', v_role
                 USING ERRCODE = '22023';
         END IF;
+        IF v_role IN ('chips_admin', 'chips_agent', 'chips_gateway', 'chips_user')
+           OR pg_catalog.pg_has_role(v_role, 'chips_admin', 'MEMBER')
+           OR pg_catalog.pg_has_role(v_role, 'chips_agent', 'MEMBER')
+           OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+                      WHERE r.rolname = v_role AND r.rolcreaterole) THEN
+            -- the gateway may SET ROLE to a user's role: it must carry no more than a user's rights
+            RAISE EXCEPTION 'role % has rights beyond a user''s (admin, agent or createrole) and cannot act for a user', v_role
+                USING ERRCODE = '22023';
+        END IF;
         EXECUTE pg_catalog.format('GRANT chips_user TO %I', v_role);
     ELSE
         EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN IN ROLE chips_user', v_role);
     END IF;
+    -- the gateway may act as the user, within sessions the user opens (sql/access.sql)
+    EXECUTE pg_catalog.format('GRANT %I TO chips_gateway', v_role);
     INSERT INTO chips.users (ent, ent_type, cuid, agent, name, pubkey, username)
     VALUES (v_ent, user_create.ent_type, v_cuid, v_agent, user_create.name,
             coalesce(user_create.pubkey, chips.seed_public(v_seed)), v_role);
@@ -1105,6 +1130,9 @@ BEGIN
         PERFORM pg_catalog.pg_notify('chips_user_' || NEW.ent, pg_catalog.json_build_object(
             'target', 'tally', 'uuid', NEW.tally_uuid, 'state', chips._state(NEW),
             'revision', NEW.revision)::text);
+        PERFORM chips._event(NEW.ent, 'tally', pg_catalog.jsonb_build_object(
+            'tally', NEW.tally_uuid, 'state', chips._state(NEW), 'status', NEW.status,
+            'revision', NEW.revision, 'side', NEW.side, 'part', NEW.part_cert->'chad'));
     END IF;
     RETURN NULL;
 END

@@ -29,6 +29,11 @@ extension_sql_file!(
     name = "lifts",
     requires = ["schema", "tally", "chits"]
 );
+extension_sql_file!(
+    "../../sql/access.sql",
+    name = "access",
+    requires = ["schema", "tally", "chits"]
+);
 extension_sql_file!("../../sql/finalize.sql", name = "finalize", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]

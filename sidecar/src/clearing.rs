@@ -38,6 +38,9 @@ pub async fn run(cfg: Arc<Config>, token: CancellationToken) {
                 for m in msgs {
                     if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
                         if r.get(0) == Some("t") {
+                            if let Some(n) = r.get(1).and_then(|n| n.parse::<u64>().ok()) {
+                                crate::metrics::METRICS.lifts.inc_by(n);
+                            }
                             info!(
                                 lifts = r.get(1).unwrap_or("?"),
                                 units = r.get(2).unwrap_or("?"),

@@ -28,6 +28,16 @@ pub struct Config {
     /// How often `chips.clearing_tick()` is called (it clears only when the site's settings
     /// say a pass is due); 0: never.
     pub clearing_secs: u64,
+    /// The user gateway (websocket API, documents, health, metrics); off when None.
+    pub gateway: Option<GatewayConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    /// The URL clients reach the gateway at (login links); default http(s)://listen.
+    pub public_url: String,
+    pub settings: crate::gateway::Settings,
 }
 
 /// The file's form: every field optional.
@@ -43,6 +53,17 @@ pub struct FileConfig {
     pub sync_secs: Option<u64>,
     pub reply_timeout_ms: Option<u64>,
     pub clearing_secs: Option<u64>,
+    pub gateway_listen: Option<SocketAddr>,
+    pub gateway_db: Option<String>,
+    pub gateway_public_url: Option<String>,
+    pub gateway_max_connections: Option<usize>,
+    pub gateway_max_message_bytes: Option<usize>,
+    pub gateway_idle_secs: Option<u64>,
+    pub gateway_rate_per_sec: Option<u32>,
+    pub gateway_rate_burst: Option<u32>,
+    pub gateway_pool_size: Option<usize>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -53,11 +74,69 @@ impl FileConfig {
 
     /// Overrides this file's values with `other`'s (environment and flags), and fills defaults.
     pub fn merge(self, other: FileConfig) -> Result<Config, String> {
+        let db = other
+            .db
+            .or(self.db)
+            .ok_or("no database: give --db, CHIPSD_DB or db in the config file")?;
+        let tls = match (
+            other.tls_cert.or(self.tls_cert),
+            other.tls_key.or(self.tls_key),
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => return Err("TLS needs both tls_cert and tls_key".into()),
+        };
+        let gateway = match other.gateway_listen.or(self.gateway_listen) {
+            None => None,
+            Some(listen) => Some(GatewayConfig {
+                listen,
+                public_url: other
+                    .gateway_public_url
+                    .or(self.gateway_public_url)
+                    .unwrap_or_else(|| {
+                        format!(
+                            "{}://{listen}",
+                            if tls.is_some() { "https" } else { "http" }
+                        )
+                    }),
+                settings: crate::gateway::Settings {
+                    db: other
+                        .gateway_db
+                        .or(self.gateway_db)
+                        .unwrap_or_else(|| db.clone()),
+                    max_connections: other
+                        .gateway_max_connections
+                        .or(self.gateway_max_connections)
+                        .unwrap_or(1024),
+                    max_message_bytes: other
+                        .gateway_max_message_bytes
+                        .or(self.gateway_max_message_bytes)
+                        .unwrap_or(64 * 1024),
+                    idle_timeout: std::time::Duration::from_secs(
+                        other
+                            .gateway_idle_secs
+                            .or(self.gateway_idle_secs)
+                            .unwrap_or(120)
+                            .max(2),
+                    ),
+                    rate_per_sec: other
+                        .gateway_rate_per_sec
+                        .or(self.gateway_rate_per_sec)
+                        .unwrap_or(20),
+                    rate_burst: other
+                        .gateway_rate_burst
+                        .or(self.gateway_rate_burst)
+                        .unwrap_or(50),
+                    pool_size: other
+                        .gateway_pool_size
+                        .or(self.gateway_pool_size)
+                        .unwrap_or(8),
+                    tls,
+                },
+            }),
+        };
         Ok(Config {
-            db: other
-                .db
-                .or(self.db)
-                .ok_or("no database: give --db, CHIPSD_DB or db in the config file")?,
+            db,
             listen: other
                 .listen
                 .or(self.listen)
@@ -81,6 +160,7 @@ impl FileConfig {
                 .or(self.reply_timeout_ms)
                 .unwrap_or(10_000),
             clearing_secs: other.clearing_secs.or(self.clearing_secs).unwrap_or(5),
+            gateway,
         })
     }
 }

@@ -6,5 +6,7 @@ pub mod clearing;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod gateway;
+pub mod metrics;
 pub mod sender;
 pub mod server;

@@ -6,7 +6,7 @@
 //! * `chipsd keygen`, `chipsd pubkey`: agent (or user) keys.
 //! * `chipsd sign`: sign a JSON document's canonical form with a key file.
 
-use chipsd::{clearing, config, sender, server};
+use chipsd::{clearing, config, gateway, sender, server};
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -32,7 +32,7 @@ struct Cli {
 enum Command {
     /// Serve the site: listen for peers, send the outbox. Values from --config, then the
     /// environment, then flags.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Write a new agent key file (Ed25519 seed, base64url, mode 0600) and print the agent id.
     Keygen {
         /// Where to write the key; refused if the file exists.
@@ -49,6 +49,25 @@ enum Command {
     Pubkey {
         #[arg(long)]
         key: PathBuf,
+    },
+    /// Issue a one-time login ticket for a user (chips.login_ticket, as an admin) and print it
+    /// as a link and as a QR code to scan with the app.
+    LoginTicket {
+        /// libpq connection string of an admin role.
+        #[arg(long, env = "CHIPSD_DB")]
+        db: String,
+        /// The user's entity id (chips.users.ent).
+        #[arg(long)]
+        ent: String,
+        /// The gateway's public URL (as clients reach it).
+        #[arg(long, env = "CHIPSD_GATEWAY_PUBLIC_URL")]
+        url: String,
+        /// How long the ticket is good for (a PostgreSQL interval).
+        #[arg(long, default_value = "24 hours")]
+        lifetime: String,
+        /// Print the link only.
+        #[arg(long)]
+        no_qr: bool,
     },
 }
 
@@ -82,6 +101,33 @@ struct RunArgs {
     /// chips.clearing_configure decides whether and how often a pass actually runs.
     #[arg(long, env = "CHIPSD_CLEARING_SECS")]
     clearing_secs: Option<u64>,
+    /// Serve the user gateway (websocket API, /doc, /health, /metrics) here; off if not given.
+    #[arg(long, env = "CHIPSD_GATEWAY_LISTEN")]
+    gateway_listen: Option<std::net::SocketAddr>,
+    /// libpq connection string of the gateway's role (a member of chips_gateway); default: db.
+    #[arg(long, env = "CHIPSD_GATEWAY_DB")]
+    gateway_db: Option<String>,
+    /// The URL clients reach the gateway at, for login links (default http(s)://gateway_listen).
+    #[arg(long, env = "CHIPSD_GATEWAY_PUBLIC_URL")]
+    gateway_public_url: Option<String>,
+    #[arg(long, env = "CHIPSD_GATEWAY_MAX_CONNECTIONS")]
+    gateway_max_connections: Option<usize>,
+    #[arg(long, env = "CHIPSD_GATEWAY_MAX_MESSAGE_BYTES")]
+    gateway_max_message_bytes: Option<usize>,
+    #[arg(long, env = "CHIPSD_GATEWAY_IDLE_SECS")]
+    gateway_idle_secs: Option<u64>,
+    #[arg(long, env = "CHIPSD_GATEWAY_RATE_PER_SEC")]
+    gateway_rate_per_sec: Option<u32>,
+    #[arg(long, env = "CHIPSD_GATEWAY_RATE_BURST")]
+    gateway_rate_burst: Option<u32>,
+    #[arg(long, env = "CHIPSD_GATEWAY_POOL_SIZE")]
+    gateway_pool_size: Option<usize>,
+    /// PEM certificate chain for the gateway (TLS on when given with --tls-key).
+    #[arg(long, env = "CHIPSD_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for the gateway.
+    #[arg(long, env = "CHIPSD_TLS_KEY")]
+    tls_key: Option<PathBuf>,
 }
 
 fn run(args: RunArgs) -> Result<(), String> {
@@ -99,6 +145,17 @@ fn run(args: RunArgs) -> Result<(), String> {
         sync_secs: args.sync_secs,
         reply_timeout_ms: args.reply_timeout_ms,
         clearing_secs: args.clearing_secs,
+        gateway_listen: args.gateway_listen,
+        gateway_db: args.gateway_db,
+        gateway_public_url: args.gateway_public_url,
+        gateway_max_connections: args.gateway_max_connections,
+        gateway_max_message_bytes: args.gateway_max_message_bytes,
+        gateway_idle_secs: args.gateway_idle_secs,
+        gateway_rate_per_sec: args.gateway_rate_per_sec,
+        gateway_rate_burst: args.gateway_rate_burst,
+        gateway_pool_size: args.gateway_pool_size,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
     })?;
     let seed = read_key(&cfg.key)?.seed();
     tracing_subscriber::fmt()
@@ -148,6 +205,17 @@ async fn serve(cfg: std::sync::Arc<config::Config>, seed: [u8; 32]) -> Result<()
         });
     }
     tracker.spawn(clearing::run(cfg.clone(), token.clone()));
+    if let Some(g) = &cfg.gateway {
+        let listener = tokio::net::TcpListener::bind(g.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {} (gateway): {e}", g.listen))?;
+        let gw = gateway::Gateway::new(g.settings.clone(), token.clone(), tracker.clone())?;
+        tracker.spawn(async move {
+            if let Err(e) = gateway::serve(gw, listener).await {
+                tracing::error!(error = %e, "user gateway failed");
+            }
+        });
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
     tokio::select! {
@@ -187,6 +255,53 @@ fn sign_stdin(key: &PathBuf) -> Result<String, String> {
     kp.sign_json(&doc).map_err(|e| e.to_string())
 }
 
+/// `chipsd login-ticket`: the link is `<url>/login?ent=<ent>&token=<token>`; the app opens the
+/// websocket at `<url>/ws` and calls login.register with the token and its new key.
+fn login_ticket(
+    db: &str,
+    ent: &str,
+    url: &str,
+    lifetime: &str,
+    qr: bool,
+) -> Result<String, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let ticket: serde_json::Value = rt.block_on(async {
+        let client = chipsd::db::connect(db).await.map_err(|e| e.to_string())?;
+        let row = client
+            .query_one(
+                "SELECT chips.login_ticket($1, $2::text::interval)",
+                &[&ent, &lifetime],
+            )
+            .await
+            .map_err(|e| match e.as_db_error() {
+                Some(d) => format!("{} ({})", d.message(), d.code().code()),
+                None => e.to_string(),
+            })?;
+        Ok::<_, String>(row.get(0))
+    })?;
+    let token = ticket["token"].as_str().unwrap_or_default();
+    let link = format!(
+        "{}/login?ent={ent}&token={token}",
+        url.trim_end_matches('/')
+    );
+    let mut out = format!(
+        "{link}\nexpires {}",
+        ticket["expires"].as_str().unwrap_or("?")
+    );
+    if qr {
+        let code = qrcode::QrCode::new(link.as_bytes()).map_err(|e| e.to_string())?;
+        let art = code
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .quiet_zone(true)
+            .build();
+        out = format!("{art}\n{out}");
+    }
+    Ok(out)
+}
+
 fn print_or_fail(r: Result<String, String>, what: &str) -> ExitCode {
     match r {
         Ok(s) => {
@@ -202,7 +317,7 @@ fn print_or_fail(r: Result<String, String>, what: &str) -> ExitCode {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Run(args) => match run(args) {
+        Command::Run(args) => match run(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("chipsd run: {e}");
@@ -211,6 +326,16 @@ fn main() -> ExitCode {
         },
         Command::Sign { key } => print_or_fail(sign_stdin(&key), "sign"),
         Command::Pubkey { key } => print_or_fail(read_key(&key).map(|k| k.public_b64()), "pubkey"),
+        Command::LoginTicket {
+            db,
+            ent,
+            url,
+            lifetime,
+            no_qr,
+        } => print_or_fail(
+            login_ticket(&db, &ent, &url, &lifetime, !no_qr),
+            "login-ticket",
+        ),
         Command::Keygen { out } => {
             let kp = KeyPair::generate();
             let file = OpenOptions::new()

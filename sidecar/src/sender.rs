@@ -172,6 +172,10 @@ async fn send_all(
         }
         if let Some(result) = reply.get("result") {
             debug!(peer = %to, id = %msg["id"], %result, "delivered");
+            crate::metrics::METRICS
+                .peer_messages
+                .get_or_create(&crate::metrics::Kind { kind: "out" })
+                .inc();
             acked.push(*id);
         } else {
             return Err(Error::Protocol(format!(

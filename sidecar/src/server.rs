@@ -96,6 +96,10 @@ async fn apply(client: &tokio_postgres::Client, peer: &str, msg: &[u8]) -> Value
         Ok(row) => {
             let result: String = row.get(0);
             debug!(id = %env.id, target = %env.target, action = %env.action, %result, "applied");
+            crate::metrics::METRICS
+                .peer_messages
+                .get_or_create(&crate::metrics::Kind { kind: "in" })
+                .inc();
             json!({"id": env.id, "result": result})
         }
         Err(e) => {

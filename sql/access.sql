@@ -1,0 +1,371 @@
+-- chips install SQL: user access through the gateway (chipsd's websocket server), the users'
+-- event streams, lists for clients, and stored documents.
+--
+-- Login: an admin issues a one-time login ticket (chips.login_ticket); its holder registers a
+-- connection key (chips.login_register); the key logs in by signing a challenge the database
+-- made (chips.login_challenge, chips.login_finish), which opens a session. The gateway role
+-- (chips_gateway) may SET ROLE to any user's role, but chips._me() and chips.my_ent() accept a
+-- gateway call only inside a live session of that user (the session id travels in the setting
+-- chips.session): a compromised gateway can act only for users who are logged in, and can never
+-- sign for a user who holds their own key.
+--
+-- Events: every change to a user's tallies, chits and lifts appends one row to chips.events,
+-- numbered 1, 2, 3... per user in commit order, so a client that holds its last number (its
+-- cursor) gets exactly what it missed (chips.events_since), whatever happened in between.
+
+------------------------------------------------------------------------------------------------
+-- Sessions
+------------------------------------------------------------------------------------------------
+
+-- Is this connection the gateway's? (Its login role is a direct member of chips_gateway;
+-- superusers are members of every role, so membership through pg_has_role would not do.)
+CREATE FUNCTION chips._via_gateway() RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_auth_members m
+        JOIN pg_catalog.pg_roles g ON g.oid = m.roleid AND g.rolname = 'chips_gateway'
+        JOIN pg_catalog.pg_roles s ON s.oid = m.member AND s.rolname = SESSION_USER)
+$$;
+
+-- The user of the live session named by the setting chips.session, or null.
+CREATE FUNCTION chips._session_ent() RETURNS text
+LANGUAGE sql STABLE
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+    SELECT s.ent FROM chips.sessions s
+    WHERE s.id = pg_catalog.current_setting('chips.session', true)
+      AND s.ended IS NULL AND s.expires > pg_catalog.now()
+$$;
+
+-- A one-time login ticket for a user: whoever holds it may register one connection key.
+CREATE FUNCTION chips.login_ticket(ent text, lifetime interval DEFAULT '24 hours') RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_user chips.users;
+    v_token text := chips.new_token();
+    v_expires timestamptz;
+BEGIN
+    SELECT * INTO v_user FROM chips.users u WHERE u.ent = login_ticket.ent;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no user %', login_ticket.ent USING ERRCODE = '42704';
+    END IF;
+    IF v_user.status <> 'active' THEN
+        RAISE EXCEPTION 'user % is %', v_user.ent, v_user.status USING ERRCODE = '55000';
+    END IF;
+    IF login_ticket.lifetime IS NULL OR login_ticket.lifetime <= interval '0'
+       OR login_ticket.lifetime > interval '30 days' THEN
+        RAISE EXCEPTION 'a login ticket''s lifetime must be positive and at most 30 days'
+            USING ERRCODE = '22023';
+    END IF;
+    v_expires := pg_catalog.now() + login_ticket.lifetime;
+    INSERT INTO chips.login_tickets (token, ent, expires) VALUES (v_token, v_user.ent, v_expires);
+    RETURN pg_catalog.jsonb_build_object('ent', v_user.ent, 'token', v_token,
+                                         'expires', chips._iso(v_expires));
+END
+$$;
+
+-- Redeem a login ticket: registers the connection key for the ticket's user. Returns the ent.
+CREATE FUNCTION chips.login_register(token text, pubkey text, label text DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    k chips.login_tickets;
+BEGIN
+    PERFORM chips.pubkey_check(login_register.pubkey);
+    IF pg_catalog.char_length(login_register.label) > 200 THEN
+        RAISE EXCEPTION 'a key''s label is at most 200 characters' USING ERRCODE = '22023';
+    END IF;
+    DELETE FROM chips.login_tickets x WHERE x.token = login_register.token RETURNING * INTO k;
+    IF NOT FOUND OR k.expires <= pg_catalog.now() THEN
+        RAISE EXCEPTION 'this login ticket is unknown, used or expired' USING ERRCODE = '28000',
+            HINT = 'Ask the site''s administrator for a new one.';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM chips.users u WHERE u.ent = k.ent AND u.status = 'active') THEN
+        RAISE EXCEPTION 'user % is not active', k.ent USING ERRCODE = '28000';
+    END IF;
+    INSERT INTO chips.device_keys (ent, pubkey, label) VALUES (k.ent, login_register.pubkey, login_register.label)
+    ON CONFLICT ON CONSTRAINT device_keys_pkey DO UPDATE SET label = coalesce(EXCLUDED.label, chips.device_keys.label);
+    RETURN k.ent;
+END
+$$;
+
+-- A challenge for a connection key to sign: the document to sign (its canonical JSON). Made for
+-- any ent and key, registered or not, so that it tells nothing; valid two minutes, once.
+CREATE FUNCTION chips.login_challenge(ent text, pubkey text) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_nonce text := chips.new_token();
+BEGIN
+    IF login_challenge.ent IS NULL OR pg_catalog.char_length(login_challenge.ent) > 100 THEN
+        RAISE EXCEPTION 'give the user''s ent' USING ERRCODE = '22023';
+    END IF;
+    PERFORM chips.pubkey_check(login_challenge.pubkey);
+    DELETE FROM chips.login_challenges c WHERE c.expires < pg_catalog.now();
+    INSERT INTO chips.login_challenges (nonce, ent, pubkey, expires)
+    VALUES (v_nonce, login_challenge.ent, login_challenge.pubkey, pg_catalog.now() + interval '2 minutes');
+    RETURN pg_catalog.jsonb_build_object('challenge', v_nonce, 'ent', login_challenge.ent);
+END
+$$;
+
+-- Finish a login: the signature over the challenge's document by a registered key of the user
+-- opens a session. Returns {session, ent, role, expires}.
+CREATE FUNCTION chips.login_finish(challenge text, signature text,
+                                   lifetime interval DEFAULT '12 hours') RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    c chips.login_challenges;
+    v_user chips.users;
+    v_id text := chips.new_token();
+    v_expires timestamptz;
+BEGIN
+    IF login_finish.lifetime IS NULL OR login_finish.lifetime <= interval '0'
+       OR login_finish.lifetime > interval '7 days' THEN
+        RAISE EXCEPTION 'a session''s lifetime must be positive and at most 7 days' USING ERRCODE = '22023';
+    END IF;
+    DELETE FROM chips.login_challenges x WHERE x.nonce = login_finish.challenge RETURNING * INTO c;
+    IF NOT FOUND OR c.expires <= pg_catalog.now() THEN
+        RAISE EXCEPTION 'this challenge is unknown, used or expired' USING ERRCODE = '28000',
+            HINT = 'Ask for a new one (chips.login_challenge).';
+    END IF;
+    SELECT * INTO v_user FROM chips.users u WHERE u.ent = c.ent AND u.status = 'active';
+    IF NOT FOUND OR NOT EXISTS (SELECT 1 FROM chips.device_keys k WHERE k.ent = c.ent AND k.pubkey = c.pubkey)
+       OR login_finish.signature IS NULL
+       OR NOT chips.verify_signature(c.pubkey,
+              pg_catalog.jsonb_build_object('challenge', c.nonce, 'ent', c.ent), login_finish.signature) THEN
+        -- one answer for every failure: no key, wrong key, bad signature, inactive user
+        RAISE EXCEPTION 'login refused' USING ERRCODE = '28000';
+    END IF;
+    v_expires := pg_catalog.now() + login_finish.lifetime;
+    UPDATE chips.device_keys k SET last_login = pg_catalog.now() WHERE k.ent = c.ent AND k.pubkey = c.pubkey;
+    INSERT INTO chips.sessions (id, ent, pubkey, expires) VALUES (v_id, c.ent, c.pubkey, v_expires);
+    RETURN pg_catalog.jsonb_build_object('session', v_id, 'ent', c.ent, 'role', v_user.username,
+                                         'expires', chips._iso(v_expires));
+END
+$$;
+
+-- End a session (a client logs out, or its connection closed). True if it was live.
+CREATE FUNCTION chips.login_end(session text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE chips.sessions s SET ended = pg_catalog.now()
+    WHERE s.id = login_end.session AND s.ended IS NULL;
+    RETURN FOUND;
+END
+$$;
+
+-- Withdraw a user's connection key (or all of them) and end the sessions it opened.
+CREATE FUNCTION chips.login_revoke(ent text, pubkey text DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    n integer;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM chips.users u WHERE u.ent = login_revoke.ent) THEN
+        RAISE EXCEPTION 'no user %', login_revoke.ent USING ERRCODE = '42704';
+    END IF;
+    DELETE FROM chips.device_keys k
+    WHERE k.ent = login_revoke.ent AND (login_revoke.pubkey IS NULL OR k.pubkey = login_revoke.pubkey);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    UPDATE chips.sessions s SET ended = pg_catalog.now()
+    WHERE s.ent = login_revoke.ent AND s.ended IS NULL
+      AND (login_revoke.pubkey IS NULL OR s.pubkey = login_revoke.pubkey);
+    RETURN n;
+END
+$$;
+
+------------------------------------------------------------------------------------------------
+-- Events
+------------------------------------------------------------------------------------------------
+
+-- Append an event for a local user; numbered when the transaction commits.
+CREATE FUNCTION chips._event(p_ent text, p_kind text, p_body jsonb) RETURNS void
+LANGUAGE sql
+SET search_path = chips, pg_catalog, pg_temp
+AS $$ INSERT INTO chips.events (ent, kind, body) VALUES (p_ent, p_kind, p_body) $$;
+
+-- Deferred trigger on chips.events: the first firing at commit numbers all of the transaction's
+-- events. It locks the users' head rows in ent order (no deadlocks between transactions) and
+-- holds them until the commit is visible, so numbers follow commit order without gaps.
+CREATE FUNCTION chips._events_number() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_xid xid8 := pg_catalog.pg_current_xact_id();
+    r record;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM chips.events e WHERE e.id = NEW.id AND e.seq IS NULL) THEN
+        RETURN NULL;   -- numbered by an earlier firing in this transaction
+    END IF;
+    INSERT INTO chips.event_heads (ent)
+    SELECT DISTINCT e.ent FROM chips.events e WHERE e.xid = v_xid AND e.seq IS NULL
+    ON CONFLICT (ent) DO NOTHING;
+    PERFORM 1 FROM chips.event_heads h
+    WHERE h.ent IN (SELECT e.ent FROM chips.events e WHERE e.xid = v_xid AND e.seq IS NULL)
+    ORDER BY h.ent FOR UPDATE;
+    FOR r IN
+        WITH pending AS (
+            SELECT e.id, e.ent, pg_catalog.row_number() OVER (PARTITION BY e.ent ORDER BY e.id) AS n
+            FROM chips.events e WHERE e.xid = v_xid AND e.seq IS NULL),
+        counts AS (SELECT p.ent, pg_catalog.max(p.n) AS n FROM pending p GROUP BY p.ent),
+        bumped AS (
+            UPDATE chips.event_heads h SET seq = h.seq + c.n FROM counts c WHERE h.ent = c.ent
+            RETURNING h.ent, h.seq - c.n AS base, h.seq AS last),
+        numbered AS (
+            UPDATE chips.events e SET seq = b.base + p.n
+            FROM pending p JOIN bumped b ON b.ent = p.ent WHERE e.id = p.id
+            RETURNING e.ent)
+        SELECT b.ent, b.last FROM bumped b   -- (numbered runs too: every data-modifying CTE does)
+    LOOP
+        PERFORM pg_catalog.pg_notify('chips_events', r.ent || ':' || r.last);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+-- The caller's events after `cursor` (the last seq the client has), oldest first.
+CREATE FUNCTION chips.events_since(cursor bigint DEFAULT 0, max_events integer DEFAULT 500)
+RETURNS TABLE (seq bigint, kind text, body jsonb, created timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_me chips.users := chips._me();
+    h chips.event_heads;
+BEGIN
+    IF events_since.cursor IS NULL OR events_since.cursor < 0 THEN
+        RAISE EXCEPTION 'a cursor is 0 (from the start) or the seq of the last event seen'
+            USING ERRCODE = '22023';
+    END IF;
+    IF events_since.max_events IS NULL OR events_since.max_events NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'max_events must be 1 to 10000' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO h FROM chips.event_heads x WHERE x.ent = v_me.ent;
+    IF events_since.cursor > coalesce(h.seq, 0) THEN
+        RAISE EXCEPTION 'cursor % is past the last event (%)', events_since.cursor, coalesce(h.seq, 0)
+            USING ERRCODE = '22023', HINT = 'A cursor from another site or an older database: start from 0.';
+    END IF;
+    IF events_since.cursor < coalesce(h.pruned, 0) THEN
+        RAISE EXCEPTION 'events up to % were pruned', h.pruned USING ERRCODE = '55000',
+            HINT = 'Read the current state (chips.tallies_list, chits_list, lifts_list) and go on from that seq.';
+    END IF;
+    RETURN QUERY SELECT e.seq, e.kind, e.body, e.created FROM chips.events e
+    WHERE e.ent = v_me.ent AND e.seq > events_since.cursor
+    ORDER BY e.seq LIMIT events_since.max_events;
+END
+$$;
+
+-- Delete events older than `older_than`; returns how many. Clients whose cursor is older get
+-- 55000 from events_since and read the current state instead.
+CREATE FUNCTION chips.events_prune(older_than interval) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF events_prune.older_than IS NULL OR events_prune.older_than < interval '0' THEN
+        RAISE EXCEPTION 'older_than must be an interval of zero or more' USING ERRCODE = '22023';
+    END IF;
+    WITH gone AS (
+        DELETE FROM chips.events e
+        WHERE e.created < pg_catalog.now() - events_prune.older_than AND e.seq IS NOT NULL
+        RETURNING e.ent, e.seq),
+    tops AS (SELECT g.ent, pg_catalog.max(g.seq) AS seq, pg_catalog.count(*) AS n FROM gone g GROUP BY g.ent),
+    marked AS (
+        UPDATE chips.event_heads h SET pruned = GREATEST(h.pruned, t.seq) FROM tops t
+        WHERE h.ent = t.ent RETURNING t.n)
+    SELECT coalesce(pg_catalog.sum(m.n), 0) INTO n FROM marked m;
+    RETURN n;
+END
+$$;
+
+------------------------------------------------------------------------------------------------
+-- Trading variables in one call
+------------------------------------------------------------------------------------------------
+
+-- Change the caller's trading variables on a tally (a `set` chit), for custodial users; users
+-- with their own key sign chips.chit_json(tally, NULL, memo, settings) and call chit_issue.
+CREATE FUNCTION chips.tally_trade(tally uuid, settings jsonb, memo text DEFAULT NULL) RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_me chips.users := chips._me();
+    v_doc jsonb;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM chips.custody k WHERE k.ent = v_me.ent) THEN
+        RAISE EXCEPTION 'user % signs with their own key: use chips.chit_json and chips.chit_issue', v_me.ent
+            USING ERRCODE = '55000';
+    END IF;
+    IF tally_trade.settings IS NULL THEN
+        RAISE EXCEPTION 'give the settings to change (target, bound, reward, clutch)' USING ERRCODE = '22023';
+    END IF;
+    v_doc := chips.chit_json(tally_trade.tally, NULL, tally_trade.memo, chips.settings_check(tally_trade.settings));
+    PERFORM chips.chit_issue(v_doc, NULL);
+    RETURN (v_doc->>'uuid')::uuid;
+END
+$$;
+
+------------------------------------------------------------------------------------------------
+-- Documents by hash
+------------------------------------------------------------------------------------------------
+
+-- Store a file; returns its address, base64url(SHA-256(data)).
+CREATE FUNCTION chips.file_add(data bytea, media_type text DEFAULT 'application/octet-stream')
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_digest text;
+BEGIN
+    IF file_add.data IS NULL THEN
+        RAISE EXCEPTION 'no data' USING ERRCODE = '22023';
+    END IF;
+    IF file_add.media_type IS NULL OR file_add.media_type !~ '^[a-zA-Z0-9.+-]+/[a-zA-Z0-9.+-]+(;.{0,100})?$' THEN
+        RAISE EXCEPTION 'media type % is not of the form type/subtype', file_add.media_type
+            USING ERRCODE = '22023';
+    END IF;
+    v_digest := chips.b64url_encode(pg_catalog.sha256(file_add.data));
+    INSERT INTO chips.files (digest, media_type, data) VALUES (v_digest, file_add.media_type, file_add.data)
+    ON CONFLICT (digest) DO NOTHING;
+    RETURN v_digest;
+END
+$$;
+
+-- A document by its SHA-256 (base64url, 43 characters, or hex, 64): a contract (as its
+-- canonical JSON) or a stored file. No row when there is none.
+CREATE FUNCTION chips.document(hash text) RETURNS TABLE (media_type text, body bytea)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_key text := document.hash;
+BEGIN
+    IF v_key ~ '^[0-9a-fA-F]{64}$' THEN
+        v_key := chips.b64url_encode(pg_catalog.decode(v_key, 'hex'));
+    ELSIF v_key IS NULL OR v_key !~ '^[A-Za-z0-9_-]{43}$' THEN
+        RAISE EXCEPTION 'a document hash is SHA-256 as base64url (43 characters) or hex (64)'
+            USING ERRCODE = '22023';
+    END IF;
+    RETURN QUERY
+        SELECT 'application/json'::text, pg_catalog.convert_to(chips.canonical_json(c.doc), 'UTF8')
+        FROM chips.contracts c WHERE c.rid = v_key
+        UNION ALL
+        SELECT f.media_type, f.data FROM chips.files f WHERE f.digest = v_key
+        LIMIT 1;
+END
+$$;
