@@ -185,7 +185,7 @@ GRANT EXECUTE ON FUNCTION
     chips.pay(uuid, bigint, text, jsonb), chips.chit_invoice(uuid, bigint, text, jsonb),
     chips.chit_sign(uuid, uuid, text), chips.chit_decline(uuid, uuid),
     chips.lift_through_me(boolean, bigint, integer),
-    chips.events_since(bigint, integer), chips.tallies_list(), chips.chits_list(uuid, integer),
+    chips.events_since(bigint, integer), chips.events_head(), chips.tallies_list(), chips.chits_list(uuid, integer),
     chips.lifts_list(integer), chips.tally_trade(uuid, jsonb, text)
 TO chips_user;
 GRANT SELECT ON chips.events TO chips_user;
@@ -196,6 +196,8 @@ GRANT EXECUTE ON FUNCTION
     chips.login_register(text, text, text), chips.login_challenge(text, text),
     chips.login_finish(text, text, interval), chips.login_end(text), chips.document(text)
 TO chips_gateway;
+-- which users have new events (chipsd polls the heads of its subscribers' users)
+GRANT SELECT ON chips.event_heads TO chips_gateway;
 
 -- The sidecar: peer messages in and out.
 GRANT SELECT ON chips.agents, chips.outbox, chips.inbox TO chips_agent;

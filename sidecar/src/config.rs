@@ -62,6 +62,7 @@ pub struct FileConfig {
     pub gateway_rate_per_sec: Option<u32>,
     pub gateway_rate_burst: Option<u32>,
     pub gateway_pool_size: Option<usize>,
+    pub gateway_poll_ms: Option<u64>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
 }
@@ -131,6 +132,13 @@ impl FileConfig {
                         .gateway_pool_size
                         .or(self.gateway_pool_size)
                         .unwrap_or(8),
+                    poll: std::time::Duration::from_millis(
+                        other
+                            .gateway_poll_ms
+                            .or(self.gateway_poll_ms)
+                            .unwrap_or(50)
+                            .max(1),
+                    ),
                     tls,
                 },
             }),

@@ -122,6 +122,9 @@ struct RunArgs {
     gateway_rate_burst: Option<u32>,
     #[arg(long, env = "CHIPSD_GATEWAY_POOL_SIZE")]
     gateway_pool_size: Option<usize>,
+    /// How often subscribed users' event heads are read, in ms (default 50).
+    #[arg(long, env = "CHIPSD_GATEWAY_POLL_MS")]
+    gateway_poll_ms: Option<u64>,
     /// PEM certificate chain for the gateway (TLS on when given with --tls-key).
     #[arg(long, env = "CHIPSD_TLS_CERT")]
     tls_cert: Option<PathBuf>,
@@ -154,6 +157,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         gateway_rate_per_sec: args.gateway_rate_per_sec,
         gateway_rate_burst: args.gateway_rate_burst,
         gateway_pool_size: args.gateway_pool_size,
+        gateway_poll_ms: args.gateway_poll_ms,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
     })?;

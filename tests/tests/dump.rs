@@ -122,6 +122,9 @@ async fn dump_and_restore_keep_tallies() {
         "SELECT count(*)::text FROM chips.contracts",
         "SELECT count(*)::text FROM chips.agents",
         "SELECT count(*)::text FROM chips.outbox",
+        // each user's event stream, as it was: no event made twice by the reload
+        "SELECT ent || ':' || seq || ':' || kind FROM chips.events ORDER BY ent, seq",
+        "SELECT ent || ':' || seq FROM chips.event_heads ORDER BY ent",
     ] {
         assert_eq!(snapshot(&r, q).await, snapshot(&a.admin, q).await, "{q}");
     }

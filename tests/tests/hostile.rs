@@ -189,6 +189,13 @@ fn calls() -> Vec<(&'static str, Vec<Arg>)> {
             "SELECT * FROM chips.lift_through_me($1, $2, $3)",
             vec![Bool, Big, Int],
         ),
+        ("SELECT * FROM chips.events_since($1, $2)", vec![Big, Int]),
+        ("SELECT * FROM chips.chits_list($1, $2)", vec![Uuid, Int]),
+        ("SELECT * FROM chips.lifts_list($1)", vec![Int]),
+        (
+            "SELECT chips.tally_trade($1, $2, $3)",
+            vec![Uuid, Json, Text],
+        ),
     ]
 }
 
@@ -238,6 +245,30 @@ fn admin_calls() -> Vec<(&'static str, Vec<Arg>)> {
             "SELECT chips.clearing_configure($1, $2::text::interval, $3, $4)",
             vec![Bool, Interval, Big, Int],
         ),
+        (
+            "SELECT chips.login_ticket($1, $2::text::interval)",
+            vec![Text, Interval],
+        ),
+        (
+            "SELECT chips.login_register($1, $2, $3)",
+            vec![Text, Text, Text],
+        ),
+        ("SELECT chips.login_challenge($1, $2)", vec![Text, Text]),
+        (
+            "SELECT chips.login_finish($1, $2, $3::text::interval)",
+            vec![Text, Text, Interval],
+        ),
+        ("SELECT chips.login_end($1)", vec![Text]),
+        ("SELECT chips.login_revoke($1, $2)", vec![Text, Text]),
+        (
+            "SELECT chips.events_prune($1::text::interval)",
+            vec![Interval],
+        ),
+        (
+            "SELECT chips.file_add(convert_to($1, 'UTF8'), $2)",
+            vec![Text, Text],
+        ),
+        ("SELECT * FROM chips.document($1)", vec![Text]),
     ]
 }
 

@@ -1,22 +1,30 @@
-//! Wake-ups for subscribers. One connection LISTENs on `chips_events` (payload `ent:seq`, sent
-//! when a transaction that gave the user events commits) and bumps that user's watch channel;
-//! each subscribed websocket then reads what it has not seen through `chips.events_since`, as
-//! its user. Notifications are only hints: the events table is the truth, so a lost
-//! notification (listener reconnecting) costs a refetch, never an event.
+//! Wake-ups for subscribers. Every `poll` the hub reads the event heads (`chips.event_heads`:
+//! each user's last event number) of the users someone is subscribed to, and bumps the watch
+//! channel of each user whose head moved; each subscribed websocket then reads what it has not
+//! seen through `chips.events_since`, as its user.
+//!
+//! Why a poll and not LISTEN: a PostgreSQL transaction that sends NOTIFY holds a cluster-wide
+//! lock through its commit, so notifying on every payment would serialize every payment's commit
+//! (docs/sql-api.md, Notifications). One indexed read of a few hundred heads every 50 ms costs
+//! far less. The events table is the truth; the poll only says when to look.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio::sync::watch;
-use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+struct Watched {
+    tx: watch::Sender<u64>,
+    /// The head last seen, or -1 before the first poll.
+    head: i64,
+}
+
 #[derive(Default)]
 pub struct Hub {
-    users: Mutex<HashMap<String, watch::Sender<u64>>>,
+    users: Mutex<HashMap<String, Watched>>,
 }
 
 impl Hub {
@@ -25,41 +33,51 @@ impl Hub {
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
         users
             .entry(ent.to_string())
-            .or_insert_with(|| watch::channel(0).0)
+            .or_insert_with(|| Watched {
+                tx: watch::channel(0).0,
+                head: -1,
+            })
+            .tx
             .subscribe()
     }
 
-    fn bump(&self, ent: &str) {
-        let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = users.get(ent) {
-            tx.send_modify(|n| *n += 1);
+    /// The users someone watches (forgotten ones are dropped).
+    fn watched(&self) -> Vec<String> {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        users.retain(|_, w| w.tx.receiver_count() > 0);
+        users.keys().cloned().collect()
+    }
+
+    /// Records heads read from the database; wakes the users whose head moved.
+    fn heads(&self, heads: &[(String, i64)]) {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        for (ent, head) in heads {
+            if let Some(w) = users.get_mut(ent) {
+                if w.head != *head {
+                    w.head = *head;
+                    w.tx.send_modify(|n| *n += 1);
+                }
+            }
         }
     }
 
-    /// After the listener reconnects: everyone refetches (and forgotten users are dropped).
-    fn bump_all(&self) {
+    /// After the database connection was lost: everyone refetches.
+    fn forget_heads(&self) {
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        users.retain(|_, tx| tx.receiver_count() > 0);
-        for tx in users.values() {
-            tx.send_modify(|n| *n += 1);
+        for w in users.values_mut() {
+            w.head = -1;
         }
-    }
-
-    /// Drops channels nobody watches any more.
-    fn tidy(&self) {
-        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        users.retain(|_, tx| tx.receiver_count() > 0);
     }
 }
 
-/// LISTENs until cancelled, reconnecting (with everyone refetching) when the connection drops.
-pub async fn run(dsn: String, hub: Arc<Hub>, token: CancellationToken) {
-    let mut tidy = tokio::time::interval(Duration::from_secs(60));
+/// Polls until cancelled, reconnecting when the connection drops.
+pub async fn run(dsn: String, hub: Arc<Hub>, poll: Duration, token: CancellationToken) {
     loop {
-        match listen(&dsn, &hub, &token, &mut tidy).await {
+        match watch_heads(&dsn, &hub, poll, &token).await {
             Ok(()) => return,
-            Err(e) => warn!(error = %e, "event listener stopped; reconnecting in 1 s"),
+            Err(e) => warn!(error = %e, "event poller stopped; reconnecting in 1 s"),
         }
+        hub.forget_heads();
         tokio::select! {
             _ = token.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -67,52 +85,51 @@ pub async fn run(dsn: String, hub: Arc<Hub>, token: CancellationToken) {
     }
 }
 
-async fn listen(
+async fn watch_heads(
     dsn: &str,
     hub: &Hub,
+    poll: Duration,
     token: &CancellationToken,
-    tidy: &mut tokio::time::Interval,
-) -> Result<(), String> {
-    let (client, mut conn) = tokio_postgres::connect(dsn, NoTls)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let driver = tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(m) = messages.next().await {
-            match m {
-                Ok(AsyncMessage::Notification(n)) => {
-                    if tx.send(Some(n.payload().to_string())).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    warn!(error = %e, "event listener connection ended");
-                    break;
-                }
-            }
-        }
-        let _ = tx.send(None);
-    });
-    client
-        .batch_execute("LISTEN chips_events")
-        .await
-        .map_err(|e| e.to_string())?;
-    info!("listening for user events");
-    hub.bump_all(); // anything committed while we were not listening
+) -> crate::error::Result<()> {
+    let client = crate::db::connect(dsn).await?;
+    let stmt = client
+        .prepare("SELECT h.ent, h.seq FROM chips.event_heads h WHERE h.ent = ANY($1)")
+        .await?;
+    info!(every_ms = poll.as_millis() as u64, "polling user events");
+    let mut tick = tokio::time::interval(poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = token.cancelled() => { driver.abort(); return Ok(()); }
-            _ = tidy.tick() => hub.tidy(),
-            m = rx.recv() => match m {
-                Some(Some(payload)) => {
-                    if let Some((ent, _seq)) = payload.rsplit_once(':') {
-                        hub.bump(ent);
-                    }
-                }
-                _ => return Err("the listening connection ended".into()),
-            },
+            _ = token.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
         }
+        let ents = hub.watched();
+        if ents.is_empty() {
+            continue;
+        }
+        let rows = client.query(&stmt, &[&ents]).await?;
+        let heads: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        hub.heads(&heads);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_moved_head_wakes_its_watchers() {
+        let hub = Hub::default();
+        let mut ann = hub.watch("p1");
+        let mut bob = hub.watch("p2");
+        hub.heads(&[("p1".into(), 0), ("p2".into(), 3)]);
+        assert!(ann.has_changed().unwrap() && bob.has_changed().unwrap());
+        ann.borrow_and_update();
+        bob.borrow_and_update();
+        hub.heads(&[("p1".into(), 0), ("p2".into(), 4)]);
+        assert!(!ann.has_changed().unwrap());
+        assert!(bob.has_changed().unwrap());
+        drop(ann);
+        assert_eq!(hub.watched(), vec!["p2".to_string()]);
     }
 }

@@ -67,6 +67,7 @@ pub static USER_METHODS: &[Method] = &[
         &[opt("tally", "uuid"), opt("max_chits", "integer")],
     ),
     rows("lifts.list", "lifts_list", &[opt("max_lifts", "integer")]),
+    scalar("events.head", "events_head", &[]),
     rows(
         "events.since",
         "events_since",

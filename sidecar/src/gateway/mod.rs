@@ -46,6 +46,8 @@ pub struct Settings {
     pub rate_per_sec: u32,
     pub rate_burst: u32,
     pub pool_size: usize,
+    /// How often the heads of subscribed users are read.
+    pub poll: Duration,
     /// PEM files; both or neither.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
@@ -118,6 +120,7 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) -> Result<(), String
     gw.tracker.spawn(hub::run(
         gw.settings.db.clone(),
         gw.hub.clone(),
+        gw.settings.poll,
         gw.token.clone(),
     ));
     let router = gw.router();
