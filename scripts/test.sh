@@ -23,10 +23,11 @@ chown postgres: "$PGTEST_DIR"
 rm -rf "$PGTEST_DIR"
 
 install_extension
-# A Noise implementation not written by us, for the interop test (PyPI noiseprotocol).
+# Clients not written by us: a Noise implementation for the interop test (PyPI noiseprotocol),
+# and a websocket client for the gateway tests (PyPI websockets).
 VENV=$REPO/target/test-venv
 if ! "$VENV/bin/python" -c "import noise, websockets" 2>/dev/null; then
-    say "installing the Python noiseprotocol package into $VENV"
+    say "installing the Python noiseprotocol and websockets packages into $VENV"
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q noiseprotocol websockets
 fi

@@ -314,5 +314,26 @@ mod tests {
             &[t.into()],
         );
         assert_eq!(tips, 1);
+
+        // Each user's events, numbered at commit (forced here: the test never commits):
+        // 1, 2, 3... per user in order, every one numbered, heads at the last number.
+        Spi::run("SET CONSTRAINTS chips.events_number IMMEDIATE").unwrap();
+        let unnumbered: i64 = one("SELECT count(*) FROM chips.events WHERE seq IS NULL");
+        assert_eq!(unnumbered, 0);
+        let in_order: bool = one(
+            "SELECT bool_and(seq = n) FROM (SELECT seq, row_number() OVER (PARTITION BY ent ORDER BY id) AS n
+             FROM chips.events) x",
+        );
+        assert!(in_order);
+        let heads: bool = one(
+            "SELECT bool_and(h.seq = (SELECT max(e.seq) FROM chips.events e WHERE e.ent = h.ent))
+             FROM chips.event_heads h",
+        );
+        assert!(heads);
+        let shop_changes: String = one(
+            "SELECT string_agg(e.body->>'change', ',' ORDER BY e.seq) FROM chips.events e
+             JOIN chips.users u ON u.ent = e.ent WHERE u.cuid = 'shop' AND e.kind = 'chit'",
+        );
+        assert_eq!(shop_changes, "400,500");
     }
 }
