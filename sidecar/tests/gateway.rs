@@ -224,3 +224,72 @@ async fn the_gateway_bounds_rate_size_connections_and_idleness_over_tls() {
     );
     assert_eq!(out["ok"], true, "{out}");
 }
+
+/// `chipsd login-ticket` prints a QR code and the link; the link's token registers a key once.
+#[tokio::test]
+async fn login_ticket_prints_a_link_and_a_qr_code_that_work() {
+    let s = Cluster::from_env()
+        .site("t_gateway_ticket", 65430)
+        .await
+        .unwrap();
+    let (ann, _) = custodial(&s, "Ann").await;
+    let out = Command::new(CHIPSD)
+        .args(["login-ticket", "--db", &s.dsn, "--ent", &ann])
+        .args(["--url", "https://chips.example.org/"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains('█') && text.contains('▀'),
+        "a QR code: {text}"
+    );
+    let link = text
+        .lines()
+        .find(|l| l.starts_with("https://chips.example.org/login?ent="))
+        .unwrap_or_else(|| panic!("no link in {text}"));
+    let token = link.rsplit_once("token=").unwrap().1;
+    let key = chips_core::sign::KeyPair::from_phrase("ann's phone");
+    let ent: String = s
+        .admin
+        .query_one(
+            "SELECT chips.login_register($1, $2)",
+            &[&token, &key.public_b64()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ent, ann);
+    let again = s
+        .admin
+        .query_one(
+            "SELECT chips.login_register($1, $2)",
+            &[&token, &key.public_b64()],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(chips_tests::sqlstate(&again), "28000");
+    // an unknown user: a clear error, a failing exit
+    let out = Command::new(CHIPSD)
+        .args([
+            "login-ticket",
+            "--db",
+            &s.dsn,
+            "--ent",
+            "p999999",
+            "--url",
+            "http://x",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no user p999999 (42704)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
