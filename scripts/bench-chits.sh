@@ -16,9 +16,7 @@ ensure_deps
 install_extension --release
 DIR=$(cluster_base)/bench
 PORT=${CHIPS_BENCH_PORT:-54350}
-cluster_stop "$DIR"
-rm -rf "$DIR"
-cluster_start "$DIR" "$PORT"
+cluster_fresh "$DIR" "$PORT"
 [ -n "${KEEP:-}" ] || trap 'cluster_stop "$DIR"; rm -rf "$DIR"' EXIT
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
 "${PSQL[@]}" -d postgres -c "CREATE DATABASE bench"

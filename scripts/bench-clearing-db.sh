@@ -32,9 +32,7 @@ PORT=${CHIPS_BENCH_PORT:-54370}
 ensure_deps
 install_extension --release
 DIR=$(cluster_base)/bench-clearing
-cluster_stop "$DIR"     # a cluster left by an interrupted run would hold the bench database
-rm -rf "$DIR"
-cluster_start "$DIR" "$PORT"
+cluster_fresh "$DIR" "$PORT"
 WORK=$(mktemp -d)
 chmod 755 "$WORK"       # the server reads the COPY file from here
 trap 'cluster_stop "$DIR"; rm -rf "$DIR" "$WORK"' EXIT

@@ -7,9 +7,7 @@ ensure_deps
 install_extension --release
 DIR=$(cluster_base)/bench-gateway
 PORT=${CHIPS_BENCH_PORT:-54380}
-cluster_stop "$DIR"
-rm -rf "$DIR"
-cluster_start "$DIR" "$PORT"
+cluster_fresh "$DIR" "$PORT"
 trap 'cluster_stop "$DIR"; rm -rf "$DIR"' EXIT
 # 1,000 clients and 1,000 server sockets, plus the database's
 ulimit -n "$(ulimit -Hn)"

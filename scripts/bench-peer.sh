@@ -7,9 +7,7 @@ ensure_deps
 install_extension --release
 DIR=$(cluster_base)/bench-peer
 PORT=${CHIPS_BENCH_PORT:-54360}
-cluster_stop "$DIR"
-rm -rf "$DIR"
-cluster_start "$DIR" "$PORT"
+cluster_fresh "$DIR" "$PORT"
 trap 'cluster_stop "$DIR"; rm -rf "$DIR"' EXIT
 cd "$REPO"
 say "building chipsd and the benchmark (release)"

@@ -78,6 +78,14 @@ cluster_start() {
         -o "-p $port -k $dir/sock -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
 }
 
+# cluster_fresh DIR PORT: an empty private cluster, whatever an interrupted run left in DIR
+# (a cluster still running, or its files).
+cluster_fresh() {
+    cluster_stop "$1"
+    rm -rf "$1"
+    cluster_start "$1" "$2"
+}
+
 cluster_stop() {
     local dir=$1
     if [ -f "$dir/data/postmaster.pid" ]; then

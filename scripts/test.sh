@@ -35,9 +35,7 @@ export CHIPS_PYTHON=$VENV/bin/python
 DIR=$(cluster_base)/test
 PORT=${CHIPS_TEST_PORT:-54330}
 say "integration tests against a private cluster on 127.0.0.1:$PORT"
-cluster_stop "$DIR"   # a cluster left running by an interrupted run
-rm -rf "$DIR"
-cluster_start "$DIR" "$PORT"
+cluster_fresh "$DIR" "$PORT"
 trap 'cluster_stop "$DIR"; rm -rf "$DIR"' EXIT
 CHIPS_TEST_DSN="host=127.0.0.1 port=$PORT user=postgres" PG_BIN="$PG_BIN" \
     cargo test -q -p chips-tests -p chipsd -p chips-demo -- --test-threads=4

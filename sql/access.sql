@@ -245,6 +245,19 @@ BEGIN
 END
 $$;
 
+-- A row limit argument of the list functions, checked: 1 to 10,000.
+CREATE FUNCTION chips._max_rows(p_name text, p_n integer) RETURNS integer
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_n IS NULL OR p_n NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION '% must be 1 to 10000', p_name USING ERRCODE = '22023';
+    END IF;
+    RETURN p_n;
+END
+$$;
+
 -- The caller's events after `cursor` (the last seq the client has), oldest first.
 CREATE FUNCTION chips.events_since(cursor bigint DEFAULT 0, max_events integer DEFAULT 500)
 RETURNS TABLE (seq bigint, kind text, body jsonb, created timestamptz)
@@ -259,9 +272,6 @@ BEGIN
         RAISE EXCEPTION 'a cursor is 0 (from the start) or the seq of the last event seen'
             USING ERRCODE = '22023';
     END IF;
-    IF events_since.max_events IS NULL OR events_since.max_events NOT BETWEEN 1 AND 10000 THEN
-        RAISE EXCEPTION 'max_events must be 1 to 10000' USING ERRCODE = '22023';
-    END IF;
     SELECT * INTO h FROM chips.event_heads x WHERE x.ent = v_me.ent;
     IF events_since.cursor > coalesce(h.seq, 0) THEN
         RAISE EXCEPTION 'cursor % is past the last event (%)', events_since.cursor, coalesce(h.seq, 0)
@@ -273,7 +283,7 @@ BEGIN
     END IF;
     RETURN QUERY SELECT e.seq, e.kind, e.body, e.created FROM chips.events e
     WHERE e.ent = v_me.ent AND e.seq > events_since.cursor
-    ORDER BY e.seq LIMIT events_since.max_events;
+    ORDER BY e.seq LIMIT chips._max_rows('max_events', events_since.max_events);
 END
 $$;
 
@@ -327,18 +337,12 @@ SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_me chips.users := chips._me();
-    v_doc jsonb;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM chips.custody k WHERE k.ent = v_me.ent) THEN
-        RAISE EXCEPTION 'user % signs with their own key: use chips.chit_json and chips.chit_issue', v_me.ent
-            USING ERRCODE = '55000';
-    END IF;
     IF tally_trade.settings IS NULL THEN
         RAISE EXCEPTION 'give the settings to change (target, bound, reward, clutch)' USING ERRCODE = '22023';
     END IF;
-    v_doc := chips.chit_json(tally_trade.tally, NULL, tally_trade.memo, chips.settings_check(tally_trade.settings));
-    PERFORM chips.chit_issue(v_doc, NULL);
-    RETURN (v_doc->>'uuid')::uuid;
+    RETURN chips._custodial_issue(v_me, tally_trade.tally, NULL, tally_trade.memo,
+                                  chips.settings_check(tally_trade.settings));
 END
 $$;
 

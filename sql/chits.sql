@@ -323,6 +323,26 @@ BEGIN
 END
 $$;
 
+-- A chit by a custodial user (the database holds their key): built, signed and issued here.
+-- 55000 for a user who holds their own key (they sign chit_json's document themselves).
+CREATE FUNCTION chips._custodial_issue(p_me chips.users, p_tally uuid, p_units bigint,
+                                       p_memo text, p_reference jsonb) RETURNS uuid
+LANGUAGE plpgsql
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_doc jsonb;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM chips.custody k WHERE k.ent = p_me.ent) THEN
+        RAISE EXCEPTION 'user % signs with their own key: use chips.chit_json and chips.chit_issue', p_me.ent
+            USING ERRCODE = '55000';
+    END IF;
+    v_doc := chips.chit_json(p_tally, p_units, p_memo, p_reference);
+    PERFORM chips.chit_issue(v_doc, NULL);
+    RETURN (v_doc->>'uuid')::uuid;
+END
+$$;
+
 -- Pay through SQL alone: for custodial users (the database holds their key).
 CREATE FUNCTION chips.pay(tally uuid, units bigint, memo text DEFAULT NULL,
                           reference jsonb DEFAULT NULL)
@@ -332,18 +352,11 @@ SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_me chips.users := chips._me();
-    v_doc jsonb;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM chips.custody k WHERE k.ent = v_me.ent) THEN
-        RAISE EXCEPTION 'user % signs with their own key: use chips.chit_json and chips.chit_issue', v_me.ent
-            USING ERRCODE = '55000';
-    END IF;
     IF pay.units IS NULL THEN
         RAISE EXCEPTION 'a payment needs units' USING ERRCODE = '22023';
     END IF;
-    v_doc := chips.chit_json(pay.tally, pay.units, pay.memo, pay.reference);
-    PERFORM chips.chit_issue(v_doc, NULL);
-    RETURN (v_doc->>'uuid')::uuid;
+    RETURN chips._custodial_issue(v_me, pay.tally, pay.units, pay.memo, pay.reference);
 END
 $$;
 

@@ -56,62 +56,44 @@ JOIN chips.chits c ON c.lift_id = l.id
 JOIN chips.tallies t ON t.id = c.tally_id;
 
 ------------------------------------------------------------------------------------------------
--- Lists for clients (rows of the caller's own, by row-level security and by ent). Here, not in
--- sql/access.sql, because they return the views' row types.
+-- Lists for clients: the caller's own rows of the views, like every user function (definer,
+-- filtered by the caller's ent). Here, not in sql/access.sql: they return the views' row types.
 ------------------------------------------------------------------------------------------------
 
 CREATE FUNCTION chips.tallies_list() RETURNS SETOF chips.tallies_v
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_ent text := chips.my_ent();
+    v_me chips.users := chips._me();
 BEGIN
-    IF v_ent IS NULL THEN
-        RAISE EXCEPTION 'role % acts for no chips user, or has no live session', CURRENT_USER
-            USING ERRCODE = '42501';
-    END IF;
-    RETURN QUERY SELECT * FROM chips.tallies_v v WHERE v.ent = v_ent ORDER BY v.id;
+    RETURN QUERY SELECT * FROM chips.tallies_v v WHERE v.ent = v_me.ent ORDER BY v.id;
 END
 $$;
 
 CREATE FUNCTION chips.chits_list(tally uuid DEFAULT NULL, max_chits integer DEFAULT 100)
 RETURNS SETOF chips.chits_v
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_ent text := chips.my_ent();
+    v_me chips.users := chips._me();
 BEGIN
-    IF v_ent IS NULL THEN
-        RAISE EXCEPTION 'role % acts for no chips user, or has no live session', CURRENT_USER
-            USING ERRCODE = '42501';
-    END IF;
-    IF chits_list.max_chits IS NULL OR chits_list.max_chits NOT BETWEEN 1 AND 10000 THEN
-        RAISE EXCEPTION 'max_chits must be 1 to 10000' USING ERRCODE = '22023';
-    END IF;
     RETURN QUERY SELECT * FROM chips.chits_v v
-    WHERE v.ent = v_ent AND (chits_list.tally IS NULL OR v.tally_uuid = chits_list.tally)
-    ORDER BY v.id DESC LIMIT chits_list.max_chits;
+    WHERE v.ent = v_me.ent AND (chits_list.tally IS NULL OR v.tally_uuid = chits_list.tally)
+    ORDER BY v.id DESC LIMIT chips._max_rows('max_chits', chits_list.max_chits);
 END
 $$;
 
 CREATE FUNCTION chips.lifts_list(max_lifts integer DEFAULT 100) RETURNS SETOF chips.lifts_v
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_ent text := chips.my_ent();
+    v_me chips.users := chips._me();
 BEGIN
-    IF v_ent IS NULL THEN
-        RAISE EXCEPTION 'role % acts for no chips user, or has no live session', CURRENT_USER
-            USING ERRCODE = '42501';
-    END IF;
-    IF lifts_list.max_lifts IS NULL OR lifts_list.max_lifts NOT BETWEEN 1 AND 10000 THEN
-        RAISE EXCEPTION 'max_lifts must be 1 to 10000' USING ERRCODE = '22023';
-    END IF;
-    RETURN QUERY SELECT * FROM chips.lifts_v v WHERE v.ent = v_ent
-    ORDER BY v.created DESC LIMIT lifts_list.max_lifts;
+    RETURN QUERY SELECT * FROM chips.lifts_v v WHERE v.ent = v_me.ent
+    ORDER BY v.created DESC LIMIT chips._max_rows('max_lifts', lifts_list.max_lifts);
 END
 $$;
 

@@ -102,16 +102,7 @@ async fn main() {
     let cl = Cluster::new(dsn.clone());
     let site = cl.site("bench_gateway", free_port()).await.unwrap();
     let admin = &site.admin;
-    admin
-        .batch_execute(
-            "DO $$ BEGIN
-               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'chips_bench_gateway') THEN
-                 CREATE ROLE chips_bench_gateway LOGIN IN ROLE chips_gateway;
-               END IF;
-             END $$",
-        )
-        .await
-        .unwrap();
+    let gw_dsn = site.gateway_dsn().await.unwrap();
     let t0 = Instant::now();
     // users 2i (stock) and 2i+1 (foil) share tally i; custodial, so SQL alone opens them
     let mut ents = Vec::with_capacity(clients);
@@ -169,9 +160,6 @@ async fn main() {
     let dir = std::env::temp_dir().join(format!("bench-gateway-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let gw_port = free_port();
-    let gw_dsn = site
-        .dsn
-        .replace("user=postgres", "user=chips_bench_gateway");
     let max = (clients + 100).to_string();
     let sc = Sidecar::start(
         std::path::Path::new(&chipsd),

@@ -214,11 +214,7 @@ async fn serve(cfg: std::sync::Arc<config::Config>, seed: [u8; 32]) -> Result<()
             .await
             .map_err(|e| format!("cannot listen on {} (gateway): {e}", g.listen))?;
         let gw = gateway::Gateway::new(g.settings.clone(), token.clone(), tracker.clone())?;
-        tracker.spawn(async move {
-            if let Err(e) = gateway::serve(gw, listener).await {
-                tracing::error!(error = %e, "user gateway failed");
-            }
-        });
+        tracker.spawn(gateway::serve(gw, listener));
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;

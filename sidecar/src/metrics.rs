@@ -23,7 +23,8 @@ pub struct Metrics {
     pub ws_refused: Counter,
     /// JSON-RPC calls answered.
     pub rpc_calls: Counter,
-    /// Errors by kind: parse, request, method, params, auth, rate, db, internal, http.
+    /// Errors by kind: parse, request, method, params, auth, rate, size, connections, db,
+    /// internal, http.
     pub errors: Family<Kind, Counter>,
     /// Events delivered to subscribed clients, by kind (tally, chit, lift).
     pub events: Family<Kind, Counter>,

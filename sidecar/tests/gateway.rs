@@ -30,22 +30,6 @@ fn python(phase: &str, cfg: &Value) -> Value {
     serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap()
 }
 
-/// A login role for the gateway: a member of chips_gateway (and nothing else), so that the
-/// database holds it to sessions. Roles are cluster-wide: made once.
-async fn gateway_dsn(site: &Site) -> String {
-    site.admin
-        .batch_execute(
-            "DO $$ BEGIN
-               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'chips_test_gateway') THEN
-                 CREATE ROLE chips_test_gateway LOGIN IN ROLE chips_gateway;
-               END IF;
-             END $$",
-        )
-        .await
-        .unwrap();
-    site.dsn.replace("user=postgres", "user=chips_test_gateway")
-}
-
 async fn custodial(site: &Site, name: &str) -> (String, String) {
     let ent: String = site
         .admin
@@ -96,7 +80,7 @@ fn start(site: &Site, dsn: &str, dir: &std::path::Path, extra: &[&str]) -> (Side
 #[tokio::test]
 async fn a_python_client_logs_in_subscribes_and_sees_only_its_own() {
     let s = Cluster::from_env().site("t_gateway", 65430).await.unwrap();
-    let dsn = gateway_dsn(&s).await;
+    let dsn = s.gateway_dsn().await.unwrap();
     let (ann, ann_ticket) = custodial(&s, "Ann").await;
     let (bob, bob_ticket) = custodial(&s, "Bob").await;
     let (eve, eve_ticket) = custodial(&s, "Eve").await;
@@ -187,7 +171,7 @@ async fn the_gateway_bounds_rate_size_connections_and_idleness_over_tls() {
         .site("t_gateway_limits", 65430)
         .await
         .unwrap();
-    let dsn = gateway_dsn(&s).await;
+    let dsn = s.gateway_dsn().await.unwrap();
     let dir = chips_tests::scratch_dir("gateway-tls");
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let (cert_pem, key_pem) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -292,4 +276,31 @@ async fn login_ticket_prints_a_link_and_a_qr_code_that_work() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A certificate chipsd cannot read stops it at start, saying which file, rather than leaving
+/// it running without its gateway.
+#[tokio::test]
+async fn an_unreadable_tls_certificate_stops_chipsd_at_start() {
+    let s = Cluster::from_env()
+        .site("t_gateway_badtls", 65430)
+        .await
+        .unwrap();
+    let dir = chips_tests::scratch_dir("gateway-badtls");
+    let key = s.write_agent_key(&dir).unwrap();
+    let out = Command::new(CHIPSD)
+        .args(["run", "--db", &s.dsn, "--key", key.to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--gateway-listen", &format!("127.0.0.1:{}", free_port())])
+        .args([
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/cert.pem"), "{err}");
 }

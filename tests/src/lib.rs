@@ -163,6 +163,22 @@ impl Site {
             .get(0))
     }
 
+    /// A libpq connection string for chipsd's user gateway: the login role `chips_test_gateway`,
+    /// a member of chips_gateway and nothing else, so that the database holds it to sessions.
+    /// Roles are cluster-wide: made once.
+    pub async fn gateway_dsn(&self) -> Result<String> {
+        self.admin
+            .batch_execute(
+                "DO $$ BEGIN
+                   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'chips_test_gateway') THEN
+                     CREATE ROLE chips_test_gateway LOGIN IN ROLE chips_gateway;
+                   END IF;
+                 END $$",
+            )
+            .await?;
+        Ok(self.dsn.replace("user=postgres", "user=chips_test_gateway"))
+    }
+
     /// Writes this site's agent key file (as `chipsd keygen` would) into `dir`.
     pub fn write_agent_key(&self, dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
         let path = dir.join(format!("{}.key", self.db));

@@ -58,6 +58,8 @@ pub struct Gateway {
     pub hub: Arc<hub::Hub>,
     pub limiter: DefaultKeyedRateLimiter<String>,
     pub ws_slots: Arc<Semaphore>,
+    /// Loaded when the gateway is made, so that a bad certificate or key stops chipsd at start.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     pub token: CancellationToken,
     pub tracker: TaskTracker,
 }
@@ -89,8 +91,13 @@ impl Gateway {
             NonZeroU32::new(settings.rate_per_sec.max(1)).unwrap_or(NonZeroU32::MIN),
         )
         .allow_burst(NonZeroU32::new(settings.rate_burst.max(1)).unwrap_or(NonZeroU32::MIN));
+        let tls = match &settings.tls {
+            Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+            None => None,
+        };
         Ok(Arc::new(Gateway {
             ws_slots: Arc::new(Semaphore::new(settings.max_connections)),
+            tls,
             limiter: RateLimiter::keyed(quota),
             hub: Arc::new(hub::Hub::default()),
             settings,
@@ -112,11 +119,7 @@ impl Gateway {
 
 /// Serves until cancelled: the event listener, and one task per TCP connection (at most
 /// `max_connections` HTTP connections at once; websockets count separately, same limit).
-pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) -> Result<(), String> {
-    let tls = match &gw.settings.tls {
-        Some((cert, key)) => Some(tls_acceptor(cert, key)?),
-        None => None,
-    };
+pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) {
     gw.tracker.spawn(hub::run(
         gw.settings.db.clone(),
         gw.hub.clone(),
@@ -126,8 +129,8 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) -> Result<(), String
     let router = gw.router();
     let http_slots = Arc::new(Semaphore::new(gw.settings.max_connections));
     info!(
-        listen = %listener.local_addr().map_err(|e| e.to_string())?,
-        tls = tls.is_some(),
+        listen = ?listener.local_addr().ok(),
+        tls = gw.tls.is_some(),
         "user gateway serving"
     );
     loop {
@@ -147,7 +150,7 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) -> Result<(), String
             debug!(%addr, "too many gateway connections: refused");
             continue;
         };
-        let (router, tls, token) = (router.clone(), tls.clone(), gw.token.clone());
+        let (router, tls, token) = (router.clone(), gw.tls.clone(), gw.token.clone());
         gw.tracker.spawn(async move {
             let service = router.layer(axum::Extension(ConnectInfo(addr)));
             let result = match tls {
@@ -169,7 +172,6 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) -> Result<(), String
         });
     }
     info!("user gateway stopped accepting");
-    Ok(())
 }
 
 async fn serve_connection<S>(

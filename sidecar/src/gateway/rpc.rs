@@ -38,6 +38,8 @@ struct Conn {
     addr: SocketAddr,
     login: Option<Login>,
     sub: Option<Subscription>,
+    /// A subscription was just made: its backlog follows the response.
+    backlog: bool,
 }
 
 /// A JSON-RPC error object.
@@ -114,6 +116,7 @@ pub async fn run(
         addr,
         login: None,
         sub: None,
+        backlog: false,
     };
     if let Err(e) = conn.serve(socket).await {
         debug!(%addr, error = %e, "websocket ended");
@@ -170,13 +173,11 @@ impl Conn {
                     seen = Instant::now();
                     match m {
                         Message::Text(text) => {
-                            let was_subscribed = self.sub.as_ref().map(|s| s.cursor);
                             if let Some(reply) = self.handle(text.as_str()).await {
                                 socket.send(Message::Text(reply.to_string().into())).await
                                     .map_err(|e| e.to_string())?;
                             }
-                            // a new subscription: its backlog follows the response
-                            if self.sub.is_some() && self.sub.as_ref().map(|s| s.cursor) != was_subscribed {
+                            if std::mem::take(&mut self.backlog) {
                                 self.deliver(&mut socket).await?;
                             }
                         }
@@ -335,6 +336,7 @@ impl Conn {
                 // check the cursor (and the session) before saying yes
                 self.events(login, cursor, 1).await?;
                 self.sub = Some(Subscription { cursor, wake });
+                self.backlog = true;
                 Ok(json!({"subscribed": true, "cursor": cursor}))
             }
             "unsubscribe" => Ok(json!(self.sub.take().is_some())),
@@ -371,17 +373,15 @@ impl Conn {
             .await
             .map_err(|e| RpcError::db(&e))?;
         let arg = Value::Object(params.clone());
-        let args: &[&(dyn tokio_postgres::types::ToSql + Sync)] = if stmt.params().is_empty() {
-            &[]
-        } else {
-            &[&arg]
-        };
-        let row = client.query_one(&stmt, args).await.map_err(|e| {
-            if e.as_db_error().is_some_and(|d| d.code().code() == "28000") {
-                METRICS.error("auth");
-            }
-            RpcError::db(&e)
-        })?;
+        let row = client
+            .query_one(&stmt, &args(&stmt, &arg))
+            .await
+            .map_err(|e| {
+                if e.as_db_error().is_some_and(|d| d.code().code() == "28000") {
+                    METRICS.error("auth");
+                }
+                RpcError::db(&e)
+            })?;
         Ok(row.get::<_, Option<Value>>(0).unwrap_or(Value::Null))
     }
 
@@ -488,18 +488,24 @@ async fn as_user(gw: &Gateway, login: &Login, sql: &str, arg: &Value) -> Result<
         .await
         .map_err(|e| RpcError::db(&e))?;
     let stmt = tx.prepare_cached(sql).await.map_err(|e| RpcError::db(&e))?;
-    // a call without parameters names no $1
-    let args: &[&(dyn tokio_postgres::types::ToSql + Sync)] = if stmt.params().is_empty() {
-        &[]
-    } else {
-        &[arg]
-    };
     let row = tx
-        .query_one(&stmt, args)
+        .query_one(&stmt, &args(&stmt, arg))
         .await
         .map_err(|e| RpcError::db(&e))?;
     tx.commit().await.map_err(|e| RpcError::db(&e))?;
     Ok(row.get::<_, Option<Value>>(0).unwrap_or(Value::Null))
+}
+
+/// The statement's arguments: the params as `$1`, or none for a call without parameters.
+fn args<'a>(
+    stmt: &tokio_postgres::Statement,
+    arg: &'a Value,
+) -> Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)> {
+    if stmt.params().is_empty() {
+        vec![]
+    } else {
+        vec![arg]
+    }
 }
 
 fn response(id: Value, result: Result<Value, RpcError>) -> Value {
