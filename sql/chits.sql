@@ -583,7 +583,14 @@ BEGIN
             v_doc := chips.chit_doc_check(e->'chit');
             SELECT * INTO c FROM chips.chits y
             WHERE y.tally_id = t.id AND y.chit_uuid = (v_doc->>'uuid')::uuid FOR UPDATE;
-            IF NOT FOUND THEN
+            IF NOT FOUND AND v_doc->>'type' = 'lift' THEN
+                -- a lift chit this half never took part in: no lift moves value without the
+                -- holder's site (sql/remote.sql)
+                RAISE EXCEPTION 'lift chit % of tally % is not known here', v_doc->>'uuid', t.tally_uuid
+                    USING ERRCODE = '55000';
+            ELSIF FOUND AND c.chit_type = 'lift' AND c.status = 'pend' THEN
+                EXIT;   -- the lift is not decided here yet: its settling asks again (nak)
+            ELSIF NOT FOUND THEN
                 c := chips._chit_insert(t, v_doc, 'good', e->>'sign');
                 PERFORM chips._chit_effects(t.id, c);
             ELSIF c.status <> 'good' THEN
@@ -827,7 +834,7 @@ LANGUAGE plpgsql
 SET search_path = chips, pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NEW.status = 'pend' AND (TG_OP = 'INSERT' OR OLD.status <> 'pend') THEN
+    IF NEW.status = 'pend' AND NEW.chit_type <> 'lift' AND (TG_OP = 'INSERT' OR OLD.status <> 'pend') THEN
         PERFORM pg_catalog.pg_notify('chips_user_' || t.ent, pg_catalog.json_build_object(
             'target', 'chit', 'tally', t.tally_uuid, 'uuid', NEW.chit_uuid, 'status', NEW.status,
             'units', NEW.units, 'action', 'sign')::text)

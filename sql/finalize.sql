@@ -168,7 +168,9 @@ GRANT EXECUTE ON FUNCTION
     chips.chit_sign(uuid, uuid, text), chips.chit_decline(uuid, uuid),
     chips.lift_through_me(boolean, bigint, integer),
     chips.events_since(bigint, integer), chips.events_head(), chips.tallies_list(), chips.chits_list(uuid, integer),
-    chips.lifts_list(integer), chips.tally_trade(uuid, jsonb, text)
+    chips.lifts_list(integer), chips.tally_trade(uuid, jsonb, text),
+    chips.pay_address(jsonb, bigint, text, jsonb), chips.pay_address_json(uuid),
+    chips.pay_address_sign(uuid, text)
 TO chips_user;
 GRANT SELECT ON chips.events TO chips_user;
 
@@ -198,6 +200,8 @@ GRANT EXECUTE ON PROCEDURE chips.clearing_tick(boolean, integer, numeric),
     chips.clearing_run(integer, numeric, bigint, integer, integer)
 TO chips_agent, chips_admin;
 GRANT SELECT ON chips.clearing_settings TO chips_agent;
+-- Distributed lifts: the timer, and circles through other sites (part of automatic clearing).
+GRANT EXECUTE ON FUNCTION chips.lift_tick(), chips.lift_circles(bigint, integer) TO chips_agent, chips_admin;
 
 -- Administrators: read everything, manage agents, users and contracts.
 GRANT SELECT ON ALL TABLES IN SCHEMA chips TO chips_admin;
@@ -214,5 +218,6 @@ GRANT EXECUTE ON FUNCTION
     chips.user_set_key(text, text), chips.user_set_status(text, text),
     chips.contract_add(jsonb, text),
     chips.login_ticket(text, interval), chips.login_revoke(text, text),
-    chips.events_prune(interval), chips.file_add(bytea, text), chips.document(text)
+    chips.events_prune(interval), chips.file_add(bytea, text), chips.document(text),
+    chips.lift_configure(interval, interval, interval, interval, integer, integer, interval, interval)
 TO chips_admin;

@@ -247,6 +247,8 @@ BEGIN
     COMMIT;
     CALL chips.clearing_run(lifts, units);
     PERFORM chips._clearing_done(lifts, units);
+    -- circles through other sites: asked for now, they clear as their sites answer
+    PERFORM chips.lift_circles(coalesce((SELECT x.min_units FROM chips.clearing_settings x), 1));
     ran := true;
 END
 $$;

@@ -159,18 +159,90 @@ CREATE TABLE chips.inbox (
 );
 
 -- Credit lifts: one row per lift executed (or in progress) here; its chits carry lift_id.
+-- A distributed lift (kind linear: a payment to a CHIP address; circular: a clearing circle
+-- through other sites) has one row at every site it passes (sql/remote.sql), with this site's
+-- role in it, its locks (SHA-256 of the secrets only the origin knows) and its expiry.
 CREATE TABLE chips.lifts (
     id          bigint PRIMARY KEY DEFAULT nextval('chips.lift_seq'),
     lift_uuid   uuid NOT NULL UNIQUE,
-    kind        text NOT NULL CHECK (kind IN ('local')),
-    status      text NOT NULL CHECK (status IN ('pend', 'good', 'void')),
+    kind        text NOT NULL CHECK (kind IN ('local', 'linear', 'circular')),
+    status      text NOT NULL CHECK (status IN ('draft', 'seek', 'pend', 'good', 'void')),
     units       bigint NOT NULL CHECK (units > 0),
-    tallies     uuid[] NOT NULL,        -- the circle, in order
-    debtors     text[] NOT NULL,        -- step i lowers what debtors[i] owes debtors[i + 1] (wrapping)
+    tallies     uuid[] NOT NULL DEFAULT '{}', -- the circle (local), or this site's segment, in order
+    debtors     text[] NOT NULL DEFAULT '{}', -- step i lowers what debtors[i] owes debtors[i + 1] (wrapping)
     through     text,                   -- the user a lift through one user was asked for
     margin      double precision NOT NULL DEFAULT 0,  -- compounded margin of its costed steps
     created     timestamptz NOT NULL DEFAULT now(),
-    CHECK (cardinality(tallies) = cardinality(debtors) AND cardinality(tallies) >= 2)
+    -- distributed lifts only
+    role        text CHECK (role IN ('origin', 'relay', 'terminus')),
+    origin      jsonb,                  -- the originating user's CHIP address
+    find        jsonb,                  -- where the lift goes (the payee; the origin for a circle)
+    payer       text,                   -- the local user who pays (origin)
+    payee       text,                   -- the local user who is paid (terminus)
+    query       text,                   -- the route query it follows
+    tally_in    uuid,                   -- the tally it arrives on (relay, terminus; origin of a circle)
+    tally_out   uuid,                   -- the tally it leaves on (origin, relay)
+    condition   bytea,                  -- SHA-256 of the commit secret
+    void_cond   bytea,                  -- SHA-256 of the void secret
+    secret      bytea,                  -- the commit secret (the origin's from the start; others' once committed)
+    void_secret bytea,
+    expires     timestamptz,            -- this site's deadline for the lift to be prepared
+    pay         jsonb,                  -- a payment: {doc, sign, key}, the payer's signature over doc
+    reason      text,                   -- why it is void
+    decided     timestamptz,            -- when it became good or void here
+    asked       timestamptz,            -- when this site last asked the origin for the decision
+    CHECK (cardinality(tallies) = cardinality(debtors)),
+    CHECK (kind <> 'local' OR cardinality(tallies) >= 2),
+    CHECK (kind = 'local' OR (role IS NOT NULL AND condition IS NOT NULL AND void_cond IS NOT NULL
+                              AND expires IS NOT NULL AND find IS NOT NULL AND origin IS NOT NULL))
+);
+CREATE INDEX lifts_open_idx ON chips.lifts (expires) WHERE status IN ('seek', 'pend');
+
+-- Route discovery (sql/remote.sql): what this site asked and was asked. An `in` row is a query
+-- that reached this site over `tally` (null: asked here, for lift `lift`); an `out` row is a
+-- query this site passed on over `tally`, and its answer.
+CREATE TABLE chips.lift_routes (
+    id          bigserial PRIMARY KEY,
+    query       text NOT NULL,
+    dir         text NOT NULL CHECK (dir IN ('in', 'out')),
+    tally       uuid,
+    lift        uuid,
+    find        jsonb NOT NULL,
+    units       bigint NOT NULL CHECK (units > 0),
+    expires     timestamptz NOT NULL,
+    status      text NOT NULL DEFAULT 'pend' CHECK (status IN ('pend', 'found', 'none')),
+    max         bigint,                 -- the most the route can carry (found)
+    hops        integer,                -- tallies from here to where it goes (found)
+    cap         bigint,                 -- in rows: what the segment from the in tally can carry
+    created     timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX lift_routes_key ON chips.lift_routes
+    (query, dir, coalesce(tally, '00000000-0000-0000-0000-000000000000'));
+CREATE INDEX lift_routes_expires_idx ON chips.lift_routes (expires);
+
+-- Routes that answered found, kept for `cache_secs`: a later query or payment to the same address
+-- goes out on the same tally without asking again.
+CREATE TABLE chips.lift_route_cache (
+    find_cuid   text NOT NULL,
+    find_agent  text NOT NULL,
+    tally       uuid NOT NULL,
+    max         bigint NOT NULL,
+    hops        integer NOT NULL,
+    expires     timestamptz NOT NULL,
+    PRIMARY KEY (find_agent, find_cuid, tally)
+);
+
+-- Settings of distributed lifts: one row (chips.lift_configure); no row means the defaults.
+CREATE TABLE chips.lift_settings (
+    one         boolean PRIMARY KEY DEFAULT true CHECK (one),
+    life        interval NOT NULL DEFAULT '30 seconds' CHECK (life >= interval '1 second'),
+    query_life  interval NOT NULL DEFAULT '5 seconds' CHECK (query_life >= interval '100 milliseconds'),
+    hop_step    interval NOT NULL DEFAULT '2 seconds' CHECK (hop_step >= interval '0'),
+    min_window  interval NOT NULL DEFAULT '1 second' CHECK (min_window >= interval '0'),
+    max_depth   integer NOT NULL DEFAULT 8 CHECK (max_depth BETWEEN 1 AND 64),
+    fanout      integer NOT NULL DEFAULT 8 CHECK (fanout BETWEEN 1 AND 64),
+    cache_life  interval NOT NULL DEFAULT '1 minute' CHECK (cache_life >= interval '0'),
+    ask_every   interval NOT NULL DEFAULT '2 seconds' CHECK (ask_every >= interval '100 milliseconds')
 );
 
 -- Site settings of automatic clearing: one row. chips.clearing_configure changes it,
@@ -323,3 +395,7 @@ SELECT pg_catalog.pg_extension_config_dump('chips.sessions', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.event_heads', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.events', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.files', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.lift_routes', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.lift_routes_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.lift_route_cache', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.lift_settings', '');

@@ -246,6 +246,14 @@ BEGIN
         WHEN 'chit/good' THEN RETURN chips._recv_chit_good(msg);
         WHEN 'chit/void' THEN RETURN chips._recv_chit_void(msg);
         WHEN 'chit/chain' THEN RETURN chips._recv_chain(msg);
+        WHEN 'lift/query' THEN RETURN chips._recv_lift_query(msg);
+        WHEN 'lift/answer' THEN RETURN chips._recv_lift_answer(msg);
+        WHEN 'lift/prepare' THEN RETURN chips._recv_lift_prepare(msg);
+        WHEN 'lift/ready' THEN RETURN chips._recv_lift_ready(msg);
+        WHEN 'lift/reject' THEN RETURN chips._recv_lift_reject(msg);
+        WHEN 'lift/commit' THEN RETURN chips._recv_lift_decision(msg);
+        WHEN 'lift/void' THEN RETURN chips._recv_lift_decision(msg);
+        WHEN 'lift/status' THEN RETURN chips._recv_lift_status(msg);
         ELSE
             RAISE EXCEPTION 'unknown peer message %/%', msg->>'target', msg->>'action'
                 USING ERRCODE = '22023';

@@ -24,6 +24,7 @@ pub mod codec;
 pub mod error;
 pub mod liftable;
 pub mod peer;
+pub mod route;
 pub mod sign;
 pub mod tally;
 pub mod ticket;

@@ -167,7 +167,7 @@ pub struct Envelope {
 }
 
 /// The messages sites exchange: (target, action).
-pub const MESSAGES: [(&str, &str); 9] = [
+pub const MESSAGES: [(&str, &str); 17] = [
     ("tally", "ticket"),
     ("tally", "offer"),
     ("tally", "open"),
@@ -177,6 +177,14 @@ pub const MESSAGES: [(&str, &str); 9] = [
     ("chit", "good"),
     ("chit", "void"),
     ("chit", "chain"),
+    ("lift", "query"),
+    ("lift", "answer"),
+    ("lift", "prepare"),
+    ("lift", "ready"),
+    ("lift", "reject"),
+    ("lift", "commit"),
+    ("lift", "void"),
+    ("lift", "status"),
 ];
 
 impl Envelope {

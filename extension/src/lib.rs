@@ -10,6 +10,7 @@ mod chit;
 mod clearing;
 mod crypto;
 mod error;
+mod route;
 mod tally;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -28,6 +29,11 @@ extension_sql_file!(
     "../../sql/lifts.sql",
     name = "lifts",
     requires = ["schema", "tally", "chits"]
+);
+extension_sql_file!(
+    "../../sql/remote.sql",
+    name = "remote",
+    requires = ["schema", "tally", "chits", "lifts"]
 );
 extension_sql_file!(
     "../../sql/access.sql",

@@ -525,10 +525,23 @@ pub async fn relay(from: &Site, to: &Site) -> Result<Relayed> {
     let rows = from
         .admin
         .query(
-            "SELECT id, from_agent, msg FROM chips.outbox_claim(1000, '1 second') WHERE to_agent = $1",
+            "SELECT id, from_agent, msg, to_agent = $1 FROM chips.outbox_claim(1000, '1 second')",
             &[&to.agent_id()],
         )
         .await?;
+    // what is for other sites goes back at once (its lease would hold it up for a second)
+    let others: Vec<i64> = rows
+        .iter()
+        .filter(|r| !r.get::<_, bool>(3))
+        .map(|r| r.get(0))
+        .collect();
+    from.admin
+        .execute(
+            "UPDATE chips.outbox SET claimed_until = NULL WHERE id = ANY ($1)",
+            &[&others],
+        )
+        .await?;
+    let rows: Vec<_> = rows.into_iter().filter(|r| r.get::<_, bool>(3)).collect();
     let mut acked = Vec::new();
     for row in rows {
         let (id, from_agent, msg): (i64, String, Value) = (row.get(0), row.get(1), row.get(2));

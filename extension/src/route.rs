@@ -1,0 +1,104 @@
+//! Routes of distributed lifts through this site (`chips_core::route`): the SQL side passes the
+//! site's arcs (one per open local tally and direction, with the receiving holder's free lift
+//! capacity) as three parallel arrays, and gets back arc numbers (1-based) or distances.
+
+use std::collections::HashMap;
+
+use chips_core::route::{self, Arc};
+use pgrx::prelude::*;
+
+use crate::error::{ok, ChipsError};
+
+/// Names to node numbers, and the arcs over them.
+fn arcs(
+    payers: &[Option<String>],
+    receivers: &[Option<String>],
+    capacities: &[Option<i64>],
+) -> (HashMap<String, u32>, Vec<String>, Vec<Arc>) {
+    if payers.len() != receivers.len() || payers.len() != capacities.len() {
+        ChipsError::Invalid("payers, receivers and capacities must have the same length".into())
+            .raise();
+    }
+    let mut ids: HashMap<String, u32> = HashMap::new();
+    let mut names: Vec<String> = Vec::new();
+    let mut id = |s: &Option<String>| -> u32 {
+        let Some(s) = s else {
+            ChipsError::Invalid("a route arc with a null end".into()).raise()
+        };
+        *ids.entry(s.clone()).or_insert_with(|| {
+            names.push(s.clone());
+            (names.len() - 1) as u32
+        })
+    };
+    let mut out = Vec::with_capacity(payers.len());
+    for ((p, r), c) in payers.iter().zip(receivers).zip(capacities) {
+        let (from, to) = (id(p), id(r));
+        out.push(Arc {
+            from,
+            to,
+            capacity: c.unwrap_or(0),
+        });
+    }
+    (ids, names, out)
+}
+
+/// The arcs (1-based positions in the arrays) of a shortest route from `from` to `to` on which
+/// every arc carries `units`; an empty array when `from = to`, NULL when there is none.
+#[pg_extern(immutable, parallel_safe, name = "_route_path")]
+fn route_path(
+    payers: Vec<Option<String>>,
+    receivers: Vec<Option<String>>,
+    capacities: Vec<Option<i64>>,
+    from: &str,
+    to: &str,
+    units: i64,
+) -> Option<Vec<i32>> {
+    let (ids, _, arcs) = arcs(&payers, &receivers, &capacities);
+    if from == to {
+        return Some(Vec::new());
+    }
+    let (Some(&f), Some(&t)) = (ids.get(from), ids.get(to)) else {
+        return None;
+    };
+    ok(route::shortest_path(ids.len(), &arcs, f, t, units))
+        .map(|p| p.into_iter().map(|i| i as i32 + 1).collect())
+}
+
+/// Every node reachable from `from` over arcs that carry `units`, with its distance in tallies
+/// (`from` itself at 0).
+#[pg_extern(immutable, parallel_safe, name = "_route_reach")]
+fn route_reach(
+    payers: Vec<Option<String>>,
+    receivers: Vec<Option<String>>,
+    capacities: Vec<Option<i64>>,
+    from: &str,
+    units: i64,
+) -> TableIterator<'static, (name!(ent, String), name!(hops, i32))> {
+    let (ids, names, arcs) = arcs(&payers, &receivers, &capacities);
+    let Some(&f) = ids.get(from) else {
+        if units < 1 {
+            ChipsError::Invalid("a route carries at least 1 unit".into()).raise();
+        }
+        return TableIterator::new(vec![(from.to_string(), 0)]);
+    };
+    let d = ok(route::reachable(ids.len(), &arcs, f, units));
+    TableIterator::new(
+        names
+            .into_iter()
+            .zip(d)
+            .filter_map(|(n, d)| d.map(|d| (n, d as i32)))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// SHA-256 of a 32-byte lift secret (its lock); 22023 for any other length.
+#[pg_extern(immutable, parallel_safe, name = "_lift_condition")]
+fn lift_condition(secret: &[u8]) -> Vec<u8> {
+    ok(route::condition(secret)).to_vec()
+}
+
+/// The anonymous name of `tally` within query `query` (both holders can compute it).
+#[pg_extern(immutable, parallel_safe, name = "_link_id")]
+fn link_id(query: &str, tally: pgrx::Uuid) -> String {
+    route::link_id(query, &tally.to_string())
+}

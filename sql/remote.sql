@@ -1,0 +1,1144 @@
+-- chips install SQL, part 5: distributed lifts (docs/protocol.md, "Distributed lifts").
+--
+-- A lift that crosses sites goes over tallies whose halves live at different sites. Each site
+-- carries it over its own tallies (a segment: from where it enters to where it leaves), and the
+-- sites agree through peer messages, each applied here in one transaction:
+--
+--   discovery  query (over a tally, downstream) / answer (back upstream): is there a route from
+--              here to `find` that carries `units`? Bounded by depth, fan-out and expiry; tallies
+--              named by per-query link ids; found answers cached.
+--   prepare    (downstream) every site reserves its segment with pending lift chits, and passes
+--              on a shorter expiry; a linear lift's terminus answers `ready` to the origin
+--              directly; a circular lift's prepare comes back to the origin.
+--   decision   only the origin decides: good (it reveals the secret whose SHA-256 is the lift's
+--              condition) if the lift was ready before its expiry, else void (it reveals the void
+--              secret). `commit` / `void` travel downstream; a site that has prepared waits for
+--              them, and past its expiry asks the origin directly (`status`).
+--   reject     a site that cannot carry the lift tells its upstream, which passes it on to the
+--              origin; the origin then decides void.
+--
+-- A site never voids a segment on its own once it has passed the lift on, and never commits
+-- without the secret: so both halves of every tally of a lift end the same way.
+
+------------------------------------------------------------------------------------------------
+-- Settings and capacities
+------------------------------------------------------------------------------------------------
+
+-- Defaults for a missing row (the table's column defaults).
+CREATE FUNCTION chips._lift_set() RETURNS chips.lift_settings
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    s chips.lift_settings;
+BEGIN
+    SELECT * INTO s FROM chips.lift_settings;
+    IF NOT FOUND THEN
+        s := ROW(true, interval '30 seconds', interval '5 seconds', interval '2 seconds',
+                 interval '1 second', 8, 8, interval '1 minute', interval '2 seconds');
+    END IF;
+    RETURN s;
+END
+$$;
+
+-- Settings of distributed lifts. NULL leaves a setting as it is.
+CREATE FUNCTION chips.lift_configure(life interval DEFAULT NULL, query_life interval DEFAULT NULL,
+                                     hop_step interval DEFAULT NULL, min_window interval DEFAULT NULL,
+                                     max_depth integer DEFAULT NULL, fanout integer DEFAULT NULL,
+                                     cache_life interval DEFAULT NULL, ask_every interval DEFAULT NULL)
+RETURNS chips.lift_settings
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    r chips.lift_settings;
+BEGIN
+    INSERT INTO chips.lift_settings AS x DEFAULT VALUES ON CONFLICT (one) DO NOTHING;
+    BEGIN
+        UPDATE chips.lift_settings x SET
+            life = coalesce(lift_configure.life, x.life),
+            query_life = coalesce(lift_configure.query_life, x.query_life),
+            hop_step = coalesce(lift_configure.hop_step, x.hop_step),
+            min_window = coalesce(lift_configure.min_window, x.min_window),
+            max_depth = coalesce(lift_configure.max_depth, x.max_depth),
+            fanout = coalesce(lift_configure.fanout, x.fanout),
+            cache_life = coalesce(lift_configure.cache_life, x.cache_life),
+            ask_every = coalesce(lift_configure.ask_every, x.ask_every)
+        RETURNING * INTO r;
+    EXCEPTION WHEN check_violation THEN
+        RAISE EXCEPTION 'life must be at least 1 second, query_life 100 ms, ask_every 100 ms; hop_step, min_window and cache_life not negative; max_depth and fanout within 1..64'
+            USING ERRCODE = '22023';
+    END;
+    RETURN r;
+END
+$$;
+
+-- What a half can take from its partner now (the holder's position rises): the free lift
+-- capacity (chips._lift_capacity at margin 0), counting pending chits against it.
+CREATE FUNCTION chips._recv_capacity(h chips.tallies, p_partner_clutch double precision) RETURNS bigint
+LANGUAGE sql STABLE
+AS $$
+    SELECT CASE WHEN h.status <> 'open' THEN 0 ELSE
+        chips._lift_capacity(greatest(h.net_good, h.net_pend), h.target, h.bound, h.reward,
+                             coalesce(p_partner_clutch, 0),
+                             coalesce((h.hold_terms->>'limit')::bigint, 0), 0, false) END
+$$;
+
+-- What the partner of a half at another site can take from its holder (the holder pays): the
+-- same rule, from the partner's trading variables (its setting chits) and the limit it granted.
+CREATE FUNCTION chips._send_capacity(p chips.tallies) RETURNS bigint
+LANGUAGE sql STABLE
+AS $$
+    SELECT CASE WHEN p.status <> 'open' THEN 0 ELSE
+        chips._lift_capacity(-least(p.net_good, p.net_pend),
+                             coalesce((p.part_sets->>'target')::bigint, 0),
+                             coalesce((p.part_sets->>'bound')::bigint, 0),
+                             coalesce((p.part_sets->>'reward')::double precision, 0),
+                             p.clutch, coalesce((p.part_terms->>'limit')::bigint, 0), 0, false) END
+$$;
+
+-- This site's arcs: one per open local tally and direction, value moving payer -> receiver.
+CREATE FUNCTION chips._local_arcs(OUT payers text[], OUT receivers text[], OUT caps bigint[],
+                                  OUT tallies uuid[])
+LANGUAGE sql STABLE
+AS $$
+    SELECT coalesce(array_agg(p.ent ORDER BY h.id), '{}'), coalesce(array_agg(h.ent ORDER BY h.id), '{}'),
+           coalesce(array_agg(chips._recv_capacity(h, p.clutch) ORDER BY h.id), '{}'),
+           coalesce(array_agg(h.tally_uuid ORDER BY h.id), '{}')
+    FROM chips.tallies h JOIN chips.tallies p ON p.tally_uuid = h.tally_uuid AND p.side <> h.side
+    WHERE h.status = 'open' AND p.status = 'open'
+$$;
+
+-- A shortest route over local tallies from one user to another that carries `units`: its
+-- tallies, payers, receivers and capacities in order (empty when from = to); ok false when
+-- there is none.
+CREATE FUNCTION chips._route(p_from text, p_to text, p_units bigint, OUT ok boolean,
+                             OUT tallies uuid[], OUT payers text[], OUT receivers text[],
+                             OUT caps bigint[])
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    a record;
+    v_path integer[];
+BEGIN
+    SELECT * INTO a FROM chips._local_arcs();
+    v_path := chips._route_path(a.payers, a.receivers, a.caps, p_from, p_to, p_units);
+    ok := v_path IS NOT NULL;
+    SELECT coalesce(array_agg(a.tallies[i] ORDER BY n), '{}'), coalesce(array_agg(a.payers[i] ORDER BY n), '{}'),
+           coalesce(array_agg(a.receivers[i] ORDER BY n), '{}'), coalesce(array_agg(a.caps[i] ORDER BY n), '{}')
+    INTO tallies, payers, receivers, caps
+    FROM pg_catalog.unnest(coalesce(v_path, '{}')) WITH ORDINALITY o(i, n);
+END
+$$;
+
+-- The user of this site at a CHIP address given as jsonb; 22023 for a malformed one.
+CREATE FUNCTION chips._chad(p_chad jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF p_chad IS NULL OR pg_catalog.jsonb_typeof(p_chad) <> 'object' THEN
+        RAISE EXCEPTION 'a CHIP address is an object {cuid, agent, host?, port?}' USING ERRCODE = '22023';
+    END IF;
+    RETURN chips.address_check(p_chad);
+END
+$$;
+
+------------------------------------------------------------------------------------------------
+-- Chits of a lift, and settling them
+------------------------------------------------------------------------------------------------
+
+-- A pending lift chit on every half of `p_tally` held here, paid by `p_payer`: `p_doc` when the
+-- partner site wrote it, else a new one. Returns the document.
+CREATE FUNCTION chips._lift_chit(p_lift chips.lifts, p_tally uuid, p_payer text, p_doc jsonb DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    h chips.tallies;
+    v_doc jsonb := p_doc;
+BEGIN
+    IF v_doc IS NULL THEN
+        SELECT * INTO h FROM chips.tallies x WHERE x.tally_uuid = p_tally AND x.ent = p_payer;
+        v_doc := chips.chit_doc_make(p_tally, h.side, 'lift', pg_catalog.gen_random_uuid(),
+                                     (extract(epoch FROM pg_catalog.now()) * 1000)::bigint,
+                                     p_lift.units, pg_catalog.jsonb_build_object('lift', p_lift.lift_uuid), NULL);
+    END IF;
+    FOR h IN SELECT * FROM chips.tallies x WHERE x.tally_uuid = p_tally ORDER BY x.id LOOP
+        PERFORM chips._chit_insert(h, v_doc, 'pend', NULL, p_lift.id);
+    END LOOP;
+    RETURN v_doc;
+END
+$$;
+
+-- Locks the halves of `p_tallies` held here (in id order: no deadlock with another lift or a
+-- clearing pass) and checks that step i can carry `p_units` from payers[i] to receivers[i];
+-- the first step that cannot, or 0.
+CREATE FUNCTION chips._lift_lock(p_tallies uuid[], p_payers text[], p_receivers text[], p_units bigint)
+RETURNS integer
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    h chips.tallies;
+    p chips.tallies;
+    v_cap bigint;
+BEGIN
+    PERFORM 1 FROM chips.tallies x WHERE x.tally_uuid = ANY (p_tallies) ORDER BY x.id FOR UPDATE;
+    FOR i IN 1..coalesce(pg_catalog.cardinality(p_tallies), 0) LOOP
+        SELECT * INTO h FROM chips.tallies x WHERE x.tally_uuid = p_tallies[i] AND x.ent = p_receivers[i];
+        SELECT * INTO p FROM chips.tallies x WHERE x.tally_uuid = p_tallies[i] AND x.ent = p_payers[i];
+        v_cap := CASE
+            WHEN h.id IS NOT NULL AND p.id IS NOT NULL THEN chips._recv_capacity(h, p.clutch)
+            WHEN h.id IS NOT NULL THEN chips._recv_capacity(h, (h.part_sets->>'clutch')::double precision)
+            WHEN p.id IS NOT NULL THEN chips._send_capacity(p)
+            ELSE 0 END;
+        IF coalesce(v_cap, 0) < p_units OR coalesce(h.status, p.status) <> 'open' THEN
+            RETURN i;
+        END IF;
+    END LOOP;
+    RETURN 0;
+END
+$$;
+
+-- The lift becomes good (every chit of it here good, chained) or void, once.
+CREATE FUNCTION chips._lift_settle(p_id bigint, p_status text, p_reason text DEFAULT NULL) RETURNS boolean
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    l chips.lifts;
+    c chips.chits;
+    t chips.tallies;
+BEGIN
+    SELECT * INTO l FROM chips.lifts x WHERE x.id = p_id FOR UPDATE;
+    IF l.status IN ('good', 'void') THEN
+        RETURN false;
+    END IF;
+    PERFORM 1 FROM chips.tallies x
+    WHERE x.id IN (SELECT y.tally_id FROM chips.chits y WHERE y.lift_id = p_id) ORDER BY x.id FOR UPDATE;
+    UPDATE chips.chits y SET status = p_status WHERE y.lift_id = p_id AND y.status = 'pend';
+    IF p_status = 'good' THEN
+        -- foil halves chain (and chain their local stock twins); stock halves of tallies with
+        -- another site wait for the foil half's chain update
+        FOR c IN SELECT y.* FROM chips.chits y JOIN chips.tallies x ON x.id = y.tally_id
+                 WHERE y.lift_id = p_id ORDER BY (x.side = 'foil') DESC, y.id LOOP
+            SELECT * INTO t FROM chips.tallies x WHERE x.id = c.tally_id;
+            IF t.side = 'foil' THEN
+                PERFORM chips._chit_good(c.tally_id, c);
+            ELSE
+                PERFORM chips._chit_effects(c.tally_id, c);
+                IF t.part_ent IS NULL THEN
+                    -- the foil half may have sent its chain update before this half knew: ask
+                    -- for every entry after what it has
+                    PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'chain',
+                        pg_catalog.jsonb_build_object('cmd', 'nak', 'tally', t.tally_uuid, 'index', t.chain_len));
+                END IF;
+            END IF;
+        END LOOP;
+    END IF;
+    UPDATE chips.lifts x SET status = p_status, decided = pg_catalog.now(),
+        reason = coalesce(p_reason, x.reason)
+    WHERE x.id = p_id;
+    RETURN true;
+END
+$$;
+
+-- Sends a lift message over a tally held here, to its partner.
+CREATE FUNCTION chips._lift_send(p_tally uuid, p_action text, p_object jsonb) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    t chips.tallies;
+BEGIN
+    SELECT * INTO t FROM chips.tallies x WHERE x.tally_uuid = p_tally AND x.part_ent IS NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tally % has no partner at another site', p_tally USING ERRCODE = '42704';
+    END IF;
+    PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'lift', p_action, p_object);
+END
+$$;
+
+-- The origin decides: good (only if the lift is ready, before its expiry) or void; the decision
+-- travels downstream with the secret that opens its lock.
+CREATE FUNCTION chips._lift_decide(p_id bigint, p_status text, p_reason text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    l chips.lifts;
+BEGIN
+    SELECT * INTO l FROM chips.lifts x WHERE x.id = p_id FOR UPDATE;
+    IF l.status IN ('good', 'void') THEN
+        RETURN;
+    END IF;
+    -- the decision goes into the outbox before the chain updates settling writes: the partner
+    -- downstream applies it first
+    IF l.tally_out IS NOT NULL THEN
+        PERFORM chips._lift_send(l.tally_out, CASE p_status WHEN 'good' THEN 'commit' ELSE 'void' END,
+            pg_catalog.jsonb_build_object('lift', l.lift_uuid, 'secret', chips.b64url_encode(
+                CASE p_status WHEN 'good' THEN l.secret ELSE l.void_secret END)));
+    END IF;
+    PERFORM chips._lift_settle(p_id, p_status, p_reason);
+END
+$$;
+
+------------------------------------------------------------------------------------------------
+-- Discovery
+------------------------------------------------------------------------------------------------
+
+-- Exits from `p_from` towards `p_find`, best first: tallies with a partner at another site, held
+-- by a user the lift can reach from p_from, that can carry p_units out; cached routes first.
+CREATE FUNCTION chips._lift_exits(p_from text, p_units bigint, p_find jsonb, p_except uuid)
+RETURNS TABLE (tally uuid, holder text, hops integer, cached boolean, max bigint)
+LANGUAGE sql STABLE
+AS $$
+    WITH a AS (SELECT * FROM chips._local_arcs()),
+         r AS (SELECT x.ent, x.hops FROM a, chips._route_reach(a.payers, a.receivers, a.caps, p_from, p_units) x)
+    SELECT t.tally_uuid, t.ent, r.hops, c.tally IS NOT NULL, coalesce(c.max, chips._send_capacity(t))
+    FROM chips.tallies t
+    JOIN r ON r.ent = t.ent
+    LEFT JOIN chips.lift_route_cache c ON c.tally = t.tally_uuid AND c.find_cuid = p_find->>'cuid'
+         AND c.find_agent = p_find->>'agent' AND c.expires > pg_catalog.now() AND c.max >= p_units
+    WHERE t.part_ent IS NULL AND t.status = 'open' AND t.tally_uuid IS DISTINCT FROM p_except
+      AND chips._send_capacity(t) >= p_units
+    ORDER BY (c.tally IS NOT NULL) DESC, c.hops NULLS LAST, r.hops, t.id
+$$;
+
+-- Answers a query upstream (over the tally it came in on), or, asked here, starts the lift.
+CREATE FUNCTION chips._route_answer(p_in bigint) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    r chips.lift_routes;
+    o chips.lift_routes;
+    l chips.lifts;
+    v_route record;
+    v_max bigint;
+BEGIN
+    SELECT * INTO r FROM chips.lift_routes x WHERE x.id = p_in FOR UPDATE;
+    IF r.status <> 'pend' THEN
+        RETURN;
+    END IF;
+    SELECT * INTO o FROM chips.lift_routes x
+    WHERE x.query = r.query AND x.dir = 'out' AND x.status = 'found' ORDER BY x.hops, x.max DESC, x.id LIMIT 1;
+    IF FOUND THEN
+        -- what the whole way on can carry: the tally it came in on, the way across this site, and
+        -- the rest
+        v_max := least(o.max, coalesce(r.cap, o.max));
+        IF r.tally IS NOT NULL THEN
+            v_route := chips._route(
+                (SELECT t.ent FROM chips.tallies t WHERE t.tally_uuid = r.tally AND t.part_ent IS NULL),
+                (SELECT t.ent FROM chips.tallies t WHERE t.tally_uuid = o.tally AND t.part_ent IS NULL),
+                r.units);
+            v_max := least(v_max, (SELECT min(c) FROM pg_catalog.unnest(v_route.caps) c));
+        END IF;
+        UPDATE chips.lift_routes x SET status = 'found', max = v_max,
+            hops = o.hops + 1 WHERE x.id = r.id RETURNING * INTO r;
+    ELSIF EXISTS (SELECT 1 FROM chips.lift_routes x WHERE x.query = r.query AND x.dir = 'out' AND x.status = 'pend')
+          AND r.expires > pg_catalog.now() THEN
+        RETURN;     -- still waiting for an answer
+    ELSE
+        UPDATE chips.lift_routes x SET status = 'none' WHERE x.id = r.id RETURNING * INTO r;
+    END IF;
+    IF r.tally IS NOT NULL THEN
+        PERFORM chips._lift_send(r.tally, 'answer', pg_catalog.jsonb_build_object(
+            'query', r.query, 'link', chips._link_id(r.query, r.tally),
+            'found', r.status = 'found', 'max', r.max, 'hops', r.hops));
+    ELSIF r.lift IS NOT NULL THEN
+        SELECT * INTO l FROM chips.lifts x WHERE x.lift_uuid = r.lift;
+        IF l.status = 'seek' THEN
+            IF r.status = 'found' THEN
+                PERFORM chips._lift_start(l.id);
+            ELSE
+                PERFORM chips._lift_settle(l.id, 'void', 'no route');
+            END IF;
+        END IF;
+    END IF;
+END
+$$;
+
+-- Passes a query on from `p_from` over up to fanout exits; answers at once from the cache.
+-- Returns how many exits it asked (0: answered none).
+CREATE FUNCTION chips._route_ask(p_in bigint, p_from text, p_depth integer) RETURNS integer
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    r chips.lift_routes;
+    s chips.lift_settings := chips._lift_set();
+    e record;
+    n integer := 0;
+BEGIN
+    SELECT * INTO r FROM chips.lift_routes x WHERE x.id = p_in;
+    IF p_depth >= 1 THEN
+        FOR e IN SELECT * FROM chips._lift_exits(p_from, r.units, r.find, r.tally) LIMIT s.fanout LOOP
+            IF e.cached THEN
+                INSERT INTO chips.lift_routes (query, dir, tally, find, units, expires, status, max, hops)
+                SELECT r.query, 'out', e.tally, r.find, r.units, r.expires, 'found', e.max, c.hops
+                FROM chips.lift_route_cache c
+                WHERE c.tally = e.tally AND c.find_cuid = r.find->>'cuid' AND c.find_agent = r.find->>'agent'
+                ON CONFLICT DO NOTHING;
+                n := n + 1;
+                EXIT;   -- a cached route answers at once
+            END IF;
+            INSERT INTO chips.lift_routes (query, dir, tally, find, units, expires)
+            VALUES (r.query, 'out', e.tally, r.find, r.units, r.expires)
+            ON CONFLICT DO NOTHING;
+            IF FOUND THEN
+                PERFORM chips._lift_send(e.tally, 'query', pg_catalog.jsonb_build_object(
+                    'query', r.query, 'link', chips._link_id(r.query, e.tally), 'find', r.find,
+                    'units', r.units, 'depth', p_depth - 1,
+                    'expires', (extract(epoch FROM r.expires) * 1000)::bigint));
+                n := n + 1;
+            END IF;
+        END LOOP;
+    END IF;
+    PERFORM chips._route_answer(p_in);
+    RETURN n;
+END
+$$;
+
+-- Our half of the tally a lift message names by link id, held by the addressee.
+CREATE FUNCTION chips._link_half(msg jsonb) RETURNS chips.tallies
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    t chips.tallies;
+BEGIN
+    SELECT * INTO t FROM chips.tallies x
+    WHERE x.ent = chips._local_ent(msg->'to') AND x.part_ent IS NULL
+      AND x.part_cert->'chad'->>'cuid' = msg->'from'->>'cuid'
+      AND x.part_cert->'chad'->>'agent' = msg->'from'->>'agent'
+      AND chips._link_id(msg->'object'->>'query', x.tally_uuid) = msg->'object'->>'link'
+    LIMIT 1;
+    RETURN t;
+END
+$$;
+
+CREATE FUNCTION chips._recv_lift_query(msg jsonb) RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    o jsonb := msg->'object';
+    t chips.tallies := chips._link_half(msg);
+    v_find jsonb;
+    v_units bigint;
+    v_depth integer;
+    v_expires timestamptz;
+    v_cap bigint;
+    v_target text;
+    v_route record;
+    v_in bigint;
+    s chips.lift_settings := chips._lift_set();
+BEGIN
+    BEGIN
+        v_find := chips._chad(o->'find');
+        v_units := (o->>'units')::bigint;
+        v_depth := least((o->>'depth')::integer, s.max_depth);
+        v_expires := pg_catalog.to_timestamp((o->>'expires')::bigint / 1000.0);
+    EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range OR invalid_parameter_value THEN
+        RAISE EXCEPTION 'a route query has find, units, depth and expires' USING ERRCODE = '22023';
+    END;
+    IF v_units IS NULL OR v_units < 1 OR v_depth IS NULL OR v_expires IS NULL OR o->>'query' IS NULL THEN
+        RAISE EXCEPTION 'a route query has query, find, units >= 1, depth and expires' USING ERRCODE = '22023';
+    END IF;
+    IF t.id IS NULL THEN
+        RETURN 'ignored';     -- no such tally here: the asker's query runs out
+    END IF;
+    IF v_expires <= pg_catalog.now() THEN
+        RETURN 'expired';
+    END IF;
+    IF EXISTS (SELECT 1 FROM chips.lift_routes x WHERE x.query = o->>'query' AND x.dir = 'in' AND x.tally = t.tally_uuid) THEN
+        RETURN 'ignored';     -- this query came this way already
+    END IF;
+    v_cap := chips._recv_capacity(t, (t.part_sets->>'clutch')::double precision);
+    v_target := chips._local_ent(v_find);
+    INSERT INTO chips.lift_routes (query, dir, tally, find, units, expires, cap)
+    VALUES (o->>'query', 'in', t.tally_uuid, v_find, v_units, least(v_expires, pg_catalog.now() + s.query_life), v_cap)
+    RETURNING id INTO v_in;
+    IF v_cap < v_units THEN
+        PERFORM chips._route_answer(v_in);
+        RETURN 'none';
+    END IF;
+    IF v_target IS NOT NULL THEN
+        -- the lift ends here: a route from where it enters to the user it is for
+        v_route := chips._route(t.ent, v_target, v_units);
+        IF v_route.ok THEN
+            UPDATE chips.lift_routes x SET status = 'found', hops = 1 + pg_catalog.cardinality(v_route.tallies),
+                max = (SELECT min(c) FROM pg_catalog.unnest(v_route.caps || v_cap) c)
+            WHERE x.id = v_in;
+            PERFORM chips._lift_send(t.tally_uuid, 'answer', pg_catalog.jsonb_build_object(
+                'query', o->>'query', 'link', o->>'link', 'found', true,
+                'max', (SELECT x.max FROM chips.lift_routes x WHERE x.id = v_in),
+                'hops', 1 + pg_catalog.cardinality(v_route.tallies)));
+            RETURN 'found';
+        END IF;
+        PERFORM chips._route_answer(v_in);
+        RETURN 'none';
+    END IF;
+    IF EXISTS (SELECT 1 FROM chips.lift_routes x WHERE x.query = o->>'query' AND x.id <> v_in) THEN
+        PERFORM chips._route_answer(v_in);    -- a loop: the query was here on another way
+        RETURN 'none';
+    END IF;
+    IF chips._route_ask(v_in, t.ent, v_depth) = 0 THEN
+        RETURN 'none';
+    END IF;
+    RETURN 'asked';
+END
+$$;
+
+CREATE FUNCTION chips._recv_lift_answer(msg jsonb) RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    o jsonb := msg->'object';
+    t chips.tallies := chips._link_half(msg);
+    r chips.lift_routes;
+    v_in bigint;
+    s chips.lift_settings := chips._lift_set();
+BEGIN
+    IF t.id IS NULL THEN
+        RETURN 'ignored';
+    END IF;
+    SELECT * INTO r FROM chips.lift_routes x
+    WHERE x.query = o->>'query' AND x.dir = 'out' AND x.tally = t.tally_uuid FOR UPDATE;
+    IF NOT FOUND OR r.status <> 'pend' THEN
+        RETURN 'ignored';
+    END IF;
+    IF (o->>'found')::boolean AND (o->>'max')::bigint >= r.units THEN
+        UPDATE chips.lift_routes x SET status = 'found',
+            max = least((o->>'max')::bigint, chips._send_capacity(t)), hops = (o->>'hops')::integer
+        WHERE x.id = r.id RETURNING * INTO r;
+        INSERT INTO chips.lift_route_cache AS c (find_cuid, find_agent, tally, max, hops, expires)
+        VALUES (r.find->>'cuid', r.find->>'agent', t.tally_uuid, r.max, r.hops, pg_catalog.now() + s.cache_life)
+        ON CONFLICT (find_agent, find_cuid, tally) DO UPDATE
+            SET max = EXCLUDED.max, hops = EXCLUDED.hops, expires = EXCLUDED.expires;
+    ELSE
+        UPDATE chips.lift_routes x SET status = 'none' WHERE x.id = r.id;
+        DELETE FROM chips.lift_route_cache c
+        WHERE c.tally = t.tally_uuid AND c.find_cuid = r.find->>'cuid' AND c.find_agent = r.find->>'agent';
+    END IF;
+    SELECT x.id INTO v_in FROM chips.lift_routes x WHERE x.query = r.query AND x.dir = 'in';
+    IF v_in IS NOT NULL THEN
+        PERFORM chips._route_answer(v_in);
+    END IF;
+    RETURN r.status;
+END
+$$;
+
+------------------------------------------------------------------------------------------------
+-- Prepare
+------------------------------------------------------------------------------------------------
+
+-- The origin has a route: reserve its own segment (payer -> exit holder, then the exit tally)
+-- and send the prepare downstream.
+CREATE FUNCTION chips._lift_start(p_id bigint) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    l chips.lifts;
+    e record;
+    v_route record;
+    v_doc jsonb;
+    v_payer text;
+    s chips.lift_settings := chips._lift_set();
+BEGIN
+    SELECT * INTO l FROM chips.lifts x WHERE x.id = p_id FOR UPDATE;
+    IF l.status <> 'seek' THEN
+        RETURN;
+    END IF;
+    v_payer := l.payer;
+    FOR e IN SELECT x.tally, x.max, t.ent AS holder FROM chips.lift_routes x
+             JOIN chips.tallies t ON t.tally_uuid = x.tally AND t.part_ent IS NULL
+             WHERE x.query = l.query AND x.dir = 'out' AND x.status = 'found'
+             ORDER BY x.hops, x.max DESC, x.id LOOP
+        IF l.kind = 'circular' THEN
+            -- a circle clears as much as its tightest tally allows, at least what was asked
+            v_route := chips._route(v_payer, e.holder, l.units);
+            IF v_route.ok THEN
+                l.units := greatest(l.units, least(e.max, coalesce((SELECT min(c) FROM pg_catalog.unnest(v_route.caps) c), e.max)));
+            END IF;
+        END IF;
+        v_route := chips._route(v_payer, e.holder, l.units);
+        CONTINUE WHEN NOT v_route.ok;
+        CONTINUE WHEN chips._lift_lock(v_route.tallies || e.tally, v_route.payers || e.holder,
+                                       v_route.receivers || NULL::text, l.units) <> 0;
+        UPDATE chips.lifts x SET status = 'pend', units = l.units, tally_out = e.tally,
+            tallies = v_route.tallies || e.tally, debtors = v_route.receivers || NULL::text
+        WHERE x.id = l.id RETURNING * INTO l;
+        FOR i IN 1..pg_catalog.cardinality(v_route.tallies) LOOP
+            PERFORM chips._lift_chit(l, v_route.tallies[i], v_route.payers[i]);
+        END LOOP;
+        v_doc := chips._lift_chit(l, e.tally, e.holder);
+        PERFORM chips._lift_send(e.tally, 'prepare', pg_catalog.jsonb_build_object(
+            'lift', l.lift_uuid, 'kind', l.kind, 'query', l.query, 'units', l.units, 'chit', v_doc,
+            'condition', chips.b64url_encode(l.condition), 'void', chips.b64url_encode(l.void_cond),
+            'expires', (extract(epoch FROM l.expires - s.hop_step) * 1000)::bigint,
+            'origin', l.origin, 'find', l.find, 'pay', l.pay));
+        RETURN;
+    END LOOP;
+    PERFORM chips._lift_settle(l.id, 'void', 'no route carries the lift now');
+END
+$$;
+
+-- Refuses a prepare: nothing is reserved here; the upstream passes the reject on to the origin.
+CREATE FUNCTION chips._lift_reject(msg jsonb, p_reason text) RETURNS text
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM chips._send(msg->'to', msg->'from', 'lift', 'reject', pg_catalog.jsonb_build_object(
+        'lift', msg->'object'->>'lift', 'reason', p_reason));
+    RETURN 'rejected: ' || p_reason;
+END
+$$;
+
+CREATE FUNCTION chips._recv_lift_prepare(msg jsonb) RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    o jsonb := msg->'object';
+    s chips.lift_settings := chips._lift_set();
+    v_doc jsonb;
+    v_lift uuid;
+    v_units bigint;
+    v_expires timestamptz;
+    v_find jsonb;
+    v_target text;
+    t chips.tallies;
+    l chips.lifts;
+    v_route record;
+    v_exit record;
+    v_next jsonb;
+    v_ok boolean := false;
+BEGIN
+    BEGIN
+        v_doc := chips.chit_doc_check(o->'chit');
+        v_lift := (o->>'lift')::uuid;
+        v_units := (o->>'units')::bigint;
+        v_expires := pg_catalog.to_timestamp((o->>'expires')::bigint / 1000.0);
+        v_find := chips._chad(o->'find');
+        PERFORM chips._chad(o->'origin');
+    EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range OR invalid_parameter_value THEN
+        RAISE EXCEPTION 'a prepare carries lift, chit, units, expires, origin and find' USING ERRCODE = '22023';
+    END;
+    IF o->>'kind' NOT IN ('linear', 'circular') OR v_units IS NULL OR v_units < 1
+       OR v_expires IS NULL OR chips.b64url_decode(o->>'condition') IS NULL
+       OR chips.b64url_decode(o->>'void') IS NULL THEN
+        RAISE EXCEPTION 'a prepare carries kind, units >= 1, expires, condition and void' USING ERRCODE = '22023';
+    END IF;
+    -- the tally is the sender's with the addressee, and the chit is the sender's payment on it
+    SELECT * INTO t FROM chips.tallies x
+    WHERE x.tally_uuid = (v_doc->>'tally')::uuid AND x.ent = chips._local_ent(msg->'to') AND x.part_ent IS NULL
+      AND x.part_cert->'chad'->>'cuid' = msg->'from'->>'cuid' AND x.part_cert->'chad'->>'agent' = msg->'from'->>'agent'
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no tally % between % and the sender', v_doc->>'tally', msg->'to'->>'cuid' USING ERRCODE = '42704';
+    END IF;
+    IF v_doc->>'type' <> 'lift' OR v_doc->>'by' <> chips._other(t.side)
+       OR (v_doc->>'units')::bigint IS DISTINCT FROM v_units OR v_doc->'ref'->>'lift' IS DISTINCT FROM v_lift::text THEN
+        RAISE EXCEPTION 'the chit of a prepare is the sender''s lift chit for this lift and units' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO l FROM chips.lifts x WHERE x.lift_uuid = v_lift FOR UPDATE;
+    IF FOUND THEN
+        IF l.role = 'origin' AND l.kind = 'circular' AND o->>'kind' = 'circular' AND l.status = 'pend'
+           AND l.tally_in IS NULL AND l.units = v_units THEN
+            -- the circle is closed: the lift came back; reserve from here to where it began
+            v_route := chips._route(t.ent, l.payer, v_units);
+            IF NOT v_route.ok OR pg_catalog.now() >= l.expires
+               OR chips._lift_lock(v_route.tallies || t.tally_uuid, v_route.payers || NULL::text,
+                                   v_route.receivers || t.ent, v_units) <> 0 THEN
+                PERFORM chips._lift_decide(l.id, 'void', 'the circle does not close here');
+                RETURN 'void';
+            END IF;
+            UPDATE chips.lifts x SET tally_in = t.tally_uuid, tallies = x.tallies || t.tally_uuid || v_route.tallies,
+                debtors = x.debtors || t.ent || v_route.receivers
+            WHERE x.id = l.id RETURNING * INTO l;
+            PERFORM chips._lift_chit(l, t.tally_uuid, NULL, v_doc);
+            FOR i IN 1..pg_catalog.cardinality(v_route.tallies) LOOP
+                PERFORM chips._lift_chit(l, v_route.tallies[i], v_route.payers[i]);
+            END LOOP;
+            PERFORM chips._lift_decide(l.id, 'good');
+            RETURN 'good';
+        END IF;
+        IF l.tally_in = t.tally_uuid THEN
+            RETURN 'ignored';       -- this prepare again
+        END IF;
+        RETURN chips._lift_reject(msg, 'the lift passes this site already');
+    END IF;
+    IF v_expires - s.min_window <= pg_catalog.now() THEN
+        RETURN chips._lift_reject(msg, 'expired');
+    END IF;
+    INSERT INTO chips.lifts (lift_uuid, kind, status, units, role, origin, find, query, tally_in,
+                             condition, void_cond, expires, pay)
+    VALUES (v_lift, o->>'kind', 'pend', v_units, 'relay', o->'origin', v_find, o->>'query', t.tally_uuid,
+            chips.b64url_decode(o->>'condition'), chips.b64url_decode(o->>'void'), v_expires, o->'pay')
+    RETURNING * INTO l;
+    v_target := chips._local_ent(v_find);
+    IF v_target IS NOT NULL AND o->>'kind' = 'linear' THEN
+        -- the payee is here: check the payer's signature over the payment and its locks
+        IF o->'pay'->'doc'->>'lift' IS DISTINCT FROM v_lift::text
+           OR o->'pay'->'doc'->>'condition' IS DISTINCT FROM o->>'condition'
+           OR o->'pay'->'doc'->>'void' IS DISTINCT FROM o->>'void'
+           OR (o->'pay'->'doc'->>'units')::bigint IS DISTINCT FROM v_units
+           OR NOT chips._same_party(o->'pay'->'doc'->'to', v_find)
+           OR NOT coalesce(chips.verify_signature(o->'pay'->>'key', o->'pay'->'doc', o->'pay'->>'sign'), false) THEN
+            DELETE FROM chips.lifts x WHERE x.id = l.id;
+            RETURN chips._lift_reject(msg, 'the payer''s signature does not cover this payment');
+        END IF;
+        v_route := chips._route(t.ent, v_target, v_units);
+        IF v_route.ok AND chips._lift_lock(v_route.tallies || t.tally_uuid, v_route.payers || NULL::text,
+                                              v_route.receivers || t.ent, v_units) = 0 THEN
+            UPDATE chips.lifts x SET role = 'terminus', payee = v_target,
+                tallies = t.tally_uuid || v_route.tallies, debtors = t.ent || v_route.receivers
+            WHERE x.id = l.id RETURNING * INTO l;
+            PERFORM chips._lift_chit(l, t.tally_uuid, NULL, v_doc);
+            FOR i IN 1..pg_catalog.cardinality(v_route.tallies) LOOP
+                PERFORM chips._lift_chit(l, v_route.tallies[i], v_route.payers[i]);
+            END LOOP;
+            PERFORM chips._send(chips._cert(v_target)->'chad', l.origin, 'lift', 'ready',
+                pg_catalog.jsonb_build_object('lift', v_lift, 'units', v_units,
+                    'condition', o->>'condition', 'void', o->>'void'));
+            RETURN 'ready';
+        END IF;
+        DELETE FROM chips.lifts x WHERE x.id = l.id;
+        RETURN chips._lift_reject(msg, 'no route to the payee carries the lift');
+    END IF;
+    -- a relay: out on the tally the route query found (or the cache knows), the same way back
+    IF (extract(epoch FROM v_expires - s.hop_step - s.min_window)) > extract(epoch FROM pg_catalog.now()) THEN
+        FOR v_exit IN
+            SELECT e.tally, e.holder FROM (
+                SELECT x.tally, t2.ent AS holder, 0 AS pri, x.hops FROM chips.lift_routes x
+                JOIN chips.tallies t2 ON t2.tally_uuid = x.tally AND t2.part_ent IS NULL
+                WHERE x.query = o->>'query' AND x.dir = 'out' AND x.status = 'found'
+                UNION ALL
+                SELECT c.tally, t2.ent, 1, c.hops FROM chips.lift_route_cache c
+                JOIN chips.tallies t2 ON t2.tally_uuid = c.tally AND t2.part_ent IS NULL
+                WHERE c.find_cuid = v_find->>'cuid' AND c.find_agent = v_find->>'agent'
+                  AND c.expires > pg_catalog.now() AND c.max >= v_units) e
+            WHERE e.tally <> t.tally_uuid
+            ORDER BY e.pri, e.hops LOOP
+            v_route := chips._route(t.ent, v_exit.holder, v_units);
+            CONTINUE WHEN NOT v_route.ok;
+            CONTINUE WHEN chips._lift_lock(t.tally_uuid || v_route.tallies || v_exit.tally,
+                                           NULL::text || v_route.payers || v_exit.holder,
+                                           t.ent || v_route.receivers || NULL::text, v_units) <> 0;
+            v_ok := true;
+            EXIT;
+        END LOOP;
+    END IF;
+    IF NOT v_ok THEN
+        DELETE FROM chips.lifts x WHERE x.id = l.id;
+        RETURN chips._lift_reject(msg, 'no route on from here carries the lift');
+    END IF;
+    UPDATE chips.lifts x SET tally_out = v_exit.tally, expires = v_expires - s.hop_step,
+        tallies = t.tally_uuid || v_route.tallies || v_exit.tally,
+        debtors = t.ent || v_route.receivers || NULL::text
+    WHERE x.id = l.id RETURNING * INTO l;
+    PERFORM chips._lift_chit(l, t.tally_uuid, NULL, v_doc);
+    FOR i IN 1..pg_catalog.cardinality(v_route.tallies) LOOP
+        PERFORM chips._lift_chit(l, v_route.tallies[i], v_route.payers[i]);
+    END LOOP;
+    v_next := o || pg_catalog.jsonb_build_object(
+        'chit', chips._lift_chit(l, v_exit.tally, v_exit.holder),
+        'expires', (extract(epoch FROM l.expires) * 1000)::bigint);
+    PERFORM chips._lift_send(v_exit.tally, 'prepare', v_next);
+    RETURN 'prepared';
+END
+$$;
+
+------------------------------------------------------------------------------------------------
+-- Ready, reject, decisions, status
+------------------------------------------------------------------------------------------------
+
+-- The lift a message names, locked; 'ignored' handling is the caller's.
+CREATE FUNCTION chips._msg_lift(msg jsonb) RETURNS chips.lifts
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    l chips.lifts;
+    v_lift uuid;
+BEGIN
+    BEGIN
+        v_lift := (msg->'object'->>'lift')::uuid;
+    EXCEPTION WHEN invalid_text_representation THEN
+        RAISE EXCEPTION 'lift % is not a UUID', msg->'object'->>'lift' USING ERRCODE = '22P02';
+    END;
+    SELECT * INTO l FROM chips.lifts x WHERE x.lift_uuid = v_lift AND x.kind <> 'local' FOR UPDATE;
+    RETURN l;
+END
+$$;
+
+-- Whether a message came over tally `p_tally` from its partner at another site.
+CREATE FUNCTION chips._from_partner(msg jsonb, p_tally uuid) RETURNS boolean
+LANGUAGE sql STABLE
+AS $$
+    SELECT EXISTS (SELECT 1 FROM chips.tallies x WHERE x.tally_uuid = p_tally AND x.part_ent IS NULL
+                   AND x.part_cert->'chad'->>'cuid' = msg->'from'->>'cuid'
+                   AND x.part_cert->'chad'->>'agent' = msg->'from'->>'agent')
+$$;
+
+CREATE FUNCTION chips._recv_lift_ready(msg jsonb) RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    l chips.lifts := chips._msg_lift(msg);
+    o jsonb := msg->'object';
+BEGIN
+    IF l.id IS NULL OR l.role <> 'origin' OR l.kind <> 'linear'
+       OR NOT chips._same_party(msg->'from', l.find) THEN
+        RETURN 'ignored';
+    END IF;
+    IF l.status <> 'pend' THEN
+        RETURN 'ignored';
+    END IF;
+    IF o->>'condition' IS DISTINCT FROM chips.b64url_encode(l.condition)
+       OR o->>'void' IS DISTINCT FROM chips.b64url_encode(l.void_cond)
+       OR (o->>'units')::bigint IS DISTINCT FROM l.units THEN
+        PERFORM chips._lift_decide(l.id, 'void', 'the payee was sent other terms');
+        RETURN 'void';
+    END IF;
+    IF pg_catalog.now() >= l.expires THEN
+        PERFORM chips._lift_decide(l.id, 'void', 'expired');
+        RETURN 'void';
+    END IF;
+    PERFORM chips._lift_decide(l.id, 'good');
+    RETURN 'good';
+END
+$$;
+
+CREATE FUNCTION chips._recv_lift_reject(msg jsonb) RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    l chips.lifts := chips._msg_lift(msg);
+BEGIN
+    IF l.id IS NULL OR l.tally_out IS NULL OR NOT chips._from_partner(msg, l.tally_out) THEN
+        RETURN 'ignored';
+    END IF;
+    IF l.role = 'origin' THEN
+        PERFORM chips._lift_decide(l.id, 'void', coalesce(msg->'object'->>'reason', 'rejected'));
+        RETURN 'void';
+    END IF;
+    IF l.status = 'pend' THEN
+        PERFORM chips._lift_send(l.tally_in, 'reject', msg->'object');
+        RETURN 'passed on';
+    END IF;
+    RETURN 'ignored';
+END
+$$;
+
+-- commit {lift, secret} / void {lift, secret}: from the upstream partner (the secret must open
+-- the lock), or from the origin directly (its word is the decision).
+CREATE FUNCTION chips._recv_lift_decision(msg jsonb) RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    l chips.lifts := chips._msg_lift(msg);
+    v_status text := CASE msg->>'action' WHEN 'commit' THEN 'good' ELSE 'void' END;
+    v_secret bytea := chips.b64url_decode(msg->'object'->>'secret');
+    v_proved boolean;
+BEGIN
+    IF l.id IS NULL OR l.role = 'origin' THEN
+        RETURN 'ignored';
+    END IF;
+    v_proved := v_secret IS NOT NULL AND pg_catalog.length(v_secret) = 32
+        AND chips._lift_condition(v_secret) = CASE v_status WHEN 'good' THEN l.condition ELSE l.void_cond END;
+    IF NOT v_proved AND NOT (msg->'from'->>'agent' = l.origin->>'agent' AND v_status = 'void') THEN
+        RETURN 'refused: the secret does not open the lift''s lock';
+    END IF;
+    IF l.status = v_status THEN
+        RETURN 'ignored';
+    END IF;
+    IF l.status <> 'pend' THEN
+        RAISE EXCEPTION 'lift % is % here, and the origin says %', l.lift_uuid, l.status, v_status
+            USING ERRCODE = '55000';
+    END IF;
+    UPDATE chips.lifts x SET secret = CASE WHEN v_status = 'good' THEN v_secret END,
+        void_secret = CASE WHEN v_status = 'void' AND v_proved THEN v_secret END
+    WHERE x.id = l.id;
+    IF l.tally_out IS NOT NULL THEN
+        PERFORM chips._lift_send(l.tally_out, msg->>'action', msg->'object');
+    END IF;
+    PERFORM chips._lift_settle(l.id, v_status, CASE WHEN v_status = 'void' THEN 'voided by the origin' END);
+    RETURN v_status;
+END
+$$;
+
+-- status {lift}: a site that prepared asks the origin for the decision; the origin answers
+-- directly when it has one.
+CREATE FUNCTION chips._recv_lift_status(msg jsonb) RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    l chips.lifts := chips._msg_lift(msg);
+BEGIN
+    IF l.id IS NULL OR l.role <> 'origin' THEN
+        -- never started here (or forgotten): there is no decision to wait for
+        IF l.id IS NULL AND chips._local_ent(msg->'to') IS NOT NULL THEN
+            PERFORM chips._send(msg->'to', msg->'from', 'lift', 'void',
+                pg_catalog.jsonb_build_object('lift', msg->'object'->>'lift'));
+            RETURN 'void';
+        END IF;
+        RETURN 'ignored';
+    END IF;
+    IF l.status = 'pend' AND pg_catalog.now() >= l.expires THEN
+        PERFORM chips._lift_decide(l.id, 'void', 'expired');
+        SELECT * INTO l FROM chips.lifts x WHERE x.id = l.id;
+    END IF;
+    IF l.status IN ('good', 'void') THEN
+        PERFORM chips._send(msg->'to', msg->'from', 'lift',
+            CASE l.status WHEN 'good' THEN 'commit' ELSE 'void' END,
+            pg_catalog.jsonb_build_object('lift', l.lift_uuid, 'secret', chips.b64url_encode(
+                CASE l.status WHEN 'good' THEN l.secret ELSE l.void_secret END)));
+        RETURN l.status;
+    END IF;
+    RETURN 'pending';
+END
+$$;
+
+------------------------------------------------------------------------------------------------
+-- The user API and the timer
+------------------------------------------------------------------------------------------------
+
+-- Starts a lift originated here: kind linear (a payment from p_payer to p_find) or circular
+-- (p_find is p_payer). Looks for a route (the cache first), then prepares.
+CREATE FUNCTION chips._lift_originate(p_kind text, p_payer text, p_find jsonb, p_units bigint,
+                                      p_pay jsonb, p_status text DEFAULT 'seek')
+RETURNS chips.lifts
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    s chips.lift_settings := chips._lift_set();
+    l chips.lifts;
+    v_secret bytea := chips.new_seed();
+    v_void bytea := chips.new_seed();
+    v_in bigint;
+BEGIN
+    INSERT INTO chips.lifts (lift_uuid, kind, status, units, role, origin, find, payer, query,
+                             condition, void_cond, secret, void_secret, expires, pay)
+    VALUES (coalesce((p_pay->'doc'->>'lift')::uuid, pg_catalog.gen_random_uuid()), p_kind, p_status,
+            p_units, 'origin', chips._cert(p_payer)->'chad', p_find, p_payer, pg_catalog.gen_random_uuid()::text,
+            chips._lift_condition(v_secret), chips._lift_condition(v_void), v_secret, v_void,
+            pg_catalog.now() + s.life, p_pay)
+    RETURNING * INTO l;
+    RETURN l;
+END
+$$;
+
+-- Sends the route queries of a lift in 'seek' (or answers from the cache).
+CREATE FUNCTION chips._lift_seek(p_id bigint) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    s chips.lift_settings := chips._lift_set();
+    l chips.lifts;
+    v_in bigint;
+BEGIN
+    SELECT * INTO l FROM chips.lifts x WHERE x.id = p_id;
+    INSERT INTO chips.lift_routes (query, dir, tally, lift, find, units, expires)
+    VALUES (l.query, 'in', NULL, l.lift_uuid, l.find, l.units,
+            least(l.expires, pg_catalog.now() + s.query_life))
+    RETURNING id INTO v_in;
+    PERFORM chips._route_ask(v_in, l.payer, s.max_depth);
+END
+$$;
+
+-- The payment document a payer signs (canonical JSON, RFC 8785).
+CREATE FUNCTION chips._pay_doc(l chips.lifts, p_memo text, p_reference jsonb) RETURNS jsonb
+LANGUAGE sql STABLE
+AS $$
+    SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+        'lift', l.lift_uuid, 'from', l.origin, 'to', l.find, 'units', l.units,
+        'condition', chips.b64url_encode(l.condition), 'void', chips.b64url_encode(l.void_cond),
+        'date', chips._iso(l.created), 'memo', p_memo, 'ref', p_reference))
+$$;
+
+-- Pays a CHIP address at another site through intermediaries (a linear lift): the caller signs
+-- the payment (a custodial user: the database signs; else it waits in 'draft' for
+-- chips.pay_address_sign). Returns the lift; its state is in chips.lifts_list / events.
+CREATE FUNCTION chips.pay_address(address jsonb, units bigint, memo text DEFAULT NULL,
+                                  reference jsonb DEFAULT NULL)
+RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_me chips.users := chips._me();
+    v_find jsonb := chips._chad(pay_address.address);
+    v_payee text := chips._local_ent(v_find);
+    v_route record;
+    l chips.lifts;
+    v_doc jsonb;
+    v_sig text;
+BEGIN
+    IF pay_address.units IS NULL OR pay_address.units < 1 OR pay_address.units > 1000000000000000 THEN
+        RAISE EXCEPTION 'units must be between 1 and 10^15' USING ERRCODE = '22023';
+    END IF;
+    IF v_me.pubkey IS NULL THEN
+        RAISE EXCEPTION 'user % has no public key to sign the payment with', v_me.ent USING ERRCODE = '55000';
+    END IF;
+    IF v_payee = v_me.ent THEN
+        RAISE EXCEPTION 'a payment to yourself' USING ERRCODE = '22023';
+    END IF;
+    l := chips._lift_originate('linear', v_me.ent, v_find, pay_address.units, NULL, 'draft');
+    v_doc := chips._pay_doc(l, pay_address.memo, pay_address.reference);
+    v_sig := chips._custodial_sign(v_me.ent, v_doc);
+    UPDATE chips.lifts x SET pay = pg_catalog.jsonb_build_object('doc', v_doc, 'key', v_me.pubkey, 'sign', v_sig)
+    WHERE x.id = l.id;
+    IF v_sig IS NOT NULL THEN
+        PERFORM chips._pay_go(l.id);
+        IF (SELECT x.status FROM chips.lifts x WHERE x.id = l.id) = 'void' THEN
+            RAISE EXCEPTION 'no tally of yours leads towards % with % units free', v_find->>'cuid', pay_address.units
+                USING ERRCODE = '55000';
+        END IF;
+    END IF;
+    RETURN l.lift_uuid;
+END
+$$;
+
+-- The payment document of a draft payment (to sign), and the signature that starts it.
+CREATE FUNCTION chips.pay_address_json(lift uuid) RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_me chips.users := chips._me();
+    l chips.lifts;
+BEGIN
+    SELECT * INTO l FROM chips.lifts x WHERE x.lift_uuid = pay_address_json.lift AND x.payer = v_me.ent
+      AND x.role = 'origin';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'you have no payment %', pay_address_json.lift USING ERRCODE = '42704';
+    END IF;
+    RETURN l.pay->'doc';
+END
+$$;
+
+CREATE FUNCTION chips.pay_address_sign(lift uuid, signature text) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_me chips.users := chips._me();
+    l chips.lifts;
+BEGIN
+    SELECT * INTO l FROM chips.lifts x WHERE x.lift_uuid = pay_address_sign.lift AND x.payer = v_me.ent
+      AND x.role = 'origin' FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'you have no payment %', pay_address_sign.lift USING ERRCODE = '42704';
+    END IF;
+    IF l.status <> 'draft' THEN
+        RAISE EXCEPTION 'payment % is % already', l.lift_uuid, l.status USING ERRCODE = '55000';
+    END IF;
+    IF NOT coalesce(chips.verify_signature(v_me.pubkey, l.pay->'doc', pay_address_sign.signature), false) THEN
+        RAISE EXCEPTION 'the signature is not yours over payment %', l.lift_uuid USING ERRCODE = '28000';
+    END IF;
+    UPDATE chips.lifts x SET pay = x.pay || pg_catalog.jsonb_build_object('sign', pay_address_sign.signature)
+    WHERE x.id = l.id;
+    PERFORM chips._pay_go(l.id);
+    SELECT * INTO l FROM chips.lifts x WHERE x.id = l.id;
+    RETURN l.status;
+END
+$$;
+
+-- A signed payment goes: over local tallies at once when the payee is here, else a route query.
+CREATE FUNCTION chips._pay_go(p_id bigint) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    l chips.lifts;
+    v_payee text;
+    v_route record;
+BEGIN
+    SELECT * INTO l FROM chips.lifts x WHERE x.id = p_id FOR UPDATE;
+    v_payee := chips._local_ent(l.find);
+    IF v_payee IS NULL THEN
+        UPDATE chips.lifts x SET status = 'seek' WHERE x.id = l.id;
+        PERFORM chips._lift_seek(l.id);
+        RETURN;
+    END IF;
+    v_route := chips._route(l.payer, v_payee, l.units);
+    IF NOT v_route.ok OR chips._lift_lock(v_route.tallies, v_route.payers, v_route.receivers, l.units) <> 0 THEN
+        RAISE EXCEPTION 'no route from you to % carries % units', l.find->>'cuid', l.units
+            USING ERRCODE = '55000';
+    END IF;
+    UPDATE chips.lifts x SET status = 'pend', payee = v_payee, tallies = v_route.tallies,
+        debtors = v_route.receivers
+    WHERE x.id = l.id RETURNING * INTO l;
+    FOR i IN 1..pg_catalog.cardinality(v_route.tallies) LOOP
+        PERFORM chips._lift_chit(l, v_route.tallies[i], v_route.payers[i]);
+    END LOOP;
+    PERFORM chips._lift_settle(l.id, 'good');
+END
+$$;
+
+-- Starts circular lifts through other sites: for each user with a tally to another site that can
+-- carry min_units out, and no circular lift of theirs under way,
+-- asks for a route back to them. Returns how many it started. Part of automatic clearing.
+CREATE FUNCTION chips.lift_circles(min_units bigint DEFAULT 1, max_lifts integer DEFAULT 10)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    u record;
+    l chips.lifts;
+    n integer := 0;
+BEGIN
+    IF lift_circles.min_units IS NULL OR lift_circles.min_units < 1
+       OR lift_circles.max_lifts IS NULL OR lift_circles.max_lifts < 0 THEN
+        RAISE EXCEPTION 'min_units must be >= 1 and max_lifts >= 0' USING ERRCODE = '22023';
+    END IF;
+    FOR u IN
+        SELECT x.ent FROM chips.users x
+        WHERE x.status = 'active'
+          AND EXISTS (SELECT 1 FROM chips.tallies t WHERE t.ent = x.ent AND t.part_ent IS NULL
+                      AND chips._send_capacity(t) >= lift_circles.min_units)
+          AND NOT EXISTS (SELECT 1 FROM chips.lifts l2 WHERE l2.payer = x.ent AND l2.kind = 'circular'
+                          AND l2.status IN ('seek', 'pend'))
+        ORDER BY x.ent
+        LIMIT lift_circles.max_lifts
+    LOOP
+        l := chips._lift_originate('circular', u.ent, chips._cert(u.ent)->'chad', lift_circles.min_units, NULL);
+        PERFORM chips._lift_seek(l.id);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+-- The timer of distributed lifts (chipsd calls it every second; cron will do): route queries
+-- past their time are answered none; the origin decides void for a lift not ready by its expiry;
+-- a site that prepared and is past its expiry asks the origin for the decision (every
+-- ask_every); old route rows and cache entries go.
+CREATE FUNCTION chips.lift_tick(OUT queries integer, OUT voided integer, OUT asked integer)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    s chips.lift_settings := chips._lift_set();
+    r record;
+BEGIN
+    queries := 0; voided := 0; asked := 0;
+    FOR r IN SELECT x.id FROM chips.lift_routes x
+             WHERE x.dir = 'in' AND x.status = 'pend' AND x.expires <= pg_catalog.now() LOOP
+        UPDATE chips.lift_routes x SET status = 'none'
+        WHERE x.query = (SELECT y.query FROM chips.lift_routes y WHERE y.id = r.id)
+          AND x.dir = 'out' AND x.status = 'pend';
+        PERFORM chips._route_answer(r.id);
+        queries := queries + 1;
+    END LOOP;
+    FOR r IN SELECT x.id, x.status FROM chips.lifts x
+             WHERE x.role = 'origin' AND x.status IN ('draft', 'seek', 'pend')
+               AND x.expires <= pg_catalog.now() LOOP
+        PERFORM chips._lift_decide(r.id, 'void', 'expired');
+        voided := voided + 1;
+    END LOOP;
+    FOR r IN SELECT x.* FROM chips.lifts x
+             WHERE x.role IN ('relay', 'terminus') AND x.status = 'pend' AND x.expires <= pg_catalog.now()
+               AND (x.asked IS NULL OR x.asked + s.ask_every <= pg_catalog.now()) LOOP
+        PERFORM chips._send(chips._cert(coalesce(r.payee,
+                    (SELECT t.ent FROM chips.tallies t WHERE t.tally_uuid = r.tally_in AND t.part_ent IS NULL)))->'chad',
+                r.origin, 'lift', 'status', pg_catalog.jsonb_build_object('lift', r.lift_uuid));
+        UPDATE chips.lifts x SET asked = pg_catalog.now() WHERE x.id = r.id;
+        asked := asked + 1;
+    END LOOP;
+    DELETE FROM chips.lift_routes x WHERE x.expires < pg_catalog.now() - interval '10 minutes';
+    DELETE FROM chips.lift_route_cache c WHERE c.expires < pg_catalog.now();
+END
+$$;

@@ -1,0 +1,610 @@
+//! Distributed lifts (sql/remote.sql) between four sites, relayed by the test: route discovery,
+//! hash-locked prepare and decision, payments to a CHIP address, circular lifts across all
+//! sites, and faults (lost, duplicated and late messages, sites that stop at each phase, expiry).
+//! After each, every lift is good everywhere or void everywhere, nothing is left pending, and
+//! both halves of every tally agree.
+
+use std::time::Duration;
+
+use chips_tests::{relay_all, sqlstate, Cluster, Site, User};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// Four sites of four users: tallies u0 -> u1 -> u2 -> u3 inside each site and u3 -> the next
+/// site's u0 (a ring), each one's receiver the vendor granting `limit`, with `target` set by
+/// the vendor (the free lift capacity), except `tight`: (site, tally index) -> target.
+struct Net {
+    sites: Vec<Site>,
+    users: Vec<Vec<User>>,
+    /// tallies[s][i]: site s's u_i pays over it (i = 3: to the next site's u0).
+    tallies: Vec<Vec<Uuid>>,
+}
+
+impl Net {
+    async fn build(tag: &str, target: i64, tight: Option<((usize, usize), i64)>) -> Net {
+        let cluster = Cluster::from_env();
+        let mut sites = Vec::new();
+        for k in 0..4 {
+            sites.push(
+                cluster
+                    .site(&format!("chips_remote_{tag}_{k}"), 47100 + k as u16)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let mut users = Vec::new();
+        for (k, s) in sites.iter().enumerate() {
+            let mut us = Vec::new();
+            for i in 0..4 {
+                us.push(
+                    s.user(&format!("U{k}{i}"), &format!("u{k}{i}"))
+                        .await
+                        .unwrap(),
+                );
+            }
+            users.push(us);
+        }
+        let all: Vec<&Site> = sites.iter().collect();
+        let mut tallies = vec![Vec::new(); 4];
+        for k in 0..4 {
+            for i in 0..4 {
+                let (vendor, client) = if i < 3 {
+                    (&users[k][i + 1], &users[k][i])
+                } else {
+                    (&users[(k + 1) % 4][0], &users[k][3])
+                };
+                let t = vendor.open_with(client, 1000, &all).await.unwrap();
+                let tg = match tight {
+                    Some((at, tg)) if at == (k, i) => tg,
+                    _ => target,
+                };
+                if tg > 0 {
+                    vendor
+                        .settings(t, json!({"target": tg, "bound": tg}))
+                        .await
+                        .unwrap();
+                }
+                tallies[k].push(t);
+            }
+        }
+        relay_all(&all).await.unwrap();
+        for s in &sites {
+            s.admin
+                .execute(
+                    "SELECT chips.lift_configure(life => '3 seconds', hop_step => '300 ms', \
+                     min_window => '200 ms', ask_every => '200 ms', query_life => '2 seconds')",
+                    &[],
+                )
+                .await
+                .unwrap();
+        }
+        Net {
+            sites,
+            users,
+            tallies,
+        }
+    }
+
+    fn all(&self) -> Vec<&Site> {
+        self.sites.iter().collect()
+    }
+
+    /// Relays and ticks until nothing moves.
+    async fn settle(&self) {
+        let all = self.all();
+        for _ in 0..50 {
+            let r = relay_all(&all).await.unwrap();
+            let mut ticked = 0;
+            for s in &self.sites {
+                let row = s
+                    .admin
+                    .query_one("SELECT * FROM chips.lift_tick()", &[])
+                    .await
+                    .unwrap();
+                ticked += row.get::<_, i32>(0) + row.get::<_, i32>(1) + row.get::<_, i32>(2);
+            }
+            if r.applied + r.duplicates == 0 && ticked == 0 {
+                return;
+            }
+        }
+        panic!("the sites did not settle");
+    }
+
+    /// Settles, waiting out expiries, until no lift is under way at any site.
+    async fn settle_all(&self) {
+        for _ in 0..40 {
+            self.settle().await;
+            if self.open_lifts().await == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!("lifts stayed under way: {}", self.open_lifts().await);
+    }
+
+    async fn open_lifts(&self) -> i64 {
+        let mut n = 0;
+        for s in &self.sites {
+            n += s
+                .admin
+                .query_one(
+                    "SELECT count(*) FROM chips.lifts WHERE status IN ('seek', 'pend')",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0);
+        }
+        n
+    }
+
+    /// The status of a lift at each site that has it.
+    async fn lift_status(&self, lift: Uuid) -> Vec<(usize, String, String)> {
+        let mut out = Vec::new();
+        for (k, s) in self.sites.iter().enumerate() {
+            for r in s
+                .admin
+                .query(
+                    "SELECT status, role FROM chips.lifts WHERE lift_uuid = $1",
+                    &[&lift],
+                )
+                .await
+                .unwrap()
+            {
+                out.push((k, r.get(0), r.get(1)));
+            }
+        }
+        out
+    }
+
+    /// Everything agrees: no chit pending, every lift has one status everywhere, both halves of
+    /// every tally have the same balance and chain.
+    async fn check_consistent(&self) {
+        let mut status: std::collections::HashMap<Uuid, String> = Default::default();
+        let mut halves: std::collections::HashMap<Uuid, Vec<(String, i64, i64, i32, Vec<u8>)>> =
+            Default::default();
+        for s in &self.sites {
+            let pend: i64 = s
+                .admin
+                .query_one(
+                    "SELECT count(*) FROM chips.chits WHERE status = 'pend'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(pend, 0, "pending chits at {}", s.db);
+            for r in s
+                .admin
+                .query("SELECT lift_uuid, status FROM chips.lifts WHERE kind <> 'local' AND status <> 'draft'", &[])
+                .await
+                .unwrap()
+            {
+                let (l, st): (Uuid, String) = (r.get(0), r.get(1));
+                if let Some(prev) = status.insert(l, st.clone()) {
+                    assert_eq!(prev, st, "lift {l} is {prev} at one site and {st} at {}", s.db);
+                }
+            }
+            for r in s
+                .admin
+                .query(
+                    "SELECT tally_uuid, side, net_good, net_pend, chain_len, coalesce(chain_tip, digest) \
+                     FROM chips.tallies WHERE status = 'open'",
+                    &[],
+                )
+                .await
+                .unwrap()
+            {
+                halves.entry(r.get(0)).or_default().push((
+                    r.get(1),
+                    r.get(2),
+                    r.get(3),
+                    r.get(4),
+                    r.get(5),
+                ));
+            }
+        }
+        for (t, hs) in halves {
+            assert_eq!(hs.len(), 2, "tally {t} has {} halves", hs.len());
+            assert_eq!(
+                hs[0].1, -hs[1].1,
+                "tally {t}: the halves' balances differ: {hs:?}"
+            );
+            assert_eq!(hs[0].2, hs[0].1, "tally {t}: pending value");
+            assert_eq!(
+                (hs[0].3, &hs[0].4),
+                (hs[1].3, &hs[1].4),
+                "tally {t}: chains differ"
+            );
+        }
+    }
+
+    /// Each user's net position: what the partners owe them over all their tallies.
+    async fn positions(&self) -> Vec<Vec<i64>> {
+        let mut out = Vec::new();
+        for (k, s) in self.sites.iter().enumerate() {
+            let mut ps = Vec::new();
+            for u in &self.users[k] {
+                ps.push(
+                    s.admin
+                        .query_one(
+                            "SELECT coalesce(sum(net_good), 0)::bigint FROM chips.tallies WHERE ent = $1",
+                            &[&u.ent],
+                        )
+                        .await
+                        .unwrap()
+                        .get(0),
+                );
+            }
+            out.push(ps);
+        }
+        out
+    }
+}
+
+fn chad(s: &Site, u: &User) -> Value {
+    json!({"cuid": u.cuid, "agent": s.agent_id()})
+}
+
+/// Pays a CHIP address: the payment document signed by the payer's own key.
+async fn pay_address(payer: &User, to: &Value, units: i64) -> Result<Uuid, tokio_postgres::Error> {
+    let lift: Uuid = payer
+        .db
+        .query_one(
+            "SELECT chips.pay_address($1, $2, 'across sites')",
+            &[to, &units],
+        )
+        .await?
+        .get(0);
+    let doc: Value = payer
+        .db
+        .query_one("SELECT chips.pay_address_json($1)", &[&lift])
+        .await?
+        .get(0);
+    let sig = payer.key.sign_json(&doc).unwrap();
+    payer
+        .db
+        .query_one("SELECT chips.pay_address_sign($1, $2)", &[&lift, &sig])
+        .await?;
+    Ok(lift)
+}
+
+#[tokio::test]
+async fn a_payment_two_sites_away_takes_exactly_the_free_capacity() {
+    // the tightest hop: site 1's u2 -> u3 (u3 offers 300)
+    let net = Net::build("pay", 500, Some(((1, 2), 300))).await;
+    let (payer, payee) = (&net.users[0][0], &net.users[2][3]);
+    let to = chad(&net.sites[2], payee);
+    let before = net.positions().await;
+
+    // one unit more than the tightest hop: void everywhere, nothing pending
+    let l = pay_address(payer, &to, 301).await.unwrap();
+    net.settle_all().await;
+    let st = net.lift_status(l).await;
+    assert!(st.iter().all(|(_, s, _)| s == "void"), "{st:?}");
+    net.check_consistent().await;
+    assert_eq!(
+        net.positions().await,
+        before,
+        "a refused payment moves nothing"
+    );
+
+    // exactly the capacity: good at every site it passed
+    let l = pay_address(payer, &to, 300).await.unwrap();
+    net.settle_all().await;
+    let st = net.lift_status(l).await;
+    assert_eq!(
+        st.iter()
+            .map(|(k, s, r)| (*k, s.as_str(), r.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            (0, "good", "origin"),
+            (1, "good", "relay"),
+            (2, "good", "terminus")
+        ]
+    );
+    net.check_consistent().await;
+    let after = net.positions().await;
+    for k in 0..4 {
+        for i in 0..4 {
+            let d = after[k][i] - before[k][i];
+            let want = match (k, i) {
+                (0, 0) => -300,
+                (2, 3) => 300,
+                _ => 0,
+            };
+            assert_eq!(
+                d, want,
+                "site {k} user {i}: intermediaries' positions do not move"
+            );
+        }
+    }
+    // the payee heard of it: a lift event
+    let n: i64 = payee
+        .db
+        .query_one(
+            "SELECT count(*) FROM chips.events_since(0) WHERE kind = 'lift'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(n >= 1, "the payee has lift events");
+
+    // the tightest hop is full now: one unit is refused, at discovery
+    let l = pay_address(payer, &to, 1).await.unwrap();
+    net.settle_all().await;
+    assert!(net.lift_status(l).await.iter().all(|(_, s, _)| s == "void"));
+    net.check_consistent().await;
+
+    // bad input changes nothing
+    for (to, units, code) in [
+        (json!({"cuid": "u23"}), 5, "22023"),
+        (to.clone(), 0, "22023"),
+        (json!("u23"), 5, "22023"),
+    ] {
+        let e = payer
+            .db
+            .query_one("SELECT chips.pay_address($1, $2)", &[&to, &(units as i64)])
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), code, "{to} {units}: {e}");
+    }
+    let e = payer
+        .db
+        .query_one("SELECT chips.pay_address_sign($1, 'bad')", &[&l])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "55000", "{e}");
+    assert_eq!(net.positions().await, after);
+}
+
+/// Debts around the whole ring: every client owes its vendor 100, one owes 60. A circle through
+/// all four sites clears 60 from every tally of it.
+#[tokio::test]
+async fn a_circle_through_four_sites_clears_the_tightest_debt() {
+    let net = Net::build("circle", 0, None).await;
+    for k in 0..4 {
+        for i in 0..4 {
+            let units = if (k, i) == (2, 1) { 60 } else { 100 };
+            net.users[k][i]
+                .pay(net.tallies[k][i], units, "owed")
+                .await
+                .unwrap();
+        }
+    }
+    net.settle_all().await;
+    let before = net.positions().await;
+    let started: i32 = net.sites[0]
+        .admin
+        .query_one("SELECT chips.lift_circles(1, 1)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(started, 1);
+    net.settle_all().await;
+    net.check_consistent().await;
+    let lifts = net.sites[0]
+        .admin
+        .query(
+            "SELECT lift_uuid, status, units FROM chips.lifts WHERE kind = 'circular'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(lifts.len(), 1);
+    let (lift, status, units): (Uuid, String, i64) =
+        (lifts[0].get(0), lifts[0].get(1), lifts[0].get(2));
+    assert_eq!((status.as_str(), units), ("good", 60));
+    let st = net.lift_status(lift).await;
+    assert_eq!(st.len(), 4, "every site took part: {st:?}");
+    assert_eq!(
+        net.positions().await,
+        before,
+        "a circle moves no one's net position"
+    );
+    for k in 0..4 {
+        for i in 0..4 {
+            let (b, _) = net.users[k][i].balance(net.tallies[k][i]).await.unwrap();
+            let want = if (k, i) == (2, 1) { 0 } else { -40 };
+            assert_eq!(b, want, "site {k} tally {i}: the client's debt");
+        }
+    }
+}
+
+/// Carries every message but those `drop` refuses; returns how many were held back.
+async fn relay_except(net: &Net, drop: impl Fn(&Value) -> bool) -> usize {
+    let mut held = 0;
+    for from in &net.sites {
+        let rows = from
+            .admin
+            .query(
+                "SELECT id, msg FROM chips.outbox WHERE delivered IS NULL ORDER BY id",
+                &[],
+            )
+            .await
+            .unwrap();
+        for r in rows {
+            let (id, msg): (i64, Value) = (r.get(0), r.get(1));
+            if drop(&msg) {
+                held += 1;
+                continue;
+            }
+            let to = net
+                .sites
+                .iter()
+                .find(|s| s.agent_id() == msg["to"]["agent"].as_str().unwrap())
+                .unwrap();
+            to.admin
+                .query_one(
+                    "SELECT chips.peer_receive($1, $2)",
+                    &[&msg["from"]["agent"].as_str().unwrap(), &msg],
+                )
+                .await
+                .unwrap();
+            from.admin
+                .execute("SELECT chips.outbox_ack(ARRAY[$1::bigint])", &[&id])
+                .await
+                .unwrap();
+        }
+    }
+    held
+}
+
+/// A site "stops" (its sidecar is down): nothing goes in or out of it, until it is back.
+async fn run_with_site_down(net: &Net, down: usize, rounds: usize) {
+    let agent = net.sites[down].agent_id();
+    for _ in 0..rounds {
+        relay_except(net, |m| {
+            m["to"]["agent"].as_str() == Some(&agent) || m["from"]["agent"].as_str() == Some(&agent)
+        })
+        .await;
+        for (k, s) in net.sites.iter().enumerate() {
+            if k != down {
+                s.admin
+                    .query_one("SELECT * FROM chips.lift_tick()", &[])
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn faults_leave_every_lift_good_everywhere_or_void_everywhere() {
+    let net = Net::build("faults", 10_000, None).await;
+    let (payer, payee) = (&net.users[0][0], &net.users[3][3]);
+    let to = chad(&net.sites[3], payee);
+    let mut outcomes = Vec::new();
+
+    // 1. every message delivered twice (same id), and once more under a new id
+    let l = pay_address(payer, &to, 10).await.unwrap();
+    for _ in 0..30 {
+        let mut moved = 0;
+        for from in &net.sites {
+            let rows = from
+                .admin
+                .query(
+                    "SELECT id, msg FROM chips.outbox WHERE delivered IS NULL ORDER BY id",
+                    &[],
+                )
+                .await
+                .unwrap();
+            for r in rows {
+                let (id, msg): (i64, Value) = (r.get(0), r.get(1));
+                let to = net
+                    .sites
+                    .iter()
+                    .find(|s| s.agent_id() == msg["to"]["agent"].as_str().unwrap())
+                    .unwrap();
+                let from_agent = msg["from"]["agent"].as_str().unwrap().to_string();
+                let mut copy = msg.clone();
+                copy["id"] = json!(Uuid::new_v4().to_string());
+                for m in [&msg, &msg, &copy] {
+                    let _ = to
+                        .admin
+                        .query_one("SELECT chips.peer_receive($1, $2)", &[&from_agent, m])
+                        .await;
+                }
+                from.admin
+                    .execute("SELECT chips.outbox_ack(ARRAY[$1::bigint])", &[&id])
+                    .await
+                    .unwrap();
+                moved += 1;
+            }
+        }
+        if moved == 0 {
+            break;
+        }
+    }
+    net.settle_all().await;
+    net.check_consistent().await;
+    outcomes.push(("duplicated", net.lift_status(l).await));
+
+    // 2. a site stops at each phase of a lift, for longer than the lift lives, then comes back
+    for (phase, action) in [
+        ("discovery", "query"),
+        ("prepare", "prepare"),
+        ("ready", "ready"),
+        ("commit", "commit"),
+    ] {
+        for down in 1..4 {
+            let l = pay_address(payer, &to, 10).await.unwrap();
+            // run until the first message of this phase is about to reach the site
+            let agent = net.sites[down].agent_id();
+            for _ in 0..20 {
+                let held = relay_except(&net, |m| {
+                    m["action"] == action
+                        && (m["to"]["agent"].as_str() == Some(&agent)
+                            || m["from"]["agent"].as_str() == Some(&agent))
+                })
+                .await;
+                if held > 0 {
+                    break;
+                }
+            }
+            run_with_site_down(&net, down, 3).await;
+            tokio::time::sleep(Duration::from_millis(3200)).await;
+            run_with_site_down(&net, down, 3).await;
+            net.settle_all().await;
+            net.check_consistent().await;
+            outcomes.push((phase, net.lift_status(l).await));
+        }
+    }
+
+    // 3. lost messages: every commit is lost once; the sites that prepared ask the origin
+    let l = pay_address(payer, &to, 10).await.unwrap();
+    let mut lost = 0;
+    for _ in 0..10 {
+        relay_except(&net, |m| m["action"] == "commit").await;
+        for s in &net.sites {
+            lost += s
+                .admin
+                .execute(
+                    "DELETE FROM chips.outbox WHERE msg->>'action' = 'commit' AND delivered IS NULL",
+                    &[],
+                )
+                .await
+                .unwrap();
+        }
+    }
+    assert!(lost >= 1);
+    net.settle_all().await;
+    net.check_consistent().await;
+    let st = net.lift_status(l).await;
+    assert!(
+        st.len() == 4 && st.iter().all(|(_, s, _)| s == "good"),
+        "lost commits: {st:?}"
+    );
+
+    // 4. an expired lift: the prepare is held past the expiry at the second site
+    let l = pay_address(payer, &to, 10).await.unwrap();
+    let agent = net.sites[2].agent_id();
+    for _ in 0..5 {
+        relay_except(&net, |m| {
+            m["action"] == "prepare" && m["to"]["agent"].as_str() == Some(&agent)
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    net.settle_all().await;
+    net.check_consistent().await;
+    let st = net.lift_status(l).await;
+    assert!(st.iter().all(|(_, s, _)| s == "void"), "expired: {st:?}");
+
+    // Every lift ended one way everywhere (check_consistent), and some of each.
+    for (phase, st) in &outcomes {
+        let first = &st[0].1;
+        assert!(st.iter().all(|(_, s, _)| s == first), "{phase}: {st:?}");
+    }
+    assert!(outcomes.iter().any(|(_, st)| st[0].1 == "good"));
+    // the origin decides: a site down before the terminus is ready voids the lift; a site
+    // down after the decision only delays it
+    let commits: Vec<_> = outcomes.iter().filter(|(p, _)| *p == "commit").collect();
+    assert!(
+        commits
+            .iter()
+            .all(|(_, st)| st.iter().all(|(_, s, _)| s == "good")),
+        "{commits:?}"
+    );
+}
