@@ -59,3 +59,44 @@ pub async fn run(cfg: Arc<Config>, token: CancellationToken) {
         }
     }
 }
+
+/// The timer of distributed lifts: calls `chips.lift_tick()` every `lift_tick_ms` (route
+/// queries past their time, lifts past their expiry, sites asking the origin for a decision).
+/// The database keeps every deadline; this task only keeps time.
+pub async fn lift_timer(cfg: Arc<Config>, token: CancellationToken) {
+    if cfg.lift_tick_ms == 0 {
+        return;
+    }
+    let every = Duration::from_millis(cfg.lift_tick_ms);
+    let mut client = None;
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if client.is_none() {
+            match db::connect(&cfg.db).await {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    warn!(error = %e, "lift timer: cannot connect");
+                    continue;
+                }
+            }
+        }
+        let Some(c) = &client else { continue };
+        match c.query_one("SELECT * FROM chips.lift_tick()", &[]).await {
+            Ok(r) => {
+                let (q, v, a): (i32, i32, i32) = (r.get(0), r.get(1), r.get(2));
+                if q + v + a > 0 {
+                    info!(queries = q, voided = v, asked = a, "lift timer");
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "lift tick failed");
+                if c.is_closed() {
+                    client = None;
+                }
+            }
+        }
+    }
+}

@@ -28,6 +28,8 @@ pub struct Config {
     /// How often `chips.clearing_tick()` is called (it clears only when the site's settings
     /// say a pass is due); 0: never.
     pub clearing_secs: u64,
+    /// How often `chips.lift_tick()` is called (timers of distributed lifts); 0: never.
+    pub lift_tick_ms: u64,
     /// The user gateway (websocket API, documents, health, metrics); off when None.
     pub gateway: Option<GatewayConfig>,
 }
@@ -53,6 +55,7 @@ pub struct FileConfig {
     pub sync_secs: Option<u64>,
     pub reply_timeout_ms: Option<u64>,
     pub clearing_secs: Option<u64>,
+    pub lift_tick_ms: Option<u64>,
     pub gateway_listen: Option<SocketAddr>,
     pub gateway_db: Option<String>,
     pub gateway_public_url: Option<String>,
@@ -168,6 +171,7 @@ impl FileConfig {
                 .or(self.reply_timeout_ms)
                 .unwrap_or(10_000),
             clearing_secs: other.clearing_secs.or(self.clearing_secs).unwrap_or(5),
+            lift_tick_ms: other.lift_tick_ms.or(self.lift_tick_ms).unwrap_or(500),
             gateway,
         })
     }

@@ -1,0 +1,281 @@
+//! A ring of four sites for distributed lifts (tests/tests/remote.rs, chipsd's lift tests and
+//! benchmark): four users per site, tallies u0 -> u1 -> u2 -> u3 inside each site and u3 -> the
+//! next site's u0, each one's receiver the vendor.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::{relay_all, Cluster, Site, User};
+
+/// One tally half: side, net_good, net_pend, chain length, chain tip.
+pub type Half = (String, i64, i64, i32, Vec<u8>);
+
+/// Four sites of four users: tallies u0 -> u1 -> u2 -> u3 inside each site and u3 -> the next
+/// site's u0 (a ring), each one's receiver the vendor granting `limit`, with `target` set by
+/// the vendor (the free lift capacity), except `tight`: (site, tally index) -> target.
+pub struct Net {
+    pub sites: Vec<Site>,
+    pub users: Vec<Vec<User>>,
+    /// tallies[s][i]: site s's u_i pays over it (i = 3: to the next site's u0).
+    pub tallies: Vec<Vec<Uuid>>,
+}
+
+impl Net {
+    /// `ports`: the sites' agents' ports (where their chipsd would listen).
+    pub async fn build(
+        tag: &str,
+        target: i64,
+        tight: Option<((usize, usize), i64)>,
+        ports: [u16; 4],
+    ) -> Net {
+        let cluster = Cluster::from_env();
+        let mut sites = Vec::new();
+        for k in 0..4 {
+            sites.push(
+                cluster
+                    .site(&format!("chips_remote_{tag}_{k}"), ports[k])
+                    .await
+                    .unwrap(),
+            );
+        }
+        let mut users = Vec::new();
+        for (k, s) in sites.iter().enumerate() {
+            let mut us = Vec::new();
+            for i in 0..4 {
+                us.push(
+                    s.user(&format!("U{k}{i}"), &format!("u{k}{i}"))
+                        .await
+                        .unwrap(),
+                );
+            }
+            users.push(us);
+        }
+        let all: Vec<&Site> = sites.iter().collect();
+        let mut tallies = vec![Vec::new(); 4];
+        for k in 0..4 {
+            for i in 0..4 {
+                let (vendor, client) = if i < 3 {
+                    (&users[k][i + 1], &users[k][i])
+                } else {
+                    (&users[(k + 1) % 4][0], &users[k][3])
+                };
+                let t = vendor.open_with(client, 1000, &all).await.unwrap();
+                let tg = match tight {
+                    Some((at, tg)) if at == (k, i) => tg,
+                    _ => target,
+                };
+                if tg > 0 {
+                    vendor
+                        .settings(t, json!({"target": tg, "bound": tg}))
+                        .await
+                        .unwrap();
+                }
+                tallies[k].push(t);
+            }
+        }
+        relay_all(&all).await.unwrap();
+        for s in &sites {
+            s.admin
+                .execute(
+                    "SELECT chips.lift_configure(life => '3 seconds', hop_step => '300 ms', \
+                     min_window => '200 ms', ask_every => '200 ms', query_life => '2 seconds')",
+                    &[],
+                )
+                .await
+                .unwrap();
+        }
+        Net {
+            sites,
+            users,
+            tallies,
+        }
+    }
+
+    pub fn all(&self) -> Vec<&Site> {
+        self.sites.iter().collect()
+    }
+
+    /// Relays and ticks until nothing moves.
+    pub async fn settle(&self) {
+        let all = self.all();
+        for _ in 0..50 {
+            let r = relay_all(&all).await.unwrap();
+            let mut ticked = 0;
+            for s in &self.sites {
+                let row = s
+                    .admin
+                    .query_one("SELECT * FROM chips.lift_tick()", &[])
+                    .await
+                    .unwrap();
+                ticked += row.get::<_, i32>(0) + row.get::<_, i32>(1) + row.get::<_, i32>(2);
+            }
+            if r.applied + r.duplicates == 0 && ticked == 0 {
+                return;
+            }
+        }
+        panic!("the sites did not settle");
+    }
+
+    /// Settles, waiting out expiries, until no lift is under way at any site.
+    pub async fn settle_all(&self) {
+        for _ in 0..40 {
+            self.settle().await;
+            if self.open_lifts().await == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!("lifts stayed under way: {}", self.open_lifts().await);
+    }
+
+    pub async fn open_lifts(&self) -> i64 {
+        let mut n = 0;
+        for s in &self.sites {
+            n += s
+                .admin
+                .query_one(
+                    "SELECT count(*) FROM chips.lifts WHERE status IN ('seek', 'pend')",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0);
+        }
+        n
+    }
+
+    /// The status of a lift at each site that has it.
+    pub async fn lift_status(&self, lift: Uuid) -> Vec<(usize, String, String)> {
+        let mut out = Vec::new();
+        for (k, s) in self.sites.iter().enumerate() {
+            for r in s
+                .admin
+                .query(
+                    "SELECT status, role FROM chips.lifts WHERE lift_uuid = $1",
+                    &[&lift],
+                )
+                .await
+                .unwrap()
+            {
+                out.push((k, r.get(0), r.get(1)));
+            }
+        }
+        out
+    }
+
+    /// Everything agrees: no chit pending, every lift has one status everywhere, both halves of
+    /// every tally have the same balance and chain.
+    pub async fn check_consistent(&self) {
+        let mut status: std::collections::HashMap<Uuid, String> = Default::default();
+        let mut halves: std::collections::HashMap<Uuid, Vec<Half>> = Default::default();
+        for s in &self.sites {
+            let pend: i64 = s
+                .admin
+                .query_one(
+                    "SELECT count(*) FROM chips.chits WHERE status = 'pend'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(pend, 0, "pending chits at {}", s.db);
+            for r in s
+                .admin
+                .query("SELECT lift_uuid, status FROM chips.lifts WHERE kind <> 'local' AND status <> 'draft'", &[])
+                .await
+                .unwrap()
+            {
+                let (l, st): (Uuid, String) = (r.get(0), r.get(1));
+                if let Some(prev) = status.insert(l, st.clone()) {
+                    assert_eq!(prev, st, "lift {l} is {prev} at one site and {st} at {}", s.db);
+                }
+            }
+            for r in s
+                .admin
+                .query(
+                    "SELECT tally_uuid, side, net_good, net_pend, chain_len, coalesce(chain_tip, digest) \
+                     FROM chips.tallies WHERE status = 'open'",
+                    &[],
+                )
+                .await
+                .unwrap()
+            {
+                halves.entry(r.get(0)).or_default().push((
+                    r.get(1),
+                    r.get(2),
+                    r.get(3),
+                    r.get(4),
+                    r.get(5),
+                ));
+            }
+        }
+        for (t, hs) in halves {
+            assert_eq!(hs.len(), 2, "tally {t} has {} halves", hs.len());
+            assert_eq!(
+                hs[0].1, -hs[1].1,
+                "tally {t}: the halves' balances differ: {hs:?}"
+            );
+            assert_eq!(hs[0].2, hs[0].1, "tally {t}: pending value");
+            assert_eq!(
+                (hs[0].3, &hs[0].4),
+                (hs[1].3, &hs[1].4),
+                "tally {t}: chains differ"
+            );
+        }
+    }
+
+    /// Each user's net position: what the partners owe them over all their tallies.
+    pub async fn positions(&self) -> Vec<Vec<i64>> {
+        let mut out = Vec::new();
+        for (k, s) in self.sites.iter().enumerate() {
+            let mut ps = Vec::new();
+            for u in &self.users[k] {
+                ps.push(
+                    s.admin
+                        .query_one(
+                            "SELECT coalesce(sum(net_good), 0)::bigint FROM chips.tallies WHERE ent = $1",
+                            &[&u.ent],
+                        )
+                        .await
+                        .unwrap()
+                        .get(0),
+                );
+            }
+            out.push(ps);
+        }
+        out
+    }
+}
+
+pub fn chad(s: &Site, u: &User) -> Value {
+    json!({"cuid": u.cuid, "agent": s.agent_id()})
+}
+
+/// Pays a CHIP address: the payment document signed by the payer's own key.
+pub async fn pay_address(
+    payer: &User,
+    to: &Value,
+    units: i64,
+) -> Result<Uuid, tokio_postgres::Error> {
+    let lift: Uuid = payer
+        .db
+        .query_one(
+            "SELECT chips.pay_address($1, $2, 'across sites')",
+            &[to, &units],
+        )
+        .await?
+        .get(0);
+    let doc: Value = payer
+        .db
+        .query_one("SELECT chips.pay_address_json($1)", &[&lift])
+        .await?
+        .get(0);
+    let sig = payer.key.sign_json(&doc).unwrap();
+    payer
+        .db
+        .query_one("SELECT chips.pay_address_sign($1, $2)", &[&lift, &sig])
+        .await?;
+    Ok(lift)
+}
