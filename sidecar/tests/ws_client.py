@@ -217,6 +217,10 @@ async def phase1(cfg):
     assert (e.code, e.sqlstate) == (-32000, "22P02"), e
     e = await bob.refused("pay", tally=tally, units=1_000_000)
     assert e.sqlstate is not None and e.code == -32000, e
+    # paying a CHIP address: Ann takes no lifts (target 0), so no route reaches her
+    chad = (await ann.call("me"))["chad"]
+    e = await bob.refused("pay.address", address={"cuid": chad["cuid"], "agent": chad["agent"]}, units=1)
+    assert (e.code, e.sqlstate) == (-32000, "55000"), e
 
     seen = []
     while not (any(e["kind"] == "chit" and e["data"]["chit"] == inv and e["data"]["status"] == "good"

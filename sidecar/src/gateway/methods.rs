@@ -153,6 +153,26 @@ pub static USER_METHODS: &[Method] = &[
         ],
     ),
     scalar(
+        "pay.address",
+        "pay_address",
+        &[
+            req("address", "jsonb"),
+            req("units", "bigint"),
+            opt("memo", "text"),
+            opt("reference", "jsonb"),
+        ],
+    ),
+    scalar(
+        "pay.address_json",
+        "pay_address_json",
+        &[req("lift", "uuid")],
+    ),
+    scalar(
+        "pay.address_sign",
+        "pay_address_sign",
+        &[req("lift", "uuid"), req("signature", "text")],
+    ),
+    scalar(
         "invoice",
         "chit_invoice",
         &[
