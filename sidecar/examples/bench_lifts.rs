@@ -83,21 +83,6 @@ async fn main() {
             )
             .await
             .unwrap();
-        // one tally per pair: raise the limits so the benchmark never runs out of credit
-        s.admin
-            .execute(
-                "UPDATE chips.tallies SET hold_terms = '{\"limit\": 1000000000}' WHERE side = 'stock'",
-                &[],
-            )
-            .await
-            .unwrap();
-        s.admin
-            .execute(
-                "UPDATE chips.tallies SET part_terms = '{\"limit\": 1000000000}' WHERE side = 'foil'",
-                &[],
-            )
-            .await
-            .unwrap();
     }
     let dir = chips_tests::scratch_dir("bench-lifts");
     let mut cars: Vec<Sidecar> = net

@@ -32,10 +32,10 @@ impl Net {
     ) -> Net {
         let cluster = Cluster::from_env();
         let mut sites = Vec::new();
-        for k in 0..4 {
+        for (k, port) in ports.into_iter().enumerate() {
             sites.push(
                 cluster
-                    .site(&format!("chips_remote_{tag}_{k}"), ports[k])
+                    .site(&format!("chips_remote_{tag}_{k}"), port)
                     .await
                     .unwrap(),
             );
@@ -61,7 +61,10 @@ impl Net {
                 } else {
                     (&users[(k + 1) % 4][0], &users[k][3])
                 };
-                let t = vendor.open_with(client, 1000, &all).await.unwrap();
+                let t = vendor
+                    .open_with(client, target.max(1000), &all)
+                    .await
+                    .unwrap();
                 let tg = match tight {
                     Some((at, tg)) if at == (k, i) => tg,
                     _ => target,
