@@ -83,14 +83,14 @@ async fn lifts_over_four_sidecars_survive_a_sidecar_killed_mid_lift() {
     assert!(net.lift_status(l).await.iter().all(|(_, s, _)| s == "good"));
 
     // kill each sidecar (the origin's too) right after a payment starts; restart it a second later
-    for k in 0..4 {
+    for (k, car) in cars.iter_mut().enumerate() {
         let l = pay_address(payer, &chad(&net.sites[3], &net.users[3][3]), 5)
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(5 * k as u64)).await;
-        cars[k].kill9();
+        car.kill9();
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        cars[k].restart().unwrap();
+        car.restart().unwrap();
         chips_tests::eventually(
             "the sites go quiet",
             Duration::from_secs(40),
