@@ -67,9 +67,7 @@ BEGIN
             WHEN h.id IS NULL OR p.id IS NULL OR h.side = p.side
                  OR h.status <> 'open' OR p.status <> 'open'
                  OR h.net_good <> h.net_pend OR p.net_good <> p.net_pend THEN 0
-            ELSE chips._lift_capacity(h.net_good, h.target, h.bound, h.reward, p.clutch,
-                                      coalesce((h.hold_terms->>'limit')::bigint, 0),
-                                      p_max_margin, coalesce(p_costed[i], false)) END;
+            ELSE chips._recv_capacity(h, p.clutch, p_max_margin, coalesce(p_costed[i], false)) END;
         v_units := least(v_units, coalesce(v_cap, 0));   -- least() skips nulls: never here
     END LOOP;
     lift := NULL;

@@ -24,17 +24,18 @@
 -- Settings and capacities
 ------------------------------------------------------------------------------------------------
 
--- Defaults for a missing row (the table's column defaults).
+-- The settings; the first call writes the row of defaults (the table's column defaults), so a
+-- pg_dump restore never collides with a row the install made.
 CREATE FUNCTION chips._lift_set() RETURNS chips.lift_settings
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql
 AS $$
 DECLARE
     s chips.lift_settings;
 BEGIN
     SELECT * INTO s FROM chips.lift_settings;
     IF NOT FOUND THEN
-        s := ROW(true, interval '30 seconds', interval '5 seconds', interval '2 seconds',
-                 interval '1 second', 8, 8, interval '1 minute', interval '2 seconds');
+        INSERT INTO chips.lift_settings DEFAULT VALUES ON CONFLICT (one) DO NOTHING;
+        SELECT * INTO s FROM chips.lift_settings;
     END IF;
     RETURN s;
 END
@@ -52,7 +53,7 @@ AS $$
 DECLARE
     r chips.lift_settings;
 BEGIN
-    INSERT INTO chips.lift_settings AS x DEFAULT VALUES ON CONFLICT (one) DO NOTHING;
+    PERFORM chips._lift_set();
     BEGIN
         UPDATE chips.lift_settings x SET
             life = coalesce(lift_configure.life, x.life),
@@ -72,15 +73,18 @@ BEGIN
 END
 $$;
 
--- What a half can take from its partner now (the holder's position rises): the free lift
--- capacity (chips._lift_capacity at margin 0), counting pending chits against it.
-CREATE FUNCTION chips._recv_capacity(h chips.tallies, p_partner_clutch double precision) RETURNS bigint
+-- What a half can take from its partner now (the holder's position rises): its lift capacity
+-- (chips._lift_capacity; free capacity unless a margin and costed are given), counting pending
+-- chits against it.
+CREATE FUNCTION chips._recv_capacity(h chips.tallies, p_partner_clutch double precision,
+                                     p_max_margin double precision DEFAULT 0,
+                                     p_costed boolean DEFAULT false) RETURNS bigint
 LANGUAGE sql STABLE
 AS $$
     SELECT CASE WHEN h.status <> 'open' THEN 0 ELSE
         chips._lift_capacity(greatest(h.net_good, h.net_pend), h.target, h.bound, h.reward,
                              coalesce(p_partner_clutch, 0),
-                             coalesce((h.hold_terms->>'limit')::bigint, 0), 0, false) END
+                             coalesce((h.hold_terms->>'limit')::bigint, 0), p_max_margin, p_costed) END
 $$;
 
 -- What the partner of a half at another site can take from its holder (the holder pays): the
@@ -108,17 +112,20 @@ AS $$
     WHERE h.status = 'open' AND p.status = 'open'
 $$;
 
--- A shortest route over local tallies from one user to another that carries `units`: its
--- tallies, payers, receivers and capacities in order (empty when from = to); ok false when
--- there is none.
-CREATE FUNCTION chips._route(p_from text, p_to text, p_units bigint, OUT ok boolean,
-                             OUT tallies uuid[], OUT payers text[], OUT receivers text[],
-                             OUT caps bigint[])
+-- A site's segment of a lift: a shortest route over local tallies from one user to another that
+-- carries `units`, after the tally p_in it arrives on (held by p_from, its payer at another site)
+-- and before the tally p_out it leaves on (held by p_to, its receiver at another site): the
+-- steps' tallies, payers, receivers (null: at another site) and capacities in order; ok false
+-- when no local route carries the units.
+CREATE FUNCTION chips._route(p_from text, p_to text, p_units bigint, p_in uuid DEFAULT NULL,
+                             p_out uuid DEFAULT NULL, OUT ok boolean, OUT tallies uuid[],
+                             OUT payers text[], OUT receivers text[], OUT caps bigint[])
 LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
     a record;
     v_path integer[];
+    h chips.tallies;
 BEGIN
     SELECT * INTO a FROM chips._local_arcs();
     v_path := chips._route_path(a.payers, a.receivers, a.caps, p_from, p_to, p_units);
@@ -127,10 +134,24 @@ BEGIN
            coalesce(array_agg(a.receivers[i] ORDER BY n), '{}'), coalesce(array_agg(a.caps[i] ORDER BY n), '{}')
     INTO tallies, payers, receivers, caps
     FROM pg_catalog.unnest(coalesce(v_path, '{}')) WITH ORDINALITY o(i, n);
+    IF p_in IS NOT NULL THEN
+        SELECT * INTO h FROM chips.tallies x WHERE x.tally_uuid = p_in AND x.ent = p_from AND x.part_ent IS NULL;
+        tallies := p_in || tallies;
+        payers := NULL::text || payers;
+        receivers := p_from || receivers;
+        caps := coalesce(chips._recv_capacity(h, (h.part_sets->>'clutch')::double precision), 0) || caps;
+    END IF;
+    IF p_out IS NOT NULL THEN
+        SELECT * INTO h FROM chips.tallies x WHERE x.tally_uuid = p_out AND x.ent = p_to AND x.part_ent IS NULL;
+        tallies := tallies || p_out;
+        payers := payers || p_to;
+        receivers := receivers || NULL::text;
+        caps := caps || coalesce(chips._send_capacity(h), 0);
+    END IF;
 END
 $$;
 
--- The user of this site at a CHIP address given as jsonb; 22023 for a malformed one.
+-- A CHIP address given as jsonb, checked; 22023 for a malformed one.
 CREATE FUNCTION chips._chad(p_chad jsonb) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 AS $$
@@ -169,6 +190,26 @@ BEGIN
 END
 $$;
 
+-- Writes a segment (chips._route) of lift `l`: a pending lift chit on every step (on the step
+-- whose payer is at another site, that site's chit `p_in_doc`); records the steps. Returns the
+-- new chit of the last step (the one the next site gets with the prepare).
+CREATE FUNCTION chips._lift_write(l chips.lifts, p_tallies uuid[], p_payers text[], p_receivers text[],
+                                  p_in_doc jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_doc jsonb;
+BEGIN
+    UPDATE chips.lifts x SET tallies = x.tallies || p_tallies, debtors = x.debtors || p_receivers
+    WHERE x.id = l.id;
+    FOR i IN 1..coalesce(pg_catalog.cardinality(p_tallies), 0) LOOP
+        v_doc := chips._lift_chit(l, p_tallies[i], p_payers[i], CASE WHEN p_payers[i] IS NULL THEN p_in_doc END);
+    END LOOP;
+    RETURN v_doc;
+END
+$$;
+
 -- Locks the halves of `p_tallies` held here (in id order: no deadlock with another lift or a
 -- clearing pass) and checks that step i can carry `p_units` from payers[i] to receivers[i];
 -- the first step that cannot, or 0.
@@ -199,7 +240,7 @@ END
 $$;
 
 -- The lift becomes good (every chit of it here good, chained) or void, once.
-CREATE FUNCTION chips._lift_settle(p_id bigint, p_status text, p_reason text DEFAULT NULL) RETURNS boolean
+CREATE FUNCTION chips._lift_settle(p_id bigint, p_status text, p_reason text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -209,7 +250,7 @@ DECLARE
 BEGIN
     SELECT * INTO l FROM chips.lifts x WHERE x.id = p_id FOR UPDATE;
     IF l.status IN ('good', 'void') THEN
-        RETURN false;
+        RETURN;
     END IF;
     PERFORM 1 FROM chips.tallies x
     WHERE x.id IN (SELECT y.tally_id FROM chips.chits y WHERE y.lift_id = p_id) ORDER BY x.id FOR UPDATE;
@@ -236,7 +277,6 @@ BEGIN
     UPDATE chips.lifts x SET status = p_status, decided = pg_catalog.now(),
         reason = coalesce(p_reason, x.reason)
     WHERE x.id = p_id;
-    RETURN true;
 END
 $$;
 
@@ -307,8 +347,7 @@ AS $$
 DECLARE
     r chips.lift_routes;
     o chips.lift_routes;
-    l chips.lifts;
-    v_route record;
+    g record;
     v_max bigint;
 BEGIN
     SELECT * INTO r FROM chips.lift_routes x WHERE x.id = p_in FOR UPDATE;
@@ -318,37 +357,45 @@ BEGIN
     SELECT * INTO o FROM chips.lift_routes x
     WHERE x.query = r.query AND x.dir = 'out' AND x.status = 'found' ORDER BY x.hops, x.max DESC, x.id LIMIT 1;
     IF FOUND THEN
-        -- what the whole way on can carry: the tally it came in on, the way across this site, and
-        -- the rest
-        v_max := least(o.max, coalesce(r.cap, o.max));
+        -- what the whole way on can carry: the tally it came in on, the way across this site
+        -- and the tally out (the origin's own segment is checked when it starts), and the rest
+        v_max := o.max;
         IF r.tally IS NOT NULL THEN
-            v_route := chips._route(
-                (SELECT t.ent FROM chips.tallies t WHERE t.tally_uuid = r.tally AND t.part_ent IS NULL),
-                (SELECT t.ent FROM chips.tallies t WHERE t.tally_uuid = o.tally AND t.part_ent IS NULL),
-                r.units);
-            v_max := least(v_max, (SELECT min(c) FROM pg_catalog.unnest(v_route.caps) c));
+            g := chips._route((SELECT t.ent FROM chips.tallies t WHERE t.tally_uuid = r.tally AND t.part_ent IS NULL),
+                              (SELECT t.ent FROM chips.tallies t WHERE t.tally_uuid = o.tally AND t.part_ent IS NULL),
+                              r.units, r.tally, o.tally);
+            v_max := least(v_max, (SELECT min(c) FROM pg_catalog.unnest(g.caps) c));
         END IF;
-        UPDATE chips.lift_routes x SET status = 'found', max = v_max,
-            hops = o.hops + 1 WHERE x.id = r.id RETURNING * INTO r;
+        UPDATE chips.lift_routes x SET status = 'found', max = v_max, hops = o.hops + 1
+        WHERE x.id = r.id RETURNING * INTO r;
     ELSIF EXISTS (SELECT 1 FROM chips.lift_routes x WHERE x.query = r.query AND x.dir = 'out' AND x.status = 'pend')
           AND r.expires > pg_catalog.now() THEN
         RETURN;     -- still waiting for an answer
     ELSE
         UPDATE chips.lift_routes x SET status = 'none' WHERE x.id = r.id RETURNING * INTO r;
     END IF;
+    PERFORM chips._route_reply(r);
+END
+$$;
+
+-- A query's answer goes back over the tally it came in on; asked here, the lift starts (or voids).
+CREATE FUNCTION chips._route_reply(r chips.lift_routes) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    l chips.lifts;
+BEGIN
     IF r.tally IS NOT NULL THEN
         PERFORM chips._lift_send(r.tally, 'answer', pg_catalog.jsonb_build_object(
             'query', r.query, 'link', chips._link_id(r.query, r.tally),
             'found', r.status = 'found', 'max', r.max, 'hops', r.hops));
-    ELSIF r.lift IS NOT NULL THEN
-        SELECT * INTO l FROM chips.lifts x WHERE x.lift_uuid = r.lift;
-        IF l.status = 'seek' THEN
-            IF r.status = 'found' THEN
-                PERFORM chips._lift_start(l.id);
-            ELSE
-                PERFORM chips._lift_settle(l.id, 'void', 'no route');
-            END IF;
-        END IF;
+        RETURN;
+    END IF;
+    SELECT * INTO l FROM chips.lifts x WHERE x.lift_uuid = r.lift;
+    IF l.status = 'seek' AND r.status = 'found' THEN
+        PERFORM chips._lift_start(l.id);
+    ELSIF l.status = 'seek' THEN
+        PERFORM chips._lift_settle(l.id, 'void', 'no route');
     END IF;
 END
 $$;
@@ -420,10 +467,9 @@ DECLARE
     v_units bigint;
     v_depth integer;
     v_expires timestamptz;
-    v_cap bigint;
     v_target text;
-    v_route record;
-    v_in bigint;
+    g record;
+    r chips.lift_routes;
     s chips.lift_settings := chips._lift_set();
 BEGIN
     BEGIN
@@ -446,36 +492,32 @@ BEGIN
     IF EXISTS (SELECT 1 FROM chips.lift_routes x WHERE x.query = o->>'query' AND x.dir = 'in' AND x.tally = t.tally_uuid) THEN
         RETURN 'ignored';     -- this query came this way already
     END IF;
-    v_cap := chips._recv_capacity(t, (t.part_sets->>'clutch')::double precision);
     v_target := chips._local_ent(v_find);
-    INSERT INTO chips.lift_routes (query, dir, tally, find, units, expires, cap)
-    VALUES (o->>'query', 'in', t.tally_uuid, v_find, v_units, least(v_expires, pg_catalog.now() + s.query_life), v_cap)
-    RETURNING id INTO v_in;
-    IF v_cap < v_units THEN
-        PERFORM chips._route_answer(v_in);
+    INSERT INTO chips.lift_routes (query, dir, tally, find, units, expires)
+    VALUES (o->>'query', 'in', t.tally_uuid, v_find, v_units, least(v_expires, pg_catalog.now() + s.query_life))
+    RETURNING * INTO r;
+    IF chips._recv_capacity(t, (t.part_sets->>'clutch')::double precision) < v_units THEN
+        PERFORM chips._route_answer(r.id);
         RETURN 'none';
     END IF;
     IF v_target IS NOT NULL THEN
-        -- the lift ends here: a route from where it enters to the user it is for
-        v_route := chips._route(t.ent, v_target, v_units);
-        IF v_route.ok THEN
-            UPDATE chips.lift_routes x SET status = 'found', hops = 1 + pg_catalog.cardinality(v_route.tallies),
-                max = (SELECT min(c) FROM pg_catalog.unnest(v_route.caps || v_cap) c)
-            WHERE x.id = v_in;
-            PERFORM chips._lift_send(t.tally_uuid, 'answer', pg_catalog.jsonb_build_object(
-                'query', o->>'query', 'link', o->>'link', 'found', true,
-                'max', (SELECT x.max FROM chips.lift_routes x WHERE x.id = v_in),
-                'hops', 1 + pg_catalog.cardinality(v_route.tallies)));
-            RETURN 'found';
+        -- the lift ends here: a route from the tally it arrives on to the user it is for
+        g := chips._route(t.ent, v_target, v_units, t.tally_uuid);
+        IF NOT g.ok THEN
+            PERFORM chips._route_answer(r.id);
+            RETURN 'none';
         END IF;
-        PERFORM chips._route_answer(v_in);
+        UPDATE chips.lift_routes x SET status = 'found', hops = pg_catalog.cardinality(g.tallies),
+            max = (SELECT min(c) FROM pg_catalog.unnest(g.caps) c)
+        WHERE x.id = r.id RETURNING * INTO r;
+        PERFORM chips._route_reply(r);
+        RETURN 'found';
+    END IF;
+    IF EXISTS (SELECT 1 FROM chips.lift_routes x WHERE x.query = o->>'query' AND x.id <> r.id) THEN
+        PERFORM chips._route_answer(r.id);    -- a loop: the query was here on another way
         RETURN 'none';
     END IF;
-    IF EXISTS (SELECT 1 FROM chips.lift_routes x WHERE x.query = o->>'query' AND x.id <> v_in) THEN
-        PERFORM chips._route_answer(v_in);    -- a loop: the query was here on another way
-        RETURN 'none';
-    END IF;
-    IF chips._route_ask(v_in, t.ent, v_depth) = 0 THEN
+    IF chips._route_ask(r.id, t.ent, v_depth) = 0 THEN
         RETURN 'none';
     END IF;
     RETURN 'asked';
@@ -533,40 +575,29 @@ AS $$
 DECLARE
     l chips.lifts;
     e record;
-    v_route record;
-    v_doc jsonb;
-    v_payer text;
+    g record;
     s chips.lift_settings := chips._lift_set();
 BEGIN
     SELECT * INTO l FROM chips.lifts x WHERE x.id = p_id FOR UPDATE;
     IF l.status <> 'seek' THEN
         RETURN;
     END IF;
-    v_payer := l.payer;
     FOR e IN SELECT x.tally, x.max, t.ent AS holder FROM chips.lift_routes x
              JOIN chips.tallies t ON t.tally_uuid = x.tally AND t.part_ent IS NULL
              WHERE x.query = l.query AND x.dir = 'out' AND x.status = 'found'
              ORDER BY x.hops, x.max DESC, x.id LOOP
+        g := chips._route(l.payer, e.holder, l.units, NULL, e.tally);
+        CONTINUE WHEN NOT g.ok;
         IF l.kind = 'circular' THEN
-            -- a circle clears as much as its tightest tally allows, at least what was asked
-            v_route := chips._route(v_payer, e.holder, l.units);
-            IF v_route.ok THEN
-                l.units := greatest(l.units, least(e.max, coalesce((SELECT min(c) FROM pg_catalog.unnest(v_route.caps) c), e.max)));
-            END IF;
+            -- a circle clears as much as its tightest tally allows (this segment carries it)
+            l.units := greatest(l.units, least(e.max, (SELECT min(c) FROM pg_catalog.unnest(g.caps) c)));
         END IF;
-        v_route := chips._route(v_payer, e.holder, l.units);
-        CONTINUE WHEN NOT v_route.ok;
-        CONTINUE WHEN chips._lift_lock(v_route.tallies || e.tally, v_route.payers || e.holder,
-                                       v_route.receivers || NULL::text, l.units) <> 0;
-        UPDATE chips.lifts x SET status = 'pend', units = l.units, tally_out = e.tally,
-            tallies = v_route.tallies || e.tally, debtors = v_route.receivers || NULL::text
+        CONTINUE WHEN chips._lift_lock(g.tallies, g.payers, g.receivers, l.units) <> 0;
+        UPDATE chips.lifts x SET status = 'pend', units = l.units, tally_out = e.tally
         WHERE x.id = l.id RETURNING * INTO l;
-        FOR i IN 1..pg_catalog.cardinality(v_route.tallies) LOOP
-            PERFORM chips._lift_chit(l, v_route.tallies[i], v_route.payers[i]);
-        END LOOP;
-        v_doc := chips._lift_chit(l, e.tally, e.holder);
         PERFORM chips._lift_send(e.tally, 'prepare', pg_catalog.jsonb_build_object(
-            'lift', l.lift_uuid, 'kind', l.kind, 'query', l.query, 'units', l.units, 'chit', v_doc,
+            'lift', l.lift_uuid, 'kind', l.kind, 'query', l.query, 'units', l.units,
+            'chit', chips._lift_write(l, g.tallies, g.payers, g.receivers, NULL),
             'condition', chips.b64url_encode(l.condition), 'void', chips.b64url_encode(l.void_cond),
             'expires', (extract(epoch FROM l.expires - s.hop_step) * 1000)::bigint,
             'origin', l.origin, 'find', l.find, 'pay', l.pay));
@@ -593,24 +624,27 @@ AS $$
 DECLARE
     o jsonb := msg->'object';
     s chips.lift_settings := chips._lift_set();
+    v_step bigint := (extract(epoch FROM s.hop_step) * 1000)::bigint;
+    v_min bigint := (extract(epoch FROM s.min_window) * 1000)::bigint;
     v_doc jsonb;
     v_lift uuid;
     v_units bigint;
-    v_expires timestamptz;
+    v_expires bigint;       -- epoch milliseconds, as on the wire
+    v_now bigint;
+    v_next bigint;
     v_find jsonb;
     v_target text;
     t chips.tallies;
     l chips.lifts;
-    v_route record;
+    g record;
     v_exit record;
-    v_next jsonb;
-    v_ok boolean := false;
+    v_out uuid;
 BEGIN
     BEGIN
         v_doc := chips.chit_doc_check(o->'chit');
         v_lift := (o->>'lift')::uuid;
         v_units := (o->>'units')::bigint;
-        v_expires := pg_catalog.to_timestamp((o->>'expires')::bigint / 1000.0);
+        v_expires := (o->>'expires')::bigint;
         v_find := chips._chad(o->'find');
         PERFORM chips._chad(o->'origin');
     EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range OR invalid_parameter_value THEN
@@ -638,20 +672,14 @@ BEGIN
         IF l.role = 'origin' AND l.kind = 'circular' AND o->>'kind' = 'circular' AND l.status = 'pend'
            AND l.tally_in IS NULL AND l.units = v_units THEN
             -- the circle is closed: the lift came back; reserve from here to where it began
-            v_route := chips._route(t.ent, l.payer, v_units);
-            IF NOT v_route.ok OR pg_catalog.now() >= l.expires
-               OR chips._lift_lock(v_route.tallies || t.tally_uuid, v_route.payers || NULL::text,
-                                   v_route.receivers || t.ent, v_units) <> 0 THEN
+            g := chips._route(t.ent, l.payer, v_units, t.tally_uuid);
+            IF NOT g.ok OR pg_catalog.now() >= l.expires
+               OR chips._lift_lock(g.tallies, g.payers, g.receivers, v_units) <> 0 THEN
                 PERFORM chips._lift_decide(l.id, 'void', 'the circle does not close here');
                 RETURN 'void';
             END IF;
-            UPDATE chips.lifts x SET tally_in = t.tally_uuid, tallies = x.tallies || t.tally_uuid || v_route.tallies,
-                debtors = x.debtors || t.ent || v_route.receivers
-            WHERE x.id = l.id RETURNING * INTO l;
-            PERFORM chips._lift_chit(l, t.tally_uuid, NULL, v_doc);
-            FOR i IN 1..pg_catalog.cardinality(v_route.tallies) LOOP
-                PERFORM chips._lift_chit(l, v_route.tallies[i], v_route.payers[i]);
-            END LOOP;
+            UPDATE chips.lifts x SET tally_in = t.tally_uuid WHERE x.id = l.id RETURNING * INTO l;
+            PERFORM chips._lift_write(l, g.tallies, g.payers, g.receivers, v_doc);
             PERFORM chips._lift_decide(l.id, 'good');
             RETURN 'good';
         END IF;
@@ -660,46 +688,29 @@ BEGIN
         END IF;
         RETURN chips._lift_reject(msg, 'the lift passes this site already');
     END IF;
-    IF v_expires - s.min_window <= pg_catalog.now() THEN
+    v_now := (extract(epoch FROM pg_catalog.now()) * 1000)::bigint;
+    IF chips._lift_next_expiry(v_expires, v_now, 0, v_min) IS NULL THEN
         RETURN chips._lift_reject(msg, 'expired');
     END IF;
-    INSERT INTO chips.lifts (lift_uuid, kind, status, units, role, origin, find, query, tally_in,
-                             condition, void_cond, expires, pay)
-    VALUES (v_lift, o->>'kind', 'pend', v_units, 'relay', o->'origin', v_find, o->>'query', t.tally_uuid,
-            chips.b64url_decode(o->>'condition'), chips.b64url_decode(o->>'void'), v_expires, o->'pay')
-    RETURNING * INTO l;
+    -- plan and lock this site's segment before writing anything
     v_target := chips._local_ent(v_find);
     IF v_target IS NOT NULL AND o->>'kind' = 'linear' THEN
-        -- the payee is here: check the payer's signature over the payment and its locks
+        -- the payee is here: the payer's signature must cover this payment and its locks
         IF o->'pay'->'doc'->>'lift' IS DISTINCT FROM v_lift::text
            OR o->'pay'->'doc'->>'condition' IS DISTINCT FROM o->>'condition'
            OR o->'pay'->'doc'->>'void' IS DISTINCT FROM o->>'void'
            OR (o->'pay'->'doc'->>'units')::bigint IS DISTINCT FROM v_units
            OR NOT chips._same_party(o->'pay'->'doc'->'to', v_find)
            OR NOT coalesce(chips.verify_signature(o->'pay'->>'key', o->'pay'->'doc', o->'pay'->>'sign'), false) THEN
-            DELETE FROM chips.lifts x WHERE x.id = l.id;
             RETURN chips._lift_reject(msg, 'the payer''s signature does not cover this payment');
         END IF;
-        v_route := chips._route(t.ent, v_target, v_units);
-        IF v_route.ok AND chips._lift_lock(v_route.tallies || t.tally_uuid, v_route.payers || NULL::text,
-                                              v_route.receivers || t.ent, v_units) = 0 THEN
-            UPDATE chips.lifts x SET role = 'terminus', payee = v_target,
-                tallies = t.tally_uuid || v_route.tallies, debtors = t.ent || v_route.receivers
-            WHERE x.id = l.id RETURNING * INTO l;
-            PERFORM chips._lift_chit(l, t.tally_uuid, NULL, v_doc);
-            FOR i IN 1..pg_catalog.cardinality(v_route.tallies) LOOP
-                PERFORM chips._lift_chit(l, v_route.tallies[i], v_route.payers[i]);
-            END LOOP;
-            PERFORM chips._send(chips._cert(v_target)->'chad', l.origin, 'lift', 'ready',
-                pg_catalog.jsonb_build_object('lift', v_lift, 'units', v_units,
-                    'condition', o->>'condition', 'void', o->>'void'));
-            RETURN 'ready';
+        g := chips._route(t.ent, v_target, v_units, t.tally_uuid);
+        IF NOT g.ok OR chips._lift_lock(g.tallies, g.payers, g.receivers, v_units) <> 0 THEN
+            RETURN chips._lift_reject(msg, 'no route to the payee carries the lift');
         END IF;
-        DELETE FROM chips.lifts x WHERE x.id = l.id;
-        RETURN chips._lift_reject(msg, 'no route to the payee carries the lift');
-    END IF;
-    -- a relay: out on the tally the route query found (or the cache knows), the same way back
-    IF (extract(epoch FROM v_expires - s.hop_step - s.min_window)) > extract(epoch FROM pg_catalog.now()) THEN
+    ELSE
+        -- a relay: out on the tally the route query found (or the cache knows)
+        v_next := chips._lift_next_expiry(v_expires, v_now, v_step, v_min);
         FOR v_exit IN
             SELECT e.tally, e.holder FROM (
                 SELECT x.tally, t2.ent AS holder, 0 AS pri, x.hops FROM chips.lift_routes x
@@ -710,33 +721,33 @@ BEGIN
                 JOIN chips.tallies t2 ON t2.tally_uuid = c.tally AND t2.part_ent IS NULL
                 WHERE c.find_cuid = v_find->>'cuid' AND c.find_agent = v_find->>'agent'
                   AND c.expires > pg_catalog.now() AND c.max >= v_units) e
-            WHERE e.tally <> t.tally_uuid
+            WHERE e.tally <> t.tally_uuid AND v_next IS NOT NULL
             ORDER BY e.pri, e.hops LOOP
-            v_route := chips._route(t.ent, v_exit.holder, v_units);
-            CONTINUE WHEN NOT v_route.ok;
-            CONTINUE WHEN chips._lift_lock(t.tally_uuid || v_route.tallies || v_exit.tally,
-                                           NULL::text || v_route.payers || v_exit.holder,
-                                           t.ent || v_route.receivers || NULL::text, v_units) <> 0;
-            v_ok := true;
+            g := chips._route(t.ent, v_exit.holder, v_units, t.tally_uuid, v_exit.tally);
+            CONTINUE WHEN NOT g.ok OR chips._lift_lock(g.tallies, g.payers, g.receivers, v_units) <> 0;
+            v_out := v_exit.tally;
             EXIT;
         END LOOP;
+        IF v_out IS NULL THEN
+            RETURN chips._lift_reject(msg, 'no route on from here carries the lift');
+        END IF;
     END IF;
-    IF NOT v_ok THEN
-        DELETE FROM chips.lifts x WHERE x.id = l.id;
-        RETURN chips._lift_reject(msg, 'no route on from here carries the lift');
+    INSERT INTO chips.lifts (lift_uuid, kind, status, units, role, origin, find, query, tally_in,
+                             tally_out, payee, condition, void_cond, expires, pay)
+    VALUES (v_lift, o->>'kind', 'pend', v_units, CASE WHEN v_out IS NULL THEN 'terminus' ELSE 'relay' END,
+            o->'origin', v_find, o->>'query', t.tally_uuid, v_out,
+            CASE WHEN v_out IS NULL THEN v_target END,
+            chips.b64url_decode(o->>'condition'), chips.b64url_decode(o->>'void'),
+            pg_catalog.to_timestamp(coalesce(v_next, v_expires) / 1000.0), o->'pay')
+    RETURNING * INTO l;
+    v_doc := chips._lift_write(l, g.tallies, g.payers, g.receivers, v_doc);
+    IF v_out IS NULL THEN
+        PERFORM chips._send(chips._cert(v_target)->'chad', l.origin, 'lift', 'ready',
+            pg_catalog.jsonb_build_object('lift', v_lift, 'units', v_units,
+                'condition', o->>'condition', 'void', o->>'void'));
+        RETURN 'ready';
     END IF;
-    UPDATE chips.lifts x SET tally_out = v_exit.tally, expires = v_expires - s.hop_step,
-        tallies = t.tally_uuid || v_route.tallies || v_exit.tally,
-        debtors = t.ent || v_route.receivers || NULL::text
-    WHERE x.id = l.id RETURNING * INTO l;
-    PERFORM chips._lift_chit(l, t.tally_uuid, NULL, v_doc);
-    FOR i IN 1..pg_catalog.cardinality(v_route.tallies) LOOP
-        PERFORM chips._lift_chit(l, v_route.tallies[i], v_route.payers[i]);
-    END LOOP;
-    v_next := o || pg_catalog.jsonb_build_object(
-        'chit', chips._lift_chit(l, v_exit.tally, v_exit.holder),
-        'expires', (extract(epoch FROM l.expires) * 1000)::bigint);
-    PERFORM chips._lift_send(v_exit.tally, 'prepare', v_next);
+    PERFORM chips._lift_send(v_out, 'prepare', o || pg_catalog.jsonb_build_object('chit', v_doc, 'expires', v_next));
     RETURN 'prepared';
 END
 $$;
@@ -836,8 +847,7 @@ BEGIN
     IF l.id IS NULL OR l.role = 'origin' THEN
         RETURN 'ignored';
     END IF;
-    v_proved := v_secret IS NOT NULL AND pg_catalog.length(v_secret) = 32
-        AND chips._lift_condition(v_secret) = CASE v_status WHEN 'good' THEN l.condition ELSE l.void_cond END;
+    v_proved := chips._lift_opens(v_secret, CASE v_status WHEN 'good' THEN l.condition ELSE l.void_cond END);
     IF NOT v_proved AND NOT (msg->'from'->>'agent' = l.origin->>'agent' AND v_status = 'void') THEN
         RETURN 'refused: the secret does not open the lift''s lock';
     END IF;
@@ -867,13 +877,13 @@ AS $$
 DECLARE
     l chips.lifts := chips._msg_lift(msg);
 BEGIN
-    IF l.id IS NULL OR l.role <> 'origin' THEN
-        -- never started here (or forgotten): there is no decision to wait for
-        IF l.id IS NULL AND chips._local_ent(msg->'to') IS NOT NULL THEN
-            PERFORM chips._send(msg->'to', msg->'from', 'lift', 'void',
-                pg_catalog.jsonb_build_object('lift', msg->'object'->>'lift'));
-            RETURN 'void';
-        END IF;
+    IF l.id IS NULL THEN
+        -- never started here: there is no decision to wait for
+        PERFORM chips._send(msg->'to', msg->'from', 'lift', 'void',
+            pg_catalog.jsonb_build_object('lift', msg->'object'->>'lift'));
+        RETURN 'void';
+    END IF;
+    IF l.role <> 'origin' THEN
         RETURN 'ignored';
     END IF;
     IF l.status = 'pend' AND pg_catalog.now() >= l.expires THEN
@@ -895,10 +905,10 @@ $$;
 -- The user API and the timer
 ------------------------------------------------------------------------------------------------
 
--- Starts a lift originated here: kind linear (a payment from p_payer to p_find) or circular
--- (p_find is p_payer). Looks for a route (the cache first), then prepares.
+-- A lift originated here: kind linear (a payment from p_payer to p_find) or circular (p_find is
+-- p_payer), with its secrets, their locks and its expiry.
 CREATE FUNCTION chips._lift_originate(p_kind text, p_payer text, p_find jsonb, p_units bigint,
-                                      p_pay jsonb, p_status text DEFAULT 'seek')
+                                      p_status text)
 RETURNS chips.lifts
 LANGUAGE plpgsql
 AS $$
@@ -907,14 +917,13 @@ DECLARE
     l chips.lifts;
     v_secret bytea := chips.new_seed();
     v_void bytea := chips.new_seed();
-    v_in bigint;
 BEGIN
     INSERT INTO chips.lifts (lift_uuid, kind, status, units, role, origin, find, payer, query,
-                             condition, void_cond, secret, void_secret, expires, pay)
-    VALUES (coalesce((p_pay->'doc'->>'lift')::uuid, pg_catalog.gen_random_uuid()), p_kind, p_status,
-            p_units, 'origin', chips._cert(p_payer)->'chad', p_find, p_payer, pg_catalog.gen_random_uuid()::text,
+                             condition, void_cond, secret, void_secret, expires)
+    VALUES (pg_catalog.gen_random_uuid(), p_kind, p_status, p_units, 'origin', chips._cert(p_payer)->'chad',
+            p_find, p_payer, pg_catalog.gen_random_uuid()::text,
             chips._lift_condition(v_secret), chips._lift_condition(v_void), v_secret, v_void,
-            pg_catalog.now() + s.life, p_pay)
+            pg_catalog.now() + s.life)
     RETURNING * INTO l;
     RETURN l;
 END
@@ -960,8 +969,6 @@ AS $$
 DECLARE
     v_me chips.users := chips._me();
     v_find jsonb := chips._chad(pay_address.address);
-    v_payee text := chips._local_ent(v_find);
-    v_route record;
     l chips.lifts;
     v_doc jsonb;
     v_sig text;
@@ -972,20 +979,16 @@ BEGIN
     IF v_me.pubkey IS NULL THEN
         RAISE EXCEPTION 'user % has no public key to sign the payment with', v_me.ent USING ERRCODE = '55000';
     END IF;
-    IF v_payee = v_me.ent THEN
+    IF chips._local_ent(v_find) = v_me.ent THEN
         RAISE EXCEPTION 'a payment to yourself' USING ERRCODE = '22023';
     END IF;
-    l := chips._lift_originate('linear', v_me.ent, v_find, pay_address.units, NULL, 'draft');
+    l := chips._lift_originate('linear', v_me.ent, v_find, pay_address.units, 'draft');
     v_doc := chips._pay_doc(l, pay_address.memo, pay_address.reference);
     v_sig := chips._custodial_sign(v_me.ent, v_doc);
     UPDATE chips.lifts x SET pay = pg_catalog.jsonb_build_object('doc', v_doc, 'key', v_me.pubkey, 'sign', v_sig)
     WHERE x.id = l.id;
     IF v_sig IS NOT NULL THEN
         PERFORM chips._pay_go(l.id);
-        IF (SELECT x.status FROM chips.lifts x WHERE x.id = l.id) = 'void' THEN
-            RAISE EXCEPTION 'no tally of yours leads towards % with % units free', v_find->>'cuid', pay_address.units
-                USING ERRCODE = '55000';
-        END IF;
     END IF;
     RETURN l.lift_uuid;
 END
@@ -993,19 +996,27 @@ $$;
 
 -- The payment document of a draft payment (to sign), and the signature that starts it.
 CREATE FUNCTION chips.pay_address_json(lift uuid) RETURNS jsonb
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = chips, pg_catalog, pg_temp
 AS $$
+BEGIN
+    RETURN (chips._my_payment(chips._me(), pay_address_json.lift)).pay->'doc';
+END
+$$;
+
+-- The caller's payment `p_lift`, locked; 42704 when there is none.
+CREATE FUNCTION chips._my_payment(p_me chips.users, p_lift uuid) RETURNS chips.lifts
+LANGUAGE plpgsql
+AS $$
 DECLARE
-    v_me chips.users := chips._me();
     l chips.lifts;
 BEGIN
-    SELECT * INTO l FROM chips.lifts x WHERE x.lift_uuid = pay_address_json.lift AND x.payer = v_me.ent
-      AND x.role = 'origin';
+    SELECT * INTO l FROM chips.lifts x WHERE x.lift_uuid = p_lift AND x.payer = p_me.ent
+      AND x.role = 'origin' AND x.kind = 'linear' FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'you have no payment %', pay_address_json.lift USING ERRCODE = '42704';
+        RAISE EXCEPTION 'you have no payment %', p_lift USING ERRCODE = '42704';
     END IF;
-    RETURN l.pay->'doc';
+    RETURN l;
 END
 $$;
 
@@ -1015,13 +1026,8 @@ SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_me chips.users := chips._me();
-    l chips.lifts;
+    l chips.lifts := chips._my_payment(v_me, pay_address_sign.lift);
 BEGIN
-    SELECT * INTO l FROM chips.lifts x WHERE x.lift_uuid = pay_address_sign.lift AND x.payer = v_me.ent
-      AND x.role = 'origin' FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'you have no payment %', pay_address_sign.lift USING ERRCODE = '42704';
-    END IF;
     IF l.status <> 'draft' THEN
         RAISE EXCEPTION 'payment % is % already', l.lift_uuid, l.status USING ERRCODE = '55000';
     END IF;
@@ -1036,33 +1042,34 @@ BEGIN
 END
 $$;
 
--- A signed payment goes: over local tallies at once when the payee is here, else a route query.
+-- A signed payment goes: over local tallies at once when the payee is here, else a route query;
+-- 55000 (and nothing changes) when it cannot go anywhere now.
 CREATE FUNCTION chips._pay_go(p_id bigint) RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
     l chips.lifts;
     v_payee text;
-    v_route record;
+    g record;
 BEGIN
     SELECT * INTO l FROM chips.lifts x WHERE x.id = p_id FOR UPDATE;
     v_payee := chips._local_ent(l.find);
     IF v_payee IS NULL THEN
         UPDATE chips.lifts x SET status = 'seek' WHERE x.id = l.id;
         PERFORM chips._lift_seek(l.id);
+        IF (SELECT x.status FROM chips.lifts x WHERE x.id = l.id) = 'void' THEN
+            RAISE EXCEPTION 'no tally of yours leads towards % with % units free', l.find->>'cuid', l.units
+                USING ERRCODE = '55000';
+        END IF;
         RETURN;
     END IF;
-    v_route := chips._route(l.payer, v_payee, l.units);
-    IF NOT v_route.ok OR chips._lift_lock(v_route.tallies, v_route.payers, v_route.receivers, l.units) <> 0 THEN
+    g := chips._route(l.payer, v_payee, l.units);
+    IF NOT g.ok OR chips._lift_lock(g.tallies, g.payers, g.receivers, l.units) <> 0 THEN
         RAISE EXCEPTION 'no route from you to % carries % units', l.find->>'cuid', l.units
             USING ERRCODE = '55000';
     END IF;
-    UPDATE chips.lifts x SET status = 'pend', payee = v_payee, tallies = v_route.tallies,
-        debtors = v_route.receivers
-    WHERE x.id = l.id RETURNING * INTO l;
-    FOR i IN 1..pg_catalog.cardinality(v_route.tallies) LOOP
-        PERFORM chips._lift_chit(l, v_route.tallies[i], v_route.payers[i]);
-    END LOOP;
+    UPDATE chips.lifts x SET status = 'pend', payee = v_payee WHERE x.id = l.id RETURNING * INTO l;
+    PERFORM chips._lift_write(l, g.tallies, g.payers, g.receivers, NULL);
     PERFORM chips._lift_settle(l.id, 'good');
 END
 $$;
@@ -1094,7 +1101,7 @@ BEGIN
         ORDER BY x.ent
         LIMIT lift_circles.max_lifts
     LOOP
-        l := chips._lift_originate('circular', u.ent, chips._cert(u.ent)->'chad', lift_circles.min_units, NULL);
+        l := chips._lift_originate('circular', u.ent, chips._cert(u.ent)->'chad', lift_circles.min_units, 'seek');
         PERFORM chips._lift_seek(l.id);
         n := n + 1;
     END LOOP;
@@ -1102,7 +1109,7 @@ BEGIN
 END
 $$;
 
--- The timer of distributed lifts (chipsd calls it every second; cron will do): route queries
+-- The timer of distributed lifts (chipsd calls it every lift_tick_ms; cron will do): route queries
 -- past their time are answered none; the origin decides void for a lift not ready by its expiry;
 -- a site that prepared and is past its expiry asks the origin for the decision (every
 -- ask_every); old route rows and cache entries go.
@@ -1132,9 +1139,9 @@ BEGIN
     FOR r IN SELECT x.* FROM chips.lifts x
              WHERE x.role IN ('relay', 'terminus') AND x.status = 'pend' AND x.expires <= pg_catalog.now()
                AND (x.asked IS NULL OR x.asked + s.ask_every <= pg_catalog.now()) LOOP
-        PERFORM chips._send(chips._cert(coalesce(r.payee,
-                    (SELECT t.ent FROM chips.tallies t WHERE t.tally_uuid = r.tally_in AND t.part_ent IS NULL)))->'chad',
-                r.origin, 'lift', 'status', pg_catalog.jsonb_build_object('lift', r.lift_uuid));
+        PERFORM chips._send(
+            (SELECT t.hold_cert->'chad' FROM chips.tallies t WHERE t.tally_uuid = r.tally_in AND t.part_ent IS NULL),
+            r.origin, 'lift', 'status', pg_catalog.jsonb_build_object('lift', r.lift_uuid));
         UPDATE chips.lifts x SET asked = pg_catalog.now() WHERE x.id = r.id;
         asked := asked + 1;
     END LOOP;

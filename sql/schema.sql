@@ -196,7 +196,7 @@ CREATE TABLE chips.lifts (
     CHECK (kind = 'local' OR (role IS NOT NULL AND condition IS NOT NULL AND void_cond IS NOT NULL
                               AND expires IS NOT NULL AND find IS NOT NULL AND origin IS NOT NULL))
 );
-CREATE INDEX lifts_open_idx ON chips.lifts (expires) WHERE status IN ('seek', 'pend');
+CREATE INDEX lifts_open_idx ON chips.lifts (expires) WHERE status IN ('draft', 'seek', 'pend');
 
 -- Route discovery (sql/remote.sql): what this site asked and was asked. An `in` row is a query
 -- that reached this site over `tally` (null: asked here, for lift `lift`); an `out` row is a
@@ -213,7 +213,6 @@ CREATE TABLE chips.lift_routes (
     status      text NOT NULL DEFAULT 'pend' CHECK (status IN ('pend', 'found', 'none')),
     max         bigint,                 -- the most the route can carry (found)
     hops        integer,                -- tallies from here to where it goes (found)
-    cap         bigint,                 -- in rows: what the segment from the in tally can carry
     created     timestamptz NOT NULL DEFAULT now()
 );
 CREATE UNIQUE INDEX lift_routes_key ON chips.lift_routes

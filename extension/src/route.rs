@@ -97,6 +97,20 @@ fn lift_condition(secret: &[u8]) -> Vec<u8> {
     ok(route::condition(secret)).to_vec()
 }
 
+/// Whether `secret` opens the lock `lock` (SHA-256 of a 32-byte secret); false for any other
+/// length or a null.
+#[pg_extern(immutable, parallel_safe, name = "_lift_opens")]
+fn lift_opens(secret: Option<&[u8]>, lock: Option<&[u8]>) -> bool {
+    matches!((secret, lock), (Some(s), Some(l)) if route::fulfills(s, l))
+}
+
+/// The expiry (epoch milliseconds) a site gives the next hop: `expires_ms` less `step_ms`, if at
+/// least `min_ms` would be left from `now_ms`; NULL when the lift is too close to expiring.
+#[pg_extern(immutable, parallel_safe, name = "_lift_next_expiry")]
+fn lift_next_expiry(expires_ms: i64, now_ms: i64, step_ms: i64, min_ms: i64) -> Option<i64> {
+    route::next_expiry(expires_ms, now_ms, step_ms, min_ms)
+}
+
 /// The anonymous name of `tally` within query `query` (both holders can compute it).
 #[pg_extern(immutable, parallel_safe, name = "_link_id")]
 fn link_id(query: &str, tally: pgrx::Uuid) -> String {
