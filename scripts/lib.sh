@@ -86,6 +86,22 @@ cluster_fresh() {
     cluster_start "$1" "$2"
 }
 
+# What every benchmark with chipsd sets up: dependencies, the extension and chipsd with the
+# examples in release builds, and a fresh private cluster in $(cluster_base)/$1 on port
+# ${CHIPS_BENCH_PORT:-$2}, stopped and removed when the script exits. Sets BENCH_DSN.
+chipsd_bench() {
+    ensure_deps
+    install_extension --release
+    BENCH_DIR=$(cluster_base)/$1
+    local port=${CHIPS_BENCH_PORT:-$2}
+    cluster_fresh "$BENCH_DIR" "$port"
+    trap 'cluster_stop "$BENCH_DIR"; rm -rf "$BENCH_DIR"' EXIT
+    cd "$REPO"
+    say "building chipsd and the benchmark (release)"
+    cargo build -q --release -p chipsd --examples --bins
+    BENCH_DSN="host=127.0.0.1 port=$port user=postgres"
+}
+
 cluster_stop() {
     local dir=$1
     if [ -f "$dir/data/postmaster.pid" ]; then

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chips_core::sign::KeyPair;
-use chips_tests::{free_port, Cluster, Sidecar};
+use chips_tests::{free_port, percentile, Cluster, Sidecar};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
@@ -67,11 +67,6 @@ async fn client(url: &str, ent: &str, ticket: &str, cursor: i64) -> Ws {
     .await;
     call(&mut ws, 4, "subscribe", json!({"cursor": cursor})).await;
     ws
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -327,10 +322,10 @@ async fn main() {
     println!("  setup: {clients} users and {pairs} open tallies in {setup:.1} s; {clients} logins + subscriptions in {login:.1} s; chipsd RSS {rss:.0} MiB");
     println!(
         "  baseline, websocket round trip of rpc.methods: p50 {:.2} ms, p99 {:.2} ms",
-        pct(&mut rtt, 0.5),
-        pct(&mut rtt, 0.99)
+        percentile(&mut rtt, 0.5),
+        percentile(&mut rtt, 0.99)
     );
-    let (p50, p99) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99));
+    let (p50, p99) = (percentile(&mut lat, 0.5), percentile(&mut lat, 0.99));
     println!("  payment commit -> its event at the payee's client ({one} one at a time, at random points of the poll period): p50 {p50:.2} ms, p99 {p99:.2} ms");
     let committed_rate = expected as f64 / committed_after;
     let delivered_rate = got as f64 / delivered_after;

@@ -6,27 +6,11 @@
 //! bash scripts/bench-peer.sh                 # builds in release, starts a private cluster
 //! ```
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use chips_tests::{free_port, Cluster, Sidecar, User};
+use chips_tests::{free_port, until, Cluster, Sidecar, User};
 use serde_json::json;
 use uuid::Uuid;
-
-/// Waits (up to 60 s, checking every millisecond) until `f` holds.
-async fn until<F, Fut>(f: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    chips_tests::eventually(
-        "the benchmark",
-        Duration::from_secs(60),
-        Duration::from_millis(1),
-        f,
-    )
-    .await
-    .unwrap();
-}
 
 async fn arrived(u: &User, t: Uuid, chit: Uuid) -> bool {
     u.chit_state(t, chit).await.unwrap().is_some()

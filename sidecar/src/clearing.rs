@@ -1,102 +1,98 @@
-//! Automatic clearing: calls `chips.clearing_tick()` every `clearing_secs`. The database decides
-//! whether a pass is due (`chips.clearing_configure`) and runs it; this task only keeps time, on
-//! its own connection so that a long pass never holds up peer traffic.
+//! The database's timers, kept by chipsd: `chips.clearing_tick()` every `clearing_secs` (the
+//! database decides whether a clearing pass is due, `chips.clearing_configure`, and runs it) and
+//! `chips.lift_tick()` every `lift_tick_ms` (the timers of distributed lifts). Each runs on its
+//! own connection, so that a long clearing pass never holds up peer traffic or lift timers.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_postgres::{Client, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::db;
 
-pub async fn run(cfg: Arc<Config>, token: CancellationToken) {
-    if cfg.clearing_secs == 0 {
+/// Calls `tick` on a connection of its own every `every` until cancelled (never when `every` is
+/// zero), connecting again when the connection is lost.
+async fn every<F>(dsn: &str, every: Duration, what: &str, token: CancellationToken, tick: F)
+where
+    F: AsyncFn(&Client) -> Result<(), tokio_postgres::Error>,
+{
+    if every.is_zero() {
         return;
     }
-    let every = Duration::from_secs(cfg.clearing_secs);
-    let mut client = None;
+    let mut client: Option<Client> = None;
     loop {
         tokio::select! {
             _ = token.cancelled() => break,
             _ = tokio::time::sleep(every) => {}
         }
         if client.is_none() {
-            match db::connect(&cfg.db).await {
+            match db::connect(dsn).await {
                 Ok(c) => client = Some(c),
                 Err(e) => {
-                    warn!(error = %e, "clearing: cannot connect");
+                    warn!(error = %e, "{what}: cannot connect");
                     continue;
                 }
             }
         }
         let Some(c) = &client else { continue };
-        // simple_query: the procedure commits as it goes, and its INOUT results come as text
-        match c.simple_query("CALL chips.clearing_tick()").await {
-            Ok(msgs) => {
-                for m in msgs {
-                    if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
-                        if r.get(0) == Some("t") {
-                            if let Some(n) = r.get(1).and_then(|n| n.parse::<u64>().ok()) {
-                                crate::metrics::METRICS.lifts.inc_by(n);
-                            }
-                            info!(
-                                lifts = r.get(1).unwrap_or("?"),
-                                units = r.get(2).unwrap_or("?"),
-                                "clearing pass"
-                            );
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "clearing tick failed");
-                if c.is_closed() {
-                    client = None;
-                }
+        if let Err(e) = tick(c).await {
+            warn!(error = %e, "{what} failed");
+            if c.is_closed() {
+                client = None;
             }
         }
     }
 }
 
-/// The timer of distributed lifts: calls `chips.lift_tick()` every `lift_tick_ms` (route
-/// queries past their time, lifts past their expiry, sites asking the origin for a decision).
-/// The database keeps every deadline; this task only keeps time.
+/// Automatic clearing.
+pub async fn run(cfg: Arc<Config>, token: CancellationToken) {
+    every(
+        &cfg.db,
+        Duration::from_secs(cfg.clearing_secs),
+        "clearing tick",
+        token,
+        async |c| {
+            // simple_query: the procedure commits as it goes, and its INOUT results come as text
+            for m in c.simple_query("CALL chips.clearing_tick()").await? {
+                if let SimpleQueryMessage::Row(r) = m {
+                    if r.get(0) == Some("t") {
+                        if let Some(n) = r.get(1).and_then(|n| n.parse::<u64>().ok()) {
+                            crate::metrics::METRICS.lifts.inc_by(n);
+                        }
+                        info!(
+                            lifts = r.get(1).unwrap_or("?"),
+                            units = r.get(2).unwrap_or("?"),
+                            "clearing pass"
+                        );
+                    }
+                }
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// The timers of distributed lifts: route queries past their time, lifts past their expiry,
+/// sites asking the origin for a decision. The database keeps every deadline; this only keeps
+/// time.
 pub async fn lift_timer(cfg: Arc<Config>, token: CancellationToken) {
-    if cfg.lift_tick_ms == 0 {
-        return;
-    }
-    let every = Duration::from_millis(cfg.lift_tick_ms);
-    let mut client = None;
-    loop {
-        tokio::select! {
-            _ = token.cancelled() => break,
-            _ = tokio::time::sleep(every) => {}
-        }
-        if client.is_none() {
-            match db::connect(&cfg.db).await {
-                Ok(c) => client = Some(c),
-                Err(e) => {
-                    warn!(error = %e, "lift timer: cannot connect");
-                    continue;
-                }
+    every(
+        &cfg.db,
+        Duration::from_millis(cfg.lift_tick_ms),
+        "lift tick",
+        token,
+        async |c| {
+            let r = c.query_one("SELECT * FROM chips.lift_tick()", &[]).await?;
+            let (q, v, a): (i32, i32, i32) = (r.get(0), r.get(1), r.get(2));
+            if q + v + a > 0 {
+                info!(queries = q, voided = v, asked = a, "lift timer");
             }
-        }
-        let Some(c) = &client else { continue };
-        match c.query_one("SELECT * FROM chips.lift_tick()", &[]).await {
-            Ok(r) => {
-                let (q, v, a): (i32, i32, i32) = (r.get(0), r.get(1), r.get(2));
-                if q + v + a > 0 {
-                    info!(queries = q, voided = v, asked = a, "lift timer");
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "lift tick failed");
-                if c.is_closed() {
-                    client = None;
-                }
-            }
-        }
-    }
+            Ok(())
+        },
+    )
+    .await
 }

@@ -230,9 +230,14 @@ impl Site {
         self.user_on(name, cuid, None).await
     }
 
+    /// The key of this site's test user `name` (derived from both, so any client can make it).
+    pub fn user_key(&self, name: &str) -> KeyPair {
+        KeyPair::from_phrase(&format!("{name} at {}", self.db))
+    }
+
     /// [`Site::user`] on a given local agent (for a site serving several).
     pub async fn user_on(&self, name: &str, cuid: &str, agent: Option<&str>) -> Result<User> {
-        let key = KeyPair::from_phrase(&format!("{name} at {}", self.db));
+        let key = self.user_key(name);
         let ent: String = self
             .admin
             .query_one(
@@ -668,6 +673,28 @@ where
         tokio::time::sleep(every).await;
     }
     Ok(())
+}
+
+/// For benchmarks: waits (up to 60 s, checking every millisecond) until `f` holds; panics after.
+pub async fn until<F, Fut>(f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually(
+        "the benchmark",
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_millis(1),
+        f,
+    )
+    .await
+    .unwrap();
+}
+
+/// The `p` quantile (0..=1, nearest rank) of `v`, which it sorts.
+pub fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
 /// A running `chipsd`, killed (SIGKILL) when dropped.

@@ -262,23 +262,29 @@ pub async fn pay_address(
     to: &Value,
     units: i64,
 ) -> Result<Uuid, tokio_postgres::Error> {
-    let lift: Uuid = payer
-        .db
+    pay_address_as(&payer.db, &payer.key, to, units).await
+}
+
+/// [`pay_address`] on any connection acting as the payer, signed with `key`.
+pub async fn pay_address_as(
+    db: &tokio_postgres::Client,
+    key: &chips_core::sign::KeyPair,
+    to: &Value,
+    units: i64,
+) -> Result<Uuid, tokio_postgres::Error> {
+    let lift: Uuid = db
         .query_one(
             "SELECT chips.pay_address($1, $2, 'across sites')",
             &[to, &units],
         )
         .await?
         .get(0);
-    let doc: Value = payer
-        .db
+    let doc: Value = db
         .query_one("SELECT chips.pay_address_json($1)", &[&lift])
         .await?
         .get(0);
-    let sig = payer.key.sign_json(&doc).unwrap();
-    payer
-        .db
-        .query_one("SELECT chips.pay_address_sign($1, $2)", &[&lift, &sig])
+    let sig = key.sign_json(&doc).expect("documents are valid JSON");
+    db.query_one("SELECT chips.pay_address_sign($1, $2)", &[&lift, &sig])
         .await?;
     Ok(lift)
 }

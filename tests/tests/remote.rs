@@ -162,7 +162,14 @@ async fn a_circle_through_four_sites_clears_the_tightest_debt() {
 
 /// Carries every message but those `drop` refuses; returns how many were held back.
 async fn relay_except(net: &Net, drop: impl Fn(&Value) -> bool) -> usize {
-    let mut held = 0;
+    relay_round(net, drop, false).await.1
+}
+
+/// One pass over every site's outbox: delivers each message `drop` does not refuse (with
+/// `replay`, a second time under the same id, which must be a `duplicate`, and a third time under
+/// a new id) and acknowledges it. Returns (delivered, held back).
+async fn relay_round(net: &Net, drop: impl Fn(&Value) -> bool, replay: bool) -> (usize, usize) {
+    let (mut moved, mut held) = (0, 0);
     for from in &net.sites {
         let rows = from
             .admin
@@ -183,20 +190,31 @@ async fn relay_except(net: &Net, drop: impl Fn(&Value) -> bool) -> usize {
                 .iter()
                 .find(|s| s.agent_id() == msg["to"]["agent"].as_str().unwrap())
                 .unwrap();
-            to.admin
-                .query_one(
-                    "SELECT chips.peer_receive($1, $2)",
-                    &[&msg["from"]["agent"].as_str().unwrap(), &msg],
-                )
-                .await
-                .unwrap();
+            let from_agent = msg["from"]["agent"].as_str().unwrap();
+            let receive = |m: Value| async move {
+                let r: String = to
+                    .admin
+                    .query_one("SELECT chips.peer_receive($1, $2)", &[&from_agent, &m])
+                    .await
+                    .unwrap_or_else(|e| panic!("{m}: {e}"))
+                    .get(0);
+                r
+            };
+            receive(msg.clone()).await;
+            if replay {
+                assert_eq!(receive(msg.clone()).await, "duplicate");
+                let mut copy = msg.clone();
+                copy["id"] = json!(Uuid::new_v4().to_string());
+                receive(copy).await;
+            }
             from.admin
                 .execute("SELECT chips.outbox_ack(ARRAY[$1::bigint])", &[&id])
                 .await
                 .unwrap();
+            moved += 1;
         }
     }
-    held
+    (moved, held)
 }
 
 /// A site "stops" (its sidecar is down): nothing goes in or out of it, until it is back.
@@ -228,40 +246,7 @@ async fn faults_leave_every_lift_good_everywhere_or_void_everywhere() {
     // 1. every message delivered twice (same id), and once more under a new id
     let l = pay_address(payer, &to, 10).await.unwrap();
     for _ in 0..30 {
-        let mut moved = 0;
-        for from in &net.sites {
-            let rows = from
-                .admin
-                .query(
-                    "SELECT id, msg FROM chips.outbox WHERE delivered IS NULL ORDER BY id",
-                    &[],
-                )
-                .await
-                .unwrap();
-            for r in rows {
-                let (id, msg): (i64, Value) = (r.get(0), r.get(1));
-                let to = net
-                    .sites
-                    .iter()
-                    .find(|s| s.agent_id() == msg["to"]["agent"].as_str().unwrap())
-                    .unwrap();
-                let from_agent = msg["from"]["agent"].as_str().unwrap().to_string();
-                let mut copy = msg.clone();
-                copy["id"] = json!(Uuid::new_v4().to_string());
-                for m in [&msg, &msg, &copy] {
-                    let _ = to
-                        .admin
-                        .query_one("SELECT chips.peer_receive($1, $2)", &[&from_agent, m])
-                        .await;
-                }
-                from.admin
-                    .execute("SELECT chips.outbox_ack(ARRAY[$1::bigint])", &[&id])
-                    .await
-                    .unwrap();
-                moved += 1;
-            }
-        }
-        if moved == 0 {
+        if relay_round(&net, |_| false, true).await.0 == 0 {
             break;
         }
     }
