@@ -187,7 +187,7 @@ GRANT SELECT ON chips.event_heads TO chips_gateway;
 GRANT SELECT ON chips.agents, chips.outbox, chips.inbox TO chips_agent;
 GRANT EXECUTE ON FUNCTION
     chips.peer_receive(text, jsonb), chips.outbox_claim(integer, interval, text[]),
-    chips.outbox_ack(bigint[]), chips.chain_sync(uuid)
+    chips.outbox_ack(bigint[]), chips.outbox_release(bigint[], bigint[]), chips.chain_sync(uuid)
 TO chips_agent;
 -- Automatic clearing (chipsd's tick, or cron as an admin): the procedures and what they call.
 GRANT EXECUTE ON FUNCTION

@@ -202,11 +202,17 @@ $$;
 CREATE FUNCTION chips._agent_seen(p_chad jsonb) RETURNS void
 LANGUAGE sql
 AS $$
-    INSERT INTO chips.agents AS a (agent, host, port)
+    -- Every message to a peer passes here: it must not lock the agent's row when nothing
+    -- changes (ON CONFLICT DO UPDATE would, to commit), or every transaction sending to one peer
+    -- would wait for the last, and deadlock with one that locked tallies first.
+    INSERT INTO chips.agents (agent, host, port)
     VALUES (p_chad->>'agent', p_chad->>'host', (p_chad->>'port')::integer)
-    ON CONFLICT (agent) DO UPDATE
-        SET host = coalesce(a.host, EXCLUDED.host), port = coalesce(a.port, EXCLUDED.port)
-        WHERE NOT a.local
+    ON CONFLICT (agent) DO NOTHING;
+    UPDATE chips.agents a
+    SET host = coalesce(a.host, p_chad->>'host'), port = coalesce(a.port, (p_chad->>'port')::integer)
+    WHERE a.agent = p_chad->>'agent' AND NOT a.local
+      AND ((a.host IS NULL AND p_chad->>'host' IS NOT NULL)
+           OR (a.port IS NULL AND p_chad->>'port' IS NOT NULL));
 $$;
 
 -- Send a message: applied at once when the addressee is served by this database, else queued
@@ -346,6 +352,27 @@ DECLARE
 BEGIN
     UPDATE chips.outbox o SET delivered = pg_catalog.now(), claimed_until = NULL
     WHERE o.id = ANY (outbox_ack.ids) AND o.delivered IS NULL;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+-- Give back claims before their lease runs out, so the messages can be claimed again at once:
+-- `unsent` were never tried (their claim does not count as an attempt), `tried` were sent and
+-- not applied (the peer refused, or did not answer). Returns how many claims it gave back.
+CREATE FUNCTION chips.outbox_release(unsent bigint[], tried bigint[] DEFAULT '{}') RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    n integer;
+BEGIN
+    UPDATE chips.outbox o
+    SET claimed_until = NULL,
+        attempts = CASE WHEN o.id = ANY (outbox_release.unsent) THEN greatest(o.attempts - 1, 0)
+                        ELSE o.attempts END
+    WHERE (o.id = ANY (outbox_release.unsent) OR o.id = ANY (outbox_release.tried))
+      AND o.delivered IS NULL AND o.claimed_until IS NOT NULL;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END

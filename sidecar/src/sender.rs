@@ -1,7 +1,7 @@
 //! Outbound: claim outbox messages (woken by `chips_agent` notifications, and by a poll), send
 //! them to their peers in order, and acknowledge what the peers applied. A message a peer
-//! refuses, or one that cannot be sent, stays in the outbox: its lease runs out and it is
-//! claimed again, after a back-off for that peer.
+//! refuses, or one that cannot be sent, stays in the outbox: its claim is given back and it is
+//! sent again after a back-off for that peer (if this sidecar dies, its lease runs out).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -92,6 +92,7 @@ async fn drain(
             });
         }
         let mut acked: Vec<i64> = Vec::new();
+        let mut tried: Vec<i64> = Vec::new(); // the message each failing peer stopped at
         let mut stalled = false;
         for to in order {
             let msgs = &groups[&to];
@@ -108,6 +109,7 @@ async fn drain(
                 Ok(()) => peer.failures = 0,
                 Err(e) => {
                     stalled = true;
+                    tried.extend(msgs.iter().map(|m| m.id).find(|id| !acked.contains(id)));
                     peer.channel = None;
                     peer.failures += 1;
                     let wait = Duration::from_millis(200 * 2u64.pow(peer.failures.min(8)))
@@ -123,7 +125,18 @@ async fn drain(
                 .await?;
         }
         if stalled {
-            return Ok(()); // the rest waits for its lease and the peer's back-off
+            // what was claimed and not delivered goes back at once: it waits for its peer's
+            // back-off, not for a lease
+            let unsent: Vec<i64> = groups
+                .values()
+                .flatten()
+                .map(|m| m.id)
+                .filter(|id| !acked.contains(id) && !tried.contains(id))
+                .collect();
+            client
+                .execute("SELECT chips.outbox_release($1, $2)", &[&unsent, &tried])
+                .await?;
+            return Ok(());
         }
     }
 }

@@ -8,6 +8,7 @@ use chips_core::peer::Envelope;
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -82,6 +83,9 @@ async fn handle(
     }
 }
 
+/// How often a message is applied again after a deadlock or serialization failure.
+const TRANSIENT_RETRIES: u64 = 5;
+
 /// Applies one message; the reply names it and says what happened.
 async fn apply(client: &tokio_postgres::Client, peer: &str, msg: &[u8]) -> Value {
     let env = match Envelope::from_slice(msg) {
@@ -89,10 +93,24 @@ async fn apply(client: &tokio_postgres::Client, peer: &str, msg: &[u8]) -> Value
         Err(e) => return json!({"id": null, "error": e.to_string(), "sqlstate": "22023"}),
     };
     let doc: Value = serde_json::to_value(&env).expect("envelopes serialize");
-    match client
-        .query_one("SELECT chips.peer_receive($1, $2)", &[&peer, &doc])
-        .await
-    {
+    let mut tries = 0;
+    let applied = loop {
+        let r = client
+            .query_one("SELECT chips.peer_receive($1, $2)", &[&peer, &doc])
+            .await;
+        // a deadlock or serialization failure rolled the transaction back: applying the
+        // message again is safe and almost always succeeds
+        let transient = r.as_ref().err().and_then(|e| e.code()).is_some_and(|c| {
+            *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+        });
+        if !transient || tries == TRANSIENT_RETRIES {
+            break r;
+        }
+        tries += 1;
+        debug!(id = %env.id, tries, "transient failure, applying again");
+        tokio::time::sleep(Duration::from_millis(5 * tries)).await;
+    };
+    match applied {
         Ok(row) => {
             let result: String = row.get(0);
             debug!(id = %env.id, target = %env.target, action = %env.action, %result, "applied");

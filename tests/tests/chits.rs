@@ -497,6 +497,98 @@ async fn cross_site_payments_both_ways_converge() {
     assert_eq!(a.chain(t, "stock").await.unwrap().len(), 4);
 }
 
+/// Every message to a peer site goes through its `agents` row: a transaction that has sent one
+/// (and not committed) must not hold up another sending to the same peer over another tally.
+#[tokio::test]
+async fn payments_to_one_peer_site_do_not_wait_for_each_other() {
+    let (a, b, ann, eve, t) = cross("t_chit_peer_wait", 50_000).await;
+    let bob = a.user("Bob", "bob").await.unwrap();
+    let t2 = bob.open_with(&eve, 50_000, &[&a, &b]).await.unwrap();
+    eve.pay(t, 1_000, "").await.unwrap();
+    eve.pay(t2, 1_000, "").await.unwrap();
+    relay_all(&[&a, &b]).await.unwrap();
+    ann.db.batch_execute("BEGIN").await.unwrap();
+    ann.pay(t, 100, "").await.unwrap(); // queued for eve's site, not committed
+    bob.db
+        .batch_execute("SET lock_timeout = '3s'")
+        .await
+        .unwrap();
+    bob.pay(t2, 100, "").await.unwrap();
+    ann.db.batch_execute("COMMIT").await.unwrap();
+    relay_all(&[&a, &b]).await.unwrap();
+    assert_converged(&a, &b, &ann, &eve, t).await;
+    assert_eq!(eve.balance(t2).await.unwrap().0, -900);
+}
+
+/// A sidecar gives back the claims it did not deliver (a peer refused an earlier message): they
+/// are claimed again at once, and only the message it tried counts an attempt.
+#[tokio::test]
+async fn outbox_claims_given_back_are_claimed_again_at_once() {
+    let (a, b, ann, eve, t) = cross("t_chit_release", 50_000).await;
+    eve.pay(t, 3_000, "").await.unwrap();
+    relay_all(&[&a, &b]).await.unwrap();
+    for _ in 0..3 {
+        ann.pay(t, 100, "").await.unwrap();
+    }
+    let claim = "SELECT id FROM chips.outbox_claim(10, '1 hour')";
+    let ids: Vec<i64> = a
+        .admin
+        .query(claim, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids.len(), 3);
+    assert!(
+        a.admin.query(claim, &[]).await.unwrap().is_empty(),
+        "leased"
+    );
+    let n: i32 = a
+        .admin
+        .query_one(
+            "SELECT chips.outbox_release($1, $2)",
+            &[&ids[1..].to_vec(), &vec![ids[0]]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3);
+    let attempts: Vec<(i64, i32)> = a
+        .admin
+        .query(
+            "SELECT id, attempts FROM chips.outbox WHERE id = ANY ($1) ORDER BY id",
+            &[&ids],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(attempts, vec![(ids[0], 1), (ids[1], 0), (ids[2], 0)]);
+    // claimed again at once, in order; delivered ones are not given back
+    let again: Vec<i64> = a
+        .admin
+        .query(claim, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(again, ids);
+    a.admin
+        .execute("SELECT chips.outbox_ack($1)", &[&ids])
+        .await
+        .unwrap();
+    let n: i32 = a
+        .admin
+        .query_one("SELECT chips.outbox_release($1)", &[&ids])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+}
+
 #[tokio::test]
 async fn lost_duplicated_and_reordered_chain_messages_converge() {
     let (a, b, ann, eve, t) = cross("t_chit_loss", 50_000).await;

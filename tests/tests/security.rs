@@ -114,6 +114,7 @@ async fn admin_and_agent_functions_are_not_for_users_or_public() {
         "SELECT chips.peer_receive('x', '{}')",
         "SELECT * FROM chips.outbox_claim()",
         "SELECT chips.outbox_ack('{1}')",
+        "SELECT chips.outbox_release('{1}')",
         "SELECT chips._send('{}', '{}', 'tally', 'void', '{}')",
         "SELECT chips._ticket_use('x', '{}')",
         "SELECT chips.new_token()",
