@@ -589,7 +589,12 @@ BEGIN
                 RAISE EXCEPTION 'lift chit % of tally % is not known here', v_doc->>'uuid', t.tally_uuid
                     USING ERRCODE = '55000';
             ELSIF FOUND AND c.chit_type = 'lift' AND c.status = 'pend' THEN
-                EXIT;   -- the lift is not decided here yet: its settling asks again (nak)
+                -- the lift is not decided here yet: settling it asks again (nak)
+                UPDATE chips.tallies x SET chain_seen = greatest(x.chain_seen, (
+                    SELECT max((y.value->>'index')::integer)
+                    FROM pg_catalog.jsonb_array_elements(msg->'object'->'chits') y))
+                WHERE x.id = t.id;
+                EXIT;
             ELSIF NOT FOUND THEN
                 c := chips._chit_insert(t, v_doc, 'good', e->>'sign');
                 PERFORM chips._chit_effects(t.id, c);

@@ -265,9 +265,9 @@ BEGIN
                 PERFORM chips._chit_good(c.tally_id, c);
             ELSE
                 PERFORM chips._chit_effects(c.tally_id, c);
-                IF t.part_ent IS NULL THEN
-                    -- the foil half may have sent its chain update before this half knew: ask
-                    -- for every entry after what it has
+                IF t.part_ent IS NULL AND t.chain_seen > t.chain_len THEN
+                    -- the foil half sent its chain update before this half knew: ask for
+                    -- every entry after what it has
                     PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'chain',
                         pg_catalog.jsonb_build_object('cmd', 'nak', 'tally', t.tally_uuid, 'index', t.chain_len));
                 END IF;

@@ -104,6 +104,9 @@ CREATE TABLE chips.tallies (
     chain_len   integer NOT NULL DEFAULT 0,
     chain_tip   bytea,
     chain_conf  integer NOT NULL DEFAULT 0,
+    -- on the stock half of a tally with another site: the last index the foil half sent that
+    -- this half could not chain yet (a lift chit still pending here); settling the lift asks again
+    chain_seen  integer NOT NULL DEFAULT 0,
     created     timestamptz NOT NULL DEFAULT now(),
     updated     timestamptz NOT NULL DEFAULT now(),
     UNIQUE (tally_uuid, side),

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::join_all;
 use serde_json::Value;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -94,22 +95,36 @@ async fn drain(
         let mut acked: Vec<i64> = Vec::new();
         let mut tried: Vec<i64> = Vec::new(); // the message each failing peer stopped at
         let mut stalled = false;
+        let mut due: Vec<(String, Peer)> = Vec::new();
         for to in order {
-            let msgs = &groups[&to];
-            let peer = peers.entry(to.clone()).or_insert(Peer {
+            let peer = peers.remove(&to).unwrap_or(Peer {
                 channel: None,
                 failures: 0,
                 next_try: Instant::now(),
             });
             if Instant::now() < peer.next_try {
                 stalled = true;
-                continue;
+                peers.insert(to, peer);
+            } else {
+                due.push((to, peer));
             }
-            match send_all(peer, &to, msgs, seed, &mut acked, wait).await {
+        }
+        // all peers at once (each in order): their receivers' commits overlap
+        let sent = join_all(due.into_iter().map(|(to, mut peer)| {
+            let msgs = &groups[&to];
+            async move {
+                let mut done = Vec::new();
+                let r = send_all(&mut peer, &to, msgs, seed, &mut done, wait).await;
+                (to, peer, msgs, done, r)
+            }
+        }))
+        .await;
+        for (to, mut peer, msgs, done, r) in sent {
+            match r {
                 Ok(()) => peer.failures = 0,
                 Err(e) => {
                     stalled = true;
-                    tried.extend(msgs.iter().map(|m| m.id).find(|id| !acked.contains(id)));
+                    tried.extend(msgs.iter().map(|m| m.id).find(|id| !done.contains(id)));
                     peer.channel = None;
                     peer.failures += 1;
                     let wait = Duration::from_millis(200 * 2u64.pow(peer.failures.min(8)))
@@ -118,6 +133,8 @@ async fn drain(
                     warn!(peer = %to, error = %e, retry_in = ?wait, "delivery stopped");
                 }
             }
+            acked.extend(done);
+            peers.insert(to, peer);
         }
         if !acked.is_empty() {
             client
