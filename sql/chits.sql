@@ -671,8 +671,11 @@ BEGIN
             n := n + 1;
         ELSIF t.side = 'stock' AND EXISTS (SELECT 1 FROM chips.chits y
                                            WHERE y.tally_id = t.id AND y.status = 'good' AND y.chain_idx IS NULL) THEN
+            -- its own chits (a lift chit is not one: the lift's own messages carry it, and the
+            -- partner refuses it as a chit, which would stop every later message to that site)
             FOR c IN SELECT * FROM chips.chits y
                      WHERE y.tally_id = t.id AND y.status = 'good' AND y.chain_idx IS NULL AND y.issuer = t.side
+                       AND y.chit_type <> 'lift'
                      ORDER BY y.id LOOP
                 PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'good',
                     pg_catalog.jsonb_build_object('chit', chips._chit_doc(c, t.tally_uuid), 'sign', c.signature));

@@ -71,4 +71,28 @@ async fn chips_check_finds_what_is_broken() {
     ] {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
+
+    // A lift good at one site and void at the other; one still reserving past its expiry.
+    let lift = uuid::Uuid::new_v4();
+    for (s, role, status, uuid) in [
+        (&a, "origin", "good", lift),
+        (&b, "terminus", "void", lift),
+        (&b, "relay", "pend", uuid::Uuid::new_v4()),
+    ] {
+        s.admin
+            .execute(
+                "INSERT INTO chips.lifts (lift_uuid, kind, status, units, role, origin, find, condition, void_cond, expires)
+                 VALUES ($1, 'linear', $2, 1, $3, '{}', '{}', '\\x00', '\\x00', now() - interval '1 minute')",
+                &[&uuid, &status, &role],
+            )
+            .await
+            .unwrap();
+    }
+    let (ok, out) = check(&dsns);
+    assert!(!ok);
+    assert!(
+        out.contains(&format!("lift {lift} is not decided alike everywhere")),
+        "{out}"
+    );
+    assert!(out.contains("is pend past its expiry"), "{out}");
 }

@@ -171,6 +171,19 @@ impl Net {
     /// Everything agrees: no chit pending, every lift has one status everywhere, both halves of
     /// every tally have the same balance and chain.
     pub async fn check_consistent(&self) {
+        // nothing is stuck: a resync of every chain (as chipsd runs now and then) is applied
+        // everywhere, and no message is left undelivered
+        for s in &self.sites {
+            s.admin
+                .execute("SELECT chips.chain_sync()", &[])
+                .await
+                .unwrap();
+        }
+        let r = relay_all(&self.all()).await.unwrap();
+        assert_eq!(r.failed, 0, "a resync was refused");
+        for s in &self.sites {
+            assert_eq!(s.undelivered().await.unwrap(), 0, "undelivered at {}", s.db);
+        }
         let mut status: std::collections::HashMap<Uuid, String> = Default::default();
         let mut halves: std::collections::HashMap<Uuid, Vec<Half>> = Default::default();
         for s in &self.sites {

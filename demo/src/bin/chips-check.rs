@@ -11,7 +11,11 @@
 //!   digest, the same chain (index, chit, hash) and mirrored balances; a half whose partner site
 //!   was not given is counted, not failed;
 //! - every user's net position (the sum of their halves' balances) equals the sum of their own
-//!   good transaction chits: nothing else (a lift, a bug) moved it.
+//!   good transaction chits and of the payments they made and received through intermediaries
+//!   (good linear lifts): nothing else (a circular lift, a relay, a bug) moved it;
+//! - every distributed lift decided at several sites is good everywhere or void everywhere;
+//! - no lift is still reserving capacity (`seek` or `pend`) past its expiry, and no lift chit
+//!   is pending under a lift already decided.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -77,6 +81,7 @@ async fn check(args: Args) -> Result<Vec<String>, String> {
     let mut problems = Vec::new();
     let mut tallies: BTreeMap<Uuid, Vec<Half>> = BTreeMap::new();
     let (mut chits, mut users) = (0i64, 0usize);
+    let mut lifts: BTreeMap<Uuid, Vec<(String, String)>> = BTreeMap::new();
     for dsn in &args.dsns {
         let db = chips_tests::connect(dsn)
             .await
@@ -104,13 +109,19 @@ async fn check(args: Args) -> Result<Vec<String>, String> {
                 (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
             problems.push(format!("{site}: tally {t} {side} half of {ent}: {check}: {detail}"));
         }
-        // Net positions move only by the users' own transactions.
+        // Net positions move only by the users' own transactions: their chits, and the payments
+        // they made or received through other people's tallies (good linear lifts).
         for r in db
             .query(
                 "SELECT u.ent,
                         coalesce((SELECT sum(t.net_good) FROM chips.tallies t WHERE t.ent = u.ent), 0)::bigint,
-                        coalesce((SELECT sum(c.value) FROM chips.chits c JOIN chips.tallies t ON t.id = c.tally_id
-                                  WHERE t.ent = u.ent AND c.status = 'good' AND c.chit_type IN ('tran', 'set')), 0)::bigint
+                        (coalesce((SELECT sum(c.value) FROM chips.chits c JOIN chips.tallies t ON t.id = c.tally_id
+                                   WHERE t.ent = u.ent AND c.status = 'good' AND c.chit_type IN ('tran', 'set')), 0)
+                         + coalesce((SELECT sum(CASE WHEN l.payee = u.ent THEN l.units ELSE 0 END)
+                                          - sum(CASE WHEN l.payer = u.ent THEN l.units ELSE 0 END)
+                                     FROM chips.lifts l
+                                     WHERE l.kind = 'linear' AND l.status = 'good'
+                                       AND u.ent IN (l.payer, l.payee)), 0))::bigint
                  FROM chips.users u",
                 &[],
             )
@@ -123,12 +134,48 @@ async fn check(args: Args) -> Result<Vec<String>, String> {
                 problems.push(format!("{site}: user {ent} stands at {net} but their own chits sum to {own}"));
             }
         }
+        for r in db
+            .query(
+                "SELECT l.lift_uuid::text, l.status, 'past its expiry' FROM chips.lifts l
+                 WHERE l.status IN ('seek', 'pend') AND l.expires < now() - interval '5 seconds'
+                 UNION ALL
+                 SELECT l.lift_uuid::text, l.status, 'with a pending chit' FROM chips.lifts l
+                 WHERE l.status IN ('good', 'void')
+                   AND EXISTS (SELECT 1 FROM chips.chits c WHERE c.lift_id = l.id AND c.status = 'pend')",
+                &[],
+            )
+            .await
+            .map_err(e)?
+        {
+            let (lift, status, what): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+            problems.push(format!("{site}: lift {lift} is {status} {what}"));
+        }
+        for r in db
+            .query(
+                "SELECT lift_uuid, status FROM chips.lifts WHERE kind <> 'local' AND status IN ('good', 'void')",
+                &[],
+            )
+            .await
+            .map_err(e)?
+        {
+            lifts
+                .entry(r.get(0))
+                .or_default()
+                .push((site.clone(), r.get(1)));
+        }
         let n: i64 = db
             .query_one("SELECT count(*) FROM chips.chits", &[])
             .await
             .map_err(e)?
             .get(0);
         chits += n;
+    }
+    for (l, seen) in &lifts {
+        if seen.iter().any(|(_, st)| st != &seen[0].1) {
+            problems.push(format!(
+                "lift {l} is not decided alike everywhere: {seen:?}"
+            ));
+        }
     }
     let (mut pairs, mut alone) = (0, 0);
     for (t, hs) in &tallies {

@@ -1,0 +1,874 @@
+//! The network, the trading agents, the last clearing pass and the summary.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chips_core::clearing::{solve, Edge};
+use chips_tests::ring::{chad, pay_address_as};
+use chips_tests::{errmsg, free_port, percentile, sqlstate, Cluster, Sidecar, Site, User};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::report::{self, LiftRow, Report, Sample, TallyRow};
+use crate::Args;
+
+type Res<T> = Result<T, String>;
+
+fn db(e: tokio_postgres::Error) -> String {
+    format!("{} ({})", errmsg(&e), sqlstate(&e))
+}
+
+const SITE_NAMES: [&str; 12] = [
+    "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
+    "lambda", "mu",
+];
+const FIRST: [&str; 16] = [
+    "Ann", "Bob", "Cat", "Dan", "Eve", "Gus", "Hal", "Ida", "Jon", "Kim", "Lea", "Max", "Nia",
+    "Oli", "Pat", "Ray",
+];
+const TRADE: [&str; 12] = [
+    "Bakery",
+    "Mill",
+    "Farm",
+    "Grocery",
+    "Garage",
+    "Tailor",
+    "Dairy",
+    "Books",
+    "Repairs",
+    "Cafe",
+    "Print",
+    "Carpentry",
+];
+
+/// A person: the site they live on and their client (their own keys and connection).
+pub struct Person {
+    pub site: usize,
+    pub user: User,
+}
+
+/// A tally: `client` buys from `vendor` on credit up to `limit`.
+pub struct Tally {
+    pub uuid: Uuid,
+    pub vendor: usize,
+    pub client: usize,
+}
+
+pub struct Net {
+    pub names: Vec<String>,
+    pub sites: Vec<Site>,
+    pub people: Vec<Person>,
+    pub tallies: Vec<Tally>,
+}
+
+#[derive(Default)]
+struct Stats {
+    paid: AtomicUsize,
+    refunds: AtomicUsize,
+    refused: AtomicUsize,
+    addr_good: AtomicUsize,
+    addr_void: AtomicUsize,
+    addr_none: AtomicUsize,
+    errors: Mutex<HashMap<String, usize>>,
+    tally_ms: Mutex<Vec<f64>>,
+    addr_ms: Mutex<Vec<f64>>,
+}
+
+impl Stats {
+    fn error(&self, what: String) {
+        *self.errors.lock().expect("stats").entry(what).or_default() += 1;
+    }
+}
+
+pub async fn run(args: Args, stop: Arc<AtomicBool>) -> Res<()> {
+    let chipsd = match &args.chipsd {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("chipsd"),
+    };
+    if !chipsd.exists() {
+        return Err(format!(
+            "no chipsd at {} (build it: cargo build -p chipsd)",
+            chipsd.display()
+        ));
+    }
+    let keys = chips_tests::scratch_dir("demo");
+    let mut cars = Vec::new();
+    let result = go(&args, &stop, &chipsd, &keys, &mut cars).await;
+    for c in &mut cars {
+        c.stop(Duration::from_secs(5)); // gracefully, before the cluster goes
+    }
+    let _ = std::fs::remove_dir_all(&keys);
+    result
+}
+
+fn interrupted(stop: &AtomicBool) -> Res<()> {
+    if stop.load(Ordering::SeqCst) {
+        Err("interrupted".into())
+    } else {
+        Ok(())
+    }
+}
+
+fn bar(args: &Args, len: u64, what: &str) -> ProgressBar {
+    if args.quiet {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new(len);
+    b.set_style(
+        ProgressStyle::with_template("  {prefix:<10} [{bar:40.cyan/blue}] {pos}/{len} {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    b.set_prefix(what.to_string());
+    b
+}
+
+async fn go(
+    args: &Args,
+    stop: &AtomicBool,
+    chipsd: &std::path::Path,
+    keys: &std::path::Path,
+    cars: &mut Vec<Sidecar>,
+) -> Res<()> {
+    let started = Instant::now();
+    let cluster = Cluster::new(&args.dsn);
+    let mut rng = StdRng::seed_from_u64(args.seed);
+
+    println!(
+        "== {} sites, each its own database and chipsd (peers over Noise, user gateway on)",
+        args.sites
+    );
+    let (mut names, mut sites, mut gateways) = (vec![], vec![], vec![]);
+    for name in SITE_NAMES.iter().take(args.sites as usize) {
+        interrupted(stop)?;
+        let name = name.to_string();
+        let port = free_port();
+        let s = cluster
+            .site(&format!("{}_{name}", args.prefix), port)
+            .await
+            .map_err(|e| format!("creating site {name}: {e}"))?;
+        let gw_port = free_port();
+        let gw_dsn = s.gateway_dsn().await.map_err(db)?;
+        let gw_listen = format!("127.0.0.1:{gw_port}");
+        let every = args.clear_every.to_string();
+        cars.push(
+            Sidecar::start(
+                chipsd,
+                &s,
+                port,
+                keys,
+                &[
+                    "--poll-ms",
+                    "100",
+                    "--clearing-secs",
+                    "1",
+                    "--gateway-listen",
+                    &gw_listen,
+                    "--gateway-db",
+                    &gw_dsn,
+                ],
+                "error",
+            )
+            .map_err(|e| format!("chipsd of {name} ({}): {e}", chipsd.display()))?,
+        );
+        s.admin
+            .execute(
+                "SELECT chips.clearing_configure(enabled => true, every => ($1 || ' seconds')::interval)",
+                &[&every],
+            )
+            .await
+            .map_err(db)?;
+        println!(
+            "  {name:<8} database {:<22} agent {}…  peers 127.0.0.1:{port}  gateway http://{gw_listen}",
+            s.db,
+            &s.agent_id()[..12]
+        );
+        names.push(name);
+        sites.push(s);
+        gateways.push(format!("http://{gw_listen}"));
+    }
+
+    println!(
+        "\n== {} people per site join (each with their own signing key)",
+        args.users
+    );
+    let mut people = Vec::new();
+    for (i, s) in sites.iter().enumerate() {
+        for k in 0..args.users as usize {
+            interrupted(stop)?;
+            let n = i * args.users as usize + k;
+            let name = format!(
+                "{} {}",
+                FIRST[n % FIRST.len()],
+                TRADE[(n / FIRST.len() + n) % TRADE.len()]
+            );
+            let cuid = format!("{}{k}", FIRST[n % FIRST.len()].to_lowercase());
+            let user = s.user(&name, &cuid).await.map_err(db)?;
+            people.push(Person { site: i, user });
+        }
+        let first = &people[i * args.users as usize].user;
+        let ticket: serde_json::Value = s
+            .admin
+            .query_one("SELECT chips.login_ticket($1)", &[&first.ent])
+            .await
+            .map_err(db)?
+            .get(0);
+        println!(
+            "  {:<8} {} people; a login link for {} (the app registers its key with it): {}/login?ent={}&token={}",
+            names[i],
+            args.users,
+            first.name,
+            gateways[i],
+            first.ent,
+            ticket["token"].as_str().unwrap_or("?")
+        );
+    }
+
+    // Who buys from whom: each person picks `vendors` vendors, some on other sites.
+    let mut plan: Vec<(usize, usize, i64)> = Vec::new();
+    for c in 0..people.len() {
+        let mut chosen = vec![];
+        let mut tries = 0;
+        while chosen.len() < args.vendors as usize && tries < 100 {
+            tries += 1;
+            let other_site = sites.len() > 1 && rng.gen_bool(args.cross);
+            let candidates: Vec<usize> = (0..people.len())
+                .filter(|&v| {
+                    v != c
+                        && (people[v].site != people[c].site) == other_site
+                        && !chosen.contains(&v)
+                        && !plan.iter().any(|&(pv, pc, _)| pv == c && pc == v)
+                })
+                .collect();
+            if candidates.is_empty() {
+                continue;
+            }
+            let v = candidates[rng.gen_range(0..candidates.len())];
+            chosen.push(v);
+            plan.push((v, c, rng.gen_range(5..=20) * 10_000));
+        }
+    }
+    let cross = plan
+        .iter()
+        .filter(|&&(v, c, _)| people[v].site != people[c].site)
+        .count();
+    println!(
+        "\n== {} tallies open through tickets, offers and acceptances ({} local, {cross} across sites)",
+        plan.len(),
+        plan.len() - cross
+    );
+    let b = bar(args, 3 * plan.len() as u64, "tallies");
+    let mut tallies = Vec::new();
+    for &(v, c, limit) in &plan {
+        interrupted(stop)?;
+        let (vendor, client) = (&people[v].user, &people[c].user);
+        let memo = format!("{} buys from {}", client.name, vendor.name);
+        let t = vendor
+            .draft("stock", json!({ "limit": limit }), json!({}), &memo)
+            .await
+            .map_err(db)?;
+        let ticket = vendor.ticket(t, false).await.map_err(db)?;
+        client.redeem(&ticket).await.map_err(db)?;
+        tallies.push(Tally {
+            uuid: t,
+            vendor: v,
+            client: c,
+        });
+        b.inc(1);
+    }
+    quiet(&sites, stop, false).await?;
+    for t in &tallies {
+        interrupted(stop)?;
+        people[t.vendor].user.offer(t.uuid).await.map_err(db)?;
+        b.inc(1);
+    }
+    quiet(&sites, stop, false).await?;
+    for t in &tallies {
+        interrupted(stop)?;
+        people[t.client].user.accept(t.uuid).await.map_err(db)?;
+        b.inc(1);
+    }
+    quiet(&sites, stop, false).await?;
+    b.finish_and_clear();
+    let mut open = 0;
+    for s in &sites {
+        let n: i64 = s
+            .admin
+            .query_one(
+                "SELECT count(*) FROM chips.tallies WHERE status = 'open' AND side = 'stock'",
+                &[],
+            )
+            .await
+            .map_err(db)?
+            .get(0);
+        open += n;
+    }
+    println!("  {open} of {} tallies open on both halves", tallies.len());
+    if open as usize != tallies.len() {
+        return Err("not every tally opened".into());
+    }
+    let net = Arc::new(Net {
+        names,
+        sites,
+        people,
+        tallies,
+    });
+
+    // Trading, with automatic clearing running at every site.
+    println!(
+        "\n== trading for {} s: {} agents pay on credit, refund, and pay people on other sites; clearing runs every {} s",
+        args.duration, args.agents, args.clear_every
+    );
+    let t0 = Instant::now();
+    let trading_ends = t0 + Duration::from_secs(args.duration);
+    let stats = Arc::new(Stats::default());
+    let done = Arc::new(AtomicBool::new(false));
+    let stop_flag = Arc::new(AtomicBool::new(false));
+    let mut tasks = vec![];
+    for w in 0..args.agents as u64 {
+        let (net, stats, done, stop_flag) =
+            (net.clone(), stats.clone(), done.clone(), stop_flag.clone());
+        let seed = args.seed ^ (w + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed);
+            while !done.load(Ordering::SeqCst) && !stop_flag.load(Ordering::SeqCst) {
+                act(&net, &stats, &mut rng).await;
+                let pause = rng.gen_range(5..40);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+        }));
+    }
+    let b = bar(args, args.duration, "trading");
+    let mut samples: Vec<Sample> = vec![];
+    loop {
+        let now = Instant::now();
+        if stop.load(Ordering::SeqCst) {
+            stop_flag.store(true, Ordering::SeqCst);
+        }
+        if now >= trading_ends || stop_flag.load(Ordering::SeqCst) {
+            done.store(true, Ordering::SeqCst);
+            break;
+        }
+        let s = sample(&net, t0).await?;
+        b.set_position(t0.elapsed().as_secs().min(args.duration));
+        b.set_message(format!(
+            "{} payments, {} lifts, debt {}",
+            stats.paid.load(Ordering::Relaxed) + stats.refunds.load(Ordering::Relaxed),
+            s.lifts_local + s.lifts_cross,
+            chips(s.outstanding)
+        ));
+        samples.push(s);
+        tokio::time::sleep(Duration::from_millis(500).min(trading_ends - now)).await;
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())?;
+    }
+    b.finish_and_clear();
+    interrupted(stop)?;
+    let traded = t0.elapsed();
+
+    println!("\n== the network quiesces (every message delivered, every lift decided)");
+    let q = Instant::now();
+    for s in &net.sites {
+        s.admin
+            .execute("SELECT chips.clearing_configure(enabled => false)", &[])
+            .await
+            .map_err(db)?;
+    }
+    quiet(&net.sites, stop, true).await?;
+    samples.push(sample(&net, t0).await?);
+    println!("  quiet after {:.1} s", q.elapsed().as_secs_f64());
+
+    println!("\n== a last clearing pass at every site, against the optimum for the whole network");
+    let before_pass = samples.last().expect("a sample").outstanding;
+    let graph = network(&net).await?;
+    let optimum = optimum(&graph)?;
+    let mut last = before_pass;
+    for _round in 0..4 {
+        interrupted(stop)?;
+        for s in &net.sites {
+            s.admin
+                .batch_execute("CALL chips.clearing_run(); SELECT chips.lift_circles();")
+                .await
+                .map_err(db)?;
+        }
+        quiet(&net.sites, stop, true).await?;
+        let s = sample(&net, t0).await?;
+        let now = s.outstanding;
+        samples.push(s);
+        if now >= last {
+            break;
+        }
+        last = now;
+    }
+    let fin = samples.last().expect("a sample").clone();
+    let pass_cleared = before_pass - fin.outstanding;
+
+    // Checks: chips-check over every site, and no lift left undecided.
+    let check = std::env::current_exe()
+        .map_err(|e| e.to_string())?
+        .with_file_name("chips-check");
+    let mut cmd = std::process::Command::new(&check);
+    for s in &net.sites {
+        cmd.arg("--dsn").arg(&s.dsn);
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("running {}: {e}", check.display()))?;
+    let check_text = String::from_utf8_lossy(&out.stdout).to_string();
+    let check_ok = out.status.success();
+    let mut open_lifts = 0i64;
+    let (mut users, mut chit_rows, mut messages, mut payment_lifts) = (0i64, 0i64, 0i64, 0i64);
+    for s in &net.sites {
+        let r = s
+            .admin
+            .query_one(
+                "SELECT (SELECT count(*) FROM chips.lifts WHERE status IN ('seek', 'pend'))
+                      + (SELECT count(*) FROM chips.chits WHERE status = 'pend' AND lift_id IS NOT NULL),
+                        (SELECT count(*) FROM chips.users),
+                        (SELECT count(*) FROM chips.chits WHERE status = 'good'),
+                        (SELECT count(*) FROM chips.inbox),
+                        (SELECT count(*) FROM chips.lifts WHERE kind = 'linear' AND role = 'origin' AND status = 'good')",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        open_lifts += r.get::<_, i64>(0);
+        users += r.get::<_, i64>(1);
+        chit_rows += r.get::<_, i64>(2);
+        messages += r.get::<_, i64>(3);
+        payment_lifts += r.get::<_, i64>(4);
+    }
+
+    let before = fin.outstanding + fin.cleared_local + fin.cleared_cross;
+    let cleared = fin.cleared_local + fin.cleared_cross;
+    let share = |a: i64, b: i64| {
+        if b == 0 {
+            100.0
+        } else {
+            a as f64 * 100.0 / b as f64
+        }
+    };
+    let mut tally_ms = stats.tally_ms.lock().expect("stats").clone();
+    let mut addr_ms = stats.addr_ms.lock().expect("stats").clone();
+    let errors = stats.errors.lock().expect("stats").clone();
+    let lat = |v: &mut Vec<f64>| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            format!(
+                "p50 {:.1} ms, p99 {:.1} ms ({})",
+                percentile(v, 0.5),
+                percentile(v, 0.99),
+                v.len()
+            )
+        }
+    };
+    let paid = stats.paid.load(Ordering::Relaxed);
+    let refunds = stats.refunds.load(Ordering::Relaxed);
+    let cross_tallies = net
+        .tallies
+        .iter()
+        .filter(|t| net.people[t.vendor].site != net.people[t.client].site)
+        .count();
+    let after_ok = fin.outstanding <= before;
+
+    println!("\n== summary");
+    println!(
+        "  sites: {}   users: {users}   tallies: {} ({} local, {cross_tallies} across sites)   good chit rows: {chit_rows}",
+        net.sites.len(),
+        net.tallies.len(),
+        net.tallies.len() - cross_tallies
+    );
+    println!(
+        "  payments in {:.0} s: {paid} on credit and {refunds} refunds; {} refused over a credit limit",
+        traded.as_secs_f64(),
+        stats.refused.load(Ordering::Relaxed)
+    );
+    println!(
+        "  payments to people on other sites (lifts through intermediaries): {} good, {} void, {} found no route",
+        stats.addr_good.load(Ordering::Relaxed),
+        stats.addr_void.load(Ordering::Relaxed),
+        stats.addr_none.load(Ordering::Relaxed)
+    );
+    println!(
+        "  total debt before clearing: {}   after: {}   cleared: {} ({:.1} %)",
+        chips(before),
+        chips(fin.outstanding),
+        chips(cleared),
+        share(cleared, before)
+    );
+    println!(
+        "  lifts: {} local (cleared {}), {} across sites (cleared {}), {payment_lifts} payment lifts",
+        fin.lifts_local,
+        chips(fin.cleared_local),
+        fin.lifts_cross,
+        chips(fin.cleared_cross)
+    );
+    println!(
+        "  last pass: debt {} -> {}: cleared {} of the {} the solver finds for the whole network ({:.1} % of the optimum)",
+        chips(before_pass),
+        chips(fin.outstanding),
+        chips(pass_cleared),
+        chips(optimum),
+        share(pass_cleared, optimum)
+    );
+    println!("  peer messages carried by chipsd: {messages}");
+    println!(
+        "  payment latency across sites: on a tally {}; to a CHIP address {}",
+        lat(&mut tally_ms),
+        lat(&mut addr_ms)
+    );
+    if !errors.is_empty() {
+        println!("  other errors: {errors:?}");
+    }
+    println!(
+        "  checks: debt after <= before: {}; lifts left undecided: {open_lifts}; chips-check (halves agree, audits, net positions): {}",
+        yes(after_ok),
+        yes(check_ok)
+    );
+    if !check_ok {
+        println!("{check_text}");
+    }
+
+    let tallies = graph
+        .iter()
+        .map(|g| TallyRow {
+            from: g.debtor,
+            to: g.creditor,
+            debt: g.debt,
+        })
+        .collect();
+    let mut lifts = vec![];
+    for (i, s) in net.sites.iter().enumerate() {
+        for r in s
+            .admin
+            .query(
+                "SELECT kind, status, units, cardinality(tallies), extract(epoch FROM created)::float8
+                 FROM chips.lifts WHERE kind = 'local' OR role = 'origin' ORDER BY created",
+                &[],
+            )
+            .await
+            .map_err(db)?
+        {
+            lifts.push(LiftRow {
+                site: net.names[i].clone(),
+                kind: r.get(0),
+                status: r.get(1),
+                units: r.get(2),
+                tallies: r.get(3),
+                at: r.get(4),
+            });
+        }
+    }
+    let path = report::write(
+        &args.report,
+        &Report {
+            sites: net.names.clone(),
+            people: net
+                .people
+                .iter()
+                .map(|p| (p.site, p.user.name.clone()))
+                .collect(),
+            tallies,
+            samples,
+            lifts,
+            started_epoch: epoch_of(t0),
+            summary: vec![
+                ("sites".into(), net.sites.len().to_string()),
+                ("users".into(), users.to_string()),
+                ("tallies".into(), net.tallies.len().to_string()),
+                ("debt before clearing".into(), chips(before)),
+                ("debt after clearing".into(), chips(fin.outstanding)),
+                (
+                    "cleared".into(),
+                    format!("{} ({:.1} %)", chips(cleared), share(cleared, before)),
+                ),
+                (
+                    "last pass vs optimum".into(),
+                    format!(
+                        "{} of {} ({:.1} %)",
+                        chips(pass_cleared),
+                        chips(optimum),
+                        share(pass_cleared, optimum)
+                    ),
+                ),
+                ("peer messages".into(), messages.to_string()),
+            ],
+        },
+    )
+    .map_err(|e| format!("writing the report: {e}"))?;
+    println!("  report: {}", path.display());
+    println!("  finished in {:.1} s", started.elapsed().as_secs_f64());
+    if check_ok && after_ok && open_lifts == 0 {
+        Ok(())
+    } else {
+        Err("a check failed (see above)".into())
+    }
+}
+
+fn epoch_of(t: Instant) -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    now.as_secs_f64() - t.elapsed().as_secs_f64()
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "NO"
+    }
+}
+
+pub fn chips(milli: i64) -> String {
+    let sign = if milli < 0 { "-" } else { "" };
+    let m = milli.unsigned_abs();
+    format!("{sign}{}.{:03} CHIP", m / 1000, m % 1000)
+}
+
+/// One agent's action: pay on credit, refund, or pay someone on another site.
+async fn act(net: &Net, stats: &Stats, rng: &mut StdRng) {
+    let roll: f64 = rng.gen();
+    if roll < 0.9 || net.sites.len() < 2 {
+        let t = &net.tallies[rng.gen_range(0..net.tallies.len())];
+        let refund = roll >= 0.75;
+        let (payer, payee) = if refund {
+            (&net.people[t.vendor], &net.people[t.client])
+        } else {
+            (&net.people[t.client], &net.people[t.vendor])
+        };
+        let units = if refund {
+            rng.gen_range(100..=2_000)
+        } else {
+            rng.gen_range(500..=8_000)
+        };
+        let start = Instant::now();
+        match payer.user.pay(t.uuid, units, "").await {
+            Ok(chit) => {
+                let n = if refund { &stats.refunds } else { &stats.paid };
+                n.fetch_add(1, Ordering::Relaxed);
+                if payer.site != payee.site {
+                    // until the payment is recorded at the payee's site
+                    loop {
+                        match payee.user.chit_state(t.uuid, chit).await {
+                            Ok(Some(_)) => break,
+                            Ok(None) if start.elapsed() < Duration::from_secs(30) => {
+                                tokio::time::sleep(Duration::from_millis(2)).await
+                            }
+                            Ok(None) => {
+                                stats.error("a payment did not reach its payee in 30 s".into());
+                                return;
+                            }
+                            Err(e) => return stats.error(db(e)),
+                        }
+                    }
+                    let ms = start.elapsed().as_secs_f64() * 1e3;
+                    stats.tally_ms.lock().expect("stats").push(ms);
+                }
+            }
+            Err(e) if sqlstate(&e) == "23514" => {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => stats.error(db(e)),
+        }
+    } else {
+        let payer = &net.people[rng.gen_range(0..net.people.len())];
+        let others: Vec<&Person> = net.people.iter().filter(|p| p.site != payer.site).collect();
+        let payee = others[rng.gen_range(0..others.len())];
+        let to = chad(&net.sites[payee.site], &payee.user);
+        let units = rng.gen_range(100..=3_000);
+        let start = Instant::now();
+        match pay_address_as(&payer.user.db, &payer.user.key, &to, units).await {
+            Ok(lift) => loop {
+                let status: Result<String, _> = net.sites[payer.site]
+                    .admin
+                    .query_one(
+                        "SELECT status FROM chips.lifts WHERE lift_uuid = $1",
+                        &[&lift],
+                    )
+                    .await
+                    .map(|r| r.get(0));
+                match status.as_deref() {
+                    Ok("good") => {
+                        stats.addr_good.fetch_add(1, Ordering::Relaxed);
+                        let ms = start.elapsed().as_secs_f64() * 1e3;
+                        stats.addr_ms.lock().expect("stats").push(ms);
+                        return;
+                    }
+                    Ok("void") => {
+                        stats.addr_void.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    Ok(_) if start.elapsed() < Duration::from_secs(60) => {
+                        tokio::time::sleep(Duration::from_millis(2)).await
+                    }
+                    Ok(s) => return stats.error(format!("a payment lift still {s} after 60 s")),
+                    Err(e) => return stats.error(errmsg(e)),
+                }
+            },
+            Err(e) if sqlstate(&e) == "55000" => {
+                stats.addr_none.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => stats.error(db(e)),
+        }
+    }
+}
+
+/// Waits until every site's outbox is delivered (and, with `lifts`, no lift is undecided),
+/// three polls in a row.
+async fn quiet(sites: &[Site], stop: &AtomicBool, lifts: bool) -> Res<()> {
+    let t = Instant::now();
+    let mut calm = 0;
+    while calm < 3 {
+        interrupted(stop)?;
+        let mut pending = 0i64;
+        for s in sites {
+            pending += s
+                .admin
+                .query_one(
+                    "SELECT (SELECT count(*) FROM chips.outbox WHERE delivered IS NULL)
+                          + CASE WHEN $1 THEN (SELECT count(*) FROM chips.lifts
+                                               WHERE status IN ('seek', 'pend')) ELSE 0 END",
+                    &[&lifts],
+                )
+                .await
+                .map_err(db)?
+                .get::<_, i64>(0);
+        }
+        calm = if pending == 0 { calm + 1 } else { 0 };
+        if t.elapsed() > Duration::from_secs(120) {
+            return Err(format!(
+                "{pending} message(s) or lift(s) still under way after 120 s"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Outstanding debt, debt cleared by lifts (local and across sites) and lifts so far.
+async fn sample(net: &Net, t0: Instant) -> Res<Sample> {
+    let mut s = Sample {
+        t: t0.elapsed().as_secs_f64(),
+        ..Sample::default()
+    };
+    for site in &net.sites {
+        // each tally has one stock half somewhere: count debt and lift chits there
+        let r = site
+            .admin
+            .query_one(
+                "SELECT (SELECT coalesce(sum(abs(net_good)), 0)::bigint FROM chips.tallies
+                         WHERE side = 'stock' AND status IN ('open', 'closing')),
+                        (SELECT coalesce(sum(abs(c.units)) FILTER (WHERE l.kind = 'local'), 0)::bigint
+                         FROM chips.chits c JOIN chips.tallies t ON t.id = c.tally_id
+                         JOIN chips.lifts l ON l.id = c.lift_id
+                         WHERE t.side = 'stock' AND c.status = 'good'),
+                        (SELECT coalesce(sum(abs(c.units)) FILTER (WHERE l.kind = 'circular'), 0)::bigint
+                         FROM chips.chits c JOIN chips.tallies t ON t.id = c.tally_id
+                         JOIN chips.lifts l ON l.id = c.lift_id
+                         WHERE t.side = 'stock' AND c.status = 'good'),
+                        (SELECT count(*) FROM chips.lifts WHERE kind = 'local' AND status = 'good'),
+                        (SELECT count(*) FROM chips.lifts
+                         WHERE kind = 'circular' AND role = 'origin' AND status = 'good')",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        s.outstanding += r.get::<_, i64>(0);
+        s.cleared_local += r.get::<_, i64>(1);
+        s.cleared_cross += r.get::<_, i64>(2);
+        s.lifts_local += r.get::<_, i64>(3);
+        s.lifts_cross += r.get::<_, i64>(4);
+    }
+    Ok(s)
+}
+
+/// A debt of the whole network: `debtor` owes `creditor` (people indexes).
+pub struct Debt {
+    pub debtor: usize,
+    pub creditor: usize,
+    pub debt: i64,
+}
+
+/// Every tally's debt, read from its stock half wherever it is.
+async fn network(net: &Net) -> Res<Vec<Debt>> {
+    let person: HashMap<(usize, String), usize> = net
+        .people
+        .iter()
+        .enumerate()
+        .map(|(i, p)| ((p.site, p.user.cuid.clone()), i))
+        .collect();
+    let site_of: HashMap<String, usize> = net
+        .sites
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.agent_id(), i))
+        .collect();
+    let mut out = vec![];
+    for (i, s) in net.sites.iter().enumerate() {
+        for r in s
+            .admin
+            .query(
+                "SELECT hold_cert->'chad'->>'cuid', part_cert->'chad'->>'agent',
+                        part_cert->'chad'->>'cuid', net_good
+                 FROM chips.tallies WHERE side = 'stock' AND status IN ('open', 'closing')",
+                &[],
+            )
+            .await
+            .map_err(db)?
+        {
+            let (hold, part_agent, part, net_good): (String, String, String, i64) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            let vendor = person.get(&(i, hold)).copied();
+            let client = site_of
+                .get(&part_agent)
+                .and_then(|&ps| person.get(&(ps, part)).copied());
+            let (Some(vendor), Some(client)) = (vendor, client) else {
+                return Err("a tally with someone the demo does not know".into());
+            };
+            // positive: the client owes the vendor
+            let (debtor, creditor) = if net_good >= 0 {
+                (client, vendor)
+            } else {
+                (vendor, client)
+            };
+            out.push(Debt {
+                debtor,
+                creditor,
+                debt: net_good.abs(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The most debt any set of lifts could clear on this network (the core solver, as if one
+/// site held every tally).
+fn optimum(graph: &[Debt]) -> Res<i64> {
+    let n = graph
+        .iter()
+        .map(|d| d.debtor.max(d.creditor) + 1)
+        .max()
+        .unwrap_or(0);
+    let edges: Vec<Edge> = graph
+        .iter()
+        .filter(|d| d.debt > 0)
+        .map(|d| Edge {
+            from: d.debtor as u32,
+            to: d.creditor as u32,
+            cap: d.debt,
+            cost: -1,
+        })
+        .collect();
+    let c = solve(n, &edges).map_err(|e| e.to_string())?;
+    i64::try_from(c.cleared).map_err(|e| e.to_string())
+}
