@@ -14,9 +14,10 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
 # apt packages, cargo-pgrx and `cargo pgrx init`, each only when missing.
+# Extra Debian packages may be named (the tests add chromium, for the admin view's browser test).
 ensure_deps() {
     local missing=()
-    for p in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo libpq-dev; do
+    for p in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo libpq-dev "$@"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
     done
     if [ ${#missing[@]} -gt 0 ]; then

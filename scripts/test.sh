@@ -4,7 +4,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-ensure_deps
+ensure_deps chromium
 cd "$REPO"
 
 say "cargo fmt --check"

@@ -180,6 +180,12 @@ GRANT EXECUTE ON FUNCTION
     chips.login_register(text, text, text), chips.login_challenge(text, text),
     chips.login_finish(text, text, interval), chips.login_end(text), chips.document(text)
 TO chips_gateway;
+-- the admin view: admin sessions, opened with a ticket a database admin issued
+GRANT EXECUTE ON FUNCTION
+    chips.admin_login(text, interval), chips.admin_logout(text), chips.admin_overview(text, integer),
+    chips.admin_user_add(text, text, text), chips.admin_login_ticket(text, text, interval)
+TO chips_gateway, chips_admin;
+GRANT EXECUTE ON FUNCTION chips.admin_ticket(interval) TO chips_admin;
 -- which users have new events (chipsd polls the heads of its subscribers' users)
 GRANT SELECT ON chips.event_heads TO chips_gateway;
 

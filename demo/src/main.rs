@@ -63,6 +63,10 @@ pub struct Args {
     /// No progress bar (for logs and tests).
     #[arg(long)]
     pub quiet: bool,
+    /// After the summary, keep the sites running this many seconds (or until Ctrl-C), to look
+    /// around in the admin views.
+    #[arg(long, default_value_t = 0)]
+    pub linger: u64,
 }
 
 #[tokio::main]

@@ -185,10 +185,20 @@ async fn go(
             )
             .await
             .map_err(db)?;
+        let admin: serde_json::Value = s
+            .admin
+            .query_one("SELECT chips.admin_ticket('1 day')", &[])
+            .await
+            .map_err(db)?
+            .get(0);
         println!(
             "  {name:<8} database {:<22} agent {}…  peers 127.0.0.1:{port}  gateway http://{gw_listen}",
             s.db,
             &s.agent_id()[..12]
+        );
+        println!(
+            "           admin view (open it in a browser while the demo runs): http://{gw_listen}/admin#token={}",
+            admin["token"].as_str().unwrap_or("?")
         );
         names.push(name);
         sites.push(s);
@@ -607,6 +617,16 @@ async fn go(
     .map_err(|e| format!("writing the report: {e}"))?;
     println!("  report: {}", path.display());
     println!("  finished in {:.1} s", started.elapsed().as_secs_f64());
+    if args.linger > 0 {
+        println!(
+            "\n== the sites stay up for {} s (Ctrl-C stops them): the admin views above are live",
+            args.linger
+        );
+        let until = Instant::now() + Duration::from_secs(args.linger);
+        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     if check_ok && after_ok && open_lifts == 0 {
         Ok(())
     } else {

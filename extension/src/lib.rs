@@ -40,6 +40,11 @@ extension_sql_file!(
     name = "access",
     requires = ["schema", "tally", "chits"]
 );
+extension_sql_file!(
+    "../../sql/admin.sql",
+    name = "admin",
+    requires = ["schema", "tally", "access"]
+);
 extension_sql_file!("../../sql/finalize.sql", name = "finalize", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -69,6 +69,22 @@ enum Command {
         #[arg(long)]
         no_qr: bool,
     },
+    /// Issue a one-time admin ticket (chips.admin_ticket, as a database admin) and print the
+    /// admin view's link (`<url>/admin#token=…`), and its QR code.
+    AdminTicket {
+        /// libpq connection string of an admin role.
+        #[arg(long, env = "CHIPSD_DB")]
+        db: String,
+        /// The gateway's public URL (as the admin's browser reaches it).
+        #[arg(long, env = "CHIPSD_GATEWAY_PUBLIC_URL")]
+        url: String,
+        /// How long the ticket is good for (a PostgreSQL interval, at most 7 days).
+        #[arg(long, default_value = "1 hour")]
+        lifetime: String,
+        /// Print the link only.
+        #[arg(long)]
+        no_qr: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -269,29 +285,57 @@ fn login_ticket(
     lifetime: &str,
     qr: bool,
 ) -> Result<String, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let ticket: serde_json::Value = rt.block_on(async {
-        let client = chipsd::db::connect(db).await.map_err(|e| e.to_string())?;
-        let row = client
-            .query_one(
-                "SELECT chips.login_ticket($1, $2::text::interval)",
-                &[&ent, &lifetime],
-            )
-            .await
-            .map_err(|e| match e.as_db_error() {
-                Some(d) => format!("{} ({})", d.message(), d.code().code()),
-                None => e.to_string(),
-            })?;
-        Ok::<_, String>(row.get(0))
-    })?;
+    let ticket = issue(
+        db,
+        "SELECT chips.login_ticket($1, $2::text::interval)",
+        &[&ent, &lifetime],
+    )?;
     let token = ticket["token"].as_str().unwrap_or_default();
     let link = format!(
         "{}/login?ent={ent}&token={token}",
         url.trim_end_matches('/')
     );
+    show_link(&link, &ticket, qr)
+}
+
+/// `chipsd admin-ticket`: the link is `<url>/admin#token=<token>` (a fragment: browsers do not
+/// send it to the server); the admin view logs in with it over the websocket.
+fn admin_ticket(db: &str, url: &str, lifetime: &str, qr: bool) -> Result<String, String> {
+    let ticket = issue(
+        db,
+        "SELECT chips.admin_ticket($1::text::interval)",
+        &[&lifetime],
+    )?;
+    let token = ticket["token"].as_str().unwrap_or_default();
+    let link = format!("{}/admin#token={token}", url.trim_end_matches('/'));
+    show_link(&link, &ticket, qr)
+}
+
+/// One call returning a ticket (jsonb), as the admin role of `db`.
+fn issue(
+    db: &str,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<serde_json::Value, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let client = chipsd::db::connect(db).await.map_err(|e| e.to_string())?;
+        let row = client
+            .query_one(sql, params)
+            .await
+            .map_err(|e| match e.as_db_error() {
+                Some(d) => format!("{} ({})", d.message(), d.code().code()),
+                None => e.to_string(),
+            })?;
+        Ok(row.get(0))
+    })
+}
+
+/// The link, when it expires, and (with `qr`) its QR code above.
+fn show_link(link: &str, ticket: &serde_json::Value, qr: bool) -> Result<String, String> {
     let mut out = format!(
         "{link}\nexpires {}",
         ticket["expires"].as_str().unwrap_or("?")
@@ -341,6 +385,12 @@ fn main() -> ExitCode {
             login_ticket(&db, &ent, &url, &lifetime, !no_qr),
             "login-ticket",
         ),
+        Command::AdminTicket {
+            db,
+            url,
+            lifetime,
+            no_qr,
+        } => print_or_fail(admin_ticket(&db, &url, &lifetime, !no_qr), "admin-ticket"),
         Command::Keygen { out } => {
             let kp = KeyPair::generate();
             let file = OpenOptions::new()

@@ -269,6 +269,24 @@ fn admin_calls() -> Vec<(&'static str, Vec<Arg>)> {
             vec![Text, Text],
         ),
         ("SELECT * FROM chips.document($1)", vec![Text]),
+        (
+            "SELECT chips.admin_ticket($1::text::interval)",
+            vec![Interval],
+        ),
+        (
+            "SELECT chips.admin_login($1, $2::text::interval)",
+            vec![Text, Interval],
+        ),
+        ("SELECT chips.admin_overview($1, $2)", vec![Text, Int]),
+        (
+            "SELECT chips.admin_user_add($1, $2, $3)",
+            vec![Text, Text, Text],
+        ),
+        (
+            "SELECT chips.admin_login_ticket($1, $2, $3::text::interval)",
+            vec![Text, Text, Interval],
+        ),
+        ("SELECT chips.admin_logout($1)", vec![Text]),
     ]
 }
 

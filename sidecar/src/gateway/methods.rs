@@ -230,6 +230,41 @@ pub static LOGIN_METHODS: &[Method] = &[
     ),
 ];
 
+/// The admin view's methods (docs/sql-api.md, "Admin view"): `admin.login` redeems an admin
+/// ticket; the others run with the connection's admin session, which the gateway adds as the
+/// `session` parameter (a client cannot pass one) and the database checks on every call.
+pub static ADMIN_LOGIN: Method = scalar(
+    "admin.login",
+    "admin_login",
+    &[req("token", "text"), opt("lifetime", "interval")],
+);
+pub static ADMIN_METHODS: &[Method] = &[
+    scalar(
+        "admin.overview",
+        "admin_overview",
+        &[req("session", "text"), opt("max_lifts", "integer")],
+    ),
+    scalar(
+        "admin.user_add",
+        "admin_user_add",
+        &[
+            req("session", "text"),
+            req("name", "text"),
+            opt("cuid", "text"),
+        ],
+    ),
+    scalar(
+        "admin.login_ticket",
+        "admin_login_ticket",
+        &[
+            req("session", "text"),
+            req("ent", "text"),
+            opt("lifetime", "interval"),
+        ],
+    ),
+    scalar("admin.logout", "admin_logout", &[req("session", "text")]),
+];
+
 pub fn find<'a>(table: &'a [Method], name: &str) -> Option<&'a Method> {
     table.iter().find(|m| m.name == name)
 }

@@ -110,6 +110,7 @@ impl Gateway {
     fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/ws", get(ws))
+            .route("/admin", get(admin_page))
             .route("/health", get(health))
             .route("/metrics", get(metrics))
             .route("/doc/{hash}", get(document))
@@ -236,6 +237,13 @@ async fn ws(
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| tracker.track_future(rpc::run(socket, gw, addr, slot)))
+}
+
+/// The admin view: one static page; it logs in over the websocket with the admin ticket in its
+/// URL fragment (`/admin#token=…`, never sent to the server in a request line).
+async fn admin_page() -> Response {
+    METRICS.http.get_or_create(&Kind { kind: "admin" }).inc();
+    axum::response::Html(include_str!("admin.html")).into_response()
 }
 
 async fn health(State(gw): State<Arc<Gateway>>) -> Response {

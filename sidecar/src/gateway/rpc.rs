@@ -37,6 +37,8 @@ struct Conn {
     gw: Arc<Gateway>,
     addr: SocketAddr,
     login: Option<Login>,
+    /// An admin session (admin.login), checked by the database on every admin call.
+    admin: Option<String>,
     sub: Option<Subscription>,
     /// A subscription was just made: its backlog follows the response.
     backlog: bool,
@@ -115,6 +117,7 @@ pub async fn run(
         gw,
         addr,
         login: None,
+        admin: None,
         sub: None,
         backlog: false,
     };
@@ -291,7 +294,63 @@ impl Conn {
                 "login": methods::LOGIN_METHODS.iter().map(|m| m.name).collect::<Vec<_>>(),
                 "user": methods::USER_METHODS.iter().map(|m| m.name).collect::<Vec<_>>(),
                 "session": ["logout", "subscribe", "unsubscribe"],
+                "admin": std::iter::once(methods::ADMIN_LOGIN.name)
+                    .chain(methods::ADMIN_METHODS.iter().map(|m| m.name))
+                    .chain(["admin.qr"])
+                    .collect::<Vec<_>>(),
             })),
+            "admin.login" => {
+                let v = self.as_gateway(&methods::ADMIN_LOGIN, &params).await?;
+                let session = v.get("session").and_then(Value::as_str).unwrap_or_default();
+                self.admin = Some(session.to_string());
+                info!(addr = %self.addr, "admin logged in");
+                Ok(json!({"expires": v.get("expires")}))
+            }
+            "admin.qr" => {
+                self.admin.as_ref().ok_or_else(not_admin)?;
+                let text = match (params.get("text"), params.len()) {
+                    (Some(Value::String(t)), 1) if t.len() <= 1000 => t,
+                    _ => {
+                        METRICS.error("params");
+                        return Err(RpcError::new(
+                            -32602,
+                            "admin.qr takes \"text\" (a string of at most 1000 bytes)",
+                        ));
+                    }
+                };
+                let code = qrcode::QrCode::new(text.as_bytes())
+                    .map_err(|e| RpcError::new(-32602, format!("no QR code for that: {e}")))?;
+                let svg = code
+                    .render::<qrcode::render::svg::Color>()
+                    .min_dimensions(200, 200)
+                    .quiet_zone(true)
+                    .build();
+                Ok(json!({"svg": svg}))
+            }
+            name if name.starts_with("admin.") => {
+                let m = methods::find(methods::ADMIN_METHODS, name).ok_or_else(|| {
+                    METRICS.error("method");
+                    RpcError::new(
+                        -32601,
+                        format!("no method \"{name}\" (rpc.methods lists them)"),
+                    )
+                })?;
+                let session = self.admin.clone().ok_or_else(not_admin)?;
+                if params.contains_key("session") {
+                    METRICS.error("params");
+                    return Err(RpcError::new(
+                        -32602,
+                        "the gateway adds the session: do not pass one",
+                    ));
+                }
+                let mut params = params;
+                params.insert("session".into(), json!(session));
+                let v = self.as_gateway(m, &params).await?;
+                if name == "admin.logout" {
+                    self.admin = None;
+                }
+                Ok(v)
+            }
             "login.finish" => {
                 let m = methods::find(methods::LOGIN_METHODS, "login.finish").expect("listed");
                 let v = self.as_gateway(m, &params).await?;
@@ -469,6 +528,15 @@ impl Conn {
             }
         }
     }
+}
+
+fn not_admin() -> RpcError {
+    METRICS.error("auth");
+    RpcError::new(
+        -32001,
+        "log in as an admin first (admin.login with an admin ticket)",
+    )
+    .state("28000")
 }
 
 fn unauthenticated() -> RpcError {

@@ -1,0 +1,349 @@
+//! The admin view in a real browser: headless Chromium (driven over the DevTools protocol) opens
+//! the admin link chipsd's `admin-ticket` prints, logs in, sees the site's users and tallies as a
+//! graph, adds a user and gets a login ticket with its QR code; a screenshot is saved to
+//! target/admin-view.png. The admin calls themselves are checked by the database: a used ticket,
+//! a session-less call and a session passed by the client are refused.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use chips_tests::{free_port, relay_all, Cluster, Sidecar};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+const CHIPSD: &str = env!("CARGO_BIN_EXE_chipsd");
+
+/// Headless Chromium with a DevTools endpoint; killed when dropped.
+struct Browser {
+    child: Child,
+    ws_url: String,
+    profile: std::path::PathBuf,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+fn chromium() -> Browser {
+    let bin = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            Command::new("which")
+                .arg(b)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("chromium is installed (scripts/test.sh installs the Debian package)");
+    let profile = std::env::temp_dir().join(format!("chips-chromium-{}", std::process::id()));
+    let mut child = Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0",
+            "--window-size=1400,1000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("about:blank")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("chromium starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(i) = line.find("ws://") {
+                let _ = tx.send(line[i..].trim().to_string());
+            }
+        }
+    });
+    let ws_url = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("chromium prints its DevTools endpoint");
+    Browser {
+        child,
+        ws_url,
+        profile,
+    }
+}
+
+/// A DevTools session on one page.
+struct Page {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    next: u64,
+    session: Option<String>,
+}
+
+impl Page {
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next += 1;
+        let id = self.next;
+        let mut msg = json!({"id": id, "method": method, "params": params});
+        if let Some(s) = &self.session {
+            msg["sessionId"] = json!(s);
+        }
+        self.ws
+            .send(Message::Text(msg.to_string().into()))
+            .await
+            .unwrap();
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(30), self.ws.next())
+                .await
+                .expect("DevTools answers")
+                .expect("the DevTools socket is open")
+                .unwrap();
+            let Message::Text(t) = m else { continue };
+            let v: Value = serde_json::from_str(t.as_str()).unwrap();
+            if v["id"] == json!(id) {
+                assert!(v.get("error").is_none(), "{method}: {v}");
+                return v["result"].clone();
+            }
+        }
+    }
+
+    /// The value of `js`, or the exception it threw.
+    async fn try_eval(&mut self, js: &str) -> Result<Value, Value> {
+        let r = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": js, "returnByValue": true, "awaitPromise": true}),
+            )
+            .await;
+        match r.get("exceptionDetails") {
+            Some(e) => Err(e.clone()),
+            None => Ok(r["result"]["value"].clone()),
+        }
+    }
+
+    async fn eval(&mut self, js: &str) -> Value {
+        self.try_eval(js)
+            .await
+            .unwrap_or_else(|e| panic!("{js}: {e}"))
+    }
+
+    /// Evaluates `js` until it is true (30 s at most; the page may still be loading).
+    async fn wait_for(&mut self, js: &str) {
+        let t = Instant::now();
+        while self.try_eval(js).await != Ok(json!(true)) {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "never true: {js}; page says: {}",
+                self.eval("document.body.innerText").await
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_admin_view_logs_in_draws_the_network_and_adds_a_user() {
+    let cl = Cluster::from_env();
+    let a = cl.site("t_admin_a", free_port()).await.unwrap();
+    let b = cl.site("t_admin_b", free_port()).await.unwrap();
+    let ann = a.user("Ann Baker", "ann").await.unwrap();
+    let bob = a.user("Bob Miller", "bob").await.unwrap();
+    let eve = b.user("Eve Grocer", "eve").await.unwrap();
+    let local = ann.open_with(&bob, 50_000, &[]).await.unwrap();
+    let cross = ann.open_with(&eve, 50_000, &[&a, &b]).await.unwrap();
+    bob.pay(local, 12_000, "bread").await.unwrap();
+    eve.pay(cross, 3_000, "cakes").await.unwrap();
+    relay_all(&[&a, &b]).await.unwrap();
+
+    let dir = chips_tests::scratch_dir("admin-view");
+    let gw_port = free_port();
+    let gw_dsn = a.gateway_dsn().await.unwrap();
+    let url = format!("http://127.0.0.1:{gw_port}");
+    let _chipsd = Sidecar::start(
+        std::path::Path::new(CHIPSD),
+        &a,
+        free_port(),
+        &dir,
+        &[
+            "--gateway-listen",
+            &format!("127.0.0.1:{gw_port}"),
+            "--gateway-db",
+            &gw_dsn,
+        ],
+        "warn",
+    )
+    .unwrap();
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", gw_port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(20), "the gateway listens");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // the admin link, as a DBA gets it
+    let out = Command::new(CHIPSD)
+        .args(["admin-ticket", "--db", &a.dsn, "--url", &url, "--no-qr"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let link = stdout.lines().next().unwrap().to_string();
+    assert!(link.starts_with(&format!("{url}/admin#token=")), "{stdout}");
+
+    let browser = chromium();
+    let (ws, _) = tokio_tungstenite::connect_async(browser.ws_url.as_str())
+        .await
+        .unwrap();
+    let mut page = Page {
+        ws,
+        next: 0,
+        session: None,
+    };
+    let target = page.call("Target.createTarget", json!({"url": link})).await["targetId"].clone();
+    let session = page
+        .call(
+            "Target.attachToTarget",
+            json!({"targetId": target, "flatten": true}),
+        )
+        .await["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    page.session = Some(session);
+
+    // logged in: the graph shows both users here, Eve at the other site, and three tallies' arrows
+    page.wait_for("document.getElementById('main').hidden === false")
+        .await;
+    page.wait_for("document.querySelectorAll('#graph circle.user').length === 2")
+        .await;
+    assert_eq!(
+        page.eval("document.querySelectorAll('#graph circle.partner').length")
+            .await,
+        json!(1)
+    );
+    assert_eq!(
+        page.eval("document.querySelectorAll('#graph line.tally').length")
+            .await,
+        json!(2)
+    );
+    let users = page
+        .eval("document.getElementById('users').innerText")
+        .await;
+    assert!(users.as_str().unwrap().contains("Bob Miller"), "{users}");
+    assert_eq!(
+        page.eval("location.hash").await,
+        json!(""),
+        "the used ticket leaves the address bar"
+    );
+
+    // add a user: the database has them, the graph and table show them, a ticket with a QR code
+    page.eval(
+        "document.getElementById('newname').value = 'Zoe Added'; \
+         document.getElementById('add').click(); true",
+    )
+    .await;
+    page.wait_for("document.getElementById('addmsg').textContent.startsWith('added Zoe Added')")
+        .await;
+    page.wait_for("document.querySelectorAll('#graph circle.user').length === 3")
+        .await;
+    page.wait_for("document.querySelector('#tqr svg') !== null")
+        .await;
+    let link = page
+        .eval("document.getElementById('tlink').textContent")
+        .await;
+    assert!(
+        link.as_str()
+            .unwrap()
+            .starts_with(&format!("{url}/login?ent=p")),
+        "{link}"
+    );
+    let n: i64 = a
+        .admin
+        .query_one(
+            "SELECT count(*) FROM chips.users WHERE name = 'Zoe Added'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+
+    let shot = page
+        .call("Page.captureScreenshot", json!({"format": "png"}))
+        .await;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot["data"].as_str().unwrap())
+        .unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/admin-view.png");
+    std::fs::write(&path, &png).unwrap();
+    drop(browser);
+
+    // the same ticket a second time, a call without a session, a session from the client
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{gw_port}/ws"))
+        .await
+        .unwrap();
+    let token = stdout
+        .lines()
+        .next()
+        .unwrap()
+        .split("token=")
+        .nth(1)
+        .unwrap();
+    for (req, code) in [
+        (
+            json!({"method": "admin.login", "params": {"token": token}}),
+            "28000",
+        ),
+        (json!({"method": "admin.overview"}), "28000"),
+        (
+            json!({"method": "admin.qr", "params": {"text": "x"}}),
+            "28000",
+        ),
+    ] {
+        let mut req = req;
+        req["jsonrpc"] = json!("2.0");
+        req["id"] = json!(1);
+        ws.send(Message::Text(req.to_string().into()))
+            .await
+            .unwrap();
+        let Some(Ok(Message::Text(t))) = ws.next().await else {
+            panic!("no answer")
+        };
+        let v: Value = serde_json::from_str(t.as_str()).unwrap();
+        assert_eq!(v["error"]["data"]["sqlstate"], json!(code), "{req}: {v}");
+    }
+    let ticket: Value = a
+        .admin
+        .query_one("SELECT chips.admin_ticket()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "admin.login", "params": {"token": ticket["token"]}});
+    ws.send(Message::Text(call.to_string().into()))
+        .await
+        .unwrap();
+    let _ = ws.next().await;
+    let call = json!({"jsonrpc": "2.0", "id": 3, "method": "admin.overview", "params": {"session": "forged"}});
+    ws.send(Message::Text(call.to_string().into()))
+        .await
+        .unwrap();
+    let Some(Ok(Message::Text(t))) = ws.next().await else {
+        panic!("no answer")
+    };
+    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+    assert_eq!(v["error"]["code"], json!(-32602), "{v}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

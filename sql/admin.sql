@@ -1,0 +1,154 @@
+------------------------------------------------------------------------------------------------
+-- The admin view (chipsd serves it at /admin): an admin ticket, issued by a database admin,
+-- opens one admin session; every admin call names its session and the database checks it, so
+-- the sidecar never decides what an admin may do or see.
+------------------------------------------------------------------------------------------------
+
+CREATE TABLE chips.admin_tickets (
+    token      text PRIMARY KEY,
+    expires    timestamptz NOT NULL,
+    created    timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE chips.admin_sessions (
+    id         text PRIMARY KEY,
+    created    timestamptz NOT NULL DEFAULT now(),
+    expires    timestamptz NOT NULL,
+    ended      timestamptz
+);
+ALTER TABLE chips.admin_tickets ENABLE ROW LEVEL SECURITY;
+ALTER TABLE chips.admin_sessions ENABLE ROW LEVEL SECURITY;
+
+-- A one-time admin ticket (for a database admin: chipsd admin-ticket prints it as a link).
+CREATE FUNCTION chips.admin_ticket(lifetime interval DEFAULT '1 hour') RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_token text := chips.new_token();
+    v_expires timestamptz;
+BEGIN
+    IF admin_ticket.lifetime IS NULL OR admin_ticket.lifetime <= interval '0'
+       OR admin_ticket.lifetime > interval '7 days' THEN
+        RAISE EXCEPTION 'an admin ticket''s lifetime must be positive and at most 7 days'
+            USING ERRCODE = '22023';
+    END IF;
+    v_expires := pg_catalog.now() + admin_ticket.lifetime;
+    INSERT INTO chips.admin_tickets (token, expires) VALUES (v_token, v_expires);
+    RETURN pg_catalog.jsonb_build_object('token', v_token, 'expires', chips._iso(v_expires));
+END
+$$;
+
+-- Redeems an admin ticket (once) for an admin session of `lifetime`.
+CREATE FUNCTION chips.admin_login(token text, lifetime interval DEFAULT '8 hours') RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_id text := chips.new_token();
+    v_expires timestamptz;
+BEGIN
+    IF admin_login.lifetime IS NULL OR admin_login.lifetime <= interval '0'
+       OR admin_login.lifetime > interval '24 hours' THEN
+        RAISE EXCEPTION 'an admin session lasts more than nothing and at most 24 hours'
+            USING ERRCODE = '22023';
+    END IF;
+    DELETE FROM chips.admin_tickets x
+    WHERE x.token = admin_login.token AND x.expires > pg_catalog.now();
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'this admin ticket is unknown, used or expired' USING ERRCODE = '28000';
+    END IF;
+    v_expires := pg_catalog.now() + admin_login.lifetime;
+    INSERT INTO chips.admin_sessions (id, expires) VALUES (v_id, v_expires);
+    RETURN pg_catalog.jsonb_build_object('session', v_id, 'expires', chips._iso(v_expires));
+END
+$$;
+
+-- Refuses (28000) anything but a live admin session.
+CREATE FUNCTION chips._admin_check(p_session text) RETURNS void
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM chips.admin_sessions s
+                   WHERE s.id = p_session AND s.ended IS NULL AND s.expires > pg_catalog.now()) THEN
+        RAISE EXCEPTION 'no live admin session' USING ERRCODE = '28000';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION chips.admin_logout(session text) RETURNS boolean
+LANGUAGE sql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+    WITH e AS (UPDATE chips.admin_sessions s SET ended = pg_catalog.now()
+               WHERE s.id = admin_logout.session AND s.ended IS NULL RETURNING 1)
+    SELECT EXISTS (SELECT 1 FROM e)
+$$;
+
+-- What the admin view shows: this site's agent, its users with their net positions, every tally
+-- half with its partner and balances, the latest lifts (with the tallies they moved here), and
+-- the peers with what waits in the outbox for each.
+CREATE FUNCTION chips.admin_overview(session text, max_lifts integer DEFAULT 20) RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM chips._admin_check(admin_overview.session);
+    IF admin_overview.max_lifts IS NULL OR admin_overview.max_lifts NOT BETWEEN 0 AND 1000 THEN
+        RAISE EXCEPTION 'max_lifts must be between 0 and 1000' USING ERRCODE = '22023';
+    END IF;
+    RETURN pg_catalog.jsonb_build_object(
+        'agent', (SELECT a.agent FROM chips.agents a WHERE a.local ORDER BY a.agent LIMIT 1),
+        'users', coalesce((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                     'ent', u.ent, 'name', u.name, 'cuid', u.cuid, 'status', u.status,
+                     'net', coalesce((SELECT sum(t.net_good) FROM chips.tallies t WHERE t.ent = u.ent), 0))
+                     ORDER BY u.ent) FROM chips.users u), '[]'),
+        'tallies', coalesce((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                     'tally', t.tally_uuid, 'ent', t.ent, 'side', t.side, 'status', t.status,
+                     'part_ent', t.part_ent, 'part_cuid', t.part_cert->'chad'->>'cuid',
+                     'part_agent', t.part_cert->'chad'->>'agent', 'part_name', t.part_cert->>'name',
+                     'net', t.net_good, 'pending', t.net_pend - t.net_good) ORDER BY t.id)
+                     FROM chips.tallies t WHERE t.status IN ('open', 'closing')), '[]'),
+        'lifts', coalesce((SELECT pg_catalog.jsonb_agg(x.j ORDER BY x.created DESC) FROM (
+                     SELECT l.created, pg_catalog.jsonb_build_object(
+                         'lift', l.lift_uuid, 'kind', l.kind, 'role', l.role, 'status', l.status,
+                         'units', l.units, 'tallies', l.tallies, 'created', chips._iso(l.created)) j
+                     FROM chips.lifts l WHERE l.status <> 'draft'
+                     ORDER BY l.created DESC LIMIT admin_overview.max_lifts) x), '[]'),
+        'peers', coalesce((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                     'agent', a.agent, 'host', a.host, 'port', a.port,
+                     'backlog', (SELECT count(*) FROM chips.outbox o WHERE o.to_agent = a.agent AND o.delivered IS NULL),
+                     'oldest', (SELECT chips._iso(min(o.created)) FROM chips.outbox o
+                                WHERE o.to_agent = a.agent AND o.delivered IS NULL),
+                     'last_delivered', (SELECT chips._iso(max(o.delivered)) FROM chips.outbox o
+                                        WHERE o.to_agent = a.agent)) ORDER BY a.agent)
+                     FROM chips.agents a WHERE NOT a.local), '[]'),
+        'backlog', (SELECT count(*) FROM chips.outbox o WHERE o.delivered IS NULL));
+END
+$$;
+
+-- Adds a user (chips.user_create: no key yet; a login ticket lets them register one).
+CREATE FUNCTION chips.admin_user_add(session text, name text, cuid text DEFAULT NULL) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_ent text;
+BEGIN
+    PERFORM chips._admin_check(admin_user_add.session);
+    v_ent := chips.user_create(admin_user_add.name, admin_user_add.cuid);
+    RETURN (SELECT pg_catalog.jsonb_build_object('ent', u.ent, 'name', u.name, 'cuid', u.cuid)
+            FROM chips.users u WHERE u.ent = v_ent);
+END
+$$;
+
+-- A one-time login ticket for a user (chips.login_ticket), for the admin to hand over.
+CREATE FUNCTION chips.admin_login_ticket(session text, ent text, lifetime interval DEFAULT '24 hours')
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM chips._admin_check(admin_login_ticket.session);
+    RETURN chips.login_ticket(admin_login_ticket.ent, admin_login_ticket.lifetime);
+END
+$$;
