@@ -812,3 +812,134 @@ impl Drop for Sidecar {
         self.kill9();
     }
 }
+
+/// A PostgreSQL 15 cluster of a test's own (initdb in a scratch directory), for tests that crash
+/// the server: they must not take the shared test cluster down with them. Stopped and removed
+/// when dropped.
+pub struct PrivateCluster {
+    pub dir: std::path::PathBuf,
+    pub port: u16,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// Runs a PostgreSQL program as the postgres user (initdb refuses root).
+fn as_postgres(program: &str, args: &[&str]) -> std::io::Result<std::process::Output> {
+    let path = format!("{PG_BIN}/{program}");
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false);
+    let mut cmd = if root {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--", &path]);
+        c
+    } else {
+        std::process::Command::new(&path)
+    };
+    let out = cmd.args(args).output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "{program} {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(out)
+}
+
+impl PrivateCluster {
+    /// initdb and start, on a free port of 127.0.0.1.
+    pub fn start(tag: &str) -> std::io::Result<PrivateCluster> {
+        let dir = std::env::temp_dir().join(format!("chips-pg-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sock"))?;
+        let _ = std::process::Command::new("chown")
+            .args(["-R", "postgres:", &dir.display().to_string()])
+            .status();
+        let data = dir.join("data").display().to_string();
+        as_postgres(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "--auth=trust",
+                "--username=postgres",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+            ],
+        )?;
+        let c = PrivateCluster {
+            dir,
+            port: free_port(),
+        };
+        c.run()?;
+        Ok(c)
+    }
+
+    /// Starts the (stopped or crashed) server again; returns when it accepts connections
+    /// (after crash recovery).
+    pub fn run(&self) -> std::io::Result<()> {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=100",
+            self.port,
+            self.dir.join("sock").display()
+        );
+        as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.dir.join("data").display().to_string(),
+                "-l",
+                &self.dir.join("server.log").display().to_string(),
+                "-w",
+                "-t",
+                "120",
+                "-o",
+                &opts,
+                "start",
+            ],
+        )
+        .map(|_| ())
+    }
+
+    /// The server dies at once, as in a power cut (`pg_ctl stop -m immediate`: no checkpoint,
+    /// every backend gone mid-transaction; the next start recovers from the WAL).
+    pub fn crash(&self) -> std::io::Result<()> {
+        as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.dir.join("data").display().to_string(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        )
+        .map(|_| ())
+    }
+
+    pub fn dsn(&self) -> String {
+        format!("host=127.0.0.1 port={} user=postgres", self.port)
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.dir.join("data").display().to_string(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
