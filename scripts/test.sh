@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test: formatting and lints, core unit and property tests, #[pg_test]s, and integration
-# tests as real clients against a private cluster this script starts (and stops).
+# tests as real clients against a private cluster this script starts (and stops), and a short
+# fuzzing run.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -39,3 +40,6 @@ cluster_fresh "$DIR" "$PORT"
 trap 'cluster_stop "$DIR"; rm -rf "$DIR"' EXIT
 CHIPS_TEST_DSN="host=127.0.0.1 port=$PORT user=postgres" PG_BIN="$PG_BIN" \
     cargo test -q -p chips-tests -p chipsd -p chips-demo -- --test-threads=4
+
+say "fuzzing: each target briefly (bash scripts/fuzz.sh runs them longer)"
+FUZZ_SECS=${FUZZ_SECS:-10} bash "$REPO/scripts/fuzz.sh"

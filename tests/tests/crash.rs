@@ -175,6 +175,10 @@ async fn a_crash_during_a_burst_of_payments_loses_no_acknowledged_chit() {
         acked.len(),
         "every payment the database acknowledged survived the crash"
     );
+    eprintln!(
+        "crash during a burst: {} payments acknowledged before the crash, all there after recovery",
+        acked.len()
+    );
     assert_sound(&db).await;
     // net positions are the sums of the users' own chits (the shop's is every client's debt)
     let own: i64 = db
@@ -293,6 +297,7 @@ async fn a_backend_killed_during_a_clearing_pass_leaves_every_lift_whole_or_abse
         (r.get(0), r.get(1))
     };
     assert!(lifts >= 1);
+    eprintln!("crash during clearing: {lifts} lift(s) committed before the kill, all whole");
     assert_eq!(
         debt(&db).await,
         debt_before - 2 * cleared,
