@@ -49,9 +49,15 @@ pub async fn run(cfg: Arc<Config>, seed: [u8; 32], token: CancellationToken) -> 
                 warn!(error = %e, "chain sync failed");
             }
         }
+        if client.is_closed() {
+            // the database went away (a restart): the caller connects again
+            return Err(Error::Protocol("the database connection was lost".into()));
+        }
         tokio::select! {
             _ = token.cancelled() => break,
-            _ = wake.recv() => {}
+            w = wake.recv() => if w.is_none() {
+                return Err(Error::Protocol("the listening connection ended".into()));
+            },
             _ = tokio::time::sleep(Duration::from_millis(cfg.poll_ms)) => {}
         }
     }

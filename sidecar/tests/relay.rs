@@ -5,6 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use chips_tests::faults::FaultyProxy;
 use chips_tests::{free_port, Cluster, Sidecar, Site, User};
 use serde_json::json;
 
@@ -211,108 +212,6 @@ async fn an_impostor_and_garbage_are_refused_before_sql() {
         .get(0);
     assert_eq!(n, 0, "nothing reached SQL");
     std::fs::remove_dir_all(&dir).ok();
-}
-
-/// A TCP proxy that injects faults into transport (`T`) frames, both ways: drops, duplicates,
-/// swaps with the next frame, and cut connections, from a seeded generator and within a budget
-/// (so the test ends). Handshake frames pass untouched. Returns how many faults it injected.
-struct FaultyProxy {
-    faults: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl FaultyProxy {
-    async fn start(listen: u16, target: u16, seed: u64, budget: usize) -> FaultyProxy {
-        use std::sync::atomic::AtomicUsize;
-        use std::sync::Arc;
-        let faults = Arc::new(AtomicUsize::new(0));
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", listen))
-            .await
-            .unwrap();
-        let f = faults.clone();
-        tokio::spawn(async move {
-            let mut n = 0u64;
-            while let Ok((client, _)) = listener.accept().await {
-                n += 1;
-                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
-                    continue;
-                };
-                let (cr, cw) = client.into_split();
-                let (sr, sw) = server.into_split();
-                tokio::spawn(pump(cr, sw, seed ^ n, budget, f.clone()));
-                tokio::spawn(pump(sr, cw, seed ^ n ^ 0x5555, budget, f.clone()));
-            }
-        });
-        FaultyProxy { faults }
-    }
-
-    fn injected(&self) -> usize {
-        self.faults.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    seed: u64,
-    budget: usize,
-    faults: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
-    use std::sync::atomic::Ordering;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut rng = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % 100
-    };
-    let mut held: Option<Vec<u8>> = None;
-    loop {
-        let mut len = [0u8; 4];
-        if from.read_exact(&mut len).await.is_err() {
-            break;
-        }
-        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-        if from.read_exact(&mut body).await.is_err() {
-            break;
-        }
-        let mut frame = len.to_vec();
-        frame.extend_from_slice(&body);
-        // takes one fault from the budget, if any is left
-        let spend = || {
-            faults
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |f| {
-                    (f < budget).then_some(f + 1)
-                })
-                .is_ok()
-        };
-        if body.first() == Some(&b'T') {
-            match next() {
-                0..=7 if spend() => continue, // dropped
-                8..=15 if spend() => {
-                    // duplicated
-                    let _ = to.write_all(&frame).await;
-                }
-                16..=23 if spend() && held.is_none() => {
-                    // swapped with the next
-                    held = Some(frame);
-                    continue;
-                }
-                24..=27 if spend() => break, // connection cut
-                _ => {}
-            }
-        }
-        if to.write_all(&frame).await.is_err() {
-            break;
-        }
-        if let Some(h) = held.take() {
-            if to.write_all(&h).await.is_err() {
-                break;
-            }
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,539 @@
+//! `chips-chaos`: four sites, each its own PostgreSQL cluster, database and chipsd, under
+//! continuous random traffic (payments, refunds, invoices, setting changes, payments to people
+//! on other sites, automatic local and cross-site clearing) while a fault-injecting proxy in front
+//! of every chipsd drops, duplicates, delays and reorders frames and cuts connections, and a
+//! chaos driver SIGKILLs sidecars and crashes PostgreSQL clusters at random moments. Then the
+//! faults stop, the network quiesces, and `chips-check` verifies every invariant across the four
+//! sites. Bounded in time; prints what it attempted, committed and injected, and how long the
+//! network took to converge. Exit status 0 only if every invariant holds.
+//!
+//! ```text
+//! cargo run -p chips-demo --bin chips-chaos -- --duration 600      # the long run
+//! ```
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chips_core::sign::KeyPair;
+use chips_tests::faults::FaultyProxy;
+use chips_tests::ring::pay_address_as;
+use chips_tests::{connect, free_port, sqlstate, Cluster, PrivateCluster, Sidecar, User};
+use clap::Parser;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+#[derive(Parser)]
+#[command(about = "Random traffic and faults on four sites, then check every invariant")]
+struct Args {
+    /// Seconds of traffic under faults.
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// Seed of the traffic, the faults and the chaos driver.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Trading agents acting at once.
+    #[arg(long, default_value_t = 3)]
+    agents: usize,
+    /// The chipsd binary (default: the one built next to this program).
+    #[arg(long, env = "CHIPSD_BIN")]
+    chipsd: Option<std::path::PathBuf>,
+    /// Seconds the network gets to converge once the faults stop.
+    #[arg(long, default_value_t = 300)]
+    converge: u64,
+}
+
+const SITES: usize = 4;
+
+/// What the traffic needs of a person: enough to connect again after a crash.
+#[derive(Clone)]
+struct Person {
+    site: usize,
+    ent: String,
+    cuid: String,
+    name: String,
+    role: String,
+    seed: [u8; 32],
+}
+
+struct Tally {
+    uuid: Uuid,
+    vendor: usize,
+    client: usize,
+}
+
+/// One site: its cluster (crashed and restarted), its chipsd (killed and restarted), the proxy
+/// in front of chipsd.
+struct Site {
+    pg: PrivateCluster,
+    dsn: String,
+    agent: String,
+    car: Mutex<Sidecar>,
+    proxy: FaultyProxy,
+}
+
+#[derive(Default)]
+struct Outcomes {
+    attempted: AtomicUsize,
+    committed: AtomicUsize,
+    refused: AtomicUsize,
+    failed: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Stats {
+    ops: BTreeMap<&'static str, Outcomes>,
+    chipsd_kills: AtomicUsize,
+    pg_crashes: AtomicUsize,
+    chipsd_restarts: AtomicUsize,
+}
+
+impl Stats {
+    fn new() -> Stats {
+        let mut s = Stats::default();
+        for k in ["pay", "refund", "invoice", "settings", "pay_address"] {
+            s.ops.insert(k, Outcomes::default());
+        }
+        s
+    }
+}
+
+type Res<T> = Result<T, String>;
+
+fn e(x: tokio_postgres::Error) -> String {
+    format!("{} ({})", chips_tests::errmsg(&x), sqlstate(&x))
+}
+
+/// `person` as a client of their site (a fresh connection: the last may have died in a crash).
+async fn login(sites: &[Site], p: &Person) -> Res<User> {
+    let db = connect(&sites[p.site].dsn).await.map_err(e)?;
+    db.batch_execute(&format!("SET ROLE \"{}\"", p.role))
+        .await
+        .map_err(e)?;
+    Ok(User {
+        ent: p.ent.clone(),
+        cuid: p.cuid.clone(),
+        name: p.name.clone(),
+        role: p.role.clone(),
+        key: KeyPair::from_seed(&p.seed),
+        db,
+    })
+}
+
+/// Waits until `f` holds (checked every 100 ms) or `limit` passes.
+async fn until<F, Fut>(limit: Duration, what: &str, mut f: F) -> Res<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let t = Instant::now();
+    while !f().await {
+        if t.elapsed() > limit {
+            return Err(format!("{what}: not after {limit:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+async fn state(u: &User, t: Uuid) -> Option<String> {
+    u.state(t).await.ok().flatten()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    match run(Args::parse()).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(x) => {
+            eprintln!("chips-chaos failed: {x}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> Res<bool> {
+    let chipsd = match &args.chipsd {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(|x| x.to_string())?
+            .with_file_name("chipsd"),
+    };
+    let keys = chips_tests::scratch_dir("chaos");
+    let mut rng = StdRng::seed_from_u64(args.seed);
+
+    println!(
+        "== {SITES} sites: each its own PostgreSQL cluster, database, chipsd, and faulty proxy"
+    );
+    let mut sites: Vec<Site> = vec![];
+    let mut people: Vec<Person> = vec![];
+    let mut users: Vec<User> = vec![];
+    for k in 0..SITES {
+        let pg = PrivateCluster::start(&format!("chaos{k}")).map_err(|x| x.to_string())?;
+        let (real, advertised) = (free_port(), free_port());
+        let s = Cluster::new(pg.dsn())
+            .site(&format!("chaos_{k}"), advertised)
+            .await
+            .map_err(e)?;
+        s.admin
+            .batch_execute(
+                "SELECT chips.clearing_configure(enabled => true, every => '2 seconds');
+                 SELECT chips.lift_configure(life => '10 seconds', hop_step => '2 seconds');",
+            )
+            .await
+            .map_err(e)?;
+        let proxy = FaultyProxy::start(advertised, real, args.seed ^ k as u64, usize::MAX).await;
+        proxy.set(false);
+        let car = Sidecar::start(
+            &chipsd,
+            &s,
+            real,
+            &keys,
+            &[
+                "--poll-ms",
+                "100",
+                "--clearing-secs",
+                "1",
+                "--sync-secs",
+                "2",
+            ],
+            "error",
+        )
+        .map_err(|x| format!("chipsd: {x}"))?;
+        for i in 0..3 {
+            let u = s
+                .user(&format!("Person {k}.{i}"), &format!("p{k}{i}"))
+                .await
+                .map_err(e)?;
+            people.push(Person {
+                site: k,
+                ent: u.ent.clone(),
+                cuid: u.cuid.clone(),
+                name: u.name.clone(),
+                role: u.role.clone(),
+                seed: u.key.seed(),
+            });
+            users.push(u);
+        }
+        println!(
+            "  site {k}: cluster on 127.0.0.1:{}, chipsd on {real}, its proxy on {advertised}",
+            pg.port
+        );
+        sites.push(Site {
+            dsn: s.dsn.clone(),
+            agent: s.agent_id(),
+            pg,
+            car: Mutex::new(car),
+            proxy,
+        });
+    }
+
+    // Tallies: inside each site p0 owes p1 owes p2; across, p2 of site k buys from p0 of k+1.
+    let mut plan = vec![];
+    for k in 0..SITES {
+        plan.push((3 * k + 1, 3 * k));
+        plan.push((3 * k + 2, 3 * k + 1));
+        plan.push((3 * ((k + 1) % SITES), 3 * k + 2));
+    }
+    let mut tallies = vec![];
+    for &(v, c) in &plan {
+        let t = users[v]
+            .draft("stock", json!({"limit": 2_000_000}), json!({}), "chaos")
+            .await
+            .map_err(e)?;
+        let ticket = users[v].ticket(t, false).await.map_err(e)?;
+        users[c].redeem(&ticket).await.map_err(e)?;
+        tallies.push(Tally {
+            uuid: t,
+            vendor: v,
+            client: c,
+        });
+    }
+    for t in &tallies {
+        let v = &users[t.vendor];
+        until(Duration::from_secs(60), "tickets arrive", || async {
+            state(v, t.uuid).await.as_deref() == Some("P.draft")
+        })
+        .await?;
+        v.offer(t.uuid).await.map_err(e)?;
+    }
+    for t in &tallies {
+        let c = &users[t.client];
+        until(Duration::from_secs(60), "offers arrive", || async {
+            state(c, t.uuid).await.as_deref() == Some("P.offer")
+        })
+        .await?;
+        c.accept(t.uuid).await.map_err(e)?;
+    }
+    for t in &tallies {
+        let v = &users[t.vendor];
+        until(Duration::from_secs(60), "tallies open", || async {
+            state(v, t.uuid).await.as_deref() == Some("open")
+        })
+        .await?;
+    }
+    drop(users);
+    println!(
+        "  {} people, {} tallies open (a circle through all four sites)",
+        people.len(),
+        tallies.len()
+    );
+
+    println!(
+        "\n== {} s of traffic ({} agents) under faults: proxies on, sidecars SIGKILLed, clusters crashed",
+        args.duration, args.agents
+    );
+    for s in &sites {
+        s.proxy.set(true);
+    }
+    let sites = Arc::new(sites);
+    let people = Arc::new(people);
+    let tallies = Arc::new(tallies);
+    let stats = Arc::new(Stats::new());
+    let done = Arc::new(AtomicBool::new(false));
+    let mut tasks = vec![];
+    for a in 0..args.agents {
+        let (sites, people, tallies, stats, done) = (
+            sites.clone(),
+            people.clone(),
+            tallies.clone(),
+            stats.clone(),
+            done.clone(),
+        );
+        let seed = args.seed.wrapping_mul(1000) + a as u64;
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed);
+            while !done.load(Ordering::SeqCst) {
+                traffic(&sites, &people, &tallies, &stats, &mut rng).await;
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(5..50))).await;
+            }
+        }));
+    }
+    // the chaos driver (and supervisor: a chipsd that died on its own is restarted too)
+    let end = Instant::now() + Duration::from_secs(args.duration);
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(1_000..3_000))).await;
+        let k = rng.gen_range(0..SITES);
+        if rng.gen_bool(0.6) {
+            let mut car = sites[k].car.lock().await;
+            car.kill9();
+            stats.chipsd_kills.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(200..2_000))).await;
+            car.restart()
+                .map_err(|x| format!("restarting chipsd: {x}"))?;
+        } else {
+            sites[k].pg.crash().map_err(|x| x.to_string())?;
+            stats.pg_crashes.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(200..2_000))).await;
+            sites[k].pg.run().map_err(|x| x.to_string())?;
+        }
+        supervise(&sites, &stats).await?;
+    }
+    done.store(true, Ordering::SeqCst);
+    for t in tasks {
+        t.await.map_err(|x| x.to_string())?;
+    }
+
+    println!("\n== faults stop; the network converges");
+    for s in sites.iter() {
+        s.proxy.set(false);
+    }
+    supervise(&sites, &stats).await?;
+    let t = Instant::now();
+    let mut calm = 0;
+    let mut last = String::new();
+    while calm < 5 {
+        if t.elapsed() > Duration::from_secs(args.converge) {
+            println!("  did not converge in {} s: {last}", args.converge);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        supervise(&sites, &stats).await?;
+        let mut busy = 0i64;
+        let mut parts = vec![];
+        for (k, s) in sites.iter().enumerate() {
+            let Ok(db) = connect(&s.dsn).await else {
+                busy += 1;
+                continue;
+            };
+            let r = db
+                .query_one(
+                    "SELECT (SELECT count(*) FROM chips.outbox WHERE delivered IS NULL),
+                            (SELECT count(*) FROM chips.lifts WHERE status IN ('seek', 'pend'))",
+                    &[],
+                )
+                .await
+                .map_err(e)?;
+            let (o, l): (i64, i64) = (r.get(0), r.get(1));
+            busy += o + l;
+            parts.push(format!("site {k}: {o} undelivered, {l} lifts under way"));
+        }
+        last = parts.join("; ");
+        calm = if busy == 0 { calm + 1 } else { 0 };
+    }
+    let converged = t.elapsed();
+    // the sidecars' chain resync runs every 2 s: give it one more round after the last message
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let check = std::env::current_exe()
+        .map_err(|x| x.to_string())?
+        .with_file_name("chips-check");
+    let mut cmd = std::process::Command::new(&check);
+    for s in sites.iter() {
+        cmd.arg("--dsn").arg(&s.dsn);
+    }
+    let out = cmd
+        .output()
+        .map_err(|x| format!("{}: {x}", check.display()))?;
+    let report = String::from_utf8_lossy(&out.stdout);
+
+    println!("\n== figures");
+    let (mut att, mut com) = (0, 0);
+    for (k, t) in &stats.ops {
+        let (a, c, r, f) = (
+            t.attempted.load(Ordering::SeqCst),
+            t.committed.load(Ordering::SeqCst),
+            t.refused.load(Ordering::SeqCst),
+            t.failed.load(Ordering::SeqCst),
+        );
+        att += a;
+        com += c;
+        println!(
+            "  {k:<12} attempted {a:>5}  committed {c:>5}  refused {r:>4}  failed (a fault) {f:>4}"
+        );
+    }
+    println!("  operations: {att} attempted, {com} committed");
+    let mut frames = 0;
+    for (k, s) in sites.iter().enumerate() {
+        frames += s.proxy.injected();
+        println!("  proxy of site {k}: {}", s.proxy.counts().describe());
+    }
+    println!(
+        "  faults: {frames} frame faults, {} sidecars SIGKILLed, {} PostgreSQL crashes, {} sidecars found dead and restarted",
+        stats.chipsd_kills.load(Ordering::SeqCst),
+        stats.pg_crashes.load(Ordering::SeqCst),
+        stats.chipsd_restarts.load(Ordering::SeqCst)
+    );
+    println!(
+        "  converged {:.1} s after the faults stopped",
+        converged.as_secs_f64()
+    );
+    println!("\n== chips-check across the four sites\n{report}");
+
+    for s in sites.iter() {
+        s.car.lock().await.stop(Duration::from_secs(5));
+    }
+    let _ = std::fs::remove_dir_all(&keys);
+    Ok(out.status.success() && calm >= 5)
+}
+
+/// Restarts any chipsd that is not running (killed by a fault, or exited when its database
+/// went away).
+async fn supervise(sites: &[Site], stats: &Stats) -> Res<()> {
+    for s in sites {
+        let mut car = s.car.lock().await;
+        if car.child.try_wait().map_err(|x| x.to_string())?.is_some() {
+            stats.chipsd_restarts.fetch_add(1, Ordering::SeqCst);
+            car.restart()
+                .map_err(|x| format!("restarting chipsd: {x}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// One random operation by a random person; counted by kind and outcome.
+async fn traffic(
+    sites: &[Site],
+    people: &[Person],
+    tallies: &[Tally],
+    stats: &Stats,
+    rng: &mut StdRng,
+) {
+    let t = &tallies[rng.gen_range(0..tallies.len())];
+    let roll: f64 = rng.gen();
+    let (kind, who) = match roll {
+        r if r < 0.5 => ("pay", t.client),
+        r if r < 0.65 => ("refund", t.vendor),
+        r if r < 0.75 => ("invoice", t.vendor),
+        r if r < 0.85 => (
+            "settings",
+            if rng.gen_bool(0.5) {
+                t.vendor
+            } else {
+                t.client
+            },
+        ),
+        _ => ("pay_address", rng.gen_range(0..people.len())),
+    };
+    let n = &stats.ops[kind];
+    n.attempted.fetch_add(1, Ordering::SeqCst);
+    let p = &people[who];
+    let u = match login(sites, p).await {
+        Ok(u) => u,
+        Err(_) => {
+            n.failed.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+    };
+    let local = people[t.vendor].site == people[t.client].site;
+    let r: Result<(), tokio_postgres::Error> = match kind {
+        "pay" => u
+            .pay(t.uuid, rng.gen_range(1..=5_000), "")
+            .await
+            .map(|_| ()),
+        "refund" => u
+            .pay(t.uuid, rng.gen_range(1..=1_000), "")
+            .await
+            .map(|_| ()),
+        "invoice" if local => {
+            // the client signs it at once (both on one site)
+            match u.invoice(t.uuid, rng.gen_range(1..=2_000), "").await {
+                Ok(chit) => match login(sites, &people[t.client]).await {
+                    Ok(c) => c.sign_invoice(t.uuid, chit).await.map(|_| ()),
+                    Err(_) => Ok(()),
+                },
+                Err(x) => Err(x),
+            }
+        }
+        "invoice" => u
+            .invoice(t.uuid, rng.gen_range(1..=2_000), "")
+            .await
+            .map(|_| ()),
+        "settings" => {
+            let target = rng.gen_range(0..50_000i64);
+            u.settings(
+                t.uuid,
+                json!({"target": target, "bound": target + rng.gen_range(0..100_000i64)}),
+            )
+            .await
+            .map(|_| ())
+        }
+        _ => {
+            let to = loop {
+                let q = &people[rng.gen_range(0..people.len())];
+                if q.site != p.site {
+                    break q;
+                }
+            };
+            let addr = json!({"cuid": to.cuid, "agent": sites[to.site].agent});
+            pay_address_as(&u.db, &u.key, &addr, rng.gen_range(1..=3_000))
+                .await
+                .map(|_| ())
+        }
+    };
+    match r {
+        Ok(()) => n.committed.fetch_add(1, Ordering::SeqCst),
+        // refusals the API documents: over a limit, nothing to pay through, a state that moved
+        Err(x)
+            if x.as_db_error().is_some() && !matches!(&sqlstate(&x)[..2], "57" | "08" | "40") =>
+        {
+            n.refused.fetch_add(1, Ordering::SeqCst)
+        }
+        Err(_) => n.failed.fetch_add(1, Ordering::SeqCst),
+    };
+}
