@@ -149,14 +149,29 @@ BEGIN
     IF t.side <> 'foil' OR t.chain_len <= t.chain_conf THEN
         RETURN;
     END IF;
-    SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-               'index', c.chain_idx, 'hash', chips.b64url_encode(c.chain_hash),
-               'chit', chips._chit_doc(c, t.tally_uuid), 'sign', c.signature) ORDER BY c.chain_idx)
-    INTO v_entries
-    FROM chips.chits c WHERE c.tally_id = t.id AND c.chain_idx > t.chain_conf;
+    -- the first unconfirmed entries, up to about 40 kB (a peer message must fit one Noise
+    -- message, 64 kB): the stock half's ack brings the next ones (`ack` below)
+    SELECT pg_catalog.jsonb_agg(e.entry ORDER BY e.idx) INTO v_entries
+    FROM (SELECT c.chain_idx AS idx, x.entry,
+                 sum(pg_catalog.octet_length(x.entry::text)) OVER (ORDER BY c.chain_idx) AS upto
+          FROM chips.chits c,
+               LATERAL (SELECT pg_catalog.jsonb_build_object(
+                   'index', c.chain_idx, 'hash', chips.b64url_encode(c.chain_hash),
+                   'chit', chips._chit_doc(c, t.tally_uuid), 'sign', c.signature) AS entry) x
+          WHERE c.tally_id = t.id AND c.chain_idx > t.chain_conf) e
+    WHERE e.upto <= 40000 OR e.idx = t.chain_conf + 1;
     PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'chain',
         pg_catalog.jsonb_build_object('cmd', 'upd', 'tally', t.tally_uuid, 'chits', v_entries));
 END
+$$;
+
+-- Whether the outbox still holds an undelivered message to the partner of half `t` (its site's
+-- agent): then a resend would only queue behind it.
+CREATE FUNCTION chips._chain_pending(t chips.tallies) RETURNS boolean
+LANGUAGE sql STABLE
+AS $$
+    SELECT EXISTS (SELECT 1 FROM chips.outbox o
+                   WHERE o.delivered IS NULL AND o.to_agent = t.part_cert->'chad'->>'agent')
 $$;
 
 -- A chit became good on a half: the foil half chains it and tells the stock half. When the stock
@@ -630,6 +645,10 @@ BEGIN
                 USING ERRCODE = '55000';
         END IF;
         UPDATE chips.tallies x SET chain_conf = v_idx WHERE x.id = t.id;
+        -- more to confirm and no update on its way (the last was cut at the size limit): the next
+        IF v_idx < t.chain_len AND NOT chips._chain_pending(t) THEN
+            PERFORM chips._chain_send(t.id);
+        END IF;
         RETURN 'ack';
     WHEN 'nak' THEN
         IF t.side <> 'foil' THEN
@@ -666,6 +685,9 @@ BEGIN
              WHERE x.status IN ('open', 'closing', 'closed')
                AND (chain_sync.tally IS NULL OR x.tally_uuid = chain_sync.tally)
              ORDER BY x.id FOR UPDATE LOOP
+        -- a link that is slow or down already has messages queued: resending would pile up
+        -- copies behind them (it resyncs once they are through)
+        CONTINUE WHEN t.part_ent IS NULL AND chips._chain_pending(t);
         IF t.side = 'foil' AND t.chain_len > t.chain_conf THEN
             PERFORM chips._chain_send(t.id);
             n := n + 1;

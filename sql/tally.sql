@@ -230,6 +230,13 @@ BEGIN
         PERFORM chips._apply(v_msg);
         RETURN 'local';
     END IF;
+    -- a message must fit one Noise transport message (64 kB, docs/protocol.md): one that does
+    -- not could never be delivered and would stop every later message to that site
+    IF pg_catalog.octet_length(v_msg::text) > 60000 THEN
+        RAISE EXCEPTION 'a message to another site may be at most 60000 bytes; this % message is %',
+            p_target || '/' || p_action, pg_catalog.octet_length(v_msg::text)
+            USING ERRCODE = '54000';
+    END IF;
     PERFORM chips._agent_seen(p_to);
     INSERT INTO chips.outbox (msg_id, from_agent, to_agent, target, action, msg)
     VALUES ((v_msg->>'id')::uuid, p_from->>'agent', p_to->>'agent', p_target, p_action, v_msg);

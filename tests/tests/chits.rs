@@ -589,6 +589,43 @@ async fn outbox_claims_given_back_are_claimed_again_at_once() {
     assert_eq!(n, 0);
 }
 
+/// A link down while hundreds of chits are chained: the foil half's chain updates stay under the
+/// size a peer message may have (they carry the first unconfirmed entries; each ack brings the
+/// next), every payment is accepted, and the halves converge once the link is back.
+#[tokio::test]
+async fn a_long_chain_backlog_travels_in_messages_that_fit() {
+    let (a, b, ann, eve, t) = cross("t_chit_backlog", 10_000_000).await;
+    for n in 1..=250 {
+        eve.pay(
+            t,
+            n,
+            "a memo to make every chit a little larger than it needs to be",
+        )
+        .await
+        .unwrap();
+    }
+    let biggest: i32 = b
+        .admin
+        .query_one(
+            "SELECT max(octet_length(msg::text)) FROM chips.outbox WHERE action = 'chain'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(biggest <= 60_000, "a chain update of {biggest} bytes");
+    for _ in 0..20 {
+        relay_all(&[&a, &b]).await.unwrap();
+        if ann.balance(t).await.unwrap().0 == (1..=250).sum::<i64>()
+            && b.undelivered().await.unwrap() == 0
+        {
+            break;
+        }
+    }
+    assert_converged(&a, &b, &ann, &eve, t).await;
+    assert_eq!(a.chain(t, "stock").await.unwrap().len(), 250);
+}
+
 #[tokio::test]
 async fn lost_duplicated_and_reordered_chain_messages_converge() {
     let (a, b, ann, eve, t) = cross("t_chit_loss", 50_000).await;

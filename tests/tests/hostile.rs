@@ -10,9 +10,9 @@ use uuid::Uuid;
 
 /// The SQLSTATEs docs/sql-api.md lists, plus PostgreSQL's own for values a type refuses
 /// (numeric out of range, bad date, null where not allowed).
-const DOCUMENTED: [&str; 12] = [
-    "22023", "22P02", "23505", "23514", "28000", "42501", "42704", "55000", "22003", "22007",
-    "22008", "22004",
+const DOCUMENTED: [&str; 13] = [
+    "22023", "22P02", "23505", "23514", "28000", "42501", "42704", "55000", "54000", "22003",
+    "22007", "22008", "22004",
 ];
 
 const FINGERPRINT: &str = "SELECT md5(coalesce(string_agg(x, '|' ORDER BY x), '')) FROM (
