@@ -460,3 +460,64 @@ async fn two_sidecars_serve_one_database_without_sending_anything_twice() {
     assert_eq!(senders, 2);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A flood of connections that never say anything: chipsd keeps at most `max_connections`
+/// (refusing the rest at once, and dropping the silent ones at the handshake timeout), stays up,
+/// and a real peer's message gets through once the flood is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_silent_connections_does_not_keep_a_real_peer_out() {
+    let cl = Cluster::from_env();
+    let (pa, pb) = (free_port(), free_port());
+    let a = cl.site("t_relay_flood_a", pa).await.unwrap();
+    let b = cl.site("t_relay_flood_b", pb).await.unwrap();
+    let dir = chips_tests::scratch_dir("flood");
+    let _sa = sidecar(&a, pa, &dir);
+    let mut sb = Sidecar::start(
+        std::path::Path::new(CHIPSD),
+        &b,
+        pb,
+        &dir,
+        &[
+            "--poll-ms",
+            "100",
+            "--reply-timeout-ms",
+            "1500",
+            "--max-connections",
+            "4",
+        ],
+        "warn",
+    )
+    .unwrap();
+    let ann = a.user("Ann", "ann").await.unwrap();
+    let eve = b.user("Eve", "eve").await.unwrap();
+    let t = ann
+        .draft("stock", json!({"limit": 1000}), json!({}), "")
+        .await
+        .unwrap();
+    eve.redeem(&ann.ticket(t, false).await.unwrap())
+        .await
+        .unwrap();
+    eventually("the ticket reaches Ann", || state_is(&ann, t, "P.draft")).await;
+
+    // 200 silent connections to Eve's chipsd, then Ann's offer must cross to it
+    let mut flood = Vec::new();
+    for _ in 0..200 {
+        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", pb)) {
+            flood.push(s);
+        }
+    }
+    ann.offer(t).await.unwrap();
+    eventually("the offer reaches Eve despite the flood", || {
+        state_is(&eve, t, "P.offer")
+    })
+    .await;
+    assert!(
+        sb.child.try_wait().unwrap().is_none(),
+        "chipsd is still running"
+    );
+    drop(flood);
+    eve.accept(t).await.unwrap();
+    eventually("the tally opens at Ann", || state_is(&ann, t, "open")).await;
+    sb.stop(Duration::from_secs(5));
+    std::fs::remove_dir_all(&dir).ok();
+}

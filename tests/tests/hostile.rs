@@ -19,7 +19,9 @@ const FINGERPRINT: &str = "SELECT md5(coalesce(string_agg(x, '|' ORDER BY x), ''
     SELECT t::text AS x FROM chips.tallies t UNION ALL SELECT c::text FROM chips.chits c
     UNION ALL SELECT u::text FROM chips.users u UNION ALL SELECT k::text FROM chips.tickets k
     UNION ALL SELECT o::text FROM chips.outbox o UNION ALL SELECT i::text FROM chips.inbox i
-    UNION ALL SELECT a::text FROM chips.agents a UNION ALL SELECT c::text FROM chips.contracts c) s";
+    UNION ALL SELECT a::text FROM chips.agents a UNION ALL SELECT c::text FROM chips.contracts c
+    UNION ALL SELECT l::text FROM chips.lifts l UNION ALL SELECT x::text FROM chips.lift_settings x
+    UNION ALL SELECT s::text FROM chips.admin_sessions s) s";
 
 #[derive(Clone, Copy)]
 enum Arg {
@@ -196,6 +198,12 @@ fn calls() -> Vec<(&'static str, Vec<Arg>)> {
             "SELECT chips.tally_trade($1, $2, $3)",
             vec![Uuid, Json, Text],
         ),
+        (
+            "SELECT chips.pay_address($1, $2, $3, $4)",
+            vec![Json, Big, Text, Json],
+        ),
+        ("SELECT chips.pay_address_json($1)", vec![Uuid]),
+        ("SELECT chips.pay_address_sign($1, $2)", vec![Uuid, Text]),
     ]
 }
 
@@ -287,6 +295,12 @@ fn admin_calls() -> Vec<(&'static str, Vec<Arg>)> {
             vec![Text, Text, Interval],
         ),
         ("SELECT chips.admin_logout($1)", vec![Text]),
+        (
+            "SELECT chips.lift_configure($1::text::interval, $2::text::interval, $3::text::interval, NULL, $4, $5)",
+            vec![Interval, Interval, Interval, Int, Int],
+        ),
+        ("SELECT chips.lift_circles($1, $2)", vec![Big, Int]),
+        ("SELECT * FROM chips.lift_tick()", vec![]),
     ]
 }
 

@@ -90,3 +90,38 @@ async fn nothing_is_announced_for_a_refused_change() {
     assert!(ann.close(t).await.is_err());
     assert!(drain(&mut rx, Duration::from_millis(300)).await.is_empty());
 }
+
+/// A user cannot make a notification oversized (PostgreSQL refuses payloads over 8,000 bytes,
+/// which would abort the change): an invoice with the longest memo and a 100 kB reference
+/// notifies its payer with ids and units only.
+#[tokio::test]
+async fn an_invoice_with_a_huge_reference_notifies_in_a_few_bytes() {
+    let s = Cluster::from_env()
+        .site("t_notify_huge", 65465)
+        .await
+        .unwrap();
+    let ann = s.user("Ann", "ann").await.unwrap();
+    let bob = s.user("Bob", "bob").await.unwrap();
+    let t = ann.open_with(&bob, 10_000, &[]).await.unwrap();
+    let ch = format!("chips_user_{}", bob.ent);
+    let (_l, mut rx) = listen(&s.dsn, &[&ch]).await.unwrap();
+    let reference = json!({"lines": "x".repeat(100_000)});
+    let memo = "m".repeat(1000);
+    let chit: uuid::Uuid = ann
+        .db
+        .query_one(
+            "SELECT chips.chit_invoice($1, 500, $2, $3)",
+            &[&t, &memo, &reference],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let notes = drain(&mut rx, Duration::from_millis(500)).await;
+    let asks: Vec<_> = notes
+        .iter()
+        .filter(|(_, p)| p["uuid"] == chit.to_string())
+        .collect();
+    assert_eq!(asks.len(), 1, "{notes:?}");
+    assert_eq!(asks[0].1["action"], "sign");
+    assert!(asks[0].1.to_string().len() < 300, "{}", asks[0].1);
+}
