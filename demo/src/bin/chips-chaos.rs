@@ -147,7 +147,12 @@ async fn state(u: &User, t: Uuid) -> Option<String> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    match run(Args::parse()).await {
+    // on Ctrl-C the run is dropped: its sidecars and clusters stop as they are dropped
+    let r = tokio::select! {
+        r = run(Args::parse()) => r,
+        _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+    };
+    match r {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(x) => {
