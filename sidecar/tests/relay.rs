@@ -13,7 +13,12 @@ const CHIPSD: &str = env!("CARGO_BIN_EXE_chipsd");
 
 /// chipsd for `site` with this file's test settings: fast polls and syncs, short timeouts.
 fn sidecar(site: &Site, port: u16, dir: &std::path::Path) -> Sidecar {
-    let flags = [
+    sidecar_with(site, port, dir, &[])
+}
+
+/// A chipsd with short timers for tests, and `extra` flags.
+fn sidecar_with(site: &Site, port: u16, dir: &std::path::Path, extra: &[&str]) -> Sidecar {
+    let mut flags = vec![
         "--poll-ms",
         "100",
         "--sync-secs",
@@ -21,6 +26,7 @@ fn sidecar(site: &Site, port: u16, dir: &std::path::Path) -> Sidecar {
         "--reply-timeout-ms",
         "1500",
     ];
+    flags.extend_from_slice(extra);
     Sidecar::start(
         std::path::Path::new(CHIPSD),
         site,
@@ -472,22 +478,7 @@ async fn a_flood_of_silent_connections_does_not_keep_a_real_peer_out() {
     let b = cl.site("t_relay_flood_b", pb).await.unwrap();
     let dir = chips_tests::scratch_dir("flood");
     let _sa = sidecar(&a, pa, &dir);
-    let mut sb = Sidecar::start(
-        std::path::Path::new(CHIPSD),
-        &b,
-        pb,
-        &dir,
-        &[
-            "--poll-ms",
-            "100",
-            "--reply-timeout-ms",
-            "1500",
-            "--max-connections",
-            "4",
-        ],
-        "warn",
-    )
-    .unwrap();
+    let mut sb = sidecar_with(&b, pb, &dir, &["--max-connections", "4"]);
     let ann = a.user("Ann", "ann").await.unwrap();
     let eve = b.user("Eve", "eve").await.unwrap();
     let t = ann
