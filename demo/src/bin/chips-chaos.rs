@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use chips_core::sign::KeyPair;
 use chips_tests::faults::FaultyProxy;
 use chips_tests::ring::pay_address_as;
-use chips_tests::{connect, free_port, sqlstate, Cluster, PrivateCluster, Sidecar, User};
+use chips_tests::{
+    connect, eventually, free_port, sqlstate, Cluster, PrivateCluster, Sidecar, User,
+};
 use clap::Parser;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -49,6 +51,8 @@ struct Args {
 }
 
 const SITES: usize = 4;
+const MINUTE: Duration = Duration::from_secs(60);
+const TICK: Duration = Duration::from_millis(100);
 
 /// What the traffic needs of a person: enough to connect again after a crash.
 #[derive(Clone)]
@@ -123,22 +127,6 @@ async fn login(sites: &[Site], p: &Person) -> Res<User> {
         key: KeyPair::from_seed(&p.seed),
         db,
     })
-}
-
-/// Waits until `f` holds (checked every 100 ms) or `limit` passes.
-async fn until<F, Fut>(limit: Duration, what: &str, mut f: F) -> Res<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let t = Instant::now();
-    while !f().await {
-        if t.elapsed() > limit {
-            return Err(format!("{what}: not after {limit:?}"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
 }
 
 async fn state(u: &User, t: Uuid) -> Option<String> {
@@ -261,7 +249,7 @@ async fn run(args: Args) -> Res<bool> {
     }
     for t in &tallies {
         let v = &users[t.vendor];
-        until(Duration::from_secs(60), "tickets arrive", || async {
+        eventually("tickets arrive", MINUTE, TICK, || async {
             state(v, t.uuid).await.as_deref() == Some("P.draft")
         })
         .await?;
@@ -269,7 +257,7 @@ async fn run(args: Args) -> Res<bool> {
     }
     for t in &tallies {
         let c = &users[t.client];
-        until(Duration::from_secs(60), "offers arrive", || async {
+        eventually("offers arrive", MINUTE, TICK, || async {
             state(c, t.uuid).await.as_deref() == Some("P.offer")
         })
         .await?;
@@ -277,7 +265,7 @@ async fn run(args: Args) -> Res<bool> {
     }
     for t in &tallies {
         let v = &users[t.vendor];
-        until(Duration::from_secs(60), "tallies open", || async {
+        eventually("tallies open", MINUTE, TICK, || async {
             state(v, t.uuid).await.as_deref() == Some("open")
         })
         .await?;
