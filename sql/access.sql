@@ -56,12 +56,7 @@ BEGIN
     IF v_user.status <> 'active' THEN
         RAISE EXCEPTION 'user % is %', v_user.ent, v_user.status USING ERRCODE = '55000';
     END IF;
-    IF login_ticket.lifetime IS NULL OR login_ticket.lifetime <= interval '0'
-       OR login_ticket.lifetime > interval '30 days' THEN
-        RAISE EXCEPTION 'a login ticket''s lifetime must be positive and at most 30 days'
-            USING ERRCODE = '22023';
-    END IF;
-    v_expires := pg_catalog.now() + login_ticket.lifetime;
+    v_expires := chips._expiry(login_ticket.lifetime, '30 days', 'a login ticket');
     INSERT INTO chips.login_tickets (token, ent, expires) VALUES (v_token, v_user.ent, v_expires);
     RETURN pg_catalog.jsonb_build_object('ent', v_user.ent, 'token', v_token,
                                          'expires', chips._iso(v_expires));
@@ -133,10 +128,7 @@ DECLARE
     v_id text := chips.new_token();
     v_expires timestamptz;
 BEGIN
-    IF login_finish.lifetime IS NULL OR login_finish.lifetime <= interval '0'
-       OR login_finish.lifetime > interval '7 days' THEN
-        RAISE EXCEPTION 'a session''s lifetime must be positive and at most 7 days' USING ERRCODE = '22023';
-    END IF;
+    v_expires := chips._expiry(login_finish.lifetime, '7 days', 'a session');
     DELETE FROM chips.login_challenges x WHERE x.nonce = login_finish.challenge RETURNING * INTO c;
     IF NOT FOUND OR c.expires <= pg_catalog.now() THEN
         RAISE EXCEPTION 'this challenge is unknown, used or expired' USING ERRCODE = '28000',
@@ -150,7 +142,6 @@ BEGIN
         -- one answer for every failure: no key, wrong key, bad signature, inactive user
         RAISE EXCEPTION 'login refused' USING ERRCODE = '28000';
     END IF;
-    v_expires := pg_catalog.now() + login_finish.lifetime;
     UPDATE chips.device_keys k SET last_login = pg_catalog.now() WHERE k.ent = c.ent AND k.pubkey = c.pubkey;
     INSERT INTO chips.sessions (id, ent, pubkey, expires) VALUES (v_id, c.ent, c.pubkey, v_expires);
     RETURN pg_catalog.jsonb_build_object('session', v_id, 'ent', c.ent, 'role', v_user.username,

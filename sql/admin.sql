@@ -27,12 +27,7 @@ DECLARE
     v_token text := chips.new_token();
     v_expires timestamptz;
 BEGIN
-    IF admin_ticket.lifetime IS NULL OR admin_ticket.lifetime <= interval '0'
-       OR admin_ticket.lifetime > interval '7 days' THEN
-        RAISE EXCEPTION 'an admin ticket''s lifetime must be positive and at most 7 days'
-            USING ERRCODE = '22023';
-    END IF;
-    v_expires := pg_catalog.now() + admin_ticket.lifetime;
+    v_expires := chips._expiry(admin_ticket.lifetime, '7 days', 'an admin ticket');
     INSERT INTO chips.admin_tickets (token, expires) VALUES (v_token, v_expires);
     RETURN pg_catalog.jsonb_build_object('token', v_token, 'expires', chips._iso(v_expires));
 END
@@ -47,17 +42,12 @@ DECLARE
     v_id text := chips.new_token();
     v_expires timestamptz;
 BEGIN
-    IF admin_login.lifetime IS NULL OR admin_login.lifetime <= interval '0'
-       OR admin_login.lifetime > interval '24 hours' THEN
-        RAISE EXCEPTION 'an admin session lasts more than nothing and at most 24 hours'
-            USING ERRCODE = '22023';
-    END IF;
+    v_expires := chips._expiry(admin_login.lifetime, '24 hours', 'an admin session');
     DELETE FROM chips.admin_tickets x
     WHERE x.token = admin_login.token AND x.expires > pg_catalog.now();
     IF NOT FOUND THEN
         RAISE EXCEPTION 'this admin ticket is unknown, used or expired' USING ERRCODE = '28000';
     END IF;
-    v_expires := pg_catalog.now() + admin_login.lifetime;
     INSERT INTO chips.admin_sessions (id, expires) VALUES (v_id, v_expires);
     RETURN pg_catalog.jsonb_build_object('session', v_id, 'expires', chips._iso(v_expires));
 END

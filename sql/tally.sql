@@ -66,6 +66,20 @@ CREATE FUNCTION chips._iso(ts timestamptz) RETURNS text
 LANGUAGE sql STABLE
 AS $$ SELECT pg_catalog.to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') $$;
 
+-- When something given `p_lifetime` expires: 22023 unless the lifetime is positive and at most
+-- `p_max` (tickets, logins, sessions; `p_what` names it in the message).
+CREATE FUNCTION chips._expiry(p_lifetime interval, p_max text, p_what text) RETURNS timestamptz
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF p_lifetime IS NULL OR p_lifetime <= interval '0' OR p_lifetime > p_max::interval THEN
+        RAISE EXCEPTION '%''s lifetime must be positive and at most %', p_what, p_max
+            USING ERRCODE = '22023';
+    END IF;
+    RETURN pg_catalog.now() + p_lifetime;
+END
+$$;
+
 CREATE FUNCTION chips._other(side text) RETURNS text
 LANGUAGE sql IMMUTABLE
 AS $$ SELECT CASE side WHEN 'stock' THEN 'foil' WHEN 'foil' THEN 'stock' END $$;
@@ -669,12 +683,7 @@ BEGIN
     IF t.status <> 'draft' OR t.part_cert IS NOT NULL THEN
         PERFORM chips._refuse(t, 'invite a partner to', 'Only a draft without a partner can be offered by ticket.');
     END IF;
-    IF ticket_create.lifetime IS NULL OR ticket_create.lifetime <= interval '0'
-       OR ticket_create.lifetime > interval '90 days' THEN
-        RAISE EXCEPTION 'a ticket''s lifetime must be positive and at most 90 days'
-            USING ERRCODE = '22023';
-    END IF;
-    v_expires := pg_catalog.now() + ticket_create.lifetime;
+    v_expires := chips._expiry(ticket_create.lifetime, '90 days', 'a ticket');
     INSERT INTO chips.tickets (token, ent, tally_id, reusable, expires)
     VALUES (v_token, v_me.ent, t.id, coalesce(ticket_create.reusable, false), v_expires);
     RETURN pg_catalog.jsonb_build_object('token', v_token, 'chad', t.hold_cert->'chad',

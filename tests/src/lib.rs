@@ -822,11 +822,15 @@ pub struct PrivateCluster {
     pub port: u16,
 }
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// A PostgreSQL 15 program: in `PG_BIN` (scripts/test.sh sets it), else Debian's directory.
+pub fn pg_tool(name: &str) -> String {
+    let bin = std::env::var("PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+    format!("{bin}/{name}")
+}
 
 /// Runs a PostgreSQL program as the postgres user (initdb refuses root).
 fn as_postgres(program: &str, args: &[&str]) -> std::io::Result<std::process::Output> {
-    let path = format!("{PG_BIN}/{program}");
+    let path = pg_tool(program);
     let root = std::process::Command::new("id")
         .arg("-u")
         .output()

@@ -2,13 +2,8 @@
 
 use std::process::Command;
 
-use chips_tests::{connect, relay_all, Cluster};
+use chips_tests::{connect, pg_tool, relay_all, Cluster};
 use serde_json::json;
-
-fn pg_tool(name: &str) -> String {
-    let bin = std::env::var("PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
-    format!("{bin}/{name}")
-}
 
 async fn snapshot(c: &tokio_postgres::Client, q: &str) -> Vec<String> {
     c.query(q, &[])
