@@ -4,6 +4,11 @@
 # the same width into an unindexed table, with pgbench, in the same run on the same private
 # cluster. Prints median transactions per second over REPS runs for 1, 4 and 16 clients.
 #
+# Client n acts for payer n mod 16 and pays on that payer's tally with vendor n mod 16: as
+# many people paying at once. A last line measures the contended case: 16 clients all acting
+# for one payer, paying its 16 vendors (one user's payments commit one after the other, because
+# each user's event feed is numbered in commit order: docs/benchmarks.md).
+#
 #   bash scripts/bench-chits.sh            # DURATION=10 REPS=3 by default
 #   DURATION=30 REPS=5 bash scripts/bench-chits.sh
 set -euo pipefail
@@ -21,48 +26,75 @@ cluster_fresh "$DIR" "$PORT"
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
 "${PSQL[@]}" -d postgres -c "CREATE DATABASE bench"
 
-say "setting up: a payer with 16 open tallies (custodial keys)"
+say "setting up: 16 payers and 16 vendors (custodial keys), 31 open tallies"
 "${PSQL[@]}" -d bench <<'SQL' >/dev/null
 CREATE EXTENSION chips;
 SELECT chips.agent_register('kHgBc9ZaNUEG1QKJRV3uM5yyZHv8yiVtGzxPwZJ6SLo', '127.0.0.1', 65430, local => true);
 SELECT chips.contract_add('{"title": "Benchmark contract"}');
-SELECT chips.user_create('Payer', 'payer', custodial => true, username => 'bench_payer');
-ALTER ROLE bench_payer LOGIN;
+-- pgbench logs in as bench_client and acts for a payer with SET ROLE (a member of every payer)
+CREATE ROLE bench_client LOGIN;
+-- pair tallies: payer i with vendor i; one_payer: payer 0 with every vendor
 CREATE TABLE public.bench_tallies (n int PRIMARY KEY, tally uuid NOT NULL);
-GRANT SELECT ON public.bench_tallies TO bench_payer;
-DO $$
+CREATE TABLE public.bench_one_payer (n int PRIMARY KEY, tally uuid NOT NULL);
+GRANT SELECT ON public.bench_tallies, public.bench_one_payer TO PUBLIC;
+CREATE FUNCTION pg_temp.open_tally(p_vendor text, p_payer text) RETURNS uuid LANGUAGE plpgsql AS $$
 DECLARE
-    v_ent text;
     v_t uuid;
     v_ticket jsonb;
 BEGIN
+    EXECUTE format('SET ROLE %I', p_vendor);
+    v_t := chips.tally_create('stock', hold_terms => '{"limit": 1000000000000000}');
+    v_ticket := chips.ticket_create(v_t);
+    EXECUTE format('SET ROLE %I', p_payer);
+    PERFORM chips.ticket_redeem(v_ticket);
+    EXECUTE format('SET ROLE %I', p_vendor);
+    PERFORM chips.tally_offer(v_t);
+    EXECUTE format('SET ROLE %I', p_payer);
+    PERFORM chips.tally_accept(v_t);
+    RESET ROLE;
+    RETURN v_t;
+END
+$$;
+DO $$
+BEGIN
     FOR i IN 0..15 LOOP
-        v_ent := chips.user_create('Vendor ' || i, 'v' || i, custodial => true, username => 'bench_v' || i);
-        EXECUTE format('SET ROLE %I', 'bench_v' || i);
-        v_t := chips.tally_create('stock', hold_terms => '{"limit": 1000000000000000}');
-        v_ticket := chips.ticket_create(v_t);
-        SET ROLE bench_payer;
-        PERFORM chips.ticket_redeem(v_ticket);
-        EXECUTE format('SET ROLE %I', 'bench_v' || i);
-        PERFORM chips.tally_offer(v_t);
-        SET ROLE bench_payer;
-        PERFORM chips.tally_accept(v_t);
-        RESET ROLE;
-        INSERT INTO public.bench_tallies VALUES (i, v_t);
+        PERFORM chips.user_create('Payer ' || i, 'p' || i, custodial => true, username => 'bench_p' || i);
+        PERFORM chips.user_create('Vendor ' || i, 'v' || i, custodial => true, username => 'bench_v' || i);
+        EXECUTE format('GRANT %I TO bench_client', 'bench_p' || i);
+    END LOOP;
+    FOR i IN 0..15 LOOP
+        INSERT INTO public.bench_tallies VALUES (i, pg_temp.open_tally('bench_v' || i, 'bench_p' || i));
+        INSERT INTO public.bench_one_payer
+        SELECT i, CASE WHEN i = 0 THEN (SELECT b.tally FROM public.bench_tallies b WHERE b.n = 0)
+                       ELSE pg_temp.open_tally('bench_v' || i, 'bench_p0') END;
     END LOOP;
 END
 $$;
 -- The baseline: rows as wide as a chit row, no index, no trigger.
 CREATE TABLE public.raw_chits (LIKE chips.chits);
 CREATE SEQUENCE public.raw_seq;
-GRANT USAGE ON SEQUENCE public.raw_seq TO bench_payer;
-GRANT INSERT ON public.raw_chits TO bench_payer;
+GRANT USAGE ON SEQUENCE public.raw_seq TO bench_client;
+GRANT INSERT ON public.raw_chits TO bench_client;
 SQL
-"${PSQL[@]}" -d bench -c "SELECT chips.pay(tally, 1) FROM public.bench_tallies WHERE n = 0" -U bench_payer >/dev/null
+"${PSQL[@]}" -d bench -c "SET ROLE bench_p0" -c "SELECT chips.pay(tally, 1) FROM public.bench_tallies WHERE n = 0" >/dev/null
 
 WORK=$(mktemp -d)
+# Each client takes its payer's role once, in its first transaction (pgbench -D first=1).
 cat > "$WORK/api.sql" <<'SQL'
-SELECT chips.pay(tally, 1, 'bench') FROM public.bench_tallies WHERE n = :client_id % 16;
+\set n :client_id % 16
+\if :first
+\set first 0
+SET ROLE bench_p:n;
+\endif
+SELECT chips.pay(tally, 1, 'bench') FROM public.bench_tallies WHERE n = :n;
+SQL
+cat > "$WORK/one_payer.sql" <<'SQL'
+\set n :client_id % 16
+\if :first
+\set first 0
+SET ROLE bench_p0;
+\endif
+SELECT chips.pay(tally, 1, 'bench') FROM public.bench_one_payer WHERE n = :n;
 SQL
 cat > "$WORK/raw.sql" <<'SQL'
 INSERT INTO public.raw_chits (id, tally_id, chit_uuid, chit_type, issuer, units, reference, memo,
@@ -75,7 +107,7 @@ SQL
 
 run() { # script clients -> tps
     local out
-    out=$(pgbench -n -h 127.0.0.1 -p "$PORT" -U bench_payer -c "$2" -j "$(( $2 < 2 ? 1 : 2 ))" \
+    out=$(pgbench -n -h 127.0.0.1 -p "$PORT" -U bench_client -D first=1 -c "$2" -j "$(( $2 < 2 ? 1 : 2 ))" \
         -T "$DURATION" -f "$WORK/$1.sql" bench 2>&1) || { echo "$out" >&2; return 1; }
     echo "$out" | awk '/^tps/ {print $3; exit}'
 }
@@ -91,9 +123,15 @@ for c in $CLIENTS; do
     a=$(printf '%s\n' "${api[@]}" | median)
     r=$(printf '%s\n' "${raw[@]}" | median)
     printf '%-8s %14.1f %14.1f %8.3f\n' "$c" "$a" "$r" "$(echo "$a / $r" | bc -l)"
+    last_raw=$r
 done
+# The contended case, against the last raw figure: one payer, its 16 tallies, 16 clients.
+one=()
+for _ in $(seq "$REPS"); do one+=("$(run one_payer 16)"); done
+o=$(printf '%s\n' "${one[@]}" | median)
+printf '%-8s %14.1f %14.1f %8.3f   (16 clients, one payer)\n' "16/1" "$o" "$last_raw" "$(echo "$o / $last_raw" | bc -l)"
 # The payments left every chain and balance sound.
-bad=$("${PSQL[@]}" -d bench -At -c "SELECT count(*) FROM public.bench_tallies b, chips.tally_audit(b.tally) a WHERE NOT a.ok")
+bad=$("${PSQL[@]}" -d bench -At -c "SELECT count(*) FROM (SELECT tally FROM public.bench_tallies UNION SELECT tally FROM public.bench_one_payer) b, chips.tally_audit(b.tally) a WHERE NOT a.ok")
 chits=$("${PSQL[@]}" -d bench -At -c "SELECT count(*) FROM chips.chits")
 echo "chit rows written: $chits; audit failures: $bad"
 rm -rf "$WORK"

@@ -17,17 +17,8 @@
 -- Sessions
 ------------------------------------------------------------------------------------------------
 
--- Is this connection the gateway's? (Its login role is a direct member of chips_gateway;
--- superusers are members of every role, so membership through pg_has_role would not do.)
-CREATE FUNCTION chips._via_gateway() RETURNS boolean
-LANGUAGE sql STABLE
-SET search_path = chips, pg_catalog, pg_temp
-AS $$
-    SELECT EXISTS (
-        SELECT 1 FROM pg_catalog.pg_auth_members m
-        JOIN pg_catalog.pg_roles g ON g.oid = m.roleid AND g.rolname = 'chips_gateway'
-        JOIN pg_catalog.pg_roles s ON s.oid = m.member AND s.rolname = SESSION_USER)
-$$;
+-- Is this connection the gateway's? chips._via_gateway() (extension/src/crypto.rs): its login
+-- role is a member of chips_gateway, superuser or not.
 
 -- The user of the live session named by the setting chips.session, or null.
 CREATE FUNCTION chips._session_ent() RETURNS text
@@ -190,7 +181,6 @@ $$;
 -- (pg_restore) make no events: the events of the restored history are restored themselves.
 CREATE FUNCTION chips._event(p_ent text, p_kind text, p_body jsonb) RETURNS void
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 BEGIN
     IF pg_catalog.left(pg_catalog.ltrim(pg_catalog.current_query()), 5) ILIKE 'copy ' THEN

@@ -294,9 +294,22 @@ DECLARE
     v_me chips.users := chips._me();
     v_doc jsonb := chips.chit_doc_check(chit_issue.doc);
     t chips.tallies := chips._my_open_tally(v_me, (v_doc->>'tally')::uuid);
-    v_sig text := coalesce(chit_issue.signature, chips._custodial_sign(v_me.ent, v_doc));
+BEGIN
+    RETURN chips._chit_issue(t, v_doc, coalesce(chit_issue.signature, chips._custodial_sign(v_me.ent, v_doc)));
+END
+$$;
+
+-- chit_issue's work, on the caller's half `t` (locked, open or closing) and a checked document.
+CREATE FUNCTION chips._chit_issue(t chips.tallies, v_doc jsonb, v_sig text) RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
     c chips.chits;
 BEGIN
+    IF v_doc->>'tally' <> t.tally_uuid::text THEN
+        RAISE EXCEPTION 'chit % is for tally %, not %', v_doc->>'uuid', v_doc->>'tally', t.tally_uuid
+            USING ERRCODE = '22023';
+    END IF;
     IF v_doc->>'by' <> t.side THEN
         RAISE EXCEPTION 'you are the % of tally %: you can only issue chits by %', t.side, t.tally_uuid, t.side
             USING ERRCODE = '22023', HINT = 'To ask your partner for value, send an invoice (chips.chit_invoice).';
@@ -330,6 +343,11 @@ BEGIN
             coalesce((v_doc->'ref'->>'reward')::double precision, t.reward),
             coalesce((v_doc->'ref'->>'clutch')::double precision, t.clutch));
     END IF;
+    IF t.part_ent IS NOT NULL THEN
+        -- the partner's half is in this database: written here at once (chips._chit_local)
+        PERFORM chips._chit_local(t, v_doc, v_sig);
+        RETURN 'good';
+    END IF;
     c := chips._chit_insert(t, v_doc, 'good', v_sig);      -- the trigger verifies it again
     PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'good',
                         pg_catalog.jsonb_build_object('chit', v_doc, 'sign', v_sig));
@@ -338,22 +356,69 @@ BEGIN
 END
 $$;
 
--- A chit by a custodial user (the database holds their key): built, signed and issued here.
--- 55000 for a user who holds their own key (they sign chit_json's document themselves).
+-- A good chit issued on a tally whose two halves are both in this database: what issuing it on
+-- one half and applying the chit message on the other does, without the message. The foil half
+-- is written first (it orders the chain), then the stock half, at the same index and hash.
+CREATE FUNCTION chips._chit_local(t chips.tallies, p_doc jsonb, p_sig text) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    p chips.tallies;
+    f chips.tallies;
+    s chips.tallies;
+    cf chips.chits;
+    cs chips.chits;
+BEGIN
+    SELECT * INTO p FROM chips.tallies x WHERE x.tally_uuid = t.tally_uuid AND x.id <> t.id;
+    IF NOT FOUND OR p.ent IS DISTINCT FROM t.part_ent THEN
+        RAISE EXCEPTION 'the partner''s half of tally % is missing', t.tally_uuid USING ERRCODE = '55000';
+    END IF;
+    IF p.status NOT IN ('open', 'closing', 'closed') THEN
+        RAISE EXCEPTION 'tally % is not open here yet', t.tally_uuid USING ERRCODE = '55000';
+    END IF;
+    IF t.side = 'foil' THEN f := t; s := p; ELSE f := p; s := t; END IF;
+    cf := chips._chit_insert(f, p_doc, 'good', p_sig);
+    cs := chips._chit_insert(s, p_doc, 'good', p_sig);
+    IF cs.chain_idx IS NULL THEN
+        -- the stock half's chain is behind (it cannot be for a local tally, but if it were):
+        -- the general path chains and compares both
+        PERFORM chips._chit_effects(s.id, cs);
+        PERFORM chips._chit_good(f.id, cf);
+        RETURN;
+    END IF;
+    IF cs.chain_hash IS DISTINCT FROM cf.chain_hash THEN
+        RAISE EXCEPTION 'the halves of tally % chain chit % differently', t.tally_uuid, cf.chit_uuid
+            USING ERRCODE = '55000';
+    END IF;
+    IF p_doc->>'type' = 'set' OR f.status = 'closing' THEN
+        PERFORM chips._chit_effects(s.id, cs);
+        PERFORM chips._chit_effects(f.id, cf);
+    END IF;
+END
+$$;
+
+-- A chit by a custodial user (the database holds their key): a payment (units) or a setting
+-- (units null, reference = settings), built, signed and issued here. 55000 for a user who holds
+-- their own key (they sign chit_json's document themselves).
 CREATE FUNCTION chips._custodial_issue(p_me chips.users, p_tally uuid, p_units bigint,
                                        p_memo text, p_reference jsonb) RETURNS uuid
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
+    v_seed bytea;
+    t chips.tallies;
     v_doc jsonb;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM chips.custody k WHERE k.ent = p_me.ent) THEN
+    SELECT k.seed INTO v_seed FROM chips.custody k WHERE k.ent = p_me.ent;
+    IF NOT FOUND THEN
         RAISE EXCEPTION 'user % signs with their own key: use chips.chit_json and chips.chit_issue', p_me.ent
             USING ERRCODE = '55000';
     END IF;
-    v_doc := chips.chit_json(p_tally, p_units, p_memo, p_reference);
-    PERFORM chips.chit_issue(v_doc, NULL);
+    t := chips._my_open_tally(p_me, p_tally);
+    v_doc := chips.chit_doc_make(t.tally_uuid, t.side, CASE WHEN p_units IS NULL THEN 'set' ELSE 'tran' END,
+        pg_catalog.gen_random_uuid(), (extract(epoch FROM pg_catalog.now()) * 1000)::bigint, p_units,
+        p_reference, p_memo);
+    PERFORM chips._chit_issue(t, v_doc, chips.seed_sign(v_seed, v_doc));
     RETURN (v_doc->>'uuid')::uuid;
 END
 $$;
@@ -793,7 +858,6 @@ $$;
 -- Chit rules for every writer: the status machine, immutable documents, verified signatures.
 CREATE FUNCTION chips._chits_biu() RETURNS trigger
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     t chips.tallies;
@@ -831,7 +895,6 @@ $$;
 -- place in the chain, move the tally's chain tip in the same update.
 CREATE FUNCTION chips._chits_balance() RETURNS trigger
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     d_good bigint := CASE WHEN NEW.status = 'good' THEN NEW.value ELSE 0 END;
@@ -844,10 +907,11 @@ BEGIN
     IF NEW.chain_idx IS NOT NULL AND (TG_OP = 'INSERT' OR OLD.chain_idx IS NULL) THEN
         -- a new block: the tally's chain grows by one (blocks are only ever appended)
         UPDATE chips.tallies x SET net_good = x.net_good + d_good, net_pend = x.net_pend + d_pend,
-            chain_len = NEW.chain_idx, chain_tip = NEW.chain_hash
+            chain_len = NEW.chain_idx, chain_tip = NEW.chain_hash, updated = pg_catalog.now()
         WHERE x.id = NEW.tally_id;
     ELSIF d_good <> 0 OR d_pend <> 0 THEN
-        UPDATE chips.tallies x SET net_good = x.net_good + d_good, net_pend = x.net_pend + d_pend
+        UPDATE chips.tallies x SET net_good = x.net_good + d_good, net_pend = x.net_pend + d_pend,
+            updated = pg_catalog.now()
         WHERE x.id = NEW.tally_id;
     END IF;
     RETURN NULL;
@@ -861,7 +925,6 @@ $$;
 -- their event feed.
 CREATE FUNCTION chips._chits_notify() RETURNS trigger
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 BEGIN
     IF NEW.status = 'pend' AND NEW.chit_type <> 'lift' AND (TG_OP = 'INSERT' OR OLD.status <> 'pend') THEN

@@ -7,10 +7,29 @@
 
 CREATE TRIGGER tallies_bi BEFORE INSERT ON chips.tallies
     FOR EACH ROW EXECUTE FUNCTION chips._tallies_bi();
+-- The WHEN clauses (evaluated without calling the function) skip what the functions would do
+-- nothing for: an update of the working columns only (balances, chain, trading variables) that
+-- already sets `updated` (every chit's balance update), and updates that change nothing the
+-- holder is told about.
 CREATE TRIGGER tallies_bu BEFORE UPDATE ON chips.tallies
-    FOR EACH ROW EXECUTE FUNCTION chips._tallies_bu();
-CREATE TRIGGER tallies_notify AFTER INSERT OR UPDATE ON chips.tallies
+    FOR EACH ROW
+    WHEN ((OLD.id, OLD.ent, OLD.tally_uuid, OLD.side, OLD.status, OLD.version, OLD.revision,
+           OLD.tally_date, OLD.memo, OLD.contract, OLD.hold_cert, OLD.part_cert, OLD.hold_terms,
+           OLD.part_terms, OLD.hold_sig, OLD.part_sig, OLD.digest)
+          IS DISTINCT FROM
+          (NEW.id, NEW.ent, NEW.tally_uuid, NEW.side, NEW.status, NEW.version, NEW.revision,
+           NEW.tally_date, NEW.memo, NEW.contract, NEW.hold_cert, NEW.part_cert, NEW.hold_terms,
+           NEW.part_terms, NEW.hold_sig, NEW.part_sig, NEW.digest)
+          OR NEW.updated IS DISTINCT FROM pg_catalog.now())
+    EXECUTE FUNCTION chips._tallies_bu();
+CREATE TRIGGER tallies_notify AFTER INSERT ON chips.tallies
     FOR EACH ROW EXECUTE FUNCTION chips._tallies_notify();
+CREATE TRIGGER tallies_notify_update AFTER UPDATE ON chips.tallies
+    FOR EACH ROW
+    WHEN ((OLD.status, OLD.revision, OLD.part_cert IS NULL, OLD.hold_sig IS NULL, OLD.part_sig IS NULL)
+          IS DISTINCT FROM
+          (NEW.status, NEW.revision, NEW.part_cert IS NULL, NEW.hold_sig IS NULL, NEW.part_sig IS NULL))
+    EXECUTE FUNCTION chips._tallies_notify();
 CREATE TRIGGER chits_biu BEFORE INSERT OR UPDATE ON chips.chits
     FOR EACH ROW EXECUTE FUNCTION chips._chits_biu();
 CREATE TRIGGER chits_balance AFTER INSERT OR UPDATE OF status, chain_idx ON chips.chits

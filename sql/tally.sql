@@ -175,10 +175,15 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     t chips.tallies;
+    x chips.tallies;
 BEGIN
-    PERFORM 1 FROM chips.tallies x WHERE x.tally_uuid = p_uuid ORDER BY x.id FOR UPDATE;
-    SELECT * INTO t FROM chips.tallies x WHERE x.tally_uuid = p_uuid AND x.ent = p_me.ent;
-    IF NOT FOUND THEN
+    -- both halves locked (in id order, like every writer), one read
+    FOR x IN SELECT * FROM chips.tallies y WHERE y.tally_uuid = p_uuid ORDER BY y.id FOR UPDATE LOOP
+        IF t.id IS NULL AND x.ent = p_me.ent THEN
+            t := x;
+        END IF;
+    END LOOP;
+    IF t.id IS NULL THEN
         RAISE EXCEPTION 'you have no tally %', p_uuid USING ERRCODE = '42704';
     END IF;
     RETURN t;
@@ -1139,7 +1144,6 @@ $$;
 
 CREATE FUNCTION chips._tallies_bu() RETURNS trigger
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 BEGIN
     IF (NEW.id, NEW.ent, NEW.tally_uuid, NEW.side) IS DISTINCT FROM
@@ -1171,7 +1175,6 @@ $$;
 -- Tell the holder (channel chips_user_<ent>) whenever its half changes state.
 CREATE FUNCTION chips._tallies_notify() RETURNS trigger
 LANGUAGE plpgsql
-SET search_path = chips, pg_catalog, pg_temp
 AS $$
 BEGIN
     IF TG_OP = 'INSERT'

@@ -62,6 +62,20 @@ fn new_token() -> String {
     chips_core::ticket::new_token()
 }
 
+/// Whether the session logged in as a member of `chips_gateway` (the websocket gateway), whose
+/// calls act for a user only within a session that user opened (sql/access.sql). Membership is
+/// direct or through other roles; a superuser is not a member by being superuser.
+#[pg_extern(stable, parallel_safe)]
+fn _via_gateway() -> bool {
+    // SAFETY: catalog look-ups valid in any transaction; missing_ok = true returns InvalidOid
+    // for a missing role instead of raising, and no role is a member of InvalidOid.
+    unsafe {
+        let gateway = pg_sys::get_role_oid(c"chips_gateway".as_ptr(), true);
+        gateway != pg_sys::InvalidOid
+            && pg_sys::is_member_of_role_nosuper(pg_sys::GetSessionUserId(), gateway)
+    }
+}
+
 /// The role the session acts as (after SET ROLE), even inside a SECURITY DEFINER function, where
 /// `current_user` is the function's owner. The user API uses it to know who is calling.
 #[pg_extern(stable, parallel_safe)]
@@ -89,15 +103,36 @@ fn seed_public(seed: &[u8]) -> String {
     keypair(seed).public_b64()
 }
 
-/// Signs the canonical JSON of `doc` with a seed: what a custodial user's "device" does.
-#[pg_extern(immutable, strict, parallel_safe)]
-fn seed_sign(seed: &[u8], doc: JsonB) -> String {
-    ok(keypair(seed).sign_json(&doc.0))
+thread_local! {
+    /// Key pairs of the custodial seeds used lately in this backend: deriving a key pair from
+    /// its seed costs a scalar multiplication, as much as the signature itself.
+    static KEYS: std::cell::RefCell<Vec<([u8; 32], std::rc::Rc<sign::KeyPair>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
-fn keypair(seed: &[u8]) -> chips_core::sign::KeyPair {
+/// Signs the canonical JSON of `doc` with a seed: what a custodial user's "device" does. The
+/// signature is remembered as verified under the seed's own public key (it verifies by
+/// construction), so the row trigger that checks it next does not verify it again.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn seed_sign(seed: &[u8], doc: JsonB) -> String {
+    let key = keypair(seed);
+    ok(VERIFIED.with(|c| c.borrow_mut().sign_json(&key, &doc.0)))
+}
+
+fn keypair(seed: &[u8]) -> std::rc::Rc<sign::KeyPair> {
     let seed: [u8; 32] = seed
         .try_into()
         .unwrap_or_else(|_| ChipsError::Invalid("a key seed is 32 bytes".into()).raise());
-    chips_core::sign::KeyPair::from_seed(&seed)
+    KEYS.with(|keys| {
+        let mut keys = keys.borrow_mut();
+        if let Some((_, k)) = keys.iter().find(|(s, _)| *s == seed) {
+            return k.clone();
+        }
+        if keys.len() == 64 {
+            keys.remove(0);
+        }
+        let k = std::rc::Rc::new(sign::KeyPair::from_seed(&seed));
+        keys.push((seed, k.clone()));
+        k
+    })
 }
