@@ -105,29 +105,36 @@ VALUES (nextval('public.raw_seq'), :client_id + 1, gen_random_uuid(), 'tran', 'f
   decode('1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b', 'hex'), now(), now());
 SQL
 
-run() { # script clients -> tps
-    local out
+lsn() { "${PSQL[@]}" -d bench -At -c "SELECT pg_current_wal_lsn()"; }
+WAL_API=(); WAL_RAW=()
+run() { # script clients -> tps (and the WAL bytes per transaction, in WAL_<script>)
+    local out before after tps
+    before=$(lsn)
     out=$(pgbench -n -h 127.0.0.1 -p "$PORT" -U bench_client -D first=1 -c "$2" -j "$(( $2 < 2 ? 1 : 2 ))" \
         -T "$DURATION" -f "$WORK/$1.sql" bench 2>&1) || { echo "$out" >&2; return 1; }
-    echo "$out" | awk '/^tps/ {print $3; exit}'
+    after=$(lsn)
+    tps=$(echo "$out" | awk '/^tps/ {print $3; exit}')
+    echo "$tps $("${PSQL[@]}" -d bench -At -c "SELECT round(pg_wal_lsn_diff('$after', '$before') \
+        / $(echo "$out" | awk '/number of transactions actually processed/ {split($NF, a, "/"); print a[1]; exit}'))")"
 }
 
 say "pgbench: ${DURATION}s per run, median of $REPS runs, alternating API and raw runs"
-printf '%-8s %14s %14s %8s\n' clients api_tps raw_tps ratio
+printf '%-8s %14s %14s %8s %14s %14s\n' clients api_tps raw_tps ratio api_wal_B/tx raw_wal_B/tx
 for c in $CLIENTS; do
-    api=(); raw=()
+    api=(); raw=(); wapi=(); wraw=()
     for _ in $(seq "$REPS"); do
-        api+=("$(run api "$c")")
-        raw+=("$(run raw "$c")")
+        read -r t w < <(run api "$c"); api+=("$t"); wapi+=("$w")
+        read -r t w < <(run raw "$c"); raw+=("$t"); wraw+=("$w")
     done
     a=$(printf '%s\n' "${api[@]}" | median)
     r=$(printf '%s\n' "${raw[@]}" | median)
-    printf '%-8s %14.1f %14.1f %8.3f\n' "$c" "$a" "$r" "$(echo "$a / $r" | bc -l)"
+    printf '%-8s %14.1f %14.1f %8.3f %14.0f %14.0f\n' "$c" "$a" "$r" "$(echo "$a / $r" | bc -l)" \
+        "$(printf '%s\n' "${wapi[@]}" | median)" "$(printf '%s\n' "${wraw[@]}" | median)"
     last_raw=$r
 done
 # The contended case, against the last raw figure: one payer, its 16 tallies, 16 clients.
 one=()
-for _ in $(seq "$REPS"); do one+=("$(run one_payer 16)"); done
+for _ in $(seq "$REPS"); do read -r t _ < <(run one_payer 16); one+=("$t"); done
 o=$(printf '%s\n' "${one[@]}" | median)
 printf '%-8s %14.1f %14.1f %8.3f   (16 clients, one payer)\n' "16/1" "$o" "$last_raw" "$(echo "$o / $last_raw" | bc -l)"
 # The payments left every chain and balance sound.
