@@ -299,17 +299,14 @@ BEGIN
 END
 $$;
 
--- chit_issue's work, on the caller's half `t` (locked, open or closing) and a checked document.
+-- chit_issue's work, on the caller's half `t` (locked, open or closing) and a checked document
+-- for that tally.
 CREATE FUNCTION chips._chit_issue(t chips.tallies, v_doc jsonb, v_sig text) RETURNS text
 LANGUAGE plpgsql
 AS $$
 DECLARE
     c chips.chits;
 BEGIN
-    IF v_doc->>'tally' <> t.tally_uuid::text THEN
-        RAISE EXCEPTION 'chit % is for tally %, not %', v_doc->>'uuid', v_doc->>'tally', t.tally_uuid
-            USING ERRCODE = '22023';
-    END IF;
     IF v_doc->>'by' <> t.side THEN
         RAISE EXCEPTION 'you are the % of tally %: you can only issue chits by %', t.side, t.tally_uuid, t.side
             USING ERRCODE = '22023', HINT = 'To ask your partner for value, send an invoice (chips.chit_invoice).';
@@ -378,22 +375,16 @@ BEGIN
     END IF;
     IF t.side = 'foil' THEN f := t; s := p; ELSE f := p; s := t; END IF;
     cf := chips._chit_insert(f, p_doc, 'good', p_sig);
+    -- the stock half takes the same place (the two halves of a local tally are chained in the
+    -- same transactions, so they have the same length): unchained or hashed differently, the
+    -- halves are out of step and the chit is refused
     cs := chips._chit_insert(s, p_doc, 'good', p_sig);
-    IF cs.chain_idx IS NULL THEN
-        -- the stock half's chain is behind (it cannot be for a local tally, but if it were):
-        -- the general path chains and compares both
-        PERFORM chips._chit_effects(s.id, cs);
-        PERFORM chips._chit_good(f.id, cf);
-        RETURN;
-    END IF;
     IF cs.chain_hash IS DISTINCT FROM cf.chain_hash THEN
         RAISE EXCEPTION 'the halves of tally % chain chit % differently', t.tally_uuid, cf.chit_uuid
             USING ERRCODE = '55000';
     END IF;
-    IF p_doc->>'type' = 'set' OR f.status = 'closing' THEN
-        PERFORM chips._chit_effects(s.id, cs);
-        PERFORM chips._chit_effects(f.id, cf);
-    END IF;
+    PERFORM chips._chit_effects(s.id, cs);
+    PERFORM chips._chit_effects(f.id, cf);
 END
 $$;
 
@@ -405,12 +396,10 @@ CREATE FUNCTION chips._custodial_issue(p_me chips.users, p_tally uuid, p_units b
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_seed bytea;
     t chips.tallies;
     v_doc jsonb;
 BEGIN
-    SELECT k.seed INTO v_seed FROM chips.custody k WHERE k.ent = p_me.ent;
-    IF NOT FOUND THEN
+    IF NOT EXISTS (SELECT 1 FROM chips.custody k WHERE k.ent = p_me.ent) THEN
         RAISE EXCEPTION 'user % signs with their own key: use chips.chit_json and chips.chit_issue', p_me.ent
             USING ERRCODE = '55000';
     END IF;
@@ -418,7 +407,7 @@ BEGIN
     v_doc := chips.chit_doc_make(t.tally_uuid, t.side, CASE WHEN p_units IS NULL THEN 'set' ELSE 'tran' END,
         pg_catalog.gen_random_uuid(), (extract(epoch FROM pg_catalog.now()) * 1000)::bigint, p_units,
         p_reference, p_memo);
-    PERFORM chips._chit_issue(t, v_doc, chips.seed_sign(v_seed, v_doc));
+    PERFORM chips._chit_issue(t, v_doc, chips._custodial_sign(p_me.ent, v_doc));
     RETURN (v_doc->>'uuid')::uuid;
 END
 $$;

@@ -156,6 +156,35 @@ mod tests {
     }
 }
 
+/// The key pairs of the seeds used lately (custodial keys held by a site): deriving a key pair
+/// from its seed costs a scalar multiplication, as much as the signature it is needed for.
+pub struct KeyCache {
+    keys: std::collections::VecDeque<([u8; 32], std::rc::Rc<KeyPair>)>,
+    capacity: usize,
+}
+
+impl KeyCache {
+    pub fn new(capacity: usize) -> Self {
+        KeyCache {
+            keys: std::collections::VecDeque::with_capacity(capacity),
+            capacity,
+        }
+    }
+
+    /// The key pair of `seed`, derived once while it stays among the last `capacity` used.
+    pub fn get(&mut self, seed: &[u8; 32]) -> std::rc::Rc<KeyPair> {
+        if let Some((_, k)) = self.keys.iter().find(|(s, _)| s == seed) {
+            return k.clone();
+        }
+        if self.keys.len() == self.capacity {
+            self.keys.pop_front();
+        }
+        let k = std::rc::Rc::new(KeyPair::from_seed(seed));
+        self.keys.push_back((*seed, k.clone()));
+        k
+    }
+}
+
 /// Remembers the last signatures that verified, so that one signature checked several times in
 /// a row (by a function, then by the trigger guarding the row it writes, then on the partner's
 /// half) costs one Ed25519 verification. Verification is a pure function of key, message and
@@ -252,6 +281,20 @@ mod cache_tests {
             .unwrap();
         assert_eq!(c.seen.len(), 2);
         c.verify(&kp.public_b64(), b"m", &sig).unwrap();
+    }
+
+    #[test]
+    fn key_cache_derives_each_seed_once_and_stays_bounded() {
+        let mut c = KeyCache::new(2);
+        let (a, b, d) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        let ka = c.get(&a);
+        assert_eq!(ka.public_b64(), KeyPair::from_seed(&a).public_b64());
+        assert!(std::rc::Rc::ptr_eq(&ka, &c.get(&a)), "derived once");
+        c.get(&b);
+        c.get(&d); // the oldest (a) is forgotten
+        assert_eq!(c.keys.len(), 2);
+        assert!(!std::rc::Rc::ptr_eq(&ka, &c.get(&a)), "derived again");
+        assert_eq!(c.get(&a).seed(), a);
     }
 
     #[test]

@@ -104,10 +104,8 @@ fn seed_public(seed: &[u8]) -> String {
 }
 
 thread_local! {
-    /// Key pairs of the custodial seeds used lately in this backend: deriving a key pair from
-    /// its seed costs a scalar multiplication, as much as the signature itself.
-    static KEYS: std::cell::RefCell<Vec<([u8; 32], std::rc::Rc<sign::KeyPair>)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
+    /// Key pairs of the custodial seeds used lately in this backend.
+    static KEYS: std::cell::RefCell<sign::KeyCache> = std::cell::RefCell::new(sign::KeyCache::new(64));
 }
 
 /// Signs the canonical JSON of `doc` with a seed: what a custodial user's "device" does. The
@@ -123,16 +121,5 @@ fn keypair(seed: &[u8]) -> std::rc::Rc<sign::KeyPair> {
     let seed: [u8; 32] = seed
         .try_into()
         .unwrap_or_else(|_| ChipsError::Invalid("a key seed is 32 bytes".into()).raise());
-    KEYS.with(|keys| {
-        let mut keys = keys.borrow_mut();
-        if let Some((_, k)) = keys.iter().find(|(s, _)| *s == seed) {
-            return k.clone();
-        }
-        if keys.len() == 64 {
-            keys.remove(0);
-        }
-        let k = std::rc::Rc::new(sign::KeyPair::from_seed(&seed));
-        keys.push((seed, k.clone()));
-        k
-    })
+    KEYS.with(|keys| keys.borrow_mut().get(&seed))
 }

@@ -180,9 +180,10 @@ async fn main() {
         "error",
     )
     .unwrap();
-    while std::net::TcpStream::connect(("127.0.0.1", gw_port)).is_err() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        chips_tests::wait_port(gw_port, Duration::from_secs(20)),
+        "the gateway listens"
+    );
     let url = format!("ws://127.0.0.1:{gw_port}/ws");
 
     // every client logs in with its own key and subscribes from its current head

@@ -182,11 +182,10 @@ async fn the_admin_view_logs_in_draws_the_network_and_adds_a_user() {
         "warn",
     )
     .unwrap();
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", gw_port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(20), "the gateway listens");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        chips_tests::wait_port(gw_port, Duration::from_secs(20)),
+        "the gateway listens"
+    );
 
     // the admin link, as a DBA gets it
     let out = Command::new(CHIPSD)

@@ -69,11 +69,10 @@ fn start(site: &Site, dsn: &str, dir: &std::path::Path, extra: &[&str]) -> (Side
     )
     .unwrap();
     // the peer port listens first; wait for the gateway too
-    let t = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", gw)).is_err() {
-        assert!(t.elapsed().as_secs() < 20, "the gateway did not listen");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    assert!(
+        chips_tests::wait_port(gw, std::time::Duration::from_secs(20)),
+        "the gateway did not listen"
+    );
     (sc, gw)
 }
 
@@ -126,14 +125,10 @@ async fn a_python_client_logs_in_subscribes_and_sees_only_its_own() {
         s.admin.batch_execute("RESET ROLE").await.unwrap();
     }
     sc.restart().unwrap();
-    let t = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t.elapsed().as_secs() < 20,
-            "the gateway did not listen again"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    assert!(
+        chips_tests::wait_port(port, std::time::Duration::from_secs(20)),
+        "the gateway did not listen again"
+    );
     cfg["state"] = state;
     assert_eq!(python("phase2", &cfg)["ok"], true);
 

@@ -655,6 +655,33 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// Waits until something accepts connections on 127.0.0.1:`port`; false after `limit`.
+pub fn wait_port(port: u16, limit: std::time::Duration) -> bool {
+    let t = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if t.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
+}
+
+/// Every user's net position (the sum of their halves' good balances, 0 for a user with no
+/// tally), by ent: what a lift must leave as it was.
+pub async fn net_positions(db: &Client) -> Vec<(String, i64)> {
+    db.query(
+        "SELECT u.ent, coalesce(sum(t.net_good), 0)::bigint FROM chips.users u
+         LEFT JOIN chips.tallies t ON t.ent = u.ent GROUP BY u.ent ORDER BY u.ent",
+        &[],
+    )
+    .await
+    .expect("net positions")
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
 /// Waits until `f` holds, checking every `every`; an error naming `what` after `limit`.
 pub async fn eventually<F, Fut>(
     what: &str,
@@ -934,17 +961,7 @@ impl PrivateCluster {
 
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
-        let _ = as_postgres(
-            "pg_ctl",
-            &[
-                "-D",
-                &self.dir.join("data").display().to_string(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
-        );
+        let _ = self.crash();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

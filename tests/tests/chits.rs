@@ -57,18 +57,16 @@ async fn payments_move_balances_on_both_halves_and_chain_them() {
         0,
         "a local tally needs no peer traffic"
     );
-    // The balance update marks both halves updated by the last payment (it sets `updated`
-    // itself, so the tallies_bu trigger is skipped for it).
-    let stamped: i64 = s
-        .admin
-        .query_one(
-            "SELECT count(*) FROM chips.tallies x WHERE x.tally_uuid = $1
-               AND x.updated = (SELECT max(c.created) FROM chips.chits c WHERE c.tally_id = x.id)",
-            &[&t],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    // Both halves are marked updated by the last payment (by the balance update itself, which
+    // the tallies_bu trigger's WHEN clause then skips).
+    let stamped = count(
+        &s,
+        &format!(
+            "SELECT count(*) FROM chips.tallies x WHERE x.tally_uuid = '{t}'
+               AND x.updated = (SELECT max(c.created) FROM chips.chits c WHERE c.tally_id = x.id)"
+        ),
+    )
+    .await;
     assert_eq!(stamped, 2);
 }
 

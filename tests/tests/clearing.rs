@@ -1,7 +1,7 @@
 //! Clearing inside one site: the optimal plan over local tallies, executed atomically as lifts
 //! with one lift chit on both halves of every tally of each circle.
 
-use chips_tests::{sqlstate, Cluster, Site, User};
+use chips_tests::{net_positions, sqlstate, Cluster, Site, User};
 use uuid::Uuid;
 
 /// `debtor` owes `creditor` `units` on a new tally (the creditor is the vendor).
@@ -32,19 +32,6 @@ async fn total_debt(s: &Site) -> i64 {
         .get(0)
 }
 
-async fn positions(s: &Site) -> Vec<(String, i64)> {
-    s.admin
-        .query(
-            "SELECT ent, sum(net_good)::bigint FROM chips.tallies GROUP BY ent ORDER BY ent",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
-}
-
 #[tokio::test]
 async fn a_triangle_is_cleared_by_one_lift_and_net_positions_stay() {
     let s = Cluster::from_env()
@@ -55,7 +42,7 @@ async fn a_triangle_is_cleared_by_one_lift_and_net_positions_stay() {
     let ab = owe(&b, &a, 5_000).await; // Ann owes Bob 5
     let bc = owe(&c, &b, 3_000).await; // Bob owes Cat 3
     let ca = owe(&a, &c, 7_000).await; // Cat owes Ann 7
-    let before = positions(&s).await;
+    let before = net_positions(&s.admin).await;
 
     // A dry run plans and changes nothing.
     let plan = s
@@ -92,7 +79,7 @@ async fn a_triangle_is_cleared_by_one_lift_and_net_positions_stay() {
     assert_eq!(a.balance(ab).await.unwrap().0, -2_000);
     assert_eq!(b.balance(bc).await.unwrap().0, 0);
     assert_eq!(c.balance(ca).await.unwrap().0, -4_000);
-    assert_eq!(positions(&s).await, before);
+    assert_eq!(net_positions(&s.admin).await, before);
     // One lift chit on both halves of each tally, chained, and every half still audits clean.
     let n: i64 = s
         .admin
@@ -139,7 +126,7 @@ async fn overlapping_circles_clear_the_optimum() {
     owe(&u[2], &u[1], 4_000).await; // b owes c 4
     owe(&u[0], &u[2], 4_000).await; // c owes a 4
     let total_before = total_debt(&s).await;
-    let before = positions(&s).await;
+    let before = net_positions(&s.admin).await;
     s.admin
         .execute("SELECT * FROM chips.clear(execute => true)", &[])
         .await
@@ -148,7 +135,7 @@ async fn overlapping_circles_clear_the_optimum() {
     // x on a->b->a and y on a->b->c->a, with x + y <= 6 (a->b), x <= 4, y <= 4: the most debt
     // cleared, 2x + 3y, is 16 at y = 4, x = 2 (a greedy lift of the 2-circle first clears 14).
     assert_eq!(total_before - total_after, 16_000);
-    assert_eq!(positions(&s).await, before);
+    assert_eq!(net_positions(&s.admin).await, before);
     let e = s
         .admin
         .execute("SELECT * FROM chips.clear(min_units => 0)", &[])
@@ -197,7 +184,7 @@ async fn trading_variables_limits_and_the_margin_policy_shape_the_lifts() {
     let ab = owe(&b, &a, 10_000).await; // Ann owes Bob 10
     let bc = owe(&c, &b, 10_000).await; // Bob owes Cat 10
     let ca = c.open_with(&a, 1_000_000, &[]).await.unwrap(); // Cat vendor to Ann, at zero
-    let before = positions(&s).await;
+    let before = net_positions(&s.admin).await;
     let plan = |max_margin: f64| {
         let s = &s;
         async move {
@@ -262,7 +249,7 @@ async fn trading_variables_limits_and_the_margin_policy_shape_the_lifts() {
     assert_eq!(stock_balance(&s, bc).await, 0);
     assert_eq!(stock_balance(&s, ca).await, 10_000, "Ann now owes Cat 10");
     assert_eq!(abs_debt(&s).await, 10_000);
-    assert_eq!(positions(&s).await, before);
+    assert_eq!(net_positions(&s.admin).await, before);
     for t in [ab, bc, ca] {
         assert!(s.audit_failures(t).await.unwrap().is_empty());
     }
@@ -374,7 +361,7 @@ async fn a_payment_during_the_pass_shrinks_the_lift() {
     let ab = owe(&b, &a, 10_000).await;
     let bc = owe(&c, &b, 10_000).await;
     let ca = owe(&a, &c, 10_000).await;
-    let before = positions(&s).await;
+    let before = net_positions(&s.admin).await;
     // Bob pays Ann 4 (lowering what she owes him) in a transaction still open when the pass
     // starts: the pass plans 10 on the balances it sees, waits for the tally's lock, then
     // re-checks and lifts only 6.
@@ -406,7 +393,7 @@ async fn a_payment_during_the_pass_shrinks_the_lift() {
     assert_eq!(stock_balance(&s, bc).await, 4_000);
     assert_eq!(stock_balance(&s, ca).await, 4_000);
     // Bob paid 4 of his own: his and Ann's positions moved by exactly that, no one else's.
-    let after = positions(&s).await;
+    let after = net_positions(&s.admin).await;
     for ((ent, x), (_, y)) in before.iter().zip(&after) {
         let moved = if *ent == a.ent {
             4_000

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chips_tests::{connect, Cluster, PrivateCluster, Site, User};
+use chips_tests::{connect, net_positions, Cluster, PrivateCluster, Site, User};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use tokio::sync::Mutex;
@@ -69,19 +69,6 @@ async fn assert_sound(db: &Client) {
         .unwrap()
         .get(0);
     assert_eq!(pend, 0, "a lift chit is left pending");
-}
-
-async fn positions(db: &Client) -> Vec<(String, i64)> {
-    db.query(
-        "SELECT u.ent, coalesce(sum(t.net_good), 0)::bigint FROM chips.users u
-         LEFT JOIN chips.tallies t ON t.ent = u.ent GROUP BY u.ent ORDER BY u.ent",
-        &[],
-    )
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| (r.get(0), r.get(1)))
-    .collect()
 }
 
 /// Every half's debt, summed (each tally counted twice).
@@ -232,7 +219,7 @@ async fn a_backend_killed_during_a_clearing_pass_leaves_every_lift_whole_or_abse
         }
     }
     let admin = connect(&s.dsn).await.unwrap();
-    let before = positions(&admin).await;
+    let before = net_positions(&admin).await;
     let debt_before = debt(&admin).await;
 
     // one lift per transaction, and the backend running the pass is killed after the first
@@ -303,12 +290,16 @@ async fn a_backend_killed_during_a_clearing_pass_leaves_every_lift_whole_or_abse
         debt_before - 2 * cleared,
         "the debt fell by exactly what the committed lifts cleared (both halves)"
     );
-    assert_eq!(positions(&db).await, before, "no one's net position moved");
+    assert_eq!(
+        net_positions(&db).await,
+        before,
+        "no one's net position moved"
+    );
 
     // clearing goes on after recovery
     let after_crash = debt(&db).await;
     db.batch_execute("CALL chips.clearing_run()").await.unwrap();
     assert_sound(&db).await;
-    assert_eq!(positions(&db).await, before);
+    assert_eq!(net_positions(&db).await, before);
     assert!(debt(&db).await <= after_crash);
 }
