@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
-# Clearing inside PostgreSQL, end to end: loads a CSV `debtor,creditor,amount` (header line
-# skipped) as open tallies into a fresh site on a private cluster, then runs the real pass,
-# `chips.clearing_run`: read every tally, solve, and write every lift and both lift
-# chits of every step, chained. Prints, last, one line:
+# Clearing inside PostgreSQL, end to end: loads an obligation network as open tallies into a
+# fresh site on a private cluster, then runs the real pass, `CALL chips.clearing_run()`: read
+# every tally, solve, lock and re-check the tallies it moves, and write the lift, its circles
+# and one lift chit on both halves of every moved tally, chained (set-based). Measured in the
+# same run:
 #
-#   file=F tallies=N total_debt=D cleared=C lifts=L chits=K solve_ms=S end_to_end_ms=E
+#   solve_ms        `chips.clearing_plan()` alone (read through SPI + solve + rows out)
+#   end_to_end_ms   the executing pass
+#   copy_ms         COPY of every row the pass wrote (chits, circles, lift, events, and the
+#                   moved tally rows) into plain unindexed tables: the bulk-write baseline
+#   cleared         debt before - debt after, checked against the optimum that core's
+#                   solver finds on the CSV outside the database (the script fails otherwise)
 #
-# solve_ms is `chips.clearing_plan()` alone (read through SPI + solve + rows out), measured on
-# the same data just before the pass; end_to_end_ms is the executing pass (`CALL
-# chips.clearing_run()`, committing every 100 lifts, as automatic clearing runs it). With REPS > 1 the
-# site is reloaded and both are measured REPS times; medians are printed. Then, as a baseline
-# measured in the same run, the same chit rows are COPYed into a plain unindexed table
-# (copy_ms, and the ratio end_to_end / copy).
+# With PAYERS > 0 (default 4) it then reloads the network and measures payment latency
+# (p50/p99, pgbench, each client a custodial creditor of a tally the pass moves, paying 1 unit
+# back on it) for PAY_SECS seconds with no pass, then while a pass runs, in the same run.
 #
-#   bash scripts/bench-clearing-db.sh FILE.csv            # REPS=3
+#   bash scripts/bench-clearing-db.sh FILE.csv              # REPS=3 PAYERS=4 PAY_SECS=10
+#   bash scripts/bench-clearing-db.sh sardex:80000:400000   # a generated dense network
 #   bash scripts/bench-clearing-db.sh --greedy [N_USERS N_TALLIES]
+#
+# FILE.csv: `debtor,creditor,amount` (header skipped). `sardex:USERS:TALLIES[:SEED]` generates a
+# clustered network with core/examples/gen_network.rs --sardex (seed 42 unless given).
 #
 # --greedy compares with the original system's approach on a small generated network: a
 # recursive CTE enumerates the simple circles (up to MAXLEN=8 tallies), the circle clearing the
@@ -28,13 +35,16 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO"
 REPS=${REPS:-3}
+PAYERS=${PAYERS:-4}
+PAY_SECS=${PAY_SECS:-10}
 PORT=${CHIPS_BENCH_PORT:-54370}
 ensure_deps
 install_extension --release
+cargo build -q --release -p chips-core --examples
 DIR=$(cluster_base)/bench-clearing
 cluster_fresh "$DIR" "$PORT"
 WORK=$(mktemp -d)
-chmod 755 "$WORK"       # the server reads the COPY file from here
+chmod 755 "$WORK"       # the server reads the COPY files from here
 trap 'cluster_stop "$DIR"; rm -rf "$DIR" "$WORK"' EXIT
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
 
@@ -68,10 +78,10 @@ SQL
 }
 
 ms() { "${PSQL[@]}" -d bench -At -c "\\timing on" -c "$1" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | tail -1; }
+debt() { "${PSQL[@]}" -d bench -At -c "SELECT sum(abs(net_good)) FROM chips.tallies WHERE side = 'stock'"; }
 
 if [ "${1:-}" = "--greedy" ]; then
     USERS=${2:-40}; TALLIES=${3:-120}; MAXLEN=${MAXLEN:-8}
-    cargo build -q --release -p chips-core --examples
     target/release/examples/gen_network "$USERS" "$TALLIES" 7 > "$WORK/small.csv"
     load "$WORK/small.csv"
     say "original approach: recursive-CTE circles + greedy lifting (max length $MAXLEN)"
@@ -95,11 +105,10 @@ BEGIN
     UPDATE debt SET amount = amount - best.mn WHERE id = ANY (best.ids);
   END LOOP;
 END \$\$")
-    before=$("${PSQL[@]}" -d bench -At -c "SELECT sum(net_good) FROM chips.tallies WHERE side = 'stock'")
+    before=$(debt)
     greedy=$("${PSQL[@]}" -d bench -At -c "SELECT $before - sum(amount) FROM debt")
     ours_ms=$(ms "SELECT count(*) FROM chips.clear(execute => true)")
-    after=$("${PSQL[@]}" -d bench -At -c "SELECT sum(abs(net_good)) FROM chips.tallies WHERE side = 'stock'")
-    ours=$((before - after))
+    ours=$((before - $(debt)))
     echo "network users=$USERS tallies=$TALLIES total_debt=$before"
     echo "greedy (recursive CTE, max length $MAXLEN): cleared=$greedy time_ms=$greedy_ms"
     echo "chips.clear (optimum, executed):            cleared=$ours time_ms=$ours_ms"
@@ -107,25 +116,130 @@ END \$\$")
     exit 0
 fi
 
-CSV=${1:?usage: bench-clearing-db.sh FILE.csv | --greedy}
+SPEC=${1:?usage: bench-clearing-db.sh FILE.csv | sardex:USERS:TALLIES[:SEED] | --greedy}
+case "$SPEC" in
+    sardex:*)
+        IFS=: read -r _ users tallies seed <<<"$SPEC"
+        CSV=$WORK/sardex-$users-$tallies.csv
+        say "generating a clustered network: $users firms, $tallies obligations"
+        target/release/examples/gen_network --sardex "$users" "$tallies" "${seed:-42}" > "$CSV" ;;
+    *) CSV=$SPEC ;;
+esac
+optimum=$(target/release/examples/clear "$CSV" 1 | tr ' ' '\n' | sed -n 's/^cleared=//p')
+
+# Every row the pass wrote, COPYed out and then into plain unindexed tables: the baseline.
+copy_baseline() {
+    "${PSQL[@]}" -d bench <<SQL
+CREATE TEMP TABLE pass AS SELECT id FROM chips.lifts WHERE kind = 'local';
+\copy (SELECT c.* FROM chips.chits c WHERE c.lift_id IN (SELECT id FROM pass)) TO '$WORK/chits.copy'
+\copy (SELECT t.* FROM chips.tallies t WHERE t.id IN (SELECT c.tally_id FROM chips.chits c WHERE c.lift_id IN (SELECT id FROM pass))) TO '$WORK/tallies.copy'
+\copy (SELECT k.* FROM chips.pass_circles k WHERE k.lift_id IN (SELECT id FROM pass)) TO '$WORK/circles.copy'
+\copy (SELECT l.* FROM chips.lifts l WHERE l.id IN (SELECT id FROM pass)) TO '$WORK/lifts.copy'
+\copy (SELECT e.* FROM chips.events e WHERE e.kind = 'lift') TO '$WORK/events.copy'
+CREATE TABLE plain_chits (LIKE chips.chits); CREATE TABLE plain_tallies (LIKE chips.tallies);
+CREATE TABLE plain_circles (LIKE chips.pass_circles); CREATE TABLE plain_lifts (LIKE chips.lifts);
+CREATE TABLE plain_events (LIKE chips.events);
+CHECKPOINT;
+SQL
+    "${PSQL[@]}" -d bench -At -c "\\timing on" \
+        -c "COPY plain_chits FROM '$WORK/chits.copy'" -c "COPY plain_tallies FROM '$WORK/tallies.copy'" \
+        -c "COPY plain_circles FROM '$WORK/circles.copy'" -c "COPY plain_lifts FROM '$WORK/lifts.copy'" \
+        -c "COPY plain_events FROM '$WORK/events.copy'" |
+        sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | awk '{s += $1} END {printf "%.1f", s}'
+}
+
 solve=(); e2e=(); copy=()
 for r in $(seq "$REPS"); do
-    say "run $r of $REPS: loading $CSV"
+    say "run $r of $REPS: loading $(basename "$CSV")"
     load "$CSV"
-    total=$("${PSQL[@]}" -d bench -At -c "SELECT sum(net_good) FROM chips.tallies WHERE side = 'stock'")
     tallies=$("${PSQL[@]}" -d bench -At -c "SELECT count(*) FROM chips.tallies WHERE side = 'stock'")
+    before=$(debt)
     "${PSQL[@]}" -d bench -c "CHECKPOINT"
     solve+=("$(ms "SELECT count(*) FROM chips.clearing_plan()")")
-    e2e+=("$(ms "CALL chips.clearing_run(batch => 100)")")
-    read -r lifts cleared <<<"$("${PSQL[@]}" -d bench -At -F ' ' -c "SELECT count(*), sum(units * cardinality(tallies)) FROM chips.lifts")"
-    chits=$("${PSQL[@]}" -d bench -At -c "SELECT count(*) FROM chips.chits")
-    # Baseline: the same chit rows COPYed into a plain table without indexes.
-    "${PSQL[@]}" -d bench -c "\\copy (SELECT * FROM chips.chits) TO '$WORK/chits.copy'" \
-        -c "CREATE TABLE plain (LIKE chips.chits)" -c "CHECKPOINT"
-    copy+=("$(ms "COPY plain FROM '$WORK/chits.copy'")")
+    "${PSQL[@]}" -d bench -c "CHECKPOINT"
+    e2e+=("$(ms "CALL chips.clearing_run()")")
+    cleared=$((before - $(debt)))
+    [ "$cleared" = "$optimum" ] || { echo "cleared $cleared, but the optimum is $optimum" >&2; exit 1; }
+    read -r lifts moved chits circles events <<<"$("${PSQL[@]}" -d bench -At -F ' ' -c "
+        SELECT (SELECT count(*) FROM chips.lifts), (SELECT sum(cardinality(tallies)) FROM chips.lifts),
+               (SELECT count(*) FROM chips.chits WHERE lift_id IS NOT NULL),
+               (SELECT count(*) FROM chips.pass_circles), (SELECT count(*) FROM chips.events WHERE kind = 'lift')")"
+    copy+=("$(copy_baseline)")
     echo "run $r: solve_ms=${solve[-1]} end_to_end_ms=${e2e[-1]} copy_ms=${copy[-1]}"
 done
 s=$(printf '%s\n' "${solve[@]}" | median); e=$(printf '%s\n' "${e2e[@]}" | median)
 c=$(printf '%s\n' "${copy[@]}" | median)
-echo "copy of the same $chits chit rows into a plain table: copy_ms=$c ratio_end_to_end_to_copy=$(echo "scale=1; $e / $c" | bc)"
-echo "file=$(basename "$CSV") tallies=$tallies total_debt=$total cleared=$cleared lifts=$lifts chits=$chits solve_ms=$s end_to_end_ms=$e"
+echo "rows written by the pass: lifts=$lifts tallies_moved=$moved chits=$chits ($(echo "scale=2; $chits / (2 * $moved)" | bc) per tally half moved) circles=$circles lift_events=$events (and $((2 * moved)) tally rows updated)"
+echo "file=$(basename "$CSV") tallies=$tallies total_debt=$before cleared=$cleared optimum=$optimum solve_ms=$s end_to_end_ms=$e copy_ms=$c end_to_end_over_copy=$(echo "scale=2; $e / $c" | bc) end_to_end_over_solve=$(echo "scale=2; $e / $s" | bc)"
+
+[ "$PAYERS" -gt 0 ] || exit 0
+say "payment latency: $PAYERS payers, ${PAY_SECS}s with no pass, then while a pass runs"
+load "$CSV"
+# Payers: the creditors of tallies the pass will move, made custodial users who can pay back
+# on those tallies (with room to do so: a large limit both ways).
+"${PSQL[@]}" -d bench <<SQL >/dev/null
+CREATE ROLE bench_client LOGIN;
+CREATE TABLE public.bench_pay AS
+SELECT row_number() OVER () - 1 AS n, x.tally, x.creditor
+FROM (SELECT DISTINCT ON (p.creditor) p.tally, p.creditor
+      FROM chips.clearing_plan() p ORDER BY p.creditor, random()) x
+ORDER BY random() LIMIT $PAYERS;
+GRANT SELECT ON public.bench_pay TO PUBLIC;
+INSERT INTO chips.custody SELECT creditor, chips.new_seed() FROM public.bench_pay;
+UPDATE chips.users u SET pubkey = chips.seed_public(k.seed) FROM chips.custody k WHERE k.ent = u.ent;
+SET session_replication_role = replica;
+UPDATE chips.tallies t SET hold_cert = jsonb_build_object('public', u.pubkey)
+FROM chips.users u WHERE u.ent = t.ent AND u.pubkey IS NOT NULL;
+UPDATE chips.tallies t SET part_cert = jsonb_build_object('public', u.pubkey)
+FROM chips.users u WHERE u.ent = t.part_ent AND u.pubkey IS NOT NULL;
+UPDATE chips.tallies t SET part_terms = '{"limit": 1000000000000000}', hold_terms = '{"limit": 1000000000000000}'
+WHERE t.tally_uuid IN (SELECT tally FROM public.bench_pay);
+RESET session_replication_role;
+DO \$\$
+DECLARE r record;
+BEGIN
+    FOR r IN SELECT u.username FROM chips.users u JOIN public.bench_pay b ON b.creditor = u.ent LOOP
+        EXECUTE format('CREATE ROLE %I', r.username);
+        EXECUTE format('GRANT chips_user TO %I', r.username);
+        EXECUTE format('GRANT %I TO bench_client', r.username);
+    END LOOP;
+END
+\$\$;
+SQL
+cat > "$WORK/pay.sql" <<SQL
+\\set n :client_id % $PAYERS
+\\if :first
+\\set first 0
+SELECT set_config('role', u.username, false) FROM chips.users u JOIN public.bench_pay b ON b.creditor = u.ent WHERE b.n = :n;
+\\endif
+SELECT chips.pay(tally, 1, 'bench') FROM public.bench_pay WHERE n = :n;
+SQL
+# pgbench's per-transaction log: client, transaction, latency (us), script, epoch s, us.
+payers() { # seconds log-prefix
+    (cd "$WORK" && pgbench -n -h 127.0.0.1 -p "$PORT" -U bench_client -D first=1 -c "$PAYERS" \
+        -j "$(( PAYERS < 2 ? 1 : 2 ))" -T "$1" -f "$WORK/pay.sql" --log --log-prefix="$2" bench >/dev/null 2>&1)
+}
+pct() { # p (0-100) < latencies in us -> ms
+    sort -n | awk -v p="$1" '{a[NR]=$1} END {i=int((NR-1)*p/100)+1; printf "%.2f", a[i]/1000}'
+}
+now_us() { date +%s%6N; }
+payers "$PAY_SECS" idle
+cat "$WORK"/idle.* | awk '{print $3}' > "$WORK/idle.lat"
+# The pass runs while the payers pay (for longer than the passes above took); count the
+# payments that started while it ran.
+payers $(( ${e%.*} * 2 / 1000 + 5 )) during &
+pay_pid=$!
+sleep 2
+t0=$(now_us)
+pass_ms=$(ms "CALL chips.clearing_run()")
+t1=$(now_us)
+wait "$pay_pid"
+cat "$WORK"/during.* | awk -v a="$t0" -v b="$t1" '{t = $5 * 1000000 + $6 - $3; if (t >= a && t <= b) print $3}' > "$WORK/during.lat"
+n_idle=$(wc -l < "$WORK/idle.lat"); n_during=$(wc -l < "$WORK/during.lat")
+i50=$(pct 50 < "$WORK/idle.lat"); i99=$(pct 99 < "$WORK/idle.lat")
+d50=$(pct 50 < "$WORK/during.lat"); d99=$(pct 99 < "$WORK/during.lat")
+echo "payments with no pass: n=$n_idle p50_ms=$i50 p99_ms=$i99"
+echo "payments during a pass (${pass_ms} ms): n=$n_during p50_ms=$d50 p99_ms=$d99 p99_during_over_idle=$(echo "scale=2; $d99 / $i99" | bc)"
+bad=$("${PSQL[@]}" -d bench -At -c "SELECT count(*) FROM public.bench_pay b, chips.tally_audit(b.tally) a WHERE NOT a.ok AND a.check_name IN ('balance', 'chain')")
+echo "audit failures (balance, chain) on the payers' tallies: $bad"
+[ "$bad" = 0 ]

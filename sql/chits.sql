@@ -880,64 +880,97 @@ BEGIN
 END
 $$;
 
--- Balances in O(1): add the change of this chit's contribution; and when the chit takes its
--- place in the chain, move the tally's chain tip in the same update.
-CREATE FUNCTION chips._chits_balance() RETURNS trigger
+-- After every statement that writes chits (chits_ins: INSERT, chits_upd: UPDATE; both
+-- statement-level, with the statement's rows as transition tables), set-based whatever the
+-- number of rows: balances, chain tips, the holders' events, invoice notes. A payment's INSERT of
+-- one chit and a clearing pass's INSERT of a hundred thousand take the same path.
+CREATE FUNCTION chips._chits_after() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    d_good bigint := CASE WHEN NEW.status = 'good' THEN NEW.value ELSE 0 END;
-    d_pend bigint := CASE WHEN NEW.status IN ('good', 'pend') THEN NEW.value ELSE 0 END;
+    v_new chips.chits[] := ARRAY(SELECT n FROM new_chits n ORDER BY n.id);
+    v_old chips.chits[];
 BEGIN
     IF TG_OP = 'UPDATE' THEN
-        d_good := d_good - CASE WHEN OLD.status = 'good' THEN OLD.value ELSE 0 END;
-        d_pend := d_pend - CASE WHEN OLD.status IN ('good', 'pend') THEN OLD.value ELSE 0 END;
+        v_old := ARRAY(SELECT o FROM old_chits o ORDER BY o.id);
     END IF;
-    IF NEW.chain_idx IS NOT NULL AND (TG_OP = 'INSERT' OR OLD.chain_idx IS NULL) THEN
-        -- a new block: the tally's chain grows by one (blocks are only ever appended)
-        UPDATE chips.tallies x SET net_good = x.net_good + d_good, net_pend = x.net_pend + d_pend,
-            chain_len = NEW.chain_idx, chain_tip = NEW.chain_hash, updated = pg_catalog.now()
-        WHERE x.id = NEW.tally_id;
-    ELSIF d_good <> 0 OR d_pend <> 0 THEN
-        UPDATE chips.tallies x SET net_good = x.net_good + d_good, net_pend = x.net_pend + d_pend,
-            updated = pg_catalog.now()
-        WHERE x.id = NEW.tally_id;
-    END IF;
+    PERFORM chips._chits_balance(v_new, v_old);
+    PERFORM chips._chits_tell(v_new, v_old);
     RETURN NULL;
 END
 $$;
 
--- Tell the holder about a chit they must act on: an invoice waiting for their signature (the
--- agent hears of everything it must send through the outbox). Payments notify nobody: a NOTIFY
--- holds a cluster-wide lock from pre-commit to the end of the commit, which would serialize
--- every payment's commit; users read balances and chits, and (with the websocket API) follow
--- their event feed.
-CREATE FUNCTION chips._chits_notify() RETURNS trigger
+-- Balances in O(1) per chit: each tally's balances move by the change of its chits'
+-- contributions (good chits to net_good, good and pending ones to net_pend), and when chits
+-- take their places in the chain, the tally's chain tip moves to the last of them in the same
+-- UPDATE. `p_old`: the rows as they were (null for new rows).
+CREATE FUNCTION chips._chits_balance(p_new chips.chits[], p_old chips.chits[]) RETURNS void
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    IF NEW.status = 'pend' AND NEW.chit_type <> 'lift' AND (TG_OP = 'INSERT' OR OLD.status <> 'pend') THEN
-        PERFORM pg_catalog.pg_notify('chips_user_' || t.ent, pg_catalog.json_build_object(
-            'target', 'chit', 'tally', t.tally_uuid, 'uuid', NEW.chit_uuid, 'status', NEW.status,
-            'units', NEW.units, 'action', 'sign')::text)
-        FROM chips.tallies t WHERE t.id = NEW.tally_id AND t.side = NEW.issuer;
+    UPDATE chips.tallies x SET net_good = x.net_good + d.good, net_pend = x.net_pend + d.pend,
+        chain_len = coalesce(d.idx, x.chain_len),
+        chain_tip = CASE WHEN d.idx IS NULL THEN x.chain_tip ELSE d.hash END,
+        updated = pg_catalog.now()
+    FROM (SELECT DISTINCT ON (n.tally_id) n.tally_id,
+                 sum(CASE WHEN n.status = 'good' THEN n.value ELSE 0 END
+                     - CASE WHEN o.status = 'good' THEN o.value ELSE 0 END) OVER w AS good,
+                 sum(CASE WHEN n.status IN ('good', 'pend') THEN n.value ELSE 0 END
+                     - CASE WHEN o.status IN ('good', 'pend') THEN o.value ELSE 0 END) OVER w AS pend,
+                 -- a new block: chained now, not before (blocks are only ever appended)
+                 CASE WHEN o.chain_idx IS NULL THEN n.chain_idx END AS idx, n.chain_hash AS hash
+          FROM unnest(p_new) n LEFT JOIN unnest(p_old) o ON o.id = n.id
+          WINDOW w AS (PARTITION BY n.tally_id)
+          ORDER BY n.tally_id, CASE WHEN o.chain_idx IS NULL THEN n.chain_idx END DESC NULLS LAST) d
+    WHERE x.id = d.tally_id AND (d.good <> 0 OR d.pend <> 0 OR d.idx IS NOT NULL);
+END
+$$;
+
+-- Tell the holders: every new chit and every change of status goes to the holder's event
+-- stream (sql/access.sql), one event per chit, except lift chits, which make one event per
+-- holder and lift (a clearing pass that moves ten of a user's tallies tells them once). An
+-- invoice waiting for the holder's signature is also NOTIFYed (the agent hears of everything it
+-- must send through the outbox). Payments notify nobody: a NOTIFY holds a cluster-wide lock
+-- from pre-commit to the end of the commit, which would serialize every payment's commit. Rows
+-- loaded by COPY (pg_restore) make no events: the restored history carries its own.
+CREATE FUNCTION chips._chits_tell(p_new chips.chits[], p_old chips.chits[]) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF pg_catalog.left(pg_catalog.ltrim(pg_catalog.current_query()), 5) ILIKE 'copy ' THEN
+        RETURN;
     END IF;
-    -- the holder's event stream (sql/access.sql): every new chit and every change of status
-    IF TG_OP = 'INSERT' OR OLD.status IS DISTINCT FROM NEW.status THEN
-        IF NEW.lift_id IS NULL THEN
-            PERFORM chips._event(t.ent, 'chit', pg_catalog.jsonb_build_object(
-                'tally', t.tally_uuid, 'chit', NEW.chit_uuid, 'type', NEW.chit_type,
-                'by', NEW.issuer, 'status', NEW.status, 'units', NEW.units, 'memo', NEW.memo,
-                'change', CASE WHEN NEW.issuer = t.side THEN -NEW.units ELSE NEW.units END))
-            FROM chips.tallies t WHERE t.id = NEW.tally_id;
-        ELSE
-            PERFORM chips._event(t.ent, 'lift', pg_catalog.jsonb_build_object(
-                'lift', l.lift_uuid, 'tally', t.tally_uuid, 'chit', NEW.chit_uuid,
-                'status', NEW.status, 'units', NEW.units,
-                'change', CASE WHEN NEW.issuer = t.side THEN -NEW.units ELSE NEW.units END))
-            FROM chips.tallies t, chips.lifts l WHERE t.id = NEW.tally_id AND l.id = NEW.lift_id;
-        END IF;
-    END IF;
-    RETURN NULL;
+    PERFORM pg_catalog.pg_notify('chips_user_' || t.ent, pg_catalog.json_build_object(
+        'target', 'chit', 'tally', t.tally_uuid, 'uuid', n.chit_uuid, 'status', n.status,
+        'units', n.units, 'action', 'sign')::text)
+    FROM unnest(p_new) n LEFT JOIN unnest(p_old) o ON o.id = n.id
+    JOIN chips.tallies t ON t.id = n.tally_id AND t.side = n.issuer
+    WHERE n.status = 'pend' AND n.chit_type <> 'lift' AND o.status IS DISTINCT FROM 'pend';
+    INSERT INTO chips.events (ent, kind, body)
+    SELECT t.ent, 'chit', pg_catalog.jsonb_build_object(
+               'tally', t.tally_uuid, 'chit', n.chit_uuid, 'type', n.chit_type, 'by', n.issuer,
+               'status', n.status, 'units', n.units, 'memo', n.memo,
+               'change', CASE WHEN n.issuer = t.side THEN -n.units ELSE n.units END)
+    FROM unnest(p_new) n LEFT JOIN unnest(p_old) o ON o.id = n.id
+    JOIN chips.tallies t ON t.id = n.tally_id
+    WHERE n.lift_id IS NULL AND o.status IS DISTINCT FROM n.status
+    ORDER BY n.id;
+    INSERT INTO chips.events (ent, kind, body)
+    SELECT t.ent, 'lift', pg_catalog.jsonb_build_object(
+               'lift', l.lift_uuid, 'status', n.status, 'units', sum(n.units),
+               'change', sum(CASE WHEN n.issuer = t.side THEN -n.units ELSE n.units END),
+               'tallies', pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                   'tally', t.tally_uuid, 'chit', n.chit_uuid, 'units', n.units,
+                   'change', CASE WHEN n.issuer = t.side THEN -n.units ELSE n.units END) ORDER BY n.id))
+           -- one tally: its fields at the top too, as a lift over one tally always had them
+           || CASE WHEN count(*) = 1 THEN pg_catalog.jsonb_build_object(
+                  'tally', (pg_catalog.array_agg(t.tally_uuid))[1],
+                  'chit', (pg_catalog.array_agg(n.chit_uuid))[1]) ELSE '{}' END
+    FROM unnest(p_new) n LEFT JOIN unnest(p_old) o ON o.id = n.id
+    JOIN chips.tallies t ON t.id = n.tally_id
+    JOIN chips.lifts l ON l.id = n.lift_id
+    WHERE o.status IS DISTINCT FROM n.status
+    GROUP BY t.ent, l.lift_uuid, n.status
+    ORDER BY min(n.id);
 END
 $$;

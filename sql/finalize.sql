@@ -30,12 +30,20 @@ CREATE TRIGGER tallies_notify_update AFTER UPDATE ON chips.tallies
           IS DISTINCT FROM
           (NEW.status, NEW.revision, NEW.part_cert IS NULL, NEW.hold_sig IS NULL, NEW.part_sig IS NULL))
     EXECUTE FUNCTION chips._tallies_notify();
-CREATE TRIGGER chits_biu BEFORE INSERT OR UPDATE ON chips.chits
+-- A new chit is checked only when it is a good chit that needs a signature (the WHEN clause
+-- skips the function for lift chits and invoices); every update is checked.
+CREATE TRIGGER chits_bi BEFORE INSERT ON chips.chits
+    FOR EACH ROW WHEN (NEW.status = 'good' AND NEW.chit_type <> 'lift')
+    EXECUTE FUNCTION chips._chits_biu();
+CREATE TRIGGER chits_bu BEFORE UPDATE ON chips.chits
     FOR EACH ROW EXECUTE FUNCTION chips._chits_biu();
-CREATE TRIGGER chits_balance AFTER INSERT OR UPDATE OF status, chain_idx ON chips.chits
-    FOR EACH ROW EXECUTE FUNCTION chips._chits_balance();
-CREATE TRIGGER chits_notify AFTER INSERT OR UPDATE OF status ON chips.chits
-    FOR EACH ROW EXECUTE FUNCTION chips._chits_notify();
+-- Balances, chain tips and events: once per statement, set-based (sql/chits.sql).
+CREATE TRIGGER chits_ins AFTER INSERT ON chips.chits
+    REFERENCING NEW TABLE AS new_chits
+    FOR EACH STATEMENT EXECUTE FUNCTION chips._chits_after();
+CREATE TRIGGER chits_upd AFTER UPDATE ON chips.chits
+    REFERENCING OLD TABLE AS old_chits NEW TABLE AS new_chits
+    FOR EACH STATEMENT EXECUTE FUNCTION chips._chits_after();
 CREATE TRIGGER outbox_notify AFTER INSERT ON chips.outbox
     FOR EACH ROW EXECUTE FUNCTION chips._outbox_notify();
 -- Events are numbered at commit (sql/access.sql, chips._events_number).
@@ -216,10 +224,8 @@ GRANT EXECUTE ON FUNCTION
 TO chips_agent;
 -- Automatic clearing (chipsd's tick, or cron as an admin): the procedures and what they call.
 GRANT EXECUTE ON FUNCTION
-    chips._plan_circles(bigint, integer, text, double precision),
-    chips._lift_circle(uuid[], text[], text[], boolean[], bigint, double precision, bigint, boolean,
-                       text, double precision),
-    chips._clearing_claim(), chips._clearing_done(integer, numeric)
+    chips._clearing_pass(boolean, bigint, integer, text, double precision, integer),
+    chips._clearing_next(), chips._clearing_claim(), chips._clearing_done(integer, numeric)
 TO chips_agent, chips_admin;
 GRANT EXECUTE ON PROCEDURE chips.clearing_tick(boolean, integer, numeric),
     chips.clearing_run(integer, numeric, bigint, integer, integer)
@@ -239,7 +245,7 @@ GRANT EXECUTE ON FUNCTION
     chips.tally_audit(uuid), chips.chain_sync(uuid),
     chips.clear(boolean, bigint, integer, text),
     chips.clearing_plan(bigint, integer, integer, text, double precision),
-    chips.clearing_configure(boolean, interval, bigint, integer, double precision),
+    chips.clearing_configure(boolean, interval, bigint, integer, double precision, integer),
     chips.user_set_key(text, text), chips.user_set_status(text, text),
     chips.contract_add(jsonb, text),
     chips.login_ticket(text, interval), chips.login_revoke(text, text),

@@ -162,6 +162,10 @@ CREATE TABLE chips.inbox (
 );
 
 -- Credit lifts: one row per lift executed (or in progress) here; its chits carry lift_id.
+-- A local lift (kind local) is a clearing pass over this site's tallies, written as one
+-- circulation (sql/lifts.sql): `tallies` are the tallies it moved, `debtors[i]` the holder whose
+-- debt on tallies[i] went down, `units` the units moved summed over them; each tally's flow is
+-- its lift chits', and the circles it decomposes into are in chips.pass_circles.
 -- A distributed lift (kind linear: a payment to a CHIP address; circular: a clearing circle
 -- through other sites) has one row at every site it passes (sql/remote.sql), with this site's
 -- role in it, its locks (SHA-256 of the secrets only the origin knows) and its expiry.
@@ -171,10 +175,10 @@ CREATE TABLE chips.lifts (
     kind        text NOT NULL CHECK (kind IN ('local', 'linear', 'circular')),
     status      text NOT NULL CHECK (status IN ('draft', 'seek', 'pend', 'good', 'void')),
     units       bigint NOT NULL CHECK (units > 0),
-    tallies     uuid[] NOT NULL DEFAULT '{}', -- the circle (local), or this site's segment, in order
-    debtors     text[] NOT NULL DEFAULT '{}', -- step i lowers what debtors[i] owes debtors[i + 1] (wrapping)
+    tallies     uuid[] NOT NULL DEFAULT '{}', -- the tallies moved (local), or this site's segment, in order
+    debtors     text[] NOT NULL DEFAULT '{}', -- the debtor on each (a segment: step i lowers what debtors[i] owes debtors[i + 1])
     through     text,                   -- the user a lift through one user was asked for
-    margin      double precision NOT NULL DEFAULT 0,  -- compounded margin of its costed steps
+    margin      double precision NOT NULL DEFAULT 0,  -- compounded margin of its costed steps (local: its dearest circle's)
     created     timestamptz NOT NULL DEFAULT now(),
     -- distributed lifts only
     role        text CHECK (role IN ('origin', 'relay', 'terminus')),
@@ -200,6 +204,18 @@ CREATE TABLE chips.lifts (
                               AND expires IS NOT NULL AND find IS NOT NULL AND origin IS NOT NULL))
 );
 CREATE INDEX lifts_open_idx ON chips.lifts (expires) WHERE status IN ('draft', 'seek', 'pend');
+
+-- The circles a local lift decomposes into, kept for audit: circle `circle` lowered by `units`
+-- every debt at `steps` (1-based positions in the lift's `tallies`, in order around the circle).
+-- Admins only: a circle shows who owes whom all the way round.
+CREATE TABLE chips.pass_circles (
+    lift_id    bigint NOT NULL REFERENCES chips.lifts,
+    circle     integer NOT NULL,
+    units      bigint NOT NULL CHECK (units > 0),
+    margin     double precision NOT NULL DEFAULT 0,
+    steps      integer[] NOT NULL CHECK (cardinality(steps) >= 2),
+    PRIMARY KEY (lift_id, circle)
+);
 
 -- Route discovery (sql/remote.sql): what this site asked and was asked. An `in` row is a query
 -- that reached this site over `tally` (null: asked here, for lift `lift`); an `out` row is a
@@ -256,6 +272,7 @@ CREATE TABLE chips.clearing_settings (
     min_units   bigint NOT NULL DEFAULT 1 CHECK (min_units >= 1),
     max_len     integer NOT NULL DEFAULT 0 CHECK (max_len >= 0),
     max_margin  double precision NOT NULL DEFAULT 0 CHECK (max_margin BETWEEN 0 AND 1),
+    piece       integer NOT NULL DEFAULT 0 CHECK (piece >= 0),  -- tallies per committed piece (0: whole pass)
     last_run    timestamptz,
     last_lifts  integer NOT NULL DEFAULT 0,
     last_units  numeric NOT NULL DEFAULT 0
@@ -380,6 +397,7 @@ SELECT pg_catalog.pg_extension_config_dump('chips.tickets', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.outbox', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.inbox', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.lifts', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.pass_circles', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.clearing_settings', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.chits', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.lift_seq', '');

@@ -74,11 +74,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let circles = decompose(n, &edges, &c.flow)?;
     let decompose_ms = t.elapsed().as_secs_f64() * 1e3;
     println!(
-        "file={path} nodes={n} obligations={} total_debt={total} cleared={} solve_ms={:.1} decompose_ms={decompose_ms:.1} circles={}",
+        "file={path} nodes={n} obligations={} total_debt={total} cleared={} solve_ms={:.1} decompose_ms={decompose_ms:.1} circles={} touched={}",
         edges.len(),
         c.cleared,
         times[times.len() / 2],
-        circles.len()
+        circles.len(),
+        c.flow.iter().filter(|&&f| f > 0).count()
     );
     Ok(())
 }

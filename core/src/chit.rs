@@ -183,11 +183,56 @@ pub fn iso_millis(ms: i64) -> Result<String> {
         .ok_or_else(|| Error::value(format!("{ms} ms is not a date between years 0 and 9999")))
 }
 
+/// A fresh random (version 4) uuid.
+pub fn random_uuid() -> [u8; 16] {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    b
+}
+
+/// A uuid as documents write it: lower-case hex in 8-4-4-4-12 groups.
+pub fn uuid_text(b: &[u8; 16]) -> String {
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 /// The most units one chit may carry: 10^15 milliCHIPs (a trillion CHIPs). Sums of any realistic
 /// number of chits stay far inside i64.
 pub const MAX_UNITS: i64 = 1_000_000_000_000_000;
 
 impl ChitDoc {
+    /// The lift chit of `lift` on `tally`: issued by `by` (the creditor's side, whose balance
+    /// goes down), unsigned (the lift record is its authority), referring to the lift.
+    pub fn lift(
+        tally: &str,
+        by: Side,
+        uuid: &str,
+        date_ms: i64,
+        units: i64,
+        lift: &str,
+    ) -> Result<ChitDoc> {
+        let doc = ChitDoc {
+            tally: tally.to_string(),
+            by,
+            kind: ChitType::Lift,
+            uuid: uuid.to_string(),
+            date: iso_millis(date_ms)?,
+            units: Some(units),
+            reference: Some(serde_json::json!({ "lift": lift })),
+            memo: None,
+        };
+        doc.check()?;
+        Ok(doc)
+    }
+
     pub fn from_json(v: &Value) -> Result<ChitDoc> {
         if !v.is_object() {
             return Err(Error::value(format!(

@@ -105,56 +105,57 @@ pub fn on_some_circle(n: usize, edges: &[Edge]) -> Vec<bool> {
         .collect()
 }
 
-/// Residual network in compressed form: arc `2i` and its reverse `2i + 1`.
+/// Residual network in compressed form: the arcs leaving node `v` are
+/// `first[v]..first[v + 1]`, and `rev[a]` is the reverse of arc `a`. Arcs of one node are
+/// contiguous, so a scan of a node's arcs reads memory in order.
 struct Network {
+    first: Vec<usize>,
     head: Vec<u32>,
+    rev: Vec<u32>,
     residual: Vec<i64>,
     cost: Vec<i64>,
-    /// Arcs leaving each node: `arcs[first[v]..first[v + 1]]`.
-    first: Vec<usize>,
-    arcs: Vec<u32>,
 }
 
 impl Network {
-    fn new(nodes: usize, pairs: &[(u32, u32, i64, i64, i64)]) -> Network {
-        // pairs: (from, to, residual forward, residual backward, cost forward)
+    /// `pairs`: (from, to, residual forward, residual backward, cost forward). Returns the
+    /// network and, per pair, the position of its forward arc.
+    fn new(nodes: usize, pairs: &[(u32, u32, i64, i64, i64)]) -> (Network, Vec<u32>) {
         let m = pairs.len() * 2;
-        let (mut head, mut residual, mut cost, mut tail) = (
-            Vec::with_capacity(m),
-            Vec::with_capacity(m),
-            Vec::with_capacity(m),
-            Vec::with_capacity(m),
-        );
-        for &(u, v, fwd, bwd, c) in pairs {
-            head.extend([v, u]);
-            tail.extend([u, v]);
-            residual.extend([fwd, bwd]);
-            cost.extend([c, -c]);
-        }
         let mut first = vec![0usize; nodes + 1];
-        for &u in &tail {
+        for &(u, v, _, _, _) in pairs {
             first[u as usize + 1] += 1;
+            first[v as usize + 1] += 1;
         }
         for v in 0..nodes {
             first[v + 1] += first[v];
         }
         let mut fill = first.clone();
-        let mut arcs = vec![0u32; m];
-        for (a, &u) in tail.iter().enumerate() {
-            arcs[fill[u as usize]] = a as u32;
+        let (mut head, mut rev) = (vec![0u32; m], vec![0u32; m]);
+        let (mut residual, mut cost) = (vec![0i64; m], vec![0i64; m]);
+        let mut forward = Vec::with_capacity(pairs.len());
+        for &(u, v, fwd, bwd, c) in pairs {
+            let a = fill[u as usize];
             fill[u as usize] += 1;
+            let b = fill[v as usize];
+            fill[v as usize] += 1;
+            (head[a], rev[a], residual[a], cost[a]) = (v, b as u32, fwd, c);
+            (head[b], rev[b], residual[b], cost[b]) = (u, a as u32, bwd, -c);
+            forward.push(a as u32);
         }
-        Network {
-            head,
-            residual,
-            cost,
-            first,
-            arcs,
-        }
+        (
+            Network {
+                first,
+                head,
+                rev,
+                residual,
+                cost,
+            },
+            forward,
+        )
     }
 
-    fn out(&self, v: usize) -> &[u32] {
-        &self.arcs[self.first[v]..self.first[v + 1]]
+    fn out(&self, v: usize) -> std::ops::Range<usize> {
+        self.first[v]..self.first[v + 1]
     }
 }
 
@@ -204,8 +205,8 @@ pub fn solve_within(n: usize, edges: &[Edge], deadline: Option<Instant>) -> Resu
             pairs.push((v as u32, t, amount, 0, 0));
         }
     }
-    let mut work = Work::new(n + 2);
-    let mut net = Network::new(n + 2, &pairs);
+    let (mut net, forward) = Network::new(n + 2, &pairs);
+    let mut work = Work::new(n + 2, net.head.len());
     let (sent, optimal) = min_cost_flow(
         &mut net, &mut work, s as usize, t as usize, supply, deadline,
     )?;
@@ -215,7 +216,7 @@ pub fn solve_within(n: usize, edges: &[Edge], deadline: Option<Instant>) -> Resu
     let (mut cleared, mut cost) = (0i128, 0i128);
     for (i, e) in edges.iter().enumerate() {
         if index[i] != usize::MAX {
-            let f = net.residual[2 * index[i] + 1];
+            let f = net.residual[net.rev[forward[index[i]] as usize] as usize];
             flow[i] = f;
             cleared += i128::from(f);
             cost += i128::from(f) * i128::from(e.cost);
@@ -233,26 +234,79 @@ pub fn solve_within(n: usize, edges: &[Edge], deadline: Option<Instant>) -> Resu
 struct Work {
     pot: Vec<i64>,
     dist: Vec<i64>,
+    heap: BinaryHeap<Reverse<(i64, u32)>>,
     level: Vec<i32>,
     next: Vec<usize>,
     queue: Vec<u32>,
     path: Vec<u32>,
-    /// The arcs a blocking flow may use, grouped by tail: `adm[adm_first[v]..adm_first[v + 1]]`.
-    adm: Vec<u32>,
-    adm_first: Vec<usize>,
+    sub: Sub,
+    /// Where each arc of the network sits in `sub` (valid for the arcs copied this phase).
+    pos: Vec<u32>,
+}
+
+/// The arcs one phase may use, copied into a network of their own (grouped by tail, residuals
+/// copied, `partner` the reverse arc's position), so that the max flow reads memory in order;
+/// written back to the network when the phase ends.
+#[derive(Default)]
+struct Sub {
+    first: Vec<usize>,
+    head: Vec<u32>,
+    partner: Vec<u32>,
+    res: Vec<i64>,
+    /// The arc of the network each one copies.
+    orig: Vec<u32>,
 }
 
 impl Work {
-    fn new(n: usize) -> Work {
+    fn new(n: usize, m: usize) -> Work {
         Work {
             pot: vec![0; n],
             dist: vec![INF; n],
+            heap: BinaryHeap::new(),
             level: vec![-1; n],
             next: vec![0; n],
             queue: Vec::with_capacity(n),
             path: Vec::new(),
-            adm: Vec::new(),
-            adm_first: vec![0; n + 1],
+            sub: Sub {
+                first: vec![0; n + 1],
+                ..Sub::default()
+            },
+            pos: vec![0; m],
+        }
+    }
+
+    /// Copies the arcs `keep` accepts into `sub` (with their reverses, which `keep` must
+    /// accept too).
+    fn copy(&mut self, net: &Network, keep: impl Fn(usize, usize) -> bool) {
+        let n = net.first.len() - 1;
+        let sub = &mut self.sub;
+        sub.head.clear();
+        sub.res.clear();
+        sub.orig.clear();
+        for v in 0..n {
+            sub.first[v] = sub.head.len();
+            for a in net.out(v) {
+                if keep(v, a) {
+                    self.pos[a] = sub.head.len() as u32;
+                    sub.head.push(net.head[a]);
+                    sub.res.push(net.residual[a]);
+                    sub.orig.push(a as u32);
+                }
+            }
+        }
+        sub.first[n] = sub.head.len();
+        sub.partner.clear();
+        sub.partner.extend(
+            sub.orig
+                .iter()
+                .map(|&a| self.pos[net.rev[a as usize] as usize]),
+        );
+    }
+
+    /// Writes the residuals of `sub` back to the network.
+    fn write_back(&self, net: &mut Network) {
+        for (&a, &r) in self.sub.orig.iter().zip(&self.sub.res) {
+            net.residual[a as usize] = r;
         }
     }
 }
@@ -273,27 +327,26 @@ fn min_cost_flow(
     while sent < want {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             // Out of time: route the rest along any residual arcs.
-            w.adm.clear();
-            for v in 0..n {
-                w.adm_first[v] = w.adm.len();
-                w.adm.extend_from_slice(net.out(v));
-            }
-            w.adm_first[n] = w.adm.len();
-            sent += blocking_flows(net, w, s, t)?;
+            w.copy(net, |_, _| true);
+            sent += blocking_flows(w, s, t)?;
+            w.write_back(net);
             return Ok((sent, false));
         }
-        // Shortest distances from s under reduced costs.
+        // Shortest distances from s under reduced costs, up to t's: every node farther away
+        // moves its potential by t's distance, which is all the update below needs.
         w.dist.fill(INF);
         w.dist[s] = 0;
-        let mut heap = BinaryHeap::new();
-        heap.push(Reverse((0i64, s as u32)));
-        while let Some(Reverse((d, v))) = heap.pop() {
+        w.heap.clear();
+        w.heap.push(Reverse((0i64, s as u32)));
+        while let Some(Reverse((d, v))) = w.heap.pop() {
             let v = v as usize;
             if d > w.dist[v] {
                 continue;
             }
-            for &a in net.out(v) {
-                let a = a as usize;
+            if v == t {
+                break;
+            }
+            for a in net.out(v) {
                 if net.residual[a] == 0 {
                     continue;
                 }
@@ -301,7 +354,7 @@ fn min_cost_flow(
                 let nd = d + net.cost[a] + w.pot[v] - w.pot[x];
                 if nd < w.dist[x] {
                     w.dist[x] = nd;
-                    heap.push(Reverse((nd, x as u32)));
+                    w.heap.push(Reverse((nd, x as u32)));
                 }
             }
         }
@@ -314,27 +367,23 @@ fn min_cost_flow(
         }
         // The arcs of zero reduced cost: the only ones a blocking flow of this phase can use
         // (pushing along one opens its reverse, which has zero reduced cost too).
-        w.adm.clear();
-        for v in 0..n {
-            w.adm_first[v] = w.adm.len();
-            for &a in net.out(v) {
-                let x = net.head[a as usize] as usize;
-                if net.cost[a as usize] + w.pot[v] - w.pot[x] == 0 {
-                    w.adm.push(a);
-                }
-            }
-        }
-        w.adm_first[n] = w.adm.len();
-        sent += blocking_flows(net, w, s, t)?;
+        let pot = std::mem::take(&mut w.pot);
+        w.copy(net, |v, a| {
+            net.cost[a] + pot[v] - pot[net.head[a] as usize] == 0
+        });
+        w.pot = pot;
+        sent += blocking_flows(w, s, t)?;
+        w.write_back(net);
     }
     Ok((sent, true))
 }
 
-/// Dinic's max flow from `s` to `t` over the arcs `w.adm`: BFS levels, then blocking flows
+/// Dinic's max flow from `s` to `t` over the arcs of `w.sub`: BFS levels, then blocking flows
 /// that advance along the arcs, augment at `t`, and retreat from dead ends; until `t` is out of
 /// reach.
-fn blocking_flows(net: &mut Network, w: &mut Work, s: usize, t: usize) -> Result<i128> {
+fn blocking_flows(w: &mut Work, s: usize, t: usize) -> Result<i128> {
     let n = w.level.len();
+    let g = &mut w.sub;
     let mut sent: i128 = 0;
     loop {
         w.level.fill(-1);
@@ -345,10 +394,12 @@ fn blocking_flows(net: &mut Network, w: &mut Work, s: usize, t: usize) -> Result
         while qi < w.queue.len() {
             let v = w.queue[qi] as usize;
             qi += 1;
-            for &a in &w.adm[w.adm_first[v]..w.adm_first[v + 1]] {
-                let a = a as usize;
-                let x = net.head[a] as usize;
-                if net.residual[a] > 0 && w.level[x] < 0 {
+            if w.level[t] >= 0 && w.level[v] >= w.level[t] - 1 {
+                break; // t is labelled: nothing deeper leads to it this round
+            }
+            for a in g.first[v]..g.first[v + 1] {
+                let x = g.head[a] as usize;
+                if g.res[a] > 0 && w.level[x] < 0 {
                     w.level[x] = w.level[v] + 1;
                     w.queue.push(x as u32);
                 }
@@ -357,7 +408,14 @@ fn blocking_flows(net: &mut Network, w: &mut Work, s: usize, t: usize) -> Result
         if w.level[t] < 0 {
             return Ok(sent);
         }
-        w.next.copy_from_slice(&w.adm_first[..n]);
+        // Nodes as deep as t, other than t, lead nowhere: unlabel them.
+        let lt = w.level[t];
+        for &x in &w.queue[qi.saturating_sub(1)..] {
+            if w.level[x as usize] >= lt && x as usize != t {
+                w.level[x as usize] = -1;
+            }
+        }
+        w.next.copy_from_slice(&g.first[..n]);
         w.path.clear();
         let mut v = s;
         loop {
@@ -365,12 +423,12 @@ fn blocking_flows(net: &mut Network, w: &mut Work, s: usize, t: usize) -> Result
                 let push = w
                     .path
                     .iter()
-                    .map(|&a| net.residual[a as usize])
+                    .map(|&a| g.res[a as usize])
                     .min()
                     .expect("s != t");
                 for &a in &w.path {
-                    net.residual[a as usize] -= push;
-                    net.residual[a as usize ^ 1] += push;
+                    g.res[a as usize] -= push;
+                    g.res[g.partner[a as usize] as usize] += push;
                 }
                 sent = sent
                     .checked_add(i128::from(push))
@@ -379,17 +437,17 @@ fn blocking_flows(net: &mut Network, w: &mut Work, s: usize, t: usize) -> Result
                 let k = w
                     .path
                     .iter()
-                    .position(|&a| net.residual[a as usize] == 0)
+                    .position(|&a| g.res[a as usize] == 0)
                     .expect("the bottleneck arc is saturated");
-                v = net.head[w.path[k] as usize ^ 1] as usize;
+                v = g.head[g.partner[w.path[k] as usize] as usize] as usize;
                 w.path.truncate(k);
                 continue;
             }
             let mut advanced = false;
-            while w.next[v] < w.adm_first[v + 1] {
-                let a = w.adm[w.next[v]] as usize;
-                let x = net.head[a] as usize;
-                if net.residual[a] > 0 && w.level[x] == w.level[v] + 1 {
+            while w.next[v] < g.first[v + 1] {
+                let a = w.next[v];
+                let x = g.head[a] as usize;
+                if g.res[a] > 0 && w.level[x] == w.level[v] + 1 {
                     w.path.push(a as u32);
                     v = x;
                     advanced = true;
@@ -408,7 +466,7 @@ fn blocking_flows(net: &mut Network, w: &mut Work, s: usize, t: usize) -> Result
                 .path
                 .pop()
                 .expect("a node other than s was reached by an arc") as usize;
-            v = net.head[a ^ 1] as usize;
+            v = g.head[g.partner[a] as usize] as usize;
             w.next[v] += 1;
         }
     }

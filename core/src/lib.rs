@@ -12,6 +12,8 @@
 //! * [`clearing`]: the exact optimum of credit lifts (min-cost circulation) and its circles.
 //! * [`liftable`]: the liftable graph of tallies (trading variables, limits, costed capacity)
 //!   and its clearing, whole or through one node.
+//! * [`pass`]: a clearing pass as one circulation (moves per tally, its circles), shrunk to
+//!   what the tallies can carry when it is written, and cut into pieces.
 //! * [`peer`]: frame types, the peer message envelope, Noise IK sessions keyed by agent keys.
 //!
 //! Every fallible function returns [`Error`]; the extension maps its [`ErrorKind`] to a SQLSTATE.
@@ -23,6 +25,7 @@ pub mod clearing;
 pub mod codec;
 pub mod error;
 pub mod liftable;
+pub mod pass;
 pub mod peer;
 pub mod route;
 pub mod sign;

@@ -43,16 +43,8 @@ fn chit_doc_make(
     JsonB(doc.to_json())
 }
 
-fn uuid_text(u: &pgrx::Uuid) -> String {
-    let h: String = u.as_bytes().iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+pub(crate) fn uuid_text(u: &pgrx::Uuid) -> String {
+    chips_core::chit::uuid_text(u.as_bytes())
 }
 
 /// Validates a chit document and returns it normalized.

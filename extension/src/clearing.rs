@@ -1,14 +1,19 @@
 //! Clearing inside the database: the liftable graph read through SPI (balances, both holders'
 //! trading variables and credit limits), solved by `chips_core::liftable`, returned as the
-//! steps of a lift plan; and the capacity check the executor repeats on every step.
+//! steps of a lift plan (`clearing_plan`) or written as one circulation (`_clearing_pass`: lock,
+//! re-check with `chips_core::pass`, and write the lift, its circles and every lift chit with
+//! a few set-based statements).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use chips_core::chit::{random_uuid, uuid_text, ChitDoc};
 use chips_core::clearing::LiftOptions;
-use chips_core::liftable::{self, Half, Policy, Tally};
-use chips_core::tally::TradingVars;
+use chips_core::liftable::{self, Half, Policy, Tally, TallyPlan};
+use chips_core::pass::Pass;
+use chips_core::tally::{Side, TradingVars};
 use pgrx::prelude::*;
+use pgrx::JsonB;
 
 use crate::error::{ok, ChipsError};
 
@@ -129,8 +134,55 @@ fn clearing_plan(
     let (Some(min_units), Some(max_len), Some(budget_ms)) = (min_units, max_len, budget_ms) else {
         ChipsError::Invalid("min_units, max_len and budget_ms must not be null".into()).raise()
     };
-    if min_units < 1 || max_len < 0 || budget_ms < 0 {
-        ChipsError::Invalid("min_units must be >= 1, max_len and budget_ms >= 0".into()).raise();
+    if budget_ms < 0 {
+        ChipsError::Invalid("budget_ms must be >= 0".into()).raise();
+    }
+    let Planned {
+        rows, names, plan, ..
+    } = plan(min_units, max_len, budget_ms, through, max_margin);
+    let mut out = Vec::new();
+    for (ci, lift) in plan.lifts.iter().enumerate() {
+        for (si, s) in lift.steps.iter().enumerate() {
+            out.push((
+                ci as i32 + 1,
+                si as i32 + 1,
+                rows[s.tally as usize].uuid,
+                names[s.from as usize].clone(),
+                names[s.to as usize].clone(),
+                lift.units,
+                s.costed,
+                lift.margin,
+            ));
+        }
+    }
+    TableIterator::new(out)
+}
+
+/// A value read through SPI that the schema says is never null.
+fn field<T>(v: Option<T>) -> T {
+    v.unwrap_or_else(|| {
+        ChipsError::Invalid("clearing: a tally row with a null field".into()).raise()
+    })
+}
+
+/// A plan and what it was made from.
+struct Planned {
+    rows: Vec<Row>,
+    names: Vec<String>,
+    plan: TallyPlan,
+    policy: Policy,
+}
+
+/// Reads this site's tallies (no locks) and plans: the optimum, or through one user.
+fn plan(
+    min_units: i64,
+    max_len: i32,
+    budget_ms: i32,
+    through: Option<&str>,
+    max_margin: Option<f64>,
+) -> Planned {
+    if min_units < 1 || max_len < 0 {
+        ChipsError::Invalid("min_units must be >= 1 and max_len >= 0".into()).raise();
     }
     let max_margin = match max_margin {
         Some(m) => m,
@@ -179,25 +231,437 @@ fn clearing_plan(
                 &policy,
                 options,
             )),
-            None => return TableIterator::new(Vec::new()), // no open local tally: nothing to lift
+            // no open local tally: nothing to lift
+            None => TallyPlan {
+                lifts: Vec::new(),
+                cleared: 0,
+                optimum: 0,
+                optimal: true,
+            },
         },
     };
-    let mut out = Vec::new();
-    for (ci, lift) in plan.lifts.iter().enumerate() {
-        for (si, s) in lift.steps.iter().enumerate() {
-            out.push((
-                ci as i32 + 1,
-                si as i32 + 1,
-                rows[s.tally as usize].uuid,
-                names[s.from as usize].clone(),
-                names[s.to as usize].clone(),
-                lift.units,
-                s.costed,
-                lift.margin,
-            ));
+    Planned {
+        rows,
+        names,
+        plan,
+        policy,
+    }
+}
+
+/// One tally half as locked for writing a pass.
+struct Locked {
+    id: i64,
+    ent: String,
+    open: bool,
+    good: i64,
+    settled: bool,
+    vars: TradingVars,
+    limit: i64,
+    chain_len: i32,
+    tip: Vec<u8>,
+}
+
+/// Locks every half of `uuids` (in id order, as payments and lifts lock) and reads them as
+/// they are now: (stock, foil) per tally.
+fn lock_halves(uuids: &[pgrx::Uuid]) -> HashMap<[u8; 16], (Option<Locked>, Option<Locked>)> {
+    const SQL: &str = "
+        SELECT x.tally_uuid, x.side, x.id, x.ent, x.status IN ('open'), x.net_good,
+               x.net_good = x.net_pend, x.target, x.bound, x.reward, x.clutch,
+               coalesce((x.hold_terms->>'limit')::bigint, 0), x.chain_len,
+               coalesce(x.chain_tip, x.digest)
+        FROM chips.tallies x WHERE x.tally_uuid = ANY ($1)
+        ORDER BY x.id FOR NO KEY UPDATE";
+    let mut out: HashMap<[u8; 16], (Option<Locked>, Option<Locked>)> = HashMap::new();
+    Spi::connect_mut(|c| {
+        for r in c.update(SQL, None, &[uuids.to_vec().into()])? {
+            let uuid: pgrx::Uuid = field(r.get(1)?);
+            let side: String = field(r.get(2)?);
+            let half = Locked {
+                id: field(r.get(3)?),
+                ent: field(r.get(4)?),
+                open: field(r.get(5)?),
+                good: field(r.get(6)?),
+                settled: field(r.get(7)?),
+                vars: TradingVars {
+                    target: field(r.get(8)?),
+                    bound: field(r.get(9)?),
+                    reward: field(r.get(10)?),
+                    clutch: field(r.get(11)?),
+                },
+                limit: field(r.get(12)?),
+                chain_len: field(r.get(13)?),
+                tip: field(r.get(14)?),
+            };
+            let e = out.entry(*uuid.as_bytes()).or_default();
+            if side == "stock" {
+                e.0 = Some(half);
+            } else {
+                e.1 = Some(half);
+            }
         }
+        Ok::<_, pgrx::spi::Error>(())
+    })
+    .unwrap_or_else(|e| ChipsError::Invalid(format!("clearing: {e}")).raise());
+    out
+}
+
+/// What `debtor`'s half of a tally can take now, raising the debtor's position: zero unless
+/// both halves are here, open, agree, and have no chit pending.
+fn capacity_now(
+    halves: &(Option<Locked>, Option<Locked>),
+    debtor: &str,
+    creditor: &str,
+    policy: &Policy,
+    costed: bool,
+) -> i64 {
+    let (Some(s), Some(f)) = halves else { return 0 };
+    let agree = s.open
+        && f.open
+        && s.settled
+        && f.settled
+        && s.good.checked_neg() == Some(f.good)
+        && s.chain_len == f.chain_len
+        && s.tip == f.tip;
+    let holders = (s.ent.as_str(), f.ent.as_str());
+    if !agree || (holders != (debtor, creditor) && holders != (creditor, debtor)) {
+        return 0;
+    }
+    let t = Tally {
+        stock: 0,
+        foil: 1,
+        net: s.good,
+        stock_vars: s.vars,
+        foil_vars: f.vars,
+        stock_limit: Some(s.limit),
+        foil_limit: Some(f.limit),
+    };
+    let half = if s.ent == debtor {
+        t.stock_half()
+    } else {
+        t.foil_half()
+    };
+    half.capacity(policy, costed)
+}
+
+/// What a pass is written from: the snapshot it was planned on, and the site's policy.
+struct Ctx {
+    rows: Vec<Row>,
+    names: Vec<String>,
+    policy: Policy,
+    min_units: i64,
+    through: Option<String>,
+}
+
+/// The pieces of a pass still to write, kept in this backend between the transactions of a
+/// procedure that commits a piece at a time (`chips.clearing_run(piece => n)`).
+struct Pending {
+    ctx: Ctx,
+    pieces: std::collections::VecDeque<Pass>,
+}
+
+thread_local! {
+    static PENDING: std::cell::RefCell<Option<Pending>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A clearing pass over this site's open local tallies (or through one user's node), in the
+/// caller's transaction: the optimum, planned without locks; with `execute`, the moved tallies
+/// locked, re-checked and shrunk (`chips_core::pass`), and written as one lift: the lift row,
+/// its circles (`chips.pass_circles`), and one lift chit on both halves of every moved tally,
+/// chained (one INSERT; the statement triggers move the balances and chain tips and tell the
+/// holders); each holder is NOTIFYed once. With `piece` > 0 only the first piece of at most
+/// `piece` tallies is written here (each piece is a circulation of whole circles, and a lift of
+/// its own); `chips._clearing_next()` writes the next, in a later transaction of this session.
+/// One row per circle: its units, its length, and `planned`, `good`, or `skipped` (payments
+/// since the plan used the capacity up).
+#[pg_extern(security_definer, name = "_clearing_pass")]
+#[search_path(@extschema@, pg_catalog, pg_temp)]
+fn clearing_pass(
+    execute: Option<bool>,
+    min_units: Option<i64>,
+    max_len: Option<i32>,
+    through: Option<&str>,
+    max_margin: Option<f64>,
+    piece: default!(Option<i32>, 0),
+) -> TableIterator<
+    'static,
+    (
+        name!(lift, Option<pgrx::Uuid>),
+        name!(units, i64),
+        name!(tallies, i32),
+        name!(status, String),
+    ),
+> {
+    let (Some(min_units), Some(max_len)) = (min_units, max_len) else {
+        ChipsError::Invalid("min_units and max_len must not be null".into()).raise()
+    };
+    let piece = piece.unwrap_or(0);
+    if piece < 0 {
+        ChipsError::Invalid(format!("piece must be >= 0 tallies, not {piece}")).raise();
+    }
+    let Planned {
+        rows,
+        names,
+        plan,
+        policy,
+    } = plan(min_units, max_len, 0, through, max_margin);
+    let pass = ok(Pass::from_lifts(&plan.lifts));
+    if !execute.unwrap_or(false) {
+        return TableIterator::new(
+            pass.circles
+                .iter()
+                .map(|c| (None, c.units, c.steps.len() as i32, "planned".to_string()))
+                .collect::<Vec<_>>(),
+        );
+    }
+    let ctx = Ctx {
+        rows,
+        names,
+        policy,
+        min_units,
+        through: through.map(str::to_string),
+    };
+    if piece == 0 {
+        PENDING.with(|p| p.borrow_mut().take());
+        return TableIterator::new(execute_pass(pass, &ctx));
+    }
+    let mut pieces: std::collections::VecDeque<Pass> = pass.pieces(piece as usize).into();
+    let first = pieces.pop_front();
+    let out = first.map(|q| execute_pass(q, &ctx)).unwrap_or_default();
+    PENDING.with(|p| *p.borrow_mut() = Some(Pending { ctx, pieces }));
+    TableIterator::new(out)
+}
+
+/// Writes the next piece of the pass `chips._clearing_pass(piece => n)` began in this session
+/// (re-checked against the tallies as they are now, like every piece); no rows when none is
+/// left.
+#[pg_extern(security_definer, name = "_clearing_next")]
+#[search_path(@extschema@, pg_catalog, pg_temp)]
+fn clearing_next() -> TableIterator<
+    'static,
+    (
+        name!(lift, Option<pgrx::Uuid>),
+        name!(units, i64),
+        name!(tallies, i32),
+        name!(status, String),
+    ),
+> {
+    let Some(mut pending) = PENDING.with(|p| p.borrow_mut().take()) else {
+        return TableIterator::new(Vec::new());
+    };
+    let Some(piece) = pending.pieces.pop_front() else {
+        return TableIterator::new(Vec::new());
+    };
+    let out = execute_pass(piece, &pending.ctx);
+    if !pending.pieces.is_empty() {
+        PENDING.with(|p| *p.borrow_mut() = Some(pending));
     }
     TableIterator::new(out)
+}
+
+/// Locks, re-checks, shrinks and writes one pass; one row per circle.
+fn execute_pass(mut pass: Pass, ctx: &Ctx) -> Vec<(Option<pgrx::Uuid>, i64, i32, String)> {
+    let uuids: Vec<pgrx::Uuid> = pass
+        .moves
+        .iter()
+        .map(|m| ctx.rows[m.tally as usize].uuid)
+        .collect();
+    let halves = lock_halves(&uuids);
+    let capacity: Vec<i64> = pass
+        .moves
+        .iter()
+        .zip(&uuids)
+        .map(|(m, u)| match halves.get(u.as_bytes()) {
+            Some(h) => capacity_now(
+                h,
+                &ctx.names[m.debtor as usize],
+                &ctx.names[m.creditor as usize],
+                &ctx.policy,
+                m.costed,
+            ),
+            None => 0,
+        })
+        .collect();
+    ok(pass.shrink(&capacity, ctx.min_units));
+    let lengths: Vec<(i64, i32)> = pass
+        .circles
+        .iter()
+        .map(|c| (c.units, c.steps.len() as i32))
+        .collect();
+    pass.compact();
+    let lift = (!pass.moves.is_empty()).then(|| {
+        write_pass(
+            &pass,
+            &ctx.rows,
+            &ctx.names,
+            &halves,
+            ctx.through.as_deref(),
+        )
+    });
+    lengths
+        .into_iter()
+        .map(|(units, len)| {
+            if units > 0 {
+                (lift, units, len, "good".to_string())
+            } else {
+                (None, 0, len, "skipped".to_string())
+            }
+        })
+        .collect()
+}
+
+/// Writes a (checked, shrunk, compacted) pass over locked tallies: the lift, its circles, one
+/// lift chit on both halves of every move, chained, and one NOTIFY per holder.
+fn write_pass(
+    pass: &Pass,
+    rows: &[Row],
+    names: &[String],
+    halves: &HashMap<[u8; 16], (Option<Locked>, Option<Locked>)>,
+    through: Option<&str>,
+) -> pgrx::Uuid {
+    let lift = random_uuid();
+    let lift_text = uuid_text(&lift);
+    let date_ms = Spi::get_one::<i64>("SELECT (extract(epoch FROM now()) * 1000)::bigint")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| ChipsError::Invalid("clearing: no time".into()).raise());
+    let n = pass.moves.len();
+    let (mut tallies, mut debtors) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut c_tally, mut c_uuid, mut c_issuer, mut c_units, mut c_value, mut c_idx) = (
+        Vec::with_capacity(2 * n),
+        Vec::with_capacity(2 * n),
+        Vec::with_capacity(2 * n),
+        Vec::with_capacity(2 * n),
+        Vec::with_capacity(2 * n),
+        Vec::with_capacity(2 * n),
+    );
+    let (mut c_prev, mut c_hash) = (Vec::with_capacity(2 * n), Vec::with_capacity(2 * n));
+    let mut moved: i128 = 0;
+    let mut told: HashMap<&str, (i32, i64)> = HashMap::new();
+    for m in &pass.moves {
+        let row = &rows[m.tally as usize];
+        let (Some(s), Some(f)) = &halves[row.uuid.as_bytes()] else {
+            ChipsError::Invalid("clearing: a moved tally is not locked".into()).raise()
+        };
+        let creditor = names[m.creditor as usize].as_str();
+        let issuer = if s.ent == creditor {
+            Side::Stock
+        } else {
+            Side::Foil
+        };
+        let chit = random_uuid();
+        let doc = ok(ChitDoc::lift(
+            &crate::chit::uuid_text(&row.uuid),
+            issuer,
+            &uuid_text(&chit),
+            date_ms,
+            m.units,
+            &lift_text,
+        ));
+        let idx = s.chain_len + 1;
+        let hash = ok(doc.chain_hash(i64::from(idx), &s.tip, None)).to_vec();
+        for h in [s, f] {
+            let own = h.ent == creditor;
+            c_tally.push(h.id);
+            c_uuid.push(pgrx::Uuid::from_bytes(chit));
+            c_issuer.push(issuer.as_str());
+            c_units.push(m.units);
+            c_value.push(if own { -m.units } else { m.units });
+            c_idx.push(idx);
+            c_prev.push(s.tip.clone());
+            c_hash.push(hash.clone());
+            let e = told.entry(h.ent.as_str()).or_default();
+            e.0 += 1;
+            e.1 = e.1.saturating_add(m.units);
+        }
+        tallies.push(row.uuid);
+        debtors.push(names[m.debtor as usize].clone());
+        moved += i128::from(m.units);
+    }
+    let moved = i64::try_from(moved).unwrap_or_else(|_| {
+        ChipsError::Invalid("clearing: the pass moves too much".into()).raise()
+    });
+    let margin = pass.circles.iter().map(|c| c.margin).fold(0.0, f64::max);
+    // circles: steps flattened, 1-based positions in the lift's tallies
+    let (mut k_units, mut k_margin, mut k_from, mut k_to, mut k_steps) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for c in &pass.circles {
+        k_units.push(c.units);
+        k_margin.push(c.margin);
+        k_from.push(k_steps.len() as i32 + 1);
+        k_steps.extend(c.steps.iter().map(|&s| s as i32 + 1));
+        k_to.push(k_steps.len() as i32);
+    }
+    let (who, many): (Vec<&str>, Vec<(i32, i64)>) = told.into_iter().unzip();
+    let (who_n, who_units): (Vec<i32>, Vec<i64>) = many.into_iter().unzip();
+    let lift_uuid = pgrx::Uuid::from_bytes(lift);
+    Spi::connect_mut(|c| {
+        let id: i64 = c
+            .update(
+                "INSERT INTO chips.lifts (lift_uuid, kind, status, units, tallies, debtors, through, margin)
+                 VALUES ($1, 'local', 'good', $2, $3, $4, $5, $6) RETURNING id",
+                None,
+                &[
+                    lift_uuid.into(),
+                    moved.into(),
+                    tallies.into(),
+                    debtors.into(),
+                    through.into(),
+                    margin.into(),
+                ],
+            )?
+            .first()
+            .get_one::<i64>()?
+            .unwrap_or_else(|| ChipsError::Invalid("clearing: no lift id".into()).raise());
+        c.update(
+            "INSERT INTO chips.pass_circles (lift_id, circle, units, margin, steps)
+             SELECT $1, k.n, k.u, k.m, $4[k.a:k.b]
+             FROM unnest($2::bigint[], $3::float8[], $5::int[], $6::int[])
+                  WITH ORDINALITY k(u, m, a, b, n)",
+            None,
+            &[
+                id.into(),
+                k_units.into(),
+                k_margin.into(),
+                k_steps.into(),
+                k_from.into(),
+                k_to.into(),
+            ],
+        )?;
+        c.update(
+            "INSERT INTO chips.chits (tally_id, chit_uuid, chit_type, issuer, units, reference,
+                                      chit_date, status, value, chain_idx, chain_prev, chain_hash,
+                                      lift_id)
+             SELECT k.t, k.u, 'lift', k.i, k.n, $8,
+                    timestamptz '1970-01-01 00:00:00+00' + $9 * interval '1 millisecond',
+                    'good', k.v, k.x, k.p, k.h, $10
+             FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::bigint[],
+                         $6::int[], $7::bytea[], $11::bytea[]) k(t, u, i, n, v, x, p, h)",
+            None,
+            &[
+                c_tally.into(),
+                c_uuid.into(),
+                c_issuer.into(),
+                c_units.into(),
+                c_value.into(),
+                c_idx.into(),
+                c_prev.into(),
+                JsonB(serde_json::json!({ "lift": lift_text })).into(),
+                date_ms.into(),
+                id.into(),
+                c_hash.into(),
+            ],
+        )?;
+        c.update(
+            "SELECT pg_catalog.pg_notify('chips_user_' || w.ent, pg_catalog.json_build_object(
+                 'target', 'lift', 'lift', $1, 'tallies', w.n, 'units', w.u)::text)
+             FROM unnest($2::text[], $3::int[], $4::bigint[]) w(ent, n, u)",
+            None,
+            &[lift_uuid.into(), who.into(), who_n.into(), who_units.into()],
+        )?;
+        Ok::<_, pgrx::spi::Error>(())
+    })
+    .unwrap_or_else(|e| ChipsError::Invalid(format!("clearing: {e}")).raise());
+    lift_uuid
 }
 
 /// The units a lift may take through one tally half now, raising the holder's `position`: the

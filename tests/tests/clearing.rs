@@ -456,13 +456,29 @@ async fn automatic_clearing_runs_when_due_and_tells_the_users() {
     owe(&a, &b, 2_000).await;
     assert_eq!(tick().await, (false, 0, 0));
     let got = chips_tests::drain(&mut notes, std::time::Duration::from_millis(500)).await;
+    // Ann hears of the pass once, for both of her tallies it moved.
     let lifts: Vec<_> = got.iter().filter(|(_, p)| p["target"] == "lift").collect();
+    assert_eq!(lifts.len(), 1, "one note per user and pass: {got:?}");
     assert_eq!(
-        lifts.len(),
-        2,
-        "one note per tally of Ann's in the lift: {got:?}"
+        (&lifts[0].1["tallies"], &lifts[0].1["units"]),
+        (&2.into(), &4_000.into())
     );
-    assert!(lifts.iter().all(|(_, p)| p["units"] == 2_000));
+    // ...and so does her event feed: one lift event listing both tallies, her position unmoved.
+    let events = s
+        .admin
+        .query(
+            "SELECT body FROM chips.events WHERE ent = $1 AND kind = 'lift'",
+            &[&a.ent],
+        )
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    let body: serde_json::Value = events[0].get(0);
+    assert_eq!(body["tallies"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        (&body["change"], &body["units"]),
+        (&0.into(), &4_000.into())
+    );
     // Bad settings are refused and change nothing.
     let e = s
         .admin

@@ -222,7 +222,8 @@ async fn a_backend_killed_during_a_clearing_pass_leaves_every_lift_whole_or_abse
     let before = net_positions(&admin).await;
     let debt_before = debt(&admin).await;
 
-    // one lift per transaction, and the backend running the pass is killed after the first
+    // a pass cut in pieces of at most 3 tallies (about a circle each), each committed as a lift
+    // of its own, and the backend running the pass is killed after the first
     let runner = connect(&s.dsn).await.unwrap();
     let pid: i32 = runner
         .query_one("SELECT pg_backend_pid()", &[])
@@ -231,7 +232,7 @@ async fn a_backend_killed_during_a_clearing_pass_leaves_every_lift_whole_or_abse
         .get(0);
     let pass = tokio::spawn(async move {
         runner
-            .batch_execute("CALL chips.clearing_run(batch => 1)")
+            .batch_execute("CALL chips.clearing_run(piece => 3)")
             .await
     });
     let t = Instant::now();
@@ -275,7 +276,7 @@ async fn a_backend_killed_during_a_clearing_pass_leaves_every_lift_whole_or_abse
     let (lifts, cleared): (i64, i64) = {
         let r = db
             .query_one(
-                "SELECT count(*), coalesce(sum(units * cardinality(tallies)), 0)::bigint
+                "SELECT count(*), coalesce(sum(units), 0)::bigint
                  FROM chips.lifts WHERE status = 'good'",
                 &[],
             )
