@@ -62,6 +62,7 @@ cluster_base() {
 }
 
 # cluster_start DIR PORT: a private cluster in DIR, on 127.0.0.1:PORT, socket in DIR/sock.
+# CLUSTER_OPTS: more server settings (`-c name=value ...`), e.g. a benchmark's shared_buffers.
 cluster_start() {
     local dir=$1 port=$2
     mkdir -p "$dir"
@@ -76,7 +77,7 @@ cluster_start() {
         return 0
     fi
     as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-        -o "-p $port -k $dir/sock -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
+        -o "-p $port -k $dir/sock -c listen_addresses=127.0.0.1 -c max_connections=200 ${CLUSTER_OPTS:-}" start >/dev/null
 }
 
 # cluster_fresh DIR PORT: an empty private cluster, whatever an interrupted run left in DIR

@@ -183,7 +183,7 @@ CREATE FUNCTION chips._event(p_ent text, p_kind text, p_body jsonb) RETURNS void
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    IF pg_catalog.left(pg_catalog.ltrim(pg_catalog.current_query()), 5) ILIKE 'copy ' THEN
+    IF chips._restoring() THEN
         RETURN;
     END IF;
     INSERT INTO chips.events (ent, kind, body) VALUES (p_ent, p_kind, p_body);
@@ -201,8 +201,9 @@ SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_xid xid8 := pg_catalog.pg_current_xact_id();
+    v_upto bigint;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM chips.events e WHERE e.id = NEW.id AND e.seq IS NULL) THEN
+    IF chips._events_numbered(NEW.id) THEN
         RETURN NULL;   -- numbered by an earlier firing in this transaction
     END IF;
     INSERT INTO chips.event_heads (ent)
@@ -211,15 +212,23 @@ BEGIN
     PERFORM 1 FROM chips.event_heads h
     WHERE h.ent IN (SELECT e.ent FROM chips.events e WHERE e.xid = v_xid AND e.seq IS NULL)
     ORDER BY h.ent FOR UPDATE;
-    WITH pending AS (
-        SELECT e.id, e.ent, pg_catalog.row_number() OVER (PARTITION BY e.ent ORDER BY e.id) AS n
-        FROM chips.events e WHERE e.xid = v_xid AND e.seq IS NULL),
-    counts AS (SELECT p.ent, pg_catalog.max(p.n) AS n FROM pending p GROUP BY p.ent),
-    bumped AS (
-        UPDATE chips.event_heads h SET seq = h.seq + c.n FROM counts c WHERE h.ent = c.ent
-        RETURNING h.ent, h.seq - c.n AS base)
-    UPDATE chips.events e SET seq = b.base + p.n
-    FROM pending p JOIN bumped b ON b.ent = p.ent WHERE e.id = p.id;
+    -- each head moves by its user's new events; they take the numbers below the new head,
+    -- in the order they were made
+    UPDATE chips.event_heads h SET seq = h.seq + c.n
+    FROM (SELECT e.ent, pg_catalog.count(*) AS n FROM chips.events e
+          WHERE e.xid = v_xid AND e.seq IS NULL GROUP BY e.ent) c
+    WHERE h.ent = c.ent;
+    WITH numbered AS (
+        UPDATE chips.events e SET seq = h.seq - p.n + p.k
+        FROM (SELECT x.id, x.ent, pg_catalog.row_number() OVER w AS k, pg_catalog.count(*) OVER w AS n
+              FROM chips.events x WHERE x.xid = v_xid AND x.seq IS NULL
+              WINDOW w AS (PARTITION BY x.ent ORDER BY x.id
+                           ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)) p
+        JOIN chips.event_heads h ON h.ent = p.ent
+        WHERE e.id = p.id
+        RETURNING e.id)
+    SELECT pg_catalog.max(x.id) INTO v_upto FROM numbered x;
+    PERFORM chips._events_mark(greatest(v_upto, NEW.id));
     -- No NOTIFY: a notifying transaction holds a cluster-wide lock through its commit, which
     -- would serialize every payment's commit. chipsd polls chips.event_heads instead.
     RETURN NULL;

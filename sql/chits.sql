@@ -880,31 +880,27 @@ BEGIN
 END
 $$;
 
--- After every statement that writes chits (chits_ins: INSERT, chits_upd: UPDATE; both
--- statement-level, with the statement's rows as transition tables), set-based whatever the
--- number of rows: balances, chain tips, the holders' events, invoice notes. A payment's INSERT of
--- one chit and a clearing pass's INSERT of a hundred thousand take the same path.
-CREATE FUNCTION chips._chits_after() RETURNS trigger
-LANGUAGE plpgsql
-AS $$
-DECLARE
-    v_new chips.chits[] := ARRAY(SELECT n FROM new_chits n ORDER BY n.id);
-    v_old chips.chits[];
-BEGIN
-    IF TG_OP = 'UPDATE' THEN
-        v_old := ARRAY(SELECT o FROM old_chits o ORDER BY o.id);
-    END IF;
-    PERFORM chips._chits_balance(v_new, v_old);
-    PERFORM chips._chits_tell(v_new, v_old);
-    RETURN NULL;
-END
-$$;
-
+-- After every statement that writes chits, once per statement and set-based whatever the
+-- number of rows (a payment's one chit and a clearing pass's hundred thousand take the same
+-- path): balances, chain tips, the holders' events, invoice notes. Two trigger functions, one
+-- per statement kind, because a trigger sees its rows as transition tables of its own: chits_ins
+-- (AFTER INSERT, new_chits) and chits_upd (AFTER UPDATE, old_chits and new_chits; an UPDATE
+-- counts as the new row minus the old one). The rules:
+--
 -- Balances in O(1) per chit: each tally's balances move by the change of its chits'
--- contributions (good chits to net_good, good and pending ones to net_pend), and when chits
--- take their places in the chain, the tally's chain tip moves to the last of them in the same
--- UPDATE. `p_old`: the rows as they were (null for new rows).
-CREATE FUNCTION chips._chits_balance(p_new chips.chits[], p_old chips.chits[]) RETURNS void
+-- contributions (good chits to net_good, good and pending ones to net_pend); chits that take
+-- their place in the chain move the tally's chain tip to the last of them (blocks are only ever
+-- appended), in the same UPDATE.
+--
+-- Events: every new chit and every change of status goes to the holder's event stream
+-- (sql/access.sql), one event per chit, except lift chits, which make one event per holder and
+-- lift (a clearing pass that moves ten of a user's tallies tells them once). Rows loaded by COPY
+-- (pg_restore) make no events: the restored history carries its own.
+--
+-- An invoice waiting for the holder's signature is also NOTIFYed (the agent hears of everything
+-- it must send through the outbox). Payments notify nobody: a NOTIFY holds a cluster-wide lock
+-- from pre-commit to the end of the commit, which would serialize every payment's commit.
+CREATE FUNCTION chips._chits_ins() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 BEGIN
@@ -913,64 +909,117 @@ BEGIN
         chain_tip = CASE WHEN d.idx IS NULL THEN x.chain_tip ELSE d.hash END,
         updated = pg_catalog.now()
     FROM (SELECT DISTINCT ON (n.tally_id) n.tally_id,
-                 sum(CASE WHEN n.status = 'good' THEN n.value ELSE 0 END
-                     - CASE WHEN o.status = 'good' THEN o.value ELSE 0 END) OVER w AS good,
-                 sum(CASE WHEN n.status IN ('good', 'pend') THEN n.value ELSE 0 END
-                     - CASE WHEN o.status IN ('good', 'pend') THEN o.value ELSE 0 END) OVER w AS pend,
-                 -- a new block: chained now, not before (blocks are only ever appended)
-                 CASE WHEN o.chain_idx IS NULL THEN n.chain_idx END AS idx, n.chain_hash AS hash
-          FROM unnest(p_new) n LEFT JOIN unnest(p_old) o ON o.id = n.id
-          WINDOW w AS (PARTITION BY n.tally_id)
-          ORDER BY n.tally_id, CASE WHEN o.chain_idx IS NULL THEN n.chain_idx END DESC NULLS LAST) d
+                 sum(chips._good(n.status, n.value)) OVER w AS good,
+                 sum(chips._pend(n.status, n.value)) OVER w AS pend,
+                 n.chain_idx AS idx, n.chain_hash AS hash
+          FROM new_chits n WINDOW w AS (PARTITION BY n.tally_id)
+          ORDER BY n.tally_id, n.chain_idx DESC NULLS LAST) d
     WHERE x.id = d.tally_id AND (d.good <> 0 OR d.pend <> 0 OR d.idx IS NOT NULL);
+    IF chips._restoring() THEN
+        RETURN NULL;
+    END IF;
+    PERFORM chips._chit_invoiced(t.ent, t.tally_uuid, n.chit_uuid, n.units)
+    FROM new_chits n JOIN chips.tallies t ON t.id = n.tally_id AND t.side = n.issuer
+    WHERE n.status = 'pend' AND n.chit_type <> 'lift';
+    INSERT INTO chips.events (ent, kind, body)
+    SELECT t.ent, 'chit', chips._chit_event(t, n.chit_uuid, n.chit_type, n.issuer, n.status, n.units, n.memo)
+    FROM new_chits n JOIN chips.tallies t ON t.id = n.tally_id
+    WHERE n.lift_id IS NULL ORDER BY n.id;
+    INSERT INTO chips.events (ent, kind, body)
+    SELECT t.ent, 'lift', chips._lift_event(l.lift_uuid, n.status, pg_catalog.count(*)::integer,
+               pg_catalog.sum(n.units), pg_catalog.sum(chips._chit_change(t.side, n.issuer, n.units)),
+               pg_catalog.min(t.tally_uuid::text), pg_catalog.min(n.chit_uuid::text))
+    FROM new_chits n JOIN chips.tallies t ON t.id = n.tally_id JOIN chips.lifts l ON l.id = n.lift_id
+    GROUP BY t.ent, l.lift_uuid, n.status ORDER BY min(n.id);
+    RETURN NULL;
 END
 $$;
 
--- Tell the holders: every new chit and every change of status goes to the holder's event
--- stream (sql/access.sql), one event per chit, except lift chits, which make one event per
--- holder and lift (a clearing pass that moves ten of a user's tallies tells them once). An
--- invoice waiting for the holder's signature is also NOTIFYed (the agent hears of everything it
--- must send through the outbox). Payments notify nobody: a NOTIFY holds a cluster-wide lock
--- from pre-commit to the end of the commit, which would serialize every payment's commit. Rows
--- loaded by COPY (pg_restore) make no events: the restored history carries its own.
-CREATE FUNCTION chips._chits_tell(p_new chips.chits[], p_old chips.chits[]) RETURNS void
+CREATE FUNCTION chips._chits_upd() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    IF pg_catalog.left(pg_catalog.ltrim(pg_catalog.current_query()), 5) ILIKE 'copy ' THEN
-        RETURN;
+    UPDATE chips.tallies x SET net_good = x.net_good + d.good, net_pend = x.net_pend + d.pend,
+        chain_len = coalesce(d.idx, x.chain_len),
+        chain_tip = CASE WHEN d.idx IS NULL THEN x.chain_tip ELSE d.hash END,
+        updated = pg_catalog.now()
+    FROM (SELECT DISTINCT ON (n.tally_id) n.tally_id,
+                 sum(chips._good(n.status, n.value) - chips._good(o.status, o.value)) OVER w AS good,
+                 sum(chips._pend(n.status, n.value) - chips._pend(o.status, o.value)) OVER w AS pend,
+                 CASE WHEN o.chain_idx IS NULL THEN n.chain_idx END AS idx, n.chain_hash AS hash
+          FROM new_chits n JOIN old_chits o ON o.id = n.id WINDOW w AS (PARTITION BY n.tally_id)
+          ORDER BY n.tally_id, CASE WHEN o.chain_idx IS NULL THEN n.chain_idx END DESC NULLS LAST) d
+    WHERE x.id = d.tally_id AND (d.good <> 0 OR d.pend <> 0 OR d.idx IS NOT NULL);
+    IF chips._restoring() THEN
+        RETURN NULL;
     END IF;
-    PERFORM pg_catalog.pg_notify('chips_user_' || t.ent, pg_catalog.json_build_object(
-        'target', 'chit', 'tally', t.tally_uuid, 'uuid', n.chit_uuid, 'status', n.status,
-        'units', n.units, 'action', 'sign')::text)
-    FROM unnest(p_new) n LEFT JOIN unnest(p_old) o ON o.id = n.id
-    JOIN chips.tallies t ON t.id = n.tally_id AND t.side = n.issuer
-    WHERE n.status = 'pend' AND n.chit_type <> 'lift' AND o.status IS DISTINCT FROM 'pend';
+    PERFORM chips._chit_invoiced(t.ent, t.tally_uuid, n.chit_uuid, n.units)
+    FROM new_chits n JOIN old_chits o ON o.id = n.id JOIN chips.tallies t ON t.id = n.tally_id AND t.side = n.issuer
+    WHERE n.status = 'pend' AND n.chit_type <> 'lift' AND o.status <> 'pend';
     INSERT INTO chips.events (ent, kind, body)
-    SELECT t.ent, 'chit', pg_catalog.jsonb_build_object(
-               'tally', t.tally_uuid, 'chit', n.chit_uuid, 'type', n.chit_type, 'by', n.issuer,
-               'status', n.status, 'units', n.units, 'memo', n.memo,
-               'change', CASE WHEN n.issuer = t.side THEN -n.units ELSE n.units END)
-    FROM unnest(p_new) n LEFT JOIN unnest(p_old) o ON o.id = n.id
-    JOIN chips.tallies t ON t.id = n.tally_id
-    WHERE n.lift_id IS NULL AND o.status IS DISTINCT FROM n.status
-    ORDER BY n.id;
+    SELECT t.ent, 'chit', chips._chit_event(t, n.chit_uuid, n.chit_type, n.issuer, n.status, n.units, n.memo)
+    FROM new_chits n JOIN old_chits o ON o.id = n.id JOIN chips.tallies t ON t.id = n.tally_id
+    WHERE n.lift_id IS NULL AND o.status <> n.status ORDER BY n.id;
     INSERT INTO chips.events (ent, kind, body)
-    SELECT t.ent, 'lift', pg_catalog.jsonb_build_object(
-               'lift', l.lift_uuid, 'status', n.status, 'units', sum(n.units),
-               'change', sum(CASE WHEN n.issuer = t.side THEN -n.units ELSE n.units END),
-               'tallies', pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-                   'tally', t.tally_uuid, 'chit', n.chit_uuid, 'units', n.units,
-                   'change', CASE WHEN n.issuer = t.side THEN -n.units ELSE n.units END) ORDER BY n.id))
-           -- one tally: its fields at the top too, as a lift over one tally always had them
-           || CASE WHEN count(*) = 1 THEN pg_catalog.jsonb_build_object(
-                  'tally', (pg_catalog.array_agg(t.tally_uuid))[1],
-                  'chit', (pg_catalog.array_agg(n.chit_uuid))[1]) ELSE '{}' END
-    FROM unnest(p_new) n LEFT JOIN unnest(p_old) o ON o.id = n.id
-    JOIN chips.tallies t ON t.id = n.tally_id
+    SELECT t.ent, 'lift', chips._lift_event(l.lift_uuid, n.status, pg_catalog.count(*)::integer,
+               pg_catalog.sum(n.units), pg_catalog.sum(chips._chit_change(t.side, n.issuer, n.units)),
+               pg_catalog.min(t.tally_uuid::text), pg_catalog.min(n.chit_uuid::text))
+    FROM new_chits n JOIN old_chits o ON o.id = n.id JOIN chips.tallies t ON t.id = n.tally_id
     JOIN chips.lifts l ON l.id = n.lift_id
-    WHERE o.status IS DISTINCT FROM n.status
-    GROUP BY t.ent, l.lift_uuid, n.status
-    ORDER BY min(n.id);
+    WHERE o.status <> n.status
+    GROUP BY t.ent, l.lift_uuid, n.status ORDER BY min(n.id);
+    RETURN NULL;
 END
+$$;
+
+-- What a chit of `p_status` and `p_value` adds to its half's net_good, and to its net_pend.
+CREATE FUNCTION chips._good(p_status text, p_value bigint) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT CASE WHEN p_status = 'good' THEN p_value ELSE 0 END $$;
+
+CREATE FUNCTION chips._pend(p_status text, p_value bigint) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT CASE WHEN p_status IN ('good', 'pend') THEN p_value ELSE 0 END $$;
+
+-- Whether the statement running is a COPY (pg_restore): restored rows make no events.
+CREATE FUNCTION chips._restoring() RETURNS boolean
+LANGUAGE sql STABLE
+AS $$ SELECT pg_catalog.left(pg_catalog.ltrim(pg_catalog.current_query()), 5) ILIKE 'copy ' $$;
+
+-- The holder of half `t` must sign (or decline) invoice `p_chit`.
+CREATE FUNCTION chips._chit_invoiced(p_ent text, p_tally uuid, p_chit uuid, p_units bigint) RETURNS void
+LANGUAGE sql
+AS $$
+    SELECT pg_catalog.pg_notify('chips_user_' || p_ent, pg_catalog.json_build_object(
+        'target', 'chit', 'tally', p_tally, 'uuid', p_chit, 'status', 'pend', 'units', p_units,
+        'action', 'sign')::text)
+$$;
+
+-- What a chit of `p_units` by side `p_by` does to the balance of the half on side `p_side`:
+-- the issuer's goes down.
+CREATE FUNCTION chips._chit_change(p_side text, p_by text, p_units bigint) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT CASE WHEN p_by = p_side THEN -p_units ELSE p_units END $$;
+
+-- The event of a chit for the holder of half `t`.
+CREATE FUNCTION chips._chit_event(t chips.tallies, p_chit uuid, p_type text, p_by text, p_status text,
+                                  p_units bigint, p_memo text) RETURNS jsonb
+LANGUAGE sql STABLE
+AS $$
+    SELECT pg_catalog.jsonb_build_object(
+        'tally', t.tally_uuid, 'chit', p_chit, 'type', p_type, 'by', p_by, 'status', p_status,
+        'units', p_units, 'memo', p_memo, 'change', chips._chit_change(t.side, p_by, p_units))
+$$;
+
+-- The event of a lift for one holder: how many of the holder's tallies it moved, their total
+-- units and change (a circulation leaves it at 0); for a lift over one tally, that tally and its
+-- chit too. What it did to each tally is in chips.lifts_v (lifts_list).
+CREATE FUNCTION chips._lift_event(p_lift uuid, p_status text, p_n integer, p_units numeric,
+                                  p_change numeric, p_tally text, p_chit text) RETURNS jsonb
+LANGUAGE sql STABLE
+AS $$
+    SELECT pg_catalog.jsonb_build_object('lift', p_lift, 'status', p_status, 'tallies', p_n,
+                                         'units', p_units, 'change', p_change)
+           || CASE WHEN p_n = 1 THEN pg_catalog.jsonb_build_object('tally', p_tally, 'chit', p_chit)
+                   ELSE '{}' END
 $$;

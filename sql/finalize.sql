@@ -40,10 +40,10 @@ CREATE TRIGGER chits_bu BEFORE UPDATE ON chips.chits
 -- Balances, chain tips and events: once per statement, set-based (sql/chits.sql).
 CREATE TRIGGER chits_ins AFTER INSERT ON chips.chits
     REFERENCING NEW TABLE AS new_chits
-    FOR EACH STATEMENT EXECUTE FUNCTION chips._chits_after();
+    FOR EACH STATEMENT EXECUTE FUNCTION chips._chits_ins();
 CREATE TRIGGER chits_upd AFTER UPDATE ON chips.chits
     REFERENCING OLD TABLE AS old_chits NEW TABLE AS new_chits
-    FOR EACH STATEMENT EXECUTE FUNCTION chips._chits_after();
+    FOR EACH STATEMENT EXECUTE FUNCTION chips._chits_upd();
 CREATE TRIGGER outbox_notify AFTER INSERT ON chips.outbox
     FOR EACH ROW EXECUTE FUNCTION chips._outbox_notify();
 -- Events are numbered at commit (sql/access.sql, chips._events_number).
@@ -225,7 +225,8 @@ TO chips_agent;
 -- Automatic clearing (chipsd's tick, or cron as an admin): the procedures and what they call.
 GRANT EXECUTE ON FUNCTION
     chips._clearing_pass(boolean, bigint, integer, text, double precision, integer),
-    chips._clearing_next(), chips._clearing_claim(), chips._clearing_done(integer, numeric)
+    chips._clearing_next(), chips._clearing_claim(), chips._clearing_done(integer, numeric),
+    chips.clearing_continuous()
 TO chips_agent, chips_admin;
 GRANT EXECUTE ON PROCEDURE chips.clearing_tick(boolean, integer, numeric),
     chips.clearing_run(integer, numeric, bigint, integer, integer)
@@ -245,7 +246,7 @@ GRANT EXECUTE ON FUNCTION
     chips.tally_audit(uuid), chips.chain_sync(uuid),
     chips.clear(boolean, bigint, integer, text),
     chips.clearing_plan(bigint, integer, integer, text, double precision),
-    chips.clearing_configure(boolean, interval, bigint, integer, double precision, integer),
+    chips.clearing_configure(boolean, interval, bigint, integer, double precision, integer, boolean),
     chips.user_set_key(text, text), chips.user_set_status(text, text),
     chips.contract_add(jsonb, text),
     chips.login_ticket(text, interval), chips.login_revoke(text, text),

@@ -48,7 +48,7 @@ $$;
 CREATE FUNCTION chips.clearing_configure(enabled boolean DEFAULT NULL, every interval DEFAULT NULL,
                                          min_units bigint DEFAULT NULL, max_len integer DEFAULT NULL,
                                          max_margin double precision DEFAULT NULL,
-                                         piece integer DEFAULT NULL)
+                                         piece integer DEFAULT NULL, continuous boolean DEFAULT NULL)
 RETURNS chips.clearing_settings
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = chips, pg_catalog, pg_temp
@@ -69,7 +69,8 @@ BEGIN
         min_units = coalesce(clearing_configure.min_units, x.min_units),
         max_len = coalesce(clearing_configure.max_len, x.max_len),
         max_margin = coalesce(clearing_configure.max_margin, x.max_margin),
-        piece = coalesce(clearing_configure.piece, x.piece)
+        piece = coalesce(clearing_configure.piece, x.piece),
+        continuous = coalesce(clearing_configure.continuous, x.continuous)
     RETURNING * INTO r;
     RETURN r;
 END
@@ -112,6 +113,30 @@ BEGIN
         lifts := lifts + n;
         units := units + u;
     END LOOP;
+END
+$$;
+
+-- Continuous clearing: with automatic clearing on and `continuous` set, a tick that lifts the
+-- circles through the tallies that changed since the last tick of this session
+-- (chips._clearing_continuous, extension/src/continuous.rs; the session keeps the site's graph,
+-- so call it from one long-lived connection: chipsd calls it every continuous_ms). Otherwise it
+-- does nothing. `lifts` counts the circles lifted, `units` the units moved.
+CREATE FUNCTION chips.clearing_continuous(OUT lifts integer, OUT units numeric)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    s chips.clearing_settings;
+BEGIN
+    lifts := 0; units := 0;
+    SELECT * INTO s FROM chips.clearing_settings x;
+    IF NOT FOUND OR NOT s.enabled OR NOT s.continuous THEN
+        RETURN;
+    END IF;
+    SELECT count(*) FILTER (WHERE p.status = 'good'),
+           coalesce(sum(p.units::numeric * p.tallies) FILTER (WHERE p.status = 'good'), 0)
+    INTO lifts, units
+    FROM chips._clearing_continuous(s.min_units, s.max_len) p;
 END
 $$;
 

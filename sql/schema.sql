@@ -273,6 +273,7 @@ CREATE TABLE chips.clearing_settings (
     max_len     integer NOT NULL DEFAULT 0 CHECK (max_len >= 0),
     max_margin  double precision NOT NULL DEFAULT 0 CHECK (max_margin BETWEEN 0 AND 1),
     piece       integer NOT NULL DEFAULT 0 CHECK (piece >= 0),  -- tallies per committed piece (0: whole pass)
+    continuous  boolean NOT NULL DEFAULT false,  -- also clear what changes, tick by tick
     last_run    timestamptz,
     last_lifts  integer NOT NULL DEFAULT 0,
     last_units  numeric NOT NULL DEFAULT 0

@@ -18,89 +18,124 @@ use pgrx::JsonB;
 use crate::error::{ok, ChipsError};
 
 /// One local tally as read for clearing.
-struct Row {
-    uuid: pgrx::Uuid,
-    stock: String,
-    foil: String,
-    tally: Tally,
+#[derive(Clone)]
+pub(crate) struct Row {
+    pub(crate) uuid: pgrx::Uuid,
+    /// The ids of its stock and foil halves.
+    pub(crate) halves: [i64; 2],
+    pub(crate) stock: String,
+    pub(crate) foil: String,
+    /// Node numbers are 0 until the reader numbers them.
+    pub(crate) tally: Tally,
+    /// Whether a lift may use it now: no chit pending on either half.
+    pub(crate) settled: bool,
 }
 
-fn read_tallies() -> Vec<Row> {
-    // Both halves here, open, no chit pending on either (a pending chit may still move the
-    // balance; such a tally waits for the next pass).
+/// An array column of the read (empty when there is no row), every element present.
+fn column<T>(v: Option<Vec<Option<T>>>) -> Vec<T> {
+    v.unwrap_or_default()
+        .into_iter()
+        .map(|x| {
+            x.unwrap_or_else(|| {
+                ChipsError::Invalid("clearing: a tally row with a null field".into()).raise()
+            })
+        })
+        .collect()
+}
+
+/// The open tallies with both halves here (`only`: just those), in id order. Whether one has a
+/// chit pending (a pending chit may still move the balance; such a tally waits) is `settled`,
+/// decided here, not in the query, whose planner would misjudge a comparison of two columns and
+/// join row by row. One row of arrays (one aggregate pass, so every array is in the same order),
+/// not a row per tally: the read costs a few calls instead of a few per tally.
+pub(crate) fn read_tallies(only: Option<&[pgrx::Uuid]>) -> Vec<Row> {
     const SQL: &str = "
-        SELECT s.tally_uuid, s.ent, f.ent, s.net_good,
-               s.target, s.bound, s.reward, s.clutch,
-               coalesce((s.hold_terms->>'limit')::bigint, 0),
-               f.target, f.bound, f.reward, f.clutch,
-               coalesce((f.hold_terms->>'limit')::bigint, 0)
+        SELECT array_agg(s.id), array_agg(s.tally_uuid), array_agg(s.ent), array_agg(f.ent),
+               array_agg(s.net_good), array_agg(s.target), array_agg(s.bound), array_agg(s.reward),
+               array_agg(s.clutch), array_agg(coalesce((s.hold_terms->>'limit')::bigint, 0)),
+               array_agg(f.target), array_agg(f.bound), array_agg(f.reward), array_agg(f.clutch),
+               array_agg(coalesce((f.hold_terms->>'limit')::bigint, 0)),
+               array_agg(s.net_good = s.net_pend AND f.net_good = f.net_pend), array_agg(f.id)
         FROM chips.tallies s
         JOIN chips.tallies f ON f.tally_uuid = s.tally_uuid AND f.side = 'foil'
         WHERE s.side = 'stock' AND s.status = 'open' AND f.status = 'open'
-          AND s.net_good = s.net_pend AND f.net_good = f.net_pend
-        ORDER BY s.id";
-    Spi::connect(|c| {
-        let mut out = Vec::new();
-        for r in c.select(SQL, None, &[])? {
-            let vars = |i: usize| -> Result<Option<TradingVars>, pgrx::spi::Error> {
-                Ok(
-                    match (
-                        r.get::<i64>(i)?,
-                        r.get::<i64>(i + 1)?,
-                        r.get::<f64>(i + 2)?,
-                        r.get::<f64>(i + 3)?,
-                    ) {
-                        (Some(target), Some(bound), Some(reward), Some(clutch)) => {
-                            Some(TradingVars {
-                                target,
-                                bound,
-                                reward,
-                                clutch,
-                            })
-                        }
-                        _ => None,
-                    },
-                )
-            };
-            match (
-                r.get::<pgrx::Uuid>(1)?,
-                r.get::<String>(2)?,
-                r.get::<String>(3)?,
-                r.get::<i64>(4)?,
-                vars(5)?,
-                r.get::<i64>(9)?,
-                vars(10)?,
-                r.get::<i64>(14)?,
-            ) {
-                (
-                    Some(uuid),
-                    Some(stock),
-                    Some(foil),
-                    Some(net),
-                    Some(sv),
-                    Some(sl),
-                    Some(fv),
-                    Some(fl),
-                ) => out.push(Row {
+          AND ($1 IS NULL OR s.tally_uuid = ANY ($1))";
+    let mut rows = Spi::connect(|c| {
+        let only: Option<Vec<pgrx::Uuid>> = only.map(<[_]>::to_vec);
+        let r = c.select(SQL, None, &[only.into()])?.first();
+        let ids: Vec<i64> = column(r.get(1)?);
+        let uuids: Vec<pgrx::Uuid> = column(r.get(2)?);
+        let stock: Vec<String> = column(r.get(3)?);
+        let foil: Vec<String> = column(r.get(4)?);
+        let net: Vec<i64> = column(r.get(5)?);
+        let vars = |i: usize| -> Result<Vec<TradingVars>, pgrx::spi::Error> {
+            let target: Vec<i64> = column(r.get(i)?);
+            let bound: Vec<i64> = column(r.get(i + 1)?);
+            let reward: Vec<f64> = column(r.get(i + 2)?);
+            let clutch: Vec<f64> = column(r.get(i + 3)?);
+            Ok((0..target.len())
+                .map(|k| TradingVars {
+                    target: target[k],
+                    bound: bound[k],
+                    reward: reward[k],
+                    clutch: clutch[k],
+                })
+                .collect())
+        };
+        let (stock_vars, stock_limit) = (vars(6)?, column::<i64>(r.get(10)?));
+        let (foil_vars, foil_limit) = (vars(11)?, column::<i64>(r.get(15)?));
+        let settled: Vec<bool> = column(r.get(16)?);
+        let foil_ids: Vec<i64> = column(r.get(17)?);
+        let n = ids.len();
+        if [
+            uuids.len(),
+            stock.len(),
+            foil.len(),
+            net.len(),
+            stock_vars.len(),
+            stock_limit.len(),
+            foil_vars.len(),
+            foil_limit.len(),
+            settled.len(),
+            foil_ids.len(),
+        ]
+        .iter()
+        .any(|&l| l != n)
+        {
+            ChipsError::Invalid("clearing: the tally columns differ in length".into()).raise();
+        }
+        let mut out: Vec<(i64, Row)> = Vec::with_capacity(n);
+        for (k, (uuid, (stock, foil))) in uuids
+            .into_iter()
+            .zip(stock.into_iter().zip(foil))
+            .enumerate()
+        {
+            out.push((
+                ids[k],
+                Row {
                     uuid,
+                    halves: [ids[k], foil_ids[k]],
                     stock,
                     foil,
                     tally: Tally {
                         stock: 0,
                         foil: 0,
-                        net,
-                        stock_vars: sv,
-                        foil_vars: fv,
-                        stock_limit: Some(sl),
-                        foil_limit: Some(fl),
+                        net: net[k],
+                        stock_vars: stock_vars[k],
+                        foil_vars: foil_vars[k],
+                        stock_limit: Some(stock_limit[k]),
+                        foil_limit: Some(foil_limit[k]),
                     },
-                }),
-                _ => ChipsError::Invalid("clearing: a tally row with a null field".into()).raise(),
-            }
+                    settled: settled[k],
+                },
+            ));
         }
         Ok::<_, pgrx::spi::Error>(out)
     })
-    .unwrap_or_else(|e| ChipsError::Invalid(format!("clearing: {e}")).raise())
+    .unwrap_or_else(|e| ChipsError::Invalid(format!("clearing: {e}")).raise());
+    // in id order: the same tallies always make the same plan
+    rows.sort_unstable_by_key(|(id, _)| *id);
+    rows.into_iter().map(|(_, r)| r).collect()
 }
 
 /// The lift plan for the debts among this site's local tallies: one row per step of each
@@ -158,6 +193,42 @@ fn clearing_plan(
     TableIterator::new(out)
 }
 
+/// The memory a pass's statements may use for sorts and hashes before spilling to disk: a pass
+/// joins and sorts every tally (the default 4 MB would spill the read of a 300k-tally site to
+/// disk in eight batches). Raised for the pass's statements only, put back after.
+const PASS_WORK_MEM_KB: i64 = 64 * 1024;
+
+/// Runs `f` with `work_mem` at least [`PASS_WORK_MEM_KB`], then puts the setting back (an error
+/// aborts the transaction, which puts it back too).
+pub(crate) fn with_work_mem<R>(f: impl FnOnce() -> R) -> R {
+    let before = Spi::get_one::<String>("SELECT current_setting('work_mem')")
+        .ok()
+        .flatten();
+    let kb = Spi::get_one::<i64>(
+        "SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'work_mem'",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(0);
+    let raise = kb < PASS_WORK_MEM_KB;
+    if raise {
+        set_work_mem(&format!("{PASS_WORK_MEM_KB}kB"));
+    }
+    let r = f();
+    if let (true, Some(b)) = (raise, before) {
+        set_work_mem(&b);
+    }
+    r
+}
+
+fn set_work_mem(value: &str) {
+    Spi::run_with_args(
+        "SELECT pg_catalog.set_config('work_mem', $1, true)",
+        &[value.into()],
+    )
+    .unwrap_or_else(|e| ChipsError::Invalid(format!("clearing: {e}")).raise());
+}
+
 /// A value read through SPI that the schema says is never null.
 fn field<T>(v: Option<T>) -> T {
     v.unwrap_or_else(|| {
@@ -197,7 +268,10 @@ fn plan(
         ))
         .raise();
     }
-    let mut rows = read_tallies();
+    let mut rows: Vec<Row> = with_work_mem(|| read_tallies(None))
+        .into_iter()
+        .filter(|r| r.settled)
+        .collect();
     let mut ids: HashMap<String, u32> = HashMap::new();
     let mut names: Vec<String> = Vec::new();
     let mut node = |ent: &str| -> u32 {
@@ -261,19 +335,20 @@ struct Locked {
     tip: Vec<u8>,
 }
 
-/// Locks every half of `uuids` (in id order, as payments and lifts lock) and reads them as
+/// Locks the tally halves `ids` (in id order, as payments and lifts lock) and reads them as
 /// they are now: (stock, foil) per tally.
-fn lock_halves(uuids: &[pgrx::Uuid]) -> HashMap<[u8; 16], (Option<Locked>, Option<Locked>)> {
+fn lock_halves(mut ids: Vec<i64>) -> HashMap<[u8; 16], (Option<Locked>, Option<Locked>)> {
+    ids.sort_unstable();
     const SQL: &str = "
         SELECT x.tally_uuid, x.side, x.id, x.ent, x.status IN ('open'), x.net_good,
                x.net_good = x.net_pend, x.target, x.bound, x.reward, x.clutch,
                coalesce((x.hold_terms->>'limit')::bigint, 0), x.chain_len,
                coalesce(x.chain_tip, x.digest)
-        FROM chips.tallies x WHERE x.tally_uuid = ANY ($1)
+        FROM chips.tallies x WHERE x.id = ANY ($1)
         ORDER BY x.id FOR NO KEY UPDATE";
     let mut out: HashMap<[u8; 16], (Option<Locked>, Option<Locked>)> = HashMap::new();
     Spi::connect_mut(|c| {
-        for r in c.update(SQL, None, &[uuids.to_vec().into()])? {
+        for r in c.update(SQL, None, &[ids.into()])? {
             let uuid: pgrx::Uuid = field(r.get(1)?);
             let side: String = field(r.get(2)?);
             let half = Locked {
@@ -344,12 +419,12 @@ fn capacity_now(
 }
 
 /// What a pass is written from: the snapshot it was planned on, and the site's policy.
-struct Ctx {
-    rows: Vec<Row>,
-    names: Vec<String>,
-    policy: Policy,
-    min_units: i64,
-    through: Option<String>,
+pub(crate) struct Ctx {
+    pub(crate) rows: Vec<Row>,
+    pub(crate) names: Vec<String>,
+    pub(crate) policy: Policy,
+    pub(crate) min_units: i64,
+    pub(crate) through: Option<String>,
 }
 
 /// The pieces of a pass still to write, kept in this backend between the transactions of a
@@ -459,13 +534,23 @@ fn clearing_next() -> TableIterator<
 }
 
 /// Locks, re-checks, shrinks and writes one pass; one row per circle.
-fn execute_pass(mut pass: Pass, ctx: &Ctx) -> Vec<(Option<pgrx::Uuid>, i64, i32, String)> {
+pub(crate) fn execute_pass(
+    mut pass: Pass,
+    ctx: &Ctx,
+) -> Vec<(Option<pgrx::Uuid>, i64, i32, String)> {
     let uuids: Vec<pgrx::Uuid> = pass
         .moves
         .iter()
         .map(|m| ctx.rows[m.tally as usize].uuid)
         .collect();
-    let halves = lock_halves(&uuids);
+    let halves = with_work_mem(|| {
+        lock_halves(
+            pass.moves
+                .iter()
+                .flat_map(|m| ctx.rows[m.tally as usize].halves)
+                .collect(),
+        )
+    });
     let capacity: Vec<i64> = pass
         .moves
         .iter()
@@ -489,13 +574,15 @@ fn execute_pass(mut pass: Pass, ctx: &Ctx) -> Vec<(Option<pgrx::Uuid>, i64, i32,
         .collect();
     pass.compact();
     let lift = (!pass.moves.is_empty()).then(|| {
-        write_pass(
-            &pass,
-            &ctx.rows,
-            &ctx.names,
-            &halves,
-            ctx.through.as_deref(),
-        )
+        with_work_mem(|| {
+            write_pass(
+                &pass,
+                &ctx.rows,
+                &ctx.names,
+                &halves,
+                ctx.through.as_deref(),
+            )
+        })
     });
     lengths
         .into_iter()

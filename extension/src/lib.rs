@@ -8,8 +8,10 @@ use pgrx::prelude::*;
 
 mod chit;
 mod clearing;
+mod continuous;
 mod crypto;
 mod error;
+mod events;
 mod route;
 mod tally;
 

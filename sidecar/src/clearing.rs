@@ -1,7 +1,9 @@
 //! The database's timers, kept by chipsd: `chips.clearing_tick()` every `clearing_secs` (the
-//! database decides whether a clearing pass is due, `chips.clearing_configure`, and runs it) and
-//! `chips.lift_tick()` every `lift_tick_ms` (the timers of distributed lifts). Each runs on its
-//! own connection, so that a long clearing pass never holds up peer traffic or lift timers.
+//! database decides whether a clearing pass is due, `chips.clearing_configure`, and runs it),
+//! `chips.clearing_continuous()` every `continuous_ms` (continuous clearing, when the site turned
+//! it on; its session keeps the site's graph between ticks) and `chips.lift_tick()` every
+//! `lift_tick_ms` (the timers of distributed lifts). Each runs on its own connection, so that a
+//! long clearing pass never holds up peer traffic or lift timers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,6 +71,27 @@ pub async fn run(cfg: Arc<Config>, token: CancellationToken) {
                         );
                     }
                 }
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Continuous clearing: a tick that clears only where tallies changed since the last one.
+pub async fn continuous(cfg: Arc<Config>, token: CancellationToken) {
+    every(
+        &cfg.db,
+        Duration::from_millis(cfg.continuous_ms),
+        "continuous clearing",
+        token,
+        async |c| {
+            let r = c
+                .query_one("SELECT * FROM chips.clearing_continuous()", &[])
+                .await?;
+            let lifts: i32 = r.get(0);
+            if lifts > 0 {
+                crate::metrics::METRICS.lifts.inc_by(lifts as u64);
             }
             Ok(())
         },

@@ -30,6 +30,9 @@ pub struct Config {
     pub clearing_secs: u64,
     /// How often `chips.lift_tick()` is called (timers of distributed lifts); 0: never.
     pub lift_tick_ms: u64,
+    /// How often `chips.clearing_continuous()` is called (it clears only when the site's
+    /// settings turn continuous clearing on); 0: never.
+    pub continuous_ms: u64,
     /// The user gateway (websocket API, documents, health, metrics); off when None.
     pub gateway: Option<GatewayConfig>,
 }
@@ -56,6 +59,7 @@ pub struct FileConfig {
     pub reply_timeout_ms: Option<u64>,
     pub clearing_secs: Option<u64>,
     pub lift_tick_ms: Option<u64>,
+    pub continuous_ms: Option<u64>,
     pub gateway_listen: Option<SocketAddr>,
     pub gateway_db: Option<String>,
     pub gateway_public_url: Option<String>,
@@ -172,6 +176,7 @@ impl FileConfig {
                 .unwrap_or(10_000),
             clearing_secs: other.clearing_secs.or(self.clearing_secs).unwrap_or(5),
             lift_tick_ms: other.lift_tick_ms.or(self.lift_tick_ms).unwrap_or(500),
+            continuous_ms: other.continuous_ms.or(self.continuous_ms).unwrap_or(100),
             gateway,
         })
     }

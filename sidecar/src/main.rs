@@ -120,6 +120,10 @@ struct RunArgs {
     /// How often to call chips.lift_tick(), the timers of distributed lifts (default 500; 0: never).
     #[arg(long, env = "CHIPSD_LIFT_TICK_MS")]
     lift_tick_ms: Option<u64>,
+    /// How often to call chips.clearing_continuous() (default 100; 0: never). It clears only
+    /// when the site turned continuous clearing on (chips.clearing_configure).
+    #[arg(long, env = "CHIPSD_CONTINUOUS_MS")]
+    continuous_ms: Option<u64>,
     /// Serve the user gateway (websocket API, /doc, /health, /metrics) here; off if not given.
     #[arg(long, env = "CHIPSD_GATEWAY_LISTEN")]
     gateway_listen: Option<std::net::SocketAddr>,
@@ -168,6 +172,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         reply_timeout_ms: args.reply_timeout_ms,
         clearing_secs: args.clearing_secs,
         lift_tick_ms: args.lift_tick_ms,
+        continuous_ms: args.continuous_ms,
         gateway_listen: args.gateway_listen,
         gateway_db: args.gateway_db,
         gateway_public_url: args.gateway_public_url,
@@ -230,6 +235,7 @@ async fn serve(cfg: std::sync::Arc<config::Config>, seed: [u8; 32]) -> Result<()
     }
     tracker.spawn(clearing::run(cfg.clone(), token.clone()));
     tracker.spawn(clearing::lift_timer(cfg.clone(), token.clone()));
+    tracker.spawn(clearing::continuous(cfg.clone(), token.clone()));
     if let Some(g) = &cfg.gateway {
         let listener = tokio::net::TcpListener::bind(g.listen)
             .await

@@ -1,0 +1,32 @@
+//! The event feed is numbered at commit by a deferred trigger that fires once per event row
+//! (sql/access.sql, `chips._events_number`); its first firing numbers every event the
+//! transaction has made. These two functions keep, in the backend, which events of the running
+//! transaction that covered, so the other firings return at once instead of each asking the
+//! table (a clearing pass makes thousands of events in one transaction).
+
+use std::cell::Cell;
+
+use pgrx::prelude::*;
+
+thread_local! {
+    /// (the transaction's full xid, the highest event id it has numbered)
+    static NUMBERED: Cell<(u64, i64)> = const { Cell::new((0, 0)) };
+}
+
+fn current_xid() -> u64 {
+    // SAFETY: reads the top transaction's full xid (0 when it has none); valid in any transaction.
+    unsafe { pg_sys::GetTopFullTransactionIdIfAny().value }
+}
+
+/// Whether event `id` of the running transaction has been numbered already.
+#[pg_extern(volatile, parallel_unsafe, name = "_events_numbered")]
+fn events_numbered(id: i64) -> bool {
+    let (xid, upto) = NUMBERED.with(Cell::get);
+    xid != 0 && xid == current_xid() && id <= upto
+}
+
+/// Records that the running transaction has numbered its events up to `upto`.
+#[pg_extern(volatile, parallel_unsafe, name = "_events_mark")]
+fn events_mark(upto: i64) {
+    NUMBERED.with(|n| n.set((current_xid(), upto)));
+}
