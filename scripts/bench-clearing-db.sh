@@ -53,42 +53,13 @@ chmod 755 "$WORK"       # the server reads the COPY files from here
 trap 'cluster_stop "$DIR"; rm -rf "$DIR" "$WORK"' EXIT
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
 
-# load CSV: a fresh database `bench` with the CSV as open local tallies.
-load() {
-    local csv=$1
-    "${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS bench" -c "CREATE DATABASE bench"
-    tail -n +2 "$csv" > "$WORK/rows.csv"
-    "${PSQL[@]}" -d bench <<SQL
-CREATE EXTENSION chips;
-CREATE TEMP TABLE obl (debtor text, creditor text, amount bigint);
-\copy obl FROM '$WORK/rows.csv' WITH (FORMAT csv)
-DELETE FROM obl WHERE debtor = creditor OR amount <= 0;
-SET session_replication_role = replica;
-INSERT INTO chips.agents (agent, local) VALUES (repeat('A', 43), true);
-INSERT INTO chips.users (ent, cuid, agent, name, username)
-SELECT 'u' || x, 'u' || x, repeat('A', 43), 'u' || x, 'bench_u' || x
-FROM (SELECT debtor FROM obl UNION SELECT creditor FROM obl) n(x);
-CREATE TEMP TABLE t AS
-SELECT gen_random_uuid() AS u, 'u' || debtor AS d, 'u' || creditor AS c, amount FROM obl;
-INSERT INTO chips.tallies (ent, part_ent, tally_uuid, side, status, contract, hold_cert,
-    part_cert, hold_sig, part_sig, digest, chain_tip, hold_terms, net_good, net_pend)
-SELECT c, d, u, 'stock', 'open', 'bench', '{}'::jsonb, '{}'::jsonb, 'x', 'x', sha256(u::text::bytea),
-       sha256(u::text::bytea), jsonb_build_object('limit', amount), amount, amount FROM t
-UNION ALL
-SELECT d, c, u, 'foil', 'open', 'bench', '{}'::jsonb, '{}'::jsonb, 'x', 'x', sha256(u::text::bytea),
-       sha256(u::text::bytea), '{}'::jsonb, -amount, -amount FROM t;
-RESET session_replication_role;
-ANALYZE chips.users, chips.tallies;
-SQL
-}
-
 ms() { "${PSQL[@]}" -d bench -At -c "\\timing on" -c "$1" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | tail -1; }
 debt() { "${PSQL[@]}" -d bench -At -c "SELECT sum(abs(net_good)) FROM chips.tallies WHERE side = 'stock'"; }
 
 if [ "${1:-}" = "--greedy" ]; then
     USERS=${2:-40}; TALLIES=${3:-120}; MAXLEN=${MAXLEN:-8}
     target/release/examples/gen_network "$USERS" "$TALLIES" 7 > "$WORK/small.csv"
-    load "$WORK/small.csv"
+    load_network "$WORK/small.csv"
     say "original approach: recursive-CTE circles + greedy lifting (max length $MAXLEN)"
     "${PSQL[@]}" -d bench -c "CREATE TABLE debt AS
         SELECT tally_uuid AS id, part_ent AS debtor, ent AS creditor, net_good AS amount
@@ -156,7 +127,7 @@ SQL
 solve=(); e2e=(); copy=()
 for r in $(seq "$REPS"); do
     say "run $r of $REPS: loading $(basename "$CSV")"
-    load "$CSV"
+    load_network "$CSV"
     tallies=$("${PSQL[@]}" -d bench -At -c "SELECT count(*) FROM chips.tallies WHERE side = 'stock'")
     before=$(debt)
     "${PSQL[@]}" -d bench -c "CHECKPOINT"
@@ -179,52 +150,10 @@ echo "file=$(basename "$CSV") tallies=$tallies total_debt=$before cleared=$clear
 
 [ "$PAYERS" -gt 0 ] || exit 0
 say "payment latency: $PAYERS payers, ${PAY_SECS}s with no pass, then while a pass runs"
-load "$CSV"
-# Payers: the creditors of tallies the pass will move, made custodial users who can pay back
-# on those tallies (with room to do so: a large limit both ways).
-"${PSQL[@]}" -d bench <<SQL >/dev/null
-CREATE ROLE bench_client LOGIN;
-CREATE TABLE public.bench_pay AS
-SELECT row_number() OVER () - 1 AS n, y.tally, y.creditor,
-       (SELECT u.username FROM chips.users u WHERE u.ent = y.creditor) AS who
-FROM (SELECT x.tally, x.creditor
-      FROM (SELECT DISTINCT ON (p.creditor) p.tally, p.creditor
-            FROM chips.clearing_plan() p ORDER BY p.creditor, random()) x
-      ORDER BY random() LIMIT $PAYERS) y;
--- the loaded balances, which no chit explains (the audit below checks what moved since)
-CREATE TABLE public.bench_open AS
-SELECT t.id, t.net_good FROM chips.tallies t WHERE t.tally_uuid IN (SELECT tally FROM public.bench_pay);
-GRANT SELECT ON public.bench_pay TO PUBLIC;
-INSERT INTO chips.custody SELECT creditor, chips.new_seed() FROM public.bench_pay;
-UPDATE chips.users u SET pubkey = chips.seed_public(k.seed) FROM chips.custody k WHERE k.ent = u.ent;
-SET session_replication_role = replica;
-UPDATE chips.tallies t SET hold_cert = jsonb_build_object('public', u.pubkey)
-FROM chips.users u WHERE u.ent = t.ent AND u.pubkey IS NOT NULL;
-UPDATE chips.tallies t SET part_cert = jsonb_build_object('public', u.pubkey)
-FROM chips.users u WHERE u.ent = t.part_ent AND u.pubkey IS NOT NULL;
-UPDATE chips.tallies t SET part_terms = '{"limit": 1000000000000000}', hold_terms = '{"limit": 1000000000000000}'
-WHERE t.tally_uuid IN (SELECT tally FROM public.bench_pay);
-RESET session_replication_role;
-DO \$\$
-DECLARE r record;
-BEGIN
-    FOR r IN SELECT u.username FROM chips.users u JOIN public.bench_pay b ON b.creditor = u.ent LOOP
-        EXECUTE format('CREATE ROLE %I', r.username);
-        EXECUTE format('GRANT chips_user TO %I', r.username);
-        EXECUTE format('GRANT %I TO bench_client', r.username);
-    END LOOP;
-END
-\$\$;
-SQL
-cat > "$WORK/pay.sql" <<SQL
-\\set n :client_id % $PAYERS
-\\if :first
-\\set first 0
-SELECT who FROM public.bench_pay WHERE n = :n \\gset
-SET ROLE :who;
-\\endif
-SELECT chips.pay(tally, 1, 'bench') FROM public.bench_pay WHERE n = :n;
-SQL
+load_network "$CSV"
+# Payers: the creditors of tallies the pass will move.
+network_payers "$PAYERS" "SELECT DISTINCT ON (p.creditor) p.tally, p.creditor
+                          FROM chips.clearing_plan() p ORDER BY p.creditor, random()"
 # pgbench's per-transaction log: client, transaction, latency (us), script, epoch s, us.
 payers() { # seconds log-prefix
     (cd "$WORK" && pgbench -n -h 127.0.0.1 -p "$PORT" -U bench_client -D first=1 -c "$PAYERS" \
@@ -256,9 +185,6 @@ d50=$(pct 50 < "$WORK/during.lat"); d99=$(pct 99 < "$WORK/during.lat")
 echo "payments with no pass: n=$n_idle p50_ms=$i50 p99_ms=$i99"
 echo "the pass in pieces of at most $PIECE tallies: lifts=$plifts tally_moves=$pmoved chits=$pchits end_to_end_ms=$pass_ms"
 echo "payments during a pass (${pass_ms} ms): n=$n_during p50_ms=$d50 p99_ms=$d99 p99_during_over_idle=$(echo "scale=2; $d99 / $i99" | bc)"
-bad=$("${PSQL[@]}" -d bench -At -c "
-    SELECT (SELECT count(*) FROM public.bench_pay b, chips.tally_audit(b.tally) a WHERE NOT a.ok AND a.check_name = 'chain')
-         + (SELECT count(*) FROM public.bench_open o JOIN chips.tallies t ON t.id = o.id
-            WHERE t.net_good - o.net_good <> (SELECT coalesce(sum(c.value), 0) FROM chips.chits c WHERE c.tally_id = t.id AND c.status = 'good'))")
+bad=$(payers_unsound)
 echo "chain or balance failures on the payers' tallies: $bad"
 [ "$bad" = 0 ]

@@ -110,3 +110,97 @@ cluster_stop() {
         as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
     fi
 }
+
+# load_network CSV: a fresh database `bench` (reached with the PSQL array, files staged in WORK,
+# which the server can read) with an obligation network `debtor,creditor,amount` (header line
+# skipped) as open local tallies: rows written directly, triggers off, placeholder signatures.
+# Loading hundreds of thousands of tallies through the signed protocol would take hours and is
+# not what the clearing benchmarks measure.
+load_network() {
+    local csv=$1
+    "${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS bench" -c "CREATE DATABASE bench"
+    tail -n +2 "$csv" > "$WORK/rows.csv"
+    "${PSQL[@]}" -d bench <<SQL
+CREATE EXTENSION chips;
+CREATE TEMP TABLE obl (debtor text, creditor text, amount bigint);
+\copy obl FROM '$WORK/rows.csv' WITH (FORMAT csv)
+DELETE FROM obl WHERE debtor = creditor OR amount <= 0;
+SET session_replication_role = replica;
+INSERT INTO chips.agents (agent, local) VALUES (repeat('A', 43), true);
+INSERT INTO chips.users (ent, cuid, agent, name, username)
+SELECT 'u' || x, 'u' || x, repeat('A', 43), 'u' || x, 'bench_u' || x
+FROM (SELECT debtor FROM obl UNION SELECT creditor FROM obl) n(x);
+CREATE TEMP TABLE t AS
+SELECT gen_random_uuid() AS u, 'u' || debtor AS d, 'u' || creditor AS c, amount FROM obl;
+INSERT INTO chips.tallies (ent, part_ent, tally_uuid, side, status, contract, hold_cert,
+    part_cert, hold_sig, part_sig, digest, chain_tip, hold_terms, net_good, net_pend)
+SELECT c, d, u, 'stock', 'open', 'bench', '{}'::jsonb, '{}'::jsonb, 'x', 'x', sha256(u::text::bytea),
+       sha256(u::text::bytea), jsonb_build_object('limit', amount), amount, amount FROM t
+UNION ALL
+SELECT d, c, u, 'foil', 'open', 'bench', '{}'::jsonb, '{}'::jsonb, 'x', 'x', sha256(u::text::bytea),
+       sha256(u::text::bytea), '{}'::jsonb, -amount, -amount FROM t;
+RESET session_replication_role;
+ANALYZE chips.users, chips.tallies;
+SQL
+}
+
+# network_payers N QUERY: in a network load_network made, N of the tallies QUERY selects (columns
+# tally, creditor; one tally per creditor) get a payer: the creditor becomes a custodial user
+# with a role pgbench (logged in as bench_client) can take, paying back on that tally (a large
+# limit both ways, so it never runs out). public.bench_pay (n, tally, creditor, who) lists
+# them; $WORK/pay.sql is the pgbench script (client n pays 1 as payer n mod N).
+network_payers() {
+    local n=$1 query=$2
+    "${PSQL[@]}" -d bench <<SQL >/dev/null
+CREATE ROLE bench_client LOGIN;
+CREATE TABLE public.bench_pay AS
+SELECT row_number() OVER () - 1 AS n, y.tally, y.creditor,
+       (SELECT u.username FROM chips.users u WHERE u.ent = y.creditor) AS who
+FROM (SELECT x.tally, x.creditor FROM ($query) x ORDER BY random() LIMIT $n) y;
+-- the loaded balances, which no chit explains (payers_unsound checks what moved since)
+CREATE TABLE public.bench_open AS
+SELECT t.id, t.net_good, (SELECT coalesce(max(c.id), 0) FROM chips.chits c) AS after
+FROM chips.tallies t WHERE t.tally_uuid IN (SELECT tally FROM public.bench_pay);
+GRANT SELECT ON public.bench_pay TO PUBLIC;
+INSERT INTO chips.custody SELECT creditor, chips.new_seed() FROM public.bench_pay;
+UPDATE chips.users u SET pubkey = chips.seed_public(k.seed) FROM chips.custody k WHERE k.ent = u.ent;
+SET session_replication_role = replica;
+UPDATE chips.tallies t SET hold_cert = jsonb_build_object('public', u.pubkey)
+FROM chips.users u WHERE u.ent = t.ent AND u.pubkey IS NOT NULL;
+UPDATE chips.tallies t SET part_cert = jsonb_build_object('public', u.pubkey)
+FROM chips.users u WHERE u.ent = t.part_ent AND u.pubkey IS NOT NULL;
+UPDATE chips.tallies t SET part_terms = '{"limit": 1000000000000000}', hold_terms = '{"limit": 1000000000000000}'
+WHERE t.tally_uuid IN (SELECT tally FROM public.bench_pay);
+RESET session_replication_role;
+DO \$\$
+DECLARE r record;
+BEGIN
+    FOR r IN SELECT u.username FROM chips.users u JOIN public.bench_pay b ON b.creditor = u.ent LOOP
+        EXECUTE format('CREATE ROLE %I', r.username);
+        EXECUTE format('GRANT chips_user TO %I', r.username);
+        EXECUTE format('GRANT %I TO bench_client', r.username);
+    END LOOP;
+END
+\$\$;
+SQL
+    cat > "$WORK/pay.sql" <<SQL
+\\set n :client_id % $n
+\\if :first
+\\set first 0
+SELECT who FROM public.bench_pay WHERE n = :n \\gset
+SET ROLE :who;
+\\endif
+SELECT chips.pay(tally, 1, 'bench') FROM public.bench_pay WHERE n = :n;
+SQL
+}
+
+# payers_unsound: how many of the payers' tally halves fail their chain audit or moved by other
+# than the chits written since network_payers (0 for a sound run).
+payers_unsound() {
+    "${PSQL[@]}" -d bench -At -c "
+    SELECT (SELECT count(*) FROM public.bench_pay b, chips.tally_audit(b.tally) a WHERE NOT a.ok AND a.check_name = 'chain')
+         + (SELECT count(*) FROM public.bench_open o JOIN chips.tallies t ON t.id = o.id
+            WHERE t.net_good - o.net_good <> (SELECT coalesce(sum(c.value), 0) FROM chips.chits c
+                                              WHERE c.tally_id = t.id AND c.status = 'good'
+                                                AND c.id > o.after))"
+}

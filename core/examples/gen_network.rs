@@ -15,7 +15,7 @@
 //! alpha 1.3), most trade inside the region (85 %), trading partners and amounts drawn by size.
 //! Within a region trade goes both ways, which is what makes debt clearable; a share of it
 //! follows a supply chain (from firms lower in the chain to firms higher up: raw goods owe
-//! nothing upstream), which no circle can clear. With the default `--chain 0.45` about 35 to 45 %
+//! nothing upstream), which no circle can clear. With the default `--chain 0.65` about 35 to 45 %
 //! of the debt is clearable (the optimum; `clear` prints it).
 
 use std::io::{BufWriter, Write};
@@ -26,7 +26,7 @@ const USAGE: &str = "usage: gen_network [--sardex [--chain SHARE]] USERS TALLIES
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut sardex = false;
-    let mut chain = 0.45f64;
+    let mut chain = 0.65f64;
     let mut rest = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {

@@ -58,11 +58,18 @@ pub(crate) fn read_tallies(only: Option<&[pgrx::Uuid]>) -> Vec<Row> {
                array_agg(s.net_good = s.net_pend AND f.net_good = f.net_pend), array_agg(f.id)
         FROM chips.tallies s
         JOIN chips.tallies f ON f.tally_uuid = s.tally_uuid AND f.side = 'foil'
-        WHERE s.side = 'stock' AND s.status = 'open' AND f.status = 'open'
-          AND ($1 IS NULL OR s.tally_uuid = ANY ($1))";
+        WHERE s.side = 'stock' AND s.status = 'open' AND f.status = 'open'";
     let mut rows = Spi::connect(|c| {
-        let only: Option<Vec<pgrx::Uuid>> = only.map(<[_]>::to_vec);
-        let r = c.select(SQL, None, &[only.into()])?.first();
+        let r = match only {
+            None => c.select(SQL, None, &[])?.first(),
+            Some(u) => c
+                .select(
+                    &format!("{SQL} AND s.tally_uuid = ANY ($1)"),
+                    None,
+                    &[u.to_vec().into()],
+                )?
+                .first(),
+        };
         let ids: Vec<i64> = column(r.get(1)?);
         let uuids: Vec<pgrx::Uuid> = column(r.get(2)?);
         let stock: Vec<String> = column(r.get(3)?);

@@ -1,13 +1,14 @@
 //! Continuous clearing: a tick that clears only where something changed since the last one.
 //!
 //! After a pass at the optimum no circle is left to lift, so any circle a later tick can find
-//! runs through a tally that changed since (a new or larger debt, a settings change, a pending
-//! chit settled). The tick keeps the site's liftable graph in this backend (read once, then kept
-//! up to date from the chits written since), finds, for every changed tally and direction with
-//! capacity `u -> v`, the nodes on some circle through it (reached from `v` and reaching `u`),
-//! and solves and writes only the tallies among those nodes, with the same planner and writer as
-//! a pass (`crate::clearing`). Within that set the result is the optimum of the whole graph: a
-//! path between two of its nodes through any other node would put that node on such a circle.
+//! runs along an arc whose capacity grew since (a new or larger debt, a settings change, a
+//! pending chit settled; a debt paid back only shrinks one). The tick keeps the site's liftable
+//! graph in this backend (read once, then kept up to date from the chits written since), takes
+//! the arcs `u -> v` that grew, the nodes reached from their heads and reaching their tails (so
+//! every circle through one of them), and solves and writes only the tallies among those
+//! nodes, with the same planner and writer as a pass (`crate::clearing`). Within that set the
+//! result is the optimum of the whole graph: a path between two of its nodes through any other
+//! node would put that node in the set too.
 //!
 //! What changed is read from the chits table by id. Ids are taken when a chit is written but
 //! become visible when its transaction commits, so every tick reads again the ids of the last
@@ -19,7 +20,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use chips_core::clearing::LiftOptions;
-use chips_core::liftable::{self, Half, Policy, Tally};
+use chips_core::liftable::{self, Policy, Tally};
 use chips_core::pass::Pass;
 use pgrx::prelude::*;
 
@@ -33,6 +34,10 @@ const WINDOW: Duration = Duration::from_secs(2);
 struct Graph {
     policy: Policy,
     rows: Vec<Row>,
+    /// What each tally's stock holder and foil holder can lift along it now (0 unless settled),
+    /// and which of their segments (reduce, overshoot, costed: bits 0, 1, 2) have capacity.
+    caps: Vec<[i64; 2]>,
+    segments: Vec<[u8; 2]>,
     by_uuid: HashMap<[u8; 16], u32>,
     by_half: HashMap<i64, u32>,
     ids: HashMap<String, u32>,
@@ -66,7 +71,7 @@ impl Graph {
     fn put(&mut self, mut row: Row) -> u32 {
         row.tally.stock = self.node(&row.stock);
         row.tally.foil = self.node(&row.foil);
-        match self.by_uuid.get(row.uuid.as_bytes()) {
+        let t = match self.by_uuid.get(row.uuid.as_bytes()) {
             Some(&t) => {
                 self.rows[t as usize] = row;
                 t
@@ -79,24 +84,44 @@ impl Graph {
                 self.incident[row.tally.stock as usize].push(t);
                 self.incident[row.tally.foil as usize].push(t);
                 self.rows.push(row);
+                self.caps.push([0, 0]);
+                self.segments.push([0, 0]);
                 t
             }
-        }
+        };
+        self.recap(t);
+        t
     }
 
-    /// The half of tally `t` that node `x` holds.
-    fn half(&self, t: u32, x: u32) -> Half {
-        let tally = &self.rows[t as usize].tally;
-        if tally.stock == x {
-            tally.stock_half()
-        } else {
-            tally.foil_half()
-        }
+    /// Marks tally `t` as one no lift may use (not open any more, or not read back).
+    fn shut(&mut self, t: u32) {
+        self.rows[t as usize].settled = false;
+        self.recap(t);
     }
 
-    /// Whether node `x` can lift along tally `t` now (towards the other holder).
-    fn arc(&self, t: u32, x: u32) -> bool {
-        self.rows[t as usize].settled && self.half(t, x).capacity(&self.policy, true) > 0
+    /// Computes the capacities of tally `t` again.
+    fn recap(&mut self, t: u32) {
+        let row = &self.rows[t as usize];
+        let (mut caps, mut segs) = ([0i64; 2], [0u8; 2]);
+        if row.settled {
+            for (k, half) in [row.tally.stock_half(), row.tally.foil_half()]
+                .iter()
+                .enumerate()
+            {
+                for (seg, cap, _) in half.segments(&self.policy) {
+                    caps[k] = caps[k].saturating_add(cap);
+                    segs[k] |= 1 << seg as u8;
+                }
+            }
+        }
+        self.caps[t as usize] = caps;
+        self.segments[t as usize] = segs;
+    }
+
+    /// What node `x` can lift along tally `t` now (towards the other holder).
+    fn capacity(&self, t: u32, x: u32) -> i64 {
+        let k = usize::from(self.rows[t as usize].tally.stock != x);
+        self.caps[t as usize][k]
     }
 
     fn other(&self, t: u32, x: u32) -> u32 {
@@ -108,43 +133,94 @@ impl Graph {
         }
     }
 
-    /// Nodes reached from `from` along arcs with capacity (`forward`), or reaching it
-    /// (`!forward`), within `within` when given.
-    fn reach(&self, from: u32, forward: bool, within: Option<&HashSet<u32>>) -> HashSet<u32> {
-        let mut seen = HashSet::from([from]);
-        let mut queue = vec![from];
-        while let Some(x) = queue.pop() {
-            for &t in &self.incident[x as usize] {
-                let y = self.other(t, x);
-                let usable = if forward {
-                    self.arc(t, x)
-                } else {
-                    self.arc(t, y)
-                };
-                if usable && within.is_none_or(|w| w.contains(&y)) && seen.insert(y) {
-                    queue.push(y);
-                }
-            }
-        }
-        seen
+    /// The arcs of node `x`: to the nodes it can lift to (`forward`), or from the nodes that
+    /// can lift to it.
+    fn next(&self, x: u32, forward: bool) -> impl Iterator<Item = u32> + '_ {
+        self.incident[x as usize].iter().filter_map(move |&t| {
+            let y = self.other(t, x);
+            let cap = if forward {
+                self.capacity(t, x)
+            } else {
+                self.capacity(t, y)
+            };
+            (cap > 0).then_some(y)
+        })
     }
 
-    /// The nodes on some circle through a changed tally.
-    fn around(&self, changed: &HashSet<u32>) -> HashSet<u32> {
-        let mut out = HashSet::new();
-        for &t in changed {
-            let tally = self.rows[t as usize].tally;
-            for (u, v) in [(tally.stock, tally.foil), (tally.foil, tally.stock)] {
-                if !self.arc(t, u) || (out.contains(&u) && out.contains(&v)) {
-                    continue;
-                }
-                let ahead = self.reach(v, true, None);
-                if ahead.contains(&u) {
-                    out.extend(self.reach(u, false, Some(&ahead)));
-                }
+    /// The nodes reached from the head of an arc that grew and reaching its tail: every circle
+    /// the growth made possible is among them. A search forward from the heads and one backward
+    /// from the tails take turns, a node at a time; when the first is complete, the other is run
+    /// within what it found. In a graph a pass has cleared (no circle left) the cheaper side
+    /// usually ends soon, so a tick costs about the smaller of the two searches.
+    fn around(&self, grown: &[(u32, u32)]) -> Vec<u32> {
+        if grown.is_empty() {
+            return Vec::new();
+        }
+        let heads: Vec<u32> = grown.iter().map(|&(_, v)| v).collect();
+        let tails: Vec<u32> = grown.iter().map(|&(u, _)| u).collect();
+        let mut ahead = Search::new(self.names.len(), &heads);
+        let mut behind = Search::new(self.names.len(), &tails);
+        let (done, forward) = loop {
+            if !ahead.step(|x| self.next(x, true), None) {
+                break (ahead, true);
+            }
+            if !behind.step(|x| self.next(x, false), None) {
+                break (behind, false);
+            }
+        };
+        // The other way, within what the complete search found.
+        let starts: Vec<u32> = if forward { &tails } else { &heads }
+            .iter()
+            .copied()
+            .filter(|&x| done.seen[x as usize])
+            .collect();
+        if starts.is_empty() {
+            return Vec::new();
+        }
+        let mut rest = Search::new(self.names.len(), &starts);
+        while rest.step(|x| self.next(x, !forward), Some(&done.seen)) {}
+        (0..self.names.len() as u32)
+            .filter(|&x| rest.seen[x as usize])
+            .collect()
+    }
+}
+
+/// A graph search that advances a node at a time.
+struct Search {
+    seen: Vec<bool>,
+    queue: Vec<u32>,
+}
+
+impl Search {
+    fn new(n: usize, from: &[u32]) -> Search {
+        let mut seen = vec![false; n];
+        let mut queue = Vec::with_capacity(from.len());
+        for &x in from {
+            if !seen[x as usize] {
+                seen[x as usize] = true;
+                queue.push(x);
             }
         }
-        out
+        Search { seen, queue }
+    }
+
+    /// Expands one node (over the arcs `next` gives, within `within` when given); false when
+    /// nothing was left to expand.
+    fn step<I: Iterator<Item = u32>>(
+        &mut self,
+        next: impl Fn(u32) -> I,
+        within: Option<&[bool]>,
+    ) -> bool {
+        let Some(x) = self.queue.pop() else {
+            return false;
+        };
+        for y in next(x) {
+            if !self.seen[y as usize] && within.is_none_or(|w| w[y as usize]) {
+                self.seen[y as usize] = true;
+                self.queue.push(y);
+            }
+        }
+        true
     }
 }
 
@@ -167,6 +243,8 @@ fn build(policy: Policy) -> Graph {
         ids: HashMap::new(),
         names: Vec::new(),
         incident: Vec::new(),
+        caps: Vec::new(),
+        segments: Vec::new(),
         seen,
         marks: VecDeque::new(),
         done: HashSet::new(),
@@ -177,8 +255,11 @@ fn build(policy: Policy) -> Graph {
     g
 }
 
-/// The tallies whose chits changed since the last tick, read again as they are now.
-fn refresh(g: &mut Graph) -> HashSet<u32> {
+/// Reads again the tallies whose chits changed since the last tick, and returns the arcs
+/// (tail, head) that gained a segment (a reduce, overshoot or costed segment had no capacity
+/// and has some now): only those can make a new circle. More of a segment that had capacity
+/// adds no arc the last optimum did not see, and a debt paid back only shrinks one.
+fn refresh(g: &mut Graph) -> Vec<(u32, u32)> {
     let now = Instant::now();
     while g.marks.front().is_some_and(|(at, _)| now - *at > WINDOW) {
         g.marks.pop_front();
@@ -208,7 +289,7 @@ fn refresh(g: &mut Graph) -> HashSet<u32> {
     let oldest = g.marks.front().map_or(top, |m| m.1);
     g.done.retain(|&id| id > oldest);
     if halves.is_empty() {
-        return HashSet::new();
+        return Vec::new();
     }
     // tallies this graph knows, and the uuids of those it does not (opened since)
     let mut uuids: Vec<pgrx::Uuid> = Vec::new();
@@ -236,17 +317,30 @@ fn refresh(g: &mut Graph) -> HashSet<u32> {
     }
     uuids.sort_unstable_by_key(|u| *u.as_bytes());
     uuids.dedup_by_key(|u| *u.as_bytes());
-    // a tally not read back is no longer open: nothing may lift along it
+    // what each could carry before; a tally not read back is no longer open: nothing may lift
+    // along it
+    let mut before: HashMap<u32, [u8; 2]> = HashMap::new();
     for u in &uuids {
         if let Some(&t) = g.by_uuid.get(u.as_bytes()) {
-            g.rows[t as usize].settled = false;
+            before.insert(t, g.segments[t as usize]);
+            g.shut(t);
         }
     }
-    let mut changed = HashSet::new();
+    let mut grown = Vec::new();
     for row in read_tallies(Some(&uuids)) {
-        changed.insert(g.put(row));
+        let t = g.put(row);
+        let tally = g.rows[t as usize].tally;
+        let was = before.get(&t).copied().unwrap_or([0, 0]);
+        for (k, (u, v)) in [(tally.stock, tally.foil), (tally.foil, tally.stock)]
+            .into_iter()
+            .enumerate()
+        {
+            if g.segments[t as usize][k] & !was[k] != 0 {
+                grown.push((u, v));
+            }
+        }
     }
-    changed
+    grown
 }
 
 /// One tick of continuous clearing with the site's settings (`min_units`, `max_len`): lifts
@@ -282,16 +376,17 @@ fn clearing_continuous(
     let mut g = GRAPH.with(|g| g.borrow_mut().take());
     let around = match g.as_mut() {
         Some(graph) if graph.policy == policy => {
-            let changed = refresh(graph);
-            if changed.is_empty() {
+            let grown = refresh(graph);
+            let around = graph.around(&grown);
+            if around.is_empty() {
                 GRAPH.with(|c| *c.borrow_mut() = g);
                 return TableIterator::new(Vec::new());
             }
-            graph.around(&changed)
+            around
         }
         _ => {
             let graph = build(policy);
-            let all = (0..graph.names.len() as u32).collect();
+            let all: Vec<u32> = (0..graph.names.len() as u32).collect();
             g = Some(graph);
             all
         }
@@ -302,8 +397,7 @@ fn clearing_continuous(
     let mut names: Vec<String> = Vec::new();
     let mut rows: Vec<Row> = Vec::new();
     let mut picked: HashSet<u32> = HashSet::new();
-    let mut nodes: Vec<u32> = around.into_iter().collect();
-    nodes.sort_unstable();
+    let nodes = around;
     for &x in &nodes {
         for &t in &graph.incident[x as usize] {
             let row = &graph.rows[t as usize];
