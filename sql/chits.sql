@@ -250,18 +250,20 @@ END
 $$;
 
 -- Raises 23514 when a good chit of `p_units` issued by the holder of `t` would take the holder's
--- balance below minus the credit its partner granted it.
+-- balance below minus the credit its partner granted it, counting what pending lifts may still
+-- take from it (net_hold): a lift that commits after the payment cannot take it past the limit.
 CREATE FUNCTION chips._check_limit(t chips.tallies, p_units bigint) RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
     v_limit bigint := coalesce((t.part_terms->>'limit')::bigint, 0);
+    v_have bigint := t.net_good + t.net_hold;   -- what lifts under way may still take is held back
 BEGIN
-    IF t.net_good - p_units < -v_limit THEN
+    IF v_have - p_units < -v_limit THEN
         RAISE EXCEPTION 'paying % would take your balance on tally % to %, past the credit limit of % your partner granted',
-            p_units, t.tally_uuid, t.net_good - p_units, v_limit
+            p_units, t.tally_uuid, v_have - p_units, v_limit
             USING ERRCODE = '23514',
-                  HINT = 'Pay at most ' || greatest(t.net_good + v_limit, 0) || ' milliCHIPs.';
+                  HINT = 'Pay at most ' || greatest(v_have + v_limit, 0) || ' milliCHIPs.';
     END IF;
 END
 $$;
@@ -778,6 +780,7 @@ DECLARE
     c chips.chits;
     v_good bigint;
     v_pend bigint;
+    v_hold bigint;
     v_prior bytea;
     v_bad text;
     v_n integer;
@@ -786,11 +789,15 @@ BEGIN
         ent := t.ent;
         side := t.side;
         SELECT coalesce(sum(y.value) FILTER (WHERE y.status = 'good'), 0),
-               coalesce(sum(y.value) FILTER (WHERE y.status IN ('good', 'pend')), 0)
-        INTO v_good, v_pend FROM chips.chits y WHERE y.tally_id = t.id;
-        check_name := 'balance'; ok := v_good = t.net_good AND v_pend = t.net_pend;
+               coalesce(sum(y.value) FILTER (WHERE y.status IN ('good', 'pend')), 0),
+               coalesce(sum(chips._hold(y.status, y.chit_type, y.value)), 0)
+        INTO v_good, v_pend, v_hold FROM chips.chits y WHERE y.tally_id = t.id;
+        check_name := 'balance';
+        ok := v_good = t.net_good AND v_pend = t.net_pend AND v_hold = t.net_hold;
         detail := pg_catalog.format('cached good %s pend %s, chits sum to good %s pend %s',
-                                    t.net_good, t.net_pend, v_good, v_pend);
+                                    t.net_good, t.net_pend, v_good, v_pend)
+                  || CASE WHEN v_hold = t.net_hold THEN '' ELSE
+                         pg_catalog.format(', held back %s cached, %s in the chits', t.net_hold, v_hold) END;
         RETURN NEXT;
 
         check_name := 'digest';
@@ -905,12 +912,14 @@ LANGUAGE plpgsql
 AS $$
 BEGIN
     UPDATE chips.tallies x SET net_good = x.net_good + d.good, net_pend = x.net_pend + d.pend,
+        net_hold = x.net_hold + d.hold,
         chain_len = coalesce(d.idx, x.chain_len),
         chain_tip = CASE WHEN d.idx IS NULL THEN x.chain_tip ELSE d.hash END,
         updated = pg_catalog.now()
     FROM (SELECT DISTINCT ON (n.tally_id) n.tally_id,
                  sum(chips._good(n.status, n.value)) OVER w AS good,
                  sum(chips._pend(n.status, n.value)) OVER w AS pend,
+                 sum(chips._hold(n.status, n.chit_type, n.value)) OVER w AS hold,
                  n.chain_idx AS idx, n.chain_hash AS hash
           FROM new_chits n WINDOW w AS (PARTITION BY n.tally_id)
           ORDER BY n.tally_id, n.chain_idx DESC NULLS LAST) d
@@ -940,12 +949,15 @@ LANGUAGE plpgsql
 AS $$
 BEGIN
     UPDATE chips.tallies x SET net_good = x.net_good + d.good, net_pend = x.net_pend + d.pend,
+        net_hold = x.net_hold + d.hold,
         chain_len = coalesce(d.idx, x.chain_len),
         chain_tip = CASE WHEN d.idx IS NULL THEN x.chain_tip ELSE d.hash END,
         updated = pg_catalog.now()
     FROM (SELECT DISTINCT ON (n.tally_id) n.tally_id,
                  sum(chips._good(n.status, n.value) - chips._good(o.status, o.value)) OVER w AS good,
                  sum(chips._pend(n.status, n.value) - chips._pend(o.status, o.value)) OVER w AS pend,
+                 sum(chips._hold(n.status, n.chit_type, n.value)
+                     - chips._hold(o.status, o.chit_type, o.value)) OVER w AS hold,
                  CASE WHEN o.chain_idx IS NULL THEN n.chain_idx END AS idx, n.chain_hash AS hash
           FROM new_chits n JOIN old_chits o ON o.id = n.id WINDOW w AS (PARTITION BY n.tally_id)
           ORDER BY n.tally_id, CASE WHEN o.chain_idx IS NULL THEN n.chain_idx END DESC NULLS LAST) d
@@ -980,6 +992,12 @@ AS $$ SELECT CASE WHEN p_status = 'good' THEN p_value ELSE 0 END $$;
 CREATE FUNCTION chips._pend(p_status text, p_value bigint) RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT CASE WHEN p_status IN ('good', 'pend') THEN p_value ELSE 0 END $$;
+
+-- What a chit adds to its half's net_hold: a pending lift chit that would lower the balance (a
+-- lift reserved, not decided yet) is held back from what the holder may pay.
+CREATE FUNCTION chips._hold(p_status text, p_type text, p_value bigint) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT CASE WHEN p_status = 'pend' AND p_type = 'lift' AND p_value < 0 THEN p_value ELSE 0 END $$;
 
 -- Whether the statement running is a COPY (pg_restore): restored rows make no events.
 CREATE FUNCTION chips._restoring() RETURNS boolean

@@ -259,7 +259,8 @@ BEGIN
         -- foil halves chain (and chain their local stock twins); stock halves of tallies with
         -- another site wait for the foil half's chain update
         FOR c IN SELECT y.* FROM chips.chits y JOIN chips.tallies x ON x.id = y.tally_id
-                 WHERE y.lift_id = p_id ORDER BY (x.side = 'foil') DESC, y.id LOOP
+                 WHERE y.lift_id = p_id AND y.status = 'good'   -- not those of a round's earlier attempt
+                 ORDER BY (x.side = 'foil') DESC, y.id LOOP
             SELECT * INTO t FROM chips.tallies x WHERE x.id = c.tally_id;
             IF t.side = 'foil' THEN
                 PERFORM chips._chit_good(c.tally_id, c);
@@ -1147,5 +1148,7 @@ BEGIN
     END LOOP;
     DELETE FROM chips.lift_routes x WHERE x.expires < pg_catalog.now() - interval '10 minutes';
     DELETE FROM chips.lift_route_cache c WHERE c.expires < pg_catalog.now();
+    -- and the timers of clearing rounds (sql/rounds.sql)
+    PERFORM chips.round_tick();
 END
 $$;

@@ -96,6 +96,7 @@ CREATE TABLE chips.tallies (
     -- balances in milliCHIPs from the holder's view (positive: the partner owes the holder)
     net_good    bigint NOT NULL DEFAULT 0,  -- sum of good chits
     net_pend    bigint NOT NULL DEFAULT 0,  -- sum of good and pending chits
+    net_hold    bigint NOT NULL DEFAULT 0,  -- pending lift chits that lower it (<= 0): held back from payments
     part_sets   jsonb NOT NULL DEFAULT '{}',  -- the partner's trading variables, from its set chits
     -- the chit chain: chain_len good chits are chained; chain_tip is the hash of the last block
     -- (the tally digest while chain_len = 0); on the foil half of a tally with another site,
@@ -172,16 +173,16 @@ CREATE TABLE chips.inbox (
 CREATE TABLE chips.lifts (
     id          bigint PRIMARY KEY DEFAULT nextval('chips.lift_seq'),
     lift_uuid   uuid NOT NULL UNIQUE,
-    kind        text NOT NULL CHECK (kind IN ('local', 'linear', 'circular')),
+    kind        text NOT NULL CHECK (kind IN ('local', 'linear', 'circular', 'round')),
     status      text NOT NULL CHECK (status IN ('draft', 'seek', 'pend', 'good', 'void')),
-    units       bigint NOT NULL CHECK (units > 0),
+    units       bigint NOT NULL CHECK (units > 0 OR (kind = 'round' AND units = 0)),
     tallies     uuid[] NOT NULL DEFAULT '{}', -- the tallies moved (local), or this site's segment, in order
     debtors     text[] NOT NULL DEFAULT '{}', -- the debtor on each (a segment: step i lowers what debtors[i] owes debtors[i + 1])
     through     text,                   -- the user a lift through one user was asked for
     margin      double precision NOT NULL DEFAULT 0,  -- compounded margin of its costed steps (local: its dearest circle's)
     created     timestamptz NOT NULL DEFAULT now(),
     -- distributed lifts only
-    role        text CHECK (role IN ('origin', 'relay', 'terminus')),
+    role        text CHECK (role IN ('origin', 'relay', 'terminus', 'member')),
     origin      jsonb,                  -- the originating user's CHIP address
     find        jsonb,                  -- where the lift goes (the payee; the origin for a circle)
     payer       text,                   -- the local user who pays (origin)
@@ -189,15 +190,19 @@ CREATE TABLE chips.lifts (
     query       text,                   -- the route query it follows
     tally_in    uuid,                   -- the tally it arrives on (relay, terminus; origin of a circle)
     tally_out   uuid,                   -- the tally it leaves on (origin, relay)
-    condition   bytea,                  -- SHA-256 of the commit secret
+    condition   bytea,                  -- SHA-256 of the commit secret (a round: of its members' locks, in order)
     void_cond   bytea,                  -- SHA-256 of the void secret
-    secret      bytea,                  -- the commit secret (the origin's from the start; others' once committed)
+    secret      bytea,                  -- the commit secret (the origin's from the start; others' once committed; a round member's own share)
     void_secret bytea,
     expires     timestamptz,            -- this site's deadline for the lift to be prepared
     pay         jsonb,                  -- a payment: {doc, sign, key}, the payer's signature over doc
     reason      text,                   -- why it is void
     decided     timestamptz,            -- when it became good or void here
     asked       timestamptz,            -- when this site last asked the origin for the decision
+    -- clearing rounds only (sql/rounds.sql): the attempt this site's part answers, and the date
+    -- the coordinator gave the round's lift chits (so both halves of a tally write the same one)
+    attempt     integer,
+    chit_date   timestamptz(3),
     CHECK (cardinality(tallies) = cardinality(debtors)),
     CHECK (kind <> 'local' OR cardinality(tallies) >= 2),
     CHECK (kind = 'local' OR (role IS NOT NULL AND condition IS NOT NULL AND void_cond IS NOT NULL
@@ -261,6 +266,114 @@ CREATE TABLE chips.lift_settings (
     fanout      integer NOT NULL DEFAULT 8 CHECK (fanout BETWEEN 1 AND 64),
     cache_life  interval NOT NULL DEFAULT '1 minute' CHECK (cache_life >= interval '0'),
     ask_every   interval NOT NULL DEFAULT '2 seconds' CHECK (ask_every >= interval '100 milliseconds')
+);
+
+-- Clearing rounds across sites (sql/rounds.sql). One row: the coordinator this site takes part
+-- with (its site address, cuid `_site`), the local agent that speaks for the site, the secret
+-- its users' per-round pseudonyms are keyed with; and, as a coordinator, whether and how often
+-- it runs rounds for the sites that joined it.
+CREATE TABLE chips.round_settings (
+    one         boolean PRIMARY KEY DEFAULT true CHECK (one),
+    coordinator jsonb,
+    agent       text REFERENCES chips.agents,
+    secret      bytea NOT NULL CHECK (length(secret) = 32),
+    coordinate  boolean NOT NULL DEFAULT false,
+    every       interval NOT NULL DEFAULT '1 minute' CHECK (every >= interval '1 second'),
+    life        interval NOT NULL DEFAULT '30 seconds' CHECK (life >= interval '1 second'),
+    attempts    integer NOT NULL DEFAULT 3 CHECK (attempts BETWEEN 1 AND 10),
+    last_round  timestamptz
+);
+
+-- A coordinator's members: the sites that asked to take part in its rounds.
+CREATE TABLE chips.round_members (
+    agent      text PRIMARY KEY,
+    address    jsonb NOT NULL,
+    joined     timestamptz NOT NULL DEFAULT now()
+);
+
+-- A coordinator's rounds. A round commits only with every member's share (a secret each
+-- member reveals when it has prepared its part and agreed with its partners; the coordinator
+-- holds only their hashes, the locks, until then), so no coordinator can commit flows a member
+-- refused; the void secret (SHA-256 = void_cond) is the coordinator's own.
+CREATE TABLE chips.rounds (
+    id            bigserial PRIMARY KEY,
+    round_uuid    uuid NOT NULL UNIQUE,
+    status        text NOT NULL CHECK (status IN ('collect', 'prepare', 'good', 'void')),
+    attempt       integer NOT NULL DEFAULT 1,
+    void_secret   bytea NOT NULL,
+    void_cond     bytea NOT NULL,
+    chit_date     timestamptz(3) NOT NULL,
+    collect_until timestamptz NOT NULL,
+    expires       timestamptz NOT NULL,
+    created       timestamptz NOT NULL DEFAULT now(),
+    solved        timestamptz,
+    decided       timestamptz,
+    reason        text,
+    cost          numeric,             -- the circulation's cost (minus the debt it lowers)
+    stats         jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX rounds_open_idx ON chips.rounds (expires) WHERE status IN ('collect', 'prepare');
+
+-- Each member's part in a round, at the coordinator: what it sent and where it stands.
+CREATE TABLE chips.round_sites (
+    round_id   bigint NOT NULL REFERENCES chips.rounds,
+    agent      text NOT NULL,
+    address    jsonb NOT NULL,
+    status     text NOT NULL CHECK (status IN ('invited', 'graph', 'solved', 'ready', 'refused', 'absent')),
+    parts      integer,                -- how many parts its graph comes in
+    got        integer NOT NULL DEFAULT 0,
+    bytes      bigint NOT NULL DEFAULT 0,
+    attempt    integer,
+    lock       bytea,                  -- SHA-256 of its share
+    share      bytea,                  -- its share, once it is ready
+    PRIMARY KEY (round_id, agent)
+);
+
+-- The arcs of a round's union graph, at the coordinator: pseudonyms and links only.
+CREATE TABLE chips.round_arcs (
+    round_id   bigint NOT NULL REFERENCES chips.rounds,
+    agent      text NOT NULL,
+    k          integer NOT NULL,       -- the arc's place in its site's part
+    tail       text NOT NULL,
+    head       text NOT NULL,
+    cap        bigint NOT NULL,
+    cost       bigint NOT NULL,
+    flow       bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (round_id, agent, k)
+);
+
+-- A member's own arcs in a round (what each is here), and the flows the coordinator sent.
+CREATE TABLE chips.round_parts (
+    lift_id    bigint NOT NULL REFERENCES chips.lifts,
+    k          integer NOT NULL,
+    tally      uuid NOT NULL,
+    via        text NOT NULL CHECK (via IN ('stock', 'foil', 'out', 'in')),  -- a local tally's holder's arc, or a remote half's
+    tail       text NOT NULL,
+    head       text NOT NULL,
+    cap        bigint NOT NULL,
+    cost       bigint NOT NULL,
+    flow       bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (lift_id, k)
+);
+
+-- A member's state in a round besides its lift: the flows received, and the partner sites
+-- whose agreement on the tallies it shares with them it waits for.
+CREATE TABLE chips.round_state (
+    lift_id    bigint PRIMARY KEY REFERENCES chips.lifts,
+    parts      integer,
+    got        integer NOT NULL DEFAULT 0,
+    partners   text[] NOT NULL DEFAULT '{}',
+    ready      integer                  -- the attempt this site said ready for (its consent)
+);
+
+-- What partner sites said they move on the tallies they share with this one, per attempt
+-- (one may come before this site has its own flows of that attempt).
+CREATE TABLE chips.round_agrees (
+    lift_id    bigint NOT NULL REFERENCES chips.lifts,
+    agent      text NOT NULL,
+    attempt    integer NOT NULL,
+    moves      jsonb NOT NULL,
+    PRIMARY KEY (lift_id, agent, attempt)
 );
 
 -- Site settings of automatic clearing: one row. chips.clearing_configure changes it,
@@ -399,6 +512,15 @@ SELECT pg_catalog.pg_extension_config_dump('chips.outbox', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.inbox', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.lifts', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.pass_circles', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.round_settings', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.round_members', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.rounds', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.rounds_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.round_sites', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.round_arcs', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.round_parts', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.round_state', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.round_agrees', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.clearing_settings', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.chits', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.lift_seq', '');

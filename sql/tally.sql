@@ -286,6 +286,17 @@ BEGIN
         WHEN 'lift/commit' THEN RETURN chips._recv_lift_decision(msg);
         WHEN 'lift/void' THEN RETURN chips._recv_lift_decision(msg);
         WHEN 'lift/status' THEN RETURN chips._recv_lift_status(msg);
+        WHEN 'round/join' THEN RETURN chips._recv_round_join(msg);
+        WHEN 'round/leave' THEN RETURN chips._recv_round_leave(msg);
+        WHEN 'round/open' THEN RETURN chips._recv_round_open(msg);
+        WHEN 'round/graph' THEN RETURN chips._recv_round_graph(msg);
+        WHEN 'round/flows' THEN RETURN chips._recv_round_flows(msg);
+        WHEN 'round/refuse' THEN RETURN chips._recv_round_refuse(msg);
+        WHEN 'round/agree' THEN RETURN chips._recv_round_agree(msg);
+        WHEN 'round/ready' THEN RETURN chips._recv_round_ready(msg);
+        WHEN 'round/good' THEN RETURN chips._recv_round_good(msg);
+        WHEN 'round/void' THEN RETURN chips._recv_round_void(msg);
+        WHEN 'round/status' THEN RETURN chips._recv_round_status(msg);
         ELSE
             RAISE EXCEPTION 'unknown peer message %/%', msg->>'target', msg->>'action'
                 USING ERRCODE = '22023';

@@ -14,6 +14,8 @@
 //!   and its clearing, whole or through one node.
 //! * [`pass`]: a clearing pass as one circulation (moves per tally, its circles), shrunk to
 //!   what the tallies can carry when it is written, and cut into pieces.
+//! * [`round`]: clearing rounds across sites: pseudonymous site graphs, the coordinator's
+//!   solve over their union, each site's check of its part.
 //! * [`peer`]: frame types, the peer message envelope, Noise IK sessions keyed by agent keys.
 //!
 //! Every fallible function returns [`Error`]; the extension maps its [`ErrorKind`] to a SQLSTATE.
@@ -27,6 +29,7 @@ pub mod error;
 pub mod liftable;
 pub mod pass;
 pub mod peer;
+pub mod round;
 pub mod route;
 pub mod sign;
 pub mod tally;

@@ -89,6 +89,17 @@ pub enum Segment {
     Costed,
 }
 
+impl Segment {
+    /// What a unit along the segment costs the optimizer: lowering a debt gains one, moving a
+    /// balance away from zero costs one (so the optimum clears the most debt).
+    pub fn cost(self) -> i64 {
+        match self {
+            Segment::Reduce => -1,
+            Segment::Overshoot | Segment::Costed => 1,
+        }
+    }
+}
+
 impl Half {
     /// The capacity of the holder's arc, segment by segment, before any policy.
     pub fn lading(&self) -> Lading {
@@ -246,7 +257,7 @@ fn graph(n: usize, tallies: &[Tally], policy: &Policy) -> Result<(Vec<Edge>, Vec
                     from,
                     to,
                     cap,
-                    cost: if segment == Segment::Reduce { -1 } else { 1 },
+                    cost: segment.cost(),
                 });
                 arcs.push(Arc {
                     tally: i as u32,

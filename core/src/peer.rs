@@ -167,7 +167,7 @@ pub struct Envelope {
 }
 
 /// The messages sites exchange: (target, action).
-pub const MESSAGES: [(&str, &str); 17] = [
+pub const MESSAGES: [(&str, &str); 28] = [
     ("tally", "ticket"),
     ("tally", "offer"),
     ("tally", "open"),
@@ -185,6 +185,17 @@ pub const MESSAGES: [(&str, &str); 17] = [
     ("lift", "commit"),
     ("lift", "void"),
     ("lift", "status"),
+    ("round", "join"),
+    ("round", "leave"),
+    ("round", "open"),
+    ("round", "graph"),
+    ("round", "flows"),
+    ("round", "refuse"),
+    ("round", "agree"),
+    ("round", "ready"),
+    ("round", "good"),
+    ("round", "void"),
+    ("round", "status"),
 ];
 
 impl Envelope {

@@ -14,7 +14,7 @@ use crate::address::ChipAddress;
 use crate::{sign, Error, Result};
 
 /// Which half of a tally: the stock (vendor, creditor) or the foil (client, debtor).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Side {
     Stock,

@@ -12,6 +12,7 @@ mod continuous;
 mod crypto;
 mod error;
 mod events;
+mod rounds;
 mod route;
 mod tally;
 
@@ -36,6 +37,11 @@ extension_sql_file!(
     "../../sql/remote.sql",
     name = "remote",
     requires = ["schema", "tally", "chits", "lifts"]
+);
+extension_sql_file!(
+    "../../sql/rounds.sql",
+    name = "rounds",
+    requires = ["schema", "tally", "chits", "remote"]
 );
 extension_sql_file!(
     "../../sql/access.sql",
