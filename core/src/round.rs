@@ -110,6 +110,10 @@ pub struct Remote {
     pub half: Half,
     /// The tally's digest (SHA-256 of the document both parties signed).
     pub digest: Vec<u8>,
+    /// What the partner's half can take, as this site knows it (the partner's settings come
+    /// with its setting chits): the arc from the link back to the holder is offered only when
+    /// the partner can pass something, and never more (the partner's own arc still bounds it).
+    pub partner: Option<Half>,
 }
 
 /// A site's part of a round: the arcs it offers, and what each is.
@@ -155,9 +159,12 @@ pub fn site_graph(secret: &[u8], round: &str, locals: &[Local], remotes: &[Remot
             ));
             g.via.push(Via::Out { half: i as u32 });
         }
-        g.arcs
-            .push(Arc(link(&r.digest, round, r.side.other()), holder, OPEN, 0));
-        g.via.push(Via::In { half: i as u32 });
+        let back = r.partner.map_or(OPEN, |p| p.capacity(&policy, true));
+        if back > 0 {
+            g.arcs
+                .push(Arc(link(&r.digest, round, r.side.other()), holder, back, 0));
+            g.via.push(Via::In { half: i as u32 });
+        }
     }
     g
 }
@@ -344,6 +351,7 @@ mod tests {
                     side: Side::Stock,
                     half: t.stock_half(),
                     digest: digest.clone(),
+                    partner: Some(t.foil_half()),
                 });
                 which[a].push((i, Side::Stock));
                 remotes[b].push(Remote {
@@ -351,6 +359,7 @@ mod tests {
                     side: Side::Foil,
                     half: t.foil_half(),
                     digest,
+                    partner: (i % 2 == 0).then(|| t.stock_half()),
                 });
                 which[b].push((i, Side::Foil));
             }

@@ -34,7 +34,11 @@ fn read_remotes(only: Option<&[pgrx::Uuid]>, lock: bool) -> Vec<RemoteRow> {
     let sql = format!(
         "SELECT t.tally_uuid, t.side, t.ent, t.net_good, t.target, t.bound, t.reward, t.clutch,
                 coalesce((t.hold_terms->>'limit')::bigint, 0),
-                coalesce((t.part_sets->>'clutch')::float8, 0), t.digest
+                coalesce((t.part_sets->>'clutch')::float8, 0), t.digest,
+                coalesce((t.part_sets->>'target')::bigint, 0),
+                coalesce((t.part_sets->>'bound')::bigint, 0),
+                coalesce((t.part_sets->>'reward')::float8, 0),
+                coalesce((t.part_terms->>'limit')::bigint, 0)
          FROM chips.tallies t
          WHERE t.part_ent IS NULL AND t.status = 'open' AND t.net_good = t.net_pend
            AND t.digest IS NOT NULL {} ORDER BY t.id {}",
@@ -67,6 +71,19 @@ fn read_remotes(only: Option<&[pgrx::Uuid]>, lock: bool) -> Vec<RemoteRow> {
                         partner_clutch: field(r.get(10)?),
                     },
                     digest: field(r.get(11)?),
+                    // the partner's half as this site knows it: its position is minus ours,
+                    // its settings come with its setting chits
+                    partner: Some(Half {
+                        position: field::<i64>(r.get(4)?).checked_neg().unwrap_or(i64::MAX),
+                        vars: TradingVars {
+                            target: field(r.get(12)?),
+                            bound: field(r.get(13)?),
+                            reward: field(r.get(14)?),
+                            clutch: field(r.get(10)?),
+                        },
+                        limit: Some(field(r.get(15)?)),
+                        partner_clutch: field(r.get(8)?),
+                    }),
                 },
             });
         }
