@@ -112,7 +112,23 @@ BEGIN
                      'last_delivered', (SELECT chips._iso(max(o.delivered)) FROM chips.outbox o
                                         WHERE o.to_agent = a.agent)) ORDER BY a.agent)
                      FROM chips.agents a WHERE NOT a.local), '[]'),
-        'backlog', (SELECT count(*) FROM chips.outbox o WHERE o.delivered IS NULL));
+        'backlog', (SELECT count(*) FROM chips.outbox o WHERE o.delivered IS NULL),
+        -- clearing rounds: the coordinator this site takes part with, and, when it coordinates,
+        -- its members and latest rounds
+        'rounds', (SELECT pg_catalog.jsonb_build_object(
+                     'coordinator', CASE WHEN x.coordinator IS NOT NULL THEN (x.coordinator->>'agent') || '@'
+                                         || (x.coordinator->>'host') || ':' || (x.coordinator->>'port') END,
+                     'coordinating', x.coordinate, 'every', x.every::text,
+                     'members', (SELECT count(*) FROM chips.round_members),
+                     'recent', coalesce((SELECT pg_catalog.jsonb_agg(y.j ORDER BY y.id DESC) FROM (
+                         SELECT r.id, pg_catalog.jsonb_build_object(
+                             'round', r.round_uuid, 'status', r.status, 'attempt', r.attempt,
+                             'created', chips._iso(r.created), 'reason', r.reason,
+                             'ms', round((extract(epoch FROM r.decided - r.created) * 1000)::numeric, 1),
+                             'sites', (SELECT count(*) FROM chips.round_sites s WHERE s.round_id = r.id AND s.status <> 'absent'),
+                             'arcs', r.stats->'arcs', 'moved', r.stats->'arcs_with_flow') j
+                         FROM chips.rounds r ORDER BY r.id DESC LIMIT 10) y), '[]'))
+                   FROM chips.round_settings x));
 END
 $$;
 

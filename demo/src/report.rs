@@ -15,6 +15,8 @@ pub struct Sample {
     pub cleared_cross: i64,
     pub lifts_local: i64,
     pub lifts_cross: i64,
+    pub cleared_round: i64,
+    pub lifts_round: i64,
 }
 
 /// A tally at the end: `from` owes `to` (people indexes).
@@ -158,7 +160,10 @@ fn chart_svg(samples: &[Sample]) -> String {
     let tmax = samples.iter().map(|s| s.t).fold(1.0, f64::max);
     let ymax = samples
         .iter()
-        .map(|s| s.outstanding.max(s.cleared_local + s.cleared_cross))
+        .map(|s| {
+            s.outstanding
+                .max(s.cleared_local + s.cleared_cross + s.cleared_round)
+        })
         .max()
         .unwrap_or(0)
         .max(1) as f64;
@@ -204,7 +209,7 @@ fn chart_svg(samples: &[Sample]) -> String {
         s,
         r##"<polyline fill="none" stroke="#c0392b" stroke-width="2" points="{}"/><polyline fill="none" stroke="#27ae60" stroke-width="2" points="{}"/>"##,
         line(&|s| s.outstanding),
-        line(&|s| s.cleared_local + s.cleared_cross)
+        line(&|s| s.cleared_local + s.cleared_cross + s.cleared_round)
     );
     let _ = writeln!(
         s,
@@ -244,8 +249,10 @@ td,th{padding:2px 10px;border-bottom:1px solid #eee;text-align:left}th{backgroun
     let _ = write!(
         html,
         "<h2>Lifts</h2><p>{} lifts started, {good} good (local: one site clears a circle of its \
-         own tallies; circular: a circle across sites, listed at the site that started it; \
-         linear: a payment to a person on another site through intermediaries). Latest 300:</p>\
+         own tallies; round: a clearing round over the whole federation, one row per site with \
+         the tallies it moved there; circular: a circle across sites found by route discovery, \
+         listed at the site that started it; linear: a payment to a person on another site \
+         through intermediaries). Latest 300:</p>\
          <table><tr><th>at (s)</th><th>site</th><th>kind</th><th>status</th>\
          <th class=num>units</th><th class=num>tallies here</th></tr>",
         r.lifts.len()

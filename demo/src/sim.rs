@@ -145,7 +145,7 @@ async fn go(
         "== {} sites, each its own database and chipsd (peers over Noise, user gateway on)",
         args.sites
     );
-    let (mut names, mut sites, mut gateways) = (vec![], vec![], vec![]);
+    let (mut names, mut sites, mut gateways, mut ports) = (vec![], vec![], vec![], vec![]);
     for name in SITE_NAMES.iter().take(args.sites as usize) {
         interrupted(stop)?;
         let name = name.to_string();
@@ -203,7 +203,40 @@ async fn go(
         names.push(name);
         sites.push(s);
         gateways.push(format!("http://{gw_listen}"));
+        ports.push(port);
     }
+
+    // Clearing rounds: the first site coordinates, every site (itself too) takes part.
+    let coordinator = format!("{}@127.0.0.1:{}", sites[0].agent_id(), ports[0]);
+    let every = args.clear_every.to_string();
+    sites[0]
+        .admin
+        .execute(
+            "SELECT * FROM chips.round_configure(coordinate => true, every => ($1 || ' seconds')::interval)",
+            &[&every],
+        )
+        .await
+        .map_err(db)?;
+    for s in &sites {
+        s.admin
+            .execute(
+                "SELECT * FROM chips.round_configure(coordinator => $1)",
+                &[&coordinator],
+            )
+            .await
+            .map_err(db)?;
+    }
+    quiet(&sites, stop, false).await?;
+    let members: i64 = sites[0]
+        .admin
+        .query_one("SELECT count(*) FROM chips.round_members", &[])
+        .await
+        .map_err(db)?
+        .get(0);
+    println!(
+        "  clearing rounds: {} coordinates them for {members} site(s) (every {} s)",
+        names[0], args.clear_every
+    );
 
     println!(
         "\n== {} people per site join (each with their own signing key)",
@@ -369,9 +402,10 @@ async fn go(
         let s = sample(&net, t0).await?;
         b.set_position(t0.elapsed().as_secs().min(args.duration));
         b.set_message(format!(
-            "{} payments, {} lifts, debt {}",
+            "{} payments, {} lifts, {} rounds, debt {}",
             stats.paid.load(Ordering::Relaxed) + stats.refunds.load(Ordering::Relaxed),
             s.lifts_local + s.lifts_cross,
+            s.lifts_round,
             chips(s.outstanding)
         ));
         samples.push(s);
@@ -392,15 +426,75 @@ async fn go(
             .await
             .map_err(db)?;
     }
+    net.sites[0]
+        .admin
+        .execute(
+            "SELECT * FROM chips.round_configure(coordinate => false)",
+            &[],
+        )
+        .await
+        .map_err(db)?;
     quiet(&net.sites, stop, true).await?;
     samples.push(sample(&net, t0).await?);
     println!("  quiet after {:.1} s", q.elapsed().as_secs_f64());
 
-    println!("\n== a last clearing pass at every site, against the optimum for the whole network");
+    println!(
+        "\n== a last clearing round over the federation, against the optimum for the whole network"
+    );
     let before_pass = samples.last().expect("a sample").outstanding;
     let graph = network(&net).await?;
     let optimum = optimum(&graph)?;
-    let mut last = before_pass;
+    let coord = &net.sites[0].admin;
+    coord
+        .execute(
+            "SELECT * FROM chips.round_configure(coordinate => true, every => '1 day')",
+            &[],
+        )
+        .await
+        .map_err(db)?;
+    let round: Uuid = coord
+        .query_one("SELECT chips.round_open()", &[])
+        .await
+        .map_err(db)?
+        .get(0);
+    quiet(&net.sites, stop, true).await?;
+    coord
+        .execute(
+            "SELECT * FROM chips.round_configure(coordinate => false)",
+            &[],
+        )
+        .await
+        .map_err(db)?;
+    let r = coord
+        .query_one(
+            "SELECT status, attempt, coalesce(reason, ''),
+                    extract(epoch FROM decided - created)::float8 * 1000,
+                    (SELECT count(*) FROM chips.round_sites s WHERE s.round_id = r.id AND s.status = 'ready'),
+                    (SELECT count(*) FROM chips.round_arcs a WHERE a.round_id = r.id)
+             FROM chips.rounds r WHERE round_uuid = $1",
+            &[&round],
+        )
+        .await
+        .map_err(db)?;
+    let s = sample(&net, t0).await?;
+    println!(
+        "  round {}: {} after {} attempt(s) in {:.0} ms, {} sites ready, {} arcs; debt {} -> {}{}",
+        &round.to_string()[..8],
+        r.get::<_, String>(0),
+        r.get::<_, i32>(1),
+        r.get::<_, Option<f64>>(3).unwrap_or(0.0),
+        r.get::<_, i64>(4),
+        r.get::<_, i64>(5),
+        chips(before_pass),
+        chips(s.outstanding),
+        match r.get::<_, String>(2) {
+            x if x.is_empty() => String::new(),
+            x => format!(" ({x})"),
+        }
+    );
+    let mut last = s.outstanding;
+    samples.push(s);
+    // then each site's own pass and route discovery, for anything the round could not take
     for _round in 0..4 {
         interrupted(stop)?;
         for s in &net.sites {
@@ -457,8 +551,8 @@ async fn go(
         payment_lifts += r.get::<_, i64>(4);
     }
 
-    let before = fin.outstanding + fin.cleared_local + fin.cleared_cross;
-    let cleared = fin.cleared_local + fin.cleared_cross;
+    let cleared = fin.cleared_local + fin.cleared_cross + fin.cleared_round;
+    let before = fin.outstanding + cleared;
     let share = |a: i64, b: i64| {
         if b == 0 {
             100.0
@@ -516,11 +610,13 @@ async fn go(
         share(cleared, before)
     );
     println!(
-        "  lifts: {} local (cleared {}), {} across sites (cleared {}), {payment_lifts} payment lifts",
+        "  lifts: {} local (cleared {}), {} across sites (cleared {}), {} clearing rounds (cleared {}), {payment_lifts} payment lifts",
         fin.lifts_local,
         chips(fin.cleared_local),
         fin.lifts_cross,
-        chips(fin.cleared_cross)
+        chips(fin.cleared_cross),
+        fin.lifts_round,
+        chips(fin.cleared_round)
     );
     println!(
         "  last pass: debt {} -> {}: cleared {} of the {} the solver finds for the whole network ({:.1} % of the optimum)",
@@ -562,7 +658,7 @@ async fn go(
             .admin
             .query(
                 "SELECT kind, status, units, cardinality(tallies), extract(epoch FROM created)::float8
-                 FROM chips.lifts WHERE kind = 'local' OR role = 'origin' ORDER BY created",
+                 FROM chips.lifts WHERE kind IN ('local', 'round') OR role = 'origin' ORDER BY created",
                 &[],
             )
             .await
@@ -608,6 +704,14 @@ async fn go(
                         chips(pass_cleared),
                         chips(optimum),
                         share(pass_cleared, optimum)
+                    ),
+                ),
+                (
+                    "clearing rounds".into(),
+                    format!(
+                        "{} good, cleared {}",
+                        fin.lifts_round,
+                        chips(fin.cleared_round)
                     ),
                 ),
                 ("peer messages".into(), messages.to_string()),
@@ -757,7 +861,10 @@ async fn quiet(sites: &[Site], stop: &AtomicBool, lifts: bool) -> Res<()> {
                 .query_one(
                     "SELECT (SELECT count(*) FROM chips.outbox WHERE delivered IS NULL)
                           + CASE WHEN $1 THEN (SELECT count(*) FROM chips.lifts
-                                               WHERE status IN ('seek', 'pend')) ELSE 0 END",
+                                               WHERE status IN ('seek', 'pend')
+                                                  OR (kind = 'round' AND status = 'draft'))
+                                            + (SELECT count(*) FROM chips.rounds
+                                               WHERE status IN ('collect', 'prepare')) ELSE 0 END",
                     &[&lifts],
                 )
                 .await
@@ -775,7 +882,7 @@ async fn quiet(sites: &[Site], stop: &AtomicBool, lifts: bool) -> Res<()> {
     Ok(())
 }
 
-/// Outstanding debt, debt cleared by lifts (local and across sites) and lifts so far.
+/// Outstanding debt, debt cleared by lifts (local, across sites, rounds) and lifts so far.
 async fn sample(net: &Net, t0: Instant) -> Res<Sample> {
     let mut s = Sample {
         t: t0.elapsed().as_secs_f64(),
@@ -798,7 +905,12 @@ async fn sample(net: &Net, t0: Instant) -> Res<Sample> {
                          WHERE t.side = 'stock' AND c.status = 'good'),
                         (SELECT count(*) FROM chips.lifts WHERE kind = 'local' AND status = 'good'),
                         (SELECT count(*) FROM chips.lifts
-                         WHERE kind = 'circular' AND role = 'origin' AND status = 'good')",
+                         WHERE kind = 'circular' AND role = 'origin' AND status = 'good'),
+                        (SELECT coalesce(sum(abs(c.units)) FILTER (WHERE l.kind = 'round'), 0)::bigint
+                         FROM chips.chits c JOIN chips.tallies t ON t.id = c.tally_id
+                         JOIN chips.lifts l ON l.id = c.lift_id
+                         WHERE t.side = 'stock' AND c.status = 'good'),
+                        (SELECT count(*) FROM chips.rounds WHERE status = 'good')",
                 &[],
             )
             .await
@@ -808,6 +920,8 @@ async fn sample(net: &Net, t0: Instant) -> Res<Sample> {
         s.cleared_cross += r.get::<_, i64>(2);
         s.lifts_local += r.get::<_, i64>(3);
         s.lifts_cross += r.get::<_, i64>(4);
+        s.cleared_round += r.get::<_, i64>(5);
+        s.lifts_round += r.get::<_, i64>(6);
     }
     Ok(s)
 }

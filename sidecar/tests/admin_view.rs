@@ -168,10 +168,11 @@ async fn the_admin_view_logs_in_draws_the_network_and_adds_a_user() {
     let gw_port = free_port();
     let gw_dsn = a.gateway_dsn().await.unwrap();
     let url = format!("http://127.0.0.1:{gw_port}");
+    let peer_port = free_port();
     let _chipsd = Sidecar::start(
         std::path::Path::new(CHIPSD),
         &a,
-        free_port(),
+        peer_port,
         &dir,
         &[
             "--gateway-listen",
@@ -186,6 +187,58 @@ async fn the_admin_view_logs_in_draws_the_network_and_adds_a_user() {
         chips_tests::wait_port(gw_port, Duration::from_secs(20)),
         "the gateway listens"
     );
+
+    // a clears its own users in rounds it coordinates (its chipsd carries the messages to
+    // itself): one round, good, before the page opens
+    a.admin
+        .execute(
+            "SELECT * FROM chips.round_configure(coordinate => true, coordinator => $1)",
+            &[&format!("{}@127.0.0.1:{peer_port}", a.agent_id())],
+        )
+        .await
+        .unwrap();
+    assert!(
+        chips_tests::wait_port(peer_port, Duration::from_secs(20)),
+        "chipsd listens for peers"
+    );
+    let mut joined = false;
+    for _ in 0..100 {
+        let n: i64 = a
+            .admin
+            .query_one("SELECT count(*) FROM chips.round_members", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if n == 1 {
+            joined = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(joined, "a joins its own rounds");
+    let round: uuid::Uuid = a
+        .admin
+        .query_one("SELECT chips.round_open()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let mut status = String::new();
+    for _ in 0..100 {
+        status = a
+            .admin
+            .query_one(
+                "SELECT status FROM chips.rounds WHERE round_uuid = $1",
+                &[&round],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if status == "good" || status == "void" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "good");
 
     // the admin link, as a DBA gets it
     let out = Command::new(CHIPSD)
@@ -241,6 +294,15 @@ async fn the_admin_view_logs_in_draws_the_network_and_adds_a_user() {
         .eval("document.getElementById('users').innerText")
         .await;
     assert!(users.as_str().unwrap().contains("Bob Miller"), "{users}");
+    let rounds = page
+        .eval("document.getElementById('roundset').textContent + ' | ' + document.getElementById('rounds').innerText")
+        .await;
+    let rounds = rounds.as_str().unwrap();
+    assert!(
+        rounds.contains("coordinates rounds every 00:01:00 for 1 site(s)")
+            && rounds.contains("good"),
+        "{rounds}"
+    );
     assert_eq!(
         page.eval("location.hash").await,
         json!(""),
