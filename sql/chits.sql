@@ -620,92 +620,19 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     t chips.tallies := chips._chit_half(msg, (msg->'object'->>'tally')::uuid);
-    e jsonb;
-    c chips.chits;
-    v_doc jsonb;
-    v_idx integer;
-    v_prior bytea;
-    v_hash bytea;
-    v_here bytea;
+    v_ack jsonb;
 BEGIN
     CASE msg->'object'->>'cmd'
     WHEN 'upd' THEN
-        IF t.side <> 'stock' THEN
-            RAISE EXCEPTION 'only the foil half orders the chain of tally %', t.tally_uuid USING ERRCODE = '22023';
+        v_ack := chips._chain_upd(t, msg->'object'->'chits');
+        IF v_ack IS NULL THEN
+            RETURN 'nak';
         END IF;
-        FOR e IN SELECT x.value FROM pg_catalog.jsonb_array_elements(msg->'object'->'chits') x
-                 ORDER BY (x.value->>'index')::integer LOOP
-            v_idx := (e->>'index')::integer;
-            SELECT * INTO t FROM chips.tallies x WHERE x.id = t.id;
-            IF v_idx <= t.chain_len THEN
-                SELECT y.chain_hash INTO v_here FROM chips.chits y WHERE y.tally_id = t.id AND y.chain_idx = v_idx;
-                IF v_here IS DISTINCT FROM chips.b64url_decode(e->>'hash') THEN
-                    RAISE EXCEPTION 'the chain of tally % differs from the partner''s at index %', t.tally_uuid, v_idx
-                        USING ERRCODE = '55000';
-                END IF;
-                CONTINUE;
-            END IF;
-            IF v_idx > t.chain_len + 1 THEN
-                -- a gap: ask for everything after what we have
-                PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'chain',
-                    pg_catalog.jsonb_build_object('cmd', 'nak', 'tally', t.tally_uuid, 'index', t.chain_len));
-                RETURN 'nak';
-            END IF;
-            v_doc := chips.chit_doc_check(e->'chit');
-            SELECT * INTO c FROM chips.chits y
-            WHERE y.tally_id = t.id AND y.chit_uuid = (v_doc->>'uuid')::uuid FOR UPDATE;
-            IF NOT FOUND AND v_doc->>'type' = 'lift' THEN
-                -- a lift chit this half never took part in: no lift moves value without the
-                -- holder's site (sql/remote.sql)
-                RAISE EXCEPTION 'lift chit % of tally % is not known here', v_doc->>'uuid', t.tally_uuid
-                    USING ERRCODE = '55000';
-            ELSIF FOUND AND c.chit_type = 'lift' AND c.status = 'pend' THEN
-                -- the lift is not decided here yet: settling it asks again (nak)
-                UPDATE chips.tallies x SET chain_seen = greatest(x.chain_seen, (
-                    SELECT max((y.value->>'index')::integer)
-                    FROM pg_catalog.jsonb_array_elements(msg->'object'->'chits') y))
-                WHERE x.id = t.id;
-                EXIT;
-            ELSIF NOT FOUND THEN
-                c := chips._chit_insert(t, v_doc, 'good', e->>'sign');
-                PERFORM chips._chit_effects(t.id, c);
-            ELSIF c.status <> 'good' THEN
-                IF chips.canonical_json(chips._chit_doc(c, t.tally_uuid)) <> chips.canonical_json(v_doc) THEN
-                    RAISE EXCEPTION 'chit % differs from the partner''s', c.chit_uuid USING ERRCODE = '22023';
-                END IF;
-                UPDATE chips.chits y SET status = 'good', signature = e->>'sign' WHERE y.id = c.id RETURNING * INTO c;
-                PERFORM chips._chit_effects(t.id, c);
-            END IF;
-            v_prior := coalesce(t.chain_tip, t.digest);
-            v_hash := chips.chit_chain_hash(chips._chit_doc(c, t.tally_uuid), v_idx, v_prior, c.signature);
-            IF v_hash <> chips.b64url_decode(e->>'hash') THEN
-                RAISE EXCEPTION 'chit % hashes differently here at index % of tally %', c.chit_uuid, v_idx, t.tally_uuid
-                    USING ERRCODE = '55000';
-            END IF;
-            UPDATE chips.chits y SET chain_idx = v_idx, chain_prev = v_prior, chain_hash = v_hash WHERE y.id = c.id;
-        END LOOP;
-        SELECT * INTO t FROM chips.tallies x WHERE x.id = t.id;
         PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'chain',
-            pg_catalog.jsonb_build_object('cmd', 'ack', 'tally', t.tally_uuid, 'index', t.chain_len,
-                                          'hash', chips.b64url_encode(coalesce(t.chain_tip, t.digest))));
+                            v_ack || '{"cmd": "ack"}');
         RETURN 'upd';
     WHEN 'ack' THEN
-        v_idx := (msg->'object'->>'index')::integer;
-        IF t.side <> 'foil' OR v_idx > t.chain_len OR v_idx <= t.chain_conf THEN
-            RETURN 'ignored';
-        END IF;
-        SELECT coalesce((SELECT y.chain_hash FROM chips.chits y WHERE y.tally_id = t.id AND y.chain_idx = v_idx),
-                        CASE WHEN v_idx = 0 THEN t.digest END) INTO v_here;
-        IF v_here IS DISTINCT FROM chips.b64url_decode(msg->'object'->>'hash') THEN
-            RAISE EXCEPTION 'the partner''s chain of tally % differs at index %', t.tally_uuid, v_idx
-                USING ERRCODE = '55000';
-        END IF;
-        UPDATE chips.tallies x SET chain_conf = v_idx WHERE x.id = t.id;
-        -- more to confirm and no update on its way (the last was cut at the size limit): the next
-        IF v_idx < t.chain_len AND NOT chips._chain_pending(t) THEN
-            PERFORM chips._chain_send(t.id);
-        END IF;
-        RETURN 'ack';
+        RETURN chips._chain_ack(t, (msg->'object'->>'index')::integer, msg->'object'->>'hash');
     WHEN 'nak' THEN
         IF t.side <> 'foil' THEN
             RETURN 'ignored';
@@ -717,6 +644,193 @@ BEGIN
     ELSE
         RAISE EXCEPTION 'unknown chain command %', msg->'object'->>'cmd' USING ERRCODE = '22023';
     END CASE;
+END
+$$;
+
+-- The stock half `t` takes the foil half's chain entries (`p_chits`: [{index, hash, chit,
+-- sign}]) in order: each must extend its chain to the same hash. Returns what to acknowledge,
+-- {tally, index, hash} (its chain as it is now), or null when it found a gap and asked for
+-- everything after what it has (nak).
+CREATE FUNCTION chips._chain_upd(t chips.tallies, p_chits jsonb) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    e jsonb;
+    c chips.chits;
+    v_doc jsonb;
+    v_idx integer;
+    v_prior bytea;
+    v_hash bytea;
+    v_here bytea;
+BEGIN
+    IF t.side <> 'stock' THEN
+        RAISE EXCEPTION 'only the foil half orders the chain of tally %', t.tally_uuid USING ERRCODE = '22023';
+    END IF;
+    IF pg_catalog.jsonb_typeof(p_chits) IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'a chain update of tally % carries no chits', t.tally_uuid USING ERRCODE = '22023';
+    END IF;
+    FOR e IN SELECT x.value FROM pg_catalog.jsonb_array_elements(p_chits) x
+             ORDER BY (x.value->>'index')::integer LOOP
+        v_idx := (e->>'index')::integer;
+        SELECT * INTO t FROM chips.tallies x WHERE x.id = t.id;
+        IF v_idx <= t.chain_len THEN
+            SELECT y.chain_hash INTO v_here FROM chips.chits y WHERE y.tally_id = t.id AND y.chain_idx = v_idx;
+            IF v_here IS DISTINCT FROM chips.b64url_decode(e->>'hash') THEN
+                RAISE EXCEPTION 'the chain of tally % differs from the partner''s at index %', t.tally_uuid, v_idx
+                    USING ERRCODE = '55000';
+            END IF;
+            CONTINUE;
+        END IF;
+        IF v_idx > t.chain_len + 1 THEN
+            -- a gap: ask for everything after what we have
+            PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'chain',
+                pg_catalog.jsonb_build_object('cmd', 'nak', 'tally', t.tally_uuid, 'index', t.chain_len));
+            RETURN NULL;
+        END IF;
+        v_doc := chips.chit_doc_check(e->'chit');
+        SELECT * INTO c FROM chips.chits y
+        WHERE y.tally_id = t.id AND y.chit_uuid = (v_doc->>'uuid')::uuid FOR UPDATE;
+        IF NOT FOUND AND v_doc->>'type' = 'lift' THEN
+            -- a lift chit this half never took part in: no lift moves value without the
+            -- holder's site (sql/remote.sql)
+            RAISE EXCEPTION 'lift chit % of tally % is not known here', v_doc->>'uuid', t.tally_uuid
+                USING ERRCODE = '55000';
+        ELSIF FOUND AND c.chit_type = 'lift' AND c.status = 'pend' THEN
+            -- the lift is not decided here yet: settling it asks again (nak)
+            UPDATE chips.tallies x SET chain_seen = greatest(x.chain_seen, (
+                SELECT max((y.value->>'index')::integer) FROM pg_catalog.jsonb_array_elements(p_chits) y))
+            WHERE x.id = t.id;
+            EXIT;
+        ELSIF NOT FOUND THEN
+            c := chips._chit_insert(t, v_doc, 'good', e->>'sign');
+            PERFORM chips._chit_effects(t.id, c);
+        ELSIF c.status <> 'good' THEN
+            IF chips.canonical_json(chips._chit_doc(c, t.tally_uuid)) <> chips.canonical_json(v_doc) THEN
+                RAISE EXCEPTION 'chit % differs from the partner''s', c.chit_uuid USING ERRCODE = '22023';
+            END IF;
+            UPDATE chips.chits y SET status = 'good', signature = e->>'sign' WHERE y.id = c.id RETURNING * INTO c;
+            PERFORM chips._chit_effects(t.id, c);
+        END IF;
+        v_prior := coalesce(t.chain_tip, t.digest);
+        v_hash := chips.chit_chain_hash(chips._chit_doc(c, t.tally_uuid), v_idx, v_prior, c.signature);
+        IF v_hash <> chips.b64url_decode(e->>'hash') THEN
+            RAISE EXCEPTION 'chit % hashes differently here at index % of tally %', c.chit_uuid, v_idx, t.tally_uuid
+                USING ERRCODE = '55000';
+        END IF;
+        UPDATE chips.chits y SET chain_idx = v_idx, chain_prev = v_prior, chain_hash = v_hash WHERE y.id = c.id;
+    END LOOP;
+    SELECT * INTO t FROM chips.tallies x WHERE x.id = t.id;
+    RETURN pg_catalog.jsonb_build_object('tally', t.tally_uuid, 'index', t.chain_len,
+                                         'hash', chips.b64url_encode(coalesce(t.chain_tip, t.digest)));
+END
+$$;
+
+-- The foil half `t` hears that the stock half chained up to `p_idx`, ending in `p_hash`.
+CREATE FUNCTION chips._chain_ack(t chips.tallies, p_idx integer, p_hash text) RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_here bytea;
+BEGIN
+    IF t.side <> 'foil' OR p_idx IS NULL OR p_idx > t.chain_len OR p_idx <= t.chain_conf THEN
+        RETURN 'ignored';
+    END IF;
+    SELECT coalesce((SELECT y.chain_hash FROM chips.chits y WHERE y.tally_id = t.id AND y.chain_idx = p_idx),
+                    CASE WHEN p_idx = 0 THEN t.digest END) INTO v_here;
+    IF v_here IS DISTINCT FROM chips.b64url_decode(p_hash) THEN
+        RAISE EXCEPTION 'the partner''s chain of tally % differs at index %', t.tally_uuid, p_idx
+            USING ERRCODE = '55000';
+    END IF;
+    UPDATE chips.tallies x SET chain_conf = p_idx WHERE x.id = t.id;
+    -- more to confirm and no update on its way (the last was cut at the size limit): the next
+    IF p_idx < t.chain_len AND NOT chips._chain_pending(t) THEN
+        PERFORM chips._chain_send(t.id);
+    END IF;
+    RETURN 'ack';
+END
+$$;
+
+-- Chain updates of many tallies with one partner site in one message each way (a lift or a
+-- clearing round settles thousands of tallies at once; one message per tally would be most of
+-- its cost): `{cmd: upd, tallies: [{tally, chits}]}` from the foil halves' site, answered by
+-- `{cmd: ack, tallies: [{tally, index, hash}]}`. Each tally's entries and acknowledgement are
+-- those of chit/chain; site to site (cuid `_site`), each tally one this pair of sites shares.
+CREATE FUNCTION chips._recv_chains(msg jsonb) RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    x jsonb;
+    t chips.tallies;
+    v_ack jsonb;
+    v_acks jsonb := '[]';
+BEGIN
+    IF msg->'object'->>'cmd' NOT IN ('upd', 'ack')
+       OR pg_catalog.jsonb_typeof(msg->'object'->'tallies') IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'chain updates are {cmd: upd or ack, tallies: [...]}' USING ERRCODE = '22023';
+    END IF;
+    PERFORM 1 FROM chips.tallies y
+    WHERE y.tally_uuid IN (SELECT (z.value->>'tally')::uuid FROM pg_catalog.jsonb_array_elements(msg->'object'->'tallies') z)
+    ORDER BY y.id FOR UPDATE;
+    FOR x IN SELECT z.value FROM pg_catalog.jsonb_array_elements(msg->'object'->'tallies') z LOOP
+        SELECT * INTO t FROM chips.tallies y
+        WHERE y.tally_uuid = (x->>'tally')::uuid AND y.part_ent IS NULL
+          AND y.part_cert->'chad'->>'agent' = msg->'from'->>'agent'
+          AND y.hold_cert->'chad'->>'agent' = msg->'to'->>'agent';
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'no tally % here with agent %', x->>'tally', msg->'from'->>'agent'
+                USING ERRCODE = '42704';
+        END IF;
+        IF t.status NOT IN ('open', 'closing', 'closed') THEN
+            RAISE EXCEPTION 'tally % is not open here yet', t.tally_uuid USING ERRCODE = '55000';
+        END IF;
+        IF msg->'object'->>'cmd' = 'ack' THEN
+            PERFORM chips._chain_ack(t, (x->>'index')::integer, x->>'hash');
+        ELSE
+            v_ack := chips._chain_upd(t, x->'chits');
+            IF v_ack IS NOT NULL THEN
+                v_acks := v_acks || pg_catalog.jsonb_build_array(v_ack);
+            END IF;
+        END IF;
+    END LOOP;
+    -- the acknowledgements, about 300 to a message
+    PERFORM chips._send(msg->'to', msg->'from', 'chit', 'chains',
+                        pg_catalog.jsonb_build_object('cmd', 'ack', 'tallies', pg_catalog.jsonb_agg(a.v ORDER BY a.n)))
+    FROM pg_catalog.jsonb_array_elements(v_acks) WITH ORDINALITY a(v, n)
+    GROUP BY (a.n - 1) / 300 ORDER BY (a.n - 1) / 300;
+    RETURN msg->'object'->>'cmd';
+END
+$$;
+
+-- The foil halves `p_ids` (of tallies with other sites) send their partners every chain entry
+-- not confirmed yet, gathered per partner site (chit/chains) into messages of at most about
+-- 40 kB (each tally's share at most 20 kB; the ack brings the rest, as for chit/chain).
+CREATE FUNCTION chips._chains_send(p_ids bigint[]) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM chips._send(pg_catalog.jsonb_build_object('cuid', '_site', 'agent', m.me), chips._site_address(m.peer),
+                        'chit', 'chains', pg_catalog.jsonb_build_object('cmd', 'upd', 'tallies', m.tallies))
+    FROM (SELECT s.me, s.peer, pg_catalog.jsonb_agg(s.item ORDER BY s.tally_uuid) AS tallies
+          FROM (SELECT i.*, pg_catalog.sum(pg_catalog.octet_length(i.item::text))
+                                OVER (PARTITION BY i.me, i.peer ORDER BY i.tally_uuid) AS upto
+                FROM (SELECT e.me, e.peer, e.tally_uuid,
+                             pg_catalog.jsonb_build_object('tally', e.tally_uuid,
+                                 'chits', pg_catalog.jsonb_agg(e.entry ORDER BY e.idx)) AS item
+                      FROM (SELECT t.tally_uuid, t.hold_cert->'chad'->>'agent' AS me,
+                                   t.part_cert->'chad'->>'agent' AS peer, t.chain_conf, c.chain_idx AS idx,
+                                   x.entry, pg_catalog.sum(pg_catalog.octet_length(x.entry::text))
+                                                OVER (PARTITION BY t.id ORDER BY c.chain_idx) AS upto
+                            FROM chips.tallies t
+                            JOIN chips.chits c ON c.tally_id = t.id AND c.chain_idx > t.chain_conf,
+                                 LATERAL (SELECT pg_catalog.jsonb_build_object(
+                                     'index', c.chain_idx, 'hash', chips.b64url_encode(c.chain_hash),
+                                     'chit', chips._chit_doc(c, t.tally_uuid), 'sign', c.signature) AS entry) x
+                            WHERE t.id = ANY (p_ids) AND t.side = 'foil' AND t.part_ent IS NULL
+                              AND t.chain_len > t.chain_conf) e
+                      WHERE e.upto <= 20000 OR e.idx = e.chain_conf + 1
+                      GROUP BY e.me, e.peer, e.tally_uuid) i) s
+          GROUP BY s.me, s.peer, (s.upto - 1) / 20000) m
+    ORDER BY m.peer;
 END
 $$;
 
@@ -737,10 +851,17 @@ DECLARE
     c chips.chits;
     n integer := 0;
 BEGIN
+    -- only the halves with something to send (a site of 300,000 tallies has a few), and not
+    -- one a transaction holds now: it is being changed, and its change sends what it needs
+    -- (locking them all made every settle and payment wait for the sync, and the sender with it)
     FOR t IN SELECT * FROM chips.tallies x
              WHERE x.status IN ('open', 'closing', 'closed')
                AND (chain_sync.tally IS NULL OR x.tally_uuid = chain_sync.tally)
-             ORDER BY x.id FOR UPDATE LOOP
+               AND ((x.side = 'foil' AND x.chain_len > x.chain_conf)
+                    OR (x.side = 'stock' AND EXISTS (SELECT 1 FROM chips.chits y
+                                                     WHERE y.tally_id = x.id AND y.status = 'good'
+                                                       AND y.chain_idx IS NULL)))
+             ORDER BY x.id FOR UPDATE SKIP LOCKED LOOP
         -- a link that is slow or down already has messages queued: resending would pile up
         -- copies behind them (it resyncs once they are through)
         CONTINUE WHEN t.part_ent IS NULL AND chips._chain_pending(t);

@@ -239,41 +239,58 @@ BEGIN
 END
 $$;
 
--- The lift becomes good (every chit of it here good, chained) or void, once.
+-- The lift becomes good (every chit of it here good, chained) or void, once. Set-based, whatever
+-- the number of chits (a clearing round's lift has one on every tally half it moves here): the
+-- chits change status in one statement (the chits triggers move the balances and tell the
+-- holders), then take their places in the chains where this site orders them (every foil half;
+-- the stock half of a tally between two users here, to the same hash), one statement per chit
+-- a half gets from this lift (one, for every kind of lift there is); the foil halves of tallies
+-- with other sites send their chain updates, gathered per partner site (chit/chains).
 CREATE FUNCTION chips._lift_settle(p_id bigint, p_status text, p_reason text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
     l chips.lifts;
-    c chips.chits;
-    t chips.tallies;
+    v_halves bigint[];
 BEGIN
     SELECT * INTO l FROM chips.lifts x WHERE x.id = p_id FOR UPDATE;
     IF l.status IN ('good', 'void') THEN
         RETURN;
     END IF;
-    PERFORM 1 FROM chips.tallies x
-    WHERE x.id IN (SELECT y.tally_id FROM chips.chits y WHERE y.lift_id = p_id) ORDER BY x.id FOR UPDATE;
+    SELECT coalesce(pg_catalog.array_agg(x.id ORDER BY x.id), '{}') INTO v_halves
+    FROM (SELECT x.id FROM chips.tallies x
+          WHERE x.id IN (SELECT y.tally_id FROM chips.chits y WHERE y.lift_id = p_id AND y.status = 'pend')
+          ORDER BY x.id FOR UPDATE) x;
     UPDATE chips.chits y SET status = p_status WHERE y.lift_id = p_id AND y.status = 'pend';
     IF p_status = 'good' THEN
-        -- foil halves chain (and chain their local stock twins); stock halves of tallies with
-        -- another site wait for the foil half's chain update
-        FOR c IN SELECT y.* FROM chips.chits y JOIN chips.tallies x ON x.id = y.tally_id
-                 WHERE y.lift_id = p_id AND y.status = 'good'   -- not those of a round's earlier attempt
-                 ORDER BY (x.side = 'foil') DESC, y.id LOOP
-            SELECT * INTO t FROM chips.tallies x WHERE x.id = c.tally_id;
-            IF t.side = 'foil' THEN
-                PERFORM chips._chit_good(c.tally_id, c);
-            ELSE
-                PERFORM chips._chit_effects(c.tally_id, c);
-                IF t.part_ent IS NULL AND t.chain_seen > t.chain_len THEN
-                    -- the foil half sent its chain update before this half knew: ask for
-                    -- every entry after what it has
-                    PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'chain',
-                        pg_catalog.jsonb_build_object('cmd', 'nak', 'tally', t.tally_uuid, 'index', t.chain_len));
-                END IF;
-            END IF;
+        LOOP
+            UPDATE chips.chits y SET chain_idx = t.chain_len + 1, chain_prev = coalesce(t.chain_tip, t.digest),
+                chain_hash = chips.chit_chain_hash(chips._chit_doc(y, t.tally_uuid), t.chain_len + 1,
+                                                   coalesce(t.chain_tip, t.digest), y.signature)
+            FROM (SELECT DISTINCT ON (z.tally_id) z.id FROM chips.chits z
+                  WHERE z.lift_id = p_id AND z.status = 'good' AND z.chain_idx IS NULL
+                    AND z.tally_id = ANY (v_halves)
+                  ORDER BY z.tally_id, z.id) f, chips.tallies t
+            WHERE y.id = f.id AND t.id = y.tally_id AND (t.side = 'foil' OR t.part_ent IS NOT NULL);
+            EXIT WHEN NOT FOUND;
         END LOOP;
+        IF EXISTS (SELECT 1 FROM chips.chits a JOIN chips.tallies ta ON ta.id = a.tally_id
+                   JOIN chips.tallies tb ON tb.tally_uuid = ta.tally_uuid AND tb.side = 'stock'
+                   JOIN chips.chits b ON b.tally_id = tb.id AND b.chit_uuid = a.chit_uuid
+                   WHERE a.lift_id = p_id AND ta.side = 'foil' AND ta.part_ent IS NOT NULL
+                     AND a.tally_id = ANY (v_halves) AND a.chain_hash IS DISTINCT FROM b.chain_hash) THEN
+            RAISE EXCEPTION 'the halves of a tally chain lift % differently', l.lift_uuid USING ERRCODE = '55000';
+        END IF;
+        -- a closing tally closes once settled
+        PERFORM chips._close_if_settled(x.id) FROM chips.tallies x
+        WHERE x.id = ANY (v_halves) AND x.status = 'closing' ORDER BY x.id;
+        -- a stock half the foil half's chain update reached first asks for it again
+        PERFORM chips._send(x.hold_cert->'chad', x.part_cert->'chad', 'chit', 'chain',
+                            pg_catalog.jsonb_build_object('cmd', 'nak', 'tally', x.tally_uuid, 'index', x.chain_len))
+        FROM chips.tallies x
+        WHERE x.id = ANY (v_halves) AND x.side = 'stock' AND x.part_ent IS NULL AND x.chain_seen > x.chain_len
+        ORDER BY x.id;
+        PERFORM chips._chains_send(v_halves);
     END IF;
     UPDATE chips.lifts x SET status = p_status, decided = pg_catalog.now(),
         reason = coalesce(p_reason, x.reason)

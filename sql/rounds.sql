@@ -94,7 +94,10 @@ BEGIN
             coordinate = coalesce(round_configure.coordinate, x.coordinate),
             every = coalesce(round_configure.every, x.every),
             life = coalesce(round_configure.life, x.life),
-            attempts = coalesce(round_configure.attempts, x.attempts);
+            attempts = coalesce(round_configure.attempts, x.attempts),
+            -- switched on, the first automatic round comes one `every` later (sites join first)
+            last_round = CASE WHEN round_configure.coordinate AND NOT x.coordinate THEN pg_catalog.now()
+                              ELSE x.last_round END;
     EXCEPTION WHEN check_violation THEN
         RAISE EXCEPTION 'every and life must be at least 1 second, attempts 1 to 10' USING ERRCODE = '22023';
     END;
@@ -509,7 +512,6 @@ AS $$
 DECLARE
     l chips.lifts;
     v jsonb;
-    m record;
     v_partners text[];
 BEGIN
     SELECT * INTO l FROM chips.lifts x WHERE x.id = p_lift;
@@ -528,16 +530,19 @@ BEGIN
         RETURN;
     END IF;
     -- the moves: a pending lift chit, issued by the side whose balance goes down, on every half
-    -- of the tally held here; the same document at the partner's site
-    FOR m IN SELECT (x.v->>'tally')::uuid AS tally, x.v->>'by' AS issuer, (x.v->>'units')::bigint AS units,
-                    x.v->>'debtor' AS debtor
-             FROM pg_catalog.jsonb_array_elements(v->'moves') x(v) LOOP
-        PERFORM chips._chit_insert(h, chips.chit_doc_make(m.tally, m.issuer, 'lift',
-                    chips._round_chit_uuid(l.lift_uuid, l.attempt, m.tally),
-                    (extract(epoch FROM l.chit_date) * 1000)::bigint, m.units,
-                    pg_catalog.jsonb_build_object('lift', l.lift_uuid), NULL), 'pend', NULL, l.id)
-        FROM chips.tallies h WHERE h.tally_uuid = m.tally ORDER BY h.id;
-    END LOOP;
+    -- of the tally held here (one statement; the chits triggers hold the amounts back); the
+    -- same document at the partner's site
+    INSERT INTO chips.chits (tally_id, chit_uuid, chit_type, issuer, units, reference, chit_date,
+                             status, value, lift_id)
+    SELECT h.id, d.uuid, 'lift', m.by, m.units, d.ref, l.chit_date, 'pend',
+           chips.chit_value(chips.chit_doc_make(m.tally, m.by, 'lift', d.uuid, d.ms, m.units, d.ref, NULL), h.side),
+           l.id
+    FROM pg_catalog.jsonb_to_recordset(v->'moves') m(tally uuid, by text, units bigint)
+    CROSS JOIN LATERAL (SELECT chips._round_chit_uuid(l.lift_uuid, l.attempt, m.tally) AS uuid,
+                               pg_catalog.jsonb_build_object('lift', l.lift_uuid) AS ref,
+                               (extract(epoch FROM l.chit_date) * 1000)::bigint AS ms) d
+    JOIN chips.tallies h ON h.tally_uuid = m.tally
+    ORDER BY h.id;
     UPDATE chips.lifts x SET status = 'pend',
         units = (SELECT coalesce(sum((y.v->>'units')::bigint), 0) FROM pg_catalog.jsonb_array_elements(v->'moves') y(v)),
         tallies = ARRAY(SELECT (y.v->>'tally')::uuid FROM pg_catalog.jsonb_array_elements(v->'moves') y(v)),
@@ -549,25 +554,23 @@ BEGIN
           FROM pg_catalog.jsonb_array_elements(v->'shared') y(v)
           JOIN chips.tallies t ON t.tally_uuid = (y.v->>'tally')::uuid AND t.part_ent IS NULL) p;
     UPDATE chips.round_state x SET partners = v_partners WHERE x.lift_id = l.id;
-    PERFORM chips._send(chips._round_me(), chips._round_site(p.agent), 'round', 'agree',
-        pg_catalog.jsonb_build_object('round', l.lift_uuid, 'attempt', l.attempt, 'moves', p.moves))
-    FROM (SELECT t.part_cert->'chad'->>'agent' AS agent,
-                 pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(t.tally_uuid, (y.v->>'units')::bigint)
-                                      ORDER BY t.tally_uuid) AS moves
-          FROM pg_catalog.jsonb_array_elements(v->'shared') y(v)
-          JOIN chips.tallies t ON t.tally_uuid = (y.v->>'tally')::uuid AND t.part_ent IS NULL
-          GROUP BY 1) p;
+    -- (500 moves to a message, each under the size limit: two busy sites share thousands)
+    PERFORM chips._send(chips._round_me(), chips._site_address(p.agent), 'round', 'agree',
+        pg_catalog.jsonb_build_object('round', l.lift_uuid, 'attempt', l.attempt, 'part', p.part,
+                                      'parts', p.parts, 'moves', p.moves))
+    FROM (SELECT m.agent, m.n / 500 + 1 AS part, pg_catalog.max(m.total - 1) / 500 + 1 AS parts,
+                 pg_catalog.jsonb_agg(m.move ORDER BY m.n) AS moves
+          FROM (SELECT t.part_cert->'chad'->>'agent' AS agent,
+                       pg_catalog.jsonb_build_array(t.tally_uuid, (y.v->>'units')::bigint) AS move,
+                       pg_catalog.row_number() OVER w - 1 AS n, pg_catalog.count(*) OVER w AS total
+                FROM pg_catalog.jsonb_array_elements(v->'shared') y(v)
+                JOIN chips.tallies t ON t.tally_uuid = (y.v->>'tally')::uuid AND t.part_ent IS NULL
+                WINDOW w AS (PARTITION BY t.part_cert->'chad'->>'agent' ORDER BY t.tally_uuid
+                             ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)) m
+          GROUP BY m.agent, m.n / 500
+          ORDER BY m.agent, m.n / 500) p;
     PERFORM chips._round_agreed(l.id);
 END
-$$;
-
--- The address of another site's agent, as a site.
-CREATE FUNCTION chips._round_site(p_agent text) RETURNS jsonb
-LANGUAGE sql STABLE
-AS $$
-    SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
-               'cuid', '_site', 'agent', a.agent, 'host', a.host, 'port', a.port))
-    FROM chips.agents a WHERE a.agent = p_agent
 $$;
 
 -- A partner site's moves on the tallies it shares with this one ([tally, units its holder's
@@ -578,6 +581,8 @@ AS $$
 DECLARE
     l chips.lifts;
     v_attempt integer := (msg->'object'->>'attempt')::integer;
+    v_part integer := coalesce((msg->'object'->>'part')::integer, 1);
+    v_parts integer := coalesce((msg->'object'->>'parts')::integer, 1);
 BEGIN
     SELECT * INTO l FROM chips.lifts x
     WHERE x.lift_uuid = (msg->'object'->>'round')::uuid AND x.kind = 'round' FOR UPDATE;
@@ -588,12 +593,17 @@ BEGIN
                    WHERE t.part_ent IS NULL AND t.part_cert->'chad'->>'agent' = msg->'from'->>'agent') THEN
         RETURN 'ignored';   -- a site this one shares no tally with
     END IF;
-    IF pg_catalog.jsonb_typeof(msg->'object'->'moves') <> 'array' THEN
-        RAISE EXCEPTION 'an agreement is {round, attempt, moves: [[tally, units], ...]}' USING ERRCODE = '22023';
+    IF pg_catalog.jsonb_typeof(msg->'object'->'moves') IS DISTINCT FROM 'array'
+       OR v_parts < 1 OR v_parts > 100000 OR v_part NOT BETWEEN 1 AND v_parts THEN
+        RAISE EXCEPTION 'an agreement is {round, attempt, part, parts, moves: [[tally, units], ...]}'
+            USING ERRCODE = '22023';
     END IF;
-    INSERT INTO chips.round_agrees (lift_id, agent, attempt, moves)
-    VALUES (l.id, msg->'from'->>'agent', v_attempt, msg->'object'->'moves')
-    ON CONFLICT DO NOTHING;
+    -- its parts gather in one row; a part already in changes nothing
+    INSERT INTO chips.round_agrees AS a (lift_id, agent, attempt, moves, parts, got)
+    VALUES (l.id, msg->'from'->>'agent', v_attempt, msg->'object'->'moves', v_parts, ARRAY[v_part])
+    ON CONFLICT (lift_id, agent, attempt) DO UPDATE
+        SET moves = a.moves || EXCLUDED.moves, got = a.got || EXCLUDED.got
+        WHERE a.parts = EXCLUDED.parts AND NOT (v_part = ANY (a.got));
     PERFORM chips._round_agreed(l.id);
     RETURN 'agree';
 END
@@ -618,7 +628,7 @@ BEGIN
     -- the tallies they share
     SELECT pg_catalog.string_agg(a.agent, ', ') INTO v_bad
     FROM chips.round_agrees a
-    WHERE a.lift_id = p_lift AND a.attempt = l.attempt
+    WHERE a.lift_id = p_lift AND a.attempt = l.attempt AND pg_catalog.cardinality(a.got) = a.parts
       AND NOT chips._round_moves_match(p_lift, a.agent, a.moves);
     IF v_bad IS NOT NULL THEN
         UPDATE chips.chits y SET status = 'void' WHERE y.lift_id = l.id AND y.status = 'pend';
@@ -632,8 +642,9 @@ BEGIN
     END IF;
     IF EXISTS (SELECT 1 FROM pg_catalog.unnest(st.partners) p
                WHERE NOT EXISTS (SELECT 1 FROM chips.round_agrees a
-                                 WHERE a.lift_id = p_lift AND a.attempt = l.attempt AND a.agent = p)) THEN
-        RETURN;     -- waiting for a partner
+                                 WHERE a.lift_id = p_lift AND a.attempt = l.attempt AND a.agent = p
+                                   AND pg_catalog.cardinality(a.got) = a.parts)) THEN
+        RETURN;     -- waiting for a partner (or the rest of its agreement)
     END IF;
     UPDATE chips.round_state x SET ready = l.attempt WHERE x.lift_id = l.id;
     PERFORM chips._send(chips._round_me(), l.origin, 'round', 'ready', pg_catalog.jsonb_build_object(

@@ -373,6 +373,8 @@ CREATE TABLE chips.round_agrees (
     agent      text NOT NULL,
     attempt    integer NOT NULL,
     moves      jsonb NOT NULL,
+    parts      integer NOT NULL DEFAULT 1,        -- an agreement comes in this many messages
+    got        integer[] NOT NULL DEFAULT '{1}',  -- the parts in so far
     PRIMARY KEY (lift_id, agent, attempt)
 );
 

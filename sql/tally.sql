@@ -236,6 +236,15 @@ $$;
 
 -- Send a message: applied at once when the addressee is served by this database, else queued
 -- in the outbox (same transaction as the change it announces) for the sidecar to deliver.
+-- The address of another site's agent, as a site.
+CREATE FUNCTION chips._site_address(p_agent text) RETURNS jsonb
+LANGUAGE sql STABLE
+AS $$
+    SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+               'cuid', '_site', 'agent', a.agent, 'host', a.host, 'port', a.port))
+    FROM chips.agents a WHERE a.agent = p_agent
+$$;
+
 CREATE FUNCTION chips._send(p_from jsonb, p_to jsonb, p_target text, p_action text, p_object jsonb)
 RETURNS text
 LANGUAGE plpgsql
@@ -278,6 +287,7 @@ BEGIN
         WHEN 'chit/good' THEN RETURN chips._recv_chit_good(msg);
         WHEN 'chit/void' THEN RETURN chips._recv_chit_void(msg);
         WHEN 'chit/chain' THEN RETURN chips._recv_chain(msg);
+        WHEN 'chit/chains' THEN RETURN chips._recv_chains(msg);
         WHEN 'lift/query' THEN RETURN chips._recv_lift_query(msg);
         WHEN 'lift/answer' THEN RETURN chips._recv_lift_answer(msg);
         WHEN 'lift/prepare' THEN RETURN chips._recv_lift_prepare(msg);

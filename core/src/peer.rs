@@ -167,7 +167,7 @@ pub struct Envelope {
 }
 
 /// The messages sites exchange: (target, action).
-pub const MESSAGES: [(&str, &str); 28] = [
+pub const MESSAGES: [(&str, &str); 29] = [
     ("tally", "ticket"),
     ("tally", "offer"),
     ("tally", "open"),
@@ -177,6 +177,7 @@ pub const MESSAGES: [(&str, &str); 28] = [
     ("chit", "good"),
     ("chit", "void"),
     ("chit", "chain"),
+    ("chit", "chains"),
     ("lift", "query"),
     ("lift", "answer"),
     ("lift", "prepare"),

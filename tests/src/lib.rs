@@ -759,6 +759,11 @@ impl Sidecar {
         Sidecar::spawn(chipsd, args, port, log)
     }
 
+    /// The process id of the running chipsd.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Any `chipsd` command line that listens on 127.0.0.1:`port`; returns once it listens.
     pub fn spawn(
         chipsd: &std::path::Path,

@@ -20,7 +20,7 @@ type Chain = Vec<(i32, Uuid, Vec<u8>)>;
 /// A lie told to a site: what it does to the site's flows.
 type Lie = Box<dyn Fn(&mut Vec<Value>)>;
 
-/// Three sites (the first coordinates and takes part), two users each.
+/// Three sites (or as many as named; the first coordinates and takes part), two users each.
 struct Fed {
     sites: Vec<Site>,
     users: Vec<Vec<User>>,
@@ -28,10 +28,14 @@ struct Fed {
 
 impl Fed {
     async fn new(tag: &str, port: u16) -> Fed {
+        Fed::named(tag, port, &["a", "b", "c"]).await
+    }
+
+    async fn named(tag: &str, port: u16, names: &[&str]) -> Fed {
         let cl = Cluster::from_env();
         let mut sites = Vec::new();
         let mut users = Vec::new();
-        for (k, name) in ["a", "b", "c"].iter().enumerate() {
+        for (k, name) in names.iter().enumerate() {
             let s = cl
                 .site(&format!("t_round_{tag}_{name}"), port + k as u16)
                 .await
@@ -45,7 +49,7 @@ impl Fed {
             users.push(us);
         }
         let fed = Fed { sites, users };
-        // a coordinates; a, b and c take part
+        // the first coordinates; every site takes part
         fed.sites[0]
             .admin
             .execute(
@@ -71,7 +75,7 @@ impl Fed {
             .await
             .unwrap()
             .get(0);
-        assert_eq!(members, 3);
+        assert_eq!(members, names.len() as i64);
         fed
     }
 
@@ -294,6 +298,33 @@ async fn a_round_clears_the_whole_federation_optimum() {
     fed.check_sound().await;
     // nothing left to clear
     assert_eq!(fed.central_optimum().await, 0);
+}
+
+/// Four sites: a circle through all four (a0 b0 c0 d0), one through d and b only (b1 d1), and
+/// one crossing every site twice (a1 c1 b1 d1 ... a0): no site sees any of them alone.
+#[tokio::test]
+async fn a_round_across_four_sites_clears_the_optimum() {
+    let fed = Fed::named("four", 47350, &["a", "b", "c", "d"]).await;
+    fed.owe((1, 0), (0, 0), 7_000).await; // a0 owes b0
+    fed.owe((2, 0), (1, 0), 3_000).await; // b0 owes c0
+    fed.owe((3, 0), (2, 0), 9_000).await; // c0 owes d0
+    fed.owe((0, 0), (3, 0), 4_000).await; // d0 owes a0
+    fed.owe((3, 1), (1, 1), 2_000).await; // b1 owes d1
+    fed.owe((1, 1), (3, 1), 6_000).await; // d1 owes b1
+    fed.owe((2, 1), (0, 1), 8_000).await; // a1 owes c1
+    fed.owe((1, 1), (2, 1), 5_000).await; // c1 owes b1
+    fed.owe((3, 1), (1, 1), 1_000).await; // b1 owes d1 again, on a second tally
+    fed.owe((0, 1), (3, 1), 5_000).await; // d1 owes a1
+    let (debt, positions) = (fed.debt().await, fed.positions().await);
+    let optimum = fed.central_optimum().await;
+    assert!(optimum > 0);
+    let r = fed.round().await;
+    assert_eq!(fed.coordinated(r).await, ("good".into(), 1, None));
+    assert_eq!(fed.lifts(r).await, vec![Some("good".to_string()); 4]);
+    assert_eq!(i128::from(debt - fed.debt().await), optimum);
+    assert_eq!(fed.positions().await, positions, "no net position moved");
+    fed.check_sound().await;
+    assert_eq!(fed.central_optimum().await, 0, "nothing left to clear");
 }
 
 #[tokio::test]

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Clearing rounds across a federation: an MTCS network cut across SITES sites (8 by default),
+# each its own database and chipsd, on a private cluster this script starts and stops. One round
+# against the central optimum, its time per phase, messages and bytes per site and the
+# coordinator's peak memory; then route discovery on the same partition for the same wall time.
+#
+#   bash scripts/bench-rounds.sh [FILE.csv ...]   # default: MTCS network 01; SITES=8
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+DATA=${CHIPS_DATA:-$REPO/../shared/data}
+CLUSTER_OPTS=${CLUSTER_OPTS:-"-c shared_buffers=2GB -c max_connections=300"} \
+    chipsd_bench bench-rounds 54385
+WORK=$(mktemp -d)
+trap 'cluster_stop "$BENCH_DIR"; rm -rf "$BENCH_DIR" "$WORK"' EXIT
+if [ $# -eq 0 ]; then
+    command -v unzip >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq unzip >/dev/null; }
+    unzip -q -o "$DATA/mtcs-synthetic/synthetic-networks.zip" -d "$WORK"
+    set -- "$WORK/synthethic_network_01.csv"
+fi
+target/release/examples/bench_rounds "$BENCH_DSN" target/release/chipsd "${SITES:-8}" "$@"

@@ -1,0 +1,645 @@
+//! Clearing rounds across a federation, against the central optimum and against route discovery.
+//!
+//! An obligation network (`debtor,creditor,amount`, header skipped) is cut across SITES sites
+//! (default 8), each its own database and chipsd on one private cluster: every firm goes to the
+//! site a hash of its number picks, so a tally between firms of two sites has its stock half at
+//! the creditor's site and its foil half at the debtor's, both loaded directly (the same digest,
+//! the partner named by its CHIP address), the way the clearing benchmark loads tallies. Then:
+//!
+//! 1. One clearing round, coordinated by the first site, every site a member. Printed: the
+//!    share of tallies that cross sites; what the round cleared against the optimum core's
+//!    solver finds on the whole CSV (they must be equal); the round's time end to end and per
+//!    phase (from the coordinator's and members' timestamps); messages and bytes each site sent
+//!    and received; the peak memory of the coordinator (its chipsd, and the private memory of
+//!    its database backends, sampled every 20 ms); and that every tally's halves agree after.
+//! 2. The same partition, loaded again into fresh sites, cleared the way sites clear without a
+//!    coordinator (automatic clearing every second: each site's own pass and route-discovery
+//!    circular lifts) for the same wall time as the round took: its share of the optimum.
+//!
+//! ```text
+//! bash scripts/bench-rounds.sh [FILE.csv ...]     # default: MTCS network 01
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chips_core::clearing::{solve, Edge};
+use chips_tests::{free_port, Cluster, Sidecar, Site};
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A tally half as compared: its balance (the stock half's sign), chain length and tip.
+type Half = (i64, i32, Option<Vec<u8>>);
+
+/// One obligation of the CSV.
+struct Obl {
+    debtor: u32,
+    creditor: u32,
+    amount: i64,
+}
+
+/// The site a firm lives on: a hash of its number (splitmix64), modulo the number of sites.
+fn site_of(firm: u32, sites: usize) -> usize {
+    let mut z = u64::from(firm).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z % sites as u64) as usize
+}
+
+fn read_csv(path: &str) -> Res<Vec<Obl>> {
+    let text = std::fs::read_to_string(path)?;
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let mut f = line.split(',');
+        let (Some(d), Some(c), Some(a)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let (d, c, a): (u32, u32, i64) = (d.trim().parse()?, c.trim().parse()?, a.trim().parse()?);
+        if d != c && a > 0 {
+            out.push(Obl {
+                debtor: d,
+                creditor: c,
+                amount: a,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The optimum of the whole network: what one solve over every obligation clears.
+fn optimum(obls: &[Obl]) -> Res<i64> {
+    let n = obls
+        .iter()
+        .map(|o| o.debtor.max(o.creditor) as usize + 1)
+        .max()
+        .unwrap_or(0);
+    let edges: Vec<Edge> = obls
+        .iter()
+        .map(|o| Edge {
+            from: o.debtor,
+            to: o.creditor,
+            cap: o.amount,
+            cost: -1,
+        })
+        .collect();
+    Ok(i64::try_from(solve(n, &edges)?.cleared)?)
+}
+
+/// The federation: its sites and their chipsd.
+struct Fed {
+    sites: Vec<Site>,
+    ports: Vec<u16>,
+    cars: Vec<Sidecar>,
+}
+
+impl Fed {
+    /// Sites `{prefix}_0..` with the partition loaded, each with its chipsd.
+    async fn build(
+        cl: &Cluster,
+        prefix: &str,
+        obls: &[Obl],
+        n: usize,
+        chipsd: &str,
+        dir: &std::path::Path,
+    ) -> Res<Fed> {
+        let mut sites = Vec::new();
+        let mut ports = Vec::new();
+        for k in 0..n {
+            let port = free_port();
+            sites.push(cl.site(&format!("{prefix}_{k}"), port).await?);
+            ports.push(port);
+        }
+        let agents: Vec<String> = sites.iter().map(Site::agent_id).collect();
+        let uuids: Vec<Uuid> = (0..obls.len()).map(|_| Uuid::new_v4()).collect();
+        for (k, s) in sites.iter().enumerate() {
+            for (j, a) in agents.iter().enumerate() {
+                if j != k {
+                    s.admin
+                        .execute(
+                            "SELECT chips.agent_register($1, '127.0.0.1', $2)",
+                            &[a, &(ports[j] as i32)],
+                        )
+                        .await?;
+                }
+            }
+            // the firms of this site, and the halves of tallies they hold
+            let mut firms: Vec<String> = obls
+                .iter()
+                .flat_map(|o| [o.debtor, o.creditor])
+                .filter(|&f| site_of(f, n) == k)
+                .map(|f| format!("u{f}"))
+                .collect();
+            firms.sort();
+            firms.dedup();
+            let (mut ent, mut part, mut part_agent, mut id, mut side, mut net) =
+                (vec![], vec![], vec![], vec![], vec![], vec![]);
+            let mut local = vec![];
+            for (o, u) in obls.iter().zip(&uuids) {
+                let (sc, sd) = (site_of(o.creditor, n), site_of(o.debtor, n));
+                for (holder, partner, ps, sd_, value) in [
+                    (o.creditor, o.debtor, sd, "stock", o.amount),
+                    (o.debtor, o.creditor, sc, "foil", -o.amount),
+                ] {
+                    if site_of(holder, n) != k {
+                        continue;
+                    }
+                    ent.push(format!("u{holder}"));
+                    part.push(format!("u{partner}"));
+                    part_agent.push(agents[ps].clone());
+                    local.push(ps == k);
+                    id.push(*u);
+                    side.push(sd_);
+                    net.push(value);
+                }
+            }
+            s.admin
+                .batch_execute("SET session_replication_role = replica")
+                .await?;
+            s.admin
+                .execute(
+                    "INSERT INTO chips.users (ent, cuid, agent, name, username)
+                     SELECT f, f, $2, f, 'bench_' || f FROM unnest($1::text[]) f",
+                    &[&firms, &agents[k]],
+                )
+                .await?;
+            s.admin
+                .execute(
+                    "INSERT INTO chips.tallies (ent, part_ent, tally_uuid, side, status, contract,
+                         hold_cert, part_cert, hold_sig, part_sig, digest, chain_tip, hold_terms,
+                         part_terms, net_good, net_pend)
+                     SELECT x.ent, CASE WHEN x.local THEN x.part END, x.id, x.side, 'open', 'bench',
+                            jsonb_build_object('chad', jsonb_build_object('cuid', x.ent, 'agent', $7::text)),
+                            jsonb_build_object('chad', jsonb_build_object('cuid', x.part, 'agent', x.agent)),
+                            'x', 'x', sha256(x.id::text::bytea), sha256(x.id::text::bytea),
+                            CASE WHEN x.side = 'stock' THEN jsonb_build_object('limit', x.net) ELSE '{}' END,
+                            CASE WHEN x.side = 'foil' THEN jsonb_build_object('limit', -x.net) ELSE '{}' END,
+                            x.net, x.net
+                     FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::bigint[],
+                                 $8::boolean[]) x(ent, part, agent, id, side, net, local)",
+                    &[
+                        &ent,
+                        &part,
+                        &part_agent,
+                        &id,
+                        &side,
+                        &net,
+                        &agents[k],
+                        &local,
+                    ],
+                )
+                .await?;
+            s.admin
+                .batch_execute("RESET session_replication_role; ANALYZE chips.users, chips.tallies")
+                .await?;
+        }
+        let mut cars = Vec::new();
+        for (s, &p) in sites.iter().zip(&ports) {
+            cars.push(Sidecar::start(
+                std::path::Path::new(chipsd),
+                s,
+                p,
+                dir,
+                &["--lift-tick-ms", "200", "--clearing-secs", "1"],
+                "error",
+            )?);
+        }
+        Ok(Fed { sites, ports, cars })
+    }
+
+    /// What every debtor owes, over every tally (its stock half).
+    async fn debt(&self) -> Res<i64> {
+        let mut d = 0;
+        for s in &self.sites {
+            d += s
+                .admin
+                .query_one(
+                    "SELECT coalesce(sum(abs(net_good)), 0)::bigint FROM chips.tallies WHERE side = 'stock'",
+                    &[],
+                )
+                .await?
+                .get::<_, i64>(0);
+        }
+        Ok(d)
+    }
+
+    /// Messages not yet delivered, at every site.
+    async fn backlog(&self) -> Res<i64> {
+        let mut d = 0;
+        for s in &self.sites {
+            d += s.undelivered().await?;
+        }
+        Ok(d)
+    }
+
+    /// Tallies whose two halves disagree on the balance or the chain (every site's rows).
+    async fn disagreeing(&self) -> Res<usize> {
+        let mut halves: HashMap<Uuid, Vec<Half>> = HashMap::new();
+        for s in &self.sites {
+            for r in s
+                .admin
+                .query(
+                    "SELECT tally_uuid, net_good, chain_len, chain_tip FROM chips.tallies",
+                    &[],
+                )
+                .await?
+            {
+                halves
+                    .entry(r.get(0))
+                    .or_default()
+                    .push((r.get(1), r.get(2), r.get(3)));
+            }
+        }
+        Ok(halves
+            .values()
+            .filter(|h| h.len() != 2 || h[0].0 != -h[1].0 || h[0].1 != h[1].1 || h[0].2 != h[1].2)
+            .count())
+    }
+
+    async fn stop(mut self) {
+        for c in &mut self.cars {
+            c.stop(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Private memory (kB) of the coordinator's chipsd and its database's backends now, and the
+/// chipsd's own peak.
+async fn coordinator_memory(coord: &Client, db: &str, chipsd_pid: u32) -> (u64, u64) {
+    let field = |pid: u32, name: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with(name))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    let mut backends = 0;
+    if let Ok(rows) = coord
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1",
+            &[&db],
+        )
+        .await
+    {
+        for r in rows {
+            backends += field(r.get::<_, i32>(0) as u32, "RssAnon:");
+        }
+    }
+    (
+        backends + field(chipsd_pid, "RssAnon:"),
+        field(chipsd_pid, "VmHWM:"),
+    )
+}
+
+/// What each site sent (messages, bytes, by target) and received since the marks.
+async fn traffic(fed: &Fed, marks: &[(i64, i64)]) -> Res<Vec<(i64, i64, i64, String)>> {
+    let mut out = Vec::new();
+    for (s, &(o, i)) in fed.sites.iter().zip(marks) {
+        let r = s
+            .admin
+            .query_one(
+                "SELECT (SELECT count(*) FROM chips.outbox WHERE id > $1),
+                        (SELECT coalesce(sum(octet_length(msg::text)), 0)::bigint FROM chips.outbox WHERE id > $1),
+                        (SELECT count(*) FROM chips.inbox WHERE received > to_timestamp($2::float8 / 1e6)),
+                        (SELECT coalesce(string_agg(x.t || ' ' || x.n, ', ' ORDER BY x.t), '')
+                         FROM (SELECT target || '/' || action AS t, count(*) AS n FROM chips.outbox
+                               WHERE id > $1 GROUP BY 1) x)",
+                &[&o, &(i as f64)],
+            )
+            .await?;
+        out.push((r.get(0), r.get(1), r.get(2), r.get(3)));
+    }
+    Ok(out)
+}
+
+async fn marks(fed: &Fed) -> Res<Vec<(i64, i64)>> {
+    let mut m = Vec::new();
+    for s in &fed.sites {
+        let r = s
+            .admin
+            .query_one(
+                "SELECT coalesce(max(id), 0), (extract(epoch FROM clock_timestamp()) * 1e6)::bigint
+                 FROM chips.outbox",
+                &[],
+            )
+            .await?;
+        m.push((r.get(0), r.get(1)));
+    }
+    Ok(m)
+}
+
+async fn run(cl: &Cluster, chipsd: &str, csv: &str, n: usize) -> Res<()> {
+    let name = std::path::Path::new(csv)
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    println!("== {name}: {n} sites");
+    let obls = read_csv(csv)?;
+    let cross = obls
+        .iter()
+        .filter(|o| site_of(o.debtor, n) != site_of(o.creditor, n))
+        .count();
+    let t = Instant::now();
+    let opt = optimum(&obls)?;
+    println!(
+        "  tallies {}, across sites {cross} ({:.1} %); optimum of the whole network {opt} (core solve {:.1} ms, outside the database)",
+        obls.len(),
+        cross as f64 * 100.0 / obls.len() as f64,
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let dir = chips_tests::scratch_dir("bench-rounds");
+
+    // 1. one round
+    let t = Instant::now();
+    let fed = Fed::build(cl, "bench_round", &obls, n, chipsd, &dir).await?;
+    println!(
+        "  loaded {} sites and started their chipsd in {:.1} s",
+        n,
+        t.elapsed().as_secs_f64()
+    );
+    let coordinator = format!("{}@127.0.0.1:{}", fed.sites[0].agent_id(), fed.ports[0]);
+    fed.sites[0]
+        .admin
+        .execute(
+            "SELECT * FROM chips.round_configure(coordinate => true, every => '1 day', life => '1 hour')",
+            &[],
+        )
+        .await?;
+    for s in &fed.sites {
+        s.admin
+            .execute(
+                "SELECT * FROM chips.round_configure(coordinator => $1)",
+                &[&coordinator],
+            )
+            .await?;
+    }
+    let t = Instant::now();
+    loop {
+        let m: i64 = fed.sites[0]
+            .admin
+            .query_one("SELECT count(*) FROM chips.round_members", &[])
+            .await?
+            .get(0);
+        if m == n as i64 && fed.backlog().await? == 0 {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            return Err("the sites did not all join the coordinator in 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = fed.debt().await?;
+    let mk = marks(&fed).await?;
+
+    // the coordinator's memory, sampled while the round runs
+    let coord_db = fed.sites[0].db.clone();
+    let chipsd_pid = fed.cars[0].pid();
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (stop, peak) = (stop.clone(), peak.clone());
+        let dsn = fed.sites[0].dsn.clone();
+        tokio::spawn(async move {
+            let Ok(c) = chips_tests::connect(&dsn).await else {
+                return 0;
+            };
+            let mut hwm = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let (now, h) = coordinator_memory(&c, &coord_db, chipsd_pid).await;
+                peak.fetch_max(now, Ordering::SeqCst);
+                hwm = h;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            hwm
+        })
+    };
+
+    let t0 = Instant::now();
+    let round: Uuid = fed.sites[0]
+        .admin
+        .query_one("SELECT chips.round_open()", &[])
+        .await?
+        .get(0);
+    // decided at the coordinator
+    let status = loop {
+        let s: String = fed.sites[0]
+            .admin
+            .query_one(
+                "SELECT status FROM chips.rounds WHERE round_uuid = $1",
+                &[&round],
+            )
+            .await?
+            .get(0);
+        if s == "good" || s == "void" {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(3600) {
+            return Err("the round was not decided in an hour".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // settled at every member
+    loop {
+        let mut open = 0i64;
+        for s in &fed.sites {
+            open += s
+                .admin
+                .query_one(
+                    "SELECT count(*) FROM chips.lifts WHERE lift_uuid = $1 AND status NOT IN ('good', 'void')",
+                    &[&round],
+                )
+                .await?
+                .get::<_, i64>(0);
+        }
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let settled = t0.elapsed();
+    // every chain update delivered and confirmed
+    loop {
+        let mut waiting = fed.backlog().await?;
+        for s in &fed.sites {
+            waiting += s
+                .admin
+                .query_one(
+                    "SELECT count(*) FROM chips.tallies
+                     WHERE part_ent IS NULL AND ((side = 'foil' AND chain_conf < chain_len)
+                                                 OR (side = 'stock' AND chain_seen > chain_len))",
+                    &[],
+                )
+                .await?
+                .get::<_, i64>(0);
+        }
+        if waiting == 0 {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(3600) {
+            return Err("chains not confirmed in an hour".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let chained = t0.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let chipsd_hwm = sampler.await.unwrap_or(0);
+    let after = fed.debt().await?;
+    let cleared = before - after;
+
+    let r = fed.sites[0]
+        .admin
+        .query_one(
+            "SELECT attempt, coalesce(reason, ''),
+                    extract(epoch FROM solved - created)::float8 * 1000,
+                    extract(epoch FROM decided - solved)::float8 * 1000,
+                    (stats->>'read_ms')::float8, (stats->>'solve_ms')::float8,
+                    (stats->>'arcs')::bigint, (stats->>'arcs_with_flow')::bigint,
+                    extract(epoch FROM created)::float8, extract(epoch FROM decided)::float8
+             FROM chips.rounds WHERE round_uuid = $1",
+            &[&round],
+        )
+        .await?;
+    let (attempt, reason): (i32, String) = (r.get(0), r.get(1));
+    let (created, decided): (f64, f64) = (r.get(8), r.get(9));
+    let mut last_settle = decided;
+    for s in &fed.sites {
+        let d: Option<f64> = s
+            .admin
+            .query_one(
+                "SELECT extract(epoch FROM max(decided))::float8 FROM chips.lifts WHERE lift_uuid = $1",
+                &[&round],
+            )
+            .await?
+            .get(0);
+        last_settle = last_settle.max(d.unwrap_or(decided));
+    }
+    println!(
+        "  round: {status} (attempt {attempt}{}); cleared {cleared} of the optimum {opt}: {} ({:.4} %)",
+        if reason.is_empty() {
+            String::new()
+        } else {
+            format!(", {reason}")
+        },
+        if cleared == opt { "exact" } else { "NOT the optimum" },
+        cleared as f64 * 100.0 / opt as f64
+    );
+    println!(
+        "  round time: end to end (open to settled at every site) {:.1} ms; chains confirmed at {:.1} ms",
+        settled.as_secs_f64() * 1e3,
+        chained.as_secs_f64() * 1e3
+    );
+    println!(
+        "    collect (open to solved: graphs in, read {:.1} ms, solve {:.1} ms over {} arcs, {} with flow) {:.1} ms",
+        r.get::<_, f64>(4),
+        r.get::<_, f64>(5),
+        r.get::<_, i64>(6),
+        r.get::<_, i64>(7),
+        r.get::<_, f64>(2)
+    );
+    println!(
+        "    prepare (solved to decided: flows out, checks, reservations, agreements, ready) {:.1} ms",
+        r.get::<_, f64>(3)
+    );
+    println!(
+        "    commit (decided to the last site's lift good) {:.1} ms",
+        (last_settle - decided) * 1e3
+    );
+    let _ = created;
+    println!(
+        "  coordinator memory: peak {:.1} MiB private (its chipsd and database backends, sampled every 20 ms); chipsd's own peak RSS {:.1} MiB",
+        peak.load(Ordering::SeqCst) as f64 / 1024.0,
+        chipsd_hwm as f64 / 1024.0
+    );
+    println!("  per site (sent messages, bytes; received messages; sent by kind):");
+    for (k, (sent, bytes, recv, kinds)) in traffic(&fed, &mk).await?.into_iter().enumerate() {
+        println!(
+            "    site {k}{}: sent {sent} ({:.1} kB), received {recv}; {kinds}",
+            if k == 0 { " (coordinator)" } else { "" },
+            bytes as f64 / 1024.0
+        );
+    }
+    let bad = fed.disagreeing().await?;
+    println!("  tallies whose halves disagree after the round: {bad}");
+    fed.stop().await;
+    if status != "good" || cleared != opt || bad != 0 {
+        return Err(
+            "the round did not clear exactly the optimum with every tally agreeing (databases bench_round_* kept)"
+                .into(),
+        );
+    }
+    for k in 0..n {
+        cl.drop_db(&format!("bench_round_{k}")).await?;
+    }
+
+    // 2. route discovery, on the same partition, for the same wall time
+    let budget = settled;
+    let fed = Fed::build(cl, "bench_route", &obls, n, chipsd, &dir).await?;
+    let before = fed.debt().await?;
+    let t = Instant::now();
+    for s in &fed.sites {
+        s.admin
+            .execute(
+                "SELECT chips.clearing_configure(enabled => true, every => '1 second')",
+                &[],
+            )
+            .await?;
+    }
+    tokio::time::sleep(budget).await;
+    let after = fed.debt().await?;
+    let mut lifts = 0i64;
+    for s in &fed.sites {
+        lifts += s
+            .admin
+            .query_one(
+                "SELECT count(*) FROM chips.lifts WHERE kind = 'circular' AND role = 'origin' AND status = 'good'",
+                &[],
+            )
+            .await?
+            .get::<_, i64>(0);
+    }
+    println!(
+        "  route discovery (each site's own pass and circular lifts every second) in the same {:.1} s: cleared {} ({:.1} % of the optimum), {lifts} circular lifts",
+        t.elapsed().as_secs_f64(),
+        before - after,
+        (before - after) as f64 * 100.0 / opt as f64
+    );
+    for s in &fed.sites {
+        s.admin
+            .execute("SELECT chips.clearing_configure(enabled => false)", &[])
+            .await?;
+    }
+    fed.stop().await;
+    for k in 0..n {
+        cl.drop_db(&format!("bench_route_{k}")).await?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let usage = "usage: bench_rounds DSN CHIPSD SITES FILE.csv...";
+    let mut args = std::env::args().skip(1);
+    let dsn = args.next().expect(usage);
+    let chipsd = args.next().expect(usage);
+    let n: usize = args.next().expect(usage).parse().expect(usage);
+    let cl = Cluster::new(dsn);
+    let mut failed = false;
+    for csv in args {
+        if let Err(e) = run(&cl, &chipsd, &csv, n).await {
+            eprintln!("{csv}: {e}");
+            failed = true;
+        }
+    }
+    if failed {
+        std::process::exit(1);
+    }
+}
