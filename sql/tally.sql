@@ -234,8 +234,6 @@ AS $$
            OR (a.port IS NULL AND p_chad->>'port' IS NOT NULL));
 $$;
 
--- Send a message: applied at once when the addressee is served by this database, else queued
--- in the outbox (same transaction as the change it announces) for the sidecar to deliver.
 -- The address of another site's agent, as a site.
 CREATE FUNCTION chips._site_address(p_agent text) RETURNS jsonb
 LANGUAGE sql STABLE
@@ -245,6 +243,8 @@ AS $$
     FROM chips.agents a WHERE a.agent = p_agent
 $$;
 
+-- Send a message: applied at once when the addressee is served by this database, else queued
+-- in the outbox (same transaction as the change it announces) for the sidecar to deliver.
 CREATE FUNCTION chips._send(p_from jsonb, p_to jsonb, p_target text, p_action text, p_object jsonb)
 RETURNS text
 LANGUAGE plpgsql
