@@ -340,6 +340,51 @@ $$;
 -- Discovery
 ------------------------------------------------------------------------------------------------
 
+-- The payee of a route query as it travels: its agent (the site where the query ends) and a tag
+-- that only a site which knows the payee's cuid can match, salted by the query so the sites a
+-- query reaches can neither read the payee nor tell two queries for the same payee apart:
+-- tag = base64url(SHA-256(JSON text of [query, cuid, agent])). A blinded find passes on as it came.
+CREATE FUNCTION chips._find_tag(p_query text, p_cuid text, p_agent text) RETURNS text
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT chips.b64url_encode(pg_catalog.sha256(pg_catalog.convert_to(
+        pg_catalog.jsonb_build_array(p_query, p_cuid, p_agent)::text, 'UTF8')))
+$$;
+
+CREATE FUNCTION chips._find_blind(p_query text, p_find jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT CASE WHEN p_find ? 'tag' THEN p_find
+                ELSE pg_catalog.jsonb_build_object('agent', p_find->>'agent',
+                         'tag', chips._find_tag(p_query, p_find->>'cuid', p_find->>'agent')) END
+$$;
+
+-- The local user a route query is for (null: not one of ours): matched by tag, or by cuid when
+-- the find is in clear (the origin's own row).
+CREATE FUNCTION chips._find_local(p_query text, p_find jsonb) RETURNS text
+LANGUAGE sql STABLE
+AS $$
+    SELECT u.ent FROM chips.users u JOIN chips.agents a ON a.agent = u.agent AND a.local
+    WHERE u.agent = p_find->>'agent'
+      AND CASE WHEN p_find ? 'tag' THEN chips._find_tag(p_query, u.cuid, u.agent) = p_find->>'tag'
+               ELSE u.cuid = p_find->>'cuid' END
+    ORDER BY u.ent LIMIT 1
+$$;
+
+-- Remembers that tally p_tally leads to the payee `p_find` (in clear: only a site that already
+-- knows the payee, the origin or a site the lift itself passes, keeps a cache).
+CREATE FUNCTION chips._route_remember(p_find jsonb, p_tally uuid, p_max bigint, p_hops integer)
+RETURNS void
+LANGUAGE sql
+AS $$
+    INSERT INTO chips.lift_route_cache AS c (find_cuid, find_agent, tally, max, hops, expires)
+    SELECT p_find->>'cuid', p_find->>'agent', p_tally, p_max, p_hops,
+           pg_catalog.now() + (SELECT s.cache_life FROM chips._lift_set() s)
+    WHERE p_find ? 'cuid' AND p_max IS NOT NULL AND p_hops IS NOT NULL
+    ON CONFLICT (find_agent, find_cuid, tally) DO UPDATE
+        SET max = EXCLUDED.max, hops = EXCLUDED.hops, expires = EXCLUDED.expires
+$$;
+
 -- Exits from `p_from` towards `p_find`, best first: tallies with a partner at another site, held
 -- by a user the lift can reach from p_from, that can carry p_units out; cached routes first.
 CREATE FUNCTION chips._lift_exits(p_from text, p_units bigint, p_find jsonb, p_except uuid)
@@ -446,7 +491,8 @@ BEGIN
             ON CONFLICT DO NOTHING;
             IF FOUND THEN
                 PERFORM chips._lift_send(e.tally, 'query', pg_catalog.jsonb_build_object(
-                    'query', r.query, 'link', chips._link_id(r.query, e.tally), 'find', r.find,
+                    'query', r.query, 'link', chips._link_id(r.query, e.tally),
+                    'find', chips._find_blind(r.query, r.find),
                     'units', r.units, 'depth', p_depth - 1,
                     'expires', (extract(epoch FROM r.expires) * 1000)::bigint));
                 n := n + 1;
@@ -490,8 +536,20 @@ DECLARE
     r chips.lift_routes;
     s chips.lift_settings := chips._lift_set();
 BEGIN
+    IF o->>'query' IS NULL OR pg_catalog.jsonb_typeof(o->'find') IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'a route query has query, find, units >= 1, depth and expires' USING ERRCODE = '22023';
+    END IF;
     BEGIN
-        v_find := chips._chad(o->'find');
+        IF o->'find' ? 'tag' THEN
+            IF pg_catalog.jsonb_typeof(o->'find'->'tag') IS DISTINCT FROM 'string'
+               OR pg_catalog.jsonb_typeof(o->'find'->'agent') IS DISTINCT FROM 'string' THEN
+                RAISE EXCEPTION 'a blinded find is {agent, tag}' USING ERRCODE = '22023';
+            END IF;
+            v_find := pg_catalog.jsonb_build_object('agent', o->'find'->>'agent', 'tag', o->'find'->>'tag');
+        ELSE
+            -- a peer that sends the payee in clear: blinded from here on
+            v_find := chips._find_blind(o->>'query', chips._chad(o->'find'));
+        END IF;
         v_units := (o->>'units')::bigint;
         v_depth := least((o->>'depth')::integer, s.max_depth);
         v_expires := pg_catalog.to_timestamp((o->>'expires')::bigint / 1000.0);
@@ -510,7 +568,7 @@ BEGIN
     IF EXISTS (SELECT 1 FROM chips.lift_routes x WHERE x.query = o->>'query' AND x.dir = 'in' AND x.tally = t.tally_uuid) THEN
         RETURN 'ignored';     -- this query came this way already
     END IF;
-    v_target := chips._local_ent(v_find);
+    v_target := chips._find_local(o->>'query', v_find);
     INSERT INTO chips.lift_routes (query, dir, tally, find, units, expires)
     VALUES (o->>'query', 'in', t.tally_uuid, v_find, v_units, least(v_expires, pg_catalog.now() + s.query_life))
     RETURNING * INTO r;
@@ -550,7 +608,6 @@ DECLARE
     t chips.tallies := chips._link_half(msg);
     r chips.lift_routes;
     v_in bigint;
-    s chips.lift_settings := chips._lift_set();
 BEGIN
     IF t.id IS NULL THEN
         RETURN 'ignored';
@@ -564,10 +621,7 @@ BEGIN
         UPDATE chips.lift_routes x SET status = 'found',
             max = least((o->>'max')::bigint, chips._send_capacity(t)), hops = (o->>'hops')::integer
         WHERE x.id = r.id RETURNING * INTO r;
-        INSERT INTO chips.lift_route_cache AS c (find_cuid, find_agent, tally, max, hops, expires)
-        VALUES (r.find->>'cuid', r.find->>'agent', t.tally_uuid, r.max, r.hops, pg_catalog.now() + s.cache_life)
-        ON CONFLICT (find_agent, find_cuid, tally) DO UPDATE
-            SET max = EXCLUDED.max, hops = EXCLUDED.hops, expires = EXCLUDED.expires;
+        PERFORM chips._route_remember(r.find, t.tally_uuid, r.max, r.hops);
     ELSE
         UPDATE chips.lift_routes x SET status = 'none' WHERE x.id = r.id;
         DELETE FROM chips.lift_route_cache c
@@ -730,12 +784,12 @@ BEGIN
         -- a relay: out on the tally the route query found (or the cache knows)
         v_next := chips._lift_next_expiry(v_expires, v_now, v_step, v_min);
         FOR v_exit IN
-            SELECT e.tally, e.holder FROM (
-                SELECT x.tally, t2.ent AS holder, 0 AS pri, x.hops FROM chips.lift_routes x
+            SELECT e.tally, e.holder, e.pri, e.max, e.hops FROM (
+                SELECT x.tally, t2.ent AS holder, 0 AS pri, x.max, x.hops FROM chips.lift_routes x
                 JOIN chips.tallies t2 ON t2.tally_uuid = x.tally AND t2.part_ent IS NULL
                 WHERE x.query = o->>'query' AND x.dir = 'out' AND x.status = 'found'
                 UNION ALL
-                SELECT c.tally, t2.ent, 1, c.hops FROM chips.lift_route_cache c
+                SELECT c.tally, t2.ent, 1, c.max, c.hops FROM chips.lift_route_cache c
                 JOIN chips.tallies t2 ON t2.tally_uuid = c.tally AND t2.part_ent IS NULL
                 WHERE c.find_cuid = v_find->>'cuid' AND c.find_agent = v_find->>'agent'
                   AND c.expires > pg_catalog.now() AND c.max >= v_units) e
@@ -744,6 +798,10 @@ BEGIN
             g := chips._route(t.ent, v_exit.holder, v_units, t.tally_uuid, v_exit.tally);
             CONTINUE WHEN NOT g.ok OR chips._lift_lock(g.tallies, g.payers, g.receivers, v_units) <> 0;
             v_out := v_exit.tally;
+            IF v_exit.pri = 0 THEN
+                -- the prepare names the payee: the way its query found is worth keeping
+                PERFORM chips._route_remember(v_find, v_out, v_exit.max, v_exit.hops);
+            END IF;
             EXIT;
         END LOOP;
         IF v_out IS NULL THEN

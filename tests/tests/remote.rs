@@ -36,6 +36,8 @@ async fn a_payment_two_sites_away_takes_exactly_the_free_capacity() {
         before,
         "a refused payment moves nothing"
     );
+    // its query went as far as site 1's full hop, which never learnt whom it was for
+    route_queries_hide_the_payee(&net, &payee.cuid, &[1, 2, 3]).await;
 
     // exactly the capacity: good at every site it passed
     let l = pay_address(payer, &to, 300).await.unwrap();
@@ -52,6 +54,7 @@ async fn a_payment_two_sites_away_takes_exactly_the_free_capacity() {
         ]
     );
     net.check_consistent().await;
+    route_queries_hide_the_payee(&net, &payee.cuid, &[]).await;
     let after = net.positions().await;
     for k in 0..4 {
         for i in 0..4 {
@@ -357,4 +360,57 @@ async fn faults_leave_every_lift_good_everywhere_or_void_everywhere() {
             .all(|(_, st)| st.iter().all(|(_, s, _)| s == "good")),
         "{commits:?}"
     );
+}
+
+/// Route discovery never names the payee: every query any site sent carries `{agent, tag}`
+/// only, and the sites `blind` (that no prepare of a payment to it passed) stored nothing
+/// that holds the payee's cuid, though the query reached the first of them (if any).
+async fn route_queries_hide_the_payee(net: &Net, cuid: &str, blind: &[usize]) {
+    let mut queries = 0;
+    for (k, s) in net.sites.iter().enumerate() {
+        for r in s
+            .admin
+            .query(
+                "SELECT msg FROM chips.outbox WHERE target = 'lift' AND action = 'query'",
+                &[],
+            )
+            .await
+            .unwrap()
+        {
+            let m: Value = r.get(0);
+            let find = &m["object"]["find"];
+            let mut keys: Vec<_> = find.as_object().unwrap().keys().cloned().collect();
+            keys.sort();
+            assert_eq!(keys, ["agent", "tag"], "site {k} sent {find}");
+            assert!(
+                !m["object"].to_string().contains(&format!("\"{cuid}\"")),
+                "site {k} sent the payee: {m}"
+            );
+            queries += 1;
+        }
+    }
+    assert!(queries >= 1, "the payment was sought by route queries");
+    if let Some(&k) = blind.first() {
+        let reached: i64 = net.sites[k]
+            .admin
+            .query_one("SELECT count(*) FROM chips.lift_routes", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(reached >= 1, "the query reached site {k}");
+    }
+    for &k in blind {
+        let stored: i64 = net.sites[k]
+            .admin
+            .query_one(
+                "SELECT (SELECT count(*) FROM chips.lift_routes WHERE find ? 'cuid' OR find::text LIKE '%\"' || $1 || '\"%') \
+                      + (SELECT count(*) FROM chips.lift_route_cache WHERE find_cuid = $1) \
+                      + (SELECT count(*) FROM chips.lifts WHERE find->>'cuid' = $1)",
+                &[&cuid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(stored, 0, "site {k} stored the payee's cuid");
+    }
 }
