@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chips_core::clearing::{solve, Edge};
+use chips_tests::load::{load, Obl};
 use chips_tests::{free_port, Cluster, Sidecar, Site};
 use tokio_postgres::Client;
 use uuid::Uuid;
@@ -34,13 +35,6 @@ type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// A tally half as compared: its balance (the stock half's sign), chain length and tip.
 type Half = (i64, i32, Option<Vec<u8>>);
-
-/// One obligation of the CSV.
-struct Obl {
-    debtor: u32,
-    creditor: u32,
-    amount: i64,
-}
 
 /// The site a firm lives on: a hash of its number (splitmix64), modulo the number of sites.
 fn site_of(firm: u32, sites: usize) -> usize {
@@ -114,89 +108,7 @@ impl Fed {
             sites.push(cl.site(&format!("{prefix}_{k}"), port).await?);
             ports.push(port);
         }
-        let agents: Vec<String> = sites.iter().map(Site::agent_id).collect();
-        let uuids: Vec<Uuid> = (0..obls.len()).map(|_| Uuid::new_v4()).collect();
-        for (k, s) in sites.iter().enumerate() {
-            for (j, a) in agents.iter().enumerate() {
-                if j != k {
-                    s.admin
-                        .execute(
-                            "SELECT chips.agent_register($1, '127.0.0.1', $2)",
-                            &[a, &(ports[j] as i32)],
-                        )
-                        .await?;
-                }
-            }
-            // the firms of this site, and the halves of tallies they hold
-            let mut firms: Vec<String> = obls
-                .iter()
-                .flat_map(|o| [o.debtor, o.creditor])
-                .filter(|&f| site_of(f, n) == k)
-                .map(|f| format!("u{f}"))
-                .collect();
-            firms.sort();
-            firms.dedup();
-            let (mut ent, mut part, mut part_agent, mut id, mut side, mut net) =
-                (vec![], vec![], vec![], vec![], vec![], vec![]);
-            let mut local = vec![];
-            for (o, u) in obls.iter().zip(&uuids) {
-                let (sc, sd) = (site_of(o.creditor, n), site_of(o.debtor, n));
-                for (holder, partner, ps, sd_, value) in [
-                    (o.creditor, o.debtor, sd, "stock", o.amount),
-                    (o.debtor, o.creditor, sc, "foil", -o.amount),
-                ] {
-                    if site_of(holder, n) != k {
-                        continue;
-                    }
-                    ent.push(format!("u{holder}"));
-                    part.push(format!("u{partner}"));
-                    part_agent.push(agents[ps].clone());
-                    local.push(ps == k);
-                    id.push(*u);
-                    side.push(sd_);
-                    net.push(value);
-                }
-            }
-            s.admin
-                .batch_execute("SET session_replication_role = replica")
-                .await?;
-            s.admin
-                .execute(
-                    "INSERT INTO chips.users (ent, cuid, agent, name, username)
-                     SELECT f, f, $2, f, 'bench_' || f FROM unnest($1::text[]) f",
-                    &[&firms, &agents[k]],
-                )
-                .await?;
-            s.admin
-                .execute(
-                    "INSERT INTO chips.tallies (ent, part_ent, tally_uuid, side, status, contract,
-                         hold_cert, part_cert, hold_sig, part_sig, digest, chain_tip, hold_terms,
-                         part_terms, net_good, net_pend)
-                     SELECT x.ent, CASE WHEN x.local THEN x.part END, x.id, x.side, 'open', 'bench',
-                            jsonb_build_object('chad', jsonb_build_object('cuid', x.ent, 'agent', $7::text)),
-                            jsonb_build_object('chad', jsonb_build_object('cuid', x.part, 'agent', x.agent)),
-                            'x', 'x', sha256(x.id::text::bytea), sha256(x.id::text::bytea),
-                            CASE WHEN x.side = 'stock' THEN jsonb_build_object('limit', x.net) ELSE '{}' END,
-                            CASE WHEN x.side = 'foil' THEN jsonb_build_object('limit', -x.net) ELSE '{}' END,
-                            x.net, x.net
-                     FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::bigint[],
-                                 $8::boolean[]) x(ent, part, agent, id, side, net, local)",
-                    &[
-                        &ent,
-                        &part,
-                        &part_agent,
-                        &id,
-                        &side,
-                        &net,
-                        &agents[k],
-                        &local,
-                    ],
-                )
-                .await?;
-            s.admin
-                .batch_execute("RESET session_replication_role; ANALYZE chips.users, chips.tallies")
-                .await?;
-        }
+        load(&sites, &ports, obls, |f| site_of(f, n)).await?;
         let mut cars = Vec::new();
         for (s, &p) in sites.iter().zip(&ports) {
             cars.push(Sidecar::start(

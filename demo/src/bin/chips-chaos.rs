@@ -1,6 +1,7 @@
 //! `chips-chaos`: four sites, each its own PostgreSQL cluster, database and chipsd, under
 //! continuous random traffic (payments, refunds, invoices, setting changes, payments to people
-//! on other sites, automatic local and cross-site clearing) while a fault-injecting proxy in front
+//! on other sites, automatic local and cross-site clearing, clearing rounds that site 0
+//! coordinates for all four every few seconds) while a fault-injecting proxy in front
 //! of every chipsd drops, duplicates, delays and reorders frames and cuts connections, and a
 //! chaos driver SIGKILLs sidecars and crashes PostgreSQL clusters at random moments. Then the
 //! faults stop, the network quiesces, and `chips-check` verifies every invariant across the four
@@ -77,6 +78,8 @@ struct Site {
     pg: PrivateCluster,
     dsn: String,
     agent: String,
+    /// The port peers reach it on (its proxy's).
+    port: u16,
     car: Mutex<Sidecar>,
     proxy: FaultyProxy,
 }
@@ -220,6 +223,7 @@ async fn run(args: Args) -> Res<bool> {
         sites.push(Site {
             dsn: s.dsn.clone(),
             agent: s.agent_id(),
+            port: advertised,
             pg,
             car: Mutex::new(car),
             proxy,
@@ -276,6 +280,35 @@ async fn run(args: Args) -> Res<bool> {
         people.len(),
         tallies.len()
     );
+    // clearing rounds: site 0 coordinates every site (itself too), a round every 3 s
+    let coordinator = format!("{}@127.0.0.1:{}", sites[0].agent, sites[0].port);
+    let admin0 = connect(&sites[0].dsn).await.map_err(e)?;
+    admin0
+        .batch_execute(
+            "SELECT chips.round_configure(coordinate => true, every => '3 seconds', life => '45 seconds')",
+        )
+        .await
+        .map_err(e)?;
+    for s in &sites {
+        connect(&s.dsn)
+            .await
+            .map_err(e)?
+            .execute(
+                "SELECT chips.round_configure(coordinator => $1)",
+                &[&coordinator],
+            )
+            .await
+            .map_err(e)?;
+    }
+    eventually("every site joins the rounds", MINUTE, TICK, || async {
+        admin0
+            .query_one("SELECT count(*) FROM chips.round_members", &[])
+            .await
+            .is_ok_and(|r| r.get::<_, i64>(0) == SITES as i64)
+    })
+    .await?;
+    drop(admin0);
+    println!("  site 0 coordinates clearing rounds for all {SITES} sites, one every 3 s");
 
     println!(
         "\n== {} s of traffic ({} agents) under faults: proxies on, sidecars SIGKILLed, clusters crashed",
@@ -337,39 +370,24 @@ async fn run(args: Args) -> Res<bool> {
         s.proxy.set(false);
     }
     supervise(&sites, &stats).await?;
-    let t = Instant::now();
-    let mut calm = 0;
-    let mut last = String::new();
-    while calm < 5 {
-        if t.elapsed() > Duration::from_secs(args.converge) {
-            println!("  did not converge in {} s: {last}", args.converge);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        supervise(&sites, &stats).await?;
-        let mut busy = 0i64;
-        let mut parts = vec![];
-        for (k, s) in sites.iter().enumerate() {
-            let Ok(db) = connect(&s.dsn).await else {
-                busy += 1;
-                continue;
-            };
-            let r = db
-                .query_one(
-                    "SELECT (SELECT count(*) FROM chips.outbox WHERE delivered IS NULL),
-                            (SELECT count(*) FROM chips.lifts WHERE status IN ('seek', 'pend'))",
-                    &[],
-                )
+    // no new rounds: the ones under way end
+    eventually("site 0 stops opening rounds", MINUTE, TICK, || async {
+        match connect(&sites[0].dsn).await {
+            Ok(db) => db
+                .batch_execute("SELECT chips.round_configure(coordinate => false)")
                 .await
-                .map_err(e)?;
-            let (o, l): (i64, i64) = (r.get(0), r.get(1));
-            busy += o + l;
-            parts.push(format!("site {k}: {o} undelivered, {l} lifts under way"));
+                .is_ok(),
+            Err(_) => false,
         }
-        last = parts.join("; ");
-        calm = if busy == 0 { calm + 1 } else { 0 };
-    }
+    })
+    .await?;
+    let t = Instant::now();
+    let calm = quiesce(&sites, &stats, Duration::from_secs(args.converge)).await?;
     let converged = t.elapsed();
+
+    // one more round on the quiet network: every site must take part and it must commit
+    let last_round = last_round(&sites).await?;
+    let calm = calm && quiesce(&sites, &stats, Duration::from_secs(args.converge)).await?;
     // the sidecars' chain resync runs every 2 s: give it one more round after the last message
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -416,13 +434,148 @@ async fn run(args: Args) -> Res<bool> {
         "  converged {:.1} s after the faults stopped",
         converged.as_secs_f64()
     );
+    let rounds = connect(&sites[0].dsn)
+        .await
+        .map_err(e)?
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE status = 'good'),
+                    count(*) FILTER (WHERE status = 'void'),
+                    coalesce(sum(attempt - 1), 0)::bigint
+             FROM chips.rounds",
+            &[],
+        )
+        .await
+        .map_err(e)?;
+    let (opened, good, void, again): (i64, i64, i64, i64) =
+        (rounds.get(0), rounds.get(1), rounds.get(2), rounds.get(3));
+    println!(
+        "  clearing rounds: {opened} opened, {good} committed, {void} void, {again} solved again"
+    );
+    println!("  the last round, after the faults: {last_round}");
     println!("\n== chips-check across the four sites\n{report}");
+    if std::env::var("CHAOS_HOLD").is_ok() && !out.status.success() {
+        for s in sites.iter() {
+            println!("HOLD {}", s.dsn);
+        }
+        tokio::time::sleep(Duration::from_secs(900)).await;
+    }
 
     for s in sites.iter() {
         s.car.lock().await.stop(Duration::from_secs(5));
     }
     let _ = std::fs::remove_dir_all(&keys);
-    Ok(out.status.success() && calm >= 5)
+    Ok(out.status.success() && calm && last_round.starts_with("good"))
+}
+
+/// Waits (up to `limit`) until no site has a message undelivered, a lift or a round under way,
+/// five checks in a row; restarts dead sidecars meanwhile. False if it did not.
+async fn quiesce(sites: &[Site], stats: &Stats, limit: Duration) -> Res<bool> {
+    let t = Instant::now();
+    let mut calm = 0;
+    let mut last = String::new();
+    while calm < 5 {
+        if t.elapsed() > limit {
+            println!("  did not converge in {} s: {last}", limit.as_secs());
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        supervise(sites, stats).await?;
+        let mut busy = 0i64;
+        let mut parts = vec![];
+        for (k, s) in sites.iter().enumerate() {
+            let Ok(db) = connect(&s.dsn).await else {
+                busy += 1;
+                continue;
+            };
+            let r = db
+                .query_one(
+                    "SELECT (SELECT count(*) FROM chips.outbox WHERE delivered IS NULL),
+                            (SELECT count(*) FROM chips.lifts
+                             WHERE status IN ('seek', 'pend') OR (kind = 'round' AND status = 'draft'))
+                          + (SELECT count(*) FROM chips.rounds WHERE status IN ('collect', 'prepare'))",
+                    &[],
+                )
+                .await
+                .map_err(e)?;
+            let (o, l): (i64, i64) = (r.get(0), r.get(1));
+            busy += o + l;
+            parts.push(format!("site {k}: {o} undelivered, {l} lifts under way"));
+        }
+        last = parts.join("; ");
+        calm = if busy == 0 { calm + 1 } else { 0 };
+    }
+    Ok(true)
+}
+
+/// Opens one round at site 0 and waits for its decision: "good, N sites took part, M units
+/// moved" (or what went wrong).
+async fn last_round(sites: &[Site]) -> Res<String> {
+    let db = connect(&sites[0].dsn).await.map_err(e)?;
+    db.batch_execute("SELECT chips.round_configure(coordinate => true)")
+        .await
+        .map_err(e)?;
+    let round: Uuid = db
+        .query_one("SELECT chips.round_open()", &[])
+        .await
+        .map_err(e)?
+        .get(0);
+    db.batch_execute("SELECT chips.round_configure(coordinate => false)")
+        .await
+        .map_err(e)?;
+    let decided = eventually("the last round is decided", MINUTE, TICK, || async {
+        db.query_one(
+            "SELECT status IN ('good', 'void') FROM chips.rounds WHERE round_uuid = $1",
+            &[&round],
+        )
+        .await
+        .is_ok_and(|r| r.get(0))
+    })
+    .await;
+    let r = db
+        .query_one(
+            "SELECT r.status, coalesce(r.reason, ''),
+                    (SELECT count(*) FROM chips.round_sites y WHERE y.round_id = r.id AND y.status = 'ready')
+             FROM chips.rounds r WHERE r.round_uuid = $1",
+            &[&round],
+        )
+        .await
+        .map_err(e)?;
+    let (status, reason, ready): (String, String, i64) = (r.get(0), r.get(1), r.get(2));
+    if decided.is_err() || status != "good" || ready != SITES as i64 {
+        return Ok(format!(
+            "{status} {reason} ({ready} of {SITES} sites ready)"
+        ));
+    }
+    // every member settles its part
+    let mut units = 0i64;
+    for s in sites {
+        let db = connect(&s.dsn).await.map_err(e)?;
+        eventually(
+            "every member settles the last round",
+            MINUTE,
+            TICK,
+            || async {
+                db.query_one(
+                    "SELECT status = 'good' FROM chips.lifts WHERE lift_uuid = $1",
+                    &[&round],
+                )
+                .await
+                .is_ok_and(|r| r.get(0))
+            },
+        )
+        .await?;
+        units += db
+            .query_one(
+                "SELECT units FROM chips.lifts WHERE lift_uuid = $1",
+                &[&round],
+            )
+            .await
+            .map_err(e)?
+            .get::<_, i64>(0);
+    }
+    Ok(format!(
+        "good, all {SITES} sites took part, {units} units moved over their tallies"
+    ))
 }
 
 /// Restarts any chipsd that is not running (killed by a fault, or exited when its database

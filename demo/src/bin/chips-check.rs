@@ -14,8 +14,12 @@
 //!   good transaction chits and of the payments they made and received through intermediaries
 //!   (good linear lifts): nothing else (a circular lift, a relay, a bug) moved it;
 //! - every distributed lift decided at several sites is good everywhere or void everywhere;
-//! - no lift is still reserving capacity (`seek` or `pend`) past its expiry, and no lift chit
-//!   is pending under a lift already decided.
+//! - every clearing round whose coordinator's database is given is decided as the coordinator
+//!   decided it at every member whose share the decision needed, and is good at no other member
+//!   (a member left out of the round, absent or too late, ends its part void);
+//! - no lift is still reserving capacity (`seek` or `pend`, or a round's `draft`) past its
+//!   expiry, no coordinator's round is undecided past its expiry, and no lift chit is pending
+//!   under a lift already decided.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -30,6 +34,16 @@ struct Args {
     /// One site's database (libpq connection string), once per site.
     #[arg(long = "dsn", required = true)]
     dsns: Vec<String>,
+}
+
+/// A clearing round as the checker sees it: its coordinator's decision and the members whose
+/// shares it needed (when the coordinator's database is given), and each member's part (site,
+/// its agents, status, reason).
+#[derive(Default)]
+struct Round {
+    decided: Option<String>,
+    needed: Vec<String>,
+    parts: Vec<(String, Vec<String>, String, String)>,
 }
 
 /// One half as the checker sees it.
@@ -82,6 +96,7 @@ async fn check(args: Args) -> Result<Vec<String>, String> {
     let mut tallies: BTreeMap<Uuid, Vec<Half>> = BTreeMap::new();
     let (mut chits, mut users) = (0i64, 0usize);
     let mut lifts: BTreeMap<Uuid, Vec<(String, String)>> = BTreeMap::new();
+    let mut rounds: BTreeMap<Uuid, Round> = BTreeMap::new();
     for dsn in &args.dsns {
         let db = chips_tests::connect(dsn)
             .await
@@ -137,7 +152,12 @@ async fn check(args: Args) -> Result<Vec<String>, String> {
         for r in db
             .query(
                 "SELECT l.lift_uuid::text, l.status, 'past its expiry' FROM chips.lifts l
-                 WHERE l.status IN ('seek', 'pend') AND l.expires < now() - interval '5 seconds'
+                 WHERE (l.status IN ('seek', 'pend') OR (l.kind = 'round' AND l.status = 'draft'))
+                   AND l.expires < now() - interval '5 seconds'
+                 UNION ALL
+                 SELECT r.round_uuid::text, r.status, 'past its expiry (the round, at its coordinator)'
+                 FROM chips.rounds r
+                 WHERE r.status IN ('collect', 'prepare') AND r.expires < now() - interval '5 seconds'
                  UNION ALL
                  SELECT l.lift_uuid::text, l.status, 'with a pending chit' FROM chips.lifts l
                  WHERE l.status IN ('good', 'void')
@@ -152,7 +172,8 @@ async fn check(args: Args) -> Result<Vec<String>, String> {
         }
         for r in db
             .query(
-                "SELECT lift_uuid, status FROM chips.lifts WHERE kind <> 'local' AND status IN ('good', 'void')",
+                "SELECT lift_uuid, status FROM chips.lifts
+                 WHERE kind NOT IN ('local', 'round') AND status IN ('good', 'void')",
                 &[],
             )
             .await
@@ -162,6 +183,40 @@ async fn check(args: Args) -> Result<Vec<String>, String> {
                 .entry(r.get(0))
                 .or_default()
                 .push((site.clone(), r.get(1)));
+        }
+        // Clearing rounds: the coordinator's decision and whose shares it needed; each member's
+        // part, under this site's agent(s).
+        for r in db
+            .query(
+                "SELECT r.round_uuid, r.status,
+                        coalesce(array_agg(y.agent) FILTER (WHERE y.status NOT IN ('absent', 'invited')), '{}')
+                 FROM chips.rounds r LEFT JOIN chips.round_sites y ON y.round_id = r.id
+                 WHERE r.status IN ('good', 'void') GROUP BY r.id",
+                &[],
+            )
+            .await
+            .map_err(e)?
+        {
+            let round = rounds.entry(r.get(0)).or_default();
+            round.decided = Some(r.get(1));
+            round.needed = r.get(2);
+        }
+        for r in db
+            .query(
+                "SELECT l.lift_uuid, l.status, coalesce(l.reason, ''),
+                        ARRAY(SELECT a.agent FROM chips.agents a WHERE a.local)
+                 FROM chips.lifts l WHERE l.kind = 'round' AND l.status IN ('good', 'void')",
+                &[],
+            )
+            .await
+            .map_err(e)?
+        {
+            rounds.entry(r.get(0)).or_default().parts.push((
+                site.clone(),
+                r.get(3),
+                r.get(1),
+                r.get(2),
+            ));
         }
         let n: i64 = db
             .query_one("SELECT count(*) FROM chips.chits", &[])
@@ -177,6 +232,37 @@ async fn check(args: Args) -> Result<Vec<String>, String> {
             ));
         }
     }
+    let (mut decided, mut parts) = (0, [0usize; 2]);
+    let mut why: BTreeMap<&str, usize> = BTreeMap::new();
+    for (id, round) in &rounds {
+        for (_, _, status, reason) in &round.parts {
+            parts[usize::from(status == "void")] += 1;
+            if status == "void" {
+                *why.entry(reason.as_str()).or_default() += 1;
+            }
+        }
+        let Some(decision) = &round.decided else {
+            continue; // its coordinator's database was not given
+        };
+        decided += 1;
+        for (site, agents, status, reason) in &round.parts {
+            let needed = agents.iter().any(|a| round.needed.contains(a));
+            if (needed && status != decision) || (!needed && status == "good") {
+                problems.push(format!(
+                    "round {id}: {site}'s part is {status} ({reason}) where the coordinator decided {decision}{}",
+                    if needed { "" } else { " without it" }
+                ));
+            }
+        }
+    }
+    println!(
+        "checked {decided} clearing round(s) against their coordinator; members' parts: {} good, {} void{}",
+        parts[0],
+        parts[1],
+        why.iter()
+            .map(|(r, n)| format!("; {n} {r}"))
+            .collect::<String>()
+    );
     let (mut pairs, mut alone) = (0, 0);
     for (t, hs) in &tallies {
         let signed: Vec<&Half> = hs
