@@ -49,6 +49,10 @@ struct Args {
     /// Seconds the network gets to converge once the faults stop.
     #[arg(long, default_value_t = 300)]
     converge: u64,
+    /// When chips-check finds a problem, keep the sites up this many seconds before stopping
+    /// them (their connection strings are printed).
+    #[arg(long, default_value_t = 0)]
+    hold: u64,
 }
 
 const SITES: usize = 4;
@@ -453,11 +457,13 @@ async fn run(args: Args) -> Res<bool> {
     );
     println!("  the last round, after the faults: {last_round}");
     println!("\n== chips-check across the four sites\n{report}");
-    if std::env::var("CHAOS_HOLD").is_ok() && !out.status.success() {
+    if args.hold > 0 && !out.status.success() {
+        // keep the evidence: the sites stay up (sidecars too) for a look with psql
+        println!("== the sites stay up {} s for a look:", args.hold);
         for s in sites.iter() {
-            println!("HOLD {}", s.dsn);
+            println!("  psql \"{}\"", s.dsn);
         }
-        tokio::time::sleep(Duration::from_secs(900)).await;
+        tokio::time::sleep(Duration::from_secs(args.hold)).await;
     }
 
     for s in sites.iter() {
