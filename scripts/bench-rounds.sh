@@ -2,9 +2,11 @@
 # Clearing rounds across a federation: an MTCS network cut across SITES sites (8 by default),
 # each its own database and chipsd, on a private cluster this script starts and stops. One round
 # against the central optimum, its time per phase, messages and bytes per site and the
-# coordinator's peak memory; then route discovery on the same partition for the same wall time.
+# coordinator's peak memory; then, loaded again, payment latency at a member (PAYERS payers, 4 by
+# default, 0 skips it) for PAY_SECS seconds (10) with no round and then while a round runs;
+# then route discovery on the same partition for the same wall time.
 #
-#   bash scripts/bench-rounds.sh [FILE.csv ...]   # default: MTCS network 01; SITES=8
+#   bash scripts/bench-rounds.sh [FILE.csv ...]   # default: MTCS network 01; SITES=8 PAYERS=4 PAY_SECS=10
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 DATA=${CHIPS_DATA:-$REPO/../shared/data}

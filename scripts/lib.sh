@@ -145,44 +145,13 @@ SQL
 }
 
 # network_payers N QUERY: in a network load_network made, N of the tallies QUERY selects (columns
-# tally, creditor; one tally per creditor) get a payer: the creditor becomes a custodial user
-# with a role pgbench (logged in as bench_client) can take, paying back on that tally (a large
-# limit both ways, so it never runs out). public.bench_pay (n, tally, creditor, who) lists
-# them; $WORK/pay.sql is the pgbench script (client n pays 1 as payer n mod N).
+# tally, creditor; one tally per creditor) get a payer (scripts/bench/payers.sql says how).
+# $WORK/pay.sql is the pgbench script (client n pays 1 as payer n mod N).
 network_payers() {
     local n=$1 query=$2
-    "${PSQL[@]}" -d bench <<SQL >/dev/null
-CREATE ROLE bench_client LOGIN;
-CREATE TABLE public.bench_pay AS
-SELECT row_number() OVER () - 1 AS n, y.tally, y.creditor,
-       (SELECT u.username FROM chips.users u WHERE u.ent = y.creditor) AS who
-FROM (SELECT x.tally, x.creditor FROM ($query) x ORDER BY random() LIMIT $n) y;
--- the loaded balances, which no chit explains (payers_unsound checks what moved since)
-CREATE TABLE public.bench_open AS
-SELECT t.id, t.net_good, (SELECT coalesce(max(c.id), 0) FROM chips.chits c) AS after
-FROM chips.tallies t WHERE t.tally_uuid IN (SELECT tally FROM public.bench_pay);
-GRANT SELECT ON public.bench_pay TO PUBLIC;
-INSERT INTO chips.custody SELECT creditor, chips.new_seed() FROM public.bench_pay;
-UPDATE chips.users u SET pubkey = chips.seed_public(k.seed) FROM chips.custody k WHERE k.ent = u.ent;
-SET session_replication_role = replica;
-UPDATE chips.tallies t SET hold_cert = jsonb_build_object('public', u.pubkey)
-FROM chips.users u WHERE u.ent = t.ent AND u.pubkey IS NOT NULL;
-UPDATE chips.tallies t SET part_cert = jsonb_build_object('public', u.pubkey)
-FROM chips.users u WHERE u.ent = t.part_ent AND u.pubkey IS NOT NULL;
-UPDATE chips.tallies t SET part_terms = '{"limit": 1000000000000000}', hold_terms = '{"limit": 1000000000000000}'
-WHERE t.tally_uuid IN (SELECT tally FROM public.bench_pay);
-RESET session_replication_role;
-DO \$\$
-DECLARE r record;
-BEGIN
-    FOR r IN SELECT u.username FROM chips.users u JOIN public.bench_pay b ON b.creditor = u.ent LOOP
-        EXECUTE format('CREATE ROLE %I', r.username);
-        EXECUTE format('GRANT chips_user TO %I', r.username);
-        EXECUTE format('GRANT %I TO bench_client', r.username);
-    END LOOP;
-END
-\$\$;
-SQL
+    "${PSQL[@]}" -d bench -c "CREATE TABLE public.bench_candidates AS
+        SELECT x.tally, x.creditor FROM ($query) x ORDER BY random() LIMIT $n" >/dev/null
+    "${PSQL[@]}" -d bench -v ON_ERROR_STOP=1 -f "$REPO/scripts/bench/payers.sql" >/dev/null
     cat > "$WORK/pay.sql" <<SQL
 \\set n :client_id % $n
 \\if :first

@@ -12,7 +12,10 @@
 //!    phase (from the coordinator's and members' timestamps); messages and bytes each site sent
 //!    and received; the peak memory of the coordinator (its chipsd, and the private memory of
 //!    its database backends, sampled every 20 ms); and that every tally's halves agree after.
-//! 2. The same partition, loaded again into fresh sites, cleared the way sites clear without a
+//! 2. Payments while a round runs: the partition loaded again; at site 1, PAYERS (4) custodial
+//!    creditors of local tallies pay 1 back in a loop, PAY_SECS (10) seconds with no round,
+//!    then while a round runs: the payments' p50, p99 and longest wait in each, and failures.
+//! 3. The same partition, loaded again into fresh sites, cleared the way sites clear without a
 //!    coordinator (automatic clearing every second: each site's own pass and route-discovery
 //!    circular lifts) for the same wall time as the round took: its share of the optimum.
 //!
@@ -172,6 +175,90 @@ impl Fed {
             .count())
     }
 
+    /// Opens a round at the coordinator (site 0) and waits until it is decided there and
+    /// settled at every member: the round and its status.
+    async fn round(&self) -> Res<(Uuid, String)> {
+        let t0 = Instant::now();
+        let round: Uuid = self.sites[0]
+            .admin
+            .query_one("SELECT chips.round_open()", &[])
+            .await?
+            .get(0);
+        let status = loop {
+            let s: String = self.sites[0]
+                .admin
+                .query_one(
+                    "SELECT status FROM chips.rounds WHERE round_uuid = $1",
+                    &[&round],
+                )
+                .await?
+                .get(0);
+            if s == "good" || s == "void" {
+                break s;
+            }
+            if t0.elapsed() > Duration::from_secs(3600) {
+                return Err("the round was not decided in an hour".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        loop {
+            let mut open = 0i64;
+            for s in &self.sites {
+                open += s
+                    .admin
+                    .query_one(
+                        "SELECT count(*) FROM chips.lifts WHERE lift_uuid = $1 AND status NOT IN ('good', 'void')",
+                        &[&round],
+                    )
+                    .await?
+                    .get::<_, i64>(0);
+            }
+            if open == 0 {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(3600) {
+                return Err("the round was not settled at every member in an hour".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok((round, status))
+    }
+
+    /// Site 0 coordinates rounds for every site; returns once all have joined.
+    async fn federate(&self) -> Res<()> {
+        let coordinator = format!("{}@127.0.0.1:{}", self.sites[0].agent_id(), self.ports[0]);
+        self.sites[0]
+            .admin
+            .execute(
+                "SELECT * FROM chips.round_configure(coordinate => true, every => '1 day', life => '1 hour')",
+                &[],
+            )
+            .await?;
+        for s in &self.sites {
+            s.admin
+                .execute(
+                    "SELECT * FROM chips.round_configure(coordinator => $1)",
+                    &[&coordinator],
+                )
+                .await?;
+        }
+        let t = Instant::now();
+        loop {
+            let m: i64 = self.sites[0]
+                .admin
+                .query_one("SELECT count(*) FROM chips.round_members", &[])
+                .await?
+                .get(0);
+            if m == self.sites.len() as i64 && self.backlog().await? == 0 {
+                return Ok(());
+            }
+            if t.elapsed() > Duration::from_secs(60) {
+                return Err("the sites did not all join the coordinator in 60 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn stop(mut self) {
         for c in &mut self.cars {
             c.stop(Duration::from_secs(5));
@@ -209,6 +296,169 @@ async fn coordinator_memory(coord: &Client, db: &str, chipsd_pid: u32) -> (u64, 
         backends + field(chipsd_pid, "RssAnon:"),
         field(chipsd_pid, "VmHWM:"),
     )
+}
+
+/// One payment: when it started, how long it took, whether it committed.
+type Sample = (Instant, Duration, bool);
+
+/// `who` (a payer scripts/bench/payers.sql made) pays 1 back on `tally`, again and again until
+/// `stop`.
+async fn pay_loop(dsn: String, who: String, tally: Uuid, stop: Arc<AtomicBool>) -> Vec<Sample> {
+    let Ok(c) = chips_tests::connect(&dsn).await else {
+        return vec![];
+    };
+    if c.batch_execute(&format!("SET ROLE \"{who}\""))
+        .await
+        .is_err()
+    {
+        return vec![];
+    }
+    let mut out = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        let t = Instant::now();
+        let ok = c
+            .query_one("SELECT chips.pay($1, 1, 'bench')", &[&tally])
+            .await
+            .is_ok();
+        out.push((t, t.elapsed(), ok));
+    }
+    out
+}
+
+/// `payers` clients paying at `site` for as long as `f` runs: every payment's sample.
+async fn paying<F: std::future::Future>(
+    site: &Site,
+    list: &[(Uuid, String)],
+    f: F,
+) -> (F::Output, Vec<Sample>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = list
+        .iter()
+        .map(|(t, who)| tokio::spawn(pay_loop(site.dsn.clone(), who.clone(), *t, stop.clone())))
+        .collect();
+    let out = f.await;
+    stop.store(true, Ordering::SeqCst);
+    let mut samples = Vec::new();
+    for t in tasks {
+        samples.extend(t.await.unwrap_or_default());
+    }
+    (out, samples)
+}
+
+/// n, p50, p99 and max (ms) of the committed payments that started in [from, to], and how many
+/// failed.
+fn latency(samples: &[Sample], from: Instant, to: Instant) -> (usize, f64, f64, f64, usize) {
+    let mut ms: Vec<f64> = samples
+        .iter()
+        .filter(|(t, _, ok)| *ok && *t >= from && *t <= to)
+        .map(|(_, d, _)| d.as_secs_f64() * 1e3)
+        .collect();
+    let failed = samples
+        .iter()
+        .filter(|(t, _, ok)| !*ok && *t >= from && *t <= to)
+        .count();
+    if ms.is_empty() {
+        return (0, 0.0, 0.0, 0.0, failed);
+    }
+    ms.sort_by(f64::total_cmp);
+    let max = ms[ms.len() - 1];
+    (
+        ms.len(),
+        chips_tests::percentile(&mut ms.clone(), 0.50),
+        chips_tests::percentile(&mut ms, 0.99),
+        max,
+        failed,
+    )
+}
+
+/// The partition loaded again; at site 1 (a member, not the coordinator) `payers` custodial
+/// creditors of local tallies pay 1 back in a loop: PAY_SECS seconds with no round, then while a
+/// round runs, in the same run. The payments move debt, so this round is not held to the
+/// optimum; it must end good with every tally's halves agreeing.
+async fn payments_during_a_round(
+    cl: &Cluster,
+    chipsd: &str,
+    dir: &std::path::Path,
+    obls: &[Obl],
+    n: usize,
+    payers: usize,
+) -> Res<()> {
+    let secs: u64 = std::env::var("PAY_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let fed = Fed::build(cl, "bench_pay", obls, n, chipsd, dir).await?;
+    fed.federate().await?;
+    let site = &fed.sites[1];
+    site.admin
+        .batch_execute(&format!(
+            "CREATE TABLE public.bench_candidates AS
+             SELECT x.tally_uuid AS tally, x.ent AS creditor
+             FROM (SELECT DISTINCT ON (t.ent) t.tally_uuid, t.ent FROM chips.tallies t
+                   WHERE t.side = 'stock' AND t.part_ent IS NOT NULL AND t.net_good > 0
+                   ORDER BY t.ent, t.net_good DESC) x
+             ORDER BY random() LIMIT {payers}"
+        ))
+        .await?;
+    site.admin
+        .batch_execute(include_str!("../../scripts/bench/payers.sql"))
+        .await?;
+    let list: Vec<(Uuid, String)> = site
+        .admin
+        .query("SELECT tally, who FROM public.bench_pay ORDER BY n", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let t0 = Instant::now();
+    let ((), idle) = paying(site, &list, tokio::time::sleep(Duration::from_secs(secs))).await;
+    let t1 = Instant::now();
+    let (round, during) = paying(site, &list, async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let from = Instant::now();
+        let r = fed.round().await;
+        (r, from, Instant::now())
+    })
+    .await;
+    let ((round, status), from, to) = (round.0?, round.1, round.2);
+    let moved: i64 = site
+        .admin
+        .query_one(
+            "SELECT count(DISTINCT t.tally_uuid) FROM chips.chits c JOIN chips.lifts l ON l.id = c.lift_id
+             JOIN chips.tallies t ON t.id = c.tally_id
+             WHERE l.lift_uuid = $1 AND t.tally_uuid IN (SELECT tally FROM public.bench_pay)",
+            &[&round],
+        )
+        .await?
+        .get(0);
+    let (i_n, i50, i99, imax, ifail) = latency(&idle, t0, t1);
+    let (d_n, d50, d99, dmax, dfail) = latency(&during, from, to);
+    println!(
+        "  payments at site 1 ({payers} payers, each paying 1 back on a local tally; {moved} of those tallies moved by the round):"
+    );
+    println!(
+        "    no round ({secs} s): n={i_n} p50 {i50:.2} ms, p99 {i99:.2} ms, max {imax:.2} ms, failed {ifail}"
+    );
+    println!(
+        "    during the round ({status}, {:.1} s open to settled): n={d_n} p50 {d50:.2} ms, p99 {d99:.2} ms, max {dmax:.2} ms, failed {dfail}; p99 during / idle {:.2}",
+        (to - from).as_secs_f64(),
+        d99 / i99
+    );
+    // the chain updates of the payments and the round delivered, then every tally agrees
+    let t = Instant::now();
+    while fed.backlog().await? > 0 && t.elapsed() < Duration::from_secs(300) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bad = fed.disagreeing().await?;
+    println!("    tallies whose halves disagree after: {bad}");
+    fed.stop().await;
+    if status != "good" || bad != 0 || dfail != 0 {
+        return Err("payments during a round: the round did not commit, a payment failed or halves disagree (databases bench_pay_* kept)".into());
+    }
+    for k in 0..n {
+        cl.drop_db(&format!("bench_pay_{k}")).await?;
+    }
+    Ok(())
 }
 
 /// What each site sent (messages, bytes, by target) and received since the marks.
@@ -277,37 +527,7 @@ async fn run(cl: &Cluster, chipsd: &str, csv: &str, n: usize) -> Res<()> {
         n,
         t.elapsed().as_secs_f64()
     );
-    let coordinator = format!("{}@127.0.0.1:{}", fed.sites[0].agent_id(), fed.ports[0]);
-    fed.sites[0]
-        .admin
-        .execute(
-            "SELECT * FROM chips.round_configure(coordinate => true, every => '1 day', life => '1 hour')",
-            &[],
-        )
-        .await?;
-    for s in &fed.sites {
-        s.admin
-            .execute(
-                "SELECT * FROM chips.round_configure(coordinator => $1)",
-                &[&coordinator],
-            )
-            .await?;
-    }
-    let t = Instant::now();
-    loop {
-        let m: i64 = fed.sites[0]
-            .admin
-            .query_one("SELECT count(*) FROM chips.round_members", &[])
-            .await?
-            .get(0);
-        if m == n as i64 && fed.backlog().await? == 0 {
-            break;
-        }
-        if t.elapsed() > Duration::from_secs(60) {
-            return Err("the sites did not all join the coordinator in 60 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    fed.federate().await?;
     let before = fed.debt().await?;
     let mk = marks(&fed).await?;
 
@@ -335,47 +555,7 @@ async fn run(cl: &Cluster, chipsd: &str, csv: &str, n: usize) -> Res<()> {
     };
 
     let t0 = Instant::now();
-    let round: Uuid = fed.sites[0]
-        .admin
-        .query_one("SELECT chips.round_open()", &[])
-        .await?
-        .get(0);
-    // decided at the coordinator
-    let status = loop {
-        let s: String = fed.sites[0]
-            .admin
-            .query_one(
-                "SELECT status FROM chips.rounds WHERE round_uuid = $1",
-                &[&round],
-            )
-            .await?
-            .get(0);
-        if s == "good" || s == "void" {
-            break s;
-        }
-        if t0.elapsed() > Duration::from_secs(3600) {
-            return Err("the round was not decided in an hour".into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    // settled at every member
-    loop {
-        let mut open = 0i64;
-        for s in &fed.sites {
-            open += s
-                .admin
-                .query_one(
-                    "SELECT count(*) FROM chips.lifts WHERE lift_uuid = $1 AND status NOT IN ('good', 'void')",
-                    &[&round],
-                )
-                .await?
-                .get::<_, i64>(0);
-        }
-        if open == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (round, status) = fed.round().await?;
     let settled = t0.elapsed();
     // every chain update delivered and confirmed
     loop {
@@ -491,7 +671,16 @@ async fn run(cl: &Cluster, chipsd: &str, csv: &str, n: usize) -> Res<()> {
         cl.drop_db(&format!("bench_round_{k}")).await?;
     }
 
-    // 2. route discovery, on the same partition, for the same wall time
+    // 2. payments at a member while a round runs
+    let payers: usize = std::env::var("PAYERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    if payers > 0 {
+        payments_during_a_round(cl, chipsd, &dir, &obls, n, payers).await?;
+    }
+
+    // 3. route discovery, on the same partition, for the same wall time
     let budget = settled;
     let fed = Fed::build(cl, "bench_route", &obls, n, chipsd, &dir).await?;
     let before = fed.debt().await?;
