@@ -46,17 +46,20 @@ async fn debt(sites: &[Site]) -> i64 {
     d
 }
 
+/// The round's status at its coordinator.
+async fn coordinated(c: &Client, r: Uuid) -> String {
+    c.query_one(
+        "SELECT status FROM chips.rounds WHERE round_uuid = $1",
+        &[&r],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 /// The round at the coordinator, and its part at each member (null: it has none).
 async fn round_state(sites: &[Site], r: Uuid) -> (String, Vec<Option<String>>) {
-    let coord: String = db(&sites[0])
-        .await
-        .query_one(
-            "SELECT status FROM chips.rounds WHERE round_uuid = $1",
-            &[&r],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let coord = coordinated(&db(&sites[0]).await, r).await;
     let mut parts = Vec::new();
     for s in sites {
         parts.push(
@@ -230,14 +233,7 @@ async fn a_round_ends_alike_everywhere_whatever_happens_to_its_coordinator() {
         };
         let t = Instant::now();
         let seen = loop {
-            let st: String = c0
-                .query_one(
-                    "SELECT status FROM chips.rounds WHERE round_uuid = $1",
-                    &[&r],
-                )
-                .await
-                .unwrap()
-                .get(0);
+            let st = coordinated(&c0, r).await;
             if want.contains(&st.as_str()) || t.elapsed() > Duration::from_secs(30) {
                 break st;
             }
