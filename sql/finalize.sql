@@ -235,7 +235,9 @@ GRANT SELECT ON chips.clearing_settings TO chips_agent;
 -- Distributed lifts: the timer, and circles through other sites (part of automatic clearing).
 GRANT EXECUTE ON FUNCTION chips.lift_tick(), chips.lift_circles(bigint, integer) TO chips_agent, chips_admin;
 -- Clearing rounds: their timers (chips.lift_tick calls them too), their settings, a round now.
-GRANT EXECUTE ON FUNCTION chips.round_tick() TO chips_agent, chips_admin;
+GRANT EXECUTE ON FUNCTION chips.round_tick(), chips._round_next(), chips._round_work_step(bigint)
+TO chips_agent, chips_admin;
+GRANT EXECUTE ON PROCEDURE chips.round_work(integer) TO chips_agent, chips_admin;
 GRANT EXECUTE ON FUNCTION chips.round_configure(text, boolean, interval, interval, integer),
     chips.round_open()
 TO chips_admin;

@@ -481,7 +481,9 @@ BEGIN
         -- a new attempt: what this site reserved for the last one goes
         UPDATE chips.chits y SET status = 'void' WHERE y.lift_id = l.id AND y.status = 'pend';
         UPDATE chips.round_parts p SET flow = 0 WHERE p.lift_id = l.id;
-        UPDATE chips.round_state x SET parts = NULL, got = 0, partners = '{}' WHERE x.lift_id = l.id;
+        DELETE FROM chips.round_moves m WHERE m.lift_id = l.id;
+        UPDATE chips.round_state x SET parts = NULL, got = 0, partners = '{}', work = NULL
+        WHERE x.lift_id = l.id;
         UPDATE chips.lifts x SET attempt = v_attempt, status = 'draft', units = 0, tallies = '{}', debtors = '{}'
         WHERE x.id = l.id RETURNING * INTO l;
     END IF;
@@ -504,15 +506,14 @@ BEGIN
 END
 $$;
 
--- All flows are in: check them, re-check every move against the tallies as they are now, and
--- reserve this site's part with pending lift chits (or refuse).
+-- All flows are in: check them and each move against the tallies as they are now (or refuse),
+-- and keep the moves for chips.round_work to reserve piece by piece. Nothing is locked here.
 CREATE FUNCTION chips._round_prepare(p_lift bigint) RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
     l chips.lifts;
     v jsonb;
-    v_partners text[];
 BEGIN
     SELECT * INTO l FROM chips.lifts x WHERE x.id = p_lift;
     BEGIN
@@ -529,30 +530,124 @@ BEGIN
             'round', l.lift_uuid, 'attempt', l.attempt, 'caps', v->'caps'));
         RETURN;
     END IF;
-    -- the moves: a pending lift chit, issued by the side whose balance goes down, on every half
-    -- of the tally held here (one statement; the chits triggers hold the amounts back); the
-    -- same document at the partner's site
-    INSERT INTO chips.chits (tally_id, chit_uuid, chit_type, issuer, units, reference, chit_date,
-                             status, value, lift_id)
-    SELECT h.id, d.uuid, 'lift', m.by, m.units, d.ref, l.chit_date, 'pend',
-           chips.chit_value(chips.chit_doc_make(m.tally, m.by, 'lift', d.uuid, d.ms, m.units, d.ref, NULL), h.side),
-           l.id
-    FROM pg_catalog.jsonb_to_recordset(v->'moves') m(tally uuid, by text, units bigint)
-    CROSS JOIN LATERAL (SELECT chips._round_chit_uuid(l.lift_uuid, l.attempt, m.tally) AS uuid,
-                               pg_catalog.jsonb_build_object('lift', l.lift_uuid) AS ref,
-                               (extract(epoch FROM l.chit_date) * 1000)::bigint AS ms) d
-    JOIN chips.tallies h ON h.tally_uuid = m.tally
-    ORDER BY h.id;
+    DELETE FROM chips.round_moves m WHERE m.lift_id = l.id;
+    INSERT INTO chips.round_moves (lift_id, n, tally, local, flow, by, units, debtor)
+    SELECT l.id, m.n, m.tally, m.local, m.flow, m.by, m.units, m.debtor
+    FROM ROWS FROM (pg_catalog.jsonb_to_recordset(v->'moves')
+                    AS (tally uuid, local boolean, flow bigint, by text, units bigint, debtor text))
+         WITH ORDINALITY m(tally, local, flow, by, units, debtor, n);
+    PERFORM chips._round_work_on(l.id, 'reserve');
+END
+$$;
+
+-- The tally halves a piece of work takes: a member's work on a round is cut into pieces of at
+-- most this many tallies, each its own transaction, so that a payment on a tally the round
+-- moves waits at most one piece.
+CREATE FUNCTION chips._round_piece() RETURNS integer
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT 32 $$;
+
+-- Gives a member's lift `p_lift` its work (chips.round_work does it) and wakes chipsd.
+CREATE FUNCTION chips._round_work_on(p_lift bigint, p_work text, p_reason text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    UPDATE chips.round_state x SET work = p_work, reason = p_reason WHERE x.lift_id = p_lift;
+    PERFORM pg_catalog.pg_notify('chips_round', '');
+END
+$$;
+
+-- One piece of a member's work on lift `p_lift`, in the caller's transaction. Returns false when
+-- there is none left.
+CREATE FUNCTION chips._round_step(p_lift bigint) RETURNS boolean
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    l chips.lifts;
+    st chips.round_state;
+BEGIN
+    SELECT * INTO l FROM chips.lifts x WHERE x.id = p_lift FOR UPDATE;
+    SELECT * INTO st FROM chips.round_state x WHERE x.lift_id = p_lift;
+    IF st.work IS NULL THEN
+        RETURN false;
+    END IF;
+    IF st.work IN ('reserve', 'release') AND l.status <> 'draft' THEN
+        -- decided meanwhile (void past its expiry): nothing more to reserve or release
+        UPDATE chips.round_state x SET work = NULL WHERE x.lift_id = l.id;
+        RETURN true;
+    END IF;
+    IF st.work IN ('good', 'void') THEN
+        IF chips._lift_settle(l.id, st.work, st.reason, chips._round_piece()) THEN
+            UPDATE chips.round_state x SET work = NULL WHERE x.lift_id = l.id;
+            DELETE FROM chips.round_moves m WHERE m.lift_id = l.id;
+        END IF;
+    ELSIF st.work = 'release' THEN
+        IF chips._lift_release(l.id, chips._round_piece()) THEN
+            UPDATE chips.round_state x SET work = NULL WHERE x.lift_id = l.id;
+            DELETE FROM chips.round_moves m WHERE m.lift_id = l.id;
+        END IF;
+    ELSE
+        PERFORM chips._round_reserve(l);
+    END IF;
+    RETURN true;
+END
+$$;
+
+-- One piece of a member's reservation: the next moves, checked again under lock (or a refusal
+-- naming every arc whose tally no longer carries its move, and what earlier pieces reserved is
+-- released), then a pending lift
+-- chit, issued by the side whose balance goes down, on every half of those tallies held here
+-- (one statement; the chits triggers hold the amounts back); the same document at the
+-- partner's site. With every move reserved: the lift is pending, each partner site hears the
+-- moves on the tallies it shares with this one, and this site is ready once they agree.
+CREATE FUNCTION chips._round_reserve(l chips.lifts) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_tallies uuid[];
+    v_caps jsonb;
+    v_partners text[];
+BEGIN
+    v_tallies := ARRAY(SELECT m.tally FROM chips.round_moves m WHERE m.lift_id = l.id AND NOT m.done
+                       ORDER BY m.n LIMIT chips._round_piece());
+    IF pg_catalog.cardinality(v_tallies) > 0 THEN
+        v_caps := chips._round_caps(l.id, v_tallies, true);
+        IF pg_catalog.jsonb_array_length(v_caps) > 0 THEN
+            -- and every other move not reserved yet that its tallies no longer carry: the next
+            -- attempt leaves them all out
+            v_caps := chips._round_caps(l.id, ARRAY(SELECT m.tally FROM chips.round_moves m
+                                                    WHERE m.lift_id = l.id AND NOT m.done), false);
+            PERFORM chips._send(chips._round_me(), l.origin, 'round', 'refuse', pg_catalog.jsonb_build_object(
+                'round', l.lift_uuid, 'attempt', l.attempt, 'caps', v_caps));
+            UPDATE chips.round_state x SET work = 'release' WHERE x.lift_id = l.id;
+            RETURN;
+        END IF;
+        INSERT INTO chips.chits (tally_id, chit_uuid, chit_type, issuer, units, reference, chit_date,
+                                 status, value, lift_id)
+        SELECT h.id, d.uuid, 'lift', m.by, m.units, d.ref, l.chit_date, 'pend',
+               chips.chit_value(chips.chit_doc_make(m.tally, m.by, 'lift', d.uuid, d.ms, m.units, d.ref, NULL), h.side),
+               l.id
+        FROM chips.round_moves m
+        CROSS JOIN LATERAL (SELECT chips._round_chit_uuid(l.lift_uuid, l.attempt, m.tally) AS uuid,
+                                   pg_catalog.jsonb_build_object('lift', l.lift_uuid) AS ref,
+                                   (extract(epoch FROM l.chit_date) * 1000)::bigint AS ms) d
+        JOIN chips.tallies h ON h.tally_uuid = m.tally
+        WHERE m.lift_id = l.id AND m.tally = ANY (v_tallies)
+        ORDER BY h.id;
+        UPDATE chips.round_moves m SET done = true WHERE m.lift_id = l.id AND m.tally = ANY (v_tallies);
+        RETURN;
+    END IF;
+    UPDATE chips.round_state x SET work = NULL WHERE x.lift_id = l.id;
     UPDATE chips.lifts x SET status = 'pend',
-        units = (SELECT coalesce(sum((y.v->>'units')::bigint), 0) FROM pg_catalog.jsonb_array_elements(v->'moves') y(v)),
-        tallies = ARRAY(SELECT (y.v->>'tally')::uuid FROM pg_catalog.jsonb_array_elements(v->'moves') y(v)),
-        debtors = ARRAY(SELECT y.v->>'debtor' FROM pg_catalog.jsonb_array_elements(v->'moves') y(v))
+        units = (SELECT coalesce(sum(m.units), 0) FROM chips.round_moves m WHERE m.lift_id = l.id),
+        tallies = ARRAY(SELECT m.tally FROM chips.round_moves m WHERE m.lift_id = l.id ORDER BY m.n),
+        debtors = ARRAY(SELECT m.debtor FROM chips.round_moves m WHERE m.lift_id = l.id ORDER BY m.n)
     WHERE x.id = l.id;
-    -- tell each partner site the moves on the tallies it shares with this one
-    SELECT coalesce(pg_catalog.array_agg(DISTINCT p.agent), '{}') INTO v_partners
-    FROM (SELECT t.part_cert->'chad'->>'agent' AS agent
-          FROM pg_catalog.jsonb_array_elements(v->'shared') y(v)
-          JOIN chips.tallies t ON t.tally_uuid = (y.v->>'tally')::uuid AND t.part_ent IS NULL) p;
+    -- tell each partner site the moves on the tallies it shares with this one ([tally, units
+    -- its holder's position rises by])
+    SELECT coalesce(pg_catalog.array_agg(DISTINCT t.part_cert->'chad'->>'agent'), '{}') INTO v_partners
+    FROM chips.round_moves m JOIN chips.tallies t ON t.tally_uuid = m.tally AND t.part_ent IS NULL
+    WHERE m.lift_id = l.id AND NOT m.local;
     UPDATE chips.round_state x SET partners = v_partners WHERE x.lift_id = l.id;
     -- (500 moves to a message, each under the size limit: two busy sites share thousands)
     PERFORM chips._send(chips._round_me(), chips._site_address(p.agent), 'round', 'agree',
@@ -561,10 +656,11 @@ BEGIN
     FROM (SELECT m.agent, m.n / 500 + 1 AS part, pg_catalog.max(m.total - 1) / 500 + 1 AS parts,
                  pg_catalog.jsonb_agg(m.move ORDER BY m.n) AS moves
           FROM (SELECT t.part_cert->'chad'->>'agent' AS agent,
-                       pg_catalog.jsonb_build_array(t.tally_uuid, (y.v->>'units')::bigint) AS move,
+                       pg_catalog.jsonb_build_array(t.tally_uuid, y.flow) AS move,
                        pg_catalog.row_number() OVER w - 1 AS n, pg_catalog.count(*) OVER w AS total
-                FROM pg_catalog.jsonb_array_elements(v->'shared') y(v)
-                JOIN chips.tallies t ON t.tally_uuid = (y.v->>'tally')::uuid AND t.part_ent IS NULL
+                FROM chips.round_moves y
+                JOIN chips.tallies t ON t.tally_uuid = y.tally AND t.part_ent IS NULL
+                WHERE y.lift_id = l.id AND NOT y.local
                 WINDOW w AS (PARTITION BY t.part_cert->'chad'->>'agent' ORDER BY t.tally_uuid
                              ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)) m
           GROUP BY m.agent, m.n / 500
@@ -572,6 +668,43 @@ BEGIN
     PERFORM chips._round_agreed(l.id);
 END
 $$;
+
+-- A member's work on its rounds, piece by piece, each piece committed on its own (chipsd calls
+-- it when woken on channel chips_round, and every second; CALL it outside a transaction
+-- block). Returns how many pieces it did.
+CREATE PROCEDURE chips.round_work(INOUT pieces integer DEFAULT NULL)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_lift bigint;
+BEGIN
+    pieces := 0;
+    LOOP
+        v_lift := chips._round_next();
+        EXIT WHEN v_lift IS NULL;
+        IF chips._round_work_step(v_lift) THEN
+            pieces := pieces + 1;
+        END IF;
+        COMMIT;
+    END LOOP;
+END
+$$;
+
+-- The lift with round work to do next, if any, locked (the lift first, as every message about
+-- the round locks it before its state: no deadlock with them).
+CREATE FUNCTION chips._round_next() RETURNS bigint
+LANGUAGE sql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+    SELECT l.id FROM chips.lifts l JOIN chips.round_state x ON x.lift_id = l.id
+    WHERE x.work IS NOT NULL ORDER BY l.id LIMIT 1 FOR UPDATE OF l
+$$;
+
+-- chips._round_step for the agent (SECURITY DEFINER: the procedure that commits cannot be).
+CREATE FUNCTION chips._round_work_step(p_lift bigint) RETURNS boolean
+LANGUAGE sql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$ SELECT chips._round_step(p_lift) $$;
 
 -- A partner site's moves on the tallies it shares with this one ([tally, units its holder's
 -- position rises by]).
@@ -677,8 +810,9 @@ AS $$
 DECLARE
     l chips.lifts := chips._round_lift(msg);
 BEGIN
-    IF l.status IN ('good', 'void') THEN
-        RETURN 'ignored';
+    IF l.status IN ('good', 'void')
+       OR (SELECT x.work FROM chips.round_state x WHERE x.lift_id = l.id) IN ('good', 'void') THEN
+        RETURN 'ignored';   -- decided here already (settled, or settling)
     END IF;
     IF pg_catalog.jsonb_typeof(msg->'object'->'shares') <> 'array'
        OR chips._round_condition((SELECT pg_catalog.jsonb_agg(chips.b64url_encode(pg_catalog.sha256(
@@ -692,7 +826,8 @@ BEGIN
         RAISE EXCEPTION 'this site is not ready for attempt % of round %', msg->'object'->>'attempt', l.lift_uuid
             USING ERRCODE = '55000';
     END IF;
-    PERFORM chips._lift_settle(l.id, 'good');
+    -- settled piece by piece (chips.round_work)
+    PERFORM chips._round_work_on(l.id, 'good');
     RETURN 'good';
 END
 $$;
@@ -702,16 +837,18 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     l chips.lifts := chips._round_lift(msg);
+    v_work text := (SELECT x.work FROM chips.round_state x WHERE x.lift_id = l.id);
 BEGIN
-    IF l.status = 'good' THEN
+    IF l.status = 'good' OR v_work = 'good' THEN
         RETURN 'ignored';
     END IF;
     IF pg_catalog.sha256(chips.b64url_decode(msg->'object'->>'secret')) IS DISTINCT FROM l.void_cond THEN
         RAISE EXCEPTION 'that is not the void secret of round %', l.lift_uuid USING ERRCODE = '28000';
     END IF;
     UPDATE chips.lifts x SET void_secret = chips.b64url_decode(msg->'object'->>'secret') WHERE x.id = l.id;
-    IF l.status <> 'void' THEN
-        PERFORM chips._lift_settle(l.id, 'void', coalesce(msg->'object'->>'reason', 'the round is void'));
+    IF l.status <> 'void' AND v_work IS DISTINCT FROM 'void' THEN
+        -- what this site reserved is released piece by piece (chips.round_work)
+        PERFORM chips._round_work_on(l.id, 'void', coalesce(msg->'object'->>'reason', 'the round is void'));
     END IF;
     RETURN 'void';
 END
@@ -764,9 +901,10 @@ BEGIN
     -- can make it good); one it said ready for waits for the coordinator's decision, and asks
     FOR r IN SELECT x.*, y.ready FROM chips.lifts x JOIN chips.round_state y ON y.lift_id = x.id
              WHERE x.kind = 'round' AND x.status IN ('draft', 'pend') AND x.expires <= pg_catalog.now()
+               AND y.work IS DISTINCT FROM 'good' AND y.work IS DISTINCT FROM 'void'
                AND (x.asked IS NULL OR x.asked + interval '2 seconds' <= pg_catalog.now()) LOOP
         IF r.ready IS DISTINCT FROM r.attempt THEN
-            PERFORM chips._lift_settle(r.id, 'void', 'expired before this site was ready');
+            PERFORM chips._round_work_on(r.id, 'void', 'expired before this site was ready');
             voided := voided + 1;
             CONTINUE;
         END IF;

@@ -356,15 +356,36 @@ CREATE TABLE chips.round_parts (
     PRIMARY KEY (lift_id, k)
 );
 
--- A member's state in a round besides its lift: the flows received, and the partner sites
--- whose agreement on the tallies it shares with them it waits for.
+-- A member's state in a round besides its lift: the flows received, the partner sites whose
+-- agreement on the tallies it shares with them it waits for, and the work left to do in pieces
+-- (sql/rounds.sql, chips.round_work): reserve its moves, release what a refused attempt
+-- reserved, or settle its part good or void.
 CREATE TABLE chips.round_state (
     lift_id    bigint PRIMARY KEY REFERENCES chips.lifts,
     parts      integer,
     got        integer NOT NULL DEFAULT 0,
     partners   text[] NOT NULL DEFAULT '{}',
-    ready      integer                  -- the attempt this site said ready for (its consent)
+    ready      integer,                 -- the attempt this site said ready for (its consent)
+    work       text CHECK (work IN ('reserve', 'release', 'good', 'void')),
+    reason     text                     -- why, for work 'void'
 );
+CREATE INDEX round_state_work_idx ON chips.round_state (lift_id) WHERE work IS NOT NULL;
+
+-- A member's moves in the attempt it checked: reserved piece by piece (`done`), then the lift
+-- record's tallies and the agreements with partner sites come from them.
+CREATE TABLE chips.round_moves (
+    lift_id    bigint NOT NULL REFERENCES chips.lifts,
+    n          integer NOT NULL,        -- its place in the part
+    tally      uuid NOT NULL,
+    local      boolean NOT NULL,        -- both halves here
+    flow       bigint NOT NULL,         -- as the check counts it (extension/src/rounds.rs, Move)
+    by         text NOT NULL CHECK (by IN ('stock', 'foil')),  -- the side that issues the lift chit
+    units      bigint NOT NULL CHECK (units > 0),
+    debtor     text NOT NULL,
+    done       boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (lift_id, n)
+);
+CREATE INDEX round_moves_todo_idx ON chips.round_moves (lift_id, n) WHERE NOT done;
 
 -- What partner sites said they move on the tallies they share with this one, per attempt
 -- (one may come before this site has its own flows of that attempt).
@@ -523,6 +544,7 @@ SELECT pg_catalog.pg_extension_config_dump('chips.round_arcs', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.round_parts', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.round_state', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.round_agrees', '');
+SELECT pg_catalog.pg_extension_config_dump('chips.round_moves', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.clearing_settings', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.chits', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.lift_seq', '');

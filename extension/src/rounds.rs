@@ -222,21 +222,23 @@ fn round_solve(round_id: i64) {
     .unwrap_or_else(|e| fail(e));
 }
 
-/// What a tally's holders can each lift now, read under lock: (stock, foil) capacities of free
-/// capacity, or none when the tally cannot move (not open here, a chit pending, halves that
-/// disagree).
-fn local_caps(uuids: &[pgrx::Uuid]) -> HashMap<[u8; 16], Option<[i64; 2]>> {
+/// What a tally's holders can each lift now (read under lock when `lock`): (stock, foil)
+/// capacities of free capacity, or none when the tally cannot move (not open here, a chit
+/// pending, halves that disagree).
+fn local_caps(uuids: &[pgrx::Uuid], lock: bool) -> HashMap<[u8; 16], Option<[i64; 2]>> {
     let policy = Policy { max_margin: 0.0 };
-    Spi::connect_mut(|c| {
-        // lock every half first, in id order (as payments and lifts lock)
-        c.update(
-            "SELECT 1 FROM chips.tallies x WHERE x.tally_uuid = ANY ($1) ORDER BY x.id FOR NO KEY UPDATE",
-            None,
-            &[uuids.to_vec().into()],
-        )?;
-        Ok::<_, pgrx::spi::Error>(())
-    })
-    .unwrap_or_else(|e| fail(e));
+    if lock {
+        Spi::connect_mut(|c| {
+            // lock every half first, in id order (as payments and lifts lock)
+            c.update(
+                "SELECT 1 FROM chips.tallies x WHERE x.tally_uuid = ANY ($1) ORDER BY x.id FOR NO KEY UPDATE",
+                None,
+                &[uuids.to_vec().into()],
+            )?;
+            Ok::<_, pgrx::spi::Error>(())
+        })
+        .unwrap_or_else(|e| fail(e));
+    }
     let rows = read_tallies(Some(uuids));
     let mut out: HashMap<[u8; 16], Option<[i64; 2]>> =
         uuids.iter().map(|u| (*u.as_bytes(), None)).collect();
@@ -254,21 +256,112 @@ fn local_caps(uuids: &[pgrx::Uuid]) -> HashMap<[u8; 16], Option<[i64; 2]>> {
     out
 }
 
+/// One move of a member's part, as the check counts it: on a tally between two users here,
+/// `units` > 0 lowers the net (the foil holder's arc), < 0 raises it; on a tally with another
+/// site, `units` > 0 is what this site's holder gains.
+struct Move {
+    tally: pgrx::Uuid,
+    local: bool,
+    units: i64,
+}
+
+/// The (tally, direction)s that can carry less now than their moves need.
+type Short = std::collections::HashSet<([u8; 16], &'static str)>;
+
+/// The tallies of some moves as they are now (read under lock when `lock`): every direction
+/// that can carry less than its move needs, the holders of the tallies between two users here
+/// (stock, foil), and the halves held here of the tallies with other sites.
+struct Now {
+    short: Short,
+    names: HashMap<[u8; 16], (String, String)>,
+    remotes: HashMap<[u8; 16], RemoteRow>,
+}
+
+fn now(moves: &[Move], lock: bool) -> Now {
+    let (locals, remotes): (Vec<&Move>, Vec<&Move>) = moves.iter().partition(|m| m.local);
+    let local_uuids: Vec<pgrx::Uuid> = locals.iter().map(|m| m.tally).collect();
+    let remote_uuids: Vec<pgrx::Uuid> = remotes.iter().map(|m| m.tally).collect();
+    let caps = local_caps(&local_uuids, lock);
+    let remotes_now: HashMap<[u8; 16], RemoteRow> = read_remotes(Some(&remote_uuids), lock)
+        .into_iter()
+        .map(|r| (*r.uuid.as_bytes(), r))
+        .collect();
+    let names = read_tallies(Some(&local_uuids))
+        .into_iter()
+        .map(|r| (*r.uuid.as_bytes(), (r.stock, r.foil)))
+        .collect();
+    let policy = Policy { max_margin: 0.0 };
+    let mut short = Short::new();
+    for m in locals {
+        let key = *m.tally.as_bytes();
+        // net going down: the foil holder's arc; up: the stock holder's
+        let (dir, k) = if m.units > 0 {
+            ("foil", 1)
+        } else {
+            ("stock", 0)
+        };
+        let cap = caps.get(&key).copied().flatten().map_or(0, |c| c[k]);
+        if cap < m.units.abs() {
+            short.insert((key, dir));
+        }
+    }
+    for m in remotes {
+        let key = *m.tally.as_bytes();
+        match remotes_now.get(&key) {
+            None => {
+                short.insert((key, if m.units > 0 { "out" } else { "in" }));
+            }
+            Some(r) if m.units > 0 => {
+                if r.remote.half.capacity(&policy, false) < m.units {
+                    short.insert((key, "out"));
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    Now {
+        short,
+        names,
+        remotes: remotes_now,
+    }
+}
+
+/// For the coordinator to solve again without the stale part: every arc (of `rows`) of each
+/// short direction, at capacity 0, `[[k, 0], ...]`. Not the capacity it has now: a tally that
+/// moved since the snapshot is one its holders are paying on, and by the next attempt's
+/// reservation it would have moved again (each attempt would be refused in turn until the
+/// round runs out of attempts).
+fn caps_of(rows: &[PartRow], short: &Short) -> Vec<serde_json::Value> {
+    rows.iter()
+        .filter(|r| {
+            let dir: &'static str = match r.via.as_str() {
+                "stock" => "stock",
+                "foil" => "foil",
+                "out" => "out",
+                _ => "in",
+            };
+            short.contains(&(*r.tally.as_bytes(), dir))
+        })
+        .map(|r| json!([r.k, 0]))
+        .collect()
+}
+
 /// One of a member's arcs, as kept.
 struct PartRow {
     k: i32,
     tally: pgrx::Uuid,
     via: String,
-    cap: i64,
     flow: i64,
 }
 
 /// A member checks the flows it got for lift `lift`'s round (`chips_core::round::check`: within
-/// what it offered, no user's net position moving; 22023 when not), locks the tallies they
-/// move and re-checks each move against its tallies as they are now. Returns the moves to
-/// reserve, `{"moves": [{tally, by, units, debtor}], "shared": [{tally, units}]}` (`shared`:
-/// on tallies with other sites, what this site's holder gains), or, when a tally can carry
-/// less now, `{"caps": [[k, cap now], ...]}` for the coordinator to solve again.
+/// what it offered, no user's net position moving; 22023 when not) and each move against its
+/// tallies as they are now (without locking them: the pieces that reserve the moves check
+/// again under lock, `_round_caps`). Returns the moves, `{"moves": [{tally, local, flow, by,
+/// units, debtor}], "shared": [{tally, units}]}` (`flow`: the units as the check counts them,
+/// see `Move`; `by`: the side that issues the lift chit; `shared`: on tallies with other sites,
+/// what this site's holder gains), or, when a tally can carry less now, `{"caps": [[k, cap
+/// 0], ...]}` for the coordinator to solve again without them (`caps_of`).
 #[pg_extern(name = "_round_check")]
 fn round_check(lift: i64) -> JsonB {
     let mut rows: Vec<PartRow> = Vec::new();
@@ -284,7 +377,6 @@ fn round_check(lift: i64) -> JsonB {
                 k: field(r.get(1)?),
                 tally: field(r.get(2)?),
                 via: field(r.get(3)?),
-                cap: field(r.get(6)?),
                 flow: field(r.get(8)?),
             });
             arcs.push(Arc(
@@ -329,96 +421,99 @@ fn round_check(lift: i64) -> JsonB {
     }
     let flows: Vec<i64> = rows.iter().map(|r| r.flow).collect();
     let part = ok(round::check(&SiteGraph { arcs, via }, &flows));
-
-    // Re-check under lock: each move within what the half whose holder gains can take now.
-    let moved_locals: Vec<pgrx::Uuid> = part
+    let moves: Vec<Move> = part
         .locals
         .iter()
-        .map(|&(i, _)| locals[i as usize])
+        .map(|&(i, units)| Move {
+            tally: locals[i as usize],
+            local: true,
+            units,
+        })
+        .chain(part.remotes.iter().map(|&(i, units)| Move {
+            tally: remotes[i as usize],
+            local: false,
+            units,
+        }))
         .collect();
-    let moved_remotes: Vec<pgrx::Uuid> = part
-        .remotes
-        .iter()
-        .map(|&(i, _)| remotes[i as usize])
-        .collect();
-    let now_local = local_caps(&moved_locals);
-    let now_remote: HashMap<[u8; 16], RemoteRow> = read_remotes(Some(&moved_remotes), true)
-        .into_iter()
-        .map(|r| (*r.uuid.as_bytes(), r))
-        .collect();
-    let policy = Policy { max_margin: 0.0 };
-    // what each (tally, direction) can take now; short when less than the move
-    let mut short: HashMap<([u8; 16], &'static str), i64> = HashMap::new();
-    let mut moves = Vec::new();
-    let names: HashMap<[u8; 16], (String, String)> = read_tallies(Some(&moved_locals))
-        .into_iter()
-        .map(|r| (*r.uuid.as_bytes(), (r.stock, r.foil)))
-        .collect();
-    for &(i, units) in &part.locals {
-        let u = locals[i as usize];
-        let key = *u.as_bytes();
-        // net going down: the foil holder's arc; up: the stock holder's
-        let (dir, k) = if units > 0 { ("foil", 1) } else { ("stock", 0) };
-        let cap = now_local.get(&key).copied().flatten().map_or(0, |c| c[k]);
-        if cap < units.abs() {
-            short.insert((key, dir), cap);
-            continue;
-        }
-        let (stock, foil) = names.get(&key).cloned().unwrap_or_default();
-        // the side whose balance goes down issues the lift chit
-        let (by, debtor) = if units > 0 {
-            ("stock", foil)
-        } else {
-            ("foil", stock)
-        };
-        moves.push(
-            json!({"tally": crate::chit::uuid_text(&u), "by": by, "units": units.abs(),
-                          "debtor": debtor}),
-        );
+    let now = now(&moves, false);
+    if !now.short.is_empty() {
+        return JsonB(json!({ "caps": caps_of(&rows, &now.short) }));
     }
-    let mut shared = Vec::new();
-    for &(i, units) in &part.remotes {
-        let u = remotes[i as usize];
-        let key = *u.as_bytes();
-        let Some(r) = now_remote.get(&key) else {
-            short.insert((key, if units > 0 { "out" } else { "in" }), 0);
-            continue;
-        };
-        if units > 0 {
-            let cap = r.remote.half.capacity(&policy, false);
-            if cap < units {
-                short.insert((key, "out"), cap);
-                continue;
-            }
-        }
-        let side = r.remote.side;
-        // the holder gains: the partner's side issues; the holder loses: its own side does
-        let by = if units > 0 { side.other() } else { side };
-        moves.push(json!({"tally": crate::chit::uuid_text(&u), "by": by.as_str(),
-                          "units": units.abs(),
-                          "debtor": if units > 0 { r.remote.holder.clone() } else { String::new() }}));
-        shared.push(json!({"tally": crate::chit::uuid_text(&u), "units": units}));
-    }
-    if !short.is_empty() {
-        // the arcs of each short direction, their capacity now given to them in order
-        let mut caps = Vec::new();
-        let mut left: HashMap<([u8; 16], &'static str), i64> = short.clone();
-        for r in &rows {
-            let dir: &'static str = match r.via.as_str() {
-                "stock" => "stock",
-                "foil" => "foil",
-                "out" => "out",
-                _ => "in",
+    let (mut out, mut shared) = (Vec::new(), Vec::new());
+    for m in &moves {
+        let key = *m.tally.as_bytes();
+        let tally = crate::chit::uuid_text(&m.tally);
+        if m.local {
+            let (stock, foil) = now.names.get(&key).cloned().unwrap_or_default();
+            // the side whose balance goes down issues the lift chit
+            let (by, debtor) = if m.units > 0 {
+                ("stock", foil)
+            } else {
+                ("foil", stock)
             };
-            if let Some(rest) = left.get_mut(&(*r.tally.as_bytes(), dir)) {
-                let cap = r.cap.min(*rest);
-                *rest -= cap;
-                caps.push(json!([r.k, cap]));
-            }
+            out.push(
+                json!({"tally": tally, "local": true, "flow": m.units, "by": by,
+                            "units": m.units.abs(), "debtor": debtor}),
+            );
+        } else if let Some(r) = now.remotes.get(&key) {
+            let side = r.remote.side;
+            // the holder gains: the partner's side issues; the holder loses: its own side does
+            let by = if m.units > 0 { side.other() } else { side };
+            out.push(json!({"tally": tally, "local": false, "flow": m.units, "by": by.as_str(),
+                            "units": m.units.abs(),
+                            "debtor": if m.units > 0 { r.remote.holder.clone() } else { String::new() }}));
+            shared.push(json!({"tally": tally, "units": m.units}));
         }
-        return JsonB(json!({ "caps": caps }));
     }
-    JsonB(json!({ "moves": moves, "shared": shared }))
+    JsonB(json!({ "moves": out, "shared": shared }))
+}
+
+/// A piece of a member's part, checked again before it is reserved: the moves of lift `lift`
+/// (`chips.round_moves`) on `tallies`, against those tallies as they are now (read under lock
+/// when `lock`: the halves stay locked until the transaction ends). Returns `[]` when each can
+/// still carry its move, or `[[k, 0], ...]` for the coordinator to solve again without them.
+#[pg_extern(name = "_round_caps")]
+fn round_caps(lift: i64, tallies: Vec<pgrx::Uuid>, lock: bool) -> JsonB {
+    let mut moves = Vec::new();
+    let mut rows = Vec::new();
+    Spi::connect(|c| {
+        for r in c.select(
+            "SELECT tally, local, flow FROM chips.round_moves
+             WHERE lift_id = $1 AND tally = ANY ($2) ORDER BY n",
+            None,
+            &[lift.into(), tallies.clone().into()],
+        )? {
+            moves.push(Move {
+                tally: field(r.get(1)?),
+                local: field(r.get(2)?),
+                units: field(r.get(3)?),
+            });
+        }
+        Ok::<_, pgrx::spi::Error>(())
+    })
+    .unwrap_or_else(|e| fail(e));
+    let now = now(&moves, lock);
+    if now.short.is_empty() {
+        return JsonB(json!([]));
+    }
+    Spi::connect(|c| {
+        for r in c.select(
+            "SELECT k, tally, via, flow FROM chips.round_parts
+             WHERE lift_id = $1 AND tally = ANY ($2) ORDER BY k",
+            None,
+            &[lift.into(), tallies.into()],
+        )? {
+            rows.push(PartRow {
+                k: field(r.get(1)?),
+                tally: field(r.get(2)?),
+                via: field(r.get(3)?),
+                flow: field(r.get(4)?),
+            });
+        }
+        Ok::<_, pgrx::spi::Error>(())
+    })
+    .unwrap_or_else(|e| fail(e));
+    JsonB(json!(caps_of(&rows, &now.short)))
 }
 
 /// The uuid of the lift chit an attempt of a round writes on a tally: the same at both

@@ -14,7 +14,9 @@
 //!    its database backends, sampled every 20 ms); and that every tally's halves agree after.
 //! 2. Payments while a round runs: the partition loaded again; at site 1, PAYERS (4) custodial
 //!    creditors of local tallies pay 1 back in a loop, PAY_SECS (10) seconds with no round,
-//!    then while a round runs: the payments' p50, p99 and longest wait in each, and failures.
+//!    then while a round runs: the payments' p50, p99 and longest wait in each, failures and
+//!    their errors, and what the payers' backends waited on (sampled every 5 ms). STEPS=2 runs
+//!    this step alone.
 //! 3. The same partition, loaded again into fresh sites, cleared the way sites clear without a
 //!    coordinator (automatic clearing every second: each site's own pass and route-discovery
 //!    circular lifts) for the same wall time as the round took: its share of the optimum.
@@ -68,8 +70,9 @@ fn read_csv(path: &str) -> Res<Vec<Obl>> {
     Ok(out)
 }
 
-/// The optimum of the whole network: what one solve over every obligation clears.
-fn optimum(obls: &[Obl]) -> Res<i64> {
+/// The optimum of the whole network: what one solve over every obligation clears, and the flow
+/// on each obligation.
+fn optimum(obls: &[Obl]) -> Res<(i64, Vec<i64>)> {
     let n = obls
         .iter()
         .map(|o| o.debtor.max(o.creditor) as usize + 1)
@@ -84,12 +87,15 @@ fn optimum(obls: &[Obl]) -> Res<i64> {
             cost: -1,
         })
         .collect();
-    Ok(i64::try_from(solve(n, &edges)?.cleared)?)
+    let c = solve(n, &edges)?;
+    Ok((i64::try_from(c.cleared)?, c.flow))
 }
 
 /// The federation: its sites and their chipsd.
 struct Fed {
     sites: Vec<Site>,
+    /// Each obligation's tally.
+    uuids: Vec<Uuid>,
     ports: Vec<u16>,
     cars: Vec<Sidecar>,
 }
@@ -111,7 +117,7 @@ impl Fed {
             sites.push(cl.site(&format!("{prefix}_{k}"), port).await?);
             ports.push(port);
         }
-        load(&sites, &ports, obls, |f| site_of(f, n)).await?;
+        let uuids = load(&sites, &ports, obls, |f| site_of(f, n)).await?;
         let mut cars = Vec::new();
         for (s, &p) in sites.iter().zip(&ports) {
             cars.push(Sidecar::start(
@@ -123,7 +129,12 @@ impl Fed {
                 "error",
             )?);
         }
-        Ok(Fed { sites, ports, cars })
+        Ok(Fed {
+            sites,
+            uuids,
+            ports,
+            cars,
+        })
     }
 
     /// What every debtor owes, over every tally (its stock half).
@@ -298,8 +309,8 @@ async fn coordinator_memory(coord: &Client, db: &str, chipsd_pid: u32) -> (u64, 
     )
 }
 
-/// One payment: when it started, how long it took, whether it committed.
-type Sample = (Instant, Duration, bool);
+/// One payment: its tally, when it started, how long it took, and its error if it failed.
+type Sample = (Uuid, Instant, Duration, Option<String>);
 
 /// `who` (a payer scripts/bench/payers.sql made) pays 1 back on `tally`, again and again until
 /// `stop`.
@@ -307,55 +318,118 @@ async fn pay_loop(dsn: String, who: String, tally: Uuid, stop: Arc<AtomicBool>) 
     let Ok(c) = chips_tests::connect(&dsn).await else {
         return vec![];
     };
-    if c.batch_execute(&format!("SET ROLE \"{who}\""))
-        .await
-        .is_err()
+    if c.batch_execute(&format!(
+        "SET application_name = 'bench_payer'; SET ROLE \"{who}\""
+    ))
+    .await
+    .is_err()
     {
         return vec![];
     }
     let mut out = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         let t = Instant::now();
-        let ok = c
+        let r = c
             .query_one("SELECT chips.pay($1, 1, 'bench')", &[&tally])
-            .await
-            .is_ok();
-        out.push((t, t.elapsed(), ok));
+            .await;
+        let err = r.err().map(|e| match e.as_db_error() {
+            Some(d) => format!("{}: {}", d.code().code(), d.message()),
+            None => e.to_string(),
+        });
+        out.push((tally, t, t.elapsed(), err));
     }
     out
 }
 
-/// `payers` clients paying at `site` for as long as `f` runs: every payment's sample.
+/// What the payers' backends were doing, sampled every 5 ms until `stop`: how many times each
+/// (wait event, and the start of what the backends blocking them ran) was seen, and how many
+/// samples found a payment under way.
+async fn waits(dsn: String, stop: Arc<AtomicBool>) -> (HashMap<String, usize>, usize) {
+    let mut seen = HashMap::new();
+    let mut busy = 0;
+    let Ok(c) = chips_tests::connect(&dsn).await else {
+        return (seen, busy);
+    };
+    while !stop.load(Ordering::SeqCst) {
+        if let Ok(rows) = c
+            .query(
+                "SELECT coalesce(a.wait_event_type || ':' || a.wait_event, 'on CPU'),
+                        (SELECT string_agg(DISTINCT left(regexp_replace(b.query, '\\s+', ' ', 'g'), 70), ' | ')
+                         FROM pg_stat_activity b WHERE b.pid = ANY (pg_blocking_pids(a.pid)))
+                 FROM pg_stat_activity a
+                 WHERE a.application_name = 'bench_payer' AND a.state = 'active'",
+                &[],
+            )
+            .await
+        {
+            for r in rows {
+                busy += 1;
+                let (ev, by): (String, Option<String>) = (r.get(0), r.get(1));
+                let key = match by {
+                    Some(b) => format!("{ev}, blocked by: {b}"),
+                    None => ev,
+                };
+                *seen.entry(key).or_insert(0) += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (seen, busy)
+}
+
+/// The most frequent of what `waits` saw, one line each.
+fn print_waits(label: &str, (seen, busy): &(HashMap<String, usize>, usize)) {
+    let mut v: Vec<_> = seen.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1));
+    println!("    what the payers' backends did ({label}; {busy} samples of a payment under way, every 5 ms):");
+    for (k, n) in v.into_iter().take(8) {
+        println!(
+            "      {n:>6} ({:.1} %) {k}",
+            *n as f64 * 100.0 / (*busy).max(1) as f64
+        );
+    }
+}
+
+/// Payments paid by a bench payer, sampled: every payment's sample and the payers' waits.
+type Paid = (Vec<Sample>, (HashMap<String, usize>, usize));
+
+/// `payers` clients paying at `site` for as long as `f` runs: every payment's sample, and what
+/// their backends waited on.
 async fn paying<F: std::future::Future>(
     site: &Site,
     list: &[(Uuid, String)],
     f: F,
-) -> (F::Output, Vec<Sample>) {
+) -> (F::Output, Paid) {
     let stop = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = list
         .iter()
         .map(|(t, who)| tokio::spawn(pay_loop(site.dsn.clone(), who.clone(), *t, stop.clone())))
         .collect();
+    let sampler = tokio::spawn(waits(site.dsn.clone(), stop.clone()));
     let out = f.await;
     stop.store(true, Ordering::SeqCst);
     let mut samples = Vec::new();
     for t in tasks {
         samples.extend(t.await.unwrap_or_default());
     }
-    (out, samples)
+    let w = sampler.await.unwrap_or_default();
+    (out, (samples, w))
 }
 
 /// n, p50, p99 and max (ms) of the committed payments that started in [from, to], and how many
 /// failed.
-fn latency(samples: &[Sample], from: Instant, to: Instant) -> (usize, f64, f64, f64, usize) {
+fn latency<'a>(
+    samples: impl Iterator<Item = &'a Sample> + Clone,
+    from: Instant,
+    to: Instant,
+) -> (usize, f64, f64, f64, usize) {
     let mut ms: Vec<f64> = samples
-        .iter()
-        .filter(|(t, _, ok)| *ok && *t >= from && *t <= to)
-        .map(|(_, d, _)| d.as_secs_f64() * 1e3)
+        .clone()
+        .filter(|(_, t, _, e)| e.is_none() && *t >= from && *t <= to)
+        .map(|(_, _, d, _)| d.as_secs_f64() * 1e3)
         .collect();
     let failed = samples
-        .iter()
-        .filter(|(t, _, ok)| !*ok && *t >= from && *t <= to)
+        .filter(|(_, t, _, e)| e.is_some() && *t >= from && *t <= to)
         .count();
     if ms.is_empty() {
         return (0, 0.0, 0.0, 0.0, failed);
@@ -380,6 +454,7 @@ async fn payments_during_a_round(
     chipsd: &str,
     dir: &std::path::Path,
     obls: &[Obl],
+    flows: &[i64],
     n: usize,
     payers: usize,
 ) -> Res<()> {
@@ -390,15 +465,35 @@ async fn payments_during_a_round(
     let fed = Fed::build(cl, "bench_pay", obls, n, chipsd, dir).await?;
     fed.federate().await?;
     let site = &fed.sites[1];
+    // half the payers on local tallies the optimum of the whole network moves, half on others
+    let moves: Vec<Uuid> = obls
+        .iter()
+        .zip(flows)
+        .zip(&fed.uuids)
+        .filter(|((o, &f), _)| f > 0 && site_of(o.debtor, n) == 1 && site_of(o.creditor, n) == 1)
+        .map(|(_, u)| *u)
+        .collect();
     site.admin
-        .batch_execute(&format!(
-            "CREATE TABLE public.bench_candidates AS
-             SELECT x.tally_uuid AS tally, x.ent AS creditor
-             FROM (SELECT DISTINCT ON (t.ent) t.tally_uuid, t.ent FROM chips.tallies t
-                   WHERE t.side = 'stock' AND t.part_ent IS NOT NULL AND t.net_good > 0
-                   ORDER BY t.ent, t.net_good DESC) x
-             ORDER BY random() LIMIT {payers}"
-        ))
+        .batch_execute("CREATE TABLE public.bench_candidates (tally uuid, creditor text)")
+        .await?;
+    site.admin
+        .execute(
+            "WITH c AS (
+                 SELECT DISTINCT ON (t.ent) t.tally_uuid AS tally, t.ent AS creditor,
+                        t.tally_uuid = ANY ($1) AS moves
+                 FROM chips.tallies t
+                 WHERE t.side = 'stock' AND t.part_ent IS NOT NULL AND t.net_good > 0
+                 ORDER BY t.ent, t.tally_uuid = ANY ($1) DESC, t.net_good DESC)
+             INSERT INTO public.bench_candidates
+             (SELECT tally, creditor FROM c WHERE moves ORDER BY random() LIMIT $2)
+             UNION ALL
+             (SELECT tally, creditor FROM c WHERE NOT moves ORDER BY random() LIMIT $3)",
+            &[
+                &moves,
+                &((payers / 2) as i64),
+                &((payers - payers / 2) as i64),
+            ],
+        )
         .await?;
     site.admin
         .batch_execute(include_str!("../../scripts/bench/payers.sql"))
@@ -410,10 +505,20 @@ async fn payments_during_a_round(
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
+    let wal = || async {
+        let r = site
+            .admin
+            .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::float8", &[])
+            .await?;
+        Ok::<f64, tokio_postgres::Error>(r.get(0))
+    };
+    let w0 = wal().await?;
     let t0 = Instant::now();
-    let ((), idle) = paying(site, &list, tokio::time::sleep(Duration::from_secs(secs))).await;
+    let ((), (idle, idle_waits)) =
+        paying(site, &list, tokio::time::sleep(Duration::from_secs(secs))).await;
     let t1 = Instant::now();
-    let (round, during) = paying(site, &list, async {
+    let w1 = wal().await?;
+    let (round, (during, during_waits)) = paying(site, &list, async {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let from = Instant::now();
         let r = fed.round().await;
@@ -421,29 +526,70 @@ async fn payments_during_a_round(
     })
     .await;
     let ((round, status), from, to) = (round.0?, round.1, round.2);
-    let moved: i64 = site
+    let w2 = wal().await?;
+    let (attempt, cleared): (i32, i64) = {
+        let r = fed.sites[0]
+            .admin
+            .query_one(
+                "SELECT attempt, coalesce(-cost, 0)::bigint FROM chips.rounds WHERE round_uuid = $1",
+                &[&round],
+            )
+            .await?;
+        (r.get(0), r.get(1))
+    };
+    let moved: Vec<Uuid> = site
         .admin
-        .query_one(
-            "SELECT count(DISTINCT t.tally_uuid) FROM chips.chits c JOIN chips.lifts l ON l.id = c.lift_id
+        .query(
+            "SELECT DISTINCT t.tally_uuid FROM chips.chits c JOIN chips.lifts l ON l.id = c.lift_id
              JOIN chips.tallies t ON t.id = c.tally_id
-             WHERE l.lift_uuid = $1 AND t.tally_uuid IN (SELECT tally FROM public.bench_pay)",
+             WHERE l.lift_uuid = $1 AND c.status = 'good'
+               AND t.tally_uuid IN (SELECT tally FROM public.bench_pay)",
             &[&round],
         )
         .await?
-        .get(0);
-    let (i_n, i50, i99, imax, ifail) = latency(&idle, t0, t1);
-    let (d_n, d50, d99, dmax, dfail) = latency(&during, from, to);
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let (i_n, i50, i99, imax, ifail) = latency(idle.iter(), t0, t1);
+    let (d_n, d50, d99, dmax, dfail) = latency(during.iter(), from, to);
     println!(
-        "  payments at site 1 ({payers} payers, each paying 1 back on a local tally; {moved} of those tallies moved by the round):"
+        "  payments at site 1 ({payers} payers, each paying 1 back on a local tally; {} of those tallies moved by the round):",
+        moved.len()
     );
     println!(
-        "    no round ({secs} s): n={i_n} p50 {i50:.2} ms, p99 {i99:.2} ms, max {imax:.2} ms, failed {ifail}"
+        "    no round ({secs} s): n={i_n} p50 {i50:.2} ms, p99 {i99:.2} ms, max {imax:.2} ms, failed {ifail}; the cluster wrote {:.1} MB/s of WAL",
+        (w1 - w0) / 1e6 / (t1 - t0).as_secs_f64()
+    );
+    println!(
+        "    the round: {status}, attempt {attempt}, cleared {cleared}; the cluster wrote {:.1} MB/s of WAL while it ran",
+        (w2 - w1) / 1e6 / (to - t1).as_secs_f64()
     );
     println!(
         "    during the round ({status}, {:.1} s open to settled): n={d_n} p50 {d50:.2} ms, p99 {d99:.2} ms, max {dmax:.2} ms, failed {dfail}; p99 during / idle {:.2}",
         (to - from).as_secs_f64(),
         d99 / i99
     );
+    for (label, on) in [("moved by the round", true), ("not moved", false)] {
+        let (n, p50, p99, max, failed) = latency(
+            during.iter().filter(|s| moved.contains(&s.0) == on),
+            from,
+            to,
+        );
+        println!(
+            "      on tallies {label}: n={n} p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms, failed {failed}"
+        );
+    }
+    print_waits("no round", &idle_waits);
+    print_waits("during the round", &during_waits);
+    let mut errors: HashMap<&str, usize> = HashMap::new();
+    for (_, _, _, e) in &during {
+        if let Some(e) = e {
+            *errors.entry(e.as_str()).or_insert(0) += 1;
+        }
+    }
+    for (e, k) in errors {
+        println!("    failed {k} x: {e}");
+    }
     // the chain updates of the payments and the round delivered, then every tally agrees
     let t = Instant::now();
     while fed.backlog().await? > 0 && t.elapsed() < Duration::from_secs(300) {
@@ -510,7 +656,7 @@ async fn run(cl: &Cluster, chipsd: &str, csv: &str, n: usize) -> Res<()> {
         .filter(|o| site_of(o.debtor, n) != site_of(o.creditor, n))
         .count();
     let t = Instant::now();
-    let opt = optimum(&obls)?;
+    let (opt, flows) = optimum(&obls)?;
     println!(
         "  tallies {}, across sites {cross} ({:.1} %); optimum of the whole network {opt} (core solve {:.1} ms, outside the database)",
         obls.len(),
@@ -518,6 +664,13 @@ async fn run(cl: &Cluster, chipsd: &str, csv: &str, n: usize) -> Res<()> {
         t.elapsed().as_secs_f64() * 1e3
     );
     let dir = chips_tests::scratch_dir("bench-rounds");
+    let payers: usize = std::env::var("PAYERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    if std::env::var("STEPS").as_deref() == Ok("2") {
+        return payments_during_a_round(cl, chipsd, &dir, &obls, &flows, n, payers).await;
+    }
 
     // 1. one round
     let t = Instant::now();
@@ -672,12 +825,8 @@ async fn run(cl: &Cluster, chipsd: &str, csv: &str, n: usize) -> Res<()> {
     }
 
     // 2. payments at a member while a round runs
-    let payers: usize = std::env::var("PAYERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
     if payers > 0 {
-        payments_during_a_round(cl, chipsd, &dir, &obls, n, payers).await?;
+        payments_during_a_round(cl, chipsd, &dir, &obls, &flows, n, payers).await?;
     }
 
     // 3. route discovery, on the same partition, for the same wall time

@@ -2,8 +2,9 @@
 //! database decides whether a clearing pass is due, `chips.clearing_configure`, and runs it),
 //! `chips.clearing_continuous()` every `continuous_ms` (continuous clearing, when the site turned
 //! it on; its session keeps the site's graph between ticks) and `chips.lift_tick()` every
-//! `lift_tick_ms` (the timers of distributed lifts). Each runs on its own connection, so that a
-//! long clearing pass never holds up peer traffic or lift timers.
+//! `lift_tick_ms` (the timers of distributed lifts), and `CALL chips.round_work()` when the
+//! database says a clearing round has work for this site (`chips_round`). Each runs on its own
+//! connection, so that a long clearing pass never holds up peer traffic or lift timers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,4 +119,46 @@ pub async fn lift_timer(cfg: Arc<Config>, token: CancellationToken) {
         },
     )
     .await
+}
+
+/// A member's work on clearing rounds (`CALL chips.round_work()`: reserving, settling or
+/// releasing its part piece by piece, each piece its own transaction), woken on channel
+/// `chips_round` and every second (work a restart left).
+pub async fn round_worker(cfg: Arc<Config>, token: CancellationToken) {
+    loop {
+        let (client, mut wake) = match db::listen(&cfg.db, "chips_round").await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "round work: cannot connect");
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            match client.simple_query("CALL chips.round_work()").await {
+                Ok(msgs) => {
+                    for m in msgs {
+                        if let SimpleQueryMessage::Row(r) = m {
+                            if r.get(0).is_some_and(|n| n != "0") {
+                                tracing::debug!(pieces = r.get(0).unwrap_or("?"), "round work");
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "round work failed");
+                    if client.is_closed() {
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = token.cancelled() => return,
+                w = wake.recv() => if w.is_none() { break },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
 }

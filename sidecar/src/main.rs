@@ -236,6 +236,7 @@ async fn serve(cfg: std::sync::Arc<config::Config>, seed: [u8; 32]) -> Result<()
     tracker.spawn(clearing::run(cfg.clone(), token.clone()));
     tracker.spawn(clearing::lift_timer(cfg.clone(), token.clone()));
     tracker.spawn(clearing::continuous(cfg.clone(), token.clone()));
+    tracker.spawn(clearing::round_worker(cfg.clone(), token.clone()));
     if let Some(g) = &cfg.gateway {
         let listener = tokio::net::TcpListener::bind(g.listen)
             .await

@@ -577,12 +577,27 @@ pub async fn relay(from: &Site, to: &Site) -> Result<Relayed> {
     Ok(done)
 }
 
-/// Relays between every pair of sites until no message moves; returns the total. With one site
-/// (or none) there is nothing to relay.
+/// Does a site's work on clearing rounds, as chipsd does when woken (`CALL chips.round_work()`):
+/// how many pieces.
+pub async fn round_work(site: &Site) -> Result<usize> {
+    let mut pieces = 0;
+    for m in site.admin.simple_query("CALL chips.round_work()").await? {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            pieces += r.get(0).and_then(|n| n.parse().ok()).unwrap_or(0);
+        }
+    }
+    Ok(pieces)
+}
+
+/// Relays between every pair of sites, and does their round work, until no message moves and
+/// no piece is left; returns the total. With one site (or none) there is nothing to relay.
 pub async fn relay_all(sites: &[&Site]) -> Result<Relayed> {
     let mut total = Relayed::default();
     loop {
         let mut moved = 0;
+        for s in sites {
+            moved += round_work(s).await?;
+        }
         for from in sites {
             for to in sites {
                 if from.db != to.db {
