@@ -854,8 +854,11 @@ BEGIN
     -- only the halves with something to send (a site of 300,000 tallies has a few), and not
     -- one a transaction holds now: it is being changed, and its change sends what it needs
     -- (locking them all made every settle and payment wait for the sync, and the sender with it)
+    -- (a tally between two users here chains both halves in one transaction: nothing to sync;
+    -- syncing it sent its foil half's entries to its own stock half, locking the stock half
+    -- after the foil half, against the id order every payment locks in: a deadlock)
     FOR t IN SELECT * FROM chips.tallies x
-             WHERE x.status IN ('open', 'closing', 'closed')
+             WHERE x.status IN ('open', 'closing', 'closed') AND x.part_ent IS NULL
                AND (chain_sync.tally IS NULL OR x.tally_uuid = chain_sync.tally)
                AND ((x.side = 'foil' AND x.chain_len > x.chain_conf)
                     OR (x.side = 'stock' AND EXISTS (SELECT 1 FROM chips.chits y

@@ -246,13 +246,13 @@ $$;
 -- the stock half of a tally between two users here, to the same hash), one statement per chit
 -- a half gets from this lift (one, for every kind of lift there is); the foil halves of tallies
 -- with other sites send their chain updates, gathered per partner site (chit/chains).
--- With `p_piece`, only the chits on the next `p_piece` tallies (both halves of a tally between
--- two users here together): a round's part settles piece by piece (chips.round_work), each
--- piece committed on its own, once the decision is known; what it lowers was held back from
--- the holders since it was reserved. The lift takes its status with the last piece. Returns
--- whether the lift is settled.
+-- With `p_tallies`, only the chits on those tallies (both halves of a tally between two users
+-- here together), and the lift keeps its status: a round's part settles piece by piece
+-- (chips.round_work), each piece committed on its own, once the decision is known; what it
+-- lowers was held back from the holders since it was reserved. The call without them, last,
+-- gives the lift its status.
 CREATE FUNCTION chips._lift_settle(p_id bigint, p_status text, p_reason text DEFAULT NULL,
-                                   p_piece integer DEFAULT NULL) RETURNS boolean
+                                   p_tallies uuid[] DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -261,9 +261,9 @@ DECLARE
 BEGIN
     SELECT * INTO l FROM chips.lifts x WHERE x.id = p_id FOR UPDATE;
     IF l.status IN ('good', 'void') THEN
-        RETURN true;
+        RETURN;
     END IF;
-    v_halves := chips._lift_halves(p_id, p_piece);
+    v_halves := chips._lift_halves(p_id, p_tallies);
     UPDATE chips.chits y SET status = p_status
     WHERE y.lift_id = p_id AND y.status = 'pend' AND y.tally_id = ANY (v_halves);
     IF p_status = 'good' THEN
@@ -296,43 +296,50 @@ BEGIN
         ORDER BY x.id;
         PERFORM chips._chains_send(v_halves);
     END IF;
-    IF p_piece IS NOT NULL
-       AND EXISTS (SELECT 1 FROM chips.chits y WHERE y.lift_id = p_id AND y.status = 'pend') THEN
-        RETURN false;
+    IF p_tallies IS NOT NULL THEN
+        RETURN;
     END IF;
     UPDATE chips.lifts x SET status = p_status, decided = pg_catalog.now(),
         reason = coalesce(p_reason, x.reason)
     WHERE x.id = p_id;
-    RETURN true;
 END
 $$;
 
 -- The tally halves held here with pending chits of lift `p_id`, locked in id order: all of them,
--- or (with `p_piece`) those of the first `p_piece` tallies.
-CREATE FUNCTION chips._lift_halves(p_id bigint, p_piece integer DEFAULT NULL) RETURNS bigint[]
-LANGUAGE sql
-AS $$
-    SELECT coalesce(pg_catalog.array_agg(x.id ORDER BY x.id), '{}')
-    FROM (SELECT x.id FROM chips.tallies x
-          WHERE x.tally_uuid IN (SELECT t.tally_uuid FROM chips.chits y JOIN chips.tallies t ON t.id = y.tally_id
-                                 WHERE y.lift_id = p_id AND y.status = 'pend'
-                                 GROUP BY t.tally_uuid ORDER BY t.tally_uuid LIMIT p_piece)
-            AND x.id IN (SELECT y.tally_id FROM chips.chits y WHERE y.lift_id = p_id AND y.status = 'pend')
-          ORDER BY x.id FOR UPDATE) x
-$$;
-
--- A round's attempt refused here: what its pieces reserved is released, the next `p_piece`
--- tallies at a time (the lift stays, for the coordinator's next attempt). Returns whether all
--- of it is.
-CREATE FUNCTION chips._lift_release(p_id bigint, p_piece integer) RETURNS boolean
+-- or (with `p_tallies`) those of these tallies, each looked up by its own chits.
+CREATE FUNCTION chips._lift_halves(p_id bigint, p_tallies uuid[] DEFAULT NULL) RETURNS bigint[]
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_halves bigint[] := chips._lift_halves(p_id, p_piece);
+    v bigint[];
+BEGIN
+    IF p_tallies IS NULL THEN
+        SELECT coalesce(pg_catalog.array_agg(x.id ORDER BY x.id), '{}') INTO v
+        FROM (SELECT x.id FROM chips.tallies x
+              WHERE x.id IN (SELECT y.tally_id FROM chips.chits y WHERE y.lift_id = p_id AND y.status = 'pend')
+              ORDER BY x.id FOR UPDATE) x;
+    ELSE
+        SELECT coalesce(pg_catalog.array_agg(x.id ORDER BY x.id), '{}') INTO v
+        FROM (SELECT x.id FROM chips.tallies x
+              WHERE x.tally_uuid = ANY (p_tallies)
+                AND EXISTS (SELECT 1 FROM chips.chits y
+                            WHERE y.tally_id = x.id AND y.lift_id = p_id AND y.status = 'pend')
+              ORDER BY x.id FOR UPDATE) x;
+    END IF;
+    RETURN v;
+END
+$$;
+
+-- A round's attempt that will not be made good here: what its pieces reserved is released (on
+-- `p_tallies`, or all of it), and the lift stays, for the coordinator's next attempt.
+CREATE FUNCTION chips._lift_release(p_id bigint, p_tallies uuid[] DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_halves bigint[] := chips._lift_halves(p_id, p_tallies);
 BEGIN
     UPDATE chips.chits y SET status = 'void'
     WHERE y.lift_id = p_id AND y.status = 'pend' AND y.tally_id = ANY (v_halves);
-    RETURN NOT EXISTS (SELECT 1 FROM chips.chits y WHERE y.lift_id = p_id AND y.status = 'pend');
 END
 $$;
 

@@ -478,12 +478,16 @@ BEGIN
         RETURN 'ignored';
     END IF;
     IF v_attempt > l.attempt THEN
-        -- a new attempt: what this site reserved for the last one goes
-        UPDATE chips.chits y SET status = 'void' WHERE y.lift_id = l.id AND y.status = 'pend';
+        -- a new attempt: what this site reserved for the last one goes, piece by piece, before
+        -- this one is reserved
         UPDATE chips.round_parts p SET flow = 0 WHERE p.lift_id = l.id;
-        DELETE FROM chips.round_moves m WHERE m.lift_id = l.id;
         UPDATE chips.round_state x SET parts = NULL, got = 0, partners = '{}', work = NULL
         WHERE x.lift_id = l.id;
+        IF EXISTS (SELECT 1 FROM chips.round_moves m WHERE m.lift_id = l.id AND m.stage = 1) THEN
+            PERFORM chips._round_work_on(l.id, 'release');
+        ELSE
+            DELETE FROM chips.round_moves m WHERE m.lift_id = l.id;
+        END IF;
         UPDATE chips.lifts x SET attempt = v_attempt, status = 'draft', units = 0, tallies = '{}', debtors = '{}'
         WHERE x.id = l.id RETURNING * INTO l;
     END IF;
@@ -499,7 +503,8 @@ BEGIN
     WHERE p.lift_id = l.id AND p.k = (f.v->>0)::integer;
     UPDATE chips.round_state x SET parts = (o->>'parts')::integer, got = x.got + 1
     WHERE x.lift_id = l.id RETURNING * INTO st;
-    IF st.got = st.parts THEN
+    -- (while the last attempt's reservation is released, that release prepares this one)
+    IF st.got = st.parts AND st.work IS NULL AND st.prepared IS DISTINCT FROM l.attempt THEN
         PERFORM chips._round_prepare(l.id);
     END IF;
     RETURN 'flows';
@@ -516,13 +521,15 @@ DECLARE
     v jsonb;
 BEGIN
     SELECT * INTO l FROM chips.lifts x WHERE x.id = p_lift;
+    UPDATE chips.round_state x SET prepared = l.attempt WHERE x.lift_id = l.id;
     BEGIN
         v := chips._round_check(p_lift);
     EXCEPTION WHEN invalid_parameter_value THEN
-        -- the flows themselves do not hold: nothing is reserved here, and the round must end void
+        -- the flows themselves do not hold: nothing is reserved for them, and the round must end
+        -- void (its lift here too, piece by piece: an earlier attempt may have left some)
         PERFORM chips._send(chips._round_me(), l.origin, 'round', 'refuse', pg_catalog.jsonb_build_object(
             'round', l.lift_uuid, 'attempt', l.attempt, 'reason', SQLERRM));
-        UPDATE chips.lifts x SET status = 'void', decided = pg_catalog.now(), reason = SQLERRM WHERE x.id = l.id;
+        PERFORM chips._round_work_on(l.id, 'void', SQLERRM);
         RETURN;
     END;
     IF v ? 'caps' THEN
@@ -545,7 +552,7 @@ $$;
 -- moves waits at most one piece.
 CREATE FUNCTION chips._round_piece() RETURNS integer
 LANGUAGE sql IMMUTABLE
-AS $$ SELECT 32 $$;
+AS $$ SELECT 16 $$;
 
 -- Gives a member's lift `p_lift` its work (chips.round_work does it) and wakes chipsd.
 CREATE FUNCTION chips._round_work_on(p_lift bigint, p_work text, p_reason text DEFAULT NULL) RETURNS void
@@ -558,13 +565,16 @@ END
 $$;
 
 -- One piece of a member's work on lift `p_lift`, in the caller's transaction. Returns false when
--- there is none left.
+-- there is none left. Settling and releasing take the reserved moves in their order; with none
+-- left, what may still be pending goes in one last step (nothing, normally), and a settled lift
+-- takes its status.
 CREATE FUNCTION chips._round_step(p_lift bigint) RETURNS boolean
 LANGUAGE plpgsql
 AS $$
 DECLARE
     l chips.lifts;
     st chips.round_state;
+    v_tallies uuid[];
 BEGIN
     SELECT * INTO l FROM chips.lifts x WHERE x.id = p_lift FOR UPDATE;
     SELECT * INTO st FROM chips.round_state x WHERE x.lift_id = p_lift;
@@ -572,22 +582,35 @@ BEGIN
         RETURN false;
     END IF;
     IF st.work IN ('reserve', 'release') AND l.status <> 'draft' THEN
-        -- decided meanwhile (void past its expiry): nothing more to reserve or release
+        -- decided meanwhile: nothing more to reserve or release
         UPDATE chips.round_state x SET work = NULL WHERE x.lift_id = l.id;
         RETURN true;
     END IF;
-    IF st.work IN ('good', 'void') THEN
-        IF chips._lift_settle(l.id, st.work, st.reason, chips._round_piece()) THEN
-            UPDATE chips.round_state x SET work = NULL WHERE x.lift_id = l.id;
-            DELETE FROM chips.round_moves m WHERE m.lift_id = l.id;
+    IF st.work = 'reserve' THEN
+        PERFORM chips._round_reserve(l);
+        RETURN true;
+    END IF;
+    v_tallies := ARRAY(SELECT m.tally FROM chips.round_moves m WHERE m.lift_id = l.id AND m.stage = 1
+                       ORDER BY m.n LIMIT chips._round_piece());
+    IF pg_catalog.cardinality(v_tallies) > 0 THEN
+        IF st.work = 'release' THEN
+            PERFORM chips._lift_release(l.id, v_tallies);
+        ELSE
+            PERFORM chips._lift_settle(l.id, st.work, st.reason, v_tallies);
         END IF;
-    ELSIF st.work = 'release' THEN
-        IF chips._lift_release(l.id, chips._round_piece()) THEN
-            UPDATE chips.round_state x SET work = NULL WHERE x.lift_id = l.id;
-            DELETE FROM chips.round_moves m WHERE m.lift_id = l.id;
+        UPDATE chips.round_moves m SET stage = 2 WHERE m.lift_id = l.id AND m.tally = ANY (v_tallies);
+        RETURN true;
+    END IF;
+    UPDATE chips.round_state x SET work = NULL WHERE x.lift_id = l.id;
+    IF st.work = 'release' THEN
+        PERFORM chips._lift_release(l.id);
+        DELETE FROM chips.round_moves m WHERE m.lift_id = l.id;
+        -- the next attempt's flows, all in meanwhile
+        IF st.got = st.parts AND st.prepared IS DISTINCT FROM l.attempt THEN
+            PERFORM chips._round_prepare(l.id);
         END IF;
     ELSE
-        PERFORM chips._round_reserve(l);
+        PERFORM chips._lift_settle(l.id, st.work, st.reason);
     END IF;
     RETURN true;
 END
@@ -608,7 +631,7 @@ DECLARE
     v_caps jsonb;
     v_partners text[];
 BEGIN
-    v_tallies := ARRAY(SELECT m.tally FROM chips.round_moves m WHERE m.lift_id = l.id AND NOT m.done
+    v_tallies := ARRAY(SELECT m.tally FROM chips.round_moves m WHERE m.lift_id = l.id AND m.stage = 0
                        ORDER BY m.n LIMIT chips._round_piece());
     IF pg_catalog.cardinality(v_tallies) > 0 THEN
         v_caps := chips._round_caps(l.id, v_tallies, true);
@@ -616,7 +639,7 @@ BEGIN
             -- and every other move not reserved yet that its tallies no longer carry: the next
             -- attempt leaves them all out
             v_caps := chips._round_caps(l.id, ARRAY(SELECT m.tally FROM chips.round_moves m
-                                                    WHERE m.lift_id = l.id AND NOT m.done), false);
+                                                    WHERE m.lift_id = l.id AND m.stage = 0), false);
             PERFORM chips._send(chips._round_me(), l.origin, 'round', 'refuse', pg_catalog.jsonb_build_object(
                 'round', l.lift_uuid, 'attempt', l.attempt, 'caps', v_caps));
             UPDATE chips.round_state x SET work = 'release' WHERE x.lift_id = l.id;
@@ -634,7 +657,7 @@ BEGIN
         JOIN chips.tallies h ON h.tally_uuid = m.tally
         WHERE m.lift_id = l.id AND m.tally = ANY (v_tallies)
         ORDER BY h.id;
-        UPDATE chips.round_moves m SET done = true WHERE m.lift_id = l.id AND m.tally = ANY (v_tallies);
+        UPDATE chips.round_moves m SET stage = 1 WHERE m.lift_id = l.id AND m.tally = ANY (v_tallies);
         RETURN;
     END IF;
     UPDATE chips.round_state x SET work = NULL WHERE x.lift_id = l.id;
@@ -754,8 +777,8 @@ DECLARE
 BEGIN
     SELECT * INTO l FROM chips.lifts x WHERE x.id = p_lift;
     SELECT * INTO st FROM chips.round_state x WHERE x.lift_id = p_lift;
-    IF l.status <> 'pend' THEN
-        RETURN;
+    IF l.status <> 'pend' OR st.work IS NOT NULL THEN
+        RETURN;     -- not reserved yet, or already ending
     END IF;
     -- every site that told its moves must have been told the opposite of this site's on exactly
     -- the tallies they share
@@ -764,10 +787,8 @@ BEGIN
     WHERE a.lift_id = p_lift AND a.attempt = l.attempt AND pg_catalog.cardinality(a.got) = a.parts
       AND NOT chips._round_moves_match(p_lift, a.agent, a.moves);
     IF v_bad IS NOT NULL THEN
-        UPDATE chips.chits y SET status = 'void' WHERE y.lift_id = l.id AND y.status = 'pend';
-        UPDATE chips.lifts x SET status = 'void', decided = pg_catalog.now(),
-            reason = 'the moves on tallies shared with ' || v_bad || ' differ between the sites'
-        WHERE x.id = l.id;
+        PERFORM chips._round_work_on(l.id, 'void',
+            'the moves on tallies shared with ' || v_bad || ' differ between the sites');
         PERFORM chips._send(chips._round_me(), l.origin, 'round', 'refuse', pg_catalog.jsonb_build_object(
             'round', l.lift_uuid, 'attempt', l.attempt,
             'reason', 'the moves on tallies shared with another site differ between the sites'));

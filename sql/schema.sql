@@ -366,13 +366,15 @@ CREATE TABLE chips.round_state (
     got        integer NOT NULL DEFAULT 0,
     partners   text[] NOT NULL DEFAULT '{}',
     ready      integer,                 -- the attempt this site said ready for (its consent)
+    prepared   integer,                 -- the attempt whose flows this site checked last
     work       text CHECK (work IN ('reserve', 'release', 'good', 'void')),
     reason     text                     -- why, for work 'void'
 );
 CREATE INDEX round_state_work_idx ON chips.round_state (lift_id) WHERE work IS NOT NULL;
 
--- A member's moves in the attempt it checked: reserved piece by piece (`done`), then the lift
--- record's tallies and the agreements with partner sites come from them.
+-- A member's moves in the attempt it checked: reserved piece by piece, then the lift record's
+-- tallies and the agreements with partner sites come from them, and the pieces that settle or
+-- release the part take them in the same order.
 CREATE TABLE chips.round_moves (
     lift_id    bigint NOT NULL REFERENCES chips.lifts,
     n          integer NOT NULL,        -- its place in the part
@@ -382,10 +384,10 @@ CREATE TABLE chips.round_moves (
     by         text NOT NULL CHECK (by IN ('stock', 'foil')),  -- the side that issues the lift chit
     units      bigint NOT NULL CHECK (units > 0),
     debtor     text NOT NULL,
-    done       boolean NOT NULL DEFAULT false,
+    stage      smallint NOT NULL DEFAULT 0 CHECK (stage IN (0, 1, 2)),  -- to reserve, reserved, settled or released
     PRIMARY KEY (lift_id, n)
 );
-CREATE INDEX round_moves_todo_idx ON chips.round_moves (lift_id, n) WHERE NOT done;
+CREATE INDEX round_moves_stage_idx ON chips.round_moves (lift_id, stage, n);
 
 -- What partner sites said they move on the tallies they share with this one, per attempt
 -- (one may come before this site has its own flows of that attempt).

@@ -30,7 +30,10 @@ DO $$
 DECLARE r record;
 BEGIN
     FOR r IN SELECT u.username FROM chips.users u JOIN public.bench_pay b ON b.creditor = u.ent LOOP
-        EXECUTE format('CREATE ROLE %I', r.username);
+        -- roles are the cluster's: an earlier run's payer may have the same name
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles x WHERE x.rolname = r.username) THEN
+            EXECUTE format('CREATE ROLE %I', r.username);
+        END IF;
         EXECUTE format('GRANT chips_user TO %I', r.username);
         EXECUTE format('GRANT %I TO bench_client', r.username);
     END LOOP;

@@ -57,6 +57,11 @@ async fn payments_move_balances_on_both_halves_and_chain_them() {
         0,
         "a local tally needs no peer traffic"
     );
+    assert_eq!(
+        count(&s, "SELECT chips.chain_sync()::bigint").await,
+        0,
+        "nor any sync: both halves chain together (syncing locked the stock half after the foil half, a deadlock with payments)"
+    );
     // Both halves are marked updated by the last payment (by the balance update itself, which
     // the tallies_bu trigger's WHEN clause then skips).
     let stamped = count(
