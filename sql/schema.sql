@@ -446,7 +446,8 @@ CREATE TABLE chips.chits (
     CHECK (chain_idx IS NULL OR (status = 'good' AND chain_prev IS NOT NULL AND chain_hash IS NOT NULL)),
     CHECK (chit_type = 'lift' OR lift_id IS NULL)
 );
-CREATE INDEX chits_lift_idx ON chips.chits (lift_id) WHERE lift_id IS NOT NULL;
+-- (lift_id, tally_id): a round settles its chits a few tallies at a time
+CREATE INDEX chits_lift_idx ON chips.chits (lift_id, tally_id) WHERE lift_id IS NOT NULL;
 CREATE INDEX chits_unchained_idx ON chips.chits (tally_id) WHERE status = 'good' AND chain_idx IS NULL;
 
 -- Keys the database holds for custodial users (created with custodial => true): lets
