@@ -250,7 +250,7 @@ $$;
 -- here together), and the lift keeps its status: a round's part settles piece by piece
 -- (chips.round_work), each piece committed on its own, once the decision is known; what it
 -- lowers was held back from the holders since it was reserved. The call without them, last,
--- gives the lift its status.
+-- sends the chain updates and gives the lift its status.
 CREATE FUNCTION chips._lift_settle(p_id bigint, p_status text, p_reason text DEFAULT NULL,
                                    p_tallies uuid[] DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql
@@ -288,16 +288,22 @@ BEGIN
         -- a closing tally closes once settled
         PERFORM chips._close_if_settled(x.id) FROM chips.tallies x
         WHERE x.id = ANY (v_halves) AND x.status = 'closing' ORDER BY x.id;
-        -- a stock half the foil half's chain update reached first asks for it again
+    END IF;
+    IF p_tallies IS NOT NULL THEN
+        RETURN;
+    END IF;
+    IF p_status = 'good' THEN
+        -- every half the lift moved here (a round's pieces leave this to the last call, so that
+        -- each partner site gets its chain updates gathered, not a few tallies a message): a
+        -- stock half the foil half's chain update reached first asks for it again; the foil
+        -- halves send their chain updates
+        v_halves := ARRAY(SELECT DISTINCT y.tally_id FROM chips.chits y WHERE y.lift_id = p_id ORDER BY 1);
         PERFORM chips._send(x.hold_cert->'chad', x.part_cert->'chad', 'chit', 'chain',
                             pg_catalog.jsonb_build_object('cmd', 'nak', 'tally', x.tally_uuid, 'index', x.chain_len))
         FROM chips.tallies x
         WHERE x.id = ANY (v_halves) AND x.side = 'stock' AND x.part_ent IS NULL AND x.chain_seen > x.chain_len
         ORDER BY x.id;
         PERFORM chips._chains_send(v_halves);
-    END IF;
-    IF p_tallies IS NOT NULL THEN
-        RETURN;
     END IF;
     UPDATE chips.lifts x SET status = p_status, decided = pg_catalog.now(),
         reason = coalesce(p_reason, x.reason)

@@ -552,7 +552,7 @@ $$;
 -- moves waits at most one piece.
 CREATE FUNCTION chips._round_piece() RETURNS integer
 LANGUAGE sql IMMUTABLE
-AS $$ SELECT 16 $$;
+AS $$ SELECT 32 $$;
 
 -- Gives a member's lift `p_lift` its work (chips.round_work does it) and wakes chipsd.
 CREATE FUNCTION chips._round_work_on(p_lift bigint, p_work text, p_reason text DEFAULT NULL) RETURNS void
