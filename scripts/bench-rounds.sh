@@ -7,6 +7,7 @@
 # then route discovery on the same partition for the same wall time.
 #
 #   bash scripts/bench-rounds.sh [FILE.csv ...]   # default: MTCS network 01; SITES=8 PAYERS=4 PAY_SECS=10
+#   STEPS=2 bash scripts/bench-rounds.sh          # the payments step alone
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 DATA=${CHIPS_DATA:-$REPO/../shared/data}
