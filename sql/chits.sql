@@ -763,10 +763,11 @@ DECLARE
     t chips.tallies;
     v_ack jsonb;
     v_acks jsonb := '[]';
+    v_naked bigint[] := '{}';
 BEGIN
-    IF msg->'object'->>'cmd' NOT IN ('upd', 'ack')
+    IF msg->'object'->>'cmd' NOT IN ('upd', 'ack', 'nak')
        OR pg_catalog.jsonb_typeof(msg->'object'->'tallies') IS DISTINCT FROM 'array' THEN
-        RAISE EXCEPTION 'chain updates are {cmd: upd or ack, tallies: [...]}' USING ERRCODE = '22023';
+        RAISE EXCEPTION 'chain updates are {cmd: upd, ack or nak, tallies: [...]}' USING ERRCODE = '22023';
     END IF;
     PERFORM 1 FROM chips.tallies y
     WHERE y.tally_uuid IN (SELECT (z.value->>'tally')::uuid FROM pg_catalog.jsonb_array_elements(msg->'object'->'tallies') z)
@@ -785,6 +786,13 @@ BEGIN
         END IF;
         IF msg->'object'->>'cmd' = 'ack' THEN
             PERFORM chips._chain_ack(t, (x->>'index')::integer, x->>'hash');
+        ELSIF msg->'object'->>'cmd' = 'nak' THEN
+            -- as chit/chain nak, the sends gathered below
+            IF t.side = 'foil' THEN
+                UPDATE chips.tallies y SET chain_conf = least(y.chain_conf, (x->>'index')::integer)
+                WHERE y.id = t.id;
+                v_naked := v_naked || t.id;
+            END IF;
         ELSE
             v_ack := chips._chain_upd(t, x->'chits');
             IF v_ack IS NOT NULL THEN
@@ -792,6 +800,7 @@ BEGIN
             END IF;
         END IF;
     END LOOP;
+    PERFORM chips._chains_send(v_naked);
     -- the acknowledgements, about 300 to a message
     PERFORM chips._send(msg->'to', msg->'from', 'chit', 'chains',
                         pg_catalog.jsonb_build_object('cmd', 'ack', 'tallies', pg_catalog.jsonb_agg(a.v ORDER BY a.n)))

@@ -298,11 +298,20 @@ BEGIN
         -- stock half the foil half's chain update reached first asks for it again; the foil
         -- halves send their chain updates
         v_halves := ARRAY(SELECT DISTINCT y.tally_id FROM chips.chits y WHERE y.lift_id = p_id ORDER BY 1);
-        PERFORM chips._send(x.hold_cert->'chad', x.part_cert->'chad', 'chit', 'chain',
-                            pg_catalog.jsonb_build_object('cmd', 'nak', 'tally', x.tally_uuid, 'index', x.chain_len))
-        FROM chips.tallies x
-        WHERE x.id = ANY (v_halves) AND x.side = 'stock' AND x.part_ent IS NULL AND x.chain_seen > x.chain_len
-        ORDER BY x.id;
+        -- (gathered per partner site, about 300 to a message: a round's member asks for
+        -- thousands)
+        PERFORM chips._send(pg_catalog.jsonb_build_object('cuid', '_site', 'agent', n.me),
+                            chips._site_address(n.peer), 'chit', 'chains',
+                            pg_catalog.jsonb_build_object('cmd', 'nak', 'tallies', n.tallies))
+        FROM (SELECT k.me, k.peer, pg_catalog.jsonb_agg(k.item ORDER BY k.id) AS tallies
+              FROM (SELECT x.id, x.hold_cert->'chad'->>'agent' AS me, x.part_cert->'chad'->>'agent' AS peer,
+                           pg_catalog.jsonb_build_object('tally', x.tally_uuid, 'index', x.chain_len) AS item,
+                           pg_catalog.row_number() OVER (PARTITION BY x.part_cert->'chad'->>'agent' ORDER BY x.id) AS k
+                    FROM chips.tallies x
+                    WHERE x.id = ANY (v_halves) AND x.side = 'stock' AND x.part_ent IS NULL
+                      AND x.chain_seen > x.chain_len) k
+              GROUP BY k.me, k.peer, (k.k - 1) / 300) n
+        ORDER BY n.peer;
         PERFORM chips._chains_send(v_halves);
     END IF;
     UPDATE chips.lifts x SET status = p_status, decided = pg_catalog.now(),
