@@ -222,10 +222,16 @@ fn round_solve(round_id: i64) {
     .unwrap_or_else(|e| fail(e));
 }
 
-/// What a tally's holders can each lift now (read under lock when `lock`): (stock, foil)
-/// capacities of free capacity, or none when the tally cannot move (not open here, a chit
-/// pending, halves that disagree).
-fn local_caps(uuids: &[pgrx::Uuid], lock: bool) -> HashMap<[u8; 16], Option<[i64; 2]>> {
+/// The tallies between two users here (`uuids`) as they are now (read under lock when
+/// `lock`): what their holders can each lift, (stock, foil) capacities, or none when the tally
+/// cannot move (not open here, a chit pending, halves that disagree); and their holders, (stock,
+/// foil).
+type LocalsNow = (
+    HashMap<[u8; 16], Option<[i64; 2]>>,
+    HashMap<[u8; 16], (String, String)>,
+);
+
+fn locals_now(uuids: &[pgrx::Uuid], lock: bool) -> LocalsNow {
     let policy = Policy { max_margin: 0.0 };
     if lock {
         Spi::connect_mut(|c| {
@@ -239,12 +245,13 @@ fn local_caps(uuids: &[pgrx::Uuid], lock: bool) -> HashMap<[u8; 16], Option<[i64
         })
         .unwrap_or_else(|e| fail(e));
     }
-    let rows = read_tallies(Some(uuids));
-    let mut out: HashMap<[u8; 16], Option<[i64; 2]>> =
+    let mut caps: HashMap<[u8; 16], Option<[i64; 2]>> =
         uuids.iter().map(|u| (*u.as_bytes(), None)).collect();
-    for r in rows {
-        out.insert(
-            *r.uuid.as_bytes(),
+    let mut names = HashMap::new();
+    for r in read_tallies(Some(uuids)) {
+        let key = *r.uuid.as_bytes();
+        caps.insert(
+            key,
             r.settled.then(|| {
                 [
                     r.tally.stock_half().capacity(&policy, false),
@@ -252,8 +259,9 @@ fn local_caps(uuids: &[pgrx::Uuid], lock: bool) -> HashMap<[u8; 16], Option<[i64
                 ]
             }),
         );
+        names.insert(key, (r.stock, r.foil));
     }
-    out
+    (caps, names)
 }
 
 /// One move of a member's part, as the check counts it: on a tally between two users here,
@@ -281,14 +289,10 @@ fn now(moves: &[Move], lock: bool) -> Now {
     let (locals, remotes): (Vec<&Move>, Vec<&Move>) = moves.iter().partition(|m| m.local);
     let local_uuids: Vec<pgrx::Uuid> = locals.iter().map(|m| m.tally).collect();
     let remote_uuids: Vec<pgrx::Uuid> = remotes.iter().map(|m| m.tally).collect();
-    let caps = local_caps(&local_uuids, lock);
+    let (caps, names) = locals_now(&local_uuids, lock);
     let remotes_now: HashMap<[u8; 16], RemoteRow> = read_remotes(Some(&remote_uuids), lock)
         .into_iter()
         .map(|r| (*r.uuid.as_bytes(), r))
-        .collect();
-    let names = read_tallies(Some(&local_uuids))
-        .into_iter()
-        .map(|r| (*r.uuid.as_bytes(), (r.stock, r.foil)))
         .collect();
     let policy = Policy { max_margin: 0.0 };
     let mut short = Short::new();
@@ -354,24 +358,16 @@ struct PartRow {
     flow: i64,
 }
 
-/// A member checks the flows it got for lift `lift`'s round (`chips_core::round::check`: within
-/// what it offered, no user's net position moving; 22023 when not) and each move against its
-/// tallies as they are now (without locking them: the pieces that reserve the moves check
-/// again under lock, `_round_caps`). Returns the moves, `{"moves": [{tally, local, flow, by,
-/// units, debtor}], "shared": [{tally, units}]}` (`flow`: the units as the check counts them,
-/// see `Move`; `by`: the side that issues the lift chit; `shared`: on tallies with other sites,
-/// what this site's holder gains), or, when a tally can carry less now, `{"caps": [[k, cap
-/// 0], ...]}` for the coordinator to solve again without them (`caps_of`).
-#[pg_extern(name = "_round_check")]
-fn round_check(lift: i64) -> JsonB {
-    let mut rows: Vec<PartRow> = Vec::new();
-    let mut arcs: Vec<Arc> = Vec::new();
+/// A member's arcs of lift `lift`'s round (`only`: on those tallies), in order: as kept, and as
+/// the check counts them.
+fn read_parts(lift: i64, only: Option<&[pgrx::Uuid]>) -> (Vec<PartRow>, Vec<Arc>) {
+    let (mut rows, mut arcs) = (Vec::new(), Vec::new());
     Spi::connect(|c| {
         for r in c.select(
             "SELECT k, tally, via, tail, head, cap, cost, flow FROM chips.round_parts
-             WHERE lift_id = $1 ORDER BY k",
+             WHERE lift_id = $1 AND ($2::uuid[] IS NULL OR tally = ANY ($2)) ORDER BY k",
             None,
-            &[lift.into()],
+            &[lift.into(), only.map(<[pgrx::Uuid]>::to_vec).into()],
         )? {
             rows.push(PartRow {
                 k: field(r.get(1)?),
@@ -389,6 +385,20 @@ fn round_check(lift: i64) -> JsonB {
         Ok::<_, pgrx::spi::Error>(())
     })
     .unwrap_or_else(|e| fail(e));
+    (rows, arcs)
+}
+
+/// A member checks the flows it got for lift `lift`'s round (`chips_core::round::check`: within
+/// what it offered, no user's net position moving; 22023 when not) and each move against its
+/// tallies as they are now (without locking them: the pieces that reserve the moves check
+/// again under lock, `_round_caps`). Returns the moves, `{"moves": [{tally, local, flow, by,
+/// units, debtor}], "shared": [{tally, units}]}` (`flow`: the units as the check counts them,
+/// see `Move`; `by`: the side that issues the lift chit; `shared`: on tallies with other sites,
+/// what this site's holder gains), or, when a tally can carry less now, `{"caps": [[k, cap
+/// 0], ...]}` for the coordinator to solve again without them (`caps_of`).
+#[pg_extern(name = "_round_check")]
+fn round_check(lift: i64) -> JsonB {
+    let (rows, arcs) = read_parts(lift, None);
     // number the tallies as the check counts them
     let (mut locals, mut remotes): (Vec<pgrx::Uuid>, Vec<pgrx::Uuid>) = (vec![], vec![]);
     let (mut li, mut ri): (HashMap<[u8; 16], u32>, HashMap<[u8; 16], u32>) =
@@ -475,7 +485,6 @@ fn round_check(lift: i64) -> JsonB {
 #[pg_extern(name = "_round_caps")]
 fn round_caps(lift: i64, tallies: Vec<pgrx::Uuid>, lock: bool) -> JsonB {
     let mut moves = Vec::new();
-    let mut rows = Vec::new();
     Spi::connect(|c| {
         for r in c.select(
             "SELECT tally, local, flow FROM chips.round_moves
@@ -496,24 +505,10 @@ fn round_caps(lift: i64, tallies: Vec<pgrx::Uuid>, lock: bool) -> JsonB {
     if now.short.is_empty() {
         return JsonB(json!([]));
     }
-    Spi::connect(|c| {
-        for r in c.select(
-            "SELECT k, tally, via, flow FROM chips.round_parts
-             WHERE lift_id = $1 AND tally = ANY ($2) ORDER BY k",
-            None,
-            &[lift.into(), tallies.into()],
-        )? {
-            rows.push(PartRow {
-                k: field(r.get(1)?),
-                tally: field(r.get(2)?),
-                via: field(r.get(3)?),
-                flow: field(r.get(4)?),
-            });
-        }
-        Ok::<_, pgrx::spi::Error>(())
-    })
-    .unwrap_or_else(|e| fail(e));
-    JsonB(json!(caps_of(&rows, &now.short)))
+    JsonB(json!(caps_of(
+        &read_parts(lift, Some(&tallies)).0,
+        &now.short
+    )))
 }
 
 /// The uuid of the lift chit an attempt of a round writes on a tally: the same at both

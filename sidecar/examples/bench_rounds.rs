@@ -139,18 +139,24 @@ impl Fed {
 
     /// What every debtor owes, over every tally (its stock half).
     async fn debt(&self) -> Res<i64> {
-        let mut d = 0;
+        self.total(
+            "SELECT coalesce(sum(abs(net_good)), 0)::bigint FROM chips.tallies WHERE side = 'stock'",
+            &[],
+        )
+        .await
+    }
+
+    /// The sum over every site of `sql`'s one bigint.
+    async fn total(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Res<i64> {
+        let mut n = 0;
         for s in &self.sites {
-            d += s
-                .admin
-                .query_one(
-                    "SELECT coalesce(sum(abs(net_good)), 0)::bigint FROM chips.tallies WHERE side = 'stock'",
-                    &[],
-                )
-                .await?
-                .get::<_, i64>(0);
+            n += s.admin.query_one(sql, params).await?.get::<_, i64>(0);
         }
-        Ok(d)
+        Ok(n)
     }
 
     /// Messages not yet delivered, at every site.
@@ -213,17 +219,12 @@ impl Fed {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         loop {
-            let mut open = 0i64;
-            for s in &self.sites {
-                open += s
-                    .admin
-                    .query_one(
-                        "SELECT count(*) FROM chips.lifts WHERE lift_uuid = $1 AND status NOT IN ('good', 'void')",
-                        &[&round],
-                    )
-                    .await?
-                    .get::<_, i64>(0);
-            }
+            let open = self
+                .total(
+                    "SELECT count(*) FROM chips.lifts WHERE lift_uuid = $1 AND status NOT IN ('good', 'void')",
+                    &[&round],
+                )
+                .await?;
             if open == 0 {
                 break;
             }
@@ -712,19 +713,15 @@ async fn run(cl: &Cluster, chipsd: &str, csv: &str, n: usize) -> Res<()> {
     let settled = t0.elapsed();
     // every chain update delivered and confirmed
     loop {
-        let mut waiting = fed.backlog().await?;
-        for s in &fed.sites {
-            waiting += s
-                .admin
-                .query_one(
+        let waiting = fed.backlog().await?
+            + fed
+                .total(
                     "SELECT count(*) FROM chips.tallies
                      WHERE part_ent IS NULL AND ((side = 'foil' AND chain_conf < chain_len)
                                                  OR (side = 'stock' AND chain_seen > chain_len))",
                     &[],
                 )
-                .await?
-                .get::<_, i64>(0);
-        }
+                .await?;
         if waiting == 0 {
             break;
         }
@@ -747,13 +744,13 @@ async fn run(cl: &Cluster, chipsd: &str, csv: &str, n: usize) -> Res<()> {
                     extract(epoch FROM decided - solved)::float8 * 1000,
                     (stats->>'read_ms')::float8, (stats->>'solve_ms')::float8,
                     (stats->>'arcs')::bigint, (stats->>'arcs_with_flow')::bigint,
-                    extract(epoch FROM created)::float8, extract(epoch FROM decided)::float8
+                    extract(epoch FROM decided)::float8
              FROM chips.rounds WHERE round_uuid = $1",
             &[&round],
         )
         .await?;
     let (attempt, reason): (i32, String) = (r.get(0), r.get(1));
-    let (created, decided): (f64, f64) = (r.get(8), r.get(9));
+    let decided: f64 = r.get(8);
     let mut last_settle = decided;
     for s in &fed.sites {
         let d: Option<f64> = s
@@ -797,7 +794,6 @@ async fn run(cl: &Cluster, chipsd: &str, csv: &str, n: usize) -> Res<()> {
         "    commit (decided to the last site's lift good) {:.1} ms",
         (last_settle - decided) * 1e3
     );
-    let _ = created;
     println!(
         "  coordinator memory: peak {:.1} MiB private (its chipsd and database backends, sampled every 20 ms); chipsd's own peak RSS {:.1} MiB",
         peak.load(Ordering::SeqCst) as f64 / 1024.0,
@@ -844,17 +840,12 @@ async fn run(cl: &Cluster, chipsd: &str, csv: &str, n: usize) -> Res<()> {
     }
     tokio::time::sleep(budget).await;
     let after = fed.debt().await?;
-    let mut lifts = 0i64;
-    for s in &fed.sites {
-        lifts += s
-            .admin
-            .query_one(
-                "SELECT count(*) FROM chips.lifts WHERE kind = 'circular' AND role = 'origin' AND status = 'good'",
-                &[],
-            )
-            .await?
-            .get::<_, i64>(0);
-    }
+    let lifts = fed
+        .total(
+            "SELECT count(*) FROM chips.lifts WHERE kind = 'circular' AND role = 'origin' AND status = 'good'",
+            &[],
+        )
+        .await?;
     println!(
         "  route discovery (each site's own pass and circular lifts every second) in the same {:.1} s: cleared {} ({:.1} % of the optimum), {lifts} circular lifts",
         t.elapsed().as_secs_f64(),

@@ -100,6 +100,31 @@ impl Fed {
         t
     }
 
+    /// Two sites (the federation's, named from `port`): `n` pairs of firms, firm `10_000 + i` at
+    /// the first owing firm `20_000 + i` at the second `owed(i)`, which owes it 100 back, loaded
+    /// straight into both halves.
+    async fn pairs(&self, port: u16, n: u32, owed: impl Fn(u32) -> i64) {
+        let mut obls = Vec::new();
+        for i in 0..n {
+            let (a, b) = (10_000 + i, 20_000 + i);
+            obls.push(Obl {
+                debtor: a,
+                creditor: b,
+                amount: owed(i),
+            });
+            obls.push(Obl {
+                debtor: b,
+                creditor: a,
+                amount: 100,
+            });
+        }
+        load(&self.sites, &[port, port + 1], &obls, |f| {
+            usize::from(f >= 20_000)
+        })
+        .await
+        .unwrap();
+    }
+
     /// What all debtors owe, over every tally (its stock half).
     async fn debt(&self) -> i64 {
         let mut total = 0;
@@ -313,25 +338,7 @@ async fn a_round_clears_the_whole_federation_optimum() {
 #[tokio::test]
 async fn a_round_agrees_hundreds_of_shared_tallies_in_parts() {
     let fed = Fed::named("parts", 47360, &["a", "b"]).await;
-    let mut obls = Vec::new();
-    for i in 0..260 {
-        let (a, b) = (10_000 + i, 20_000 + i);
-        obls.push(Obl {
-            debtor: a,
-            creditor: b,
-            amount: 100 + i64::from(i),
-        });
-        obls.push(Obl {
-            debtor: b,
-            creditor: a,
-            amount: 100,
-        });
-    }
-    load(&fed.sites, &[47360, 47361], &obls, |f| {
-        usize::from(f >= 20_000)
-    })
-    .await
-    .unwrap();
+    fed.pairs(47360, 260, |i| 100 + i64::from(i)).await;
     let (debt, positions) = (fed.debt().await, fed.positions().await);
     assert_eq!(debt, 260 * 100 + (0..260).map(|i| 100 + i).sum::<i64>());
     let r = fed.round().await;
@@ -372,25 +379,7 @@ async fn a_round_agrees_hundreds_of_shared_tallies_in_parts() {
 #[tokio::test]
 async fn a_round_settles_in_pieces_and_holds_each_tally_only_for_its_piece() {
     let fed = Fed::named("pieces", 47380, &["a", "b"]).await;
-    let mut obls = Vec::new();
-    for i in 0..100 {
-        let (a, b) = (10_000 + i, 20_000 + i);
-        obls.push(Obl {
-            debtor: a,
-            creditor: b,
-            amount: 300,
-        });
-        obls.push(Obl {
-            debtor: b,
-            creditor: a,
-            amount: 100,
-        });
-    }
-    load(&fed.sites, &[47380, 47381], &obls, |f| {
-        usize::from(f >= 20_000)
-    })
-    .await
-    .unwrap();
+    fed.pairs(47380, 100, |_| 300).await;
     let (debt, positions) = (fed.debt().await, fed.positions().await);
     let r: Uuid = fed.sites[0]
         .admin
