@@ -74,7 +74,8 @@ FROM chips.chits c JOIN chips.tallies t ON t.id = c.tally_id;
 -- Lifts, one row per lift and tally half: what the lift did to that holder's balance
 -- (positive: the holder owes less, or is owed more).
 CREATE VIEW chips.lifts_v WITH (security_invoker = true) AS
-SELECT l.lift_uuid AS lift, l.kind, l.status, l.units, pg_catalog.cardinality(l.tallies) AS tallies,
+SELECT coalesce(l.parent, l.lift_uuid) AS lift,  -- a part of a split payment shows as the payment
+       l.kind, l.status, l.units, pg_catalog.cardinality(l.tallies) AS tallies,
        l.through, l.margin, t.ent, t.tally_uuid AS tally, t.side,
        CASE WHEN c.issuer = t.side THEN -c.units ELSE c.units END AS change,
        c.chain_idx, l.created
@@ -258,5 +259,5 @@ GRANT EXECUTE ON FUNCTION
     chips.contract_add(jsonb, text),
     chips.login_ticket(text, interval), chips.login_revoke(text, text),
     chips.events_prune(interval), chips.file_add(bytea, text), chips.document(text),
-    chips.lift_configure(interval, interval, interval, interval, integer, integer, interval, interval)
+    chips.lift_configure(interval, interval, interval, interval, integer, integer, interval, interval, integer)
 TO chips_admin;

@@ -45,7 +45,8 @@ $$;
 CREATE FUNCTION chips.lift_configure(life interval DEFAULT NULL, query_life interval DEFAULT NULL,
                                      hop_step interval DEFAULT NULL, min_window interval DEFAULT NULL,
                                      max_depth integer DEFAULT NULL, fanout integer DEFAULT NULL,
-                                     cache_life interval DEFAULT NULL, ask_every interval DEFAULT NULL)
+                                     cache_life interval DEFAULT NULL, ask_every interval DEFAULT NULL,
+                                     parts integer DEFAULT NULL)
 RETURNS chips.lift_settings
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = chips, pg_catalog, pg_temp
@@ -63,10 +64,11 @@ BEGIN
             max_depth = coalesce(lift_configure.max_depth, x.max_depth),
             fanout = coalesce(lift_configure.fanout, x.fanout),
             cache_life = coalesce(lift_configure.cache_life, x.cache_life),
-            ask_every = coalesce(lift_configure.ask_every, x.ask_every)
+            ask_every = coalesce(lift_configure.ask_every, x.ask_every),
+            parts = coalesce(lift_configure.parts, x.parts)
         RETURNING * INTO r;
     EXCEPTION WHEN check_violation THEN
-        RAISE EXCEPTION 'life must be at least 1 second, query_life 100 ms, ask_every 100 ms; hop_step, min_window and cache_life not negative; max_depth and fanout within 1..64'
+        RAISE EXCEPTION 'life must be at least 1 second, query_life 100 ms, ask_every 100 ms; hop_step, min_window and cache_life not negative; max_depth and fanout within 1..64, parts within 1..16'
             USING ERRCODE = '22023';
     END;
     RETURN r;
@@ -373,6 +375,13 @@ BEGIN
 END
 $$;
 
+-- The lift whose decision decides lift `l`: its payment, for a part of a split payment.
+CREATE FUNCTION chips._lift_payment(l chips.lifts) RETURNS bigint
+LANGUAGE sql STABLE
+AS $$
+    SELECT coalesce((SELECT x.id FROM chips.lifts x WHERE x.lift_uuid = l.parent), l.id)
+$$;
+
 -- The origin decides: good (only if the lift is ready, before its expiry) or void; the decision
 -- travels downstream with the secret that opens its lock.
 CREATE FUNCTION chips._lift_decide(p_id bigint, p_status text, p_reason text DEFAULT NULL) RETURNS void
@@ -385,6 +394,8 @@ BEGIN
     IF l.status IN ('good', 'void') THEN
         RETURN;
     END IF;
+    -- a split payment: one decision for every part
+    PERFORM chips._lift_decide(x.id, p_status, p_reason) FROM chips.lifts x WHERE x.parent = l.lift_uuid ORDER BY x.id;
     -- the decision goes into the outbox before the chain updates settling writes: the partner
     -- downstream applies it first
     IF l.tally_out IS NOT NULL THEN
@@ -453,7 +464,7 @@ LANGUAGE sql STABLE
 AS $$
     WITH a AS (SELECT * FROM chips._local_arcs()),
          r AS (SELECT x.ent, x.hops FROM a, chips._route_reach(a.payers, a.receivers, a.caps, p_from, p_units) x)
-    SELECT t.tally_uuid, t.ent, r.hops, c.tally IS NOT NULL, coalesce(c.max, chips._send_capacity(t))
+    SELECT t.tally_uuid, t.ent, r.hops, c.tally IS NOT NULL, least(c.max, chips._send_capacity(t))
     FROM chips.tallies t
     JOIN r ON r.ent = t.ent
     LEFT JOIN chips.lift_route_cache c ON c.tally = t.tally_uuid AND c.find_cuid = p_find->>'cuid'
@@ -469,63 +480,82 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     r chips.lift_routes;
-    o chips.lift_routes;
+    o record;
     g record;
-    v_max bigint;
+    l chips.lifts;
+    v_whole bigint;
+    v_waiting boolean;
+    v_in_holder text;
 BEGIN
     SELECT * INTO r FROM chips.lift_routes x WHERE x.id = p_in FOR UPDATE;
     IF r.status <> 'pend' THEN
         RETURN;
     END IF;
-    SELECT * INTO o FROM chips.lift_routes x
-    WHERE x.query = r.query AND x.dir = 'out' AND x.status = 'found' ORDER BY x.hops, x.max DESC, x.id LIMIT 1;
-    IF FOUND THEN
-        -- what the whole way on can carry: the tally it came in on, the way across this site
-        -- and the tally out (the origin's own segment is checked when it starts), and the rest
-        v_max := o.max;
-        IF r.tally IS NOT NULL THEN
-            g := chips._route((SELECT t.ent FROM chips.tallies t WHERE t.tally_uuid = r.tally AND t.part_ent IS NULL),
-                              (SELECT t.ent FROM chips.tallies t WHERE t.tally_uuid = o.tally AND t.part_ent IS NULL),
-                              r.units, r.tally, o.tally);
-            v_max := least(v_max, (SELECT min(c) FROM pg_catalog.unnest(g.caps) c));
+    v_whole := greatest(r.units, coalesce(r.want, r.units));
+    v_waiting := r.expires > pg_catalog.now()
+                 AND EXISTS (SELECT 1 FROM chips.lift_routes x WHERE x.query = r.query AND x.dir = 'out' AND x.status = 'pend');
+    IF r.tally IS NULL THEN
+        -- asked here: the lift starts on a way that carries all of it; a payment no one way
+        -- carries waits for every exit's answer (or the query's end) and is split over them
+        SELECT * INTO l FROM chips.lifts x WHERE x.lift_uuid = r.lift;
+        IF l.status = 'seek' AND chips._lift_start(l.id, NOT v_waiting) THEN
+            UPDATE chips.lift_routes x SET status = 'found' WHERE x.id = r.id;
+        ELSIF NOT v_waiting THEN
+            UPDATE chips.lift_routes x SET status = 'none' WHERE x.id = r.id;
+            IF l.status = 'seek' THEN
+                PERFORM chips._lift_settle(l.id, 'void',
+                    CASE WHEN EXISTS (SELECT 1 FROM chips.lift_routes x WHERE x.query = r.query AND x.dir = 'out'
+                                      AND x.status = 'found')
+                         THEN 'no route carries the lift now' ELSE 'no route' END);
+            END IF;
         END IF;
-        UPDATE chips.lift_routes x SET status = 'found', max = v_max, hops = o.hops + 1
-        WHERE x.id = r.id RETURNING * INTO r;
-    ELSIF EXISTS (SELECT 1 FROM chips.lift_routes x WHERE x.query = r.query AND x.dir = 'out' AND x.status = 'pend')
-          AND r.expires > pg_catalog.now() THEN
-        RETURN;     -- still waiting for an answer
-    ELSE
-        UPDATE chips.lift_routes x SET status = 'none' WHERE x.id = r.id RETURNING * INTO r;
+        RETURN;
     END IF;
+    -- a relay answers at once with a way on that carries all the payment (`want`) from the
+    -- tally the query came in on; else, once every exit answered (or the query ran out), with
+    -- its widest. What a way carries: the tally in, the way across this site, the tally out
+    -- and the rest
+    v_in_holder := (SELECT t.ent FROM chips.tallies t WHERE t.tally_uuid = r.tally AND t.part_ent IS NULL);
+    FOR o IN SELECT x.tally, x.max, x.hops, t.ent AS holder FROM chips.lift_routes x
+             JOIN chips.tallies t ON t.tally_uuid = x.tally AND t.part_ent IS NULL
+             WHERE x.query = r.query AND x.dir = 'out' AND x.status = 'found' AND x.tally <> r.tally
+             ORDER BY x.max >= v_whole DESC, CASE WHEN x.max >= v_whole THEN x.hops END, x.max DESC, x.id LOOP
+        g := chips._route(v_in_holder, o.holder, least(v_whole, o.max), r.tally, o.tally);
+        IF NOT g.ok THEN
+            g := chips._route(v_in_holder, o.holder, r.units, r.tally, o.tally);
+        END IF;
+        CONTINUE WHEN NOT g.ok;
+        o.max := least(o.max, (SELECT min(c) FROM pg_catalog.unnest(g.caps) c));
+        CONTINUE WHEN o.max < v_whole AND v_waiting;    -- a wider one may still come
+        UPDATE chips.lift_routes x SET status = 'found', max = o.max, hops = o.hops + 1
+        WHERE x.id = r.id RETURNING * INTO r;
+        PERFORM chips._route_reply(r);
+        RETURN;
+    END LOOP;
+    IF v_waiting THEN
+        RETURN;     -- still waiting for an answer
+    END IF;
+    UPDATE chips.lift_routes x SET status = 'none' WHERE x.id = r.id RETURNING * INTO r;
     PERFORM chips._route_reply(r);
 END
 $$;
 
--- A query's answer goes back over the tally it came in on; asked here, the lift starts (or voids).
+-- A relay's answer goes back over the tally the query came in on.
 CREATE FUNCTION chips._route_reply(r chips.lift_routes) RETURNS void
 LANGUAGE plpgsql
 AS $$
-DECLARE
-    l chips.lifts;
 BEGIN
-    IF r.tally IS NOT NULL THEN
-        PERFORM chips._lift_send(r.tally, 'answer', pg_catalog.jsonb_build_object(
-            'query', r.query, 'link', chips._link_id(r.query, r.tally),
-            'found', r.status = 'found', 'max', r.max, 'hops', r.hops));
-        RETURN;
-    END IF;
-    SELECT * INTO l FROM chips.lifts x WHERE x.lift_uuid = r.lift;
-    IF l.status = 'seek' AND r.status = 'found' THEN
-        PERFORM chips._lift_start(l.id);
-    ELSIF l.status = 'seek' THEN
-        PERFORM chips._lift_settle(l.id, 'void', 'no route');
-    END IF;
+    PERFORM chips._lift_send(r.tally, 'answer', pg_catalog.jsonb_build_object(
+        'query', r.query, 'link', chips._link_id(r.query, r.tally),
+        'found', r.status = 'found', 'max', r.max, 'hops', r.hops));
 END
 $$;
 
--- Passes a query on from `p_from` over up to fanout exits; answers at once from the cache.
--- Returns how many exits it asked (0: answered none).
-CREATE FUNCTION chips._route_ask(p_in bigint, p_from text, p_depth integer) RETURNS integer
+-- Passes a query on from `p_from` over up to fanout exits, with the marks of the sites it passed
+-- (`p_marks`) and this site's own; answers at once from the cache. Returns how many exits it
+-- asked (0: answered none).
+CREATE FUNCTION chips._route_ask(p_in bigint, p_from text, p_depth integer, p_marks jsonb DEFAULT NULL)
+RETURNS integer
 LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -536,8 +566,14 @@ DECLARE
 BEGIN
     SELECT * INTO r FROM chips.lift_routes x WHERE x.id = p_in;
     IF p_depth >= 1 THEN
-        FOR e IN SELECT * FROM chips._lift_exits(p_from, r.units, r.find, r.tally) LIMIT s.fanout LOOP
-            IF e.cached THEN
+        FOR e IN SELECT * FROM chips._lift_exits(p_from, r.units, r.find, r.tally) x
+                 WHERE NOT EXISTS (SELECT 1 FROM chips.lift_routes y
+                                   WHERE y.query = r.query AND y.dir = 'in' AND y.tally = x.tally)
+                 LIMIT s.fanout LOOP
+            -- a circle goes out at once on a way the cache knows; a payment always asks (`want`
+            -- set): the ways beyond an exit move with every payment, and a way learnt a minute
+            -- ago is too often gone by the time the prepare follows it
+            IF e.cached AND r.want IS NULL THEN
                 INSERT INTO chips.lift_routes (query, dir, tally, find, units, expires, status, max, hops)
                 SELECT r.query, 'out', e.tally, r.find, r.units, r.expires, 'found', e.max, c.hops
                 FROM chips.lift_route_cache c
@@ -553,7 +589,8 @@ BEGIN
                 PERFORM chips._lift_send(e.tally, 'query', pg_catalog.jsonb_build_object(
                     'query', r.query, 'link', chips._link_id(r.query, e.tally),
                     'find', chips._find_blind(r.query, r.find),
-                    'units', r.units, 'depth', p_depth - 1,
+                    'units', r.units, 'want', coalesce(r.want, r.units), 'depth', p_depth - 1,
+                    'marks', coalesce(p_marks, '[]') || pg_catalog.jsonb_build_array(r.mark),
                     'expires', (extract(epoch FROM r.expires) * 1000)::bigint));
                 n := n + 1;
             END IF;
@@ -592,11 +629,15 @@ DECLARE
     v_depth integer;
     v_expires timestamptz;
     v_target text;
+    v_want bigint;
+    v_marks jsonb := coalesce(o->'marks', '[]');
+    v_mark text;
     g record;
     r chips.lift_routes;
     s chips.lift_settings := chips._lift_set();
 BEGIN
-    IF o->>'query' IS NULL OR pg_catalog.jsonb_typeof(o->'find') IS DISTINCT FROM 'object' THEN
+    IF o->>'query' IS NULL OR pg_catalog.jsonb_typeof(o->'find') IS DISTINCT FROM 'object'
+       OR pg_catalog.jsonb_typeof(v_marks) IS DISTINCT FROM 'array' THEN
         RAISE EXCEPTION 'a route query has query, find, units >= 1, depth and expires' USING ERRCODE = '22023';
     END IF;
     BEGIN
@@ -611,12 +652,14 @@ BEGIN
             v_find := chips._find_blind(o->>'query', chips._chad(o->'find'));
         END IF;
         v_units := (o->>'units')::bigint;
+        v_want := coalesce((o->>'want')::bigint, v_units);
         v_depth := least((o->>'depth')::integer, s.max_depth);
         v_expires := pg_catalog.to_timestamp((o->>'expires')::bigint / 1000.0);
     EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range OR invalid_parameter_value THEN
         RAISE EXCEPTION 'a route query has find, units, depth and expires' USING ERRCODE = '22023';
     END;
-    IF v_units IS NULL OR v_units < 1 OR v_depth IS NULL OR v_expires IS NULL OR o->>'query' IS NULL THEN
+    IF v_units IS NULL OR v_units < 1 OR v_want < v_units OR v_depth IS NULL OR v_expires IS NULL
+       OR o->>'query' IS NULL THEN
         RAISE EXCEPTION 'a route query has query, find, units >= 1, depth and expires' USING ERRCODE = '22023';
     END IF;
     IF t.id IS NULL THEN
@@ -629,18 +672,31 @@ BEGIN
         RETURN 'ignored';     -- this query came this way already
     END IF;
     v_target := chips._find_local(o->>'query', v_find);
-    INSERT INTO chips.lift_routes (query, dir, tally, find, units, expires)
-    VALUES (o->>'query', 'in', t.tally_uuid, v_find, v_units, least(v_expires, pg_catalog.now() + s.query_life))
+    -- this site's mark on the query (the one it gave it when it came first, if it did)
+    SELECT x.mark INTO v_mark FROM chips.lift_routes x
+    WHERE x.query = o->>'query' AND x.dir = 'in' AND x.mark IS NOT NULL LIMIT 1;
+    -- (it waits for its own exits a step less than its asker does, so that its answer, found or
+    -- none, reaches the asker before the asker stops waiting: query_life / (max_depth + 1) a hop)
+    INSERT INTO chips.lift_routes (query, dir, tally, find, units, want, mark, expires)
+    VALUES (o->>'query', 'in', t.tally_uuid, v_find, v_units, v_want,
+            coalesce(v_mark, pg_catalog.gen_random_uuid()::text),
+            least(v_expires - s.query_life / (s.max_depth + 1), pg_catalog.now() + s.query_life))
     RETURNING * INTO r;
     IF chips._recv_capacity(t, (t.part_sets->>'clutch')::double precision) < v_units THEN
-        PERFORM chips._route_answer(r.id);
+        UPDATE chips.lift_routes x SET status = 'none' WHERE x.id = r.id RETURNING * INTO r;
+        PERFORM chips._route_reply(r);
         RETURN 'none';
     END IF;
     IF v_target IS NOT NULL THEN
-        -- the lift ends here: a route from the tally it arrives on to the user it is for
-        g := chips._route(t.ent, v_target, v_units, t.tally_uuid);
+        -- the lift ends here: a route from the tally it arrives on to the user it is for (one
+        -- that carries all the payment, if there is one)
+        g := chips._route(t.ent, v_target, v_want, t.tally_uuid);
         IF NOT g.ok THEN
-            PERFORM chips._route_answer(r.id);
+            g := chips._route(t.ent, v_target, v_units, t.tally_uuid);
+        END IF;
+        IF NOT g.ok THEN
+            UPDATE chips.lift_routes x SET status = 'none' WHERE x.id = r.id RETURNING * INTO r;
+            PERFORM chips._route_reply(r);
             RETURN 'none';
         END IF;
         UPDATE chips.lift_routes x SET status = 'found', hops = pg_catalog.cardinality(g.tallies),
@@ -649,11 +705,15 @@ BEGIN
         PERFORM chips._route_reply(r);
         RETURN 'found';
     END IF;
-    IF EXISTS (SELECT 1 FROM chips.lift_routes x WHERE x.query = o->>'query' AND x.id <> r.id) THEN
-        PERFORM chips._route_answer(r.id);    -- a loop: the query was here on another way
+    IF v_mark IS NOT NULL AND v_marks @> pg_catalog.jsonb_build_array(v_mark) THEN
+        -- a loop: the query passed this site on its way here
+        UPDATE chips.lift_routes x SET status = 'none' WHERE x.id = r.id RETURNING * INTO r;
+        PERFORM chips._route_reply(r);
         RETURN 'none';
     END IF;
-    IF chips._route_ask(r.id, t.ent, v_depth) = 0 THEN
+    -- (a query that reaches a relay again over another tally, not round a loop, goes on from
+    -- there too: the parts of a split payment may pass a site more than once)
+    IF chips._route_ask(r.id, t.ent, v_depth, v_marks) = 0 THEN
         RETURN 'none';
     END IF;
     RETURN 'asked';
@@ -667,7 +727,7 @@ DECLARE
     o jsonb := msg->'object';
     t chips.tallies := chips._link_half(msg);
     r chips.lift_routes;
-    v_in bigint;
+    v_in record;
 BEGIN
     IF t.id IS NULL THEN
         RETURN 'ignored';
@@ -681,16 +741,16 @@ BEGIN
         UPDATE chips.lift_routes x SET status = 'found',
             max = least((o->>'max')::bigint, chips._send_capacity(t)), hops = (o->>'hops')::integer
         WHERE x.id = r.id RETURNING * INTO r;
-        PERFORM chips._route_remember(r.find, t.tally_uuid, r.max, r.hops);
+        -- (the origin remembers the way when its prepare goes out on it, as a relay does: a
+        -- way only asked about is not one the sites beyond it know)
     ELSE
         UPDATE chips.lift_routes x SET status = 'none' WHERE x.id = r.id;
         DELETE FROM chips.lift_route_cache c
         WHERE c.tally = t.tally_uuid AND c.find_cuid = r.find->>'cuid' AND c.find_agent = r.find->>'agent';
     END IF;
-    SELECT x.id INTO v_in FROM chips.lift_routes x WHERE x.query = r.query AND x.dir = 'in';
-    IF v_in IS NOT NULL THEN
-        PERFORM chips._route_answer(v_in);
-    END IF;
+    FOR v_in IN SELECT x.id FROM chips.lift_routes x WHERE x.query = r.query AND x.dir = 'in' ORDER BY x.id LOOP
+        PERFORM chips._route_answer(v_in.id);
+    END LOOP;
     RETURN r.status;
 END
 $$;
@@ -699,9 +759,11 @@ $$;
 -- Prepare
 ------------------------------------------------------------------------------------------------
 
--- The origin has a route: reserve its own segment (payer -> exit holder, then the exit tally)
--- and send the prepare downstream.
-CREATE FUNCTION chips._lift_start(p_id bigint) RETURNS void
+-- The origin starts lift `p_id` if it can: on a way its query found that carries all of it
+-- (its own segment, payer -> exit holder, then the exit tally, reserved here, and the prepare
+-- sent downstream); with `p_last` (no answer is still to come), a payment no one way carries
+-- is split over several (chips._lift_split). Whether it started.
+CREATE FUNCTION chips._lift_start(p_id bigint, p_last boolean) RETURNS boolean
 LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -712,11 +774,12 @@ DECLARE
 BEGIN
     SELECT * INTO l FROM chips.lifts x WHERE x.id = p_id FOR UPDATE;
     IF l.status <> 'seek' THEN
-        RETURN;
+        RETURN false;
     END IF;
-    FOR e IN SELECT x.tally, x.max, t.ent AS holder FROM chips.lift_routes x
+    FOR e IN SELECT x.tally, x.max, x.hops, t.ent AS holder FROM chips.lift_routes x
              JOIN chips.tallies t ON t.tally_uuid = x.tally AND t.part_ent IS NULL
              WHERE x.query = l.query AND x.dir = 'out' AND x.status = 'found'
+               AND (l.kind <> 'linear' OR x.max >= l.units)
              ORDER BY x.hops, x.max DESC, x.id LOOP
         g := chips._route(l.payer, e.holder, l.units, NULL, e.tally);
         CONTINUE WHEN NOT g.ok;
@@ -727,15 +790,75 @@ BEGIN
         CONTINUE WHEN chips._lift_lock(g.tallies, g.payers, g.receivers, l.units) <> 0;
         UPDATE chips.lifts x SET status = 'pend', units = l.units, tally_out = e.tally
         WHERE x.id = l.id RETURNING * INTO l;
+        PERFORM chips._route_remember(l.find, e.tally, e.max, e.hops);
         PERFORM chips._lift_send(e.tally, 'prepare', pg_catalog.jsonb_build_object(
             'lift', l.lift_uuid, 'kind', l.kind, 'query', l.query, 'units', l.units,
             'chit', chips._lift_write(l, g.tallies, g.payers, g.receivers, NULL),
             'condition', chips.b64url_encode(l.condition), 'void', chips.b64url_encode(l.void_cond),
             'expires', (extract(epoch FROM l.expires - s.hop_step) * 1000)::bigint,
             'origin', l.origin, 'find', l.find, 'pay', l.pay));
-        RETURN;
+        RETURN true;
     END LOOP;
-    PERFORM chips._lift_settle(l.id, 'void', 'no route carries the lift now');
+    RETURN p_last AND l.kind = 'linear' AND s.parts > 1 AND chips._lift_split(l);
+END
+$$;
+
+-- Splits payment `l` over the routes its query found, widest first, into at most `parts` parts:
+-- each part a lift of its own (its own uuid, the payment's locks and signed document) with its
+-- own segment here and prepare. All of it, or nothing (false): a payment is never partly sent.
+CREATE FUNCTION chips._lift_split(l chips.lifts) RETURNS boolean
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    s chips.lift_settings := chips._lift_set();
+    e record;
+    g record;
+    p chips.lifts;
+    v_left bigint := l.units;
+    v_part bigint;
+    v_least bigint := (l.units + s.parts - 1) / s.parts;
+    n integer := 0;
+BEGIN
+    BEGIN
+        FOR e IN SELECT x.tally, x.max, x.hops, t.ent AS holder FROM chips.lift_routes x
+                 JOIN chips.tallies t ON t.tally_uuid = x.tally AND t.part_ent IS NULL
+                 WHERE x.query = l.query AND x.dir = 'out' AND x.status = 'found'
+                 ORDER BY x.max DESC, x.hops, x.id LOOP
+            EXIT WHEN v_left = 0 OR n = s.parts;
+            -- as much as the way there and the route beyond carry (what earlier parts reserved
+            -- here counts: their chits are pending)
+            v_part := least(v_left, e.max);
+            g := chips._route(l.payer, e.holder, v_part, NULL, e.tally);
+            IF NOT g.ok THEN
+                g := chips._route(l.payer, e.holder, least(v_least, v_part), NULL, e.tally);
+                CONTINUE WHEN NOT g.ok;
+                v_part := least(v_part, (SELECT min(c) FROM pg_catalog.unnest(g.caps) c));
+            END IF;
+            CONTINUE WHEN v_part < 1 OR chips._lift_lock(g.tallies, g.payers, g.receivers, v_part) <> 0;
+            INSERT INTO chips.lifts (lift_uuid, kind, status, units, role, origin, find, payer, query,
+                                     condition, void_cond, secret, void_secret, expires, pay, parent, tally_out)
+            VALUES (pg_catalog.gen_random_uuid(), 'linear', 'pend', v_part, 'origin', l.origin, l.find,
+                    l.payer, l.query, l.condition, l.void_cond, l.secret, l.void_secret, l.expires, l.pay,
+                    l.lift_uuid, e.tally)
+            RETURNING * INTO p;
+            PERFORM chips._lift_send(e.tally, 'prepare', pg_catalog.jsonb_build_object(
+                'lift', p.lift_uuid, 'payment', l.lift_uuid, 'kind', 'linear', 'query', l.query,
+                'units', v_part, 'chit', chips._lift_write(p, g.tallies, g.payers, g.receivers, NULL),
+                'condition', chips.b64url_encode(l.condition), 'void', chips.b64url_encode(l.void_cond),
+                'expires', (extract(epoch FROM l.expires - s.hop_step) * 1000)::bigint,
+                'origin', l.origin, 'find', l.find, 'pay', l.pay));
+            PERFORM chips._route_remember(l.find, e.tally, e.max, e.hops);
+            v_left := v_left - v_part;
+            n := n + 1;
+        END LOOP;
+        IF v_left > 0 THEN
+            RAISE EXCEPTION 'the routes found do not carry the payment together' USING ERRCODE = 'CHP01';
+        END IF;
+    EXCEPTION WHEN SQLSTATE 'CHP01' THEN
+        RETURN false;       -- nothing of it stays: no part row, chit or prepare
+    END;
+    UPDATE chips.lifts x SET status = 'pend' WHERE x.id = l.id;
+    RETURN true;
 END
 $$;
 
@@ -828,10 +951,13 @@ BEGIN
     v_target := chips._local_ent(v_find);
     IF v_target IS NOT NULL AND o->>'kind' = 'linear' THEN
         -- the payee is here: the payer's signature must cover this payment and its locks
-        IF o->'pay'->'doc'->>'lift' IS DISTINCT FROM v_lift::text
+        -- (a part of a split payment: the document names the payment, and all of it)
+        IF NOT coalesce((o->'pay'->'doc'->>'lift' = v_lift::text
+                         AND (o->'pay'->'doc'->>'units')::bigint = v_units)
+                        OR (o->'pay'->'doc'->>'lift' = o->>'payment' AND o->>'payment' <> v_lift::text
+                            AND (o->'pay'->'doc'->>'units')::bigint >= v_units), false)
            OR o->'pay'->'doc'->>'condition' IS DISTINCT FROM o->>'condition'
            OR o->'pay'->'doc'->>'void' IS DISTINCT FROM o->>'void'
-           OR (o->'pay'->'doc'->>'units')::bigint IS DISTINCT FROM v_units
            OR NOT chips._same_party(o->'pay'->'doc'->'to', v_find)
            OR NOT coalesce(chips.verify_signature(o->'pay'->>'key', o->'pay'->'doc', o->'pay'->>'sign'), false) THEN
             RETURN chips._lift_reject(msg, 'the payer''s signature does not cover this payment');
@@ -854,7 +980,7 @@ BEGIN
                 WHERE c.find_cuid = v_find->>'cuid' AND c.find_agent = v_find->>'agent'
                   AND c.expires > pg_catalog.now() AND c.max >= v_units) e
             WHERE e.tally <> t.tally_uuid AND v_next IS NOT NULL
-            ORDER BY e.pri, e.hops LOOP
+            ORDER BY e.max >= v_units DESC, e.pri, e.hops LOOP
             g := chips._route(t.ent, v_exit.holder, v_units, t.tally_uuid, v_exit.tally);
             CONTINUE WHEN NOT g.ok OR chips._lift_lock(g.tallies, g.payers, g.receivers, v_units) <> 0;
             v_out := v_exit.tally;
@@ -936,12 +1062,22 @@ BEGIN
     IF o->>'condition' IS DISTINCT FROM chips.b64url_encode(l.condition)
        OR o->>'void' IS DISTINCT FROM chips.b64url_encode(l.void_cond)
        OR (o->>'units')::bigint IS DISTINCT FROM l.units THEN
-        PERFORM chips._lift_decide(l.id, 'void', 'the payee was sent other terms');
+        PERFORM chips._lift_decide(chips._lift_payment(l), 'void', 'the payee was sent other terms');
         RETURN 'void';
     END IF;
     IF pg_catalog.now() >= l.expires THEN
-        PERFORM chips._lift_decide(l.id, 'void', 'expired');
+        PERFORM chips._lift_decide(chips._lift_payment(l), 'void', 'expired');
         RETURN 'void';
+    END IF;
+    IF l.parent IS NOT NULL THEN
+        -- a part of a split payment: good when every part is ready
+        UPDATE chips.lifts x SET ready = pg_catalog.now() WHERE x.id = l.id;
+        PERFORM 1 FROM chips.lifts x WHERE x.lift_uuid = l.parent FOR UPDATE;
+        IF EXISTS (SELECT 1 FROM chips.lifts x WHERE x.parent = l.parent AND x.ready IS NULL) THEN
+            RETURN 'ready';
+        END IF;
+        PERFORM chips._lift_decide(chips._lift_payment(l), 'good');
+        RETURN 'good';
     END IF;
     PERFORM chips._lift_decide(l.id, 'good');
     RETURN 'good';
@@ -958,7 +1094,8 @@ BEGIN
         RETURN 'ignored';
     END IF;
     IF l.role = 'origin' THEN
-        PERFORM chips._lift_decide(l.id, 'void', coalesce(msg->'object'->>'reason', 'rejected'));
+        -- (a part's: the whole payment voids, every part released at once)
+        PERFORM chips._lift_decide(chips._lift_payment(l), 'void', coalesce(msg->'object'->>'reason', 'rejected'));
         RETURN 'void';
     END IF;
     IF l.status = 'pend' THEN
@@ -1023,7 +1160,7 @@ BEGIN
         RETURN 'ignored';
     END IF;
     IF l.status = 'pend' AND pg_catalog.now() >= l.expires THEN
-        PERFORM chips._lift_decide(l.id, 'void', 'expired');
+        PERFORM chips._lift_decide(chips._lift_payment(l), 'void', 'expired');
         SELECT * INTO l FROM chips.lifts x WHERE x.id = l.id;
     END IF;
     IF l.status IN ('good', 'void') THEN
@@ -1075,8 +1212,13 @@ DECLARE
     v_in bigint;
 BEGIN
     SELECT * INTO l FROM chips.lifts x WHERE x.id = p_id;
-    INSERT INTO chips.lift_routes (query, dir, tally, lift, find, units, expires)
-    VALUES (l.query, 'in', NULL, l.lift_uuid, l.find, l.units,
+    -- a payment asks for routes that carry at least an even part of it (it may be split over up
+    -- to `parts` routes); a circle for its least units
+    -- (its mark: a random name only this site knows, so a query that comes back here is a loop)
+    INSERT INTO chips.lift_routes (query, dir, tally, lift, find, units, want, mark, expires)
+    VALUES (l.query, 'in', NULL, l.lift_uuid, l.find,
+            CASE WHEN l.kind = 'linear' THEN (l.units + s.parts - 1) / s.parts ELSE l.units END,
+            CASE WHEN l.kind = 'linear' THEN l.units END, pg_catalog.gen_random_uuid()::text,
             least(l.expires, pg_catalog.now() + s.query_life))
     RETURNING id INTO v_in;
     PERFORM chips._route_ask(v_in, l.payer, s.max_depth);
@@ -1267,7 +1409,7 @@ BEGIN
         queries := queries + 1;
     END LOOP;
     FOR r IN SELECT x.id, x.status FROM chips.lifts x
-             WHERE x.role = 'origin' AND x.status IN ('draft', 'seek', 'pend')
+             WHERE x.role = 'origin' AND x.status IN ('draft', 'seek', 'pend') AND x.parent IS NULL
                AND x.expires <= pg_catalog.now() LOOP
         PERFORM chips._lift_decide(r.id, 'void', 'expired');
         voided := voided + 1;

@@ -199,6 +199,11 @@ CREATE TABLE chips.lifts (
     reason      text,                   -- why it is void
     decided     timestamptz,            -- when it became good or void here
     asked       timestamptz,            -- when this site last asked the origin for the decision
+    -- a payment split over several routes (docs/protocol.md, "Split payments"): at the origin each
+    -- part is a lift of its own (its own uuid, tally out and units, the payment's locks) whose
+    -- parent is the payment; the payment has no chits and decides for all its parts at once
+    parent      uuid REFERENCES chips.lifts (lift_uuid),
+    ready       timestamptz,            -- a part: when its terminus said ready
     -- clearing rounds only (sql/rounds.sql): the attempt this site's part answers, and the date
     -- the coordinator gave the round's lift chits (so both halves of a tally write the same one)
     attempt     integer,
@@ -209,6 +214,7 @@ CREATE TABLE chips.lifts (
                               AND expires IS NOT NULL AND find IS NOT NULL AND origin IS NOT NULL))
 );
 CREATE INDEX lifts_open_idx ON chips.lifts (expires) WHERE status IN ('draft', 'seek', 'pend');
+CREATE INDEX lifts_parent_idx ON chips.lifts (parent) WHERE parent IS NOT NULL;
 
 -- The circles a local lift decomposes into, kept for audit: circle `circle` lowered by `units`
 -- every debt at `steps` (1-based positions in the lift's `tallies`, in order around the circle).
@@ -233,6 +239,9 @@ CREATE TABLE chips.lift_routes (
     lift        uuid,
     find        jsonb NOT NULL,
     units       bigint NOT NULL CHECK (units > 0),
+    want        bigint,                 -- in: what a route should carry to be answered at once (a payment's whole units)
+    mark        text,                   -- in: this site's random mark on the query it passes on (a query that
+                                        -- comes back carrying it went round in a loop)
     expires     timestamptz NOT NULL,
     status      text NOT NULL DEFAULT 'pend' CHECK (status IN ('pend', 'found', 'none')),
     max         bigint,                 -- the most the route can carry (found)
@@ -265,7 +274,9 @@ CREATE TABLE chips.lift_settings (
     max_depth   integer NOT NULL DEFAULT 8 CHECK (max_depth BETWEEN 1 AND 64),
     fanout      integer NOT NULL DEFAULT 8 CHECK (fanout BETWEEN 1 AND 64),
     cache_life  interval NOT NULL DEFAULT '1 minute' CHECK (cache_life >= interval '0'),
-    ask_every   interval NOT NULL DEFAULT '2 seconds' CHECK (ask_every >= interval '100 milliseconds')
+    ask_every   interval NOT NULL DEFAULT '2 seconds' CHECK (ask_every >= interval '100 milliseconds'),
+    -- the most routes a payment is split over when no one route carries all of it (1: never split)
+    parts       integer NOT NULL DEFAULT 4 CHECK (parts BETWEEN 1 AND 16)
 );
 
 -- Clearing rounds across sites (sql/rounds.sql). One row: the coordinator this site takes part

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use chips_core::clearing::{solve, Edge};
 use chips_tests::ring::{chad, pay_address_as};
-use chips_tests::{errmsg, free_port, percentile, sqlstate, Cluster, Sidecar, Site, User};
+use chips_tests::{errmsg, free_port, oracle, percentile, sqlstate, Cluster, Sidecar, Site, User};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -74,6 +74,9 @@ struct Stats {
     addr_good: AtomicUsize,
     addr_void: AtomicUsize,
     addr_none: AtomicUsize,
+    /// Every payment to a CHIP address: whether the whole network could have carried it when
+    /// it started (the oracle's max flow), and how it ended (good, or why not).
+    addr: Mutex<Vec<(bool, String)>>,
     errors: Mutex<HashMap<String, usize>>,
     tally_ms: Mutex<Vec<f64>>,
     addr_ms: Mutex<Vec<f64>>,
@@ -602,6 +605,32 @@ async fn go(
         stats.addr_void.load(Ordering::Relaxed),
         stats.addr_none.load(Ordering::Relaxed)
     );
+    {
+        // the oracle: how many of them the whole network could have carried when they started
+        let addr = stats.addr.lock().expect("stats").clone();
+        let could = addr.iter().filter(|(c, _)| *c).count();
+        let good_could = addr.iter().filter(|(c, h)| *c && h == "good").count();
+        println!(
+            "  payments to CHIP addresses: {} attempted, {} good; the network could have carried {could} of them (oracle: max flow over every site's tallies); good among those: {good_could} ({:.1} %)",
+            addr.len(),
+            addr.iter().filter(|(_, h)| h == "good").count(),
+            share(good_could as i64, could as i64)
+        );
+        let mut why: Vec<(String, usize, usize)> = Vec::new();
+        for (c, h) in addr.iter().filter(|(_, h)| h != "good") {
+            match why.iter_mut().find(|w| &w.0 == h) {
+                Some(w) => {
+                    w.1 += 1;
+                    w.2 += usize::from(*c);
+                }
+                None => why.push((h.clone(), 1, usize::from(*c))),
+            }
+        }
+        why.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        for (h, n, c) in why {
+            println!("    failed, {h}: {n} ({c} of them the network could have carried)");
+        }
+    }
     println!(
         "  total debt before clearing: {}   after: {}   cleared: {} ({:.1} %)",
         chips(before),
@@ -810,36 +839,59 @@ async fn act(net: &Net, stats: &Stats, rng: &mut StdRng) {
         let payee = others[rng.gen_range(0..others.len())];
         let to = chad(&net.sites[payee.site], &payee.user);
         let units = rng.gen_range(100..=3_000);
+        // the oracle: could the network as it is now carry the payment at all?
+        let sites: Vec<&tokio_postgres::Client> = net.sites.iter().map(|s| &s.admin).collect();
+        let could = match oracle::Graph::read(&sites).await {
+            Ok(g) => {
+                g.max_flow(
+                    &oracle::node(&chad(&net.sites[payer.site], &payer.user)),
+                    &oracle::node(&to),
+                ) >= units
+            }
+            Err(e) => return stats.error(db(e)),
+        };
+        let end = |how: &str| {
+            stats
+                .addr
+                .lock()
+                .expect("stats")
+                .push((could, how.to_string()))
+        };
         let start = Instant::now();
         match pay_address_as(&payer.user.db, &payer.user.key, &to, units).await {
             Ok(lift) => loop {
-                let status: Result<String, _> = net.sites[payer.site]
+                let status: Result<(String, Option<String>), _> = net.sites[payer.site]
                     .admin
                     .query_one(
-                        "SELECT status FROM chips.lifts WHERE lift_uuid = $1",
+                        "SELECT status, reason FROM chips.lifts WHERE lift_uuid = $1",
                         &[&lift],
                     )
                     .await
-                    .map(|r| r.get(0));
-                match status.as_deref() {
-                    Ok("good") => {
+                    .map(|r| (r.get(0), r.get(1)));
+                match status.as_ref().map(|(s, r)| (s.as_str(), r.as_deref())) {
+                    Ok(("good", _)) => {
+                        end("good");
                         stats.addr_good.fetch_add(1, Ordering::Relaxed);
                         let ms = start.elapsed().as_secs_f64() * 1e3;
                         stats.addr_ms.lock().expect("stats").push(ms);
                         return;
                     }
-                    Ok("void") => {
+                    Ok(("void", reason)) => {
+                        end(reason.unwrap_or("void"));
                         stats.addr_void.fetch_add(1, Ordering::Relaxed);
                         return;
                     }
                     Ok(_) if start.elapsed() < Duration::from_secs(60) => {
                         tokio::time::sleep(Duration::from_millis(2)).await
                     }
-                    Ok(s) => return stats.error(format!("a payment lift still {s} after 60 s")),
+                    Ok((s, _)) => {
+                        return stats.error(format!("a payment lift still {s} after 60 s"))
+                    }
                     Err(e) => return stats.error(errmsg(e)),
                 }
             },
             Err(e) if sqlstate(&e) == "55000" => {
+                end("no tally of the payer's leads out");
                 stats.addr_none.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => stats.error(db(e)),

@@ -19,6 +19,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Connects and drives the connection on a background task.
 pub mod faults;
 pub mod load;
+pub mod oracle;
 pub mod ring;
 
 pub async fn connect(dsn: &str) -> Result<Client> {

@@ -79,16 +79,47 @@ impl Net {
             }
         }
         relay_all(&all).await.unwrap();
-        for s in &sites {
-            s.admin
-                .execute(
-                    "SELECT chips.lift_configure(life => '3 seconds', hop_step => '300 ms', \
-                     min_window => '200 ms', ask_every => '200 ms', query_life => '2 seconds')",
-                    &[],
-                )
+        quick_lifts(&sites).await;
+        Net {
+            sites,
+            users,
+            tallies,
+        }
+    }
+
+    /// Four sites in a diamond, one user each: P (site 0) pays Q (site 3) through A (site 1)
+    /// or B (site 2). Tallies P -> A, P -> B (tallies[0]), A -> Q (tallies[1]) and B -> Q
+    /// (tallies[2]), each one's receiver the vendor, offering `via_a` on both tallies of the
+    /// way through A and `via_b` on the way through B.
+    pub async fn diamond(tag: &str, via_a: i64, via_b: i64, ports: [u16; 4]) -> Net {
+        let cluster = Cluster::from_env();
+        let mut sites = Vec::new();
+        let mut users = Vec::new();
+        for (k, port) in ports.into_iter().enumerate() {
+            let s = cluster
+                .site(&format!("chips_diamond_{tag}_{k}"), port)
                 .await
                 .unwrap();
+            let name = ["P", "A", "B", "Q"][k];
+            users.push(vec![s
+                .user(name, &format!("{}{k}", name.to_lowercase()))
+                .await
+                .unwrap()]);
+            sites.push(s);
         }
+        let all: Vec<&Site> = sites.iter().collect();
+        let mut tallies = vec![Vec::new(); 4];
+        for (client, vendor, target) in [(0, 1, via_a), (0, 2, via_b), (1, 3, via_a), (2, 3, via_b)]
+        {
+            let (v, c) = (&users[vendor][0], &users[client][0]);
+            let t = v.open_with(c, target.max(1000), &all).await.unwrap();
+            v.settings(t, json!({"target": target, "bound": target}))
+                .await
+                .unwrap();
+            tallies[client].push(t);
+        }
+        relay_all(&all).await.unwrap();
+        quick_lifts(&sites).await;
         Net {
             sites,
             users,
@@ -262,6 +293,20 @@ impl Net {
             out.push(ps);
         }
         out
+    }
+}
+
+/// Lift timers short enough for tests (a lift lives 3 s).
+async fn quick_lifts(sites: &[Site]) {
+    for s in sites {
+        s.admin
+            .execute(
+                "SELECT chips.lift_configure(life => '3 seconds', hop_step => '300 ms', \
+                 min_window => '200 ms', ask_every => '200 ms', query_life => '2 seconds')",
+                &[],
+            )
+            .await
+            .unwrap();
     }
 }
 

@@ -414,3 +414,129 @@ async fn route_queries_hide_the_payee(net: &Net, cuid: &str, blind: &[usize]) {
         assert_eq!(stored, 0, "site {k} stored the payee's cuid");
     }
 }
+
+/// The parts of split payment `l` at its origin (site 0): units and status, widest first.
+async fn parts(net: &Net, l: Uuid) -> Vec<(i64, String)> {
+    net.sites[0]
+        .admin
+        .query(
+            "SELECT units, status FROM chips.lifts WHERE parent = $1 ORDER BY units DESC",
+            &[&l],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_payment_no_one_route_carries_goes_split_over_two() {
+    // through A 600, through B 500: 1,000 goes only over both
+    let net = Net::diamond("split", 600, 500, [47160, 47161, 47162, 47163]).await;
+    let (payer, payee) = (&net.users[0][0], &net.users[3][0]);
+    let to = chad(&net.sites[3], payee);
+    let before = net.positions().await;
+
+    let l = pay_address(payer, &to, 1000).await.unwrap();
+    net.settle_all().await;
+    assert_eq!(
+        net.lift_status(l).await,
+        vec![(0, "good".to_string(), "origin".to_string())]
+    );
+    assert_eq!(
+        parts(&net, l).await,
+        vec![(600, "good".to_string()), (400, "good".to_string())],
+        "the widest route takes all it can, the other the rest"
+    );
+    net.check_consistent().await;
+    let after = net.positions().await;
+    let moved: Vec<i64> = (0..4).map(|k| after[k][0] - before[k][0]).collect();
+    assert_eq!(moved, [-1000, 0, 0, 1000], "A and B only pass it on");
+    // the payer sees one payment, whatever its parts
+    let listed: Vec<Uuid> = payer
+        .db
+        .query("SELECT DISTINCT lift FROM chips.lifts_list()", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(listed, [l]);
+    // its queries named the payee blinded, at every site
+    route_queries_hide_the_payee(&net, &payee.cuid, &[]).await;
+
+    // what is left (through B 100) does not carry 101: void (or refused at once), nothing moves
+    match pay_address(payer, &to, 101).await {
+        Ok(l) => {
+            net.settle_all().await;
+            assert!(net.lift_status(l).await.iter().all(|(_, s, _)| s == "void"));
+        }
+        Err(e) => assert_eq!(sqlstate(&e), "55000", "{e}"),
+    }
+    net.check_consistent().await;
+    assert_eq!(net.positions().await, after);
+    // and with splitting off, a single route only: 100 still goes
+    net.sites[0]
+        .admin
+        .execute("SELECT chips.lift_configure(parts => 1)", &[])
+        .await
+        .unwrap();
+    let l = pay_address(payer, &to, 100).await.unwrap();
+    net.settle_all().await;
+    assert_eq!(net.lift_status(l).await[0].1, "good");
+    assert!(parts(&net, l).await.is_empty(), "one route: no parts");
+    net.check_consistent().await;
+}
+
+#[tokio::test]
+async fn a_part_refused_mid_prepare_voids_the_whole_payment_at_once() {
+    let net = Net::diamond("splitdie", 600, 500, [47170, 47171, 47172, 47173]).await;
+    let (payer, payee) = (&net.users[0][0], &net.users[3][0]);
+    let to = chad(&net.sites[3], payee);
+    let before = net.positions().await;
+
+    let l = pay_address(payer, &to, 1000).await.unwrap();
+    // discovery only: the prepares stay in the origin's outbox
+    for _ in 0..20 {
+        relay_except(&net, |m| m["action"] == "prepare").await;
+    }
+    assert_eq!(parts(&net, l).await.len(), 2, "split in two");
+    // meanwhile B pays Q directly all the way through B could carry
+    let (b, bq) = (&net.users[2][0], net.tallies[2][0]);
+    b.pay(bq, 500, "direct").await.unwrap();
+    // the part through B is refused at B's site; the origin voids the payment at once, and
+    // every site the other part reached releases what it reserved: no waiting for the expiry
+    net.settle().await;
+    let st = net.lift_status(l).await;
+    assert_eq!(st, vec![(0, "void".to_string(), "origin".to_string())]);
+    let reason: String = net.sites[0]
+        .admin
+        .query_one("SELECT reason FROM chips.lifts WHERE lift_uuid = $1", &[&l])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(reason, "no route on from here carries the lift");
+    assert!(parts(&net, l).await.iter().all(|(_, s)| s == "void"));
+    for (k, s) in net.sites.iter().enumerate() {
+        let open: i64 = s
+            .admin
+            .query_one(
+                "SELECT count(*) FROM chips.chits WHERE status = 'pend' AND lift_id IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(open, 0, "site {k} still holds a part of the payment");
+    }
+    net.check_consistent().await;
+    let after = net.positions().await;
+    let moved: Vec<i64> = (0..4).map(|k| after[k][0] - before[k][0]).collect();
+    assert_eq!(moved, [0, 0, -500, 500], "only B's own payment moved");
+    // what the dead attempt held is free at once: 600 goes through A alone
+    let l = pay_address(payer, &to, 600).await.unwrap();
+    net.settle_all().await;
+    assert_eq!(net.lift_status(l).await[0].1, "good");
+    net.check_consistent().await;
+}

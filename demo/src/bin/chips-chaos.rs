@@ -22,7 +22,7 @@ use chips_core::sign::KeyPair;
 use chips_tests::faults::FaultyProxy;
 use chips_tests::ring::pay_address_as;
 use chips_tests::{
-    connect, eventually, free_port, sqlstate, Cluster, PrivateCluster, Sidecar, User,
+    connect, eventually, free_port, oracle, sqlstate, Cluster, PrivateCluster, Sidecar, User,
 };
 use clap::Parser;
 use rand::rngs::StdRng;
@@ -102,6 +102,9 @@ struct Stats {
     chipsd_kills: AtomicUsize,
     pg_crashes: AtomicUsize,
     chipsd_restarts: AtomicUsize,
+    /// Payments to CHIP addresses that started: the payer's site, the lift, and whether the
+    /// whole network could have carried it then (None: a site was down, nobody knows).
+    payments: std::sync::Mutex<Vec<(usize, Uuid, Option<bool>)>>,
 }
 
 impl Stats {
@@ -118,6 +121,20 @@ type Res<T> = Result<T, String>;
 
 fn e(x: tokio_postgres::Error) -> String {
     format!("{} ({})", chips_tests::errmsg(&x), sqlstate(&x))
+}
+
+/// The oracle: whether the whole network (every site's tallies, read by their DBA) could carry
+/// `units` from `from` to `to` now; None when a site cannot be read (it is down).
+async fn could_carry(sites: &[Site], from: &Person, to: &Person, units: i64) -> Option<bool> {
+    let mut dbs = Vec::new();
+    for s in sites {
+        dbs.push(connect(&s.dsn).await.ok()?);
+    }
+    let g = oracle::Graph::read(&dbs.iter().collect::<Vec<_>>())
+        .await
+        .ok()?;
+    let node = |p: &Person| oracle::node(&json!({"cuid": p.cuid, "agent": sites[p.site].agent}));
+    Some(g.max_flow(&node(from), &node(to)) >= units)
 }
 
 /// `person` as a client of their site (a fresh connection: the last may have died in a crash).
@@ -423,6 +440,49 @@ async fn run(args: Args) -> Res<bool> {
         );
     }
     println!("  operations: {att} attempted, {com} committed");
+    {
+        // how the payments to CHIP addresses ended, against what the network could carry
+        let payments = stats.payments.lock().expect("stats").clone();
+        let mut dbs = Vec::new();
+        for s in sites.iter() {
+            dbs.push(connect(&s.dsn).await.map_err(e)?);
+        }
+        let (mut good, mut could, mut good_could, mut unknown) = (0, 0, 0, 0);
+        let mut why: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        for (k, lift, c) in &payments {
+            let r = dbs[*k]
+                .query_one(
+                    "SELECT status, coalesce(reason, status) FROM chips.lifts WHERE lift_uuid = $1",
+                    &[lift],
+                )
+                .await
+                .map_err(e)?;
+            let (st, reason): (String, String) = (r.get(0), r.get(1));
+            let c = match c {
+                Some(c) => *c,
+                None => {
+                    unknown += 1;
+                    false
+                }
+            };
+            could += usize::from(c);
+            if st == "good" {
+                good += 1;
+                good_could += usize::from(c);
+            } else {
+                let w = why.entry(reason).or_default();
+                w.0 += 1;
+                w.1 += usize::from(c);
+            }
+        }
+        println!(
+            "  payments to CHIP addresses that started: {}, {good} good; the network could have carried {could} of them (oracle; {unknown} unknown: a site was down); good among those: {good_could}",
+            payments.len()
+        );
+        for (reason, (n, c)) in why {
+            println!("    failed, {reason}: {n} ({c} of them the network could have carried)");
+        }
+    }
     let mut frames = 0;
     for (k, s) in sites.iter().enumerate() {
         frames += s.proxy.injected();
@@ -673,9 +733,14 @@ async fn traffic(
                 }
             };
             let addr = json!({"cuid": to.cuid, "agent": sites[to.site].agent});
-            pay_address_as(&u.db, &u.key, &addr, rng.gen_range(1..=3_000))
+            let units = rng.gen_range(1..=3_000);
+            let could = could_carry(sites, p, to, units).await;
+            pay_address_as(&u.db, &u.key, &addr, units)
                 .await
-                .map(|_| ())
+                .map(|lift| {
+                    let mut v = stats.payments.lock().expect("stats");
+                    v.push((p.site, lift, could));
+                })
         }
     };
     match r {

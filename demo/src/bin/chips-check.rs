@@ -125,7 +125,8 @@ async fn check(args: Args) -> Result<Vec<String>, String> {
             problems.push(format!("{site}: tally {t} {side} half of {ent}: {check}: {detail}"));
         }
         // Net positions move only by the users' own transactions: their chits, and the payments
-        // they made or received through other people's tallies (good linear lifts).
+        // they made or received through other people's tallies (good linear lifts; a split
+        // payment once, not again for each of its parts).
         for r in db
             .query(
                 "SELECT u.ent,
@@ -135,7 +136,7 @@ async fn check(args: Args) -> Result<Vec<String>, String> {
                          + coalesce((SELECT sum(CASE WHEN l.payee = u.ent THEN l.units ELSE 0 END)
                                           - sum(CASE WHEN l.payer = u.ent THEN l.units ELSE 0 END)
                                      FROM chips.lifts l
-                                     WHERE l.kind = 'linear' AND l.status = 'good'
+                                     WHERE l.kind = 'linear' AND l.status = 'good' AND l.parent IS NULL
                                        AND u.ent IN (l.payer, l.payee)), 0))::bigint
                  FROM chips.users u",
                 &[],
