@@ -379,7 +379,7 @@ $$;
 CREATE FUNCTION chips._lift_payment(l chips.lifts) RETURNS bigint
 LANGUAGE sql STABLE
 AS $$
-    SELECT coalesce((SELECT x.id FROM chips.lifts x WHERE x.lift_uuid = l.parent), l.id)
+    SELECT coalesce((SELECT x.id FROM chips.lifts x WHERE x.lift_uuid = l.parent AND x.role = 'origin'), l.id)
 $$;
 
 -- The origin decides: good (only if the lift is ready, before its expiry) or void; the decision
@@ -492,12 +492,15 @@ BEGIN
         RETURN;
     END IF;
     v_whole := greatest(r.units, coalesce(r.want, r.units));
+    -- (each way a query came in on waits only for the exits it asked itself: a query that comes
+    -- back to a site over another tally never waits for itself)
     v_waiting := r.expires > pg_catalog.now()
-                 AND EXISTS (SELECT 1 FROM chips.lift_routes x WHERE x.query = r.query AND x.dir = 'out' AND x.status = 'pend');
+                 AND EXISTS (SELECT 1 FROM chips.lift_routes x WHERE x.query = r.query AND x.dir = 'out'
+                             AND x.status = 'pend' AND x.asker = r.id);
     IF r.tally IS NULL THEN
         -- asked here: the lift starts on a way that carries all of it; a payment no one way
         -- carries waits for every exit's answer (or the query's end) and is split over them
-        SELECT * INTO l FROM chips.lifts x WHERE x.lift_uuid = r.lift;
+        SELECT * INTO l FROM chips.lifts x WHERE x.lift_uuid = r.lift AND x.role = 'origin';
         IF l.status = 'seek' AND chips._lift_start(l.id, NOT v_waiting) THEN
             UPDATE chips.lift_routes x SET status = 'found' WHERE x.id = r.id;
         ELSIF NOT v_waiting THEN
@@ -551,11 +554,10 @@ BEGIN
 END
 $$;
 
--- Passes a query on from `p_from` over up to fanout exits, with the marks of the sites it passed
--- (`p_marks`) and this site's own; answers at once from the cache. Returns how many exits it
+-- Passes a query on from `p_from` over up to fanout exits it was not sent on yet; answers at
+-- once from the cache. Returns how many exits it
 -- asked (0: answered none).
-CREATE FUNCTION chips._route_ask(p_in bigint, p_from text, p_depth integer, p_marks jsonb DEFAULT NULL)
-RETURNS integer
+CREATE FUNCTION chips._route_ask(p_in bigint, p_from text, p_depth integer) RETURNS integer
 LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -568,29 +570,28 @@ BEGIN
     IF p_depth >= 1 THEN
         FOR e IN SELECT * FROM chips._lift_exits(p_from, r.units, r.find, r.tally) x
                  WHERE NOT EXISTS (SELECT 1 FROM chips.lift_routes y
-                                   WHERE y.query = r.query AND y.dir = 'in' AND y.tally = x.tally)
+                                   WHERE y.query = r.query AND y.tally = x.tally)
                  LIMIT s.fanout LOOP
             -- a circle goes out at once on a way the cache knows; a payment always asks (`want`
             -- set): the ways beyond an exit move with every payment, and a way learnt a minute
             -- ago is too often gone by the time the prepare follows it
             IF e.cached AND r.want IS NULL THEN
-                INSERT INTO chips.lift_routes (query, dir, tally, find, units, expires, status, max, hops)
-                SELECT r.query, 'out', e.tally, r.find, r.units, r.expires, 'found', e.max, c.hops
+                INSERT INTO chips.lift_routes (query, dir, tally, find, units, expires, status, max, hops, asker)
+                SELECT r.query, 'out', e.tally, r.find, r.units, r.expires, 'found', e.max, c.hops, r.id
                 FROM chips.lift_route_cache c
                 WHERE c.tally = e.tally AND c.find_cuid = r.find->>'cuid' AND c.find_agent = r.find->>'agent'
                 ON CONFLICT DO NOTHING;
                 n := n + 1;
                 EXIT;   -- a cached route answers at once
             END IF;
-            INSERT INTO chips.lift_routes (query, dir, tally, find, units, expires)
-            VALUES (r.query, 'out', e.tally, r.find, r.units, r.expires)
+            INSERT INTO chips.lift_routes (query, dir, tally, find, units, expires, asker)
+            VALUES (r.query, 'out', e.tally, r.find, r.units, r.expires, r.id)
             ON CONFLICT DO NOTHING;
             IF FOUND THEN
                 PERFORM chips._lift_send(e.tally, 'query', pg_catalog.jsonb_build_object(
                     'query', r.query, 'link', chips._link_id(r.query, e.tally),
                     'find', chips._find_blind(r.query, r.find),
                     'units', r.units, 'want', coalesce(r.want, r.units), 'depth', p_depth - 1,
-                    'marks', coalesce(p_marks, '[]') || pg_catalog.jsonb_build_array(r.mark),
                     'expires', (extract(epoch FROM r.expires) * 1000)::bigint));
                 n := n + 1;
             END IF;
@@ -630,14 +631,11 @@ DECLARE
     v_expires timestamptz;
     v_target text;
     v_want bigint;
-    v_marks jsonb := coalesce(o->'marks', '[]');
-    v_mark text;
     g record;
     r chips.lift_routes;
     s chips.lift_settings := chips._lift_set();
 BEGIN
-    IF o->>'query' IS NULL OR pg_catalog.jsonb_typeof(o->'find') IS DISTINCT FROM 'object'
-       OR pg_catalog.jsonb_typeof(v_marks) IS DISTINCT FROM 'array' THEN
+    IF o->>'query' IS NULL OR pg_catalog.jsonb_typeof(o->'find') IS DISTINCT FROM 'object' THEN
         RAISE EXCEPTION 'a route query has query, find, units >= 1, depth and expires' USING ERRCODE = '22023';
     END IF;
     BEGIN
@@ -672,14 +670,10 @@ BEGIN
         RETURN 'ignored';     -- this query came this way already
     END IF;
     v_target := chips._find_local(o->>'query', v_find);
-    -- this site's mark on the query (the one it gave it when it came first, if it did)
-    SELECT x.mark INTO v_mark FROM chips.lift_routes x
-    WHERE x.query = o->>'query' AND x.dir = 'in' AND x.mark IS NOT NULL LIMIT 1;
     -- (it waits for its own exits a step less than its asker does, so that its answer, found or
     -- none, reaches the asker before the asker stops waiting: query_life / (max_depth + 1) a hop)
-    INSERT INTO chips.lift_routes (query, dir, tally, find, units, want, mark, expires)
+    INSERT INTO chips.lift_routes (query, dir, tally, find, units, want, expires)
     VALUES (o->>'query', 'in', t.tally_uuid, v_find, v_units, v_want,
-            coalesce(v_mark, pg_catalog.gen_random_uuid()::text),
             least(v_expires - s.query_life / (s.max_depth + 1), pg_catalog.now() + s.query_life))
     RETURNING * INTO r;
     IF chips._recv_capacity(t, (t.part_sets->>'clutch')::double precision) < v_units THEN
@@ -705,15 +699,10 @@ BEGIN
         PERFORM chips._route_reply(r);
         RETURN 'found';
     END IF;
-    IF v_mark IS NOT NULL AND v_marks @> pg_catalog.jsonb_build_array(v_mark) THEN
-        -- a loop: the query passed this site on its way here
-        UPDATE chips.lift_routes x SET status = 'none' WHERE x.id = r.id RETURNING * INTO r;
-        PERFORM chips._route_reply(r);
-        RETURN 'none';
-    END IF;
-    -- (a query that reaches a relay again over another tally, not round a loop, goes on from
-    -- there too: the parts of a split payment may pass a site more than once)
-    IF chips._route_ask(r.id, t.ent, v_depth, v_marks) = 0 THEN
+    -- (a query that reaches a site again over another tally, even the origin's, goes on from
+    -- there over the exits it was not sent on yet: a lift may pass a site more than once, over
+    -- distinct tallies; the depth and the tallies bound how far it goes)
+    IF chips._route_ask(r.id, t.ent, v_depth) = 0 THEN
         RETURN 'none';
     END IF;
     RETURN 'asked';
@@ -922,10 +911,12 @@ BEGIN
        OR (v_doc->>'units')::bigint IS DISTINCT FROM v_units OR v_doc->'ref'->>'lift' IS DISTINCT FROM v_lift::text THEN
         RAISE EXCEPTION 'the chit of a prepare is the sender''s lift chit for this lift and units' USING ERRCODE = '22023';
     END IF;
-    SELECT * INTO l FROM chips.lifts x WHERE x.lift_uuid = v_lift FOR UPDATE;
-    IF FOUND THEN
-        IF l.role = 'origin' AND l.kind = 'circular' AND o->>'kind' = 'circular' AND l.status = 'pend'
-           AND l.tally_in IS NULL AND l.units = v_units THEN
+    IF EXISTS (SELECT 1 FROM chips.lifts x WHERE x.lift_uuid = v_lift AND x.tally_in = t.tally_uuid) THEN
+        RETURN 'ignored';       -- this prepare again
+    END IF;
+    SELECT * INTO l FROM chips.lifts x WHERE x.lift_uuid = v_lift AND x.kind <> 'local' AND x.role = 'origin' FOR UPDATE;
+    IF FOUND AND l.kind = 'circular' THEN
+        IF o->>'kind' = 'circular' AND l.status = 'pend' AND l.tally_in IS NULL AND l.units = v_units THEN
             -- the circle is closed: the lift came back; reserve from here to where it began
             g := chips._route(t.ent, l.payer, v_units, t.tally_uuid);
             IF NOT g.ok OR pg_catalog.now() >= l.expires
@@ -938,11 +929,14 @@ BEGIN
             PERFORM chips._lift_decide(l.id, 'good');
             RETURN 'good';
         END IF;
-        IF l.tally_in = t.tally_uuid THEN
-            RETURN 'ignored';       -- this prepare again
-        END IF;
-        RETURN chips._lift_reject(msg, 'the lift passes this site already');
+        RETURN chips._lift_reject(msg, 'the circle passes this site already');
     END IF;
+    IF EXISTS (SELECT 1 FROM chips.lifts x WHERE x.lift_uuid = v_lift AND (x.kind NOT IN ('linear', 'circular')
+                                                                      OR x.kind <> o->>'kind')) THEN
+        RETURN chips._lift_reject(msg, 'the lift is of another kind here');
+    END IF;
+    -- (a linear lift that passes this site again, over another tally, even back at its origin's
+    -- site, is a passage of its own here: a row of its own, by the tally it came in on)
     v_now := (extract(epoch FROM pg_catalog.now()) * 1000)::bigint;
     IF chips._lift_next_expiry(v_expires, v_now, 0, v_min) IS NULL THEN
         RETURN chips._lift_reject(msg, 'expired');
@@ -1018,21 +1012,33 @@ $$;
 -- Ready, reject, decisions, status
 ------------------------------------------------------------------------------------------------
 
--- The lift a message names, locked; 'ignored' handling is the caller's.
-CREATE FUNCTION chips._msg_lift(msg jsonb) RETURNS chips.lifts
+-- The lift a message names, locked; 'ignored' handling is the caller's. A lift has a row here
+-- for each way it passes this site: `p_which` 'origin' is the origin's row (ready, status), 'out'
+-- the row whose tally out the sender holds the other half of (reject), 'any' the first.
+CREATE FUNCTION chips._msg_lift(msg jsonb, p_which text DEFAULT 'any') RETURNS chips.lifts
 LANGUAGE plpgsql
 AS $$
 DECLARE
     l chips.lifts;
-    v_lift uuid;
+    v_lift uuid := chips._msg_lift_uuid(msg);
 BEGIN
-    BEGIN
-        v_lift := (msg->'object'->>'lift')::uuid;
-    EXCEPTION WHEN invalid_text_representation THEN
-        RAISE EXCEPTION 'lift % is not a UUID', msg->'object'->>'lift' USING ERRCODE = '22P02';
-    END;
-    SELECT * INTO l FROM chips.lifts x WHERE x.lift_uuid = v_lift AND x.kind <> 'local' FOR UPDATE;
+    SELECT * INTO l FROM chips.lifts x
+    WHERE x.lift_uuid = v_lift AND x.kind NOT IN ('local', 'round')
+      AND CASE p_which WHEN 'origin' THEN x.role = 'origin'
+                       WHEN 'out' THEN x.tally_out IS NOT NULL AND chips._from_partner(msg, x.tally_out)
+                       ELSE true END
+    ORDER BY x.id LIMIT 1 FOR UPDATE;
     RETURN l;
+END
+$$;
+
+CREATE FUNCTION chips._msg_lift_uuid(msg jsonb) RETURNS uuid
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    RETURN (msg->'object'->>'lift')::uuid;
+EXCEPTION WHEN invalid_text_representation THEN
+    RAISE EXCEPTION 'lift % is not a UUID', msg->'object'->>'lift' USING ERRCODE = '22P02';
 END
 $$;
 
@@ -1049,7 +1055,7 @@ CREATE FUNCTION chips._recv_lift_ready(msg jsonb) RETURNS text
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    l chips.lifts := chips._msg_lift(msg);
+    l chips.lifts := chips._msg_lift(msg, 'origin');
     o jsonb := msg->'object';
 BEGIN
     IF l.id IS NULL OR l.role <> 'origin' OR l.kind <> 'linear'
@@ -1088,7 +1094,7 @@ CREATE FUNCTION chips._recv_lift_reject(msg jsonb) RETURNS text
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    l chips.lifts := chips._msg_lift(msg);
+    l chips.lifts := chips._msg_lift(msg, 'out');
 BEGIN
     IF l.id IS NULL OR l.tally_out IS NULL OR NOT chips._from_partner(msg, l.tally_out) THEN
         RETURN 'ignored';
@@ -1108,37 +1114,41 @@ $$;
 
 -- commit {lift, secret} / void {lift, secret}: from the upstream partner (the secret must open
 -- the lock), or from the origin directly (its word is the decision).
+-- (the decision is the lift's, proved by its secret: it settles every way the lift passes this
+-- site, whichever way it came in on)
 CREATE FUNCTION chips._recv_lift_decision(msg jsonb) RETURNS text
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    l chips.lifts := chips._msg_lift(msg);
+    l chips.lifts;
+    v_lift uuid := chips._msg_lift_uuid(msg);
     v_status text := CASE msg->>'action' WHEN 'commit' THEN 'good' ELSE 'void' END;
     v_secret bytea := chips.b64url_decode(msg->'object'->>'secret');
     v_proved boolean;
+    v_result text := 'ignored';
 BEGIN
-    IF l.id IS NULL OR l.role = 'origin' THEN
-        RETURN 'ignored';
-    END IF;
-    v_proved := chips._lift_opens(v_secret, CASE v_status WHEN 'good' THEN l.condition ELSE l.void_cond END);
-    IF NOT v_proved AND NOT (msg->'from'->>'agent' = l.origin->>'agent' AND v_status = 'void') THEN
-        RETURN 'refused: the secret does not open the lift''s lock';
-    END IF;
-    IF l.status = v_status THEN
-        RETURN 'ignored';
-    END IF;
-    IF l.status <> 'pend' THEN
-        RAISE EXCEPTION 'lift % is % here, and the origin says %', l.lift_uuid, l.status, v_status
-            USING ERRCODE = '55000';
-    END IF;
-    UPDATE chips.lifts x SET secret = CASE WHEN v_status = 'good' THEN v_secret END,
-        void_secret = CASE WHEN v_status = 'void' AND v_proved THEN v_secret END
-    WHERE x.id = l.id;
-    IF l.tally_out IS NOT NULL THEN
-        PERFORM chips._lift_send(l.tally_out, msg->>'action', msg->'object');
-    END IF;
-    PERFORM chips._lift_settle(l.id, v_status, CASE WHEN v_status = 'void' THEN 'voided by the origin' END);
-    RETURN v_status;
+    FOR l IN SELECT * FROM chips.lifts x
+             WHERE x.lift_uuid = v_lift AND x.kind IN ('linear', 'circular') AND x.role <> 'origin'
+             ORDER BY x.id FOR UPDATE LOOP
+        v_proved := chips._lift_opens(v_secret, CASE v_status WHEN 'good' THEN l.condition ELSE l.void_cond END);
+        IF NOT v_proved AND NOT (msg->'from'->>'agent' = l.origin->>'agent' AND v_status = 'void') THEN
+            RETURN 'refused: the secret does not open the lift''s lock';
+        END IF;
+        CONTINUE WHEN l.status = v_status;
+        IF l.status <> 'pend' THEN
+            RAISE EXCEPTION 'lift % is % here, and the origin says %', l.lift_uuid, l.status, v_status
+                USING ERRCODE = '55000';
+        END IF;
+        UPDATE chips.lifts x SET secret = CASE WHEN v_status = 'good' THEN v_secret END,
+            void_secret = CASE WHEN v_status = 'void' AND v_proved THEN v_secret END
+        WHERE x.id = l.id;
+        IF l.tally_out IS NOT NULL THEN
+            PERFORM chips._lift_send(l.tally_out, msg->>'action', msg->'object');
+        END IF;
+        PERFORM chips._lift_settle(l.id, v_status, CASE WHEN v_status = 'void' THEN 'voided by the origin' END);
+        v_result := v_status;
+    END LOOP;
+    RETURN v_result;
 END
 $$;
 
@@ -1148,8 +1158,11 @@ CREATE FUNCTION chips._recv_lift_status(msg jsonb) RETURNS text
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    l chips.lifts := chips._msg_lift(msg);
+    l chips.lifts := chips._msg_lift(msg, 'origin');
 BEGIN
+    IF l.id IS NULL AND (chips._msg_lift(msg)).id IS NOT NULL THEN
+        RETURN 'ignored';       -- it only passes this site
+    END IF;
     IF l.id IS NULL THEN
         -- never started here: there is no decision to wait for
         PERFORM chips._send(msg->'to', msg->'from', 'lift', 'void',
@@ -1214,12 +1227,10 @@ BEGIN
     SELECT * INTO l FROM chips.lifts x WHERE x.id = p_id;
     -- a payment asks for routes that carry at least an even part of it (it may be split over up
     -- to `parts` routes); a circle for its least units
-    -- (its mark: a random name only this site knows, so a query that comes back here is a loop)
-    INSERT INTO chips.lift_routes (query, dir, tally, lift, find, units, want, mark, expires)
+    INSERT INTO chips.lift_routes (query, dir, tally, lift, find, units, want, expires)
     VALUES (l.query, 'in', NULL, l.lift_uuid, l.find,
             CASE WHEN l.kind = 'linear' THEN (l.units + s.parts - 1) / s.parts ELSE l.units END,
-            CASE WHEN l.kind = 'linear' THEN l.units END, pg_catalog.gen_random_uuid()::text,
-            least(l.expires, pg_catalog.now() + s.query_life))
+            CASE WHEN l.kind = 'linear' THEN l.units END, least(l.expires, pg_catalog.now() + s.query_life))
     RETURNING id INTO v_in;
     PERFORM chips._route_ask(v_in, l.payer, s.max_depth);
 END
@@ -1404,7 +1415,7 @@ BEGIN
              WHERE x.dir = 'in' AND x.status = 'pend' AND x.expires <= pg_catalog.now() LOOP
         UPDATE chips.lift_routes x SET status = 'none'
         WHERE x.query = (SELECT y.query FROM chips.lift_routes y WHERE y.id = r.id)
-          AND x.dir = 'out' AND x.status = 'pend';
+          AND x.dir = 'out' AND x.status = 'pend' AND x.asker = r.id;
         PERFORM chips._route_answer(r.id);
         queries := queries + 1;
     END LOOP;

@@ -172,7 +172,7 @@ CREATE TABLE chips.inbox (
 -- role in it, its locks (SHA-256 of the secrets only the origin knows) and its expiry.
 CREATE TABLE chips.lifts (
     id          bigint PRIMARY KEY DEFAULT nextval('chips.lift_seq'),
-    lift_uuid   uuid NOT NULL UNIQUE,
+    lift_uuid   uuid NOT NULL,          -- (unique with tally_in: a lift may pass a site twice, over distinct tallies)
     kind        text NOT NULL CHECK (kind IN ('local', 'linear', 'circular', 'round')),
     status      text NOT NULL CHECK (status IN ('draft', 'seek', 'pend', 'good', 'void')),
     units       bigint NOT NULL CHECK (units > 0 OR (kind = 'round' AND units = 0)),
@@ -202,7 +202,7 @@ CREATE TABLE chips.lifts (
     -- a payment split over several routes (docs/protocol.md, "Split payments"): at the origin each
     -- part is a lift of its own (its own uuid, tally out and units, the payment's locks) whose
     -- parent is the payment; the payment has no chits and decides for all its parts at once
-    parent      uuid REFERENCES chips.lifts (lift_uuid),
+    parent      uuid,                   -- (no foreign key: lift_uuid is unique only with tally_in)
     ready       timestamptz,            -- a part: when its terminus said ready
     -- clearing rounds only (sql/rounds.sql): the attempt this site's part answers, and the date
     -- the coordinator gave the round's lift chits (so both halves of a tally write the same one)
@@ -213,6 +213,10 @@ CREATE TABLE chips.lifts (
     CHECK (kind = 'local' OR (role IS NOT NULL AND condition IS NOT NULL AND void_cond IS NOT NULL
                               AND expires IS NOT NULL AND find IS NOT NULL AND origin IS NOT NULL))
 );
+-- A lift's row here for each way it passes this site: the origin's (or a round's, a local
+-- lift's) without a tally in, a relay's or terminus' by the tally it came in on.
+CREATE UNIQUE INDEX lifts_passage_key ON chips.lifts
+    (lift_uuid, coalesce(tally_in, '00000000-0000-0000-0000-000000000000'));
 CREATE INDEX lifts_open_idx ON chips.lifts (expires) WHERE status IN ('draft', 'seek', 'pend');
 CREATE INDEX lifts_parent_idx ON chips.lifts (parent) WHERE parent IS NOT NULL;
 
@@ -240,8 +244,7 @@ CREATE TABLE chips.lift_routes (
     find        jsonb NOT NULL,
     units       bigint NOT NULL CHECK (units > 0),
     want        bigint,                 -- in: what a route should carry to be answered at once (a payment's whole units)
-    mark        text,                   -- in: this site's random mark on the query it passes on (a query that
-                                        -- comes back carrying it went round in a loop)
+    asker       bigint,                 -- out: the 'in' row that asked it (each waits only for its own)
     expires     timestamptz NOT NULL,
     status      text NOT NULL DEFAULT 'pend' CHECK (status IN ('pend', 'found', 'none')),
     max         bigint,                 -- the most the route can carry (found)

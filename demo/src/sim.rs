@@ -542,7 +542,7 @@ async fn go(
                         (SELECT count(*) FROM chips.users),
                         (SELECT count(*) FROM chips.chits WHERE status = 'good'),
                         (SELECT count(*) FROM chips.inbox),
-                        (SELECT count(*) FROM chips.lifts WHERE kind = 'linear' AND role = 'origin' AND status = 'good')",
+                        (SELECT count(*) FROM chips.lifts WHERE kind = 'linear' AND role = 'origin' AND parent IS NULL AND status = 'good')",
                 &[],
             )
             .await
@@ -687,7 +687,7 @@ async fn go(
             .admin
             .query(
                 "SELECT kind, status, units, cardinality(tallies), extract(epoch FROM created)::float8
-                 FROM chips.lifts WHERE kind IN ('local', 'round') OR role = 'origin' ORDER BY created",
+                 FROM chips.lifts WHERE kind IN ('local', 'round') OR (role = 'origin' AND parent IS NULL) ORDER BY created",
                 &[],
             )
             .await
@@ -863,7 +863,7 @@ async fn act(net: &Net, stats: &Stats, rng: &mut StdRng) {
                 let status: Result<(String, Option<String>), _> = net.sites[payer.site]
                     .admin
                     .query_one(
-                        "SELECT status, reason FROM chips.lifts WHERE lift_uuid = $1",
+                        "SELECT status, reason FROM chips.lifts WHERE lift_uuid = $1 AND role = 'origin'",
                         &[&lift],
                     )
                     .await

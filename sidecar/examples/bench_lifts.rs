@@ -2,7 +2,9 @@
 //! Latency (p50, p99) of a payment to a CHIP address across 2 sites (one tally between them) and
 //! across 4 sites (three intermediaries' sites), from the payer's call until the origin has
 //! decided good, against a baseline measured in the same run: one chit across one tally (commit
-//! at the payer to the chit at the payee). Then lifts per second with concurrent payers.
+//! at the payer to the chit at the payee). Then, on four other sites in a diamond (the payer's,
+//! two intermediaries' and the payee's), a payment one route carries against one split over
+//! both routes. Then lifts per second with concurrent payers.
 //!
 //! ```text
 //! bash scripts/bench-lifts.sh
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use chips_core::sign::KeyPair;
 use chips_tests::ring::{chad, pay_address_as, Net};
+use chips_tests::User;
 use chips_tests::{free_port, percentile, until, Sidecar};
 use serde_json::Value;
 use tokio_postgres::Client;
@@ -25,7 +28,7 @@ async fn pay_once(db: &Client, admin: &Client, key: &KeyPair, to: &Value) -> (f6
     loop {
         let s: String = admin
             .query_one(
-                "SELECT status FROM chips.lifts WHERE lift_uuid = $1",
+                "SELECT status FROM chips.lifts WHERE lift_uuid = $1 AND role = 'origin'",
                 &[&lift],
             )
             .await
@@ -114,6 +117,7 @@ async fn main() {
             p50 / b50
         );
     }
+    split_vs_single(&chipsd, &dir, n).await;
     // throughput: concurrent payers on site 0, each paying site 3's u3 one at a time; only
     // good lifts count, voided ones are reported
     for clients in [1usize, 4] {
@@ -150,4 +154,127 @@ async fn main() {
         c.stop(Duration::from_secs(5));
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Four sites in a diamond (P pays Q through A or through B), each way offering 1,000 afresh
+/// before every payment: 500 goes over one way, 1,500 only split over both. Latency of each, in
+/// turns, from the payer's call until the origin has decided good.
+async fn split_vs_single(chipsd: &str, dir: &std::path::Path, n: usize) {
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let net = Net::diamond("bench", 1000, 1000, ports).await;
+    for s in &net.sites {
+        s.admin
+            .execute(
+                "SELECT chips.lift_configure(life => '30 seconds', hop_step => '2 seconds')",
+                &[],
+            )
+            .await
+            .unwrap();
+    }
+    let mut cars: Vec<Sidecar> = net
+        .sites
+        .iter()
+        .zip(ports)
+        .map(|(s, p)| {
+            Sidecar::start(std::path::Path::new(chipsd), s, p, dir, &[], "error").unwrap()
+        })
+        .collect();
+    let (p, q) = (&net.users[0][0], &net.users[3][0]);
+    let to = chad(&net.sites[3], q);
+    let admin = &net.sites[0].admin;
+    // (vendor's site, vendor, tally, the site holding the paying half)
+    let ways: [(usize, &User, uuid::Uuid, usize); 4] = [
+        (1, &net.users[1][0], net.tallies[0][0], 0),
+        (2, &net.users[2][0], net.tallies[0][1], 0),
+        (3, q, net.tallies[1][0], 1),
+        (3, q, net.tallies[2][0], 2),
+    ];
+    let (mut single, mut split) = (Vec::new(), Vec::new());
+    for i in 0..2 * (n + 1) {
+        // every way offers 1,000 again: each vendor's target 1,000 past what it is owed, and
+        // the paying side has heard of it
+        for (site, vendor, t, payer_site) in ways {
+            let owed: i64 = net.sites[site]
+                .admin
+                .query_one(
+                    "SELECT net_good FROM chips.tallies WHERE tally_uuid = $1 AND ent = $2",
+                    &[&t, &vendor.ent],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            let target = owed.max(0) + 1000;
+            vendor
+                .settings(t, serde_json::json!({"target": target, "bound": target}))
+                .await
+                .unwrap();
+            let paying = &net.sites[payer_site].admin;
+            until(|| async move {
+                paying
+                    .query_one(
+                        "SELECT chips._send_capacity(t) FROM chips.tallies t \
+                         WHERE t.tally_uuid = $1 AND t.part_ent IS NULL",
+                        &[&t],
+                    )
+                    .await
+                    .unwrap()
+                    .get::<_, i64>(0)
+                    == 1000
+            })
+            .await;
+        }
+        let units = if i % 2 == 0 { 500 } else { 1500 };
+        let t = Instant::now();
+        let lift = pay_address_as(&p.db, &p.key, &to, units).await.unwrap();
+        let status = loop {
+            let s: String = admin
+                .query_one(
+                    "SELECT status FROM chips.lifts WHERE lift_uuid = $1 AND role = 'origin'",
+                    &[&lift],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if s == "good" || s == "void" {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        assert_eq!(
+            status, "good",
+            "a payment of {units} in the diamond was voided"
+        );
+        let parts: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM chips.lifts WHERE parent = $1",
+                &[&lift],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            parts,
+            if units > 1000 { 2 } else { 0 },
+            "{units} split in {parts}"
+        );
+        if i >= 2 {
+            // (the first of each: routes found cold)
+            if units > 1000 {
+                &mut split
+            } else {
+                &mut single
+            }
+            .push(ms);
+        }
+    }
+    let (s50, s99) = (percentile(&mut single, 0.5), percentile(&mut single, 0.99));
+    let (x50, x99) = (percentile(&mut split, 0.5), percentile(&mut split, 0.99));
+    println!(
+        "diamond, 4 sites: one route p50 {s50:.2} ms  p99 {s99:.2} ms; split over 2 routes p50 {x50:.2} ms  p99 {x99:.2} ms  ({n} each, in turns); split / one route p50 {:.2}",
+        x50 / s50
+    );
+    for c in &mut cars {
+        c.stop(Duration::from_secs(5));
+    }
 }

@@ -92,38 +92,64 @@ impl Net {
     /// (tallies[2]), each one's receiver the vendor, offering `via_a` on both tallies of the
     /// way through A and `via_b` on the way through B.
     pub async fn diamond(tag: &str, via_a: i64, via_b: i64, ports: [u16; 4]) -> Net {
+        Net::graph(
+            &format!("diamond_{tag}"),
+            &ports,
+            &[&["P"], &["A"], &["B"], &["Q"]],
+            &[
+                ((0, 0), (1, 0), via_a),
+                ((0, 0), (2, 0), via_b),
+                ((1, 0), (3, 0), via_a),
+                ((2, 0), (3, 0), via_b),
+            ],
+        )
+        .await
+    }
+
+    /// Sites (one per port) with the users named in `users` (cuid: the name in lower case and
+    /// the site's number), and tallies `(client, vendor, target)` between users named by (site,
+    /// index): the client pays the vendor, who offers `target` (tallies[client site], in order).
+    pub async fn graph(
+        tag: &str,
+        ports: &[u16],
+        users: &[&[&str]],
+        tallies: &[((usize, usize), (usize, usize), i64)],
+    ) -> Net {
         let cluster = Cluster::from_env();
         let mut sites = Vec::new();
-        let mut users = Vec::new();
-        for (k, port) in ports.into_iter().enumerate() {
+        let mut people = Vec::new();
+        for (k, port) in ports.iter().enumerate() {
             let s = cluster
-                .site(&format!("chips_diamond_{tag}_{k}"), port)
+                .site(&format!("chips_{tag}_{k}"), *port)
                 .await
                 .unwrap();
-            let name = ["P", "A", "B", "Q"][k];
-            users.push(vec![s
-                .user(name, &format!("{}{k}", name.to_lowercase()))
-                .await
-                .unwrap()]);
+            let mut us = Vec::new();
+            for name in users[k] {
+                us.push(
+                    s.user(name, &format!("{}{k}", name.to_lowercase()))
+                        .await
+                        .unwrap(),
+                );
+            }
+            people.push(us);
             sites.push(s);
         }
         let all: Vec<&Site> = sites.iter().collect();
-        let mut tallies = vec![Vec::new(); 4];
-        for (client, vendor, target) in [(0, 1, via_a), (0, 2, via_b), (1, 3, via_a), (2, 3, via_b)]
-        {
-            let (v, c) = (&users[vendor][0], &users[client][0]);
+        let mut ts = vec![Vec::new(); ports.len()];
+        for &((cs, ci), (vs, vi), target) in tallies {
+            let (v, c) = (&people[vs][vi], &people[cs][ci]);
             let t = v.open_with(c, target.max(1000), &all).await.unwrap();
             v.settings(t, json!({"target": target, "bound": target}))
                 .await
                 .unwrap();
-            tallies[client].push(t);
+            ts[cs].push(t);
         }
         relay_all(&all).await.unwrap();
         quick_lifts(&sites).await;
         Net {
             sites,
-            users,
-            tallies,
+            users: people,
+            tallies: ts,
         }
     }
 

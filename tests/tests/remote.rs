@@ -540,3 +540,59 @@ async fn a_part_refused_mid_prepare_voids_the_whole_payment_at_once() {
     assert_eq!(net.lift_status(l).await[0].1, "good");
     net.check_consistent().await;
 }
+
+#[tokio::test]
+async fn a_payment_passes_a_site_twice_over_distinct_tallies() {
+    // P (site 0) -> X (site 1) -> Y (site 0) -> Q (site 2): the only way from P to Q leaves
+    // site 0 and comes back to it; P and Y have no tally between them
+    let net = Net::graph(
+        "twice",
+        &[47180, 47181, 47182],
+        &[&["P", "Y"], &["X"], &["Q"]],
+        &[
+            ((0, 0), (1, 0), 800),
+            ((1, 0), (0, 1), 800),
+            ((0, 1), (2, 0), 800),
+        ],
+    )
+    .await;
+    let (payer, payee) = (&net.users[0][0], &net.users[2][0]);
+    let to = chad(&net.sites[2], payee);
+    let before = net.positions().await;
+    let l = pay_address(payer, &to, 500).await.unwrap();
+    net.settle_all().await;
+    let mut st = net.lift_status(l).await;
+    st.sort();
+    assert_eq!(
+        st.iter()
+            .map(|(k, s, r)| (*k, s.as_str(), r.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            (0, "good", "origin"),
+            (0, "good", "relay"),
+            (1, "good", "relay"),
+            (2, "good", "terminus")
+        ],
+        "one row at site 0 for each way the lift passes it"
+    );
+    net.check_consistent().await;
+    let after = net.positions().await;
+    assert_eq!(after[0][0] - before[0][0], -500);
+    assert_eq!(after[2][0] - before[2][0], 500);
+    for (k, i) in [(0, 1), (1, 0)] {
+        assert_eq!(
+            after[k][i], before[k][i],
+            "site {k} user {i} only passes it on"
+        );
+    }
+    // a second payment finds the way again, and more than is left is refused, nothing moves
+    let l = pay_address(payer, &to, 300).await.unwrap();
+    net.settle_all().await;
+    assert_eq!(net.lift_status(l).await[0].1, "good");
+    let l = pay_address(payer, &to, 1).await;
+    if let Ok(l) = l {
+        net.settle_all().await;
+        assert!(net.lift_status(l).await.iter().all(|(_, s, _)| s == "void"));
+    }
+    net.check_consistent().await;
+}

@@ -452,7 +452,7 @@ async fn run(args: Args) -> Res<bool> {
         for (k, lift, c) in &payments {
             let r = dbs[*k]
                 .query_one(
-                    "SELECT status, coalesce(reason, status) FROM chips.lifts WHERE lift_uuid = $1",
+                    "SELECT status, coalesce(reason, status) FROM chips.lifts WHERE lift_uuid = $1 AND role = 'origin'",
                     &[lift],
                 )
                 .await
