@@ -108,7 +108,9 @@ impl Net {
 
     /// Sites (one per port) with the users named in `users` (cuid: the name in lower case and
     /// the site's number), and tallies `(client, vendor, target)` between users named by (site,
-    /// index): the client pays the vendor, who offers `target` (tallies[client site], in order).
+    /// index): the client pays the vendor, who offers `target` (tallies[client site], in order)
+    /// and grants a credit limit a thousand times that (so a vendor's target, which it may move,
+    /// bounds what a lift can take, not the limit).
     pub async fn graph(
         tag: &str,
         ports: &[u16],
@@ -138,7 +140,7 @@ impl Net {
         let mut ts = vec![Vec::new(); ports.len()];
         for &((cs, ci), (vs, vi), target) in tallies {
             let (v, c) = (&people[vs][vi], &people[cs][ci]);
-            let t = v.open_with(c, target.max(1000), &all).await.unwrap();
+            let t = v.open_with(c, target.max(1000) * 1000, &all).await.unwrap();
             v.settings(t, json!({"target": target, "bound": target}))
                 .await
                 .unwrap();
