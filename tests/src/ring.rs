@@ -9,6 +9,9 @@ use uuid::Uuid;
 
 use crate::{relay_all, Cluster, Site, User};
 
+/// A user of a [`Net`]: (site, index among the site's users).
+pub type Who = (usize, usize);
+
 /// One tally half: side, net_good, net_pend, chain length, chain tip.
 pub type Half = (String, i64, i64, i32, Vec<u8>);
 
@@ -115,7 +118,7 @@ impl Net {
         tag: &str,
         ports: &[u16],
         users: &[&[&str]],
-        tallies: &[((usize, usize), (usize, usize), i64)],
+        tallies: &[(Who, Who, i64)],
     ) -> Net {
         let cluster = Cluster::from_env();
         let mut sites = Vec::new();
