@@ -522,6 +522,7 @@ BEGIN
     FOR o IN SELECT x.tally, x.max, x.hops, t.ent AS holder FROM chips.lift_routes x
              JOIN chips.tallies t ON t.tally_uuid = x.tally AND t.part_ent IS NULL
              WHERE x.query = r.query AND x.dir = 'out' AND x.status = 'found' AND x.tally <> r.tally
+               AND x.max >= r.units
              ORDER BY x.max >= v_whole DESC, CASE WHEN x.max >= v_whole THEN x.hops END, x.max DESC, x.id LOOP
         g := chips._route(v_in_holder, o.holder, least(v_whole, o.max), r.tally, o.tally);
         IF NOT g.ok THEN
@@ -726,7 +727,9 @@ BEGIN
     IF NOT FOUND OR r.status <> 'pend' THEN
         RETURN 'ignored';
     END IF;
-    IF (o->>'found')::boolean AND (o->>'max')::bigint >= r.units THEN
+    -- (found only if the tally out here still carries the units asked: its capacity may have
+    -- moved since the query went out)
+    IF (o->>'found')::boolean AND (o->>'max')::bigint >= r.units AND chips._send_capacity(t) >= r.units THEN
         UPDATE chips.lift_routes x SET status = 'found',
             max = least((o->>'max')::bigint, chips._send_capacity(t)), hops = (o->>'hops')::integer
         WHERE x.id = r.id RETURNING * INTO r;
@@ -805,24 +808,28 @@ DECLARE
     p chips.lifts;
     v_left bigint := l.units;
     v_part bigint;
-    v_least bigint := (l.units + s.parts - 1) / s.parts;
+    v_try bigint;
     n integer := 0;
 BEGIN
     BEGIN
         FOR e IN SELECT x.tally, x.max, x.hops, t.ent AS holder FROM chips.lift_routes x
                  JOIN chips.tallies t ON t.tally_uuid = x.tally AND t.part_ent IS NULL
-                 WHERE x.query = l.query AND x.dir = 'out' AND x.status = 'found'
+                 WHERE x.query = l.query AND x.dir = 'out' AND x.status = 'found' AND x.max >= 1
                  ORDER BY x.max DESC, x.hops, x.id LOOP
             EXIT WHEN v_left = 0 OR n = s.parts;
             -- as much as the way there and the route beyond carry (what earlier parts reserved
             -- here counts: their chits are pending)
+            -- (a way here that carries it all, else one that carries half as much, ... a few
+            -- times over; then as much as that way, the exit tally included, carries)
             v_part := least(v_left, e.max);
-            g := chips._route(l.payer, e.holder, v_part, NULL, e.tally);
-            IF NOT g.ok THEN
-                g := chips._route(l.payer, e.holder, least(v_least, v_part), NULL, e.tally);
-                CONTINUE WHEN NOT g.ok;
-                v_part := least(v_part, (SELECT min(c) FROM pg_catalog.unnest(g.caps) c));
-            END IF;
+            v_try := v_part;
+            LOOP
+                g := chips._route(l.payer, e.holder, v_try, NULL, e.tally);
+                EXIT WHEN g.ok OR v_try <= 1 OR v_try < v_part / 64;
+                v_try := (v_try + 1) / 2;
+            END LOOP;
+            CONTINUE WHEN NOT g.ok;
+            v_part := least(v_part, (SELECT min(c) FROM pg_catalog.unnest(g.caps) c));
             CONTINUE WHEN v_part < 1 OR chips._lift_lock(g.tallies, g.payers, g.receivers, v_part) <> 0;
             INSERT INTO chips.lifts (lift_uuid, kind, status, units, role, origin, find, payer, query,
                                      condition, void_cond, secret, void_secret, expires, pay, parent, tally_out)
@@ -1077,9 +1084,9 @@ BEGIN
     END IF;
     IF l.parent IS NOT NULL THEN
         -- a part of a split payment: good when every part is ready
-        UPDATE chips.lifts x SET ready = pg_catalog.now() WHERE x.id = l.id;
+        UPDATE chips.lifts x SET part_ready = pg_catalog.now() WHERE x.id = l.id;
         PERFORM 1 FROM chips.lifts x WHERE x.lift_uuid = l.parent FOR UPDATE;
-        IF EXISTS (SELECT 1 FROM chips.lifts x WHERE x.parent = l.parent AND x.ready IS NULL) THEN
+        IF EXISTS (SELECT 1 FROM chips.lifts x WHERE x.parent = l.parent AND x.part_ready IS NULL) THEN
             RETURN 'ready';
         END IF;
         PERFORM chips._lift_decide(chips._lift_payment(l), 'good');

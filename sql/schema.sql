@@ -203,7 +203,7 @@ CREATE TABLE chips.lifts (
     -- part is a lift of its own (its own uuid, tally out and units, the payment's locks) whose
     -- parent is the payment; the payment has no chits and decides for all its parts at once
     parent      uuid,                   -- (no foreign key: lift_uuid is unique only with tally_in)
-    ready       timestamptz,            -- a part: when its terminus said ready
+    part_ready  timestamptz,            -- a part: when its terminus said ready
     -- clearing rounds only (sql/rounds.sql): the attempt this site's part answers, and the date
     -- the coordinator gave the round's lift chits (so both halves of a tally write the same one)
     attempt     integer,

@@ -42,7 +42,7 @@ where
         }
         let Some(c) = &client else { continue };
         if let Err(e) = tick(c).await {
-            warn!(error = %e, "{what} failed");
+            warn!(error = %crate::error::Error::from(e), "{what} failed");
             if c.is_closed() {
                 client = None;
             }
