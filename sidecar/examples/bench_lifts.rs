@@ -21,10 +21,17 @@ use chips_tests::{free_port, percentile, until, Sidecar};
 use serde_json::Value;
 use tokio_postgres::Client;
 
-/// Pays `to` one unit and waits for the origin's decision: (milliseconds, "good" or "void").
-async fn pay_once(db: &Client, admin: &Client, key: &KeyPair, to: &Value) -> (f64, String) {
+/// Pays `to` `units` and waits for the origin's decision: (milliseconds, "good" or "void", the
+/// lift).
+async fn pay_once(
+    db: &Client,
+    admin: &Client,
+    key: &KeyPair,
+    to: &Value,
+    units: i64,
+) -> (f64, String, uuid::Uuid) {
     let t = Instant::now();
-    let lift = pay_address_as(db, key, to, 1).await.unwrap();
+    let lift = pay_address_as(db, key, to, units).await.unwrap();
     loop {
         let s: String = admin
             .query_one(
@@ -35,7 +42,7 @@ async fn pay_once(db: &Client, admin: &Client, key: &KeyPair, to: &Value) -> (f6
             .unwrap()
             .get(0);
         if s == "good" || s == "void" {
-            return (t.elapsed().as_secs_f64() * 1e3, s);
+            return (t.elapsed().as_secs_f64() * 1e3, s, lift);
         }
         assert!(
             t.elapsed() < Duration::from_secs(60),
@@ -106,7 +113,7 @@ async fn main() {
     for (name, payer, to) in &cases {
         let mut runs = Vec::new();
         for _ in 0..=n {
-            let (ms, status) = pay_once(&payer.db, admin, &payer.key, to).await;
+            let (ms, status, _) = pay_once(&payer.db, admin, &payer.key, to, 1).await;
             assert_eq!(status, "good", "a payment across {name} was voided");
             runs.push(ms);
         }
@@ -134,7 +141,7 @@ async fn main() {
             let key = net.sites[0].user_key(&u.name);
             tasks.push(tokio::spawn(async move {
                 while start.elapsed().as_secs_f64() < secs {
-                    let (_, status) = pay_once(&db, &admin, &key, &to).await;
+                    let (_, status, _) = pay_once(&db, &admin, &key, &to, 1).await;
                     let n = if status == "good" { &good } else { &void };
                     n.fetch_add(1, Ordering::Relaxed);
                 }
@@ -232,23 +239,7 @@ async fn split_vs_single(chipsd: &str, dir: &std::path::Path, n: usize) {
             );
         }
         let units = if i % 2 == 0 { 500 } else { 1500 };
-        let t = Instant::now();
-        let lift = pay_address_as(&p.db, &p.key, &to, units).await.unwrap();
-        let status = loop {
-            let s: String = admin
-                .query_one(
-                    "SELECT status FROM chips.lifts WHERE lift_uuid = $1 AND role = 'origin'",
-                    &[&lift],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if s == "good" || s == "void" {
-                break s;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        };
-        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let (ms, status, lift) = pay_once(&p.db, admin, &p.key, &to, units).await;
         assert_eq!(
             status, "good",
             "a payment of {units} in the diamond was voided"
