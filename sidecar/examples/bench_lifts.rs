@@ -65,24 +65,8 @@ async fn main() {
     std::env::set_var("CHIPS_TEST_DSN", &dsn);
     let ports = [free_port(), free_port(), free_port(), free_port()];
     let net = Net::build("bench", 1_000_000, None, ports).await;
-    for s in &net.sites {
-        s.admin
-            .execute(
-                "SELECT chips.lift_configure(life => '30 seconds', hop_step => '2 seconds')",
-                &[],
-            )
-            .await
-            .unwrap();
-    }
     let dir = chips_tests::scratch_dir("bench-lifts");
-    let mut cars: Vec<Sidecar> = net
-        .sites
-        .iter()
-        .zip(ports)
-        .map(|(s, p)| {
-            Sidecar::start(std::path::Path::new(&chipsd), s, p, &dir, &[], "error").unwrap()
-        })
-        .collect();
+    let mut cars = sidecars(&net, &ports, &chipsd, &dir).await;
 
     // baseline: one chit over the tally from site 0 to site 1
     let (a, b, t) = (&net.users[0][3], &net.users[1][0], net.tallies[0][3]);
@@ -163,12 +147,9 @@ async fn main() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Four sites in a diamond (P pays Q through A or through B), each way offering 1,000 afresh
-/// before every payment: 500 goes over one way, 1,500 only split over both. Latency of each, in
-/// turns, from the payer's call until the origin has decided good.
-async fn split_vs_single(chipsd: &str, dir: &std::path::Path, n: usize) {
-    let ports = [free_port(), free_port(), free_port(), free_port()];
-    let net = Net::diamond("bench", 1000, 1000, ports).await;
+/// The lift settings of a benchmark (a 30 s life, 2 s less per site) at every site of `net`,
+/// and a chipsd for each, on `ports`.
+async fn sidecars(net: &Net, ports: &[u16], chipsd: &str, dir: &std::path::Path) -> Vec<Sidecar> {
     for s in &net.sites {
         s.admin
             .execute(
@@ -178,14 +159,22 @@ async fn split_vs_single(chipsd: &str, dir: &std::path::Path, n: usize) {
             .await
             .unwrap();
     }
-    let mut cars: Vec<Sidecar> = net
-        .sites
+    net.sites
         .iter()
         .zip(ports)
-        .map(|(s, p)| {
+        .map(|(s, &p)| {
             Sidecar::start(std::path::Path::new(chipsd), s, p, dir, &[], "error").unwrap()
         })
-        .collect();
+        .collect()
+}
+
+/// Four sites in a diamond (P pays Q through A or through B), each way offering 1,000 afresh
+/// before every payment: 500 goes over one way, 1,500 only split over both. Latency of each, in
+/// turns, from the payer's call until the origin has decided good.
+async fn split_vs_single(chipsd: &str, dir: &std::path::Path, n: usize) {
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let net = Net::diamond("bench", 1000, 1000, ports).await;
+    let mut cars = sidecars(&net, &ports, chipsd, dir).await;
     let (p, q) = (&net.users[0][0], &net.users[3][0]);
     let to = chad(&net.sites[3], q);
     let admin = &net.sites[0].admin;
