@@ -659,7 +659,8 @@ BEGIN
     END;
     IF v_units IS NULL OR v_units < 1 OR v_want < v_units OR v_depth IS NULL OR v_expires IS NULL
        OR o->>'query' IS NULL THEN
-        RAISE EXCEPTION 'a route query has query, find, units >= 1, depth and expires' USING ERRCODE = '22023';
+        RAISE EXCEPTION 'a route query has query, find, units >= 1, want >= units (if given), depth and expires'
+            USING ERRCODE = '22023';
     END IF;
     IF t.id IS NULL THEN
         RETURN 'ignored';     -- no such tally here: the asker's query runs out
@@ -762,7 +763,6 @@ DECLARE
     l chips.lifts;
     e record;
     g record;
-    s chips.lift_settings := chips._lift_set();
 BEGIN
     SELECT * INTO l FROM chips.lifts x WHERE x.id = p_id FOR UPDATE;
     IF l.status <> 'seek' THEN
@@ -782,16 +782,28 @@ BEGIN
         CONTINUE WHEN chips._lift_lock(g.tallies, g.payers, g.receivers, l.units) <> 0;
         UPDATE chips.lifts x SET status = 'pend', units = l.units, tally_out = e.tally
         WHERE x.id = l.id RETURNING * INTO l;
-        PERFORM chips._route_remember(l.find, e.tally, e.max, e.hops);
-        PERFORM chips._lift_send(e.tally, 'prepare', pg_catalog.jsonb_build_object(
-            'lift', l.lift_uuid, 'kind', l.kind, 'query', l.query, 'units', l.units,
-            'chit', chips._lift_write(l, g.tallies, g.payers, g.receivers, NULL),
-            'condition', chips.b64url_encode(l.condition), 'void', chips.b64url_encode(l.void_cond),
-            'expires', (extract(epoch FROM l.expires - s.hop_step) * 1000)::bigint,
-            'origin', l.origin, 'find', l.find, 'pay', l.pay));
+        PERFORM chips._lift_go(l, g.tallies, g.payers, g.receivers, e.max, e.hops);
         RETURN true;
     END LOOP;
-    RETURN p_last AND l.kind = 'linear' AND s.parts > 1 AND chips._lift_split(l);
+    RETURN p_last AND l.kind = 'linear' AND (chips._lift_set()).parts > 1 AND chips._lift_split(l);
+END
+$$;
+
+-- Lift `l` (a lift or a part of a split payment) goes from its origin: pending lift chits on its
+-- segment here, the prepare over its tally out (a part's names its payment), and the way it
+-- took remembered (max and hops, as the query found them).
+CREATE FUNCTION chips._lift_go(l chips.lifts, p_tallies uuid[], p_payers text[], p_receivers text[],
+                               p_max bigint, p_hops integer) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM chips._lift_send(l.tally_out, 'prepare', pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+        'lift', l.lift_uuid, 'payment', l.parent, 'kind', l.kind, 'query', l.query, 'units', l.units,
+        'chit', chips._lift_write(l, p_tallies, p_payers, p_receivers, NULL),
+        'condition', chips.b64url_encode(l.condition), 'void', chips.b64url_encode(l.void_cond),
+        'expires', (extract(epoch FROM l.expires - (chips._lift_set()).hop_step) * 1000)::bigint,
+        'origin', l.origin, 'find', l.find, 'pay', l.pay)));
+    PERFORM chips._route_remember(l.find, l.tally_out, p_max, p_hops);
 END
 $$;
 
@@ -818,9 +830,9 @@ BEGIN
                  ORDER BY x.max DESC, x.hops, x.id LOOP
             EXIT WHEN v_left = 0 OR n = s.parts;
             -- as much as the way there and the route beyond carry (what earlier parts reserved
-            -- here counts: their chits are pending)
-            -- (a way here that carries it all, else one that carries half as much, ... a few
-            -- times over; then as much as that way, the exit tally included, carries)
+            -- here counts: their chits are pending): a way here that carries it all, else one
+            -- that carries half as much, ... a few times over; then as much as that way, the
+            -- exit tally included, carries
             v_part := least(v_left, e.max);
             v_try := v_part;
             LOOP
@@ -837,13 +849,7 @@ BEGIN
                     l.payer, l.query, l.condition, l.void_cond, l.secret, l.void_secret, l.expires, l.pay,
                     l.lift_uuid, e.tally)
             RETURNING * INTO p;
-            PERFORM chips._lift_send(e.tally, 'prepare', pg_catalog.jsonb_build_object(
-                'lift', p.lift_uuid, 'payment', l.lift_uuid, 'kind', 'linear', 'query', l.query,
-                'units', v_part, 'chit', chips._lift_write(p, g.tallies, g.payers, g.receivers, NULL),
-                'condition', chips.b64url_encode(l.condition), 'void', chips.b64url_encode(l.void_cond),
-                'expires', (extract(epoch FROM l.expires - s.hop_step) * 1000)::bigint,
-                'origin', l.origin, 'find', l.find, 'pay', l.pay));
-            PERFORM chips._route_remember(l.find, e.tally, e.max, e.hops);
+            PERFORM chips._lift_go(p, g.tallies, g.payers, g.receivers, e.max, e.hops);
             v_left := v_left - v_part;
             n := n + 1;
         END LOOP;

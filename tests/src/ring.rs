@@ -15,79 +15,39 @@ pub type Who = (usize, usize);
 /// One tally half: side, net_good, net_pend, chain length, chain tip.
 pub type Half = (String, i64, i64, i32, Vec<u8>);
 
-/// Four sites of four users: tallies u0 -> u1 -> u2 -> u3 inside each site and u3 -> the next
-/// site's u0 (a ring), each one's receiver the vendor granting `limit`, with `target` set by
-/// the vendor (the free lift capacity), except `tight`: (site, tally index) -> target.
+/// A small federation for lift tests: its sites, their users and the tallies between them.
 pub struct Net {
     pub sites: Vec<Site>,
     pub users: Vec<Vec<User>>,
-    /// tallies[s][i]: site s's u_i pays over it (i = 3: to the next site's u0).
+    /// tallies[s]: the tallies site s's users pay over, in the order they were opened (the
+    /// ring: tallies[s][i], site s's u_i pays over it; i = 3: to the next site's u0).
     pub tallies: Vec<Vec<Uuid>>,
 }
 
 impl Net {
-    /// `ports`: the sites' agents' ports (where their chipsd would listen).
+    /// Four sites of four users: tallies u0 -> u1 -> u2 -> u3 inside each site and u3 -> the
+    /// next site's u0 (a ring), each one's receiver the vendor, with `target` set by the vendor
+    /// (the free lift capacity), except `tight`: (site, tally index) -> target. `ports`: the
+    /// sites' agents' ports (where their chipsd would listen).
     pub async fn build(
         tag: &str,
         target: i64,
         tight: Option<((usize, usize), i64)>,
         ports: [u16; 4],
     ) -> Net {
-        let cluster = Cluster::from_env();
-        let mut sites = Vec::new();
-        for (k, port) in ports.into_iter().enumerate() {
-            sites.push(
-                cluster
-                    .site(&format!("chips_remote_{tag}_{k}"), port)
-                    .await
-                    .unwrap(),
-            );
-        }
-        let mut users = Vec::new();
-        for (k, s) in sites.iter().enumerate() {
-            let mut us = Vec::new();
-            for i in 0..4 {
-                us.push(
-                    s.user(&format!("U{k}{i}"), &format!("u{k}{i}"))
-                        .await
-                        .unwrap(),
-                );
-            }
-            users.push(us);
-        }
-        let all: Vec<&Site> = sites.iter().collect();
-        let mut tallies = vec![Vec::new(); 4];
+        let names: &[&str] = &["U0", "U1", "U2", "U3"];
+        let mut links = Vec::new();
         for k in 0..4 {
             for i in 0..4 {
-                let (vendor, client) = if i < 3 {
-                    (&users[k][i + 1], &users[k][i])
-                } else {
-                    (&users[(k + 1) % 4][0], &users[k][3])
-                };
-                let t = vendor
-                    .open_with(client, target.max(1000), &all)
-                    .await
-                    .unwrap();
+                let vendor = if i < 3 { (k, i + 1) } else { ((k + 1) % 4, 0) };
                 let tg = match tight {
                     Some((at, tg)) if at == (k, i) => tg,
                     _ => target,
                 };
-                if tg > 0 {
-                    vendor
-                        .settings(t, json!({"target": tg, "bound": tg}))
-                        .await
-                        .unwrap();
-                }
-                tallies[k].push(t);
+                links.push(((k, i), vendor, tg));
             }
         }
-        relay_all(&all).await.unwrap();
-        quick_lifts(&sites).await;
-        Net {
-            sites,
-            users,
-            tallies,
-        }
+        Net::graph(&format!("remote_{tag}"), &ports, &[names; 4], &links, 1).await
     }
 
     /// Four sites in a diamond, one user each: P (site 0) pays Q (site 3) through A (site 1)
@@ -105,20 +65,23 @@ impl Net {
                 ((1, 0), (3, 0), via_a),
                 ((2, 0), (3, 0), via_b),
             ],
+            1000,
         )
         .await
     }
 
     /// Sites (one per port) with the users named in `users` (cuid: the name in lower case and
     /// the site's number), and tallies `(client, vendor, target)` between users named by (site,
-    /// index): the client pays the vendor, who offers `target` (tallies[client site], in order)
-    /// and grants a credit limit a thousand times that (so a vendor's target, which it may move,
-    /// bounds what a lift can take, not the limit).
+    /// index): the client pays the vendor, who offers `target` (none set when 0) and grants a
+    /// credit limit of `limit_times` the target, at least 1,000 (tallies[client site], in order).
+    /// With a large `limit_times`, a vendor's target, which it may move, bounds what a lift can
+    /// take, not the limit.
     pub async fn graph(
         tag: &str,
         ports: &[u16],
         users: &[&[&str]],
         tallies: &[(Who, Who, i64)],
+        limit_times: i64,
     ) -> Net {
         let cluster = Cluster::from_env();
         let mut sites = Vec::new();
@@ -143,10 +106,15 @@ impl Net {
         let mut ts = vec![Vec::new(); ports.len()];
         for &((cs, ci), (vs, vi), target) in tallies {
             let (v, c) = (&people[vs][vi], &people[cs][ci]);
-            let t = v.open_with(c, target.max(1000) * 1000, &all).await.unwrap();
-            v.settings(t, json!({"target": target, "bound": target}))
+            let t = v
+                .open_with(c, target.max(1000) * limit_times, &all)
                 .await
                 .unwrap();
+            if target > 0 {
+                v.settings(t, json!({"target": target, "bound": target}))
+                    .await
+                    .unwrap();
+            }
             ts[cs].push(t);
         }
         relay_all(&all).await.unwrap();

@@ -204,14 +204,19 @@ impl Fed {
         .optimum
     }
 
-    /// Opens a round at the coordinator and relays until nothing moves.
-    async fn round(&self) -> Uuid {
-        let r: Uuid = self.sites[0]
+    /// Opens a round at the coordinator (nothing relayed yet).
+    async fn open(&self) -> Uuid {
+        self.sites[0]
             .admin
             .query_one("SELECT chips.round_open()", &[])
             .await
             .unwrap()
-            .get(0);
+            .get(0)
+    }
+
+    /// Opens a round at the coordinator and relays until nothing moves.
+    async fn round(&self) -> Uuid {
+        let r = self.open().await;
         self.relay().await;
         r
     }
@@ -381,12 +386,7 @@ async fn a_round_settles_in_pieces_and_holds_each_tally_only_for_its_piece() {
     let fed = Fed::named("pieces", 47380, &["a", "b"]).await;
     fed.pairs(47380, 100, |_| 300).await;
     let (debt, positions) = (fed.debt().await, fed.positions().await);
-    let r: Uuid = fed.sites[0]
-        .admin
-        .query_one("SELECT chips.round_open()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let r = fed.open().await;
     let b = &fed.sites[1];
     let work = || async {
         b.admin
@@ -581,12 +581,7 @@ async fn tamper(fed: &Fed, site: usize, f: impl Fn(&mut Vec<Value>)) {
 
 /// Opens a round and relays until the coordinator has every graph and has queued the flows.
 async fn solved(fed: &Fed) -> Uuid {
-    let r: Uuid = fed.sites[0]
-        .admin
-        .query_one("SELECT chips.round_open()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let r = fed.open().await;
     // open to b and c, their graphs back (a is its own member: already in)
     for k in 1..3 {
         chips_tests::relay(&fed.sites[0], &fed.sites[k])
