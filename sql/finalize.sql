@@ -259,5 +259,5 @@ GRANT EXECUTE ON FUNCTION
     chips.contract_add(jsonb, text),
     chips.login_ticket(text, interval), chips.login_revoke(text, text),
     chips.events_prune(interval), chips.file_add(bytea, text), chips.document(text),
-    chips.lift_configure(interval, interval, interval, interval, integer, integer, interval, interval, integer)
+    chips.lift_configure(interval, interval, interval, interval, integer, integer, interval, interval, integer, integer)
 TO chips_admin;

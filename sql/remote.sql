@@ -46,7 +46,7 @@ CREATE FUNCTION chips.lift_configure(life interval DEFAULT NULL, query_life inte
                                      hop_step interval DEFAULT NULL, min_window interval DEFAULT NULL,
                                      max_depth integer DEFAULT NULL, fanout integer DEFAULT NULL,
                                      cache_life interval DEFAULT NULL, ask_every interval DEFAULT NULL,
-                                     parts integer DEFAULT NULL)
+                                     parts integer DEFAULT NULL, tries integer DEFAULT NULL)
 RETURNS chips.lift_settings
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = chips, pg_catalog, pg_temp
@@ -65,10 +65,11 @@ BEGIN
             fanout = coalesce(lift_configure.fanout, x.fanout),
             cache_life = coalesce(lift_configure.cache_life, x.cache_life),
             ask_every = coalesce(lift_configure.ask_every, x.ask_every),
-            parts = coalesce(lift_configure.parts, x.parts)
+            parts = coalesce(lift_configure.parts, x.parts),
+            tries = coalesce(lift_configure.tries, x.tries)
         RETURNING * INTO r;
     EXCEPTION WHEN check_violation THEN
-        RAISE EXCEPTION 'life must be at least 1 second, query_life 100 ms, ask_every 100 ms; hop_step, min_window and cache_life not negative; max_depth and fanout within 1..64, parts within 1..16'
+        RAISE EXCEPTION 'life must be at least 1 second, query_life 100 ms, ask_every 100 ms; hop_step, min_window and cache_life not negative; max_depth and fanout within 1..64, parts within 1..16, tries within 1..8'
             USING ERRCODE = '22023';
     END;
     RETURN r;
@@ -382,6 +383,18 @@ AS $$
     SELECT coalesce((SELECT x.id FROM chips.lifts x WHERE x.lift_uuid = l.parent AND x.role = 'origin'), l.id)
 $$;
 
+-- Whether the way lift `l` (at its origin) took is dead while its payment lives on: a part
+-- refused on the way and replaced, or a payment that was sent whole, refused, and now goes in
+-- parts (or seeks again, to go in parts). Its lift uuid is then never committed.
+CREATE FUNCTION chips._lift_dead(l chips.lifts) RETURNS boolean
+LANGUAGE sql STABLE
+AS $$
+    SELECT (l.parent IS NOT NULL AND l.status = 'void'
+            AND (SELECT x.status FROM chips.lifts x WHERE x.lift_uuid = l.parent AND x.role = 'origin') <> 'void')
+        OR (l.parent IS NULL AND l.kind = 'linear' AND l.tally_out IS NULL
+            AND EXISTS (SELECT 1 FROM chips.chits y WHERE y.lift_id = l.id))
+$$;
+
 -- The origin decides: good (only if the lift is ready, before its expiry) or void; the decision
 -- travels downstream with the secret that opens its lock.
 CREATE FUNCTION chips._lift_decide(p_id bigint, p_status text, p_reason text DEFAULT NULL) RETURNS void
@@ -505,7 +518,7 @@ BEGIN
             UPDATE chips.lift_routes x SET status = 'found' WHERE x.id = r.id;
         ELSIF NOT v_waiting THEN
             UPDATE chips.lift_routes x SET status = 'none' WHERE x.id = r.id;
-            IF l.status = 'seek' THEN
+            IF l.status = 'seek' AND NOT chips._lift_again(l.id) THEN
                 PERFORM chips._lift_settle(l.id, 'void',
                     CASE WHEN EXISTS (SELECT 1 FROM chips.lift_routes x WHERE x.query = r.query AND x.dir = 'out'
                                       AND x.status = 'found')
@@ -530,6 +543,7 @@ BEGIN
         END IF;
         CONTINUE WHEN NOT g.ok;
         o.max := least(o.max, (SELECT min(c) FROM pg_catalog.unnest(g.caps) c));
+        CONTINUE WHEN o.max < r.units;                  -- the tally in or out moved since
         CONTINUE WHEN o.max < v_whole AND v_waiting;    -- a wider one may still come
         UPDATE chips.lift_routes x SET status = 'found', max = o.max, hops = o.hops + 1
         WHERE x.id = r.id RETURNING * INTO r;
@@ -690,16 +704,15 @@ BEGIN
         IF NOT g.ok THEN
             g := chips._route(t.ent, v_target, v_units, t.tally_uuid);
         END IF;
-        IF NOT g.ok THEN
-            UPDATE chips.lift_routes x SET status = 'none' WHERE x.id = r.id RETURNING * INTO r;
+        IF g.ok THEN
+            UPDATE chips.lift_routes x SET status = 'found', hops = pg_catalog.cardinality(g.tallies),
+                max = (SELECT min(c) FROM pg_catalog.unnest(g.caps) c)
+            WHERE x.id = r.id RETURNING * INTO r;
             PERFORM chips._route_reply(r);
-            RETURN 'none';
+            RETURN 'found';
         END IF;
-        UPDATE chips.lift_routes x SET status = 'found', hops = pg_catalog.cardinality(g.tallies),
-            max = (SELECT min(c) FROM pg_catalog.unnest(g.caps) c)
-        WHERE x.id = r.id RETURNING * INTO r;
-        PERFORM chips._route_reply(r);
-        RETURN 'found';
+        -- no way across this site from that tally reaches the payee: the query goes on, as at a
+        -- relay, and may come back here over another tally that does
     END IF;
     -- (a query that reaches a site again over another tally, even the origin's, goes on from
     -- there over the exits it was not sent on yet: a lift may pass a site more than once, over
@@ -763,14 +776,18 @@ DECLARE
     l chips.lifts;
     e record;
     g record;
+    v_sent boolean;
 BEGIN
     SELECT * INTO l FROM chips.lifts x WHERE x.id = p_id FOR UPDATE;
     IF l.status <> 'seek' THEN
         RETURN false;
     END IF;
+    -- (a payment sent whole once, refused on the way and seeking again, goes on only in parts:
+    -- its own lift uuid stays with the way that refused it)
+    v_sent := EXISTS (SELECT 1 FROM chips.chits y WHERE y.lift_id = l.id);
     FOR e IN SELECT x.tally, x.max, x.hops, t.ent AS holder FROM chips.lift_routes x
              JOIN chips.tallies t ON t.tally_uuid = x.tally AND t.part_ent IS NULL
-             WHERE x.query = l.query AND x.dir = 'out' AND x.status = 'found'
+             WHERE x.query = l.query AND x.dir = 'out' AND x.status = 'found' AND NOT v_sent
                AND (l.kind <> 'linear' OR x.max >= l.units)
              ORDER BY x.hops, x.max DESC, x.id LOOP
         g := chips._route(l.payer, e.holder, l.units, NULL, e.tally);
@@ -785,7 +802,11 @@ BEGIN
         PERFORM chips._lift_go(l, g.tallies, g.payers, g.receivers, e.max, e.hops);
         RETURN true;
     END LOOP;
-    RETURN p_last AND l.kind = 'linear' AND (chips._lift_set()).parts > 1 AND chips._lift_split(l);
+    RETURN l.kind = 'linear'
+       AND ((p_last AND (chips._lift_set()).parts > 1)
+            OR (v_sent AND (p_last OR EXISTS (SELECT 1 FROM chips.lift_routes x WHERE x.query = l.query
+                                              AND x.dir = 'out' AND x.status = 'found' AND x.max >= l.units))))
+       AND chips._lift_split(l);
 END
 $$;
 
@@ -807,10 +828,26 @@ BEGIN
 END
 $$;
 
--- Splits payment `l` over the routes its query found, widest first, into at most `parts` parts:
--- each part a lift of its own (its own uuid, the payment's locks and signed document) with its
--- own segment here and prepare. All of it, or nothing (false): a payment is never partly sent.
+-- Splits payment `l` over the routes its query found (chips._lift_place): all of it, or nothing
+-- (false).
 CREATE FUNCTION chips._lift_split(l chips.lifts) RETURNS boolean
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF NOT chips._lift_place(l, l.units) THEN
+        RETURN false;
+    END IF;
+    UPDATE chips.lifts x SET status = 'pend' WHERE x.id = l.id;
+    RETURN true;
+END
+$$;
+
+-- Sends `p_units` of payment `l` as parts over the routes its query found, widest first, so that
+-- it has at most `parts` parts under way: each part a lift of its own (its own uuid, the
+-- payment's locks and signed document) with its own segment here and prepare. All of the units,
+-- or nothing (false): a payment is never partly sent. (A split payment's parts, and the parts
+-- that replace one a site on the way refused; chips._recv_lift_reject.)
+CREATE FUNCTION chips._lift_place(l chips.lifts, p_units bigint) RETURNS boolean
 LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -818,40 +855,57 @@ DECLARE
     e record;
     g record;
     p chips.lifts;
-    v_left bigint := l.units;
+    v_left bigint := p_units;
     v_part bigint;
     v_try bigint;
-    n integer := 0;
+    v_room bigint;
+    n integer;
+    v_tries integer;
 BEGIN
+    -- (the parts under way count; so do, four times over, those refused on the way: a payment
+    -- stops trying after that many)
+    SELECT count(*) FILTER (WHERE x.status <> 'void'), count(*) INTO n, v_tries
+    FROM chips.lifts x WHERE x.parent = l.lift_uuid AND x.role = 'origin';
+    IF v_tries >= 4 * s.parts THEN
+        RETURN false;
+    END IF;
     BEGIN
         FOR e IN SELECT x.tally, x.max, x.hops, t.ent AS holder FROM chips.lift_routes x
                  JOIN chips.tallies t ON t.tally_uuid = x.tally AND t.part_ent IS NULL
                  WHERE x.query = l.query AND x.dir = 'out' AND x.status = 'found' AND x.max >= 1
                  ORDER BY x.max DESC, x.hops, x.id LOOP
-            EXIT WHEN v_left = 0 OR n = s.parts;
-            -- as much as the way there and the route beyond carry (what earlier parts reserved
-            -- here counts: their chits are pending): a way here that carries it all, else one
-            -- that carries half as much, ... a few times over; then as much as that way, the
-            -- exit tally included, carries
-            v_part := least(v_left, e.max);
-            v_try := v_part;
+            EXIT WHEN v_left = 0 OR n >= s.parts;
+            -- up to what the way beyond carries (its answer's max), in one part or, when no
+            -- single way here from the payer to the exit carries that, in several over distinct
+            -- ways here
+            v_room := e.max;
             LOOP
-                g := chips._route(l.payer, e.holder, v_try, NULL, e.tally);
-                EXIT WHEN g.ok OR v_try <= 1 OR v_try < v_part / 64;
-                v_try := (v_try + 1) / 2;
+                EXIT WHEN v_left = 0 OR n >= s.parts OR v_room < 1;
+                -- as much as a way here and the route beyond carry (what earlier parts reserved
+                -- here counts: their chits are pending): a way that carries it all, else one that
+                -- carries half as much, ... a few times over; then as much as that way, the exit
+                -- tally included, carries
+                v_part := least(v_left, v_room);
+                v_try := v_part;
+                LOOP
+                    g := chips._route(l.payer, e.holder, v_try, NULL, e.tally);
+                    EXIT WHEN g.ok OR v_try <= 1 OR v_try < v_part / 64;
+                    v_try := (v_try + 1) / 2;
+                END LOOP;
+                EXIT WHEN NOT g.ok;
+                v_part := least(v_part, (SELECT min(c) FROM pg_catalog.unnest(g.caps) c));
+                EXIT WHEN v_part < 1 OR chips._lift_lock(g.tallies, g.payers, g.receivers, v_part) <> 0;
+                INSERT INTO chips.lifts (lift_uuid, kind, status, units, role, origin, find, payer, query,
+                                         condition, void_cond, secret, void_secret, expires, pay, parent, tally_out)
+                VALUES (pg_catalog.gen_random_uuid(), 'linear', 'pend', v_part, 'origin', l.origin, l.find,
+                        l.payer, l.query, l.condition, l.void_cond, l.secret, l.void_secret, l.expires, l.pay,
+                        l.lift_uuid, e.tally)
+                RETURNING * INTO p;
+                PERFORM chips._lift_go(p, g.tallies, g.payers, g.receivers, e.max, e.hops);
+                v_left := v_left - v_part;
+                v_room := v_room - v_part;
+                n := n + 1;
             END LOOP;
-            CONTINUE WHEN NOT g.ok;
-            v_part := least(v_part, (SELECT min(c) FROM pg_catalog.unnest(g.caps) c));
-            CONTINUE WHEN v_part < 1 OR chips._lift_lock(g.tallies, g.payers, g.receivers, v_part) <> 0;
-            INSERT INTO chips.lifts (lift_uuid, kind, status, units, role, origin, find, payer, query,
-                                     condition, void_cond, secret, void_secret, expires, pay, parent, tally_out)
-            VALUES (pg_catalog.gen_random_uuid(), 'linear', 'pend', v_part, 'origin', l.origin, l.find,
-                    l.payer, l.query, l.condition, l.void_cond, l.secret, l.void_secret, l.expires, l.pay,
-                    l.lift_uuid, e.tally)
-            RETURNING * INTO p;
-            PERFORM chips._lift_go(p, g.tallies, g.payers, g.receivers, e.max, e.hops);
-            v_left := v_left - v_part;
-            n := n + 1;
         END LOOP;
         IF v_left > 0 THEN
             RAISE EXCEPTION 'the routes found do not carry the payment together' USING ERRCODE = 'CHP01';
@@ -859,19 +913,42 @@ BEGIN
     EXCEPTION WHEN SQLSTATE 'CHP01' THEN
         RETURN false;       -- nothing of it stays: no part row, chit or prepare
     END;
-    UPDATE chips.lifts x SET status = 'pend' WHERE x.id = l.id;
     RETURN true;
 END
 $$;
 
 -- Refuses a prepare: nothing is reserved here; the upstream passes the reject on to the origin.
-CREATE FUNCTION chips._lift_reject(msg jsonb, p_reason text) RETURNS text
+-- `p_max`: what the way on from here carries now (the upstream tries another way, or a smaller
+-- part this way, rather than this one again).
+CREATE FUNCTION chips._lift_reject(msg jsonb, p_reason text, p_max bigint DEFAULT 0) RETURNS text
 LANGUAGE plpgsql
 AS $$
 BEGIN
     PERFORM chips._send(msg->'to', msg->'from', 'lift', 'reject', pg_catalog.jsonb_build_object(
-        'lift', msg->'object'->>'lift', 'reason', p_reason));
+        'lift', msg->'object'->>'lift', 'reason', p_reason, 'max', p_max));
     RETURN 'rejected: ' || p_reason;
+END
+$$;
+
+-- The most a way across this site carries now, from `p_from` (after tally `p_in`) to `p_to`
+-- (and out on `p_out`), of half of `p_units`, a quarter, ... a sixteenth: 0 if not that much.
+CREATE FUNCTION chips._route_most(p_from text, p_to text, p_units bigint, p_in uuid, p_out uuid DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    g record;
+    v bigint := p_units / 2;
+BEGIN
+    FOR i IN 1..4 LOOP
+        EXIT WHEN v < 1;
+        g := chips._route(p_from, p_to, v, p_in, p_out);
+        IF g.ok THEN
+            RETURN greatest(0, (SELECT min(c) FROM pg_catalog.unnest(g.caps) c));
+        END IF;
+        v := v / 2;
+    END LOOP;
+    RETURN 0;
 END
 $$;
 
@@ -896,6 +973,8 @@ DECLARE
     g record;
     v_exit record;
     v_out uuid;
+    v_ends boolean := false;
+    v_most bigint;
 BEGIN
     BEGIN
         v_doc := chips.chit_doc_check(o->'chit');
@@ -970,11 +1049,11 @@ BEGIN
             RETURN chips._lift_reject(msg, 'the payer''s signature does not cover this payment');
         END IF;
         g := chips._route(t.ent, v_target, v_units, t.tally_uuid);
-        IF NOT g.ok OR chips._lift_lock(g.tallies, g.payers, g.receivers, v_units) <> 0 THEN
-            RETURN chips._lift_reject(msg, 'no route to the payee carries the lift');
-        END IF;
-    ELSE
-        -- a relay: out on the tally the route query found (or the cache knows)
+        v_ends := g.ok AND chips._lift_lock(g.tallies, g.payers, g.receivers, v_units) = 0;
+    END IF;
+    IF NOT v_ends THEN
+        -- a relay: out on the tally the route query found (or the cache knows); at the payee's
+        -- site, a way that leaves and comes back over another tally (its query went on here)
         v_next := chips._lift_next_expiry(v_expires, v_now, v_step, v_min);
         FOR v_exit IN
             SELECT e.tally, e.holder, e.pri, e.max, e.hops FROM (
@@ -998,7 +1077,22 @@ BEGIN
             EXIT;
         END LOOP;
         IF v_out IS NULL THEN
-            RETURN chips._lift_reject(msg, 'no route on from here carries the lift');
+            -- what would get through instead: the widest of the ways on (or to the payee)
+            v_most := 0;
+            IF v_target IS NOT NULL AND o->>'kind' = 'linear' THEN
+                v_most := chips._route_most(t.ent, v_target, v_units, t.tally_uuid);
+            END IF;
+            FOR v_exit IN SELECT x.tally, t2.ent AS holder, x.max FROM chips.lift_routes x
+                          JOIN chips.tallies t2 ON t2.tally_uuid = x.tally AND t2.part_ent IS NULL
+                          WHERE x.query = o->>'query' AND x.dir = 'out' AND x.status = 'found'
+                            AND x.tally <> t.tally_uuid AND x.max > v_most
+                          ORDER BY x.max DESC LIMIT 3 LOOP
+                v_most := greatest(v_most, least(v_exit.max,
+                    chips._route_most(t.ent, v_exit.holder, v_units, t.tally_uuid, v_exit.tally)));
+            END LOOP;
+            RETURN chips._lift_reject(msg, CASE WHEN v_target IS NOT NULL AND o->>'kind' = 'linear'
+                                                THEN 'no route to the payee carries the lift'
+                                                ELSE 'no route on from here carries the lift' END, v_most);
         END IF;
     END IF;
     INSERT INTO chips.lifts (lift_uuid, kind, status, units, role, origin, find, query, tally_in,
@@ -1075,7 +1169,7 @@ BEGIN
        OR NOT chips._same_party(msg->'from', l.find) THEN
         RETURN 'ignored';
     END IF;
-    IF l.status <> 'pend' THEN
+    IF l.status <> 'pend' OR chips._lift_dead(l) THEN
         RETURN 'ignored';
     END IF;
     IF o->>'condition' IS DISTINCT FROM chips.b64url_encode(l.condition)
@@ -1092,7 +1186,8 @@ BEGIN
         -- a part of a split payment: good when every part is ready
         UPDATE chips.lifts x SET part_ready = pg_catalog.now() WHERE x.id = l.id;
         PERFORM 1 FROM chips.lifts x WHERE x.lift_uuid = l.parent FOR UPDATE;
-        IF EXISTS (SELECT 1 FROM chips.lifts x WHERE x.parent = l.parent AND x.part_ready IS NULL) THEN
+        IF EXISTS (SELECT 1 FROM chips.lifts x WHERE x.parent = l.parent AND x.part_ready IS NULL
+                   AND x.status <> 'void') THEN
             RETURN 'ready';
         END IF;
         PERFORM chips._lift_decide(chips._lift_payment(l), 'good');
@@ -1108,17 +1203,60 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     l chips.lifts := chips._msg_lift(msg, 'out');
+    p chips.lifts;
+    v_max bigint;
+    v_other bigint;
+    v_reason text := coalesce(msg->'object'->>'reason', 'rejected');
 BEGIN
     IF l.id IS NULL OR l.tally_out IS NULL OR NOT chips._from_partner(msg, l.tally_out) THEN
         RETURN 'ignored';
     END IF;
+    -- the way on over that tally does not carry the lift now: less than its units (or what the
+    -- reject says, if less), for every later choice of a way for its query or its payee here
+    v_max := l.units - 1;
+    IF msg->'object'->>'max' ~ '^[0-9]{1,18}$' THEN
+        v_max := least(v_max, (msg->'object'->>'max')::bigint);
+    END IF;
+    UPDATE chips.lift_routes x SET max = least(x.max, v_max)
+    WHERE x.query = l.query AND x.dir = 'out' AND x.tally = l.tally_out AND x.status = 'found';
+    UPDATE chips.lift_route_cache c SET max = least(c.max, v_max)
+    WHERE c.tally = l.tally_out AND c.find_cuid = l.find->>'cuid' AND c.find_agent = l.find->>'agent';
     IF l.role = 'origin' THEN
+        IF l.status = 'pend' AND l.kind = 'linear' THEN
+            -- a payment's lift (or part) refused on the way: the ways that refused it released
+            -- it as the reject came back; here it is released too, and its units go again over
+            -- the other ways its query found, as parts of the payment, while it has time
+            SELECT * INTO p FROM chips.lifts x WHERE x.id = chips._lift_payment(l) FOR UPDATE;
+            IF p.status = 'pend' AND pg_catalog.now() + (chips._lift_set()).hop_step < p.expires THEN
+                IF p.id = l.id THEN
+                    PERFORM chips._lift_release(l.id);
+                    UPDATE chips.lifts x SET tally_out = NULL WHERE x.id = l.id;
+                ELSE
+                    PERFORM chips._lift_settle(l.id, 'void', v_reason);
+                END IF;
+                IF chips._lift_place(p, l.units) THEN
+                    RETURN 'replaced';
+                END IF;
+                -- nothing of it under way any more: it seeks again, if it may
+                IF NOT EXISTS (SELECT 1 FROM chips.lifts x WHERE x.parent = p.lift_uuid
+                               AND x.role = 'origin' AND x.status <> 'void')
+                   AND chips._lift_again(p.id) THEN
+                    RETURN 'seeking again';
+                END IF;
+            END IF;
+        END IF;
         -- (a part's: the whole payment voids, every part released at once)
-        PERFORM chips._lift_decide(chips._lift_payment(l), 'void', coalesce(msg->'object'->>'reason', 'rejected'));
+        PERFORM chips._lift_decide(chips._lift_payment(l), 'void', v_reason);
         RETURN 'void';
     END IF;
     IF l.status = 'pend' THEN
-        PERFORM chips._lift_send(l.tally_in, 'reject', msg->'object');
+        -- released here at once (nothing beyond holds it), and the reject goes on upstream with
+        -- the widest other way this site knows for the query
+        PERFORM chips._lift_settle(l.id, 'void', v_reason);
+        SELECT max(x.max) INTO v_other FROM chips.lift_routes x
+        WHERE x.query = l.query AND x.dir = 'out' AND x.status = 'found' AND x.tally <> l.tally_out;
+        PERFORM chips._lift_send(l.tally_in, 'reject', pg_catalog.jsonb_build_object(
+            'lift', l.lift_uuid, 'reason', v_reason, 'max', greatest(v_max, coalesce(v_other, 0))));
         RETURN 'passed on';
     END IF;
     RETURN 'ignored';
@@ -1185,6 +1323,13 @@ BEGIN
     IF l.role <> 'origin' THEN
         RETURN 'ignored';
     END IF;
+    IF chips._lift_dead(l) THEN
+        -- a way refused on the way and replaced: void, on the origin's word (the void secret
+        -- would void the payment's live parts too)
+        PERFORM chips._send(msg->'to', msg->'from', 'lift', 'void',
+            pg_catalog.jsonb_build_object('lift', l.lift_uuid));
+        RETURN 'void';
+    END IF;
     IF l.status = 'pend' AND pg_catalog.now() >= l.expires THEN
         PERFORM chips._lift_decide(chips._lift_payment(l), 'void', 'expired');
         SELECT * INTO l FROM chips.lifts x WHERE x.id = l.id;
@@ -1246,6 +1391,28 @@ BEGIN
             CASE WHEN l.kind = 'linear' THEN l.units END, least(l.expires, pg_catalog.now() + s.query_life))
     RETURNING id INTO v_in;
     PERFORM chips._route_ask(v_in, l.payer, s.max_depth);
+END
+$$;
+
+-- Payment `p_id`, which found no way that carries it, asks again (a new route query: the ways
+-- that refused it hold nothing now), if it has tries left and time for the query; whether it
+-- did.
+CREATE FUNCTION chips._lift_again(p_id bigint) RETURNS boolean
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    s chips.lift_settings := chips._lift_set();
+    l chips.lifts;
+BEGIN
+    SELECT * INTO l FROM chips.lifts x WHERE x.id = p_id FOR UPDATE;
+    IF l.kind <> 'linear' OR l.status NOT IN ('seek', 'pend') OR l.parent IS NOT NULL
+       OR pg_catalog.now() + s.query_life + s.hop_step >= l.expires
+       OR (SELECT count(*) FROM chips.lift_routes x WHERE x.lift = l.lift_uuid AND x.dir = 'in') >= s.tries THEN
+        RETURN false;
+    END IF;
+    UPDATE chips.lifts x SET status = 'seek', query = pg_catalog.gen_random_uuid()::text WHERE x.id = l.id;
+    PERFORM chips._lift_seek(l.id);
+    RETURN true;
 END
 $$;
 

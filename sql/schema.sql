@@ -254,6 +254,7 @@ CREATE TABLE chips.lift_routes (
 CREATE UNIQUE INDEX lift_routes_key ON chips.lift_routes
     (query, dir, coalesce(tally, '00000000-0000-0000-0000-000000000000'));
 CREATE INDEX lift_routes_expires_idx ON chips.lift_routes (expires);
+CREATE INDEX lift_routes_lift_idx ON chips.lift_routes (lift) WHERE lift IS NOT NULL;
 
 -- Routes that answered found, kept for `cache_secs`: a later query or payment to the same address
 -- goes out on the same tally without asking again.
@@ -279,7 +280,10 @@ CREATE TABLE chips.lift_settings (
     cache_life  interval NOT NULL DEFAULT '1 minute' CHECK (cache_life >= interval '0'),
     ask_every   interval NOT NULL DEFAULT '2 seconds' CHECK (ask_every >= interval '100 milliseconds'),
     -- the most routes a payment is split over when no one route carries all of it (1: never split)
-    parts       integer NOT NULL DEFAULT 4 CHECK (parts BETWEEN 1 AND 16)
+    parts       integer NOT NULL DEFAULT 4 CHECK (parts BETWEEN 1 AND 16),
+    -- the most route queries a payment sends (one, then again while no way it found carried it
+    -- and time is left: the network moves while it waits)
+    tries       integer NOT NULL DEFAULT 3 CHECK (tries BETWEEN 1 AND 8)
 );
 
 -- Clearing rounds across sites (sql/rounds.sql). One row: the coordinator this site takes part

@@ -541,6 +541,225 @@ async fn a_part_refused_mid_prepare_voids_the_whole_payment_at_once() {
     net.check_consistent().await;
 }
 
+/// The site whose relay the origin's lift `l` (or its one live part) went to, in a diamond:
+/// 1 (through A) or 2 (through B).
+async fn diamond_way(net: &Net, l: Uuid) -> usize {
+    let out: Uuid = net.sites[0]
+        .admin
+        .query_one(
+            "SELECT tally_out FROM chips.lifts
+             WHERE (lift_uuid = $1 OR parent = $1) AND role = 'origin' AND tally_out IS NOT NULL
+               AND status <> 'void'",
+            &[&l],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    if out == net.tallies[0][0] {
+        1
+    } else {
+        2
+    }
+}
+
+/// Pending chits a lift holds at any site (each must be 0 once lifts are decided).
+async fn held(net: &Net) -> Vec<i64> {
+    let mut v = Vec::new();
+    for s in &net.sites {
+        v.push(
+            s.admin
+                .query_one(
+                    "SELECT count(*) FROM chips.chits WHERE status = 'pend' AND lift_id IS NOT NULL",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0),
+        );
+    }
+    v
+}
+
+#[tokio::test]
+async fn a_refused_way_is_replaced_by_another_and_holds_nothing() {
+    // through A 600, through B 500: 400 goes whole on either way
+    let net = Net::diamond("replace", 600, 500, [47190, 47191, 47192, 47193]).await;
+    let (payer, payee) = (&net.users[0][0], &net.users[3][0]);
+    let to = chad(&net.sites[3], payee);
+    let before = net.positions().await;
+
+    let l = pay_address(payer, &to, 400).await.unwrap();
+    // discovery only: the prepare stays in the origin's outbox
+    for _ in 0..20 {
+        relay_except(&net, |m| m["action"] == "prepare").await;
+    }
+    assert!(parts(&net, l).await.is_empty(), "sent whole");
+    // meanwhile the relay it went to pays Q directly all its way could carry: refused there
+    let k = diamond_way(&net, l).await;
+    let cap = if k == 1 { 600 } else { 500 };
+    net.users[k][0]
+        .pay(net.tallies[k][0], cap, "direct")
+        .await
+        .unwrap();
+    net.settle_all().await;
+    // the payment went on over the other way, as a part of it; the refused way holds nothing
+    assert_eq!(
+        net.lift_status(l).await,
+        vec![(0, "good".to_string(), "origin".to_string())],
+        "the payment's own lift uuid went no further than the site that refused it"
+    );
+    assert_eq!(parts(&net, l).await, vec![(400, "good".to_string())]);
+    assert_eq!(diamond_way(&net, l).await, 3 - k, "the other way");
+    assert_eq!(held(&net).await, [0, 0, 0, 0]);
+    let row = net.sites[0]
+        .admin
+        .query_one(
+            "SELECT l.tally_out, (SELECT count(*) FROM chips.chits c WHERE c.lift_id = l.id AND c.status = 'void')
+             FROM chips.lifts l WHERE l.lift_uuid = $1 AND l.role = 'origin'",
+            &[&l],
+        )
+        .await
+        .unwrap();
+    let (out, released): (Option<Uuid>, i64) = (row.get(0), row.get(1));
+    assert_eq!(
+        out, None,
+        "the payment itself is no longer out on the refused way"
+    );
+    assert_eq!(released, 1, "its chit on the refused way was released");
+    net.check_consistent().await;
+    let after = net.positions().await;
+    let moved: Vec<i64> = (0..4).map(|k| after[k][0] - before[k][0]).collect();
+    let mut want = [-400, 0, 0, 400 + cap];
+    want[k] = -cap;
+    assert_eq!(moved, want, "the payment once, and the relay's own payment");
+}
+
+#[tokio::test]
+async fn a_payment_refused_everywhere_seeks_again_and_goes_when_a_way_frees() {
+    // through A 600, through B 500: 550 goes only through A
+    let net = Net::diamond("again", 600, 500, [47194, 47195, 47196, 47197]).await;
+    // (time for a second query: it asks again only with a query's life and a hop left)
+    net.sites[0]
+        .admin
+        .execute("SELECT chips.lift_configure(life => '10 seconds')", &[])
+        .await
+        .unwrap();
+    let (payer, payee) = (&net.users[0][0], &net.users[3][0]);
+    let to = chad(&net.sites[3], payee);
+    let before = net.positions().await;
+
+    let l = pay_address(payer, &to, 550).await.unwrap();
+    for _ in 0..20 {
+        relay_except(&net, |m| m["action"] == "prepare").await;
+    }
+    assert_eq!(diamond_way(&net, l).await, 1);
+    // A pays Q all its way carries: the prepare is refused at A, and the reject held back
+    // while Q pays A back (the way through A carries 600 again)
+    let (a, q) = (&net.users[1][0], &net.users[3][0]);
+    a.pay(net.tallies[1][0], 600, "direct").await.unwrap();
+    for _ in 0..20 {
+        relay_except(&net, |m| m["action"] == "reject").await;
+    }
+    q.pay(net.tallies[1][0], 600, "back").await.unwrap();
+    net.settle_all().await;
+    // no other way carried it: the payment asked again, found A's way free and went, in a part
+    // (its own lift uuid stays with the way that refused it)
+    let queries: i64 = net.sites[0]
+        .admin
+        .query_one(
+            "SELECT count(*) FROM chips.lift_routes WHERE lift = $1 AND dir = 'in'",
+            &[&l],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(queries, 2, "a second route query");
+    assert_eq!(
+        net.lift_status(l).await,
+        vec![(0, "good".to_string(), "origin".to_string())]
+    );
+    assert_eq!(parts(&net, l).await, vec![(550, "good".to_string())]);
+    assert_eq!(held(&net).await, [0, 0, 0, 0]);
+    net.check_consistent().await;
+    let after = net.positions().await;
+    let moved: Vec<i64> = (0..4).map(|k| after[k][0] - before[k][0]).collect();
+    assert_eq!(moved, [-550, 0, 0, 550], "A's own payments cancel out");
+
+    // with nothing free anywhere it gives up after `tries` queries: void, nothing held
+    net.sites[0]
+        .admin
+        .execute("SELECT chips.lift_configure(tries => 2)", &[])
+        .await
+        .unwrap();
+    let l = pay_address(payer, &to, 500).await.unwrap();
+    for _ in 0..20 {
+        relay_except(&net, |m| m["action"] == "prepare").await;
+    }
+    // (A has 50 left: it goes whole through B, which then pays Q all of it)
+    assert_eq!(diamond_way(&net, l).await, 2);
+    net.users[2][0]
+        .pay(net.tallies[2][0], 500, "direct")
+        .await
+        .unwrap();
+    net.settle_all().await;
+    assert!(net.lift_status(l).await.iter().all(|(_, s, _)| s == "void"));
+    let queries: i64 = net.sites[0]
+        .admin
+        .query_one(
+            "SELECT count(*) FROM chips.lift_routes WHERE lift = $1 AND dir = 'in'",
+            &[&l],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(queries, 2, "tries => 2");
+    assert_eq!(held(&net).await, [0, 0, 0, 0]);
+    net.check_consistent().await;
+}
+
+#[tokio::test]
+async fn a_way_that_leaves_the_payees_site_and_comes_back_is_found() {
+    // P (site 0) -> Y (site 2) -> X (site 1) -> Q (site 2): the query reaches Q's site first at
+    // Y, who has no tally with Q; it goes on from there and comes back to Q
+    let net = Net::graph(
+        "back",
+        &[47198, 47199, 47200],
+        &[&["P"], &["X"], &["Y", "Q"]],
+        &[
+            ((0, 0), (2, 0), 800),
+            ((2, 0), (1, 0), 800),
+            ((1, 0), (2, 1), 800),
+        ],
+        1000,
+    )
+    .await;
+    let (payer, payee) = (&net.users[0][0], &net.users[2][1]);
+    let to = chad(&net.sites[2], payee);
+    let before = net.positions().await;
+    let l = pay_address(payer, &to, 500).await.unwrap();
+    net.settle_all().await;
+    let mut st = net.lift_status(l).await;
+    st.sort();
+    assert_eq!(
+        st.iter()
+            .map(|(k, s, r)| (*k, s.as_str(), r.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            (0, "good", "origin"),
+            (1, "good", "relay"),
+            (2, "good", "relay"),
+            (2, "good", "terminus")
+        ],
+        "Q's site passes it on once, then ends it"
+    );
+    net.check_consistent().await;
+    let after = net.positions().await;
+    assert_eq!(after[0][0] - before[0][0], -500);
+    assert_eq!(after[2][1] - before[2][1], 500);
+    assert_eq!(after[2][0], before[2][0], "Y only passes it on");
+    assert_eq!(after[1][0], before[1][0], "X only passes it on");
+}
+
 #[tokio::test]
 async fn a_payment_passes_a_site_twice_over_distinct_tallies() {
     // P (site 0) -> X (site 1) -> Y (site 0) -> Q (site 2): the only way from P to Q leaves
