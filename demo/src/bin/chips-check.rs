@@ -171,10 +171,15 @@ async fn check(args: Args) -> Result<Vec<String>, String> {
             let (lift, status, what): (String, String, String) = (r.get(0), r.get(1), r.get(2));
             problems.push(format!("{site}: lift {lift} is {status} {what}"));
         }
+        // (a payment sent whole, refused on the way and sent again in parts: its origin row is
+        // the payment's, good or void, while the way its own uuid took is dead, void at every
+        // site it reached; chips._lift_dead is the origin's word on that)
         for r in db
             .query(
-                "SELECT lift_uuid, status FROM chips.lifts
-                 WHERE kind NOT IN ('local', 'round') AND status IN ('good', 'void')",
+                "SELECT l.lift_uuid,
+                        CASE WHEN l.role = 'origin' AND chips._lift_dead(l) THEN 'void' ELSE l.status END
+                 FROM chips.lifts l
+                 WHERE l.kind NOT IN ('local', 'round') AND l.status IN ('good', 'void')",
                 &[],
             )
             .await
