@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Chit throughput through the SQL API (chips.pay: a custodial payment, signed and verified in
-# the database, balance, chain and both tally halves updated) against plain INSERTs of rows of
-# the same width into an unindexed table, with pgbench, in the same run on the same private
-# cluster. Prints median transactions per second over REPS runs for 1, 4 and 16 clients.
+# the database, balance, chain and both tally halves updated) against, in the same run on the
+# same private cluster, with pgbench:
+#   - ledger: pgledger's pgledger_create_transfer (a double-entry ledger in plain PL/pgSQL, read
+#     at run time from ../shared/anchors/pgledger, never copied here; ANCHORS=<dir> to point
+#     elsewhere): client n transfers 1 from account n mod 16 to account n mod 16 + 16;
+#   - tpcb: pgbench's built-in tpcb-like (a bank transfer), scale 16;
+#   - raw: plain INSERTs of rows as wide as a chit row into an unindexed table.
+# Alternating runs; prints the median transactions per second over REPS runs for 1, 4 and 16
+# clients, chips.pay's ratio to each, and the WAL bytes per transaction of each.
 #
 # Client n acts for payer n mod 16 and pays on that payer's tally with vendor n mod 16: as
 # many people paying at once. A last line measures the contended case: the clients (as many as
@@ -78,6 +84,23 @@ GRANT INSERT ON public.raw_chits TO bench_client;
 SQL
 "${PSQL[@]}" -d bench -c "SET ROLE bench_p0" -c "SELECT chips.pay(tally, 1) FROM public.bench_tallies WHERE n = 0" >/dev/null
 
+ANCHORS=${ANCHORS:-$(cd "$(dirname "$0")/../.." && pwd)/shared/anchors}
+LEDGER=$ANCHORS/pgledger
+if [ ! -f "$LEDGER/pgledger.sql" ]; then
+    echo "pgledger not found at $LEDGER (set ANCHORS to the folder that holds it)" >&2
+    exit 1
+fi
+say "anchors: pgledger from $LEDGER (32 accounts), pgbench tpcb-like at scale 16"
+"${PSQL[@]}" -d postgres -c "CREATE DATABASE ledger" -c "CREATE DATABASE tpcb"
+"${PSQL[@]}" -d ledger -f "$LEDGER/vendor/scoville-pgsql-ulid/ulid-to-uuid.sql" \
+    -f "$LEDGER/vendor/scoville-pgsql-ulid/uuid-to-ulid.sql" -f "$LEDGER/pgledger.sql" >/dev/null
+"${PSQL[@]}" -d ledger <<'SQL' >/dev/null
+CREATE TABLE public.bench_accounts (n int PRIMARY KEY, id text NOT NULL);
+INSERT INTO public.bench_accounts
+SELECT i, (SELECT a.id FROM pgledger_create_account('account ' || i, 'CHIP') a) FROM generate_series(0, 31) i;
+SQL
+pgbench -q -i -s 16 -h 127.0.0.1 -p "$PORT" -U postgres tpcb >/dev/null 2>&1
+
 WORK=$(mktemp -d)
 # Each client takes its payer's role once, in its first transaction (pgbench -D first=1).
 cat > "$WORK/api.sql" <<'SQL'
@@ -96,6 +119,11 @@ SET ROLE bench_p0;
 \endif
 SELECT chips.pay(tally, 1, 'bench') FROM public.bench_one_payer WHERE n = :n;
 SQL
+cat > "$WORK/ledger.sql" <<'SQL'
+\set n :client_id % 16
+SELECT pgledger_create_transfer(a.id, b.id, 1) FROM public.bench_accounts a, public.bench_accounts b
+WHERE a.n = :n AND b.n = :n + 16;
+SQL
 cat > "$WORK/raw.sql" <<'SQL'
 INSERT INTO public.raw_chits (id, tally_id, chit_uuid, chit_type, issuer, units, reference, memo,
   chit_date, signature, status, value, chain_idx, chain_prev, chain_hash, created, updated)
@@ -106,37 +134,51 @@ VALUES (nextval('public.raw_seq'), :client_id + 1, gen_random_uuid(), 'tran', 'f
 SQL
 
 lsn() { "${PSQL[@]}" -d bench -At -c "SELECT pg_current_wal_lsn()"; }
-WAL_API=(); WAL_RAW=()
-run() { # script clients -> tps (and the WAL bytes per transaction, in WAL_<script>)
-    local out before after tps
+run() { # script clients -> tps and the WAL bytes per transaction (the whole cluster's)
+    local out before after tps how
+    case $1 in
+        ledger) how=(-U postgres -f "$WORK/ledger.sql" ledger) ;;
+        tpcb) how=(-U postgres -b tpcb-like tpcb) ;;
+        *) how=(-U bench_client -D first=1 -f "$WORK/$1.sql" bench) ;;
+    esac
     before=$(lsn)
-    out=$(pgbench -n -h 127.0.0.1 -p "$PORT" -U bench_client -D first=1 -c "$2" -j "$(( $2 < 2 ? 1 : 2 ))" \
-        -T "$DURATION" -f "$WORK/$1.sql" bench 2>&1) || { echo "$out" >&2; return 1; }
+    out=$(pgbench -n -h 127.0.0.1 -p "$PORT" -c "$2" -j "$(( $2 < 2 ? 1 : 2 ))" -T "$DURATION" "${how[@]}" 2>&1) \
+        || { echo "$out" >&2; return 1; }
     after=$(lsn)
     tps=$(echo "$out" | awk '/^tps/ {print $3; exit}')
     echo "$tps $("${PSQL[@]}" -d bench -At -c "SELECT round(pg_wal_lsn_diff('$after', '$before') \
         / $(echo "$out" | awk '/number of transactions actually processed/ {split($NF, a, "/"); print a[1]; exit}'))")"
 }
 
-say "pgbench: ${DURATION}s per run, median of $REPS runs, alternating API and raw runs"
-printf '%-8s %14s %14s %8s %14s %14s\n' clients api_tps raw_tps ratio api_wal_B/tx raw_wal_B/tx
+say "pgbench: ${DURATION}s per run, median of $REPS runs, alternating api, ledger, tpcb and raw runs"
+printf '%-8s %10s %10s %10s %10s %10s %10s %10s %10s %10s %10s\n' clients api_tps ledger_tps tpcb_tps raw_tps \
+    api/ledger api/tpcb api/raw api_wal_B ledger_wal tpcb_wal
 for c in $CLIENTS; do
-    api=(); raw=(); wapi=(); wraw=()
+    declare -A tps=() wal=()
     for _ in $(seq "$REPS"); do
-        read -r t w < <(run api "$c"); api+=("$t"); wapi+=("$w")
-        read -r t w < <(run raw "$c"); raw+=("$t"); wraw+=("$w")
+        for k in api ledger tpcb raw; do
+            read -r t w < <(run "$k" "$c"); tps[$k]+="$t "; wal[$k]+="$w "
+        done
     done
-    a=$(printf '%s\n' "${api[@]}" | median)
-    r=$(printf '%s\n' "${raw[@]}" | median)
-    printf '%-8s %14.1f %14.1f %8.3f %14.0f %14.0f\n' "$c" "$a" "$r" "$(echo "$a / $r" | bc -l)" \
-        "$(printf '%s\n' "${wapi[@]}" | median)" "$(printf '%s\n' "${wraw[@]}" | median)"
+    declare -A m=() mw=()
+    for k in api ledger tpcb raw; do
+        m[$k]=$(printf '%s\n' ${tps[$k]} | median); mw[$k]=$(printf '%s\n' ${wal[$k]} | median)
+    done
+    r=${m[raw]}; lg=${m[ledger]}
+    printf '%-8s %10.1f %10.1f %10.1f %10.1f %10.3f %10.3f %10.3f %10.0f %10.0f %10.0f\n' "$c" \
+        "${m[api]}" "${m[ledger]}" "${m[tpcb]}" "${m[raw]}" \
+        "$(echo "${m[api]} / ${m[ledger]}" | bc -l)" "$(echo "${m[api]} / ${m[tpcb]}" | bc -l)" \
+        "$(echo "${m[api]} / ${m[raw]}" | bc -l)" "${mw[api]}" "${mw[ledger]}" "${mw[tpcb]}"
+    echo "         (raw INSERT: ${mw[raw]} B of WAL a transaction)"
+    unset tps wal m mw
 done
 # The contended case, at the last client count and against its raw figure: the clients all act
 # for one payer, paying on its 16 tallies.
 one=()
 for _ in $(seq "$REPS"); do read -r t _ < <(run one_payer "$c"); one+=("$t"); done
 o=$(printf '%s\n' "${one[@]}" | median)
-printf '%-8s %14.1f %14.1f %8.3f   (%s clients, one payer)\n' "$c/1" "$o" "$r" "$(echo "$o / $r" | bc -l)" "$c"
+printf '%-8s %10.1f   (%s clients, one payer: %.3f of the ledger at %s clients, %.3f of raw)\n' "$c/1" "$o" "$c" \
+    "$(echo "$o / $lg" | bc -l)" "$c" "$(echo "$o / $r" | bc -l)"
 # The payments left every chain and balance sound.
 bad=$("${PSQL[@]}" -d bench -At -c "SELECT count(*) FROM (SELECT tally FROM public.bench_tallies UNION SELECT tally FROM public.bench_one_payer) b, chips.tally_audit(b.tally) a WHERE NOT a.ok")
 chits=$("${PSQL[@]}" -d bench -At -c "SELECT count(*) FROM chips.chits")
