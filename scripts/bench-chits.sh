@@ -119,6 +119,19 @@ SET ROLE bench_p0;
 \endif
 SELECT chips.pay(tally, 1, 'bench') FROM public.bench_one_payer WHERE n = :n;
 SQL
+# A batch: 100 payments on the client's payer's tally in one call (chips.pay_batch), each item
+# on its own (a subtransaction each) or all or nothing.
+for mode in false true; do
+    cat > "$WORK/batch_$mode.sql" <<SQL
+\\set n :client_id % 16
+\\if :first
+\\set first 0
+SET ROLE bench_p:n;
+\\endif
+SELECT count(*) FROM chips.pay_batch((SELECT jsonb_agg(jsonb_build_object('tally', b.tally, 'units', 1, 'memo', 'bench'))
+    FROM public.bench_tallies b, generate_series(1, 100) WHERE b.n = :n), $mode);
+SQL
+done
 cat > "$WORK/ledger.sql" <<'SQL'
 \set n :client_id % 16
 SELECT pgledger_create_transfer(a.id, b.id, 1) FROM public.bench_accounts a, public.bench_accounts b
@@ -164,13 +177,25 @@ for c in $CLIENTS; do
     for k in api ledger tpcb raw; do
         m[$k]=$(printf '%s\n' ${tps[$k]} | median); mw[$k]=$(printf '%s\n' ${wal[$k]} | median)
     done
-    r=${m[raw]}; lg=${m[ledger]}
+    r=${m[raw]}; lg=${m[ledger]}; ap=${m[api]}
     printf '%-8s %10.1f %10.1f %10.1f %10.1f %10.3f %10.3f %10.3f %10.0f %10.0f %10.0f\n' "$c" \
         "${m[api]}" "${m[ledger]}" "${m[tpcb]}" "${m[raw]}" \
         "$(echo "${m[api]} / ${m[ledger]}" | bc -l)" "$(echo "${m[api]} / ${m[tpcb]}" | bc -l)" \
         "$(echo "${m[api]} / ${m[raw]}" | bc -l)" "${mw[api]}" "${mw[ledger]}" "${mw[tpcb]}"
     echo "         (raw INSERT: ${mw[raw]} B of WAL a transaction)"
     unset tps wal m mw
+done
+# The batch API at the last client count, against chips.pay's single calls there: payments a
+# second (100 to a call), alternating the two modes.
+declare -A bt=()
+for _ in $(seq "$REPS"); do
+    for mode in false true; do read -r t _ < <(run "batch_$mode" "$c"); bt[$mode]+="$t "; done
+done
+for mode in false true; do
+    b=$(printf '%s\n' ${bt[$mode]} | median)
+    printf '%-8s %10.1f payments/s in batches of 100 (%s): %.2f x chips.pay at %s clients\n' "$c" \
+        "$(echo "$b * 100" | bc -l)" "$([ $mode = true ] && echo "all or nothing" || echo "each item on its own")" \
+        "$(echo "$b * 100 / $ap" | bc -l)" "$c"
 done
 # The contended case, at the last client count and against its raw figure: the clients all act
 # for one payer, paying on its 16 tallies.

@@ -431,6 +431,118 @@ BEGIN
 END
 $$;
 
+-- Many payments in one call (a payroll, a shop's end of day): each item a payment the caller
+-- may make, `{tally, units, memo?, reference?, payer?}` (signed here with a custodial key, as
+-- chips.pay) or `{doc, signature?, payer?}` (a chit document its payer signed, as
+-- chips.chit_issue); `payer` (an entity id) lets a role that acts for several users (a member
+-- of each one's role) pay for each of them, else the caller's own user pays. Every item is
+-- checked and signed like a single payment. Per item (the default) each is applied or refused
+-- on its own, in a subtransaction of its own: one row per item, its chit uuid or the SQLSTATE
+-- and message it was refused with, nothing of a refused one written. With `all_or_nothing`,
+-- the first refusal refuses the whole call with that item's SQLSTATE and message, and nothing
+-- is written (no subtransactions: faster). One transaction either way.
+CREATE FUNCTION chips.pay_batch(payments jsonb, all_or_nothing boolean DEFAULT false)
+RETURNS TABLE (item integer, chit uuid, sqlstate text, message text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    p jsonb;
+    k integer := 0;
+    v_state text;
+    v_message text;
+BEGIN
+    IF pg_catalog.jsonb_typeof(pay_batch.payments) IS DISTINCT FROM 'array'
+       OR pg_catalog.jsonb_array_length(pay_batch.payments) NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'payments is a JSON array of 1 to 1,000 payments' USING ERRCODE = '22023';
+    END IF;
+    FOR p IN SELECT x FROM pg_catalog.jsonb_array_elements(pay_batch.payments) x LOOP
+        k := k + 1;
+        item := k;
+        chit := NULL;
+        pay_batch.sqlstate := NULL;
+        pay_batch.message := NULL;
+        IF coalesce(pay_batch.all_or_nothing, false) THEN
+            chit := chips._pay_item(p);
+        ELSE
+            BEGIN
+                chit := chips._pay_item(p);
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
+                pay_batch.sqlstate := v_state;
+                pay_batch.message := v_message;
+            END;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- One item of chips.pay_batch: its payer (acted for), checked, signed and issued; its chit uuid.
+CREATE FUNCTION chips._pay_item(p jsonb) RETURNS uuid
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    u chips.users;
+    v_doc jsonb;
+    v_tally uuid;
+    v_units bigint;
+BEGIN
+    IF pg_catalog.jsonb_typeof(p) IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'a payment is {tally, units, memo?, reference?, payer?} or {doc, signature?, payer?}'
+            USING ERRCODE = '22023';
+    END IF;
+    u := chips._acting_for(p->>'payer');
+    IF p ? 'doc' THEN
+        v_doc := chips.chit_doc_check(p->'doc');
+        PERFORM chips._chit_issue(chips._my_open_tally(u, (v_doc->>'tally')::uuid), v_doc,
+                                  coalesce(p->>'signature', chips._custodial_sign(u.ent, v_doc)));
+        RETURN (v_doc->>'uuid')::uuid;
+    END IF;
+    BEGIN
+        v_tally := (p->>'tally')::uuid;
+        v_units := (p->>'units')::bigint;
+    EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+        RAISE EXCEPTION 'a payment has a tally (uuid) and units (a whole number)' USING ERRCODE = '22023';
+    END;
+    IF v_tally IS NULL OR v_units IS NULL OR (p ? 'reference' AND pg_catalog.jsonb_typeof(p->'reference') <> 'object')
+       OR (p ? 'memo' AND pg_catalog.jsonb_typeof(p->'memo') <> 'string') THEN
+        RAISE EXCEPTION 'a payment has a tally (uuid) and units (a whole number); memo is text, reference an object'
+            USING ERRCODE = '22023';
+    END IF;
+    RETURN chips._custodial_issue(u, v_tally, v_units, p->>'memo', p->'reference');
+END
+$$;
+
+-- The user a batch item pays for: the caller's own (`p_payer` null), or the user with entity id
+-- `p_payer` whose role the caller's role is a member of (never through the gateway, whose
+-- sessions act for one user). 42501 otherwise.
+CREATE FUNCTION chips._acting_for(p_payer text) RETURNS chips.users
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    u chips.users;
+    v_role text := chips.outer_role();
+BEGIN
+    IF p_payer IS NULL THEN
+        RETURN chips._me();
+    END IF;
+    SELECT * INTO u FROM chips.users x WHERE x.ent = p_payer;
+    IF NOT FOUND OR u.username IS NULL
+       OR (u.username <> v_role AND (chips._via_gateway()
+                                     OR NOT pg_catalog.pg_has_role(v_role::name, u.username::name, 'MEMBER'))) THEN
+        RAISE EXCEPTION 'role % does not act for user %', v_role, p_payer USING ERRCODE = '42501';
+    END IF;
+    IF chips._via_gateway() AND u.ent IS DISTINCT FROM chips._session_ent() THEN
+        RAISE EXCEPTION 'no live session for user %', u.ent USING ERRCODE = '42501';
+    END IF;
+    IF u.status <> 'active' THEN
+        RAISE EXCEPTION 'user % is %', u.ent, u.status USING ERRCODE = '42501';
+    END IF;
+    RETURN u;
+END
+$$;
+
 -- Ask the partner for value: a pending chit the partner signs (chit_sign) or declines.
 CREATE FUNCTION chips.chit_invoice(tally uuid, units bigint, memo text DEFAULT NULL,
                                    reference jsonb DEFAULT NULL)

@@ -217,6 +217,10 @@ async def phase1(cfg):
     assert (e.code, e.sqlstate) == (-32000, "22P02"), e
     e = await bob.refused("pay", tally=tally, units=1_000_000)
     assert e.sqlstate is not None and e.code == -32000, e
+    # a batch all or nothing: one item over the limit refuses it all (chits.list below counts)
+    e = await bob.refused("pay.batch", payments=[{"tally": tally, "units": 1}, {"tally": tally, "units": 1_000_000}],
+                          all_or_nothing=True)
+    assert (e.code, e.sqlstate) == (-32000, "23514"), e
     # paying a CHIP address: Ann takes no lifts (target 0), so no route reaches her
     chad = (await ann.call("me"))["chad"]
     e = await bob.refused("pay.address", address={"cuid": chad["cuid"], "agent": chad["agent"]}, units=1)
@@ -248,6 +252,12 @@ async def phase1(cfg):
     assert e.sqlstate == "42704", e
     e = await eve.refused("pay", tally=tally, units=1)
     assert e.sqlstate == "42704", e
+    rows = await eve.call("pay.batch", payments=[{"tally": tally, "units": 1}, {"tally": tally, "units": "lots"},
+                                                 {"tally": tally, "units": 1, "payer": cfg["ents"]["bob"]}])
+    assert [(r["item"], r["chit"], r["sqlstate"]) for r in rows] == \
+        [(1, None, "42704"), (2, None, "22023"), (3, None, "42501")], rows
+    e = await eve.refused("pay.batch", payments={"tally": tally})
+    assert (e.code, e.sqlstate) == (-32000, "22023"), e
     assert all(ev["data"].get("tally") != tally for ev in await eve.call("events.since", cursor=0))
     e = await eve.refused("events.since", cursor=10_000)
     assert e.sqlstate == "22023", e

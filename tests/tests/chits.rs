@@ -372,56 +372,61 @@ async fn settings_and_closing() {
     assert!(s.audit_failures(t).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn custodial_users_pay_through_sql_alone() {
-    let s = site("t_chit_custodial").await;
-    let shop: String = s
+/// A custodial user (the database holds their key) and a connection acting as them.
+async fn custodial(s: &Site, name: &str, cuid: &str) -> (String, tokio_postgres::Client) {
+    let ent: String = s
         .admin
         .query_one(
-            "SELECT chips.user_create('Shop', 'shop', custodial => true)",
-            &[],
+            "SELECT chips.user_create($1, $2, custodial => true)",
+            &[&name, &cuid],
         )
         .await
         .unwrap()
         .get(0);
-    let cust: String = s
-        .admin
+    let db = s.connect_as(&ent).await.unwrap();
+    (ent, db)
+}
+
+/// An open tally between two custodial users of one site: `vendor` grants `client` `limit`.
+async fn custodial_tally(
+    vendor: &tokio_postgres::Client,
+    client: &tokio_postgres::Client,
+    limit: i64,
+) -> Uuid {
+    let t: Uuid = vendor
         .query_one(
-            "SELECT chips.user_create('Cust', 'cust', custodial => true)",
-            &[],
+            "SELECT chips.tally_create('stock', hold_terms => jsonb_build_object('limit', $1::bigint))",
+            &[&limit],
         )
         .await
         .unwrap()
         .get(0);
-    let (shop_db, cust_db) = (
-        s.connect_as(&shop).await.unwrap(),
-        s.connect_as(&cust).await.unwrap(),
-    );
-    let t: Uuid = shop_db
-        .query_one(
-            "SELECT chips.tally_create('stock', hold_terms => '{\"limit\": 900}')",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let ticket: Value = shop_db
+    let ticket: Value = vendor
         .query_one("SELECT chips.ticket_create($1)", &[&t])
         .await
         .unwrap()
         .get(0);
-    cust_db
+    client
         .execute("SELECT chips.ticket_redeem($1)", &[&ticket])
         .await
         .unwrap();
-    shop_db
+    vendor
         .execute("SELECT chips.tally_offer($1)", &[&t])
         .await
         .unwrap();
-    cust_db
+    client
         .execute("SELECT chips.tally_accept($1)", &[&t])
         .await
         .unwrap();
+    t
+}
+
+#[tokio::test]
+async fn custodial_users_pay_through_sql_alone() {
+    let s = site("t_chit_custodial").await;
+    let (_, shop_db) = custodial(&s, "Shop", "shop").await;
+    let (_, cust_db) = custodial(&s, "Cust", "cust").await;
+    let t = custodial_tally(&shop_db, &cust_db, 900).await;
     cust_db
         .execute("SELECT chips.pay($1, 600, 'groceries')", &[&t])
         .await
@@ -450,6 +455,163 @@ async fn custodial_users_pay_through_sql_alone() {
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&e), "55000");
+}
+
+#[tokio::test]
+async fn a_batch_pays_each_item_or_refuses_it_with_its_sqlstate() {
+    let s = site("t_chit_batch").await;
+    let (shop, shop_db) = custodial(&s, "Shop", "shop").await;
+    let (cust, cust_db) = custodial(&s, "Cust", "cust").await;
+    let (cust2, cust2_db) = custodial(&s, "Cust2", "cust2").await;
+    let t = custodial_tally(&shop_db, &cust_db, 900).await;
+    let t2 = custodial_tally(&shop_db, &cust2_db, 900).await;
+    let chits = "SELECT count(*) FROM chips.chits";
+    let before = count(&s, chits).await;
+    let cust_db = &cust_db;
+    let batch = |items: Value| async move {
+        cust_db
+            .query(
+                "SELECT item, chit, sqlstate, message FROM chips.pay_batch($1)",
+                &[&items],
+            )
+            .await
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| {
+                        (
+                            r.get::<_, i32>(0),
+                            r.get::<_, Option<Uuid>>(1).is_some(),
+                            r.get::<_, Option<String>>(2).unwrap_or_default(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+    };
+    // bad items among good ones: each refused with its SQLSTATE, the others applied
+    let got = batch(json!([
+        {"tally": t, "units": 100, "memo": "one"},
+        {"tally": t, "units": "lots"},
+        {"tally": Uuid::new_v4(), "units": 1},
+        {"tally": t, "units": 10_000},
+        {"tally": t2, "units": 5},
+        "not a payment",
+        {"tally": t, "units": 200, "reference": {"invoice": 7}},
+        {"tally": t, "units": 1, "payer": shop},
+    ]))
+    .await
+    .unwrap();
+    let states: Vec<(i32, bool, &str)> =
+        got.iter().map(|(k, c, st)| (*k, *c, st.as_str())).collect();
+    assert_eq!(
+        states,
+        [
+            (1, true, ""),
+            (2, false, "22023"),
+            (3, false, "42704"),
+            (4, false, "23514"),
+            (5, false, "42704"),
+            (6, false, "22023"),
+            (7, true, ""),
+            (8, false, "42501"),
+        ],
+        "cust is not party to t2 and does not act for the shop"
+    );
+    assert_eq!(
+        count(&s, chits).await - before,
+        4,
+        "two payments, both halves each"
+    );
+    let owed: i64 = cust_db
+        .query_one(
+            "SELECT net_good FROM chips.tallies_list() WHERE tally_uuid = $1",
+            &[&t],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owed, -300);
+    assert!(s.audit_failures(t).await.unwrap().is_empty());
+
+    // all or nothing: one bad item refuses the call, nothing is written
+    let before = count(&s, chits).await;
+    let e = cust_db
+        .query(
+            "SELECT * FROM chips.pay_batch($1, all_or_nothing => true)",
+            &[&json!([{"tally": t, "units": 10}, {"tally": t, "units": 10_000}])],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "23514");
+    assert_eq!(count(&s, chits).await, before);
+    // a call that is no list of payments is refused whole
+    for bad in [
+        json!({"tally": t}),
+        json!([]),
+        json!((0..1001).map(|_| json!({})).collect::<Vec<_>>()),
+    ] {
+        let e = cust_db
+            .query("SELECT * FROM chips.pay_batch($1)", &[&bad])
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "22023", "{bad}");
+    }
+
+    // a payroll role that acts for both customers pays for each of them in one call
+    let payroll = format!("payroll_{}", s.db);
+    let (r1, r2) = (
+        s.role_of(&cust).await.unwrap(),
+        s.role_of(&cust2).await.unwrap(),
+    );
+    s.admin
+        .batch_execute(&format!(
+            "CREATE ROLE \"{payroll}\" NOLOGIN; GRANT \"{r1}\", \"{r2}\" TO \"{payroll}\""
+        ))
+        .await
+        .unwrap();
+    let pr = connect(&s.dsn).await.unwrap();
+    pr.batch_execute(&format!("SET ROLE \"{payroll}\""))
+        .await
+        .unwrap();
+    let rows = pr
+        .query(
+            "SELECT item, sqlstate FROM chips.pay_batch($1, true)",
+            &[&json!([
+                {"tally": t, "units": 11, "payer": cust},
+                {"tally": t2, "units": 22, "payer": cust2},
+            ])],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.get::<_, Option<String>>(1).is_none()));
+    let e = pr
+        .query(
+            "SELECT * FROM chips.pay_batch($1)",
+            &[&json!([{"tally": t, "units": 1}])],
+        )
+        .await
+        .map(|rows| rows[0].get::<_, Option<String>>(2))
+        .unwrap();
+    assert_eq!(
+        e.as_deref(),
+        Some("42501"),
+        "no payer: the payroll role is no user"
+    );
+    let e = pr
+        .query(
+            "SELECT * FROM chips.pay_batch($1)",
+            &[&json!([{"tally": t, "units": 1, "payer": shop}])],
+        )
+        .await
+        .map(|rows| rows[0].get::<_, Option<String>>(2))
+        .unwrap();
+    assert_eq!(
+        e.as_deref(),
+        Some("42501"),
+        "not a role the payroll acts for"
+    );
+    assert!(s.audit_failures(t).await.unwrap().is_empty());
+    assert!(s.audit_failures(t2).await.unwrap().is_empty());
 }
 
 /// Two sites: Ann (stock) at a, Eve (foil) at b.

@@ -152,6 +152,11 @@ pub static USER_METHODS: &[Method] = &[
             opt("reference", "jsonb"),
         ],
     ),
+    rows(
+        "pay.batch",
+        "pay_batch",
+        &[req("payments", "jsonb"), opt("all_or_nothing", "boolean")],
+    ),
     scalar(
         "pay.address",
         "pay_address",
