@@ -564,7 +564,8 @@ async fn a_batch_pays_each_item_or_refuses_it_with_its_sqlstate() {
     );
     s.admin
         .batch_execute(&format!(
-            "CREATE ROLE \"{payroll}\" NOLOGIN; GRANT \"{r1}\", \"{r2}\" TO \"{payroll}\""
+            "DROP ROLE IF EXISTS \"{payroll}\"; CREATE ROLE \"{payroll}\" NOLOGIN;
+             GRANT \"{r1}\", \"{r2}\" TO \"{payroll}\""
         ))
         .await
         .unwrap();
@@ -584,32 +585,26 @@ async fn a_batch_pays_each_item_or_refuses_it_with_its_sqlstate() {
         .unwrap();
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r.get::<_, Option<String>>(1).is_none()));
-    let e = pr
-        .query(
-            "SELECT * FROM chips.pay_batch($1)",
-            &[&json!([{"tally": t, "units": 1}])],
-        )
-        .await
-        .map(|rows| rows[0].get::<_, Option<String>>(2))
-        .unwrap();
-    assert_eq!(
-        e.as_deref(),
-        Some("42501"),
-        "no payer: the payroll role is no user"
-    );
-    let e = pr
-        .query(
-            "SELECT * FROM chips.pay_batch($1)",
-            &[&json!([{"tally": t, "units": 1, "payer": shop}])],
-        )
-        .await
-        .map(|rows| rows[0].get::<_, Option<String>>(2))
-        .unwrap();
-    assert_eq!(
-        e.as_deref(),
-        Some("42501"),
-        "not a role the payroll acts for"
-    );
+    for (item, why) in [
+        (
+            json!({"tally": t, "units": 1}),
+            "no payer: the payroll role is no user",
+        ),
+        (
+            json!({"tally": t, "units": 1, "payer": shop}),
+            "not a role the payroll acts for",
+        ),
+    ] {
+        let e: Option<String> = pr
+            .query_one(
+                "SELECT sqlstate FROM chips.pay_batch($1)",
+                &[&json!([item])],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(e.as_deref(), Some("42501"), "{why}");
+    }
     assert!(s.audit_failures(t).await.unwrap().is_empty());
     assert!(s.audit_failures(t2).await.unwrap().is_empty());
 }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use chips_tests::ring::{chad, pay_address, Net};
+use chips_tests::ring::{chad, pay_address, Net, Who};
 use chips_tests::sqlstate;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -717,11 +717,54 @@ async fn a_payment_refused_everywhere_seeks_again_and_goes_when_a_way_frees() {
     net.check_consistent().await;
 }
 
+/// Three sites whose only way from `payer` to `payee` (site, user) is the line of tallies
+/// `tallies` (800 each): 500 goes whole, the lift's rows (site, status, role, sorted) are
+/// `rows`, and no one but the payer and the payee moved. Returns the payee's address.
+async fn pays_500_along(
+    tag: &str,
+    ports: &[u16],
+    users: &[&[&str]],
+    tallies: &[(Who, Who, i64)],
+    (payer, payee): (Who, Who),
+    rows: &[(usize, &str, &str)],
+    why: &str,
+) -> (Net, Value) {
+    let net = Net::graph(tag, ports, users, tallies, 1000).await;
+    let to = chad(&net.sites[payee.0], &net.users[payee.0][payee.1]);
+    let before = net.positions().await;
+    let l = pay_address(&net.users[payer.0][payer.1], &to, 500)
+        .await
+        .unwrap();
+    net.settle_all().await;
+    let mut st = net.lift_status(l).await;
+    st.sort();
+    assert_eq!(
+        st.iter()
+            .map(|(k, s, r)| (*k, s.as_str(), r.as_str()))
+            .collect::<Vec<_>>(),
+        rows,
+        "{why}"
+    );
+    net.check_consistent().await;
+    let after = net.positions().await;
+    for (k, us) in after.iter().enumerate() {
+        for (i, p) in us.iter().enumerate() {
+            let want = match (k, i) {
+                w if w == payer => -500,
+                w if w == payee => 500,
+                _ => 0,
+            };
+            assert_eq!(p - before[k][i], want, "site {k} user {i}");
+        }
+    }
+    (net, to)
+}
+
 #[tokio::test]
 async fn a_way_that_leaves_the_payees_site_and_comes_back_is_found() {
     // P (site 0) -> Y (site 2) -> X (site 1) -> Q (site 2): the query reaches Q's site first at
     // Y, who has no tally with Q; it goes on from there and comes back to Q
-    let net = Net::graph(
+    pays_500_along(
         "back",
         &[47198, 47199, 47200],
         &[&["P"], &["X"], &["Y", "Q"]],
@@ -730,41 +773,23 @@ async fn a_way_that_leaves_the_payees_site_and_comes_back_is_found() {
             ((2, 0), (1, 0), 800),
             ((1, 0), (2, 1), 800),
         ],
-        1000,
-    )
-    .await;
-    let (payer, payee) = (&net.users[0][0], &net.users[2][1]);
-    let to = chad(&net.sites[2], payee);
-    let before = net.positions().await;
-    let l = pay_address(payer, &to, 500).await.unwrap();
-    net.settle_all().await;
-    let mut st = net.lift_status(l).await;
-    st.sort();
-    assert_eq!(
-        st.iter()
-            .map(|(k, s, r)| (*k, s.as_str(), r.as_str()))
-            .collect::<Vec<_>>(),
-        vec![
+        ((0, 0), (2, 1)),
+        &[
             (0, "good", "origin"),
             (1, "good", "relay"),
             (2, "good", "relay"),
-            (2, "good", "terminus")
+            (2, "good", "terminus"),
         ],
-        "Q's site passes it on once, then ends it"
-    );
-    net.check_consistent().await;
-    let after = net.positions().await;
-    assert_eq!(after[0][0] - before[0][0], -500);
-    assert_eq!(after[2][1] - before[2][1], 500);
-    assert_eq!(after[2][0], before[2][0], "Y only passes it on");
-    assert_eq!(after[1][0], before[1][0], "X only passes it on");
+        "Q's site passes it on once, then ends it",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_payment_passes_a_site_twice_over_distinct_tallies() {
     // P (site 0) -> X (site 1) -> Y (site 0) -> Q (site 2): the only way from P to Q leaves
     // site 0 and comes back to it; P and Y have no tally between them
-    let net = Net::graph(
+    let (net, to) = pays_500_along(
         "twice",
         &[47180, 47181, 47182],
         &[&["P", "Y"], &["X"], &["Q"]],
@@ -773,38 +798,17 @@ async fn a_payment_passes_a_site_twice_over_distinct_tallies() {
             ((1, 0), (0, 1), 800),
             ((0, 1), (2, 0), 800),
         ],
-        1000,
-    )
-    .await;
-    let (payer, payee) = (&net.users[0][0], &net.users[2][0]);
-    let to = chad(&net.sites[2], payee);
-    let before = net.positions().await;
-    let l = pay_address(payer, &to, 500).await.unwrap();
-    net.settle_all().await;
-    let mut st = net.lift_status(l).await;
-    st.sort();
-    assert_eq!(
-        st.iter()
-            .map(|(k, s, r)| (*k, s.as_str(), r.as_str()))
-            .collect::<Vec<_>>(),
-        vec![
+        ((0, 0), (2, 0)),
+        &[
             (0, "good", "origin"),
             (0, "good", "relay"),
             (1, "good", "relay"),
-            (2, "good", "terminus")
+            (2, "good", "terminus"),
         ],
-        "one row at site 0 for each way the lift passes it"
-    );
-    net.check_consistent().await;
-    let after = net.positions().await;
-    assert_eq!(after[0][0] - before[0][0], -500);
-    assert_eq!(after[2][0] - before[2][0], 500);
-    for (k, i) in [(0, 1), (1, 0)] {
-        assert_eq!(
-            after[k][i], before[k][i],
-            "site {k} user {i} only passes it on"
-        );
-    }
+        "one row at site 0 for each way the lift passes it",
+    )
+    .await;
+    let payer = &net.users[0][0];
     // a second payment finds the way again, and more than is left is refused, nothing moves
     let l = pay_address(payer, &to, 300).await.unwrap();
     net.settle_all().await;
