@@ -609,6 +609,72 @@ async fn a_batch_pays_each_item_or_refuses_it_with_its_sqlstate() {
     assert!(s.audit_failures(t2).await.unwrap().is_empty());
 }
 
+/// The event feed under concurrency: 16 sessions pay at once on two tallies between the same two
+/// users, in both directions (Ann grants Bob credit on one and Bob pays on it, Bob grants Ann
+/// credit on the other and Ann pays on it). No
+/// payment deadlocks or fails, and each user's feed numbers every payment once, 1, 2, 3, ...
+/// without a gap or a duplicate.
+#[tokio::test]
+async fn sixteen_sessions_paying_between_two_users_leave_each_feed_gapless() {
+    let s = site("t_chit_feed").await;
+    let (ann, ann_db) = custodial(&s, "Ann", "ann").await;
+    let (bob, bob_db) = custodial(&s, "Bob", "bob").await;
+    let t1 = custodial_tally(&ann_db, &bob_db, 1_000_000).await;
+    let t2 = custodial_tally(&bob_db, &ann_db, 1_000_000).await;
+    let feed = |ent: String| {
+        let s = &s;
+        async move {
+            s.admin
+                .query(
+                    "SELECT seq FROM chips.events WHERE ent = $1 ORDER BY seq",
+                    &[&ent],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, i64>(0))
+                .collect::<Vec<i64>>()
+        }
+    };
+    let (ann0, bob0) = (feed(ann.clone()).await.len(), feed(bob.clone()).await.len());
+    const SESSIONS: usize = 16;
+    const EACH: usize = 20;
+    let mut jobs = Vec::new();
+    for k in 0..SESSIONS {
+        // (each pays as the client of the tally the other grants credit on)
+        let (payer, t) = if k % 2 == 0 { (&ann, t2) } else { (&bob, t1) };
+        let db = s.connect_as(payer).await.unwrap();
+        jobs.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                db.execute("SELECT chips.pay($1, $2)", &[&t, &(1 + i as i64)])
+                    .await
+                    .map_err(|e| format!("{}: {e}", sqlstate(&e)))?;
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for j in jobs {
+        j.await
+            .unwrap()
+            .expect("no payment fails (a deadlock would be 40P01)");
+    }
+    for (who, ent, before) in [("Ann", ann, ann0), ("Bob", bob, bob0)] {
+        let seqs = feed(ent).await;
+        assert_eq!(
+            seqs.len() - before,
+            SESSIONS * EACH,
+            "{who}: one event per payment"
+        );
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as i64).collect::<Vec<_>>(),
+            "{who}: numbered 1, 2, 3, ... without a gap or a duplicate"
+        );
+    }
+    assert!(s.audit_failures(t1).await.unwrap().is_empty());
+    assert!(s.audit_failures(t2).await.unwrap().is_empty());
+}
+
 /// Two sites: Ann (stock) at a, Eve (foil) at b.
 async fn cross(db: &str, limit: i64) -> (Site, Site, User, User, Uuid) {
     let cl = Cluster::from_env();
