@@ -425,7 +425,8 @@ async fn run(args: Args) -> Res<bool> {
     let report = String::from_utf8_lossy(&out.stdout);
 
     println!("\n== figures");
-    let (mut att, mut com) = (0, 0);
+    let (mut att, mut com, mut refd, mut fail) = (0, 0, 0, 0);
+    let mut adds_up = true;
     for (k, t) in &stats.ops {
         let (a, c, r, f) = (
             t.attempted.load(Ordering::SeqCst),
@@ -433,13 +434,21 @@ async fn run(args: Args) -> Res<bool> {
             t.refused.load(Ordering::SeqCst),
             t.failed.load(Ordering::SeqCst),
         );
-        att += a;
-        com += c;
+        (att, com, refd, fail) = (att + a, com + c, refd + r, fail + f);
+        adds_up &= a == c + r + f;
         println!(
             "  {k:<12} attempted {a:>5}  committed {c:>5}  refused {r:>4}  failed (a fault) {f:>4}"
         );
     }
-    println!("  operations: {att} attempted, {com} committed");
+    // every operation ends one way: the figures add up, or this run is not to be reported
+    println!(
+        "  operations: {att} attempted = {com} committed + {refd} refused + {fail} failed: {}",
+        if adds_up && att == com + refd + fail {
+            "adds up"
+        } else {
+            "DOES NOT ADD UP"
+        }
+    );
     {
         // how the payments to CHIP addresses ended, against what the network could carry
         let payments = stats.payments.lock().expect("stats").clone();
@@ -530,7 +539,7 @@ async fn run(args: Args) -> Res<bool> {
         s.car.lock().await.stop(Duration::from_secs(5));
     }
     let _ = std::fs::remove_dir_all(&keys);
-    Ok(out.status.success() && calm && last_round.starts_with("good"))
+    Ok(out.status.success() && calm && last_round.starts_with("good") && adds_up)
 }
 
 /// Waits (up to `limit`) until no site has a message undelivered, a lift or a round under way,
