@@ -72,7 +72,8 @@ SELECT c.id, t.ent, t.tally_uuid, c.chit_uuid, c.chit_type, c.issuer,
 FROM chips.chits c JOIN chips.tallies t ON t.id = c.tally_id;
 
 -- Lifts, one row per lift and tally half: what the lift did to that holder's balance
--- (positive: the holder owes less, or is owed more).
+-- (positive: the holder owes less, or is owed more). A reservation released on the way of a
+-- lift that ended good (a payment refused on one way and sent on another) did nothing: not shown.
 CREATE VIEW chips.lifts_v WITH (security_invoker = true) AS
 SELECT coalesce(l.parent, l.lift_uuid) AS lift,  -- a part of a split payment shows as the payment
        l.kind, l.status, l.units, pg_catalog.cardinality(l.tallies) AS tallies,
@@ -80,7 +81,7 @@ SELECT coalesce(l.parent, l.lift_uuid) AS lift,  -- a part of a split payment sh
        CASE WHEN c.issuer = t.side THEN -c.units ELSE c.units END AS change,
        c.chain_idx, l.created
 FROM chips.lifts l
-JOIN chips.chits c ON c.lift_id = l.id
+JOIN chips.chits c ON c.lift_id = l.id AND NOT (c.status = 'void' AND l.status = 'good')
 JOIN chips.tallies t ON t.id = c.tally_id;
 
 ------------------------------------------------------------------------------------------------

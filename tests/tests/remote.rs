@@ -626,6 +626,19 @@ async fn a_refused_way_is_replaced_by_another_and_holds_nothing() {
         "the payment itself is no longer out on the refused way"
     );
     assert_eq!(released, 1, "its chit on the refused way was released");
+    // the payer's list shows the payment once, for what it did: 400 paid
+    let listed: Vec<(Uuid, i64)> = payer
+        .db
+        .query(
+            "SELECT lift, sum(change)::bigint FROM chips.lifts_list() GROUP BY lift",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(listed, [(l, -400)]);
     net.check_consistent().await;
     let after = net.positions().await;
     let moved: Vec<i64> = (0..4).map(|k| after[k][0] - before[k][0]).collect();
