@@ -390,7 +390,7 @@ CREATE FUNCTION chips._lift_dead(l chips.lifts) RETURNS boolean
 LANGUAGE sql STABLE
 AS $$
     SELECT (l.parent IS NOT NULL AND l.status = 'void'
-            AND (SELECT x.status FROM chips.lifts x WHERE x.lift_uuid = l.parent AND x.role = 'origin') <> 'void')
+            AND (SELECT x.status FROM chips.lifts x WHERE x.id = chips._lift_payment(l)) <> 'void')
         OR (l.parent IS NULL AND l.kind = 'linear' AND l.tally_out IS NULL
             AND EXISTS (SELECT 1 FROM chips.chits y WHERE y.lift_id = l.id))
 $$;
@@ -570,8 +570,7 @@ END
 $$;
 
 -- Passes a query on from `p_from` over up to fanout exits it was not sent on yet; answers at
--- once from the cache. Returns how many exits it
--- asked (0: answered none).
+-- once from the cache. Returns how many exits it asked (0: answered none).
 CREATE FUNCTION chips._route_ask(p_in bigint, p_from text, p_depth integer) RETURNS integer
 LANGUAGE plpgsql
 AS $$
@@ -802,11 +801,19 @@ BEGIN
         PERFORM chips._lift_go(l, g.tallies, g.payers, g.receivers, e.max, e.hops);
         RETURN true;
     END LOOP;
-    RETURN l.kind = 'linear'
-       AND ((p_last AND (chips._lift_set()).parts > 1)
-            OR (v_sent AND (p_last OR EXISTS (SELECT 1 FROM chips.lift_routes x WHERE x.query = l.query
-                                              AND x.dir = 'out' AND x.status = 'found' AND x.max >= l.units))))
-       AND chips._lift_split(l);
+    IF l.kind <> 'linear' THEN
+        RETURN false;
+    END IF;
+    IF v_sent THEN
+        -- in parts only: as soon as a way carries all of it, else once every answer is in
+        IF NOT p_last AND NOT EXISTS (SELECT 1 FROM chips.lift_routes x WHERE x.query = l.query
+                                      AND x.dir = 'out' AND x.status = 'found' AND x.max >= l.units) THEN
+            RETURN false;
+        END IF;
+    ELSIF NOT p_last OR (chips._lift_set()).parts = 1 THEN
+        RETURN false;
+    END IF;
+    RETURN chips._lift_split(l);
 END
 $$;
 
@@ -857,7 +864,6 @@ DECLARE
     p chips.lifts;
     v_left bigint := p_units;
     v_part bigint;
-    v_try bigint;
     v_room bigint;
     n integer;
     v_tries integer;
@@ -886,12 +892,7 @@ BEGIN
                 -- carries half as much, ... a few times over; then as much as that way, the exit
                 -- tally included, carries
                 v_part := least(v_left, v_room);
-                v_try := v_part;
-                LOOP
-                    g := chips._route(l.payer, e.holder, v_try, NULL, e.tally);
-                    EXIT WHEN g.ok OR v_try <= 1 OR v_try < v_part / 64;
-                    v_try := (v_try + 1) / 2;
-                END LOOP;
+                g := chips._route_wide(l.payer, e.holder, v_part, v_part / 64, NULL, e.tally);
                 EXIT WHEN NOT g.ok;
                 v_part := least(v_part, (SELECT min(c) FROM pg_catalog.unnest(g.caps) c));
                 EXIT WHEN v_part < 1 OR chips._lift_lock(g.tallies, g.payers, g.receivers, v_part) <> 0;
@@ -930,26 +931,36 @@ BEGIN
 END
 $$;
 
+-- A way across this site from `p_from` (after tally `p_in`) to `p_to` (and out on `p_out`)
+-- that carries `p_units`, else half as much, a quarter, ... down to `p_least` (at least 1): the
+-- first found (ok false if none). What the origin cuts a part to, and what a refusing site says
+-- it could carry instead.
+CREATE FUNCTION chips._route_wide(p_from text, p_to text, p_units bigint, p_least bigint,
+                                  p_in uuid DEFAULT NULL, p_out uuid DEFAULT NULL, OUT ok boolean,
+                                  OUT tallies uuid[], OUT payers text[], OUT receivers text[],
+                                  OUT caps bigint[])
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v bigint := p_units;
+BEGIN
+    LOOP
+        SELECT * INTO ok, tallies, payers, receivers, caps FROM chips._route(p_from, p_to, v, p_in, p_out);
+        EXIT WHEN ok OR v <= 1 OR v < p_least;
+        v := (v + 1) / 2;
+    END LOOP;
+END
+$$;
+
 -- The most a way across this site carries now, from `p_from` (after tally `p_in`) to `p_to`
 -- (and out on `p_out`), of half of `p_units`, a quarter, ... a sixteenth: 0 if not that much.
 CREATE FUNCTION chips._route_most(p_from text, p_to text, p_units bigint, p_in uuid, p_out uuid DEFAULT NULL)
 RETURNS bigint
-LANGUAGE plpgsql STABLE
+LANGUAGE sql STABLE
 AS $$
-DECLARE
-    g record;
-    v bigint := p_units / 2;
-BEGIN
-    FOR i IN 1..4 LOOP
-        EXIT WHEN v < 1;
-        g := chips._route(p_from, p_to, v, p_in, p_out);
-        IF g.ok THEN
-            RETURN greatest(0, (SELECT min(c) FROM pg_catalog.unnest(g.caps) c));
-        END IF;
-        v := v / 2;
-    END LOOP;
-    RETURN 0;
-END
+    SELECT CASE WHEN g.ok AND p_units >= 2 THEN greatest(0, (SELECT min(c) FROM pg_catalog.unnest(g.caps) c))
+                ELSE 0 END
+    FROM chips._route_wide(p_from, p_to, p_units / 2, p_units / 16, p_in, p_out) g
 $$;
 
 CREATE FUNCTION chips._recv_lift_prepare(msg jsonb) RETURNS text
@@ -1202,13 +1213,13 @@ CREATE FUNCTION chips._recv_lift_reject(msg jsonb) RETURNS text
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    l chips.lifts := chips._msg_lift(msg, 'out');
+    l chips.lifts := chips._msg_lift(msg, 'out');     -- (its tally out is the sender's)
     p chips.lifts;
     v_max bigint;
     v_other bigint;
     v_reason text := coalesce(msg->'object'->>'reason', 'rejected');
 BEGIN
-    IF l.id IS NULL OR l.tally_out IS NULL OR NOT chips._from_partner(msg, l.tally_out) THEN
+    IF l.id IS NULL THEN
         RETURN 'ignored';
     END IF;
     -- the way on over that tally does not carry the lift now: less than its units (or what the

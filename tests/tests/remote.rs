@@ -518,18 +518,11 @@ async fn a_part_refused_mid_prepare_voids_the_whole_payment_at_once() {
         .get(0);
     assert_eq!(reason, "no route on from here carries the lift");
     assert!(parts(&net, l).await.iter().all(|(_, s)| s == "void"));
-    for (k, s) in net.sites.iter().enumerate() {
-        let open: i64 = s
-            .admin
-            .query_one(
-                "SELECT count(*) FROM chips.chits WHERE status = 'pend' AND lift_id IS NOT NULL",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(open, 0, "site {k} still holds a part of the payment");
-    }
+    assert_eq!(
+        held(&net).await,
+        [0, 0, 0, 0],
+        "no site still holds a part of the payment"
+    );
     net.check_consistent().await;
     let after = net.positions().await;
     let moved: Vec<i64> = (0..4).map(|k| after[k][0] - before[k][0]).collect();
