@@ -9,6 +9,8 @@
 #   end_to_end_ms   the executing pass
 #   copy_ms         COPY of every row the pass wrote (chits, circles, lift, events, and the
 #                   moved tally rows) into plain unindexed tables: the bulk-write baseline
+#   phases          the pass's own timing of its phases (read, solve, lock and re-check,
+#                   chits chained, write: the last includes the chaining), from its DEBUG1 lines
 #   cleared         debt before - debt after, checked against the optimum that core's
 #                   solver finds on the CSV outside the database (the script fails otherwise)
 #
@@ -133,7 +135,10 @@ for r in $(seq "$REPS"); do
     "${PSQL[@]}" -d bench -c "CHECKPOINT"
     solve+=("$(ms "SELECT count(*) FROM chips.clearing_plan()")")
     "${PSQL[@]}" -d bench -c "CHECKPOINT"
-    e2e+=("$(ms "CALL chips.clearing_run()")")
+    # the pass's own account of its phases (DEBUG1 lines "clearing: PHASE MS ms")
+    e2e+=("$("${PSQL[@]}" -d bench -At -c "SET client_min_messages = debug1" -c "\\timing on" \
+        -c "CALL chips.clearing_run()" 2>"$WORK/phases" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | tail -1)")
+    phases=$(sed -n 's/^DEBUG:  clearing: \(.*\) \([0-9.]*\) ms$/\1=\2/p' "$WORK/phases" | tr ' ' '_' | paste -sd ' ')
     cleared=$((before - $(debt)))
     [ "$cleared" = "$optimum" ] || { echo "cleared $cleared, but the optimum is $optimum" >&2; exit 1; }
     read -r lifts moved chits circles events <<<"$("${PSQL[@]}" -d bench -At -F ' ' -c "
@@ -142,6 +147,7 @@ for r in $(seq "$REPS"); do
                (SELECT count(*) FROM chips.pass_circles), (SELECT count(*) FROM chips.events WHERE kind = 'lift')")"
     copy+=("$(copy_baseline)")
     echo "run $r: solve_ms=${solve[-1]} end_to_end_ms=${e2e[-1]} copy_ms=${copy[-1]}"
+    echo "run $r: the pass's phases (ms): $phases"
 done
 s=$(printf '%s\n' "${solve[@]}" | median); e=$(printf '%s\n' "${e2e[@]}" | median)
 c=$(printf '%s\n' "${copy[@]}" | median)

@@ -275,6 +275,7 @@ fn plan(
         ))
         .raise();
     }
+    let started = std::time::Instant::now();
     let mut rows: Vec<Row> = with_work_mem(|| read_tallies(None))
         .into_iter()
         .filter(|r| r.settled)
@@ -292,6 +293,8 @@ fn plan(
         r.tally.foil = node(&r.foil);
     }
     let tallies: Vec<Tally> = rows.iter().map(|r| r.tally).collect();
+    phase("read", started);
+    let started = std::time::Instant::now();
     let options = LiftOptions {
         min_units,
         max_len: if max_len == 0 {
@@ -321,12 +324,21 @@ fn plan(
             },
         },
     };
+    phase("solve", started);
     Planned {
         rows,
         names,
         plan,
         policy,
     }
+}
+
+/// Where a pass's time goes, at DEBUG1 (`SET client_min_messages = debug1` shows it).
+fn phase(what: &str, started: std::time::Instant) {
+    pgrx::debug1!(
+        "clearing: {what} {:.1} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
 }
 
 /// One tally half as locked for writing a pass.
@@ -550,6 +562,7 @@ pub(crate) fn execute_pass(
         .iter()
         .map(|m| ctx.rows[m.tally as usize].uuid)
         .collect();
+    let started = std::time::Instant::now();
     let halves = with_work_mem(|| {
         lock_halves(
             pass.moves
@@ -574,12 +587,14 @@ pub(crate) fn execute_pass(
         })
         .collect();
     ok(pass.shrink(&capacity, ctx.min_units));
+    phase("lock and re-check", started);
     let lengths: Vec<(i64, i32)> = pass
         .circles
         .iter()
         .map(|c| (c.units, c.steps.len() as i32))
         .collect();
     pass.compact();
+    let started = std::time::Instant::now();
     let lift = (!pass.moves.is_empty()).then(|| {
         with_work_mem(|| {
             write_pass(
@@ -591,6 +606,7 @@ pub(crate) fn execute_pass(
             )
         })
     });
+    phase("write", started);
     lengths
         .into_iter()
         .map(|(units, len)| {
@@ -612,6 +628,7 @@ fn write_pass(
     halves: &HashMap<[u8; 16], (Option<Locked>, Option<Locked>)>,
     through: Option<&str>,
 ) -> pgrx::Uuid {
+    let started = std::time::Instant::now();
     let lift = random_uuid();
     let lift_text = uuid_text(&lift);
     let date_ms = Spi::get_one::<i64>("SELECT (extract(epoch FROM now()) * 1000)::bigint")
@@ -688,6 +705,7 @@ fn write_pass(
     let (who, many): (Vec<&str>, Vec<(i32, i64)>) = told.into_iter().unzip();
     let (who_n, who_units): (Vec<i32>, Vec<i64>) = many.into_iter().unzip();
     let lift_uuid = pgrx::Uuid::from_bytes(lift);
+    phase("chits chained", started);
     Spi::connect_mut(|c| {
         let id: i64 = c
             .update(
