@@ -355,10 +355,14 @@ END
 $$;
 
 -- Claim undelivered outbox messages for delivery: each is leased to the caller for `lease`, so
--- several sidecars on one database never send the same message at the same time.
+-- several sidecars on one database never send the same message at the same time. Messages to
+-- the peers in `skip` are left where they are (chipsd skips a peer it is sending to already,
+-- whose later messages must wait for the earlier ones, and a peer it is backing off from): a
+-- peer that is slow or down never holds up the messages to the others.
 CREATE FUNCTION chips.outbox_claim(max_messages integer DEFAULT 100,
                                    lease interval DEFAULT '30 seconds',
-                                   agents text[] DEFAULT NULL)
+                                   agents text[] DEFAULT NULL,
+                                   skip text[] DEFAULT NULL)
 RETURNS TABLE (id bigint, msg_id uuid, from_agent text, to_agent text, host text, port integer,
                msg jsonb)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -374,6 +378,7 @@ BEGIN
         WHERE o.delivered IS NULL
           AND (o.claimed_until IS NULL OR o.claimed_until < pg_catalog.now())
           AND (outbox_claim.agents IS NULL OR o.from_agent = ANY (outbox_claim.agents))
+          AND NOT coalesce(o.to_agent = ANY (outbox_claim.skip), false)
         ORDER BY o.id
         LIMIT max_messages
         FOR UPDATE SKIP LOCKED

@@ -1,14 +1,17 @@
 //! Outbound: claim outbox messages (woken by `chips_agent` notifications, and by a poll), send
-//! them to their peers in order, and acknowledge what the peers applied. A message a peer
-//! refuses, or one that cannot be sent, stays in the outbox: its claim is given back and it is
-//! sent again after a back-off for that peer (if this sidecar dies, its lease runs out).
+//! them to their peers, each peer's in order, and acknowledge what the peers applied. Every peer
+//! is sent to by a task of its own: a peer that is slow, down or behind a dead link holds up only
+//! its own messages (while one is being sent to, or backing off, its messages are not claimed).
+//! A message a peer refuses, or one that cannot be sent, stays in the outbox: its claim is given
+//! back and it is sent again after a back-off for that peer (if this sidecar dies, its lease runs
+//! out).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
 use serde_json::Value;
+use tokio::task::JoinSet;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -26,21 +29,61 @@ struct Outgoing {
     msg: Value,
 }
 
+/// A peer between sends: its open session, if any, and its back-off.
 struct Peer {
     channel: Option<Channel>,
     failures: u32,
     next_try: Instant,
 }
 
+impl Peer {
+    fn new() -> Peer {
+        Peer {
+            channel: None,
+            failures: 0,
+            next_try: Instant::now(),
+        }
+    }
+}
+
+/// What a peer's send task hands back: the peer, the messages it was given (ids, in order),
+/// those the peer applied, and how it ended.
+struct Sent {
+    to: String,
+    peer: Peer,
+    ids: Vec<i64>,
+    done: Vec<i64>,
+    result: Result<()>,
+}
+
+/// The sender's state: idle peers, and the peers being sent to (their claimed messages).
+struct Sender {
+    agent: String,
+    seed: [u8; 32],
+    wait: Duration,
+    idle: HashMap<String, Peer>,
+    busy: HashMap<String, Vec<i64>>,
+    tasks: JoinSet<Sent>,
+    /// The peer each send task serves.
+    task_peer: HashMap<tokio::task::Id, String>,
+}
+
 pub async fn run(cfg: Arc<Config>, seed: [u8; 32], token: CancellationToken) -> Result<()> {
     let agent = chips_core::peer::agent_id(&seed);
     let (client, mut wake) = db::listen(&cfg.db, "chips_agent").await?;
-    let mut peers: HashMap<String, Peer> = HashMap::new();
+    let mut s = Sender {
+        agent: agent.clone(),
+        seed,
+        wait: Duration::from_millis(cfg.reply_timeout_ms),
+        idle: HashMap::new(),
+        busy: HashMap::new(),
+        tasks: JoinSet::new(),
+        task_peer: HashMap::new(),
+    };
     let mut last_sync = Instant::now();
     info!(%agent, "sender running");
-    loop {
-        let wait = Duration::from_millis(cfg.reply_timeout_ms);
-        if let Err(e) = drain(&client, &agent, &seed, &mut peers, wait).await {
+    let ended = loop {
+        if let Err(e) = s.claim(&client).await {
             warn!(error = %e, "sending failed");
         }
         if last_sync.elapsed() >= Duration::from_secs(cfg.sync_secs) {
@@ -51,115 +94,163 @@ pub async fn run(cfg: Arc<Config>, seed: [u8; 32], token: CancellationToken) -> 
         }
         if client.is_closed() {
             // the database went away (a restart): the caller connects again
-            return Err(Error::Protocol("the database connection was lost".into()));
+            break Err(Error::Protocol("the database connection was lost".into()));
         }
         tokio::select! {
-            _ = token.cancelled() => break,
+            _ = token.cancelled() => break Ok(()),
+            Some(sent) = s.tasks.join_next_with_id() => {
+                if let Err(e) = s.settle(&client, sent).await {
+                    warn!(error = %e, "acknowledging failed");
+                }
+            }
             w = wake.recv() => if w.is_none() {
-                return Err(Error::Protocol("the listening connection ended".into()));
+                break Err(Error::Protocol("the listening connection ended".into()));
             },
             _ = tokio::time::sleep(Duration::from_millis(cfg.poll_ms)) => {}
         }
-    }
+    };
+    s.stop(&client).await;
     info!("sender stopped");
-    Ok(())
+    ended
 }
 
-/// Sends everything claimable now.
-async fn drain(
-    client: &Client,
-    agent: &str,
-    seed: &[u8; 32],
-    peers: &mut HashMap<String, Peer>,
-    wait: Duration,
-) -> Result<()> {
-    loop {
-        let rows = client
-            .query(
-                "SELECT id, to_agent, host, port, msg FROM chips.outbox_claim(100, '10 seconds', ARRAY[$1])",
-                &[&agent],
-            )
-            .await?;
-        if rows.is_empty() {
-            return Ok(());
-        }
-        // Group by peer, keeping each peer's messages in order.
-        let mut order: Vec<String> = Vec::new();
-        let mut groups: HashMap<String, Vec<Outgoing>> = HashMap::new();
-        for r in &rows {
-            let to: String = r.get(1);
-            if !groups.contains_key(&to) {
-                order.push(to.clone());
-            }
-            groups.entry(to).or_default().push(Outgoing {
-                id: r.get(0),
-                host: r.get(2),
-                port: r.get(3),
-                msg: r.get(4),
-            });
-        }
-        let mut acked: Vec<i64> = Vec::new();
-        let mut tried: Vec<i64> = Vec::new(); // the message each failing peer stopped at
-        let mut stalled = false;
-        let mut due: Vec<(String, Peer)> = Vec::new();
-        for to in order {
-            let peer = peers.remove(&to).unwrap_or(Peer {
-                channel: None,
-                failures: 0,
-                next_try: Instant::now(),
-            });
-            if Instant::now() < peer.next_try {
-                stalled = true;
-                peers.insert(to, peer);
-            } else {
-                due.push((to, peer));
-            }
-        }
-        // all peers at once (each in order): their receivers' commits overlap
-        let sent = join_all(due.into_iter().map(|(to, mut peer)| {
-            let msgs = &groups[&to];
-            async move {
-                let mut done = Vec::new();
-                let r = send_all(&mut peer, &to, msgs, seed, &mut done, wait).await;
-                (to, peer, msgs, done, r)
-            }
-        }))
-        .await;
-        for (to, mut peer, msgs, done, r) in sent {
-            match r {
-                Ok(()) => peer.failures = 0,
-                Err(e) => {
-                    stalled = true;
-                    tried.extend(msgs.iter().map(|m| m.id).find(|id| !done.contains(id)));
-                    peer.channel = None;
-                    peer.failures += 1;
-                    let wait = Duration::from_millis(200 * 2u64.pow(peer.failures.min(8)))
-                        .min(Duration::from_secs(60));
-                    peer.next_try = Instant::now() + wait;
-                    warn!(peer = %to, error = %e, retry_in = ?wait, "delivery stopped");
-                }
-            }
-            acked.extend(done);
-            peers.insert(to, peer);
-        }
-        if !acked.is_empty() {
-            client
-                .execute("SELECT chips.outbox_ack($1)", &[&acked])
-                .await?;
-        }
-        if stalled {
-            // what was claimed and not delivered goes back at once: it waits for its peer's
-            // back-off, not for a lease
-            let unsent: Vec<i64> = groups
-                .values()
-                .flatten()
-                .map(|m| m.id)
-                .filter(|id| !acked.contains(id) && !tried.contains(id))
+impl Sender {
+    /// Claims what is claimable now (nothing for a peer being sent to or backing off) and
+    /// starts a send task for each peer in it.
+    async fn claim(&mut self, client: &Client) -> Result<()> {
+        loop {
+            let now = Instant::now();
+            let skip: Vec<&str> = self
+                .busy
+                .keys()
+                .map(String::as_str)
+                .chain(
+                    self.idle
+                        .iter()
+                        .filter(|(_, p)| p.next_try > now)
+                        .map(|(to, _)| to.as_str()),
+                )
                 .collect();
-            client
-                .execute("SELECT chips.outbox_release($1, $2)", &[&unsent, &tried])
+            let rows = client
+                .query(
+                    "SELECT id, to_agent, host, port, msg
+                     FROM chips.outbox_claim(100, '10 seconds', ARRAY[$1], $2)",
+                    &[&self.agent, &skip],
+                )
                 .await?;
-            return Ok(());
+            if rows.is_empty() {
+                return Ok(());
+            }
+            // by peer, each peer's messages in order
+            let mut groups: HashMap<String, Vec<Outgoing>> = HashMap::new();
+            for r in &rows {
+                groups.entry(r.get(1)).or_default().push(Outgoing {
+                    id: r.get(0),
+                    host: r.get(2),
+                    port: r.get(3),
+                    msg: r.get(4),
+                });
+            }
+            for (to, msgs) in groups {
+                let mut peer = self.idle.remove(&to).unwrap_or_else(Peer::new);
+                let ids: Vec<i64> = msgs.iter().map(|m| m.id).collect();
+                self.busy.insert(to.clone(), ids.clone());
+                let to_peer = to.clone();
+                let (seed, wait) = (self.seed, self.wait);
+                let task = self.tasks.spawn(async move {
+                    let mut done = Vec::new();
+                    let result = send_all(&mut peer, &to, &msgs, &seed, &mut done, wait).await;
+                    Sent {
+                        to,
+                        peer,
+                        ids,
+                        done,
+                        result,
+                    }
+                });
+                self.task_peer.insert(task.id(), to_peer);
+            }
+        }
+    }
+
+    /// Records how a peer's send task ended: what the peer applied is acknowledged; on a
+    /// failure the rest is given back (the message it stopped at counts as an attempt) and the
+    /// peer backs off.
+    async fn settle(
+        &mut self,
+        client: &Client,
+        sent: std::result::Result<(tokio::task::Id, Sent), tokio::task::JoinError>,
+    ) -> Result<()> {
+        let Sent {
+            to,
+            mut peer,
+            ids,
+            done,
+            result,
+        } = match sent {
+            Ok((task, sent)) => {
+                self.task_peer.remove(&task);
+                sent
+            }
+            Err(e) => {
+                // a send task that panicked or was stopped: its peer starts afresh and its
+                // claims are given back
+                let to = self.task_peer.remove(&e.id());
+                let ids = to.and_then(|to| self.busy.remove(&to)).unwrap_or_default();
+                warn!(error = %e, "a send task ended early");
+                client
+                    .execute("SELECT chips.outbox_release($1, '{}')", &[&ids])
+                    .await?;
+                return Ok(());
+            }
+        };
+        self.busy.remove(&to);
+        if !done.is_empty() {
+            client
+                .execute("SELECT chips.outbox_ack($1)", &[&done])
+                .await?;
+        }
+        match result {
+            Ok(()) => peer.failures = 0,
+            Err(e) => {
+                let tried: Vec<i64> = ids
+                    .iter()
+                    .copied()
+                    .find(|id| !done.contains(id))
+                    .into_iter()
+                    .collect();
+                let unsent: Vec<i64> = ids
+                    .iter()
+                    .copied()
+                    .filter(|id| !done.contains(id) && !tried.contains(id))
+                    .collect();
+                peer.channel = None;
+                peer.failures += 1;
+                let wait = Duration::from_millis(200 * 2u64.pow(peer.failures.min(8)))
+                    .min(Duration::from_secs(60));
+                peer.next_try = Instant::now() + wait;
+                warn!(peer = %to, error = %e, retry_in = ?wait, "delivery stopped");
+                // given back at once: it waits for its peer's back-off, not for a lease
+                client
+                    .execute("SELECT chips.outbox_release($1, $2)", &[&unsent, &tried])
+                    .await?;
+            }
+        }
+        self.idle.insert(to, peer);
+        Ok(())
+    }
+
+    /// Stops the sends under way; what they had not delivered is given back (a message the
+    /// peer applied but did not answer yet is sent again and answered `duplicate`).
+    async fn stop(&mut self, client: &Client) {
+        self.tasks.abort_all();
+        while let Some(sent) = self.tasks.join_next_with_id().await {
+            if client.is_closed() {
+                continue; // the claims lapse with their lease
+            }
+            if let Err(e) = self.settle(client, sent).await {
+                warn!(error = %e, "giving back claims failed");
+            }
         }
     }
 }

@@ -512,3 +512,95 @@ async fn a_flood_of_silent_connections_does_not_keep_a_real_peer_out() {
     sb.stop(Duration::from_secs(5));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A peer that takes connections and never answers (a hung site, a dead link that still
+/// accepts) holds up only the messages to it: payments to another peer go on while the sender
+/// waits on it. The sender here waits up to ten minutes for an answer, so a sender that finished
+/// every peer's sends before claiming again would hold the payments that long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_answers_holds_up_only_its_own_messages() {
+    use tokio::io::AsyncReadExt;
+    let cl = Cluster::from_env();
+    let (pa, pb) = (free_port(), free_port());
+    let a = cl.site("t_relay_hol_a", pa).await.unwrap();
+    let b = cl.site("t_relay_hol_b", pb).await.unwrap();
+    let dir = chips_tests::scratch_dir("relay_hol");
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_port = i32::from(hole.local_addr().unwrap().port());
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = taken.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = hole.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let patient = |site: &Site, port: u16| {
+        Sidecar::start(
+            std::path::Path::new(CHIPSD),
+            site,
+            port,
+            &dir,
+            &["--poll-ms", "100", "--reply-timeout-ms", "600000"],
+            "warn",
+        )
+        .unwrap()
+    };
+    let (_sa, _sb) = (patient(&a, pa), patient(&b, pb));
+    let ann = a.user("Ann", "ann").await.unwrap();
+    let eve = b.user("Eve", "eve").await.unwrap();
+    let t = ann
+        .draft(
+            "stock",
+            json!({"limit": 100_000}),
+            json!({}),
+            "beside a hung peer",
+        )
+        .await
+        .unwrap();
+    eve.redeem(&ann.ticket(t, false).await.unwrap())
+        .await
+        .unwrap();
+    eventually("the ticket reaches Ann", || state_is(&ann, t, "P.draft")).await;
+    ann.offer(t).await.unwrap();
+    eventually("the offer reaches Eve", || state_is(&eve, t, "P.offer")).await;
+    eve.accept(t).await.unwrap();
+    eventually("the tally opens at Ann", || state_is(&ann, t, "open")).await;
+
+    // a message for the hung peer, queued before the payments
+    let hung = chips_core::peer::agent_id(&[7u8; 32]);
+    b.admin
+        .execute(
+            "SELECT chips._send(jsonb_build_object('agent', $1::text),
+                                jsonb_build_object('agent', $2::text, 'host', '127.0.0.1', 'port', $3::int),
+                                'chit', 'chains', '{}')",
+            &[&b.agent_id(), &hung, &hole_port],
+        )
+        .await
+        .unwrap();
+    eventually("the sender is waiting on the hung peer", || async {
+        taken.load(std::sync::atomic::Ordering::SeqCst) > 0
+    })
+    .await;
+    for n in 1..=3 {
+        eve.pay(t, n, "beside a hung peer").await.unwrap();
+    }
+    eventually("Ann has every payment", || async {
+        ann.balance(t).await.unwrap().0 == 6
+    })
+    .await;
+    let hung_queue: i64 = b
+        .admin
+        .query_one(
+            "SELECT count(*) FROM chips.outbox WHERE to_agent = $1 AND delivered IS NULL",
+            &[&hung],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(hung_queue, 1, "the hung peer's message is still waiting");
+    std::fs::remove_dir_all(&dir).ok();
+}
