@@ -66,6 +66,12 @@ impl Cluster {
 
     /// Creates (or re-creates) database `db` with chips installed.
     pub async fn fresh_db(&self, db: &str) -> Result<Client> {
+        self.fresh_db_at(db, None).await
+    }
+
+    /// Creates (or re-creates) database `db` with chips `version` installed (None: the default
+    /// version, this tree's).
+    pub async fn fresh_db_at(&self, db: &str, version: Option<&str>) -> Result<Client> {
         let admin = connect(&self.db_dsn("postgres")).await?;
         admin
             .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
@@ -74,7 +80,19 @@ impl Cluster {
             .batch_execute(&format!("CREATE DATABASE \"{db}\""))
             .await?;
         let c = connect(&self.db_dsn(db)).await?;
-        c.batch_execute("CREATE EXTENSION chips").await?;
+        match version {
+            None => c.batch_execute("CREATE EXTENSION chips").await?,
+            Some(v) => {
+                let sql: String = c
+                    .query_one(
+                        "SELECT format('CREATE EXTENSION chips VERSION %L', $1::text)",
+                        &[&v],
+                    )
+                    .await?
+                    .get(0);
+                c.batch_execute(&sql).await?
+            }
+        }
         Ok(c)
     }
 
@@ -88,7 +106,12 @@ impl Cluster {
     /// A new site in a fresh database `db`: its agent (key derived from `db`, listening on
     /// 127.0.0.1:`port`) and a default contract.
     pub async fn site(&self, db: &str, port: u16) -> Result<Site> {
-        let admin = self.fresh_db(db).await?;
+        self.site_at(db, port, None).await
+    }
+
+    /// A new site as `site` makes it, with chips `version` installed (None: this tree's).
+    pub async fn site_at(&self, db: &str, port: u16, version: Option<&str>) -> Result<Site> {
+        let admin = self.fresh_db_at(db, version).await?;
         let agent = KeyPair::from_phrase(&format!("agent of {db}"));
         admin
             .execute(
