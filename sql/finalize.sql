@@ -200,7 +200,7 @@ GRANT EXECUTE ON FUNCTION
     chips.events_since(bigint, integer), chips.events_head(), chips.tallies_list(), chips.chits_list(uuid, integer),
     chips.lifts_list(integer), chips.tally_trade(uuid, jsonb, text),
     chips.pay_address(jsonb, bigint, text, jsonb), chips.pay_address_json(uuid),
-    chips.pay_address_sign(uuid, text)
+    chips.pay_address_sign(uuid, text), chips.route_check(jsonb, bigint), chips.route_check_result(text)
 TO chips_user;
 GRANT SELECT ON chips.events TO chips_user;
 

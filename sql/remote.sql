@@ -510,6 +510,15 @@ BEGIN
     v_waiting := r.expires > pg_catalog.now()
                  AND EXISTS (SELECT 1 FROM chips.lift_routes x WHERE x.query = r.query AND x.dir = 'out'
                              AND x.status = 'pend' AND x.asker = r.id);
+    IF r.checker IS NOT NULL THEN
+        -- a route check: found once a way carries the units, none once nothing is to come
+        IF (chips._route_check_ways(r)).carries THEN
+            UPDATE chips.lift_routes x SET status = 'found' WHERE x.id = r.id;
+        ELSIF NOT v_waiting THEN
+            UPDATE chips.lift_routes x SET status = 'none' WHERE x.id = r.id;
+        END IF;
+        RETURN;
+    END IF;
     IF r.tally IS NULL THEN
         -- asked here: the lift starts on a way that carries all of it; a payment no one way
         -- carries waits for every exit's answer (or the query's end) and is split over them
@@ -1424,6 +1433,93 @@ BEGIN
     UPDATE chips.lifts x SET status = 'seek', query = pg_catalog.gen_random_uuid()::text WHERE x.id = l.id;
     PERFORM chips._lift_seek(l.id);
     RETURN true;
+END
+$$;
+
+-- What the ways a route check's query found carry, from the user who asked: each way is the
+-- asker's own segment (the widest local route to the exit's holder), the exit tally and what
+-- the sites beyond answered. `max`: the most one of them carries; `carries`: whether one
+-- carries the units asked.
+CREATE FUNCTION chips._route_check_ways(r chips.lift_routes, OUT carries boolean, OUT max bigint)
+LANGUAGE sql STABLE
+AS $$
+    WITH a AS (SELECT * FROM chips._local_arcs()),
+         w AS (SELECT least(x.max, CASE WHEN t.ent = r.checker THEN x.max
+                                        ELSE chips._route_widest(a.payers, a.receivers, a.caps, r.checker, t.ent) END) AS m
+               FROM chips.lift_routes x
+               JOIN chips.tallies t ON t.tally_uuid = x.tally AND t.part_ent IS NULL, a
+               WHERE x.query = r.query AND x.dir = 'out' AND x.status = 'found')
+    SELECT coalesce(pg_catalog.max(w.m), 0) >= r.units, coalesce(pg_catalog.max(w.m), 0) FROM w
+$$;
+
+-- Asks, without paying or reserving anything, whether a route from the caller to a CHIP
+-- address carries `units`, and the most one route carries. At this site: answered at once (the
+-- widest route over its tallies). At another site: a route query like a payment's (the payee
+-- blinded), answered as the sites on the way answer; `status` is 'seek' until a way carries the
+-- units ('found') or no answer is still to come ('none'); chips.route_check_result(query) reads
+-- it later. `max` is the most one way found carries (so far); ways are asked for at least
+-- `units`, so ask for 1 to learn the widest. A payment may still split over several ways.
+CREATE FUNCTION chips.route_check(address jsonb, units bigint DEFAULT 1,
+                                  OUT query text, OUT status text, OUT carries boolean, OUT max bigint)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_me chips.users := chips._me();
+    v_find jsonb := chips._chad(route_check.address);
+    v_payee text := chips._local_ent(v_find);
+    s chips.lift_settings := chips._lift_set();
+    a record;
+    v_in bigint;
+BEGIN
+    IF route_check.units IS NULL OR route_check.units < 1 OR route_check.units > 1000000000000000 THEN
+        RAISE EXCEPTION 'units must be between 1 and 10^15' USING ERRCODE = '22023';
+    END IF;
+    IF v_payee = v_me.ent THEN
+        RAISE EXCEPTION 'a route to yourself' USING ERRCODE = '22023';
+    END IF;
+    IF v_payee IS NOT NULL THEN
+        SELECT * INTO a FROM chips._local_arcs();
+        max := coalesce(chips._route_widest(a.payers, a.receivers, a.caps, v_me.ent, v_payee), 0);
+        carries := max >= route_check.units;
+        status := CASE WHEN carries THEN 'found' ELSE 'none' END;
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM chips.agents g WHERE g.agent = v_find->>'agent' AND g.local) THEN
+        RAISE EXCEPTION 'no user % at this site', v_find->>'cuid' USING ERRCODE = '42704';
+    END IF;
+    INSERT INTO chips.lift_routes (query, dir, tally, lift, find, units, want, expires, checker)
+    VALUES (pg_catalog.gen_random_uuid()::text, 'in', NULL, NULL, v_find, route_check.units,
+            route_check.units, pg_catalog.now() + s.query_life, v_me.ent)
+    RETURNING id, lift_routes.query INTO v_in, query;
+    PERFORM chips._route_ask(v_in, v_me.ent, s.max_depth);
+    SELECT x.status, x.carries, x.max INTO status, carries, max FROM chips.route_check_result(query) x;
+END
+$$;
+
+-- The state of the caller's route check `query` (chips.route_check): 'seek', 'found' or
+-- 'none', whether a way carries the units asked, and the most one way found carries. Kept ten
+-- minutes after the query's life; 42704 for a query that is not the caller's.
+CREATE FUNCTION chips.route_check_result(query text, OUT status text, OUT carries boolean, OUT max bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_me chips.users := chips._me();
+    r chips.lift_routes;
+    w record;
+BEGIN
+    SELECT * INTO r FROM chips.lift_routes x
+    WHERE x.query = route_check_result.query AND x.dir = 'in' AND x.checker = v_me.ent;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no route check % of yours', route_check_result.query USING ERRCODE = '42704';
+    END IF;
+    w := chips._route_check_ways(r);
+    carries := w.carries;
+    max := w.max;
+    -- (a query past its life waits only for the next lift_tick to say so)
+    status := CASE WHEN r.status <> 'pend' THEN r.status
+                   WHEN r.expires > pg_catalog.now() THEN 'seek' ELSE 'none' END;
 END
 $$;
 

@@ -233,8 +233,8 @@ CREATE TABLE chips.pass_circles (
 );
 
 -- Route discovery (sql/remote.sql): what this site asked and was asked. An `in` row is a query
--- that reached this site over `tally` (null: asked here, for lift `lift`); an `out` row is a
--- query this site passed on over `tally`, and its answer.
+-- that reached this site over `tally` (null: asked here, for lift `lift`, or for a user's route
+-- check); an `out` row is a query this site passed on over `tally`, and its answer.
 CREATE TABLE chips.lift_routes (
     id          bigserial PRIMARY KEY,
     query       text NOT NULL,
@@ -249,7 +249,10 @@ CREATE TABLE chips.lift_routes (
     status      text NOT NULL DEFAULT 'pend' CHECK (status IN ('pend', 'found', 'none')),
     max         bigint,                 -- the most the route can carry (found)
     hops        integer,                -- tallies from here to where it goes (found)
-    created     timestamptz NOT NULL DEFAULT now()
+    created     timestamptz NOT NULL DEFAULT now(),
+    -- in, asked here by chips.route_check: the user who asked (no lift follows it)
+    checker     text REFERENCES chips.users ON DELETE CASCADE,
+    CHECK (checker IS NULL OR (dir = 'in' AND tally IS NULL AND lift IS NULL))
 );
 CREATE UNIQUE INDEX lift_routes_key ON chips.lift_routes
     (query, dir, coalesce(tally, '00000000-0000-0000-0000-000000000000'));

@@ -93,6 +93,38 @@ pub fn reachable(n: usize, arcs: &[Arc], from: u32, units: i64) -> Result<Vec<Op
     Ok((0..n).map(|i| d.get(&NodeIndex::new(i)).copied()).collect())
 }
 
+/// The most units one route from `from` to `to` carries: the widest path (the route whose
+/// tightest arc has the most capacity; any length). `None` when no route carries a unit, and
+/// when `from == to` (a route to oneself carries nothing).
+pub fn widest(n: usize, arcs: &[Arc], from: u32, to: u32) -> Result<Option<i64>> {
+    if from as usize >= n || to as usize >= n {
+        return Err(Error::value("a route's ends must be nodes of the graph"));
+    }
+    let g = graph(n, arcs, 1)?;
+    // Dijkstra with the bottleneck for a length: a node is settled at the widest way to it
+    let mut best = vec![0i64; n];
+    let mut heap = std::collections::BinaryHeap::new();
+    best[from as usize] = i64::MAX;
+    heap.push((i64::MAX, from));
+    while let Some((w, x)) = heap.pop() {
+        if w < best[x as usize] {
+            continue;
+        }
+        if x == to && x != from {
+            return Ok(Some(w));
+        }
+        for e in g.edges(NodeIndex::new(x as usize)) {
+            let arc = &arcs[*e.weight()];
+            let c = w.min(arc.capacity);
+            if c > best[arc.to as usize] {
+                best[arc.to as usize] = c;
+                heap.push((c, arc.to));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// The lock of a lift: SHA-256 of a 32-byte secret.
 pub fn condition(secret: &[u8]) -> Result<[u8; 32]> {
     if secret.len() != 32 {
@@ -157,6 +189,14 @@ mod tests {
             "arcs are directed"
         );
         assert_eq!(shortest_path(5, &arcs, 2, 2, 1).unwrap(), Some(vec![]));
+        assert_eq!(
+            widest(5, &arcs, 0, 3).unwrap(),
+            Some(10),
+            "the longer, wider way"
+        );
+        assert_eq!(widest(5, &arcs, 1, 3).unwrap(), Some(5));
+        assert_eq!(widest(5, &arcs, 3, 0).unwrap(), None);
+        assert_eq!(widest(5, &arcs, 2, 2).unwrap(), None, "not to oneself");
         let d = reachable(5, &arcs, 0, 6).unwrap();
         assert_eq!(d, vec![Some(0), None, Some(1), Some(3), Some(2)]);
     }
@@ -173,6 +213,8 @@ mod tests {
         assert!(shortest_path(2, &[], 0, 1, 0).is_err());
         assert!(shortest_path(2, &[], 0, 2, 1).is_err());
         assert!(reachable(2, &[], 3, 1).is_err());
+        assert!(widest(2, &[], 0, 2).is_err());
+        assert!(widest(2, &[a(0, 5, 1)], 0, 1).is_err());
         assert!(condition(&[0; 31]).is_err());
     }
 
@@ -232,6 +274,19 @@ mod tests {
                     }
                     (p, d) => prop_assert!(false, "route {:?} but distance {:?}", p, d),
                 }
+            }
+        }
+
+        #[test]
+        fn the_widest_route_is_the_most_units_any_route_carries(
+            n in 2usize..9,
+            raw in proptest::collection::vec((0u32..9, 0u32..9, 0i64..20), 0..30),
+        ) {
+            let arcs: Vec<Arc> = raw.iter().map(|&(f, t, c)| a(f % n as u32, t % n as u32, c)).collect();
+            for to in 1..n as u32 {
+                // the oracle: the most units for which breadth-first search still reaches `to`
+                let most = (1..20i64).rev().find(|&u| bfs(n, &arcs, 0, u)[to as usize].is_some());
+                prop_assert_eq!(widest(n, &arcs, 0, to).unwrap(), most);
             }
         }
     }

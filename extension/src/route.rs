@@ -91,6 +91,23 @@ fn route_reach(
     )
 }
 
+/// The most units one route from `from` to `to` carries over the arcs (the widest path); NULL
+/// when none carries a unit or `from = to`.
+#[pg_extern(immutable, parallel_safe, name = "_route_widest")]
+fn route_widest(
+    payers: Vec<Option<String>>,
+    receivers: Vec<Option<String>>,
+    capacities: Vec<Option<i64>>,
+    from: &str,
+    to: &str,
+) -> Option<i64> {
+    let (ids, _, arcs) = arcs(&payers, &receivers, &capacities);
+    let (Some(&f), Some(&t)) = (ids.get(from), ids.get(to)) else {
+        return None;
+    };
+    ok(route::widest(ids.len(), &arcs, f, t))
+}
+
 /// SHA-256 of a 32-byte lift secret (its lock); 22023 for any other length.
 #[pg_extern(immutable, parallel_safe, name = "_lift_condition")]
 fn lift_condition(secret: &[u8]) -> Vec<u8> {

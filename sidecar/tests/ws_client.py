@@ -225,6 +225,13 @@ async def phase1(cfg):
     chad = (await ann.call("me"))["chad"]
     e = await bob.refused("pay.address", address={"cuid": chad["cuid"], "agent": chad["agent"]}, units=1)
     assert (e.code, e.sqlstate) == (-32000, "55000"), e
+    # and a route check says so before paying (Ann is at this site: answered at once)
+    r = await bob.call("route.check", address={"cuid": chad["cuid"], "agent": chad["agent"]}, units=1)
+    assert r == {"query": None, "status": "none", "carries": False, "max": 0}, r
+    e = await bob.refused("route.check", address={"cuid": chad["cuid"], "agent": chad["agent"]}, units=0)
+    assert (e.code, e.sqlstate) == (-32000, "22023"), e
+    e = await bob.refused("route.check_result", query="no-such-query")
+    assert (e.code, e.sqlstate) == (-32000, "42704"), e
 
     seen = []
     while not (any(e["kind"] == "chit" and e["data"]["chit"] == inv and e["data"]["status"] == "good"

@@ -828,3 +828,155 @@ async fn a_payment_passes_a_site_twice_over_distinct_tallies() {
     }
     net.check_consistent().await;
 }
+
+/// `chips.route_check(address, units)`: (query, status, carries, max).
+async fn route_check(
+    u: &chips_tests::User,
+    to: &Value,
+    units: i64,
+) -> (Option<String>, String, bool, i64) {
+    let r =
+        u.db.query_one("SELECT * FROM chips.route_check($1, $2)", &[to, &units])
+            .await
+            .unwrap();
+    (r.get(0), r.get(1), r.get(2), r.get(3))
+}
+
+/// How many route rows a site holds.
+async fn routes_at(s: &chips_tests::Site) -> i64 {
+    s.admin
+        .query_one("SELECT count(*) FROM chips.lift_routes", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// `chips.route_check_result(query)`: (status, carries, max).
+async fn route_check_result(u: &chips_tests::User, query: &str) -> (String, bool, i64) {
+    let r =
+        u.db.query_one("SELECT * FROM chips.route_check_result($1)", &[&query])
+            .await
+            .unwrap();
+    (r.get(0), r.get(1), r.get(2))
+}
+
+#[tokio::test]
+async fn a_route_check_says_what_a_route_carries_and_holds_nothing() {
+    // the tightest hop: site 1's u2 -> u3 (u3 offers 300); every other hop 500
+    let net = Net::build(
+        "check",
+        500,
+        Some(((1, 2), 300)),
+        [47140, 47141, 47142, 47143],
+    )
+    .await;
+    let before = net.positions().await;
+
+    // at the payer's own site: answered at once, the widest route over its tallies
+    let u00 = &net.users[0][0];
+    let at_home = chad(&net.sites[0], &net.users[0][3]);
+    assert_eq!(
+        route_check(u00, &at_home, 500).await,
+        (None, "found".into(), true, 500)
+    );
+    assert_eq!(
+        route_check(u00, &at_home, 501).await,
+        (None, "none".into(), false, 500)
+    );
+    let u10 = &net.users[1][0];
+    let over_tight = chad(&net.sites[1], &net.users[1][3]);
+    assert_eq!(
+        route_check(u10, &over_tight, 1).await,
+        (None, "found".into(), true, 300)
+    );
+    let back = chad(&net.sites[0], u00);
+    assert_eq!(
+        route_check(&net.users[0][3], &back, 1).await,
+        (None, "none".into(), false, 0),
+        "tallies carry value one way: u3 has no route back to u0 here"
+    );
+
+    // across three sites: a route query, as a payment's; answered as the sites answer
+    let payee = &net.users[2][3];
+    let far = chad(&net.sites[2], payee);
+    for (units, status, carries, max) in [
+        (300, "found", true, 300),
+        (1, "found", true, 300),
+        (301, "none", false, 0),
+    ] {
+        let (query, first, _, _) = route_check(u00, &far, units).await;
+        let query = query.expect("a query across sites");
+        assert_eq!(
+            first, "seek",
+            "{units}: the answer comes from the other sites"
+        );
+        net.settle().await;
+        assert_eq!(
+            route_check_result(u00, &query).await,
+            (status.to_string(), carries, max),
+            "{units} units"
+        );
+    }
+    // its queries, like a payment's, never named the payee beyond its own site
+    route_queries_hide_the_payee(&net, &payee.cuid, &[1]).await;
+
+    // nothing was reserved or moved anywhere: no lift, no lift chit, the same positions
+    for (k, s) in net.sites.iter().enumerate() {
+        let (lifts, chits): (i64, i64) = {
+            let r = s
+                .admin
+                .query_one(
+                    "SELECT (SELECT count(*) FROM chips.lifts),
+                            (SELECT count(*) FROM chips.chits WHERE chit_type = 'lift')",
+                    &[],
+                )
+                .await
+                .unwrap();
+            (r.get(0), r.get(1))
+        };
+        assert_eq!((lifts, chits), (0, 0), "site {k} holds nothing for a check");
+    }
+    assert_eq!(net.positions().await, before);
+    // and a payment of what the check found goes through
+    let l = pay_address(u00, &far, 300).await.unwrap();
+    net.settle_all().await;
+    assert!(net.lift_status(l).await.iter().all(|(_, s, _)| s == "good"));
+
+    // bad input: a clear SQLSTATE, and nothing written
+    let stored = routes_at(&net.sites[0]).await;
+    for (to, units, code) in [
+        (far.clone(), 0, "22023"),
+        (json!({"cuid": "u23"}), 5, "22023"),
+        (back.clone(), 5, "22023"), // to oneself
+        (
+            json!({"cuid": "nobody", "agent": net.sites[0].agent_id()}),
+            5,
+            "42704",
+        ),
+    ] {
+        let e = u00
+            .db
+            .query_one(
+                "SELECT * FROM chips.route_check($1, $2)",
+                &[&to, &(units as i64)],
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), code, "{to} {units}: {e}");
+    }
+    let (query, _, _, _) = route_check(u00, &far, 1).await;
+    let query = query.unwrap();
+    for (who, q) in [(&net.users[0][1], query.as_str()), (u00, "no-such-query")] {
+        let e = who
+            .db
+            .query_one("SELECT * FROM chips.route_check_result($1)", &[&q])
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "42704", "{e}");
+    }
+    assert_eq!(
+        routes_at(&net.sites[0]).await,
+        stored + 2,
+        "only the last check's rows (in, out)"
+    );
+}

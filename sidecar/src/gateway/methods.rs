@@ -178,6 +178,16 @@ pub static USER_METHODS: &[Method] = &[
         &[req("lift", "uuid"), req("signature", "text")],
     ),
     scalar(
+        "route.check",
+        "route_check",
+        &[req("address", "jsonb"), opt("units", "bigint")],
+    ),
+    scalar(
+        "route.check_result",
+        "route_check_result",
+        &[req("query", "text")],
+    ),
+    scalar(
         "invoice",
         "chit_invoice",
         &[
