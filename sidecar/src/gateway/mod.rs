@@ -111,6 +111,8 @@ impl Gateway {
         Router::new()
             .route("/ws", get(ws))
             .route("/admin", get(admin_page))
+            .route("/login", get(app_page))
+            .route("/app", get(app_page))
             .route("/health", get(health))
             .route("/metrics", get(metrics))
             .route("/doc/{hash}", get(document))
@@ -244,6 +246,20 @@ async fn ws(
 async fn admin_page() -> Response {
     METRICS.http.get_or_create(&Kind { kind: "admin" }).inc();
     axum::response::Html(include_str!("admin.html")).into_response()
+}
+
+/// The user app: one static page and its script, at the path login links use (`/login?ent=…&
+/// token=…`: it registers a key it makes in the browser with the ticket) and at `/app` (later
+/// visits log in with that key). Everything it does is a websocket call as the user.
+async fn app_page() -> Response {
+    METRICS.http.get_or_create(&Kind { kind: "app" }).inc();
+    let mut r = axum::response::Html(include_str!("app.html")).into_response();
+    // the login ticket is in the query string: keep it out of other sites' Referer headers
+    r.headers_mut().insert(
+        axum::http::header::REFERRER_POLICY,
+        axum::http::HeaderValue::from_static("no-referrer"),
+    );
+    r
 }
 
 async fn health(State(gw): State<Arc<Gateway>>) -> Response {
