@@ -158,6 +158,72 @@ async fn the_admin_view_logs_in_draws_the_network_and_adds_a_user() {
         "the used ticket leaves the address bar"
     );
 
+    // click a person: their tallies (with a user here and with Eve at the other site) and
+    // their recent lifts; their node and tallies stand out
+    let circle = format!(
+        "document.querySelector('#graph circle[data-key=\"local:{}\"]')",
+        ann.ent
+    );
+    page.eval(&format!(
+        "{circle}.dispatchEvent(new MouseEvent('click', {{bubbles: true}})); true"
+    ))
+    .await;
+    page.wait_for("document.getElementById('person').hidden === false")
+        .await;
+    let person = page
+        .eval("document.getElementById('person').innerText")
+        .await;
+    let person = person.as_str().unwrap();
+    assert!(
+        person.contains("Ann Baker")
+            && person.contains("Bob Miller")
+            && person.contains("12.000")
+            && person.contains("Eve Grocer")
+            && person.contains("3.000"),
+        "{person}"
+    );
+    assert_eq!(
+        page.eval("document.querySelectorAll('#graph line.tally.chosen').length")
+            .await,
+        json!(2)
+    );
+    // zoom with the button and the wheel, pan by dragging: the drawing's transform follows,
+    // and survives the view's refresh (every 2 s), as does the person shown
+    let transform = "document.getElementById('view').getAttribute('transform')";
+    page.eval("document.getElementById('zin').click(); true")
+        .await;
+    assert_eq!(
+        page.eval(transform).await,
+        json!("translate(-102.5,-80) scale(1.25)")
+    );
+    page.eval(
+        "(() => { const r = document.getElementById('graph').getBoundingClientRect();          document.getElementById('graph').dispatchEvent(new WheelEvent('wheel',            {deltaY: -100, clientX: r.left, clientY: r.top, bubbles: true, cancelable: true})); return true; })()",
+    )
+    .await;
+    page.eval(
+        "(() => { const g = document.getElementById('graph'), r = g.getBoundingClientRect();          g.dispatchEvent(new PointerEvent('pointerdown', {clientX: r.left + 10, clientY: r.top + 10, bubbles: true}));          window.dispatchEvent(new PointerEvent('pointermove', {clientX: r.left + 60, clientY: r.top + 30}));          window.dispatchEvent(new PointerEvent('pointerup', {})); return true; })()",
+    )
+    .await;
+    let moved = page.eval(transform).await;
+    assert!(
+        moved.as_str().unwrap().ends_with("scale(1.5)")
+            && moved != json!("translate(-123,-96) scale(1.5)"),
+        "zoomed at the corner and dragged: {moved}"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(page.eval(transform).await, moved, "kept across a refresh");
+    page.wait_for("document.getElementById('person').hidden === false")
+        .await;
+    page.eval("document.getElementById('zreset').click(); true")
+        .await;
+    assert_eq!(page.eval(transform).await, json!("translate(0,0) scale(1)"));
+    page.eval(&format!(
+        "{circle}.dispatchEvent(new MouseEvent('click', {{bubbles: true}})); true"
+    ))
+    .await;
+    page.wait_for("document.getElementById('person').hidden === true")
+        .await;
+
     // add a user: the database has them, the graph and table show them, a ticket with a QR code
     page.eval(
         "document.getElementById('newname').value = 'Zoe Added'; \
