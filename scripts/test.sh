@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test: formatting and lints, core unit and property tests, #[pg_test]s, and integration
-# tests as real clients against a private cluster this script starts (and stops), and a short
-# fuzzing run.
+# tests as real clients against a private cluster this script starts (and stops), a short
+# fuzzing run, and the Debian packages (built, installed, used, removed).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -43,3 +43,6 @@ CHIPS_TEST_DSN="host=127.0.0.1 port=$PORT user=postgres" PG_BIN="$PG_BIN" \
 
 say "fuzzing: each target briefly (bash scripts/fuzz.sh runs them longer)"
 FUZZ_SECS=${FUZZ_SECS:-10} bash "$REPO/scripts/fuzz.sh"
+
+say "Debian packages: built, the extension's installed into a fresh cluster and used"
+bash "$REPO/scripts/package.sh" --test
