@@ -203,12 +203,69 @@ async fn a_person_logs_in_from_the_link_pays_declines_and_stays_logged_in() {
     assert_eq!(st, "void");
     assert_eq!(text_of(&mut page, "invoices").await.trim(), "none");
 
+    // Bob asks again; she pays this one from the page
+    let second = bob.invoice(t, 700, "flour").await.unwrap();
+    page.wait_for("document.getElementById('invoices').innerText.includes('flour')")
+        .await;
+    page.eval(
+        "[...document.querySelectorAll('#invoices button')].find(b => b.textContent === 'Pay it').click(); true",
+    )
+    .await;
+    page.wait_for("document.getElementById('msg').textContent.startsWith('paid 0.700')")
+        .await;
+    assert_eq!(bob.balance(t).await.unwrap().0, 2_200);
+    let st: String = a
+        .admin
+        .query_one(
+            "SELECT string_agg(DISTINCT status, ',') FROM chips.chits WHERE chit_uuid = $1",
+            &[&second],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(st, "good");
+
+    // she asks Bob to pay her: a request waiting for his signature
+    fill_and_click(
+        &mut page,
+        &[("punits", "0.3"), ("pmemo", "returned cups")],
+        "request",
+    )
+    .await;
+    page.wait_for(
+        "document.getElementById('msg').textContent.startsWith('asked Bob Miller for 0.300')",
+    )
+    .await;
+    let asked: i64 = a
+        .admin
+        .query_one(
+            "SELECT count(*) FROM chips.chits_v WHERE ent = $1 AND memo = 'returned cups' AND state = 'L.pend'",
+            &[&bob.ent],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(asked, 1, "Bob has her request to sign");
+
+    // a route check to Bob's address before paying it there (answered at once: he is at this
+    // site): a payment to an address is a lift, and Bob takes none (his lift target is 0)
+    fill_and_click(
+        &mut page,
+        &[("acuid", "bob"), ("aagent", &a.agent_id()), ("aunits", "1")],
+        "acheck",
+    )
+    .await;
+    page.wait_for(
+        "document.getElementById('amsg').textContent === 'no single route carries 1.000 CHIPs now'",
+    )
+    .await;
+
     // past her credit limit: refused, in the database's words, and nothing changes
     fill_and_click(&mut page, &[("punits", "999"), ("pmemo", "")], "pay").await;
     page.wait_for("document.getElementById('msg').textContent.includes('(23514)')")
         .await;
     assert!(text_of(&mut page, "msg").await.contains("credit limit"));
-    assert_eq!(bob.balance(t).await.unwrap().0, 1_500);
+    assert_eq!(bob.balance(t).await.unwrap().0, 2_200);
 
     // a reload logs her in again with the key the browser kept; a payment to her shows live
     page.reload().await;
@@ -222,7 +279,7 @@ async fn a_person_logs_in_from_the_link_pays_declines_and_stays_logged_in() {
     bob.pay(t, 250, "change").await.unwrap();
     page.wait_for("document.getElementById('activity').innerText.includes('change')")
         .await;
-    page.wait_for("document.getElementById('tallies').innerText.includes('-1.250')")
+    page.wait_for("document.getElementById('tallies').innerText.includes('-1.950')")
         .await;
     page.screenshot("user-app.png").await;
 
