@@ -1053,6 +1053,12 @@ BEGIN
     IF chips._lift_next_expiry(v_expires, v_now, 0, v_min) IS NULL THEN
         RETURN chips._lift_reject(msg, 'expired');
     END IF;
+    -- a sender that pushes the expiry far out would make this site hold its tallies for the lift
+    -- that long: a prepare may expire at most ten times this site's own lift `life` from now
+    -- (sites may set different lives; ten times leaves room for that)
+    IF v_expires > v_now + 10 * (extract(epoch FROM s.life) * 1000)::bigint THEN
+        RETURN chips._lift_reject(msg, 'it expires later than a lift may live here');
+    END IF;
     -- plan and lock this site's segment before writing anything
     v_target := chips._local_ent(v_find);
     IF v_target IS NOT NULL AND o->>'kind' = 'linear' THEN

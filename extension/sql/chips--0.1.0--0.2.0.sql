@@ -238,3 +238,174 @@ REVOKE EXECUTE ON FUNCTION chips."_route_widest"(text[], text[], bigint[], text,
     chips._route_check_ways(chips.lift_routes), chips.route_check(jsonb, bigint),
     chips.route_check_result(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION chips.route_check(jsonb, bigint), chips.route_check_result(text) TO chips_user;
+
+-- A prepare that expires more than ten times this site's lift life from now is refused (a relay could
+-- otherwise make the sites after it hold their tallies for as long as it likes).
+CREATE OR REPLACE FUNCTION chips._recv_lift_prepare(msg jsonb) RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    o jsonb := msg->'object';
+    s chips.lift_settings := chips._lift_set();
+    v_step bigint := (extract(epoch FROM s.hop_step) * 1000)::bigint;
+    v_min bigint := (extract(epoch FROM s.min_window) * 1000)::bigint;
+    v_doc jsonb;
+    v_lift uuid;
+    v_units bigint;
+    v_expires bigint;       -- epoch milliseconds, as on the wire
+    v_now bigint;
+    v_next bigint;
+    v_find jsonb;
+    v_target text;
+    t chips.tallies;
+    l chips.lifts;
+    g record;
+    v_exit record;
+    v_out uuid;
+    v_ends boolean := false;
+    v_most bigint;
+BEGIN
+    BEGIN
+        v_doc := chips.chit_doc_check(o->'chit');
+        v_lift := (o->>'lift')::uuid;
+        v_units := (o->>'units')::bigint;
+        v_expires := (o->>'expires')::bigint;
+        v_find := chips._chad(o->'find');
+        PERFORM chips._chad(o->'origin');
+    EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range OR invalid_parameter_value THEN
+        RAISE EXCEPTION 'a prepare carries lift, chit, units, expires, origin and find' USING ERRCODE = '22023';
+    END;
+    IF o->>'kind' NOT IN ('linear', 'circular') OR v_units IS NULL OR v_units < 1
+       OR v_expires IS NULL OR chips.b64url_decode(o->>'condition') IS NULL
+       OR chips.b64url_decode(o->>'void') IS NULL THEN
+        RAISE EXCEPTION 'a prepare carries kind, units >= 1, expires, condition and void' USING ERRCODE = '22023';
+    END IF;
+    -- the tally is the sender's with the addressee, and the chit is the sender's payment on it
+    SELECT * INTO t FROM chips.tallies x
+    WHERE x.tally_uuid = (v_doc->>'tally')::uuid AND x.ent = chips._local_ent(msg->'to') AND x.part_ent IS NULL
+      AND x.part_cert->'chad'->>'cuid' = msg->'from'->>'cuid' AND x.part_cert->'chad'->>'agent' = msg->'from'->>'agent'
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no tally % between % and the sender', v_doc->>'tally', msg->'to'->>'cuid' USING ERRCODE = '42704';
+    END IF;
+    IF v_doc->>'type' <> 'lift' OR v_doc->>'by' <> chips._other(t.side)
+       OR (v_doc->>'units')::bigint IS DISTINCT FROM v_units OR v_doc->'ref'->>'lift' IS DISTINCT FROM v_lift::text THEN
+        RAISE EXCEPTION 'the chit of a prepare is the sender''s lift chit for this lift and units' USING ERRCODE = '22023';
+    END IF;
+    IF EXISTS (SELECT 1 FROM chips.lifts x WHERE x.lift_uuid = v_lift AND x.tally_in = t.tally_uuid) THEN
+        RETURN 'ignored';       -- this prepare again
+    END IF;
+    SELECT * INTO l FROM chips.lifts x WHERE x.lift_uuid = v_lift AND x.kind <> 'local' AND x.role = 'origin' FOR UPDATE;
+    IF FOUND AND l.kind = 'circular' THEN
+        IF o->>'kind' = 'circular' AND l.status = 'pend' AND l.tally_in IS NULL AND l.units = v_units THEN
+            -- the circle is closed: the lift came back; reserve from here to where it began
+            g := chips._route(t.ent, l.payer, v_units, t.tally_uuid);
+            IF NOT g.ok OR pg_catalog.now() >= l.expires
+               OR chips._lift_lock(g.tallies, g.payers, g.receivers, v_units) <> 0 THEN
+                PERFORM chips._lift_decide(l.id, 'void', 'the circle does not close here');
+                RETURN 'void';
+            END IF;
+            UPDATE chips.lifts x SET tally_in = t.tally_uuid WHERE x.id = l.id RETURNING * INTO l;
+            PERFORM chips._lift_write(l, g.tallies, g.payers, g.receivers, v_doc);
+            PERFORM chips._lift_decide(l.id, 'good');
+            RETURN 'good';
+        END IF;
+        RETURN chips._lift_reject(msg, 'the circle passes this site already');
+    END IF;
+    IF EXISTS (SELECT 1 FROM chips.lifts x WHERE x.lift_uuid = v_lift AND (x.kind NOT IN ('linear', 'circular')
+                                                                      OR x.kind <> o->>'kind')) THEN
+        RETURN chips._lift_reject(msg, 'the lift is of another kind here');
+    END IF;
+    -- (a linear lift that passes this site again, over another tally, even back at its origin's
+    -- site, is a passage of its own here: a row of its own, by the tally it came in on)
+    v_now := (extract(epoch FROM pg_catalog.now()) * 1000)::bigint;
+    IF chips._lift_next_expiry(v_expires, v_now, 0, v_min) IS NULL THEN
+        RETURN chips._lift_reject(msg, 'expired');
+    END IF;
+    -- a sender that pushes the expiry far out would make this site hold its tallies for the lift
+    -- that long: a prepare may expire at most ten times this site's own lift `life` from now
+    -- (sites may set different lives; ten times leaves room for that)
+    IF v_expires > v_now + 10 * (extract(epoch FROM s.life) * 1000)::bigint THEN
+        RETURN chips._lift_reject(msg, 'it expires later than a lift may live here');
+    END IF;
+    -- plan and lock this site's segment before writing anything
+    v_target := chips._local_ent(v_find);
+    IF v_target IS NOT NULL AND o->>'kind' = 'linear' THEN
+        -- the payee is here: the payer's signature must cover this payment and its locks
+        -- (a part of a split payment: the document names the payment, and all of it)
+        IF NOT coalesce((o->'pay'->'doc'->>'lift' = v_lift::text
+                         AND (o->'pay'->'doc'->>'units')::bigint = v_units)
+                        OR (o->'pay'->'doc'->>'lift' = o->>'payment' AND o->>'payment' <> v_lift::text
+                            AND (o->'pay'->'doc'->>'units')::bigint >= v_units), false)
+           OR o->'pay'->'doc'->>'condition' IS DISTINCT FROM o->>'condition'
+           OR o->'pay'->'doc'->>'void' IS DISTINCT FROM o->>'void'
+           OR NOT chips._same_party(o->'pay'->'doc'->'to', v_find)
+           OR NOT coalesce(chips.verify_signature(o->'pay'->>'key', o->'pay'->'doc', o->'pay'->>'sign'), false) THEN
+            RETURN chips._lift_reject(msg, 'the payer''s signature does not cover this payment');
+        END IF;
+        g := chips._route(t.ent, v_target, v_units, t.tally_uuid);
+        v_ends := g.ok AND chips._lift_lock(g.tallies, g.payers, g.receivers, v_units) = 0;
+    END IF;
+    IF NOT v_ends THEN
+        -- a relay: out on the tally the route query found (or the cache knows); at the payee's
+        -- site, a way that leaves and comes back over another tally (its query went on here)
+        v_next := chips._lift_next_expiry(v_expires, v_now, v_step, v_min);
+        FOR v_exit IN
+            SELECT e.tally, e.holder, e.pri, e.max, e.hops FROM (
+                SELECT x.tally, t2.ent AS holder, 0 AS pri, x.max, x.hops FROM chips.lift_routes x
+                JOIN chips.tallies t2 ON t2.tally_uuid = x.tally AND t2.part_ent IS NULL
+                WHERE x.query = o->>'query' AND x.dir = 'out' AND x.status = 'found'
+                UNION ALL
+                SELECT c.tally, t2.ent, 1, c.max, c.hops FROM chips.lift_route_cache c
+                JOIN chips.tallies t2 ON t2.tally_uuid = c.tally AND t2.part_ent IS NULL
+                WHERE c.find_cuid = v_find->>'cuid' AND c.find_agent = v_find->>'agent'
+                  AND c.expires > pg_catalog.now() AND c.max >= v_units) e
+            WHERE e.tally <> t.tally_uuid AND v_next IS NOT NULL
+            ORDER BY e.max >= v_units DESC, e.pri, e.hops LOOP
+            g := chips._route(t.ent, v_exit.holder, v_units, t.tally_uuid, v_exit.tally);
+            CONTINUE WHEN NOT g.ok OR chips._lift_lock(g.tallies, g.payers, g.receivers, v_units) <> 0;
+            v_out := v_exit.tally;
+            IF v_exit.pri = 0 THEN
+                -- the prepare names the payee: the way its query found is worth keeping
+                PERFORM chips._route_remember(v_find, v_out, v_exit.max, v_exit.hops);
+            END IF;
+            EXIT;
+        END LOOP;
+        IF v_out IS NULL THEN
+            -- what would get through instead: the widest of the ways on (or to the payee)
+            v_most := 0;
+            IF v_target IS NOT NULL AND o->>'kind' = 'linear' THEN
+                v_most := chips._route_most(t.ent, v_target, v_units, t.tally_uuid);
+            END IF;
+            FOR v_exit IN SELECT x.tally, t2.ent AS holder, x.max FROM chips.lift_routes x
+                          JOIN chips.tallies t2 ON t2.tally_uuid = x.tally AND t2.part_ent IS NULL
+                          WHERE x.query = o->>'query' AND x.dir = 'out' AND x.status = 'found'
+                            AND x.tally <> t.tally_uuid AND x.max > v_most
+                          ORDER BY x.max DESC LIMIT 3 LOOP
+                v_most := greatest(v_most, least(v_exit.max,
+                    chips._route_most(t.ent, v_exit.holder, v_units, t.tally_uuid, v_exit.tally)));
+            END LOOP;
+            RETURN chips._lift_reject(msg, CASE WHEN v_target IS NOT NULL AND o->>'kind' = 'linear'
+                                                THEN 'no route to the payee carries the lift'
+                                                ELSE 'no route on from here carries the lift' END, v_most);
+        END IF;
+    END IF;
+    INSERT INTO chips.lifts (lift_uuid, kind, status, units, role, origin, find, query, tally_in,
+                             tally_out, payee, condition, void_cond, expires, pay)
+    VALUES (v_lift, o->>'kind', 'pend', v_units, CASE WHEN v_out IS NULL THEN 'terminus' ELSE 'relay' END,
+            o->'origin', v_find, o->>'query', t.tally_uuid, v_out,
+            CASE WHEN v_out IS NULL THEN v_target END,
+            chips.b64url_decode(o->>'condition'), chips.b64url_decode(o->>'void'),
+            pg_catalog.to_timestamp(coalesce(v_next, v_expires) / 1000.0), o->'pay')
+    RETURNING * INTO l;
+    v_doc := chips._lift_write(l, g.tallies, g.payers, g.receivers, v_doc);
+    IF v_out IS NULL THEN
+        PERFORM chips._send(chips._cert(v_target)->'chad', l.origin, 'lift', 'ready',
+            pg_catalog.jsonb_build_object('lift', v_lift, 'units', v_units,
+                'condition', o->>'condition', 'void', o->>'void'));
+        RETURN 'ready';
+    END IF;
+    PERFORM chips._lift_send(v_out, 'prepare', o || pg_catalog.jsonb_build_object('chit', v_doc, 'expires', v_next));
+    RETURN 'prepared';
+END
+$$;
