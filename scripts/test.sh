@@ -5,7 +5,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-ensure_deps chromium
+ensure_deps chromium postgresql-15-auto-failover pg-auto-failover-cli
 cd "$REPO"
 
 say "cargo fmt --check"
