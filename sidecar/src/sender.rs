@@ -225,6 +225,13 @@ impl Sender {
                     .filter(|id| !done.contains(id) && !tried.contains(id))
                     .collect();
                 peer.channel = None;
+                // back off from a peer that is down, not from one that just answered: a peer
+                // that applied some of this batch starts its back-off afresh (under dropped
+                // frames the wait would otherwise double at every loss, past the life of a
+                // route query)
+                if !done.is_empty() {
+                    peer.failures = 0;
+                }
                 peer.failures += 1;
                 let wait = Duration::from_millis(200 * 2u64.pow(peer.failures.min(8)))
                     .min(Duration::from_secs(60));
