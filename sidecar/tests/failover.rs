@@ -100,15 +100,7 @@ async fn a_site_that_loses_its_primary_loses_no_acknowledged_payment() {
         .await
         .unwrap();
     let b = Cluster::from_env().site("t_fo_b", pb).await.unwrap();
-    let ann: String = a
-        .admin
-        .query_one(
-            "SELECT chips.user_create('Ann Baker', cuid => 'ann', custodial => true)",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let ann = a.custodial_user("Ann Baker", "ann").await.unwrap();
     let ann_role = a.role_of(&ann).await.unwrap();
     let eve = b.user("Eve Grocer", "eve").await.unwrap();
 

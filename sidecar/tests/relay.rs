@@ -53,6 +53,27 @@ async fn state_is(u: &User, t: uuid::Uuid, want: &str) -> bool {
     u.state(t).await.unwrap().as_deref() == Some(want)
 }
 
+/// A tally between Ann (the vendor, granting `limit`) and Eve at the other site, negotiated by
+/// the sidecars: ticket, offer, accept, until it is open at Ann's site.
+async fn open_over_noise(ann: &User, eve: &User, limit: i64, memo: &str) -> uuid::Uuid {
+    let t = ann
+        .draft("stock", json!({"limit": limit}), json!({}), memo)
+        .await
+        .unwrap();
+    assert_eq!(
+        eve.redeem(&ann.ticket(t, false).await.unwrap())
+            .await
+            .unwrap(),
+        None
+    );
+    eventually("the ticket reaches Ann", || state_is(ann, t, "P.draft")).await;
+    ann.offer(t).await.unwrap();
+    eventually("the offer reaches Eve", || state_is(eve, t, "P.offer")).await;
+    eve.accept(t).await.unwrap();
+    eventually("the tally opens at Ann", || state_is(ann, t, "open")).await;
+    t
+}
+
 async fn converged(
     a: &Site,
     b: &Site,
@@ -85,21 +106,7 @@ async fn two_sites_over_noise_and_a_killed_sidecar_loses_nothing() {
     let eve = b.user("Eve", "eve").await.unwrap();
 
     // A tally negotiated across the sites: ticket -> offer -> open, all by chipsd.
-    let t = ann
-        .draft("stock", json!({"limit": 100_000}), json!({}), "over noise")
-        .await
-        .unwrap();
-    assert_eq!(
-        eve.redeem(&ann.ticket(t, false).await.unwrap())
-            .await
-            .unwrap(),
-        None
-    );
-    eventually("the ticket reaches Ann", || state_is(&ann, t, "P.draft")).await;
-    ann.offer(t).await.unwrap();
-    eventually("the offer reaches Eve", || state_is(&eve, t, "P.offer")).await;
-    eve.accept(t).await.unwrap();
-    eventually("the tally opens at Ann", || state_is(&ann, t, "open")).await;
+    let t = open_over_noise(&ann, &eve, 100_000, "over noise").await;
 
     // Chits both ways; the chains converge on both halves.
     eve.pay(t, 1_000, "").await.unwrap();
@@ -238,23 +245,7 @@ async fn dropped_duplicated_reordered_frames_and_cut_connections_still_converge(
     let ann = a.user("Ann", "ann").await.unwrap();
     let eve = b.user("Eve", "eve").await.unwrap();
 
-    let t = ann
-        .draft(
-            "stock",
-            json!({"limit": 1_000_000}),
-            json!({}),
-            "through a bad network",
-        )
-        .await
-        .unwrap();
-    eve.redeem(&ann.ticket(t, false).await.unwrap())
-        .await
-        .unwrap();
-    eventually("the ticket reaches Ann", || state_is(&ann, t, "P.draft")).await;
-    ann.offer(t).await.unwrap();
-    eventually("the offer reaches Eve", || state_is(&eve, t, "P.offer")).await;
-    eve.accept(t).await.unwrap();
-    eventually("the tally opens at Ann", || state_is(&ann, t, "open")).await;
+    let t = open_over_noise(&ann, &eve, 1_000_000, "through a bad network").await;
     let mut expect = 0i64;
     for n in 1..=10i64 {
         eve.pay(t, 100 * n, "").await.unwrap();
@@ -552,23 +543,7 @@ async fn a_peer_that_never_answers_holds_up_only_its_own_messages() {
     let (_sa, _sb) = (patient(&a, pa), patient(&b, pb));
     let ann = a.user("Ann", "ann").await.unwrap();
     let eve = b.user("Eve", "eve").await.unwrap();
-    let t = ann
-        .draft(
-            "stock",
-            json!({"limit": 100_000}),
-            json!({}),
-            "beside a hung peer",
-        )
-        .await
-        .unwrap();
-    eve.redeem(&ann.ticket(t, false).await.unwrap())
-        .await
-        .unwrap();
-    eventually("the ticket reaches Ann", || state_is(&ann, t, "P.draft")).await;
-    ann.offer(t).await.unwrap();
-    eventually("the offer reaches Eve", || state_is(&eve, t, "P.offer")).await;
-    eve.accept(t).await.unwrap();
-    eventually("the tally opens at Ann", || state_is(&ann, t, "open")).await;
+    let t = open_over_noise(&ann, &eve, 100_000, "beside a hung peer").await;
 
     // a message for the hung peer, queued before the payments
     let hung = chips_core::peer::agent_id(&[7u8; 32]);

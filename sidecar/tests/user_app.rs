@@ -117,15 +117,7 @@ async fn a_person_logs_in_from_the_link_pays_declines_and_stays_logged_in() {
     let cl = Cluster::from_env();
     let a = cl.site("t_user_app", free_port()).await.unwrap();
     let bob = a.user("Bob Miller", "bob").await.unwrap();
-    let ann: String = a
-        .admin
-        .query_one(
-            "SELECT chips.user_create('Ann Baker', cuid => 'ann', custodial => true)",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let ann = a.custodial_user("Ann Baker", "ann").await.unwrap();
     let t = open_with_bob(&a, &bob, &ann, 50_000, None).await;
     let request = bob.invoice(t, 2_000, "delivery").await.unwrap();
 

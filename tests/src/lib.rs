@@ -261,6 +261,18 @@ impl Site {
         KeyPair::from_phrase(&format!("{name} at {}", self.db))
     }
 
+    /// A custodial user (the site signs for them; no key in the test): their ent.
+    pub async fn custodial_user(&self, name: &str, cuid: &str) -> Result<String> {
+        Ok(self
+            .admin
+            .query_one(
+                "SELECT chips.user_create($1, cuid => $2, custodial => true)",
+                &[&name, &cuid],
+            )
+            .await?
+            .get(0))
+    }
+
     /// [`Site::user`] on a given local agent (for a site serving several).
     pub async fn user_on(&self, name: &str, cuid: &str, agent: Option<&str>) -> Result<User> {
         let key = self.user_key(name);
