@@ -204,6 +204,8 @@ fn calls() -> Vec<(&'static str, Vec<Arg>)> {
         ),
         ("SELECT chips.pay_address_json($1)", vec![Uuid]),
         ("SELECT chips.pay_address_sign($1, $2)", vec![Uuid, Text]),
+        ("SELECT * FROM chips.route_check($1, $2)", vec![Json, Big]),
+        ("SELECT * FROM chips.route_check_result($1)", vec![Text]),
     ]
 }
 
