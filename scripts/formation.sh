@@ -25,10 +25,13 @@ ensure_formation_deps() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15-auto-failover pg-auto-failover-cli >/dev/null
 }
 
-# pg_autoctl as the postgres user, with its state kept under DIR (not in the user's home).
+# pg_autoctl's environment: its state kept under DIR (not in the postgres user's home).
+AUTOCTL_ENV=(XDG_CONFIG_HOME="$DIR/config" XDG_DATA_HOME="$DIR/share" XDG_RUNTIME_DIR="$DIR/run"
+             PATH="$PG_BIN:$PATH" PGHOST=127.0.0.1)
+
+# pg_autoctl as the postgres user.
 autoctl() {
-    as_postgres env XDG_CONFIG_HOME="$DIR/config" XDG_DATA_HOME="$DIR/share" XDG_RUNTIME_DIR="$DIR/run" \
-        PATH="$PG_BIN:$PATH" PGHOST=127.0.0.1 pg_autoctl "$@"
+    as_postgres env "${AUTOCTL_ENV[@]}" pg_autoctl "$@"
 }
 
 psql_at() { # PORT DB SQL
@@ -40,8 +43,7 @@ psql_at() { # PORT DB SQL
 keeper() { # NAME ARGS...
     local name=$1; shift
     # (its own session: pg_autoctl renames its processes, so they are found by process group)
-    as_postgres bash -c "cd '$DIR' || exit 1; setsid env XDG_CONFIG_HOME='$DIR/config' XDG_DATA_HOME='$DIR/share' \
-        XDG_RUNTIME_DIR='$DIR/run' PATH='$PG_BIN:$PATH' PGHOST=127.0.0.1 pg_autoctl $* \
+    as_postgres bash -c "cd '$DIR' || exit 1; setsid env ${AUTOCTL_ENV[*]@Q} pg_autoctl $* \
         >>'$DIR/$name.log' 2>&1 < /dev/null & echo \$! > '$DIR/$name.pid'"
 }
 

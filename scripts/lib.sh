@@ -44,12 +44,17 @@ install_extension() {
     mkdir -p "$REPO/target"
     (cd "$REPO/extension" && cargo pgrx install --pg-config "$PG_CONFIG" "$@") >"$log" 2>&1 ||
         { tail -50 "$log"; return 1; }
-    # The install scripts of released versions (cargo pgrx installs only this version's and the
-    # upgrade scripts): `CREATE EXTENSION chips VERSION '0.1.0'` then works, as the upgrade test
-    # needs. They must stay as released (extension/released/SHA256SUMS).
+    # (`CREATE EXTENSION chips VERSION '0.1.0'` then works, as the upgrade test needs)
+    install_released ""
+}
+
+# install_released ROOT: the install scripts of released versions (cargo pgrx installs only this
+# version's and the upgrade scripts) into PostgreSQL's extension directory under ROOT ("" for
+# the system's; a package's root). They must stay as released (extension/released/SHA256SUMS).
+install_released() {
     (cd "$REPO/extension/released" && sha256sum --quiet -c SHA256SUMS) ||
         { echo "extension/released/ was edited: a released install script never changes" >&2; return 1; }
-    install -m 644 "$REPO"/extension/released/chips--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
+    install -m 644 "$REPO"/extension/released/chips--*.sql "$1$("$PG_CONFIG" --sharedir)/extension/"
 }
 
 # Run a command as the postgres user (initdb refuses root).

@@ -30,9 +30,7 @@ say "the extension package: cargo pgrx package (release)"
 root=$OUT/$EXT_PKG
 (cd extension && cargo pgrx package --pg-config "$PG_CONFIG" --out-dir "$root") \
     >"$REPO/target/pgrx-package.log" 2>&1 || { tail -50 "$REPO/target/pgrx-package.log"; exit 1; }
-(cd extension/released && sha256sum --quiet -c SHA256SUMS) ||
-    { echo "extension/released/ was edited: a released install script never changes" >&2; exit 1; }
-install -m 644 extension/released/chips--*.sql "$root$("$PG_CONFIG" --sharedir)/extension/"
+install_released "$root"
 install -D -m 644 README.md "$root/usr/share/doc/$EXT_PKG/README.md"
 for d in sql-api operations architecture; do
     install -D -m 644 "docs/$d.md" "$root/usr/share/doc/$EXT_PKG/$d.md"

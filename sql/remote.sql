@@ -1450,8 +1450,11 @@ CREATE FUNCTION chips._route_check_ways(r chips.lift_routes, OUT carries boolean
 LANGUAGE sql STABLE
 AS $$
     WITH a AS (SELECT * FROM chips._local_arcs()),
-         w AS (SELECT least(x.max, CASE WHEN t.ent = r.checker THEN x.max
-                                        ELSE chips._route_widest(a.payers, a.receivers, a.caps, r.checker, t.ent) END) AS m
+         -- (the asker's own segment: none when the asker holds the exit, else the widest way
+         -- to its holder, 0 when there is none: LEAST would pass over a NULL)
+         w AS (SELECT CASE WHEN t.ent = r.checker THEN x.max
+                           ELSE least(x.max, coalesce(chips._route_widest(a.payers, a.receivers, a.caps,
+                                                                          r.checker, t.ent), 0)) END AS m
                FROM chips.lift_routes x
                JOIN chips.tallies t ON t.tally_uuid = x.tally AND t.part_ent IS NULL, a
                WHERE x.query = r.query AND x.dir = 'out' AND x.status = 'found')

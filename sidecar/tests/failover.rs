@@ -26,13 +26,19 @@ struct Formation {
     ports: [u16; 3],
 }
 
-fn formation(args: &[&str]) -> String {
+/// scripts/formation.sh with `args`.
+fn formation_run(args: &[&str]) -> std::process::Output {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/formation.sh");
-    let out = Command::new("bash")
+    Command::new("bash")
         .arg(script)
         .args(args)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// scripts/formation.sh with `args`, which must succeed: what it printed.
+fn formation(args: &[&str]) -> String {
+    let out = formation_run(args);
     assert!(
         out.status.success(),
         "formation.sh {args:?}: {}{}",
@@ -67,10 +73,7 @@ impl Formation {
 
 impl Drop for Formation {
     fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/formation.sh"))
-            .args(["stop", &self.dir.display().to_string()])
-            .output();
+        formation_run(&["stop", &self.dir.display().to_string()]);
     }
 }
 
@@ -219,13 +222,8 @@ async fn a_site_that_loses_its_primary_loses_no_acknowledged_payment() {
     let killed = Instant::now();
     eventually("the secondary is promoted", 60, || async {
         // (no primary at all while the formation decides: the command fails then)
-        let script =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/formation.sh");
-        Command::new("bash")
-            .arg(script)
-            .args(["primary", &fo.dir.display().to_string()])
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "node2")
+        let out = formation_run(&["primary", &fo.dir.display().to_string()]);
+        String::from_utf8_lossy(&out.stdout).trim() == "node2"
     })
     .await;
     eventually("payments commit again", 60, || async {
@@ -317,10 +315,13 @@ async fn a_site_that_loses_its_primary_loses_no_acknowledged_payment() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(
-        balance,
-        ids.len() as i64,
-        "Eve is owed exactly the acknowledged payments"
+    // every acknowledged payment, and no more than one a failed call: a call whose connection
+    // dropped may have committed before its answer was lost (in doubt, as with any database)
+    let in_doubt = balance - ids.len() as i64;
+    assert!(
+        (0..=i64::from(failed)).contains(&in_doubt),
+        "Eve is owed {balance} for {} acknowledged payments and {failed} failed calls",
+        ids.len()
     );
 
     // and chips-check, the invariant checker, passes across the two sites (the demo crate's

@@ -303,8 +303,7 @@ async fn chits_and_chains_from_a_site_that_is_no_party_are_refused() {
     .await;
     let mut lie = chain.clone();
     // every 43-character base64url hash in its object replaced: blocks that do not chain
-    lie["object"] =
-        serde_json::from_str(&regex_like_replace_hashes(&chain["object"].to_string())).unwrap();
+    lie["object"] = serde_json::from_str(&replace_hashes(&chain["object"].to_string())).unwrap();
     assert_ne!(lie, chain, "a chain message carries the blocks' hashes");
     let r = refused(&net, 1, &lie).await;
     assert!(
@@ -316,7 +315,7 @@ async fn chits_and_chains_from_a_site_that_is_no_party_are_refused() {
 }
 
 /// Replaces every JSON string of 43 base64url characters (a SHA-256 in base64url) with another.
-fn regex_like_replace_hashes(text: &str) -> String {
+fn replace_hashes(text: &str) -> String {
     let mut out = String::new();
     let mut rest = text;
     while let Some(i) = rest.find('"') {
