@@ -9,7 +9,7 @@
 -- chips.session): a compromised gateway can act only for users who are logged in, and can never
 -- sign for a user who holds their own key.
 --
--- Events: every change to a user's tallies, chits and lifts appends one row to chips.events,
+-- Events: every change to a user's tallies, chits and lifts makes one row of chips.events,
 -- numbered 1, 2, 3... per user in commit order, so a client that holds its last number (its
 -- cursor) gets exactly what it missed (chips.events_since), whatever happened in between.
 
@@ -186,48 +186,67 @@ BEGIN
     IF chips._restoring() THEN
         RETURN;
     END IF;
-    INSERT INTO chips.events (ent, kind, body) VALUES (p_ent, p_kind, p_body);
+    INSERT INTO chips.events_pending (ent, kind, body) VALUES (p_ent, p_kind, p_body);
 END
 $$;
 
--- Deferred trigger on chips.events: the first firing at commit numbers all of the transaction's
--- events. It locks the users' head rows in ent order (no deadlocks between transactions) and
--- holds them until the commit is visible, so numbers follow commit order without gaps. (Two
--- transactions giving events to the same user commit one after the other; they mostly
--- serialize on that user's tally rows already.)
+-- Deferred trigger on chips.events_pending: the first firing at commit numbers all of the
+-- transaction's events and writes them to chips.events, each once. It moves the users' head rows
+-- in ent order (no deadlocks between transactions) and holds them until the commit is visible,
+-- so numbers follow commit order without gaps. (Two transactions giving events to the same user
+-- commit one after the other; they mostly serialize on that user's tally rows already.)
 CREATE FUNCTION chips._events_number() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_xid xid8 := pg_catalog.pg_current_xact_id();
+    v_ents text[];
+    v_ns bigint[];
+    v_tops bigint[];
     v_upto bigint;
+    v_top bigint;
 BEGIN
     IF chips._events_numbered(NEW.id) THEN
         RETURN NULL;   -- numbered by an earlier firing in this transaction
     END IF;
-    INSERT INTO chips.event_heads (ent)
-    SELECT DISTINCT e.ent FROM chips.events e WHERE e.xid = v_xid AND e.seq IS NULL
+    SELECT pg_catalog.array_agg(c.ent ORDER BY c.ent), pg_catalog.array_agg(c.n ORDER BY c.ent),
+           pg_catalog.max(c.upto)
+    INTO v_ents, v_ns, v_upto
+    FROM (SELECT p.ent, pg_catalog.count(*) AS n, pg_catalog.max(p.id) AS upto
+          FROM chips.events_pending p WHERE p.xid = v_xid GROUP BY p.ent) c;
+    IF v_ents IS NULL THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO chips.event_heads (ent) SELECT x FROM pg_catalog.unnest(v_ents) x
     ON CONFLICT (ent) DO NOTHING;
-    PERFORM 1 FROM chips.event_heads h
-    WHERE h.ent IN (SELECT e.ent FROM chips.events e WHERE e.xid = v_xid AND e.seq IS NULL)
-    ORDER BY h.ent FOR UPDATE;
-    -- each head moves by its user's new events; they take the numbers below the new head,
-    -- in the order they were made
-    UPDATE chips.event_heads h SET seq = h.seq + c.n
-    FROM (SELECT e.ent, pg_catalog.count(*) AS n FROM chips.events e
-          WHERE e.xid = v_xid AND e.seq IS NULL GROUP BY e.ent) c
-    WHERE h.ent = c.ent;
-    WITH numbered AS (
-        UPDATE chips.events e SET seq = h.seq - p.n + p.k
-        FROM (SELECT x.id, x.ent, pg_catalog.row_number() OVER w AS k, pg_catalog.count(*) OVER w AS n
-              FROM chips.events x WHERE x.xid = v_xid AND x.seq IS NULL
-              WINDOW w AS (PARTITION BY x.ent ORDER BY x.id
-                           ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)) p
-        JOIN chips.event_heads h ON h.ent = p.ent
-        WHERE e.id = p.id
-        RETURNING e.id)
-    SELECT pg_catalog.max(x.id) INTO v_upto FROM numbered x;
+    IF pg_catalog.cardinality(v_ents) <= 4 THEN
+        -- a payment's few users: one update each, in ent order (its row lock is its update's,
+        -- no separate lock record)
+        v_tops := pg_catalog.array_fill(0::bigint, ARRAY[pg_catalog.cardinality(v_ents)]);
+        FOR i IN 1 .. pg_catalog.cardinality(v_ents) LOOP
+            UPDATE chips.event_heads h SET seq = h.seq + v_ns[i] WHERE h.ent = v_ents[i]
+            RETURNING h.seq INTO v_top;
+            v_tops[i] := v_top;
+        END LOOP;
+    ELSE
+        -- many users (a lift, a clearing pass): lock in ent order, then move all heads at once
+        PERFORM 1 FROM chips.event_heads h WHERE h.ent = ANY (v_ents) ORDER BY h.ent FOR UPDATE;
+        WITH moved AS (
+            UPDATE chips.event_heads h SET seq = h.seq + c.n
+            FROM ROWS FROM (pg_catalog.unnest(v_ents), pg_catalog.unnest(v_ns)) c(ent, n)
+            WHERE h.ent = c.ent
+            RETURNING h.ent, h.seq)
+        SELECT pg_catalog.array_agg(m.seq ORDER BY m.ent) INTO v_tops FROM moved m;
+    END IF;
+    -- each user's events take the numbers below the user's new head, in the order they were made
+    WITH gone AS (
+        DELETE FROM chips.events_pending p WHERE p.xid = v_xid RETURNING p.id, p.ent, p.kind, p.body)
+    INSERT INTO chips.events (ent, seq, kind, body)
+    SELECT g.ent, c.top - c.n + pg_catalog.row_number() OVER (PARTITION BY g.ent ORDER BY g.id),
+           g.kind, g.body
+    FROM gone g JOIN ROWS FROM (pg_catalog.unnest(v_ents), pg_catalog.unnest(v_ns), pg_catalog.unnest(v_tops))
+             c(ent, n, top) ON c.ent = g.ent;
     PERFORM chips._events_mark(greatest(v_upto, NEW.id));
     -- No NOTIFY: a notifying transaction holds a cluster-wide lock through its commit, which
     -- would serialize every payment's commit. chipsd polls chips.event_heads instead.

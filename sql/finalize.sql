@@ -47,7 +47,7 @@ CREATE TRIGGER chits_upd AFTER UPDATE ON chips.chits
 CREATE TRIGGER outbox_notify AFTER INSERT ON chips.outbox
     FOR EACH ROW EXECUTE FUNCTION chips._outbox_notify();
 -- Events are numbered at commit (sql/access.sql, chips._events_number).
-CREATE CONSTRAINT TRIGGER events_number AFTER INSERT ON chips.events
+CREATE CONSTRAINT TRIGGER events_number AFTER INSERT ON chips.events_pending
     DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION chips._events_number();
 

@@ -30,7 +30,6 @@ CREATE SEQUENCE chips.tally_seq;
 CREATE SEQUENCE chips.outbox_seq;
 CREATE SEQUENCE chips.chit_seq;
 CREATE SEQUENCE chips.lift_seq;
-CREATE SEQUENCE chips.event_seq;
 
 -- A site's peer identities. `local` agents are served by this database's sidecar(s); the others
 -- are partners' agents, learned from certificates and tickets.
@@ -521,24 +520,34 @@ CREATE TABLE chips.sessions (
 CREATE INDEX sessions_ent_idx ON chips.sessions (ent);
 
 -- Each user's events (tallies, chits, lifts), numbered 1, 2, 3... per user in commit order: a
--- subscriber that holds seq n has seen exactly events 1..n. `seq` is null only until the
--- inserting transaction commits (a deferred trigger numbers them under the user's head row).
+-- subscriber that holds seq n has seen exactly events 1..n. A transaction's events wait in
+-- chips.events_pending until it commits; a deferred trigger (sql/access.sql,
+-- chips._events_number) then numbers them under their users' head rows and writes each once.
 CREATE TABLE chips.event_heads (
     ent        text PRIMARY KEY REFERENCES chips.users ON DELETE CASCADE,
     seq        bigint NOT NULL DEFAULT 0,   -- the last number given
     pruned     bigint NOT NULL DEFAULT 0    -- events up to this number were pruned
 );
 CREATE TABLE chips.events (
-    id         bigint PRIMARY KEY DEFAULT nextval('chips.event_seq'),
     ent        text NOT NULL,
-    seq        bigint,
+    seq        bigint NOT NULL,
     kind       text NOT NULL CHECK (kind IN ('tally', 'chit', 'lift')),
     body       jsonb NOT NULL,
-    xid        xid8 NOT NULL DEFAULT pg_current_xact_id(),
     created    timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (ent, seq)
+    PRIMARY KEY (ent, seq)
 );
-CREATE INDEX events_unnumbered_idx ON chips.events (xid) WHERE seq IS NULL;
+-- Events of transactions still running. Unlogged: a row lives only inside its transaction (the
+-- numbering moves it to chips.events at commit), so it writes no WAL, and a crash, which aborts
+-- that transaction, loses nothing. `id` keeps the order the events were made in.
+CREATE UNLOGGED SEQUENCE chips.events_pending_seq;
+CREATE UNLOGGED TABLE chips.events_pending (
+    id         bigint NOT NULL DEFAULT nextval('chips.events_pending_seq'),
+    xid        xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    ent        text NOT NULL,
+    kind       text NOT NULL,
+    body       jsonb NOT NULL
+);
+CREATE INDEX events_pending_xid_idx ON chips.events_pending (xid, id);
 
 -- Stored files (documents besides contracts), addressed like contracts by
 -- base64url(SHA-256(data)); served over HTTP by chipsd at /doc/<hash>.
@@ -578,7 +587,6 @@ SELECT pg_catalog.pg_extension_config_dump('chips.tally_tombstones', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.ent_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.tally_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.outbox_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('chips.event_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.login_tickets', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.device_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('chips.login_challenges', '');

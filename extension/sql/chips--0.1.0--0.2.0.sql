@@ -412,3 +412,225 @@ BEGIN
     RETURN 'prepared';
 END
 $$;
+
+-- The event feed writes each event once: a transaction's events wait in the unlogged
+-- chips.events_pending (no WAL) and are numbered and written to chips.events at commit, instead of
+-- being inserted unnumbered and numbered by a second, non-HOT update (half of a payment's WAL;
+-- docs/benchmarks.md). chips.events loses its id and xid columns (its key is (ent, seq)): the
+-- table is made anew and the numbered events copied over in order.
+CREATE UNLOGGED SEQUENCE chips.events_pending_seq;
+CREATE UNLOGGED TABLE chips.events_pending (
+    id         bigint NOT NULL DEFAULT nextval('chips.events_pending_seq'),
+    xid        xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    ent        text NOT NULL,
+    kind       text NOT NULL,
+    body       jsonb NOT NULL
+);
+CREATE INDEX events_pending_xid_idx ON chips.events_pending (xid, id);
+DROP TRIGGER events_number ON chips.events;
+ALTER TABLE chips.events RENAME TO events_0_1;
+ALTER INDEX chips.events_pkey RENAME TO events_0_1_pkey;
+ALTER INDEX chips.events_ent_seq_key RENAME TO events_0_1_ent_seq_key;
+ALTER TABLE chips.events_0_1 RENAME CONSTRAINT events_kind_check TO events_0_1_kind_check;
+CREATE TABLE chips.events (
+    ent        text NOT NULL,
+    seq        bigint NOT NULL,
+    kind       text NOT NULL CHECK (kind IN ('tally', 'chit', 'lift')),
+    body       jsonb NOT NULL,
+    created    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (ent, seq)
+);
+INSERT INTO chips.events (ent, seq, kind, body, created)
+SELECT e.ent, e.seq, e.kind, e.body, e.created FROM chips.events_0_1 e
+WHERE e.seq IS NOT NULL ORDER BY e.ent, e.seq;
+ALTER EXTENSION chips DROP TABLE chips.events_0_1;
+DROP TABLE chips.events_0_1;
+ALTER EXTENSION chips DROP SEQUENCE chips.event_seq;
+DROP SEQUENCE chips.event_seq;
+SELECT pg_catalog.pg_extension_config_dump('chips.events', '');
+ALTER TABLE chips.events ENABLE ROW LEVEL SECURITY;
+CREATE POLICY events_own ON chips.events FOR SELECT TO chips_user
+    USING (ent = (SELECT chips.my_ent()));
+CREATE POLICY events_admin ON chips.events FOR SELECT TO chips_admin USING (true);
+REVOKE ALL ON chips.events, chips.events_pending FROM PUBLIC;
+REVOKE ALL ON SEQUENCE chips.events_pending_seq FROM PUBLIC;
+GRANT SELECT ON chips.events TO chips_user;
+GRANT SELECT ON chips.events, chips.events_pending TO chips_admin;
+
+-- Append an event for a local user; numbered when the transaction commits. Rows loaded by COPY
+-- (pg_restore) make no events: the events of the restored history are restored themselves.
+CREATE OR REPLACE FUNCTION chips._event(p_ent text, p_kind text, p_body jsonb) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF chips._restoring() THEN
+        RETURN;
+    END IF;
+    INSERT INTO chips.events_pending (ent, kind, body) VALUES (p_ent, p_kind, p_body);
+END
+$$;
+
+-- Deferred trigger on chips.events_pending: the first firing at commit numbers all of the
+-- transaction's events and writes them to chips.events, each once. It moves the users' head rows
+-- in ent order (no deadlocks between transactions) and holds them until the commit is visible,
+-- so numbers follow commit order without gaps. (Two transactions giving events to the same user
+-- commit one after the other; they mostly serialize on that user's tally rows already.)
+CREATE OR REPLACE FUNCTION chips._events_number() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_xid xid8 := pg_catalog.pg_current_xact_id();
+    v_ents text[];
+    v_ns bigint[];
+    v_tops bigint[];
+    v_upto bigint;
+    v_top bigint;
+BEGIN
+    IF chips._events_numbered(NEW.id) THEN
+        RETURN NULL;   -- numbered by an earlier firing in this transaction
+    END IF;
+    SELECT pg_catalog.array_agg(c.ent ORDER BY c.ent), pg_catalog.array_agg(c.n ORDER BY c.ent),
+           pg_catalog.max(c.upto)
+    INTO v_ents, v_ns, v_upto
+    FROM (SELECT p.ent, pg_catalog.count(*) AS n, pg_catalog.max(p.id) AS upto
+          FROM chips.events_pending p WHERE p.xid = v_xid GROUP BY p.ent) c;
+    IF v_ents IS NULL THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO chips.event_heads (ent) SELECT x FROM pg_catalog.unnest(v_ents) x
+    ON CONFLICT (ent) DO NOTHING;
+    IF pg_catalog.cardinality(v_ents) <= 4 THEN
+        -- a payment's few users: one update each, in ent order (its row lock is its update's,
+        -- no separate lock record)
+        v_tops := pg_catalog.array_fill(0::bigint, ARRAY[pg_catalog.cardinality(v_ents)]);
+        FOR i IN 1 .. pg_catalog.cardinality(v_ents) LOOP
+            UPDATE chips.event_heads h SET seq = h.seq + v_ns[i] WHERE h.ent = v_ents[i]
+            RETURNING h.seq INTO v_top;
+            v_tops[i] := v_top;
+        END LOOP;
+    ELSE
+        -- many users (a lift, a clearing pass): lock in ent order, then move all heads at once
+        PERFORM 1 FROM chips.event_heads h WHERE h.ent = ANY (v_ents) ORDER BY h.ent FOR UPDATE;
+        WITH moved AS (
+            UPDATE chips.event_heads h SET seq = h.seq + c.n
+            FROM ROWS FROM (pg_catalog.unnest(v_ents), pg_catalog.unnest(v_ns)) c(ent, n)
+            WHERE h.ent = c.ent
+            RETURNING h.ent, h.seq)
+        SELECT pg_catalog.array_agg(m.seq ORDER BY m.ent) INTO v_tops FROM moved m;
+    END IF;
+    -- each user's events take the numbers below the user's new head, in the order they were made
+    WITH gone AS (
+        DELETE FROM chips.events_pending p WHERE p.xid = v_xid RETURNING p.id, p.ent, p.kind, p.body)
+    INSERT INTO chips.events (ent, seq, kind, body)
+    SELECT g.ent, c.top - c.n + pg_catalog.row_number() OVER (PARTITION BY g.ent ORDER BY g.id),
+           g.kind, g.body
+    FROM gone g JOIN ROWS FROM (pg_catalog.unnest(v_ents), pg_catalog.unnest(v_ns), pg_catalog.unnest(v_tops))
+             c(ent, n, top) ON c.ent = g.ent;
+    PERFORM chips._events_mark(greatest(v_upto, NEW.id));
+    -- No NOTIFY: a notifying transaction holds a cluster-wide lock through its commit, which
+    -- would serialize every payment's commit. chipsd polls chips.event_heads instead.
+    RETURN NULL;
+END
+$$;
+
+CREATE CONSTRAINT TRIGGER events_number AFTER INSERT ON chips.events_pending
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION chips._events_number();
+
+-- After every statement that writes chits, once per statement and set-based whatever the
+-- number of rows (a payment's one chit and a clearing pass's hundred thousand take the same
+-- path): balances, chain tips, the holders' events, invoice notes. Two trigger functions, one
+-- per statement kind, because a trigger sees its rows as transition tables of its own: chits_ins
+-- (AFTER INSERT, new_chits) and chits_upd (AFTER UPDATE, old_chits and new_chits; an UPDATE
+-- counts as the new row minus the old one). The rules:
+--
+-- Balances in O(1) per chit: each tally's balances move by the change of its chits'
+-- contributions (good chits to net_good, good and pending ones to net_pend); chits that take
+-- their place in the chain move the tally's chain tip to the last of them (blocks are only ever
+-- appended), in the same UPDATE.
+--
+-- Events: every new chit and every change of status goes to the holder's event stream
+-- (sql/access.sql), one event per chit, except lift chits, which make one event per holder and
+-- lift (a clearing pass that moves ten of a user's tallies tells them once). Rows loaded by COPY
+-- (pg_restore) make no events: the restored history carries its own.
+--
+-- An invoice waiting for the holder's signature is also NOTIFYed (the agent hears of everything
+-- it must send through the outbox). Payments notify nobody: a NOTIFY holds a cluster-wide lock
+-- from pre-commit to the end of the commit, which would serialize every payment's commit.
+CREATE OR REPLACE FUNCTION chips._chits_ins() RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    UPDATE chips.tallies x SET net_good = x.net_good + d.good, net_pend = x.net_pend + d.pend,
+        net_hold = x.net_hold + d.hold,
+        chain_len = coalesce(d.idx, x.chain_len),
+        chain_tip = CASE WHEN d.idx IS NULL THEN x.chain_tip ELSE d.hash END,
+        updated = pg_catalog.now()
+    FROM (SELECT DISTINCT ON (n.tally_id) n.tally_id,
+                 sum(chips._good(n.status, n.value)) OVER w AS good,
+                 sum(chips._pend(n.status, n.value)) OVER w AS pend,
+                 sum(chips._hold(n.status, n.chit_type, n.value)) OVER w AS hold,
+                 n.chain_idx AS idx, n.chain_hash AS hash
+          FROM new_chits n WINDOW w AS (PARTITION BY n.tally_id)
+          ORDER BY n.tally_id, n.chain_idx DESC NULLS LAST) d
+    WHERE x.id = d.tally_id AND (d.good <> 0 OR d.pend <> 0 OR d.idx IS NOT NULL);
+    IF chips._restoring() THEN
+        RETURN NULL;
+    END IF;
+    PERFORM chips._chit_invoiced(t.ent, t.tally_uuid, n.chit_uuid, n.units)
+    FROM new_chits n JOIN chips.tallies t ON t.id = n.tally_id AND t.side = n.issuer
+    WHERE n.status = 'pend' AND n.chit_type <> 'lift';
+    INSERT INTO chips.events_pending (ent, kind, body)
+    SELECT t.ent, 'chit', chips._chit_event(t, n.chit_uuid, n.chit_type, n.issuer, n.status, n.units, n.memo)
+    FROM new_chits n JOIN chips.tallies t ON t.id = n.tally_id
+    WHERE n.lift_id IS NULL ORDER BY n.id;
+    INSERT INTO chips.events_pending (ent, kind, body)
+    SELECT t.ent, 'lift', chips._lift_event(l.lift_uuid, n.status, pg_catalog.count(*)::integer,
+               pg_catalog.sum(n.units), pg_catalog.sum(chips._chit_change(t.side, n.issuer, n.units)),
+               pg_catalog.min(t.tally_uuid::text), pg_catalog.min(n.chit_uuid::text))
+    FROM new_chits n JOIN chips.tallies t ON t.id = n.tally_id JOIN chips.lifts l ON l.id = n.lift_id
+    GROUP BY t.ent, l.lift_uuid, n.status ORDER BY min(n.id);
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chips._chits_upd() RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    UPDATE chips.tallies x SET net_good = x.net_good + d.good, net_pend = x.net_pend + d.pend,
+        net_hold = x.net_hold + d.hold,
+        chain_len = coalesce(d.idx, x.chain_len),
+        chain_tip = CASE WHEN d.idx IS NULL THEN x.chain_tip ELSE d.hash END,
+        updated = pg_catalog.now()
+    FROM (SELECT DISTINCT ON (n.tally_id) n.tally_id,
+                 sum(chips._good(n.status, n.value) - chips._good(o.status, o.value)) OVER w AS good,
+                 sum(chips._pend(n.status, n.value) - chips._pend(o.status, o.value)) OVER w AS pend,
+                 sum(chips._hold(n.status, n.chit_type, n.value)
+                     - chips._hold(o.status, o.chit_type, o.value)) OVER w AS hold,
+                 CASE WHEN o.chain_idx IS NULL THEN n.chain_idx END AS idx, n.chain_hash AS hash
+          FROM new_chits n JOIN old_chits o ON o.id = n.id WINDOW w AS (PARTITION BY n.tally_id)
+          ORDER BY n.tally_id, CASE WHEN o.chain_idx IS NULL THEN n.chain_idx END DESC NULLS LAST) d
+    WHERE x.id = d.tally_id AND (d.good <> 0 OR d.pend <> 0 OR d.idx IS NOT NULL);
+    IF chips._restoring() THEN
+        RETURN NULL;
+    END IF;
+    PERFORM chips._chit_invoiced(t.ent, t.tally_uuid, n.chit_uuid, n.units)
+    FROM new_chits n JOIN old_chits o ON o.id = n.id JOIN chips.tallies t ON t.id = n.tally_id AND t.side = n.issuer
+    WHERE n.status = 'pend' AND n.chit_type <> 'lift' AND o.status <> 'pend';
+    INSERT INTO chips.events_pending (ent, kind, body)
+    SELECT t.ent, 'chit', chips._chit_event(t, n.chit_uuid, n.chit_type, n.issuer, n.status, n.units, n.memo)
+    FROM new_chits n JOIN old_chits o ON o.id = n.id JOIN chips.tallies t ON t.id = n.tally_id
+    WHERE n.lift_id IS NULL AND o.status <> n.status ORDER BY n.id;
+    INSERT INTO chips.events_pending (ent, kind, body)
+    SELECT t.ent, 'lift', chips._lift_event(l.lift_uuid, n.status, pg_catalog.count(*)::integer,
+               pg_catalog.sum(n.units), pg_catalog.sum(chips._chit_change(t.side, n.issuer, n.units)),
+               pg_catalog.min(t.tally_uuid::text), pg_catalog.min(n.chit_uuid::text))
+    FROM new_chits n JOIN old_chits o ON o.id = n.id JOIN chips.tallies t ON t.id = n.tally_id
+    JOIN chips.lifts l ON l.id = n.lift_id
+    WHERE o.status <> n.status
+    GROUP BY t.ent, l.lift_uuid, n.status ORDER BY min(n.id);
+    RETURN NULL;
+END
+$$;

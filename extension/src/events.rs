@@ -1,6 +1,6 @@
-//! The event feed is numbered at commit by a deferred trigger that fires once per event row
-//! (sql/access.sql, `chips._events_number`); its first firing numbers every event the
-//! transaction has made. These two functions keep, in the backend, which events of the running
+//! The event feed is numbered at commit by a deferred trigger that fires once per pending event
+//! row (sql/access.sql, `chips._events_number`); its first firing numbers every event the
+//! transaction has made and moves them to `chips.events`. These two functions keep, in the backend, which events of the running
 //! transaction that covered, so the other firings return at once instead of each asking the
 //! table (a clearing pass makes thousands of events in one transaction).
 

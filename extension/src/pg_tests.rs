@@ -318,10 +318,10 @@ mod tests {
         // Each user's events, numbered at commit (forced here: the test never commits):
         // 1, 2, 3... per user in order, every one numbered, heads at the last number.
         Spi::run("SET CONSTRAINTS chips.events_number IMMEDIATE").unwrap();
-        let unnumbered: i64 = one("SELECT count(*) FROM chips.events WHERE seq IS NULL");
-        assert_eq!(unnumbered, 0);
+        let waiting: i64 = one("SELECT count(*) FROM chips.events_pending");
+        assert_eq!(waiting, 0);
         let in_order: bool = one(
-            "SELECT bool_and(seq = n) FROM (SELECT seq, row_number() OVER (PARTITION BY ent ORDER BY id) AS n
+            "SELECT bool_and(seq = n) FROM (SELECT seq, row_number() OVER (PARTITION BY ent ORDER BY seq) AS n
              FROM chips.events) x",
         );
         assert!(in_order);
