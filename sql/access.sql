@@ -241,10 +241,11 @@ BEGIN
     END IF;
     -- each user's events take the numbers below the user's new head, in the order they were made
     WITH gone AS (
-        DELETE FROM chips.events_pending p WHERE p.xid = v_xid RETURNING p.id, p.ent, p.kind, p.body)
-    INSERT INTO chips.events (ent, seq, kind, body)
+        DELETE FROM chips.events_pending p WHERE p.xid = v_xid
+        RETURNING p.id, p.ent, p.kind, p.chit, p.status, p.body)
+    INSERT INTO chips.events (ent, seq, kind, chit, status, body)
     SELECT g.ent, c.top - c.n + pg_catalog.row_number() OVER (PARTITION BY g.ent ORDER BY g.id),
-           g.kind, g.body
+           g.kind, g.chit, g.status, g.body
     FROM gone g JOIN ROWS FROM (pg_catalog.unnest(v_ents), pg_catalog.unnest(v_ns), pg_catalog.unnest(v_tops))
              c(ent, n, top) ON c.ent = g.ent;
     PERFORM chips._events_mark(greatest(v_upto, NEW.id));
@@ -290,7 +291,7 @@ BEGIN
         RAISE EXCEPTION 'events up to % were pruned', h.pruned USING ERRCODE = '55000',
             HINT = 'Read the current state (chips.tallies_list, chits_list, lifts_list) and go on from that seq.';
     END IF;
-    RETURN QUERY SELECT e.seq, e.kind, e.body, e.created FROM chips.events e
+    RETURN QUERY SELECT e.seq, e.kind, e.body, e.created FROM chips.events_v e
     WHERE e.ent = v_me.ent AND e.seq > events_since.cursor
     ORDER BY e.seq LIMIT chips._max_rows('max_events', events_since.max_events);
 END

@@ -1175,8 +1175,8 @@ BEGIN
     PERFORM chips._chit_invoiced(t.ent, t.tally_uuid, n.chit_uuid, n.units)
     FROM new_chits n JOIN chips.tallies t ON t.id = n.tally_id AND t.side = n.issuer
     WHERE n.status = 'pend' AND n.chit_type <> 'lift';
-    INSERT INTO chips.events_pending (ent, kind, body)
-    SELECT t.ent, 'chit', chips._chit_event(t, n.chit_uuid, n.chit_type, n.issuer, n.status, n.units, n.memo)
+    INSERT INTO chips.events_pending (ent, kind, chit, status)
+    SELECT t.ent, 'chit', n.id, n.status
     FROM new_chits n JOIN chips.tallies t ON t.id = n.tally_id
     WHERE n.lift_id IS NULL ORDER BY n.id;
     INSERT INTO chips.events_pending (ent, kind, body)
@@ -1213,8 +1213,8 @@ BEGIN
     PERFORM chips._chit_invoiced(t.ent, t.tally_uuid, n.chit_uuid, n.units)
     FROM new_chits n JOIN old_chits o ON o.id = n.id JOIN chips.tallies t ON t.id = n.tally_id AND t.side = n.issuer
     WHERE n.status = 'pend' AND n.chit_type <> 'lift' AND o.status <> 'pend';
-    INSERT INTO chips.events_pending (ent, kind, body)
-    SELECT t.ent, 'chit', chips._chit_event(t, n.chit_uuid, n.chit_type, n.issuer, n.status, n.units, n.memo)
+    INSERT INTO chips.events_pending (ent, kind, chit, status)
+    SELECT t.ent, 'chit', n.id, n.status
     FROM new_chits n JOIN old_chits o ON o.id = n.id JOIN chips.tallies t ON t.id = n.tally_id
     WHERE n.lift_id IS NULL AND o.status <> n.status ORDER BY n.id;
     INSERT INTO chips.events_pending (ent, kind, body)

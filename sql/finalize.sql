@@ -71,6 +71,17 @@ SELECT c.id, t.ent, t.tally_uuid, c.chit_uuid, c.chit_type, c.issuer,
        c.signature, c.created, c.updated
 FROM chips.chits c JOIN chips.tallies t ON t.id = c.tally_id;
 
+-- Users' events with their bodies: a chit's event is read from the user's half of the chit and
+-- the status the event recorded (sql/schema.sql, chips.events).
+CREATE VIEW chips.events_v WITH (security_invoker = true) AS
+SELECT e.ent, e.seq, e.kind,
+       coalesce(e.body, chips._chit_event(t, c.chit_uuid, c.chit_type, c.issuer, e.status, c.units,
+                                          c.memo)) AS body,
+       e.created
+FROM chips.events e
+LEFT JOIN chips.chits c ON c.id = e.chit
+LEFT JOIN chips.tallies t ON t.id = c.tally_id;
+
 -- Lifts, one row per lift and tally half: what the lift did to that holder's balance
 -- (positive: the holder owes less, or is owed more). A reservation released on the way of a
 -- lift that ended good (a payment refused on one way and sent on another) did nothing: not shown.
@@ -202,7 +213,7 @@ GRANT EXECUTE ON FUNCTION
     chips.pay_address(jsonb, bigint, text, jsonb), chips.pay_address_json(uuid),
     chips.pay_address_sign(uuid, text), chips.route_check(jsonb, bigint), chips.route_check_result(text)
 TO chips_user;
-GRANT SELECT ON chips.events TO chips_user;
+GRANT SELECT ON chips.events, chips.events_v TO chips_user;
 
 -- The user gateway: logins, and documents. It acts for users by SET ROLE to their roles
 -- (user_create grants each to chips_gateway), within sessions (chips._me).

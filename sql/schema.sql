@@ -528,11 +528,15 @@ CREATE TABLE chips.event_heads (
     seq        bigint NOT NULL DEFAULT 0,   -- the last number given
     pruned     bigint NOT NULL DEFAULT 0    -- events up to this number were pruned
 );
+-- A chit's event names the user's half of the chit and the status it reports; its body is read
+-- from the chit (chips.events_v), so a payment's events are not a second copy of its chits.
 CREATE TABLE chips.events (
     ent        text NOT NULL,
     seq        bigint NOT NULL,
     kind       text NOT NULL CHECK (kind IN ('tally', 'chit', 'lift')),
-    body       jsonb NOT NULL,
+    chit       bigint,                  -- a chit's event: the user's half (chips.chits.id)
+    status     text,                    -- a chit's event: the chit's status it reports
+    body       jsonb,                   -- any other event: what happened
     created    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (ent, seq)
 );
@@ -545,7 +549,9 @@ CREATE UNLOGGED TABLE chips.events_pending (
     xid        xid8 NOT NULL DEFAULT pg_current_xact_id(),
     ent        text NOT NULL,
     kind       text NOT NULL,
-    body       jsonb NOT NULL
+    chit       bigint,
+    status     text,
+    body       jsonb
 );
 CREATE INDEX events_pending_xid_idx ON chips.events_pending (xid, id);
 

@@ -413,18 +413,23 @@ BEGIN
 END
 $$;
 
+
 -- The event feed writes each event once: a transaction's events wait in the unlogged
 -- chips.events_pending (no WAL) and are numbered and written to chips.events at commit, instead of
--- being inserted unnumbered and numbered by a second, non-HOT update (half of a payment's WAL;
--- docs/benchmarks.md). chips.events loses its id and xid columns (its key is (ent, seq)): the
--- table is made anew and the numbered events copied over in order.
+-- being inserted unnumbered and numbered by a second, non-HOT update; a chit's event names the
+-- user's half of the chit instead of copying it (docs/benchmarks.md, "Where a payment's WAL
+-- goes"). chips.events loses its id and xid columns (its key is (ent, seq)) and gains chit and
+-- status: the table is made anew and the numbered events copied over in order, with their bodies
+-- (chips.events_v reads a body when there is one).
 CREATE UNLOGGED SEQUENCE chips.events_pending_seq;
 CREATE UNLOGGED TABLE chips.events_pending (
     id         bigint NOT NULL DEFAULT nextval('chips.events_pending_seq'),
     xid        xid8 NOT NULL DEFAULT pg_current_xact_id(),
     ent        text NOT NULL,
     kind       text NOT NULL,
-    body       jsonb NOT NULL
+    chit       bigint,
+    status     text,
+    body       jsonb
 );
 CREATE INDEX events_pending_xid_idx ON chips.events_pending (xid, id);
 DROP TRIGGER events_number ON chips.events;
@@ -436,7 +441,9 @@ CREATE TABLE chips.events (
     ent        text NOT NULL,
     seq        bigint NOT NULL,
     kind       text NOT NULL CHECK (kind IN ('tally', 'chit', 'lift')),
-    body       jsonb NOT NULL,
+    chit       bigint,                  -- a chit's event: the user's half (chips.chits.id)
+    status     text,                    -- a chit's event: the chit's status it reports
+    body       jsonb,                   -- any other event: what happened
     created    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (ent, seq)
 );
@@ -452,10 +459,22 @@ ALTER TABLE chips.events ENABLE ROW LEVEL SECURITY;
 CREATE POLICY events_own ON chips.events FOR SELECT TO chips_user
     USING (ent = (SELECT chips.my_ent()));
 CREATE POLICY events_admin ON chips.events FOR SELECT TO chips_admin USING (true);
-REVOKE ALL ON chips.events, chips.events_pending FROM PUBLIC;
+
+-- Users' events with their bodies: a chit's event is read from the user's half of the chit and
+-- the status the event recorded (sql/schema.sql, chips.events).
+CREATE VIEW chips.events_v WITH (security_invoker = true) AS
+SELECT e.ent, e.seq, e.kind,
+       coalesce(e.body, chips._chit_event(t, c.chit_uuid, c.chit_type, c.issuer, e.status, c.units,
+                                          c.memo)) AS body,
+       e.created
+FROM chips.events e
+LEFT JOIN chips.chits c ON c.id = e.chit
+LEFT JOIN chips.tallies t ON t.id = c.tally_id;
+
+REVOKE ALL ON chips.events, chips.events_v, chips.events_pending FROM PUBLIC;
 REVOKE ALL ON SEQUENCE chips.events_pending_seq FROM PUBLIC;
-GRANT SELECT ON chips.events TO chips_user;
-GRANT SELECT ON chips.events, chips.events_pending TO chips_admin;
+GRANT SELECT ON chips.events, chips.events_v TO chips_user;
+GRANT SELECT ON chips.events, chips.events_v, chips.events_pending TO chips_admin;
 
 -- Append an event for a local user; numbered when the transaction commits. Rows loaded by COPY
 -- (pg_restore) make no events: the events of the restored history are restored themselves.
@@ -521,10 +540,11 @@ BEGIN
     END IF;
     -- each user's events take the numbers below the user's new head, in the order they were made
     WITH gone AS (
-        DELETE FROM chips.events_pending p WHERE p.xid = v_xid RETURNING p.id, p.ent, p.kind, p.body)
-    INSERT INTO chips.events (ent, seq, kind, body)
+        DELETE FROM chips.events_pending p WHERE p.xid = v_xid
+        RETURNING p.id, p.ent, p.kind, p.chit, p.status, p.body)
+    INSERT INTO chips.events (ent, seq, kind, chit, status, body)
     SELECT g.ent, c.top - c.n + pg_catalog.row_number() OVER (PARTITION BY g.ent ORDER BY g.id),
-           g.kind, g.body
+           g.kind, g.chit, g.status, g.body
     FROM gone g JOIN ROWS FROM (pg_catalog.unnest(v_ents), pg_catalog.unnest(v_ns), pg_catalog.unnest(v_tops))
              c(ent, n, top) ON c.ent = g.ent;
     PERFORM chips._events_mark(greatest(v_upto, NEW.id));
@@ -537,6 +557,35 @@ $$;
 CREATE CONSTRAINT TRIGGER events_number AFTER INSERT ON chips.events_pending
     DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION chips._events_number();
+
+-- The caller's events after `cursor` (the last seq the client has), oldest first.
+CREATE OR REPLACE FUNCTION chips.events_since(cursor bigint DEFAULT 0, max_events integer DEFAULT 500)
+RETURNS TABLE (seq bigint, kind text, body jsonb, created timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_me chips.users := chips._me();
+    h chips.event_heads;
+BEGIN
+    IF events_since.cursor IS NULL OR events_since.cursor < 0 THEN
+        RAISE EXCEPTION 'a cursor is 0 (from the start) or the seq of the last event seen'
+            USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO h FROM chips.event_heads x WHERE x.ent = v_me.ent;
+    IF events_since.cursor > coalesce(h.seq, 0) THEN
+        RAISE EXCEPTION 'cursor % is past the last event (%)', events_since.cursor, coalesce(h.seq, 0)
+            USING ERRCODE = '22023', HINT = 'A cursor from another site or an older database: start from 0.';
+    END IF;
+    IF events_since.cursor < coalesce(h.pruned, 0) THEN
+        RAISE EXCEPTION 'events up to % were pruned', h.pruned USING ERRCODE = '55000',
+            HINT = 'Read the current state (chips.tallies_list, chits_list, lifts_list) and go on from that seq.';
+    END IF;
+    RETURN QUERY SELECT e.seq, e.kind, e.body, e.created FROM chips.events_v e
+    WHERE e.ent = v_me.ent AND e.seq > events_since.cursor
+    ORDER BY e.seq LIMIT chips._max_rows('max_events', events_since.max_events);
+END
+$$;
 
 -- After every statement that writes chits, once per statement and set-based whatever the
 -- number of rows (a payment's one chit and a clearing pass's hundred thousand take the same
@@ -581,8 +630,8 @@ BEGIN
     PERFORM chips._chit_invoiced(t.ent, t.tally_uuid, n.chit_uuid, n.units)
     FROM new_chits n JOIN chips.tallies t ON t.id = n.tally_id AND t.side = n.issuer
     WHERE n.status = 'pend' AND n.chit_type <> 'lift';
-    INSERT INTO chips.events_pending (ent, kind, body)
-    SELECT t.ent, 'chit', chips._chit_event(t, n.chit_uuid, n.chit_type, n.issuer, n.status, n.units, n.memo)
+    INSERT INTO chips.events_pending (ent, kind, chit, status)
+    SELECT t.ent, 'chit', n.id, n.status
     FROM new_chits n JOIN chips.tallies t ON t.id = n.tally_id
     WHERE n.lift_id IS NULL ORDER BY n.id;
     INSERT INTO chips.events_pending (ent, kind, body)
@@ -619,8 +668,8 @@ BEGIN
     PERFORM chips._chit_invoiced(t.ent, t.tally_uuid, n.chit_uuid, n.units)
     FROM new_chits n JOIN old_chits o ON o.id = n.id JOIN chips.tallies t ON t.id = n.tally_id AND t.side = n.issuer
     WHERE n.status = 'pend' AND n.chit_type <> 'lift' AND o.status <> 'pend';
-    INSERT INTO chips.events_pending (ent, kind, body)
-    SELECT t.ent, 'chit', chips._chit_event(t, n.chit_uuid, n.chit_type, n.issuer, n.status, n.units, n.memo)
+    INSERT INTO chips.events_pending (ent, kind, chit, status)
+    SELECT t.ent, 'chit', n.id, n.status
     FROM new_chits n JOIN old_chits o ON o.id = n.id JOIN chips.tallies t ON t.id = n.tally_id
     WHERE n.lift_id IS NULL AND o.status <> n.status ORDER BY n.id;
     INSERT INTO chips.events_pending (ent, kind, body)

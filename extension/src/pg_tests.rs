@@ -331,7 +331,7 @@ mod tests {
         );
         assert!(heads);
         let shop_changes: String = one(
-            "SELECT string_agg(e.body->>'change', ',' ORDER BY e.seq) FROM chips.events e
+            "SELECT string_agg(e.body->>'change', ',' ORDER BY e.seq) FROM chips.events_v e
              JOIN chips.users u ON u.ent = e.ent WHERE u.cuid = 'shop' AND e.kind = 'chit'",
         );
         assert_eq!(shop_changes, "400,500");

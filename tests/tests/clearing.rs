@@ -467,7 +467,7 @@ async fn automatic_clearing_runs_when_due_and_tells_the_users() {
     let events = s
         .admin
         .query(
-            "SELECT body FROM chips.events WHERE ent = $1 AND kind = 'lift'",
+            "SELECT body FROM chips.events_v WHERE ent = $1 AND kind = 'lift'",
             &[&a.ent],
         )
         .await

@@ -102,6 +102,20 @@ async fn version(c: &Client) -> String {
     .get(0)
 }
 
+/// Every user's events (user, number, kind, body) from `relation`, in order.
+async fn feed(site: &Site, relation: &str) -> Vec<(String, i64, String, serde_json::Value)> {
+    site.admin
+        .query(
+            &format!("SELECT ent, seq, kind, body FROM {relation} ORDER BY ent, seq"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
 /// Every tally half with its balances and chain, in a stable order.
 async fn ledger(site: &Site) -> Vec<(String, String, i64, i64, i32)> {
     site.admin
@@ -151,6 +165,11 @@ async fn a_site_updated_from_the_oldest_release_equals_a_fresh_install_and_keeps
         .get(0);
     assert_eq!(lifted, 1, "the circle is lifted before the update");
     let before = ledger(&old).await;
+    let events_before = feed(&old, "chips.events").await;
+    assert!(
+        events_before.len() >= 9,
+        "tallies, payments and the lift made events"
+    );
 
     old.admin
         .batch_execute("ALTER EXTENSION chips UPDATE")
@@ -173,11 +192,43 @@ async fn a_site_updated_from_the_oldest_release_equals_a_fresh_install_and_keeps
 
     // The data is as it was, audits clean, and the updated site goes on working.
     assert_eq!(ledger(&old).await, before);
+    assert_eq!(
+        feed(&old, "chips.events_v").await,
+        events_before,
+        "every user's events, numbers and bodies, as before the update"
+    );
     for t in [ab, bc, ca] {
         assert_eq!(old.audit_failures(t).await.unwrap(), Vec::<String>::new());
     }
     bob.pay(ab, 25, "after the update").await.unwrap();
     assert_eq!(ann.balance(ab).await.unwrap().0, 500 - 300 + 25);
+    // its events follow the old ones, with the chit's body read from the chit
+    let after = feed(&old, "chips.events_v").await;
+    let new: Vec<_> = after
+        .iter()
+        .filter(|e| !events_before.contains(e))
+        .collect();
+    assert_eq!(
+        new.len(),
+        2,
+        "one event for each of the payment's users: {new:?}"
+    );
+    for (ent, seq, kind, body) in new {
+        let last = events_before
+            .iter()
+            .filter(|e| &e.0 == ent)
+            .map(|e| e.1)
+            .max();
+        assert_eq!(
+            Some(*seq - 1),
+            last,
+            "{ent}'s numbers go on from the old ones"
+        );
+        assert_eq!(kind, "chit");
+        assert_eq!(body["units"], 25);
+        assert_eq!(body["memo"], "after the update");
+        assert_eq!(body["status"], "good");
+    }
     let claimed: i64 = old
         .admin
         .query_one(
