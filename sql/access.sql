@@ -218,19 +218,24 @@ BEGIN
     IF v_ents IS NULL THEN
         RETURN NULL;
     END IF;
-    INSERT INTO chips.event_heads (ent) SELECT x FROM pg_catalog.unnest(v_ents) x
-    ON CONFLICT (ent) DO NOTHING;
     IF pg_catalog.cardinality(v_ents) <= 4 THEN
         -- a payment's few users: one update each, in ent order (its row lock is its update's,
-        -- no separate lock record)
+        -- no separate lock record); a user's first event makes their head
         v_tops := pg_catalog.array_fill(0::bigint, ARRAY[pg_catalog.cardinality(v_ents)]);
         FOR i IN 1 .. pg_catalog.cardinality(v_ents) LOOP
             UPDATE chips.event_heads h SET seq = h.seq + v_ns[i] WHERE h.ent = v_ents[i]
             RETURNING h.seq INTO v_top;
+            IF NOT FOUND THEN
+                INSERT INTO chips.event_heads AS h (ent, seq) VALUES (v_ents[i], v_ns[i])
+                ON CONFLICT (ent) DO UPDATE SET seq = h.seq + excluded.seq
+                RETURNING h.seq INTO v_top;
+            END IF;
             v_tops[i] := v_top;
         END LOOP;
     ELSE
         -- many users (a lift, a clearing pass): lock in ent order, then move all heads at once
+        INSERT INTO chips.event_heads (ent) SELECT x FROM pg_catalog.unnest(v_ents) x
+        ON CONFLICT (ent) DO NOTHING;
         PERFORM 1 FROM chips.event_heads h WHERE h.ent = ANY (v_ents) ORDER BY h.ent FOR UPDATE;
         WITH moved AS (
             UPDATE chips.event_heads h SET seq = h.seq + c.n

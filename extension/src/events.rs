@@ -5,6 +5,7 @@
 //! table (a clearing pass makes thousands of events in one transaction).
 
 use std::cell::Cell;
+use std::ffi::CStr;
 
 use pgrx::prelude::*;
 
@@ -29,4 +30,19 @@ fn events_numbered(id: i64) -> bool {
 #[pg_extern(volatile, parallel_unsafe, name = "_events_mark")]
 fn events_mark(upto: i64) {
     NUMBERED.with(|n| n.set((current_xid(), upto)));
+}
+
+/// Whether the statement running is a COPY (pg_restore): rows it loads make no events (the
+/// restored history carries its own). Reads the statement's text, as `current_query()` does.
+#[pg_extern(stable, parallel_safe, name = "_restoring")]
+fn restoring() -> bool {
+    // SAFETY: debug_query_string is null or the running statement's NUL-terminated text, valid
+    // for the whole statement.
+    let query = unsafe { pg_sys::debug_query_string };
+    if query.is_null() {
+        return false;
+    }
+    let text = unsafe { CStr::from_ptr(query) }.to_bytes();
+    let text = &text[text.iter().take_while(|b| b.is_ascii_whitespace()).count()..];
+    text.len() > 5 && text[..5].eq_ignore_ascii_case(b"copy ")
 }

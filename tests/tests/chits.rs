@@ -101,6 +101,29 @@ async fn over_limit_payment_is_refused_and_writes_nothing() {
 }
 
 #[tokio::test]
+async fn a_local_tally_whose_halves_are_out_of_step_refuses_payments_and_writes_nothing() {
+    // Both halves of a local tally are written by one statement at the same place in the chain;
+    // a stock half whose chain tip differs from the foil half's (here tampered with directly)
+    // must refuse the chit rather than chain the two halves differently.
+    let (s, _ann, bob, t) = local_pair("t_chit_step", 5_000).await;
+    bob.pay(t, 100, "before").await.unwrap();
+    s.admin
+        .execute(
+            "UPDATE chips.tallies SET chain_tip = sha256(chain_tip)
+             WHERE tally_uuid = $1 AND side = 'stock'",
+            &[&t],
+        )
+        .await
+        .unwrap();
+    let chits = count(&s, "SELECT count(*) FROM chips.chits").await;
+    let e = bob.pay(t, 200, "after").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "55000", "{}", errmsg(&e));
+    assert!(errmsg(&e).contains("chain chit"), "{}", errmsg(&e));
+    assert_eq!(count(&s, "SELECT count(*) FROM chips.chits").await, chits);
+    assert_eq!(bob.balance(t).await.unwrap(), (-100, -100));
+}
+
+#[tokio::test]
 async fn invoices_are_signed_or_declined() {
     let (s, ann, bob, t) = local_pair("t_chit_invoice", 10_000).await;
     let ch = format!("chips_user_{}", bob.ent);
