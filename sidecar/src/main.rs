@@ -30,9 +30,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the site: listen for peers, send the outbox. Values from --config, then the
-    /// environment, then flags.
-    Run(Box<RunArgs>),
+    /// Serve the site: listen for peers, send the outbox. Settings from flags, the environment
+    /// (CHIPSD_*) and a TOML file (--config), in that order of precedence.
+    Run(Box<config::Config>),
     /// Write a new agent key file (Ed25519 seed, base64url, mode 0600) and print the agent id.
     Keygen {
         /// Where to write the key; refused if the file exists.
@@ -87,105 +87,7 @@ enum Command {
     },
 }
 
-#[derive(clap::Args)]
-struct RunArgs {
-    /// A TOML file with any of: db, listen, key, max_connections, idle_timeout_secs, poll_ms,
-    /// sync_secs, reply_timeout_ms, clearing_secs.
-    #[arg(long, env = "CHIPSD_CONFIG")]
-    config: Option<PathBuf>,
-    /// libpq connection string of the site's database.
-    #[arg(long, env = "CHIPSD_DB")]
-    db: Option<String>,
-    /// Address to listen on for peers (default 127.0.0.1:65430).
-    #[arg(long, env = "CHIPSD_LISTEN")]
-    listen: Option<std::net::SocketAddr>,
-    /// The agent key file.
-    #[arg(long, env = "CHIPSD_KEY")]
-    key: Option<PathBuf>,
-    #[arg(long, env = "CHIPSD_MAX_CONNECTIONS")]
-    max_connections: Option<usize>,
-    #[arg(long, env = "CHIPSD_IDLE_TIMEOUT_SECS")]
-    idle_timeout_secs: Option<u64>,
-    #[arg(long, env = "CHIPSD_POLL_MS")]
-    poll_ms: Option<u64>,
-    #[arg(long, env = "CHIPSD_SYNC_SECS")]
-    sync_secs: Option<u64>,
-    /// How long to wait to connect, for a handshake, or for a peer's reply (default 10000).
-    #[arg(long, env = "CHIPSD_REPLY_TIMEOUT_MS")]
-    reply_timeout_ms: Option<u64>,
-    /// How often to call chips.clearing_tick() (default 5; 0: never). The site's
-    /// chips.clearing_configure decides whether and how often a pass actually runs.
-    #[arg(long, env = "CHIPSD_CLEARING_SECS")]
-    clearing_secs: Option<u64>,
-    /// How often to call chips.lift_tick(), the timers of distributed lifts (default 500; 0: never).
-    #[arg(long, env = "CHIPSD_LIFT_TICK_MS")]
-    lift_tick_ms: Option<u64>,
-    /// How often to call chips.clearing_continuous() (default 100; 0: never). It clears only
-    /// when the site turned continuous clearing on (chips.clearing_configure).
-    #[arg(long, env = "CHIPSD_CONTINUOUS_MS")]
-    continuous_ms: Option<u64>,
-    /// Serve the user gateway (websocket API, /doc, /health, /metrics) here; off if not given.
-    #[arg(long, env = "CHIPSD_GATEWAY_LISTEN")]
-    gateway_listen: Option<std::net::SocketAddr>,
-    /// libpq connection string of the gateway's role (a member of chips_gateway); default: db.
-    #[arg(long, env = "CHIPSD_GATEWAY_DB")]
-    gateway_db: Option<String>,
-    /// The URL clients reach the gateway at, for login links (default http(s)://gateway_listen).
-    #[arg(long, env = "CHIPSD_GATEWAY_PUBLIC_URL")]
-    gateway_public_url: Option<String>,
-    #[arg(long, env = "CHIPSD_GATEWAY_MAX_CONNECTIONS")]
-    gateway_max_connections: Option<usize>,
-    #[arg(long, env = "CHIPSD_GATEWAY_MAX_MESSAGE_BYTES")]
-    gateway_max_message_bytes: Option<usize>,
-    #[arg(long, env = "CHIPSD_GATEWAY_IDLE_SECS")]
-    gateway_idle_secs: Option<u64>,
-    #[arg(long, env = "CHIPSD_GATEWAY_RATE_PER_SEC")]
-    gateway_rate_per_sec: Option<u32>,
-    #[arg(long, env = "CHIPSD_GATEWAY_RATE_BURST")]
-    gateway_rate_burst: Option<u32>,
-    #[arg(long, env = "CHIPSD_GATEWAY_POOL_SIZE")]
-    gateway_pool_size: Option<usize>,
-    /// How often subscribed users' event heads are read, in ms (default 50).
-    #[arg(long, env = "CHIPSD_GATEWAY_POLL_MS")]
-    gateway_poll_ms: Option<u64>,
-    /// PEM certificate chain for the gateway (TLS on when given with --tls-key).
-    #[arg(long, env = "CHIPSD_TLS_CERT")]
-    tls_cert: Option<PathBuf>,
-    /// PEM private key for the gateway.
-    #[arg(long, env = "CHIPSD_TLS_KEY")]
-    tls_key: Option<PathBuf>,
-}
-
-fn run(args: RunArgs) -> Result<(), String> {
-    let file = match &args.config {
-        Some(p) => config::FileConfig::load(p)?,
-        None => config::FileConfig::default(),
-    };
-    let cfg = file.merge(config::FileConfig {
-        db: args.db,
-        listen: args.listen,
-        key: args.key,
-        max_connections: args.max_connections,
-        idle_timeout_secs: args.idle_timeout_secs,
-        poll_ms: args.poll_ms,
-        sync_secs: args.sync_secs,
-        reply_timeout_ms: args.reply_timeout_ms,
-        clearing_secs: args.clearing_secs,
-        lift_tick_ms: args.lift_tick_ms,
-        continuous_ms: args.continuous_ms,
-        gateway_listen: args.gateway_listen,
-        gateway_db: args.gateway_db,
-        gateway_public_url: args.gateway_public_url,
-        gateway_max_connections: args.gateway_max_connections,
-        gateway_max_message_bytes: args.gateway_max_message_bytes,
-        gateway_idle_secs: args.gateway_idle_secs,
-        gateway_rate_per_sec: args.gateway_rate_per_sec,
-        gateway_rate_burst: args.gateway_rate_burst,
-        gateway_pool_size: args.gateway_pool_size,
-        gateway_poll_ms: args.gateway_poll_ms,
-        tls_cert: args.tls_cert,
-        tls_key: args.tls_key,
-    })?;
+fn run(cfg: config::Config) -> Result<(), String> {
     let seed = read_key(&cfg.key)?.seed();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -237,7 +139,7 @@ async fn serve(cfg: std::sync::Arc<config::Config>, seed: [u8; 32]) -> Result<()
     tracker.spawn(clearing::lift_timer(cfg.clone(), token.clone()));
     tracker.spawn(clearing::continuous(cfg.clone(), token.clone()));
     tracker.spawn(clearing::round_worker(cfg.clone(), token.clone()));
-    if let Some(g) = &cfg.gateway {
+    if let Some(g) = cfg.gateway() {
         let listener = tokio::net::TcpListener::bind(g.listen)
             .await
             .map_err(|e| format!("cannot listen on {} (gateway): {e}", g.listen))?;
@@ -372,7 +274,9 @@ fn print_or_fail(r: Result<String, String>, what: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = config::parse::<Cli>(&args).unwrap_or_else(|e| e.exit());
+    match cli.command {
         Command::Run(args) => match run(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -13,10 +13,12 @@ use std::time::Instant;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use serde_json::{json, Map, Value};
 use tokio::sync::{watch, OwnedSemaphorePermit};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::methods::{self, Method};
 use super::Gateway;
+
+mod cmd;
 use crate::metrics::{Kind, METRICS};
 
 /// Events read per query while catching up.
@@ -289,135 +291,7 @@ impl Conn {
             )
             .state("53400"));
         }
-        match method.as_str() {
-            "rpc.methods" => Ok(json!({
-                "login": methods::LOGIN_METHODS.iter().map(|m| m.name).collect::<Vec<_>>(),
-                "user": methods::USER_METHODS.iter().map(|m| m.name).collect::<Vec<_>>(),
-                "session": ["logout", "subscribe", "unsubscribe"],
-                "admin": std::iter::once(methods::ADMIN_LOGIN.name)
-                    .chain(methods::ADMIN_METHODS.iter().map(|m| m.name))
-                    .chain(["admin.qr"])
-                    .collect::<Vec<_>>(),
-            })),
-            "admin.login" => {
-                let v = self.as_gateway(&methods::ADMIN_LOGIN, &params).await?;
-                let session = v.get("session").and_then(Value::as_str).unwrap_or_default();
-                self.admin = Some(session.to_string());
-                info!(addr = %self.addr, "admin logged in");
-                Ok(json!({"expires": v.get("expires")}))
-            }
-            "admin.qr" => {
-                self.admin.as_ref().ok_or_else(not_admin)?;
-                let text = match (params.get("text"), params.len()) {
-                    (Some(Value::String(t)), 1) if t.len() <= 1000 => t,
-                    _ => {
-                        METRICS.error("params");
-                        return Err(RpcError::new(
-                            -32602,
-                            "admin.qr takes \"text\" (a string of at most 1000 bytes)",
-                        ));
-                    }
-                };
-                let code = qrcode::QrCode::new(text.as_bytes())
-                    .map_err(|e| RpcError::new(-32602, format!("no QR code for that: {e}")))?;
-                let svg = code
-                    .render::<qrcode::render::svg::Color>()
-                    .min_dimensions(200, 200)
-                    .quiet_zone(true)
-                    .build();
-                Ok(json!({"svg": svg}))
-            }
-            name if name.starts_with("admin.") => {
-                let m = methods::find(methods::ADMIN_METHODS, name).ok_or_else(|| {
-                    METRICS.error("method");
-                    RpcError::new(
-                        -32601,
-                        format!("no method \"{name}\" (rpc.methods lists them)"),
-                    )
-                })?;
-                let session = self.admin.clone().ok_or_else(not_admin)?;
-                if params.contains_key("session") {
-                    METRICS.error("params");
-                    return Err(RpcError::new(
-                        -32602,
-                        "the gateway adds the session: do not pass one",
-                    ));
-                }
-                let mut params = params;
-                params.insert("session".into(), json!(session));
-                let v = self.as_gateway(m, &params).await?;
-                if name == "admin.logout" {
-                    self.admin = None;
-                }
-                Ok(v)
-            }
-            "login.finish" => {
-                let m = methods::find(methods::LOGIN_METHODS, "login.finish").expect("listed");
-                let v = self.as_gateway(m, &params).await?;
-                let field = |k: &str| {
-                    v.get(k)
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string()
-                };
-                self.logout().await;
-                self.login = Some(Login {
-                    ent: field("ent"),
-                    role: field("role"),
-                    session: field("session"),
-                });
-                info!(addr = %self.addr, ent = %field("ent"), "logged in");
-                Ok(json!({"ent": field("ent"), "expires": field("expires")}))
-            }
-            "logout" => {
-                let was = self.login.is_some();
-                self.logout().await;
-                Ok(json!(was))
-            }
-            "subscribe" => {
-                let login = self.login.as_ref().ok_or_else(unauthenticated)?;
-                let cursor = match params.get("cursor") {
-                    None | Some(Value::Null) => 0,
-                    Some(c) => c.as_i64().filter(|c| *c >= 0).ok_or_else(|| {
-                        METRICS.error("params");
-                        RpcError::new(-32602, "cursor is 0 or the seq of the last event seen")
-                    })?,
-                };
-                if let Some(k) = params.keys().find(|k| k.as_str() != "cursor") {
-                    METRICS.error("params");
-                    return Err(RpcError::new(
-                        -32602,
-                        format!("subscribe takes no parameter \"{k}\""),
-                    ));
-                }
-                let mut wake = self.gw.hub.watch(&login.ent);
-                wake.borrow_and_update();
-                // check the cursor (and the session) before saying yes
-                self.events(login, cursor, 1).await?;
-                self.sub = Some(Subscription { cursor, wake });
-                self.backlog = true;
-                Ok(json!({"subscribed": true, "cursor": cursor}))
-            }
-            "unsubscribe" => Ok(json!(self.sub.take().is_some())),
-            name => {
-                if let Some(m) = methods::find(methods::LOGIN_METHODS, name) {
-                    return self.as_gateway(m, &params).await;
-                }
-                let m = methods::find(methods::USER_METHODS, name).ok_or_else(|| {
-                    METRICS.error("method");
-                    RpcError::new(
-                        -32601,
-                        format!("no method \"{name}\" (rpc.methods lists them)"),
-                    )
-                })?;
-                let login = self.login.as_ref().ok_or_else(unauthenticated)?;
-                let sql = methods::sql(m, &params).map_err(|e| {
-                    METRICS.error("params");
-                    RpcError::new(-32602, e)
-                })?;
-                as_user(&self.gw, login, &sql, &Value::Object(params)).await
-            }
-        }
+        cmd::Command::parse(&method)?.apply(self, params).await
     }
 
     /// A login method, as the gateway itself (no user role).
