@@ -5,7 +5,7 @@
 //! simulation for `--duration` seconds while automatic clearing runs: payments on tallies,
 //! refunds, and payments to CHIP addresses on other sites (distributed linear lifts). At the
 //! end it quiesces the network, runs a last clearing pass measured against the optimum the
-//! solver reports for the whole network, checks every invariant it can (chips-check), prints
+//! solver reports for the whole network, checks every invariant it can (chipsd check), prints
 //! a summary and writes an HTML report.
 
 mod report;

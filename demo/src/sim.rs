@@ -518,19 +518,12 @@ async fn go(
     let fin = samples.last().expect("a sample").clone();
     let pass_cleared = before_pass - fin.outstanding;
 
-    // Checks: chips-check over every site, and no lift left undecided.
-    let check = std::env::current_exe()
-        .map_err(|e| e.to_string())?
-        .with_file_name("chips-check");
-    let mut cmd = std::process::Command::new(&check);
-    for s in &net.sites {
-        cmd.arg("--dsn").arg(&s.dsn);
-    }
-    let out = cmd
-        .output()
-        .map_err(|e| format!("running {}: {e}", check.display()))?;
-    let check_text = String::from_utf8_lossy(&out.stdout).to_string();
-    let check_ok = out.status.success();
+    // Checks: chipsd check over every site, and no lift left undecided.
+    let dsns: Vec<String> = net.sites.iter().map(|s| s.dsn.clone()).collect();
+    let (check_ok, check_text) = match chipsd::check::check(&dsns).await {
+        Ok(r) => (r.problems.is_empty(), r.text()),
+        Err(e) => (false, format!("chipsd check: {e}")),
+    };
     let mut open_lifts = 0i64;
     let (mut users, mut chit_rows, mut messages, mut payment_lifts) = (0i64, 0i64, 0i64, 0i64);
     for s in &net.sites {
@@ -665,7 +658,7 @@ async fn go(
         println!("  other errors: {errors:?}");
     }
     println!(
-        "  checks: debt after <= before: {}; lifts left undecided: {open_lifts}; chips-check (halves agree, audits, net positions): {}",
+        "  checks: debt after <= before: {}; lifts left undecided: {open_lifts}; chipsd check (halves agree, audits, net positions): {}",
         yes(after_ok),
         yes(check_ok)
     );

@@ -1,7 +1,7 @@
 //! The short chaos run: four sites (each its own cluster and chipsd) under random traffic and
 //! clearing rounds while frames are dropped, duplicated, delayed and reordered, sidecars
 //! SIGKILLed and clusters crashed; after the faults stop the network must converge and
-//! chips-check find nothing.
+//! chipsd check find nothing.
 
 use std::process::Command;
 
@@ -35,7 +35,7 @@ fn four_sites_under_traffic_and_faults_converge_with_every_invariant_holding() {
     assert!(n("sidecars SIGKILLed") > 0, "{faults}");
     assert!(n("PostgreSQL crashes") > 0, "{faults}");
     assert!(stdout.contains("converged"), "{stdout}");
-    // clearing rounds ran under the faults (chips-check found each whole or void everywhere)
+    // clearing rounds ran under the faults (chipsd check found each whole or void everywhere)
     let rounds = stdout
         .lines()
         .find(|l| l.contains("clearing rounds:"))

@@ -87,7 +87,7 @@ fn interrupted_then_run_again_to_a_summary_that_checks_out() {
     let after = chips_after(&stdout, "after:");
     assert!(before > 0.0 && after <= before, "{stdout}");
     assert!(
-        stdout.contains("checks: debt after <= before: yes; lifts left undecided: 0; chips-check (halves agree, audits, net positions): yes"),
+        stdout.contains("checks: debt after <= before: yes; lifts left undecided: 0; chipsd check (halves agree, audits, net positions): yes"),
         "{stdout}"
     );
     assert!(

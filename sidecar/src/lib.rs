@@ -2,6 +2,7 @@
 //! benchmarks and tests use them directly.
 
 pub mod channel;
+pub mod check;
 pub mod clearing;
 pub mod config;
 pub mod db;

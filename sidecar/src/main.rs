@@ -33,6 +33,15 @@ enum Command {
     /// Serve the site: listen for peers, send the outbox. Settings from flags, the environment
     /// (CHIPSD_*) and a TOML file (--config), in that order of precedence.
     Run(Box<config::Config>),
+    /// Verify the invariants of a chips network across its sites (balances and chains of both
+    /// halves of every tally, audits, net positions, lifts and rounds decided alike
+    /// everywhere); exit status 1 when one fails, 2 when a site cannot be read.
+    Check {
+        /// One site's database (libpq connection string of a superuser or chips_admin role),
+        /// once per site.
+        #[arg(long = "dsn", required = true)]
+        dsns: Vec<String>,
+    },
     /// Write a new agent key file (Ed25519 seed, base64url, mode 0600) and print the agent id.
     Keygen {
         /// Where to write the key; refused if the file exists.
@@ -260,6 +269,30 @@ fn show_link(link: &str, ticket: &serde_json::Value, qr: bool) -> Result<String,
     Ok(out)
 }
 
+/// `chipsd check`: prints the report; 0 when every invariant holds, 1 when one fails, 2 when a
+/// site cannot be read.
+fn check(dsns: &[String]) -> ExitCode {
+    let report = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(chipsd::check::check(dsns)));
+    match report {
+        Ok(r) => {
+            print!("{}", r.text());
+            if r.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("chipsd check: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn print_or_fail(r: Result<String, String>, what: &str) -> ExitCode {
     match r {
         Ok(s) => {
@@ -284,6 +317,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Check { dsns } => check(&dsns),
         Command::Sign { key } => print_or_fail(sign_stdin(&key), "sign"),
         Command::Pubkey { key } => print_or_fail(read_key(&key).map(|k| k.public_b64()), "pubkey"),
         Command::LoginTicket {

@@ -5,7 +5,7 @@
 //! connected with a multi-host connection string (`target_session_attrs=read-write`), reconnect
 //! and carry on. Every payment acknowledged to its session before or after the kill is on the
 //! new primary and, relayed, at the other site; the tally's halves agree and audit clean and
-//! chips-check passes across the two sites; the
+//! chipsd check passes across the two sites; the
 //! time from the kill to the first payment committed after it is printed. Then the old primary
 //! rejoins as the secondary and holds every acknowledged payment too.
 
@@ -324,24 +324,14 @@ async fn a_site_that_loses_its_primary_loses_no_acknowledged_payment() {
         ids.len()
     );
 
-    // and chips-check, the invariant checker, passes across the two sites (the demo crate's
-    // binary, built by the test command's `cargo test -p chips-demo`)
-    let check =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/chips-check");
-    assert!(
-        check.exists(),
-        "{} is missing: build it first (cargo build -p chips-demo)",
-        check.display()
-    );
-    let out = Command::new(&check)
-        .args(["--dsn", &site_dsn, "--dsn", &b.dsn])
-        .output()
+    // and chipsd check, the invariant checker, passes across the two sites
+    let report = chipsd::check::check(&[site_dsn.clone(), b.dsn.clone()])
+        .await
         .unwrap();
     assert!(
-        out.status.success(),
-        "chips-check: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        report.problems.is_empty(),
+        "chipsd check: {}",
+        report.text()
     );
 
     // the old primary rejoins as the secondary, with every acknowledged payment

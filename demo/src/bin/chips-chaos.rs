@@ -4,7 +4,7 @@
 //! coordinates for all four every few seconds) while a fault-injecting proxy in front
 //! of every chipsd drops, duplicates, delays and reorders frames and cuts connections, and a
 //! chaos driver SIGKILLs sidecars and crashes PostgreSQL clusters at random moments. Then the
-//! faults stop, the network quiesces, and `chips-check` verifies every invariant across the four
+//! faults stop, the network quiesces, and `chipsd check` verifies every invariant across the four
 //! sites. Bounded in time; prints what it attempted, committed and injected, and how long the
 //! network took to converge. Exit status 0 only if every invariant holds.
 //!
@@ -49,7 +49,7 @@ struct Args {
     /// Seconds the network gets to converge once the faults stop.
     #[arg(long, default_value_t = 300)]
     converge: u64,
-    /// When chips-check finds a problem, keep the sites up this many seconds before stopping
+    /// When chipsd check finds a problem, keep the sites up this many seconds before stopping
     /// them (their connection strings are printed).
     #[arg(long, default_value_t = 0)]
     hold: u64,
@@ -412,17 +412,11 @@ async fn run(args: Args) -> Res<bool> {
     // the sidecars' chain resync runs every 2 s: give it one more round after the last message
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let check = std::env::current_exe()
-        .map_err(|x| x.to_string())?
-        .with_file_name("chips-check");
-    let mut cmd = std::process::Command::new(&check);
-    for s in sites.iter() {
-        cmd.arg("--dsn").arg(&s.dsn);
-    }
-    let out = cmd
-        .output()
-        .map_err(|x| format!("{}: {x}", check.display()))?;
-    let report = String::from_utf8_lossy(&out.stdout);
+    let dsns: Vec<String> = sites.iter().map(|s| s.dsn.clone()).collect();
+    let (checked, report) = match chipsd::check::check(&dsns).await {
+        Ok(r) => (r.problems.is_empty(), r.text()),
+        Err(e) => (false, format!("chipsd check: {e}")),
+    };
 
     println!("\n== figures");
     let (mut att, mut com, mut refd, mut fail) = (0, 0, 0, 0);
@@ -525,8 +519,8 @@ async fn run(args: Args) -> Res<bool> {
         "  clearing rounds: {opened} opened, {good} committed, {void} void, {again} solved again"
     );
     println!("  the last round, after the faults: {last_round}");
-    println!("\n== chips-check across the four sites\n{report}");
-    if args.hold > 0 && !out.status.success() {
+    println!("\n== chipsd check across the four sites\n{report}");
+    if args.hold > 0 && !checked {
         // keep the evidence: the sites stay up (sidecars too) for a look with psql
         println!("== the sites stay up {} s for a look:", args.hold);
         for s in sites.iter() {
@@ -539,7 +533,7 @@ async fn run(args: Args) -> Res<bool> {
         s.car.lock().await.stop(Duration::from_secs(5));
     }
     let _ = std::fs::remove_dir_all(&keys);
-    Ok(out.status.success() && calm && last_round.starts_with("good") && adds_up)
+    Ok(checked && calm && last_round.starts_with("good") && adds_up)
 }
 
 /// Waits (up to `limit`) until no site has a message undelivered, a lift or a round under way,

@@ -1,10 +1,11 @@
-//! `chips-check`: verifies the invariants of a chips network across all its sites.
+//! `chipsd check`: verifies the invariants of a chips network across all its sites (an
+//! operator's tool; the demo, the chaos run and the tests run it too).
 //!
 //! ```text
-//! chips-check --dsn "host=127.0.0.1 port=54320 user=postgres dbname=site_a" --dsn "...dbname=site_b"
+//! chipsd check --dsn "host=127.0.0.1 port=54320 user=postgres dbname=site_a" --dsn "...dbname=site_b"
 //! ```
 //!
-//! Checks, and reports every failure (exit status 1 if any):
+//! Checks, and reports every failure (exit status 1 if any, 2 if a site cannot be read):
 //! - every tally half passes `chips.tally_audit` (balances equal the sum of its chits, every
 //!   chain block links and hashes, every good chit and the tally itself are signed);
 //! - the two halves of every open (or closing, closed) tally, wherever they are, have the same
@@ -22,19 +23,9 @@
 //!   under a lift already decided.
 
 use std::collections::BTreeMap;
-use std::process::ExitCode;
 
-use clap::Parser;
 use tokio_postgres::Client;
 use uuid::Uuid;
-
-#[derive(Parser)]
-#[command(about = "Verify the invariants of a chips network across its sites")]
-struct Args {
-    /// One site's database (libpq connection string), once per site.
-    #[arg(long = "dsn", required = true)]
-    dsns: Vec<String>,
-}
 
 /// A clearing round as the checker sees it: its coordinator's decision and the members whose
 /// shares it needed (when the coordinator's database is given), and each member's part (site,
@@ -90,17 +81,42 @@ async fn halves(db: &Client, site: &str) -> Result<Vec<(Uuid, Half)>, tokio_post
     Ok(out)
 }
 
-async fn check(args: Args) -> Result<Vec<String>, String> {
-    let e = |e: tokio_postgres::Error| chips_tests::errmsg(&e);
+/// What the check found: a summary line and every problem (none: every invariant holds).
+pub struct Report {
+    pub summary: String,
+    pub problems: Vec<String>,
+}
+
+impl Report {
+    /// The report as `chipsd check` prints it: the summary, then every problem or "all
+    /// invariants hold".
+    pub fn text(&self) -> String {
+        let mut out = format!("{}\n", self.summary);
+        if self.problems.is_empty() {
+            out.push_str("all invariants hold\n");
+        } else {
+            for p in &self.problems {
+                out.push_str(&format!("FAIL {p}\n"));
+            }
+            out.push_str(&format!("{} problem(s)\n", self.problems.len()));
+        }
+        out
+    }
+}
+
+/// Checks the sites whose databases `dsns` name (one libpq connection string each, a role that
+/// reads every row: a superuser or chips_admin). Errs when a site cannot be read.
+pub async fn check(dsns: &[String]) -> Result<Report, String> {
+    let e = |e: tokio_postgres::Error| crate::error::Error::from(e).to_string();
     let mut problems = Vec::new();
     let mut tallies: BTreeMap<Uuid, Vec<Half>> = BTreeMap::new();
     let (mut chits, mut users) = (0i64, 0usize);
     let mut lifts: BTreeMap<Uuid, Vec<(String, String)>> = BTreeMap::new();
     let mut rounds: BTreeMap<Uuid, Round> = BTreeMap::new();
-    for dsn in &args.dsns {
-        let db = chips_tests::connect(dsn)
+    for dsn in dsns {
+        let db = crate::db::connect(dsn)
             .await
-            .map_err(|x| format!("{dsn}: {}", e(x)))?;
+            .map_err(|x| format!("{dsn}: {x}"))?;
         let site: String = db
             .query_one("SELECT current_database()::text", &[])
             .await
@@ -311,31 +327,10 @@ async fn check(args: Args) -> Result<Vec<String>, String> {
             more => problems.push(format!("tally {t}: {} signed halves", more.len())),
         }
     }
-    println!(
+    let summary = format!(
         "checked {} site(s): {users} users, {} tallies ({pairs} with both halves here, {alone} with the partner's half elsewhere), {chits} chit rows",
-        args.dsns.len(),
+        dsns.len(),
         tallies.len()
     );
-    Ok(problems)
-}
-
-#[tokio::main]
-async fn main() -> ExitCode {
-    match check(Args::parse()).await {
-        Ok(problems) if problems.is_empty() => {
-            println!("all invariants hold");
-            ExitCode::SUCCESS
-        }
-        Ok(problems) => {
-            for p in &problems {
-                println!("FAIL {p}");
-            }
-            println!("{} problem(s)", problems.len());
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("chips-check: {e}");
-            ExitCode::from(2)
-        }
-    }
+    Ok(Report { summary, problems })
 }

@@ -1,11 +1,12 @@
-//! chips-check passes on a sound network and reports each kind of broken invariant.
+//! `chipsd check` passes on a sound network and reports each kind of broken invariant.
 
 use std::process::Command;
 
 use chips_tests::{relay_all, Cluster};
 
 fn check(dsns: &[String]) -> (bool, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_chips-check"));
+    let mut c = Command::new(env!("CARGO_BIN_EXE_chipsd"));
+    c.arg("check");
     for d in dsns {
         c.args(["--dsn", d]);
     }
@@ -17,7 +18,7 @@ fn check(dsns: &[String]) -> (bool, String) {
 }
 
 #[tokio::test]
-async fn chips_check_finds_what_is_broken() {
+async fn chipsd_check_finds_what_is_broken() {
     let cl = Cluster::from_env();
     let a = cl.site("t_check_a", 65491).await.unwrap();
     let b = cl.site("t_check_b", 65492).await.unwrap();
