@@ -230,7 +230,7 @@ impl Net {
             for r in s
                 .admin
                 // (a way the origin gave up for another, its payment living on, is void there:
-                // chips._lift_dead, the rule chips-check uses)
+                // chips._lift_dead, the rule chipsd check uses)
                 .query(
                     "SELECT l.lift_uuid, CASE WHEN l.role = 'origin' AND chips._lift_dead(l) THEN 'void' ELSE l.status END \
                      FROM chips.lifts l WHERE l.kind <> 'local' AND l.status <> 'draft'",
