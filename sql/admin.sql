@@ -1,22 +1,9 @@
 ------------------------------------------------------------------------------------------------
 -- The admin view (chipsd serves it at /admin): an admin ticket, issued by a database admin,
 -- opens one admin session; every admin call names its session and the database checks it, so
--- the sidecar never decides what an admin may do or see.
+-- the sidecar never decides what an admin may do or see. (Its tables, admin_tickets and
+-- admin_sessions, are in sql/schema.sql.)
 ------------------------------------------------------------------------------------------------
-
-CREATE TABLE chips.admin_tickets (
-    token      text PRIMARY KEY,
-    expires    timestamptz NOT NULL,
-    created    timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE chips.admin_sessions (
-    id         text PRIMARY KEY,
-    created    timestamptz NOT NULL DEFAULT now(),
-    expires    timestamptz NOT NULL,
-    ended      timestamptz
-);
-ALTER TABLE chips.admin_tickets ENABLE ROW LEVEL SECURITY;
-ALTER TABLE chips.admin_sessions ENABLE ROW LEVEL SECURITY;
 
 -- A one-time admin ticket (for a database admin: chipsd admin-ticket prints it as a link).
 CREATE FUNCTION chips.admin_ticket(lifetime interval DEFAULT '1 hour') RETURNS jsonb

@@ -813,7 +813,7 @@ BEGIN
         WHERE y.tally_id = t.id AND y.chit_uuid = (v_doc->>'uuid')::uuid FOR UPDATE;
         IF NOT FOUND AND v_doc->>'type' = 'lift' THEN
             -- a lift chit this half never took part in: no lift moves value without the
-            -- holder's site (sql/remote.sql)
+            -- holder's site (sql/lifts.sql)
             RAISE EXCEPTION 'lift chit % of tally % is not known here', v_doc->>'uuid', t.tally_uuid
                 USING ERRCODE = '55000';
         ELSIF FOUND AND c.chit_type = 'lift' AND c.status = 'pend' THEN

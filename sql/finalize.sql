@@ -162,6 +162,8 @@ CREATE POLICY lifts_admin ON chips.lifts FOR SELECT TO chips_admin USING (true);
 CREATE POLICY users_admin ON chips.users FOR SELECT TO chips_admin USING (true);
 CREATE POLICY tallies_admin ON chips.tallies FOR SELECT TO chips_admin USING (true);
 CREATE POLICY tickets_admin ON chips.tickets FOR SELECT TO chips_admin USING (true);
+ALTER TABLE chips.admin_tickets ENABLE ROW LEVEL SECURITY;
+ALTER TABLE chips.admin_sessions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE chips.events ENABLE ROW LEVEL SECURITY;
 CREATE POLICY events_own ON chips.events FOR SELECT TO chips_user
     USING (ent = (SELECT chips.my_ent()));

@@ -163,11 +163,11 @@ CREATE TABLE chips.inbox (
 
 -- Credit lifts: one row per lift executed (or in progress) here; its chits carry lift_id.
 -- A local lift (kind local) is a clearing pass over this site's tallies, written as one
--- circulation (sql/lifts.sql): `tallies` are the tallies it moved, `debtors[i]` the holder whose
+-- circulation (sql/clearing.sql): `tallies` are the tallies it moved, `debtors[i]` the holder whose
 -- debt on tallies[i] went down, `units` the units moved summed over them; each tally's flow is
 -- its lift chits', and the circles it decomposes into are in chips.pass_circles.
 -- A distributed lift (kind linear: a payment to a CHIP address; circular: a clearing circle
--- through other sites) has one row at every site it passes (sql/remote.sql), with this site's
+-- through other sites) has one row at every site it passes (sql/lifts.sql), with this site's
 -- role in it, its locks (SHA-256 of the secrets only the origin knows) and its expiry.
 CREATE TABLE chips.lifts (
     id          bigint PRIMARY KEY DEFAULT nextval('chips.lift_seq'),
@@ -231,7 +231,7 @@ CREATE TABLE chips.pass_circles (
     PRIMARY KEY (lift_id, circle)
 );
 
--- Route discovery (sql/remote.sql): what this site asked and was asked. An `in` row is a query
+-- Route discovery (sql/lifts.sql): what this site asked and was asked. An `in` row is a query
 -- that reached this site over `tally` (null: asked here, for lift `lift`, or for a user's route
 -- check); an `out` row is a query this site passed on over `tally`, and its answer.
 CREATE TABLE chips.lift_routes (
@@ -562,6 +562,20 @@ CREATE TABLE chips.files (
     media_type text NOT NULL,
     data       bytea NOT NULL,
     created    timestamptz NOT NULL DEFAULT now()
+);
+
+-- The admin view's one-time tickets and sessions (sql/admin.sql); not dumped: they only live
+-- hours.
+CREATE TABLE chips.admin_tickets (
+    token      text PRIMARY KEY,
+    expires    timestamptz NOT NULL,
+    created    timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE chips.admin_sessions (
+    id         text PRIMARY KEY,
+    created    timestamptz NOT NULL DEFAULT now(),
+    expires    timestamptz NOT NULL,
+    ended      timestamptz
 );
 
 -- Rows of extension tables are left out of pg_dump unless marked; mark every table and sequence.

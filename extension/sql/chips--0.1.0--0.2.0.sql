@@ -789,3 +789,79 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'restoring_wrapper';
 REVOKE ALL ON FUNCTION chips._chit_insert(chips.tallies, jsonb, text, text, bigint, chips.tallies),
     chips._restoring() FROM PUBLIC;
+
+-- The install SQL is cut by concern (sql/identity.sql, peer.sql, clearing.sql, lifts.sql): a
+-- comment in this function names the file distributed lifts are in now.
+CREATE OR REPLACE FUNCTION chips._chain_upd(t chips.tallies, p_chits jsonb) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    e jsonb;
+    c chips.chits;
+    v_doc jsonb;
+    v_idx integer;
+    v_prior bytea;
+    v_hash bytea;
+    v_here bytea;
+BEGIN
+    IF t.side <> 'stock' THEN
+        RAISE EXCEPTION 'only the foil half orders the chain of tally %', t.tally_uuid USING ERRCODE = '22023';
+    END IF;
+    IF pg_catalog.jsonb_typeof(p_chits) IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'a chain update of tally % carries no chits', t.tally_uuid USING ERRCODE = '22023';
+    END IF;
+    FOR e IN SELECT x.value FROM pg_catalog.jsonb_array_elements(p_chits) x
+             ORDER BY (x.value->>'index')::integer LOOP
+        v_idx := (e->>'index')::integer;
+        SELECT * INTO t FROM chips.tallies x WHERE x.id = t.id;
+        IF v_idx <= t.chain_len THEN
+            SELECT y.chain_hash INTO v_here FROM chips.chits y WHERE y.tally_id = t.id AND y.chain_idx = v_idx;
+            IF v_here IS DISTINCT FROM chips.b64url_decode(e->>'hash') THEN
+                RAISE EXCEPTION 'the chain of tally % differs from the partner''s at index %', t.tally_uuid, v_idx
+                    USING ERRCODE = '55000';
+            END IF;
+            CONTINUE;
+        END IF;
+        IF v_idx > t.chain_len + 1 THEN
+            -- a gap: ask for everything after what we have
+            PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'chain',
+                pg_catalog.jsonb_build_object('cmd', 'nak', 'tally', t.tally_uuid, 'index', t.chain_len));
+            RETURN NULL;
+        END IF;
+        v_doc := chips.chit_doc_check(e->'chit');
+        SELECT * INTO c FROM chips.chits y
+        WHERE y.tally_id = t.id AND y.chit_uuid = (v_doc->>'uuid')::uuid FOR UPDATE;
+        IF NOT FOUND AND v_doc->>'type' = 'lift' THEN
+            -- a lift chit this half never took part in: no lift moves value without the
+            -- holder's site (sql/lifts.sql)
+            RAISE EXCEPTION 'lift chit % of tally % is not known here', v_doc->>'uuid', t.tally_uuid
+                USING ERRCODE = '55000';
+        ELSIF FOUND AND c.chit_type = 'lift' AND c.status = 'pend' THEN
+            -- the lift is not decided here yet: settling it asks again (nak)
+            UPDATE chips.tallies x SET chain_seen = greatest(x.chain_seen, (
+                SELECT max((y.value->>'index')::integer) FROM pg_catalog.jsonb_array_elements(p_chits) y))
+            WHERE x.id = t.id;
+            EXIT;
+        ELSIF NOT FOUND THEN
+            c := chips._chit_insert(t, v_doc, 'good', e->>'sign');
+            PERFORM chips._chit_effects(t.id, c);
+        ELSIF c.status <> 'good' THEN
+            IF chips.canonical_json(chips._chit_doc(c, t.tally_uuid)) <> chips.canonical_json(v_doc) THEN
+                RAISE EXCEPTION 'chit % differs from the partner''s', c.chit_uuid USING ERRCODE = '22023';
+            END IF;
+            UPDATE chips.chits y SET status = 'good', signature = e->>'sign' WHERE y.id = c.id RETURNING * INTO c;
+            PERFORM chips._chit_effects(t.id, c);
+        END IF;
+        v_prior := coalesce(t.chain_tip, t.digest);
+        v_hash := chips.chit_chain_hash(chips._chit_doc(c, t.tally_uuid), v_idx, v_prior, c.signature);
+        IF v_hash <> chips.b64url_decode(e->>'hash') THEN
+            RAISE EXCEPTION 'chit % hashes differently here at index % of tally %', c.chit_uuid, v_idx, t.tally_uuid
+                USING ERRCODE = '55000';
+        END IF;
+        UPDATE chips.chits y SET chain_idx = v_idx, chain_prev = v_prior, chain_hash = v_hash WHERE y.id = c.id;
+    END LOOP;
+    SELECT * INTO t FROM chips.tallies x WHERE x.id = t.id;
+    RETURN pg_catalog.jsonb_build_object('tally', t.tally_uuid, 'index', t.chain_len,
+                                         'hash', chips.b64url_encode(coalesce(t.chain_tip, t.digest)));
+END
+$$;

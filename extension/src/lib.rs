@@ -22,26 +22,40 @@ mod tally;
 // PL/pgSQL body is not resolved until it runs); last the triggers, views, row-level security and
 // grants, which need every function to exist.
 extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
-extension_sql_file!("../../sql/tally.sql", name = "tally", requires = ["schema"]);
+extension_sql_file!(
+    "../../sql/identity.sql",
+    name = "identity",
+    requires = ["schema"]
+);
+extension_sql_file!(
+    "../../sql/peer.sql",
+    name = "peer",
+    requires = ["schema", "identity"]
+);
+extension_sql_file!(
+    "../../sql/tally.sql",
+    name = "tally",
+    requires = ["schema", "identity", "peer"]
+);
 extension_sql_file!(
     "../../sql/chits.sql",
     name = "chits",
     requires = ["schema", "tally"]
 );
 extension_sql_file!(
-    "../../sql/lifts.sql",
-    name = "lifts",
+    "../../sql/clearing.sql",
+    name = "clearing",
     requires = ["schema", "tally", "chits"]
 );
 extension_sql_file!(
-    "../../sql/remote.sql",
-    name = "remote",
-    requires = ["schema", "tally", "chits", "lifts"]
+    "../../sql/lifts.sql",
+    name = "lifts",
+    requires = ["schema", "tally", "chits", "clearing"]
 );
 extension_sql_file!(
     "../../sql/rounds.sql",
     name = "rounds",
-    requires = ["schema", "tally", "chits", "remote"]
+    requires = ["schema", "tally", "chits", "lifts"]
 );
 extension_sql_file!(
     "../../sql/access.sql",

@@ -1,4 +1,4 @@
-//! Distributed lifts (sql/remote.sql) between four sites, relayed by the test: route discovery,
+//! Distributed lifts (sql/lifts.sql) between four sites, relayed by the test: route discovery,
 //! hash-locked prepare and decision, payments to a CHIP address, circular lifts across all
 //! sites, and faults (lost, duplicated and late messages, sites that stop at each phase, expiry).
 //! After each, every lift is good everywhere or void everywhere, nothing is left pending, and
