@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Every test: formatting and lints, core unit and property tests, #[pg_test]s, and integration
-# tests as real clients against a private cluster this script starts (and stops), a short
-# fuzzing run, and the Debian packages (built, installed, used, removed).
+# Every test: formatting and lints, core unit and property tests, #[pg_test]s, golden SQL tests
+# and isolation specs, and integration tests as real clients against a private cluster this
+# script starts (and stops), a short fuzzing run, and the Debian packages (built, installed,
+# used, removed).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -38,6 +39,8 @@ PORT=${CHIPS_TEST_PORT:-54330}
 say "integration tests against a private cluster on 127.0.0.1:$PORT"
 cluster_fresh "$DIR" "$PORT"
 trap 'cluster_stop "$DIR"; rm -rf "$DIR"' EXIT
+say "golden SQL tests and isolation specs (test/)"
+bash "$REPO/scripts/regress.sh" 127.0.0.1 "$PORT"
 CHIPS_TEST_DSN="host=127.0.0.1 port=$PORT user=postgres" PG_BIN="$PG_BIN" \
     cargo test -q -p chips-tests -p chipsd -p chips-demo -- --test-threads=4
 
