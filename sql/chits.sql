@@ -166,8 +166,8 @@ BEGIN
     IF t.side <> 'foil' OR t.chain_len <= t.chain_conf THEN
         RETURN;
     END IF;
-    -- the first unconfirmed entries, up to about 40 kB (a peer message must fit one Noise
-    -- message, 64 kB): the stock half's ack brings the next ones (`ack` below)
+    -- the first unconfirmed entries, up to chips._max_chain_batch_bytes() (a peer message must
+    -- fit one Noise message): the stock half's ack brings the next ones (`ack` below)
     SELECT pg_catalog.jsonb_agg(e.entry ORDER BY e.idx) INTO v_entries
     FROM (SELECT c.chain_idx AS idx, x.entry,
                  sum(pg_catalog.octet_length(x.entry::text)) OVER (ORDER BY c.chain_idx) AS upto
@@ -176,7 +176,7 @@ BEGIN
                    'index', c.chain_idx, 'hash', chips.b64url_encode(c.chain_hash),
                    'chit', chips._chit_doc(c, t.tally_uuid), 'sign', c.signature) AS entry) x
           WHERE c.tally_id = t.id AND c.chain_idx > t.chain_conf) e
-    WHERE e.upto <= 40000 OR e.idx = t.chain_conf + 1;
+    WHERE e.upto <= chips._max_chain_batch_bytes() OR e.idx = t.chain_conf + 1;
     PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'chain',
         pg_catalog.jsonb_build_object('cmd', 'upd', 'tally', t.tally_uuid, 'chits', v_entries));
 END
@@ -933,7 +933,8 @@ $$;
 
 -- The foil halves `p_ids` (of tallies with other sites) send their partners every chain entry
 -- not confirmed yet, gathered per partner site (chit/chains) into messages of at most about
--- 40 kB (each tally's share at most 20 kB; the ack brings the rest, as for chit/chain).
+-- chips._max_chain_batch_bytes() (each tally's share at most half of it; the ack brings the
+-- rest, as for chit/chain).
 CREATE FUNCTION chips._chains_send(p_ids bigint[]) RETURNS void
 LANGUAGE plpgsql
 AS $$
@@ -957,9 +958,9 @@ BEGIN
                                      'chit', chips._chit_doc(c, t.tally_uuid), 'sign', c.signature) AS entry) x
                             WHERE t.id = ANY (p_ids) AND t.side = 'foil' AND t.part_ent IS NULL
                               AND t.chain_len > t.chain_conf) e
-                      WHERE e.upto <= 20000 OR e.idx = e.chain_conf + 1
+                      WHERE e.upto <= chips._max_chain_batch_bytes() / 2 OR e.idx = e.chain_conf + 1
                       GROUP BY e.me, e.peer, e.tally_uuid) i) s
-          GROUP BY s.me, s.peer, (s.upto - 1) / 20000) m
+          GROUP BY s.me, s.peer, (s.upto - 1) / (chips._max_chain_batch_bytes() / 2)) m
     ORDER BY m.peer;
 END
 $$;

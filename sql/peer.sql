@@ -52,9 +52,10 @@ BEGIN
     END IF;
     -- a message must fit one Noise transport message (64 kB, docs/protocol.md): one that does
     -- not could never be delivered and would stop every later message to that site
-    IF pg_catalog.octet_length(v_msg::text) > 60000 THEN
-        RAISE EXCEPTION 'a message to another site may be at most 60000 bytes; this % message is %',
-            p_target || '/' || p_action, pg_catalog.octet_length(v_msg::text)
+    IF pg_catalog.octet_length(v_msg::text) > chips._max_message_bytes() THEN
+        RAISE EXCEPTION 'a message to another site may be at most % bytes; this % message is %',
+            chips._max_message_bytes(), p_target || '/' || p_action,
+            pg_catalog.octet_length(v_msg::text)
             USING ERRCODE = '54000';
     END IF;
     PERFORM chips._agent_seen(p_to);
@@ -68,41 +69,17 @@ $$;
 CREATE FUNCTION chips._apply(msg jsonb) RETURNS text
 LANGUAGE plpgsql
 AS $$
+DECLARE
+    -- the receiver of each message is in one table, core's peer::MESSAGES
+    v_receiver text := chips._receiver(msg->>'target', msg->>'action');
+    v_result text;
 BEGIN
-    CASE (msg->>'target') || '/' || (msg->>'action')
-        WHEN 'tally/ticket' THEN RETURN chips._recv_ticket(msg);
-        WHEN 'tally/offer' THEN RETURN chips._recv_offer(msg);
-        WHEN 'tally/open' THEN RETURN chips._recv_open(msg);
-        WHEN 'tally/void' THEN RETURN chips._recv_void(msg);
-        WHEN 'tally/close' THEN RETURN chips._recv_close(msg);
-        WHEN 'chit/pend' THEN RETURN chips._recv_chit_pend(msg);
-        WHEN 'chit/good' THEN RETURN chips._recv_chit_good(msg);
-        WHEN 'chit/void' THEN RETURN chips._recv_chit_void(msg);
-        WHEN 'chit/chain' THEN RETURN chips._recv_chain(msg);
-        WHEN 'chit/chains' THEN RETURN chips._recv_chains(msg);
-        WHEN 'lift/query' THEN RETURN chips._recv_lift_query(msg);
-        WHEN 'lift/answer' THEN RETURN chips._recv_lift_answer(msg);
-        WHEN 'lift/prepare' THEN RETURN chips._recv_lift_prepare(msg);
-        WHEN 'lift/ready' THEN RETURN chips._recv_lift_ready(msg);
-        WHEN 'lift/reject' THEN RETURN chips._recv_lift_reject(msg);
-        WHEN 'lift/commit' THEN RETURN chips._recv_lift_decision(msg);
-        WHEN 'lift/void' THEN RETURN chips._recv_lift_decision(msg);
-        WHEN 'lift/status' THEN RETURN chips._recv_lift_status(msg);
-        WHEN 'round/join' THEN RETURN chips._recv_round_join(msg);
-        WHEN 'round/leave' THEN RETURN chips._recv_round_leave(msg);
-        WHEN 'round/open' THEN RETURN chips._recv_round_open(msg);
-        WHEN 'round/graph' THEN RETURN chips._recv_round_graph(msg);
-        WHEN 'round/flows' THEN RETURN chips._recv_round_flows(msg);
-        WHEN 'round/refuse' THEN RETURN chips._recv_round_refuse(msg);
-        WHEN 'round/agree' THEN RETURN chips._recv_round_agree(msg);
-        WHEN 'round/ready' THEN RETURN chips._recv_round_ready(msg);
-        WHEN 'round/good' THEN RETURN chips._recv_round_good(msg);
-        WHEN 'round/void' THEN RETURN chips._recv_round_void(msg);
-        WHEN 'round/status' THEN RETURN chips._recv_round_status(msg);
-        ELSE
-            RAISE EXCEPTION 'unknown peer message %/%', msg->>'target', msg->>'action'
-                USING ERRCODE = '22023';
-    END CASE;
+    IF v_receiver IS NULL THEN
+        RAISE EXCEPTION 'unknown peer message %/%', msg->>'target', msg->>'action'
+            USING ERRCODE = '22023';
+    END IF;
+    EXECUTE pg_catalog.format('SELECT chips.%I($1)', v_receiver) INTO v_result USING msg;
+    RETURN v_result;
 END
 $$;
 

@@ -166,38 +166,58 @@ pub struct Envelope {
     pub object: Value,
 }
 
-/// The messages sites exchange: (target, action).
-pub const MESSAGES: [(&str, &str); 29] = [
-    ("tally", "ticket"),
-    ("tally", "offer"),
-    ("tally", "open"),
-    ("tally", "void"),
-    ("tally", "close"),
-    ("chit", "pend"),
-    ("chit", "good"),
-    ("chit", "void"),
-    ("chit", "chain"),
-    ("chit", "chains"),
-    ("lift", "query"),
-    ("lift", "answer"),
-    ("lift", "prepare"),
-    ("lift", "ready"),
-    ("lift", "reject"),
-    ("lift", "commit"),
-    ("lift", "void"),
-    ("lift", "status"),
-    ("round", "join"),
-    ("round", "leave"),
-    ("round", "open"),
-    ("round", "graph"),
-    ("round", "flows"),
-    ("round", "refuse"),
-    ("round", "agree"),
-    ("round", "ready"),
-    ("round", "good"),
-    ("round", "void"),
-    ("round", "status"),
+/// The messages sites exchange: (target, action, the SQL function in schema chips that receives
+/// it at the addressee's site). `chips._apply` dispatches by this table (`chips._receiver`), and
+/// an envelope naming anything else is refused before it reaches the database.
+pub const MESSAGES: [(&str, &str, &str); 29] = [
+    ("tally", "ticket", "_recv_ticket"),
+    ("tally", "offer", "_recv_offer"),
+    ("tally", "open", "_recv_open"),
+    ("tally", "void", "_recv_void"),
+    ("tally", "close", "_recv_close"),
+    ("chit", "pend", "_recv_chit_pend"),
+    ("chit", "good", "_recv_chit_good"),
+    ("chit", "void", "_recv_chit_void"),
+    ("chit", "chain", "_recv_chain"),
+    ("chit", "chains", "_recv_chains"),
+    ("lift", "query", "_recv_lift_query"),
+    ("lift", "answer", "_recv_lift_answer"),
+    ("lift", "prepare", "_recv_lift_prepare"),
+    ("lift", "ready", "_recv_lift_ready"),
+    ("lift", "reject", "_recv_lift_reject"),
+    ("lift", "commit", "_recv_lift_decision"),
+    ("lift", "void", "_recv_lift_decision"),
+    ("lift", "status", "_recv_lift_status"),
+    ("round", "join", "_recv_round_join"),
+    ("round", "leave", "_recv_round_leave"),
+    ("round", "open", "_recv_round_open"),
+    ("round", "graph", "_recv_round_graph"),
+    ("round", "flows", "_recv_round_flows"),
+    ("round", "refuse", "_recv_round_refuse"),
+    ("round", "agree", "_recv_round_agree"),
+    ("round", "ready", "_recv_round_ready"),
+    ("round", "good", "_recv_round_good"),
+    ("round", "void", "_recv_round_void"),
+    ("round", "status", "_recv_round_status"),
 ];
+
+/// The SQL function that receives message `target`/`action`, if it is one (`MESSAGES`).
+pub fn receiver(target: &str, action: &str) -> Option<&'static str> {
+    MESSAGES
+        .iter()
+        .find(|(t, a, _)| *t == target && *a == action)
+        .map(|(_, _, f)| *f)
+}
+
+/// The most bytes of a message's JSON a site sends another: a message travels in one Noise
+/// transport message (`MAX_NOISE_MESSAGE`, less its 16-byte tag), and the frame around it needs
+/// a few bytes; 60,000 leaves room to spare. `chips._send` refuses a longer one (54000): it
+/// could never be delivered and would hold up every later message to that site.
+pub const MAX_MESSAGE_BYTES: usize = 60_000;
+
+/// The most bytes of chain entries one `chit/chain` message carries (two thirds of a message,
+/// leaving room for the rest of it); the next ones go when the partner acknowledges these.
+pub const MAX_CHAIN_BATCH_BYTES: usize = 40_000;
 
 impl Envelope {
     /// Parses and checks an envelope: a UUID id, a known message, valid addresses, an object.
@@ -210,7 +230,7 @@ impl Envelope {
                 e.id
             )));
         }
-        if !MESSAGES.contains(&(e.target.as_str(), e.action.as_str())) {
+        if receiver(&e.target, &e.action).is_none() {
             return Err(Error::value(format!(
                 "unknown message {}/{}",
                 e.target, e.action
@@ -251,6 +271,23 @@ mod tests {
             version: 1,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn every_message_has_one_receiver_and_fits_a_noise_message() {
+        let mut seen = std::collections::HashSet::new();
+        for (t, a, f) in MESSAGES {
+            assert!(seen.insert((t, a)), "{t}/{a} listed twice");
+            assert_eq!(receiver(t, a), Some(f));
+            assert!(
+                f.starts_with("_recv_") && f.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            );
+        }
+        assert_eq!(receiver("tally", "steal"), None);
+        // a message of the most bytes _send allows, with a frame header to spare, fits one Noise
+        // transport message (16 bytes of it are the tag)
+        assert!(MAX_MESSAGE_BYTES + 1024 <= MAX_NOISE_MESSAGE - 16);
+        assert!(MAX_CHAIN_BATCH_BYTES < MAX_MESSAGE_BYTES);
     }
 
     /// Runs an IK handshake in memory; returns both transport states, or the responder's error.

@@ -865,3 +865,128 @@ BEGIN
                                          'hash', chips.b64url_encode(coalesce(t.chain_tip, t.digest)));
 END
 $$;
+
+-- One table of peer messages and their receivers, and one place for the size limits: core's
+-- peer::MESSAGES, MAX_MESSAGE_BYTES and MAX_CHAIN_BATCH_BYTES, read through these functions
+-- (until 0.2.0 a CASE in _apply and the literals 60000, 40000 and 20000).
+CREATE FUNCTION chips."_receiver"(
+	"target" TEXT, /* & str */
+	"action" TEXT /* & str */
+) RETURNS TEXT /* Option < & '_ str > */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'receiver_wrapper';
+
+CREATE FUNCTION chips."_max_message_bytes"() RETURNS INT /* i32 */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'max_message_bytes_wrapper';
+
+CREATE FUNCTION chips."_max_chain_batch_bytes"() RETURNS INT /* i32 */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'max_chain_batch_bytes_wrapper';
+
+REVOKE ALL ON FUNCTION chips._receiver(text, text), chips._max_message_bytes(),
+    chips._max_chain_batch_bytes() FROM PUBLIC;
+CREATE OR REPLACE FUNCTION chips._apply(msg jsonb) RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    -- the receiver of each message is in one table, core's peer::MESSAGES
+    v_receiver text := chips._receiver(msg->>'target', msg->>'action');
+    v_result text;
+BEGIN
+    IF v_receiver IS NULL THEN
+        RAISE EXCEPTION 'unknown peer message %/%', msg->>'target', msg->>'action'
+            USING ERRCODE = '22023';
+    END IF;
+    EXECUTE pg_catalog.format('SELECT chips.%I($1)', v_receiver) INTO v_result USING msg;
+    RETURN v_result;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chips._send(p_from jsonb, p_to jsonb, p_target text, p_action text, p_object jsonb)
+RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_msg jsonb := pg_catalog.jsonb_build_object(
+        'id', pg_catalog.gen_random_uuid(), 'target', p_target, 'action', p_action,
+        'from', p_from, 'to', p_to, 'object', p_object);
+BEGIN
+    IF EXISTS (SELECT 1 FROM chips.agents a WHERE a.agent = p_to->>'agent' AND a.local) THEN
+        PERFORM chips._apply(v_msg);
+        RETURN 'local';
+    END IF;
+    -- a message must fit one Noise transport message (64 kB, docs/protocol.md): one that does
+    -- not could never be delivered and would stop every later message to that site
+    IF pg_catalog.octet_length(v_msg::text) > chips._max_message_bytes() THEN
+        RAISE EXCEPTION 'a message to another site may be at most % bytes; this % message is %',
+            chips._max_message_bytes(), p_target || '/' || p_action,
+            pg_catalog.octet_length(v_msg::text)
+            USING ERRCODE = '54000';
+    END IF;
+    PERFORM chips._agent_seen(p_to);
+    INSERT INTO chips.outbox (msg_id, from_agent, to_agent, target, action, msg)
+    VALUES ((v_msg->>'id')::uuid, p_from->>'agent', p_to->>'agent', p_target, p_action, v_msg);
+    RETURN 'queued';
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chips._chain_send(p_tally_id bigint) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    t chips.tallies;
+    v_entries jsonb;
+BEGIN
+    SELECT * INTO t FROM chips.tallies x WHERE x.id = p_tally_id;
+    IF t.side <> 'foil' OR t.chain_len <= t.chain_conf THEN
+        RETURN;
+    END IF;
+    -- the first unconfirmed entries, up to chips._max_chain_batch_bytes() (a peer message must
+    -- fit one Noise message): the stock half's ack brings the next ones (`ack` below)
+    SELECT pg_catalog.jsonb_agg(e.entry ORDER BY e.idx) INTO v_entries
+    FROM (SELECT c.chain_idx AS idx, x.entry,
+                 sum(pg_catalog.octet_length(x.entry::text)) OVER (ORDER BY c.chain_idx) AS upto
+          FROM chips.chits c,
+               LATERAL (SELECT pg_catalog.jsonb_build_object(
+                   'index', c.chain_idx, 'hash', chips.b64url_encode(c.chain_hash),
+                   'chit', chips._chit_doc(c, t.tally_uuid), 'sign', c.signature) AS entry) x
+          WHERE c.tally_id = t.id AND c.chain_idx > t.chain_conf) e
+    WHERE e.upto <= chips._max_chain_batch_bytes() OR e.idx = t.chain_conf + 1;
+    PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'chain',
+        pg_catalog.jsonb_build_object('cmd', 'upd', 'tally', t.tally_uuid, 'chits', v_entries));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chips._chains_send(p_ids bigint[]) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM chips._send(pg_catalog.jsonb_build_object('cuid', '_site', 'agent', m.me), chips._site_address(m.peer),
+                        'chit', 'chains', pg_catalog.jsonb_build_object('cmd', 'upd', 'tallies', m.tallies))
+    FROM (SELECT s.me, s.peer, pg_catalog.jsonb_agg(s.item ORDER BY s.tally_uuid) AS tallies
+          FROM (SELECT i.*, pg_catalog.sum(pg_catalog.octet_length(i.item::text))
+                                OVER (PARTITION BY i.me, i.peer ORDER BY i.tally_uuid) AS upto
+                FROM (SELECT e.me, e.peer, e.tally_uuid,
+                             pg_catalog.jsonb_build_object('tally', e.tally_uuid,
+                                 'chits', pg_catalog.jsonb_agg(e.entry ORDER BY e.idx)) AS item
+                      FROM (SELECT t.tally_uuid, t.hold_cert->'chad'->>'agent' AS me,
+                                   t.part_cert->'chad'->>'agent' AS peer, t.chain_conf, c.chain_idx AS idx,
+                                   x.entry, pg_catalog.sum(pg_catalog.octet_length(x.entry::text))
+                                                OVER (PARTITION BY t.id ORDER BY c.chain_idx) AS upto
+                            FROM chips.tallies t
+                            JOIN chips.chits c ON c.tally_id = t.id AND c.chain_idx > t.chain_conf,
+                                 LATERAL (SELECT pg_catalog.jsonb_build_object(
+                                     'index', c.chain_idx, 'hash', chips.b64url_encode(c.chain_hash),
+                                     'chit', chips._chit_doc(c, t.tally_uuid), 'sign', c.signature) AS entry) x
+                            WHERE t.id = ANY (p_ids) AND t.side = 'foil' AND t.part_ent IS NULL
+                              AND t.chain_len > t.chain_conf) e
+                      WHERE e.upto <= chips._max_chain_batch_bytes() / 2 OR e.idx = e.chain_conf + 1
+                      GROUP BY e.me, e.peer, e.tally_uuid) i) s
+          GROUP BY s.me, s.peer, (s.upto - 1) / (chips._max_chain_batch_bytes() / 2)) m
+    ORDER BY m.peer;
+END
+$$;

@@ -12,6 +12,7 @@ mod continuous;
 mod crypto;
 mod error;
 mod events;
+mod peer;
 mod rounds;
 mod route;
 mod tally;

@@ -31,6 +31,24 @@ mod tests {
     }
 
     #[pg_test]
+    fn every_peer_message_has_its_receiver_and_no_other_is_applied() {
+        // core's table is the one list of messages: each receiver it names exists in SQL
+        for (target, action, receiver) in chips_core::peer::MESSAGES {
+            let exists: bool = one(&format!(
+                "SELECT to_regprocedure('chips.{receiver}(jsonb)') IS NOT NULL"
+            ));
+            assert!(
+                exists,
+                "{target}/{action}: no function chips.{receiver}(jsonb)"
+            );
+        }
+        expect_condition(
+            r#"chips._apply('{"target": "tally", "action": "steal"}')"#,
+            "invalid_parameter_value",
+        );
+    }
+
+    #[pg_test]
     fn canonical_json_sorts_keys_and_normalizes_numbers() {
         let got: String = one(
             r#"SELECT chips.canonical_json('{"b": [1, 2.50, "é\n"], "a": null, "A": true}'::jsonb)"#,
