@@ -219,6 +219,12 @@ pub const MAX_MESSAGE_BYTES: usize = 60_000;
 /// leaving room for the rest of it); the next ones go when the partner acknowledges these.
 pub const MAX_CHAIN_BATCH_BYTES: usize = 40_000;
 
+// Checked when core compiles: a message of the most bytes `_send` allows, with a frame header to
+// spare, fits one Noise transport message (16 bytes of which are the tag), and a chain batch
+// leaves room in a message.
+const _: () = assert!(MAX_MESSAGE_BYTES + 1024 <= MAX_NOISE_MESSAGE - 16);
+const _: () = assert!(MAX_CHAIN_BATCH_BYTES < MAX_MESSAGE_BYTES);
+
 impl Envelope {
     /// Parses and checks an envelope: a UUID id, a known message, valid addresses, an object.
     pub fn from_slice(bytes: &[u8]) -> Result<Envelope> {
@@ -284,10 +290,6 @@ mod tests {
             );
         }
         assert_eq!(receiver("tally", "steal"), None);
-        // a message of the most bytes _send allows, with a frame header to spare, fits one Noise
-        // transport message (16 bytes of it are the tag)
-        assert!(MAX_MESSAGE_BYTES + 1024 <= MAX_NOISE_MESSAGE - 16);
-        assert!(MAX_CHAIN_BATCH_BYTES < MAX_MESSAGE_BYTES);
     }
 
     /// Runs an IK handshake in memory; returns both transport states, or the responder's error.
