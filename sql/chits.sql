@@ -1267,11 +1267,8 @@ AS $$
         'action', 'sign')::text)
 $$;
 
--- What a chit of `p_units` by side `p_by` does to the balance of the half on side `p_side`:
--- the issuer's goes down.
-CREATE FUNCTION chips._chit_change(p_side text, p_by text, p_units bigint) RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$ SELECT CASE WHEN p_by = p_side THEN -p_units ELSE p_units END $$;
+-- What a chit does to a half's balance (its sign): chips._chit_change(side, by, units), core's
+-- chit::change (extension/src/chit.rs), created before this file.
 
 -- The event of a chit for the holder of half `t`.
 CREATE FUNCTION chips._chit_event(t chips.tallies, p_chit uuid, p_type text, p_by text, p_status text,

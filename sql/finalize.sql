@@ -89,7 +89,7 @@ CREATE VIEW chips.lifts_v WITH (security_invoker = true) AS
 SELECT coalesce(l.parent, l.lift_uuid) AS lift,  -- a part of a split payment shows as the payment
        l.kind, l.status, l.units, pg_catalog.cardinality(l.tallies) AS tallies,
        l.through, l.margin, t.ent, t.tally_uuid AS tally, t.side,
-       CASE WHEN c.issuer = t.side THEN -c.units ELSE c.units END AS change,
+       chips._chit_change(t.side, c.issuer, c.units) AS change,
        c.chain_idx, l.created
 FROM chips.lifts l
 JOIN chips.chits c ON c.lift_id = l.id AND NOT (c.status = 'void' AND l.status = 'good')
@@ -198,7 +198,8 @@ GRANT SELECT ON chips.users, chips.tallies, chips.tickets, chips.tallies_v, chip
 GRANT SELECT ON chips.agents, chips.contracts TO chips_user;
 GRANT EXECUTE ON FUNCTION
     chips.my_ent(), chips.user_cert(), chips._tally_doc(chips.tallies), chips._state(chips.tallies),
-    chips._iso(timestamptz), chips._other(text),
+    chips._iso(timestamptz), chips._other(text), chips._chit_change(text, text, bigint),
+    chips._chit_event(chips.tallies, uuid, text, text, text, bigint, text),
     chips.tally_create(text, text, jsonb, jsonb, text),
     chips.tally_update(uuid, jsonb, jsonb, text, text), chips.tally_json(uuid),
     chips.ticket_create(uuid, boolean, interval), chips.ticket_redeem(jsonb),
@@ -262,7 +263,8 @@ TO chips_admin;
 GRANT SELECT ON ALL TABLES IN SCHEMA chips TO chips_admin;
 GRANT EXECUTE ON FUNCTION
     chips.my_ent(), chips._tally_doc(chips.tallies), chips._state(chips.tallies),
-    chips._iso(timestamptz), chips._other(text),
+    chips._iso(timestamptz), chips._other(text), chips._chit_change(text, text, bigint),
+    chips._chit_event(chips.tallies, uuid, text, text, text, bigint, text),
     chips.agent_register(text, text, integer, boolean),
     chips.user_create(text, text, text, text, text, name, boolean),
     chips._chit_doc(chips.chits, uuid),

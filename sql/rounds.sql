@@ -812,7 +812,7 @@ LANGUAGE sql STABLE
 AS $$
     WITH mine AS (
         SELECT c.chit_uuid, t.tally_uuid,
-               CASE WHEN c.issuer = t.side THEN c.units ELSE -c.units END AS theirs
+               -chips._chit_change(t.side, c.issuer, c.units) AS theirs
         FROM chips.chits c JOIN chips.tallies t ON t.id = c.tally_id
         WHERE c.lift_id = p_lift AND c.status = 'pend' AND t.part_ent IS NULL
           AND t.part_cert->'chad'->>'agent' = p_agent),

@@ -183,6 +183,18 @@ pub fn iso_millis(ms: i64) -> Result<String> {
         .ok_or_else(|| Error::value(format!("{ms} ms is not a date between years 0 and 9999")))
 }
 
+/// What a chit of `units` issued by side `by` does to the balance of the half on side `holder`:
+/// the issuer's balance goes down, the other half's up. The one rule of a chit's sign: chit
+/// documents (`ChitDoc::value_for`) and the database's sums over chit rows
+/// (`chips._chit_change`) both use it.
+pub fn change(holder: Side, by: Side, units: i64) -> i64 {
+    if by == holder {
+        -units
+    } else {
+        units
+    }
+}
+
 /// A fresh random (version 4) uuid.
 pub fn random_uuid() -> [u8; 16] {
     let mut b: [u8; 16] = rand::random();
@@ -285,12 +297,7 @@ impl ChitDoc {
     /// The change of the `holder` half's balance when this chit is good: the issuer pledges
     /// value, so its balance goes down.
     pub fn value_for(&self, holder: Side) -> i64 {
-        let u = self.units.unwrap_or(0);
-        if self.by == holder {
-            -u
-        } else {
-            u
-        }
+        change(holder, self.by, self.units.unwrap_or(0))
     }
 
     /// Verifies the issuer's signature with the issuer's public key.
@@ -398,6 +405,8 @@ mod tests {
         );
         assert_eq!(d.value_for(Side::Stock), 1500);
         assert_eq!(doc(Side::Stock, None).value_for(Side::Foil), 0);
+        assert_eq!(change(Side::Stock, Side::Stock, 7), -7);
+        assert_eq!(change(Side::Stock, Side::Foil, 7), 7);
     }
 
     #[test]

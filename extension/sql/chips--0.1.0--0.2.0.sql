@@ -990,3 +990,45 @@ BEGIN
     ORDER BY m.peer;
 END
 $$;
+
+-- One rule of a chit's sign: core's chit::change, as chips._chit_change (a C function now; it
+-- was a SQL CASE, and lifts_v and _round_moves_match had CASEs of their own).
+DROP FUNCTION chips._chit_change(text, text, bigint);
+CREATE FUNCTION chips."_chit_change"(
+	"side" TEXT, /* & str */
+	"by" TEXT, /* & str */
+	"units" bigint /* i64 */
+) RETURNS bigint /* i64 */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'chit_change_wrapper';
+REVOKE ALL ON FUNCTION chips._chit_change(text, text, bigint) FROM PUBLIC;
+CREATE OR REPLACE VIEW chips.lifts_v WITH (security_invoker = true) AS
+SELECT coalesce(l.parent, l.lift_uuid) AS lift,  -- a part of a split payment shows as the payment
+       l.kind, l.status, l.units, pg_catalog.cardinality(l.tallies) AS tallies,
+       l.through, l.margin, t.ent, t.tally_uuid AS tally, t.side,
+       chips._chit_change(t.side, c.issuer, c.units) AS change,
+       c.chain_idx, l.created
+FROM chips.lifts l
+JOIN chips.chits c ON c.lift_id = l.id AND NOT (c.status = 'void' AND l.status = 'good')
+JOIN chips.tallies t ON t.id = c.tally_id;
+
+CREATE OR REPLACE FUNCTION chips._round_moves_match(p_lift bigint, p_agent text, p_moves jsonb) RETURNS boolean
+LANGUAGE sql STABLE
+AS $$
+    WITH mine AS (
+        SELECT c.chit_uuid, t.tally_uuid,
+               -chips._chit_change(t.side, c.issuer, c.units) AS theirs
+        FROM chips.chits c JOIN chips.tallies t ON t.id = c.tally_id
+        WHERE c.lift_id = p_lift AND c.status = 'pend' AND t.part_ent IS NULL
+          AND t.part_cert->'chad'->>'agent' = p_agent),
+    said AS (
+        SELECT (m.v->>0)::uuid AS tally_uuid, (m.v->>1)::bigint AS units
+        FROM pg_catalog.jsonb_array_elements(p_moves) m(v))
+    SELECT NOT EXISTS (
+        SELECT 1 FROM mine FULL JOIN said ON said.tally_uuid = mine.tally_uuid
+        WHERE said.units IS DISTINCT FROM mine.theirs)
+$$;
+-- the views users and admins read (lifts_v, events_v) call these
+GRANT EXECUTE ON FUNCTION chips._chit_change(text, text, bigint),
+    chips._chit_event(chips.tallies, uuid, text, text, text, bigint, text) TO chips_user, chips_admin;

@@ -69,6 +69,15 @@ fn chit_value(doc: JsonB, holder: &str) -> i64 {
     d.value_for(side)
 }
 
+/// What a chit of `units` by side `by` does to the balance of the half on side `side`
+/// (`chips_core::chit::change`: the issuer's goes down); the SQL side's one rule of the sign,
+/// used in sums over chit rows and in events.
+#[pg_extern(immutable, strict, parallel_safe, name = "_chit_change")]
+fn chit_change(side: &str, by: &str, units: i64) -> i64 {
+    let (side, by): (Side, Side) = (ok(side.parse()), ok(by.parse()));
+    chips_core::chit::change(side, by, units)
+}
+
 /// The chain hash of a chit at `index` after the block hashed `prior`.
 #[pg_extern(immutable, parallel_safe)]
 fn chit_chain_hash(doc: JsonB, index: i32, prior: &[u8], signature: Option<&str>) -> Vec<u8> {

@@ -41,7 +41,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../../sql/chits.sql",
     name = "chits",
-    requires = ["schema", "tally"]
+    requires = ["schema", "tally", chit::chit_change]
 );
 extension_sql_file!(
     "../../sql/clearing.sql",

@@ -50,8 +50,9 @@ SET ROLE regress_ann;
 SELECT pg_temp.refused(format('SELECT chips.pay(%L, 5001)', :'t'));
 SELECT chips.pay(:'t', 1000, 'change') IS NOT NULL AS paid;
 SELECT net_good FROM chips.tallies_v WHERE tally_uuid = :'t';
--- a user sees only their own rows
+-- a user sees only their own rows, and their own events
 SELECT count(*) AS my_halves FROM chips.tallies;
+SELECT seq, kind, body->>'memo' AS memo, body->>'change' AS change FROM chips.events_v ORDER BY seq;
 RESET ROLE;
 
 -- both halves audit clean, and each user's events are numbered 1, 2, 3 ...
