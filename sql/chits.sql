@@ -50,12 +50,12 @@ DECLARE
     v_hash bytea;
 BEGIN
     IF p_status = 'good' AND (t.side = 'foil' OR t.part_ent IS NOT NULL) THEN
-        SELECT x.chain_len + 1, coalesce(x.chain_tip, x.digest) INTO v_idx, v_prior
+        SELECT x.chain_len + 1, chips._chain_tip(x) INTO v_idx, v_prior
         FROM chips.tallies x WHERE x.id = t.id;
         IF p_stock.id IS NOT NULL AND NOT EXISTS (
             SELECT 1 FROM chips.tallies x
             WHERE x.id = p_stock.id AND x.tally_uuid = t.tally_uuid AND t.side = 'foil'
-              AND x.chain_len + 1 = v_idx AND coalesce(x.chain_tip, x.digest) = v_prior) THEN
+              AND x.chain_len + 1 = v_idx AND chips._chain_tip(x) = v_prior) THEN
             RAISE EXCEPTION 'the halves of tally % chain chit % differently', t.tally_uuid, p_doc->>'uuid'
                 USING ERRCODE = '55000';
         END IF;
@@ -133,6 +133,13 @@ $$;
 -- The chain
 ------------------------------------------------------------------------------------------------
 
+-- The hash a half's next block links to: its last block's, or the tally's digest before the
+-- first. The one rule of where a chain goes on (the next block's index is chain_len + 1, and its
+-- hash chips.chit_chain_hash over the chit, that index, this tip and the signature).
+CREATE FUNCTION chips._chain_tip(t chips.tallies) RETURNS bytea
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT coalesce(t.chain_tip, t.digest) $$;
+
 -- Append a good chit to the end of a half's chain (the chits trigger moves the tally's tip).
 CREATE FUNCTION chips._chain_append(p_tally_id bigint, p_chit_id bigint) RETURNS void
 LANGUAGE plpgsql
@@ -147,7 +154,7 @@ BEGIN
     IF c.chain_idx IS NOT NULL THEN
         RETURN;
     END IF;
-    v_prior := coalesce(t.chain_tip, t.digest);
+    v_prior := chips._chain_tip(t);
     UPDATE chips.chits y SET chain_idx = t.chain_len + 1, chain_prev = v_prior,
         chain_hash = chips.chit_chain_hash(chips._chit_doc(c, t.tally_uuid), t.chain_len + 1, v_prior, c.signature)
     WHERE y.id = c.id;
@@ -832,7 +839,7 @@ BEGIN
             UPDATE chips.chits y SET status = 'good', signature = e->>'sign' WHERE y.id = c.id RETURNING * INTO c;
             PERFORM chips._chit_effects(t.id, c);
         END IF;
-        v_prior := coalesce(t.chain_tip, t.digest);
+        v_prior := chips._chain_tip(t);
         v_hash := chips.chit_chain_hash(chips._chit_doc(c, t.tally_uuid), v_idx, v_prior, c.signature);
         IF v_hash <> chips.b64url_decode(e->>'hash') THEN
             RAISE EXCEPTION 'chit % hashes differently here at index % of tally %', c.chit_uuid, v_idx, t.tally_uuid
@@ -842,7 +849,7 @@ BEGIN
     END LOOP;
     SELECT * INTO t FROM chips.tallies x WHERE x.id = t.id;
     RETURN pg_catalog.jsonb_build_object('tally', t.tally_uuid, 'index', t.chain_len,
-                                         'hash', chips.b64url_encode(coalesce(t.chain_tip, t.digest)));
+                                         'hash', chips.b64url_encode(chips._chain_tip(t)));
 END
 $$;
 
@@ -1079,7 +1086,7 @@ BEGIN
             END IF;
             v_prior := c.chain_hash;
         END LOOP;
-        IF ok AND (v_n <> t.chain_len OR coalesce(t.chain_tip, t.digest) IS DISTINCT FROM v_prior) THEN
+        IF ok AND (v_n <> t.chain_len OR chips._chain_tip(t) IS DISTINCT FROM v_prior) THEN
             ok := false; detail := pg_catalog.format('the tally says %s blocks, the chain has %s', t.chain_len, v_n);
         END IF;
         detail := coalesce(detail, v_n || ' blocks link and hash');

@@ -271,9 +271,9 @@ BEGIN
     WHERE y.lift_id = p_id AND y.status = 'pend' AND y.tally_id = ANY (v_halves);
     IF p_status = 'good' THEN
         LOOP
-            UPDATE chips.chits y SET chain_idx = t.chain_len + 1, chain_prev = coalesce(t.chain_tip, t.digest),
+            UPDATE chips.chits y SET chain_idx = t.chain_len + 1, chain_prev = chips._chain_tip(t),
                 chain_hash = chips.chit_chain_hash(chips._chit_doc(y, t.tally_uuid), t.chain_len + 1,
-                                                   coalesce(t.chain_tip, t.digest), y.signature)
+                                                   chips._chain_tip(t), y.signature)
             FROM (SELECT DISTINCT ON (z.tally_id) z.id FROM chips.chits z
                   WHERE z.lift_id = p_id AND z.status = 'good' AND z.chain_idx IS NULL
                     AND z.tally_id = ANY (v_halves)

@@ -43,7 +43,8 @@ pub fn verify_json(key: &str, doc: &Value, sig: &str) -> Result<()> {
     verify(key, canon::canonical(doc)?.as_bytes(), sig)
 }
 
-/// An Ed25519 key pair, for clients, tests and the demo (the database never holds one).
+/// An Ed25519 key pair: clients, tests and the demo hold one; the database holds only the keys of
+/// custodial users (`chips.custody`), and signs with them in Rust (extension/src/crypto.rs).
 pub struct KeyPair(SigningKey);
 
 impl KeyPair {

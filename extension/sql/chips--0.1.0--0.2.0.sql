@@ -1032,3 +1032,309 @@ $$;
 -- the views users and admins read (lifts_v, events_v) call these
 GRANT EXECUTE ON FUNCTION chips._chit_change(text, text, bigint),
     chips._chit_event(chips.tallies, uuid, text, text, text, bigint, text) TO chips_user, chips_admin;
+
+-- One rule of where a chain goes on: chips._chain_tip (the last block's hash, or the digest);
+-- the functions that wrote it out themselves call it.
+-- The hash a half's next block links to: its last block's, or the tally's digest before the
+-- first. The one rule of where a chain goes on (the next block's index is chain_len + 1, and its
+-- hash chips.chit_chain_hash over the chit, that index, this tip and the signature).
+CREATE FUNCTION chips._chain_tip(t chips.tallies) RETURNS bytea
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT coalesce(t.chain_tip, t.digest) $$;
+
+CREATE OR REPLACE FUNCTION chips._chit_insert(t chips.tallies, p_doc jsonb, p_status text, p_sig text,
+                                   p_lift bigint DEFAULT NULL, p_stock chips.tallies DEFAULT NULL)
+RETURNS chips.chits
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    c chips.chits;
+    v_idx integer;
+    v_prior bytea;
+    v_hash bytea;
+BEGIN
+    IF p_status = 'good' AND (t.side = 'foil' OR t.part_ent IS NOT NULL) THEN
+        SELECT x.chain_len + 1, chips._chain_tip(x) INTO v_idx, v_prior
+        FROM chips.tallies x WHERE x.id = t.id;
+        IF p_stock.id IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM chips.tallies x
+            WHERE x.id = p_stock.id AND x.tally_uuid = t.tally_uuid AND t.side = 'foil'
+              AND x.chain_len + 1 = v_idx AND chips._chain_tip(x) = v_prior) THEN
+            RAISE EXCEPTION 'the halves of tally % chain chit % differently', t.tally_uuid, p_doc->>'uuid'
+                USING ERRCODE = '55000';
+        END IF;
+        IF t.side = 'stock' THEN
+            -- a local tally: the stock half takes the place the foil half gave the chit, if it has
+            -- one already (else the foil half chains both when it gets the chit)
+            -- (two lookups by unique keys: plans made while chits is small stay index scans)
+            IF NOT EXISTS (SELECT 1 FROM chips.chits y
+                           WHERE y.tally_id = (SELECT f.id FROM chips.tallies f
+                                               WHERE f.tally_uuid = t.tally_uuid AND f.side = 'foil')
+                             AND y.chit_uuid = (p_doc->>'uuid')::uuid AND y.chain_idx = v_idx) THEN
+                v_idx := NULL;
+                v_prior := NULL;
+            END IF;
+        END IF;
+    END IF;
+    IF v_idx IS NOT NULL THEN
+        v_hash := chips.chit_chain_hash(p_doc, v_idx, v_prior, p_sig);
+    END IF;
+    WITH written AS (
+        INSERT INTO chips.chits (tally_id, chit_uuid, chit_type, issuer, units, reference, memo,
+                                 chit_date, signature, status, value, chain_idx, chain_prev,
+                                 chain_hash, lift_id)
+        SELECT h.id, (p_doc->>'uuid')::uuid, p_doc->>'type', p_doc->>'by', (p_doc->>'units')::bigint,
+               p_doc->'ref', p_doc->>'memo', (p_doc->>'date')::timestamptz, p_sig, p_status,
+               chips.chit_value(p_doc, h.side), v_idx, v_prior, v_hash, p_lift
+        FROM (VALUES (1, t.id, t.side), (2, p_stock.id, p_stock.side)) h(k, id, side)
+        WHERE h.id IS NOT NULL ORDER BY h.k
+        RETURNING *)
+    SELECT * INTO c FROM written w WHERE w.tally_id = t.id;
+    IF chips._chit_doc(c, t.tally_uuid) <> p_doc THEN
+        RAISE EXCEPTION 'chit % cannot be stored exactly as it was written', p_doc->>'uuid'
+            USING ERRCODE = '22023', DETAIL = chips.canonical_json(p_doc);
+    END IF;
+    RETURN c;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chips._chain_append(p_tally_id bigint, p_chit_id bigint) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    t chips.tallies;
+    c chips.chits;
+    v_prior bytea;
+BEGIN
+    SELECT * INTO t FROM chips.tallies x WHERE x.id = p_tally_id FOR UPDATE;
+    SELECT * INTO c FROM chips.chits y WHERE y.id = p_chit_id;
+    IF c.chain_idx IS NOT NULL THEN
+        RETURN;
+    END IF;
+    v_prior := chips._chain_tip(t);
+    UPDATE chips.chits y SET chain_idx = t.chain_len + 1, chain_prev = v_prior,
+        chain_hash = chips.chit_chain_hash(chips._chit_doc(c, t.tally_uuid), t.chain_len + 1, v_prior, c.signature)
+    WHERE y.id = c.id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chips._chain_upd(t chips.tallies, p_chits jsonb) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    e jsonb;
+    c chips.chits;
+    v_doc jsonb;
+    v_idx integer;
+    v_prior bytea;
+    v_hash bytea;
+    v_here bytea;
+BEGIN
+    IF t.side <> 'stock' THEN
+        RAISE EXCEPTION 'only the foil half orders the chain of tally %', t.tally_uuid USING ERRCODE = '22023';
+    END IF;
+    IF pg_catalog.jsonb_typeof(p_chits) IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'a chain update of tally % carries no chits', t.tally_uuid USING ERRCODE = '22023';
+    END IF;
+    FOR e IN SELECT x.value FROM pg_catalog.jsonb_array_elements(p_chits) x
+             ORDER BY (x.value->>'index')::integer LOOP
+        v_idx := (e->>'index')::integer;
+        SELECT * INTO t FROM chips.tallies x WHERE x.id = t.id;
+        IF v_idx <= t.chain_len THEN
+            SELECT y.chain_hash INTO v_here FROM chips.chits y WHERE y.tally_id = t.id AND y.chain_idx = v_idx;
+            IF v_here IS DISTINCT FROM chips.b64url_decode(e->>'hash') THEN
+                RAISE EXCEPTION 'the chain of tally % differs from the partner''s at index %', t.tally_uuid, v_idx
+                    USING ERRCODE = '55000';
+            END IF;
+            CONTINUE;
+        END IF;
+        IF v_idx > t.chain_len + 1 THEN
+            -- a gap: ask for everything after what we have
+            PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'chain',
+                pg_catalog.jsonb_build_object('cmd', 'nak', 'tally', t.tally_uuid, 'index', t.chain_len));
+            RETURN NULL;
+        END IF;
+        v_doc := chips.chit_doc_check(e->'chit');
+        SELECT * INTO c FROM chips.chits y
+        WHERE y.tally_id = t.id AND y.chit_uuid = (v_doc->>'uuid')::uuid FOR UPDATE;
+        IF NOT FOUND AND v_doc->>'type' = 'lift' THEN
+            -- a lift chit this half never took part in: no lift moves value without the
+            -- holder's site (sql/lifts.sql)
+            RAISE EXCEPTION 'lift chit % of tally % is not known here', v_doc->>'uuid', t.tally_uuid
+                USING ERRCODE = '55000';
+        ELSIF FOUND AND c.chit_type = 'lift' AND c.status = 'pend' THEN
+            -- the lift is not decided here yet: settling it asks again (nak)
+            UPDATE chips.tallies x SET chain_seen = greatest(x.chain_seen, (
+                SELECT max((y.value->>'index')::integer) FROM pg_catalog.jsonb_array_elements(p_chits) y))
+            WHERE x.id = t.id;
+            EXIT;
+        ELSIF NOT FOUND THEN
+            c := chips._chit_insert(t, v_doc, 'good', e->>'sign');
+            PERFORM chips._chit_effects(t.id, c);
+        ELSIF c.status <> 'good' THEN
+            IF chips.canonical_json(chips._chit_doc(c, t.tally_uuid)) <> chips.canonical_json(v_doc) THEN
+                RAISE EXCEPTION 'chit % differs from the partner''s', c.chit_uuid USING ERRCODE = '22023';
+            END IF;
+            UPDATE chips.chits y SET status = 'good', signature = e->>'sign' WHERE y.id = c.id RETURNING * INTO c;
+            PERFORM chips._chit_effects(t.id, c);
+        END IF;
+        v_prior := chips._chain_tip(t);
+        v_hash := chips.chit_chain_hash(chips._chit_doc(c, t.tally_uuid), v_idx, v_prior, c.signature);
+        IF v_hash <> chips.b64url_decode(e->>'hash') THEN
+            RAISE EXCEPTION 'chit % hashes differently here at index % of tally %', c.chit_uuid, v_idx, t.tally_uuid
+                USING ERRCODE = '55000';
+        END IF;
+        UPDATE chips.chits y SET chain_idx = v_idx, chain_prev = v_prior, chain_hash = v_hash WHERE y.id = c.id;
+    END LOOP;
+    SELECT * INTO t FROM chips.tallies x WHERE x.id = t.id;
+    RETURN pg_catalog.jsonb_build_object('tally', t.tally_uuid, 'index', t.chain_len,
+                                         'hash', chips.b64url_encode(chips._chain_tip(t)));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chips.tally_audit(tally uuid)
+RETURNS TABLE (ent text, side text, check_name text, ok boolean, detail text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    t chips.tallies;
+    c chips.chits;
+    v_good bigint;
+    v_pend bigint;
+    v_hold bigint;
+    v_prior bytea;
+    v_bad text;
+    v_n integer;
+BEGIN
+    FOR t IN SELECT * FROM chips.tallies x WHERE x.tally_uuid = tally_audit.tally ORDER BY x.id LOOP
+        ent := t.ent;
+        side := t.side;
+        SELECT coalesce(sum(y.value) FILTER (WHERE y.status = 'good'), 0),
+               coalesce(sum(y.value) FILTER (WHERE y.status IN ('good', 'pend')), 0),
+               coalesce(sum(chips._hold(y.status, y.chit_type, y.value)), 0)
+        INTO v_good, v_pend, v_hold FROM chips.chits y WHERE y.tally_id = t.id;
+        check_name := 'balance';
+        ok := v_good = t.net_good AND v_pend = t.net_pend AND v_hold = t.net_hold;
+        detail := pg_catalog.format('cached good %s pend %s, chits sum to good %s pend %s',
+                                    t.net_good, t.net_pend, v_good, v_pend)
+                  || CASE WHEN v_hold = t.net_hold THEN '' ELSE
+                         pg_catalog.format(', held back %s cached, %s in the chits', t.net_hold, v_hold) END;
+        RETURN NEXT;
+
+        check_name := 'digest';
+        ok := t.status NOT IN ('open', 'closing', 'closed') OR t.digest = chips.json_digest(chips._tally_doc(t));
+        detail := CASE WHEN ok THEN 'tally document hashes to its digest' ELSE 'tally document does not hash to its digest' END;
+        IF ok AND t.status IN ('open', 'closing', 'closed') THEN
+            BEGIN
+                PERFORM chips._check_signed(t);
+            EXCEPTION WHEN OTHERS THEN
+                ok := false; detail := SQLERRM;
+            END;
+        END IF;
+        RETURN NEXT;
+
+        check_name := 'chain'; ok := true; detail := NULL;
+        v_prior := t.digest;
+        v_n := 0;
+        FOR c IN SELECT * FROM chips.chits y WHERE y.tally_id = t.id AND y.chain_idx IS NOT NULL ORDER BY y.chain_idx LOOP
+            v_n := v_n + 1;
+            IF c.chain_idx <> v_n OR c.chain_prev IS DISTINCT FROM v_prior
+               OR c.chain_hash <> chips.chit_chain_hash(chips._chit_doc(c, t.tally_uuid), c.chain_idx, c.chain_prev, c.signature) THEN
+                ok := false; detail := pg_catalog.format('block %s (chit %s) does not link or hash', c.chain_idx, c.chit_uuid);
+                EXIT;
+            END IF;
+            v_prior := c.chain_hash;
+        END LOOP;
+        IF ok AND (v_n <> t.chain_len OR chips._chain_tip(t) IS DISTINCT FROM v_prior) THEN
+            ok := false; detail := pg_catalog.format('the tally says %s blocks, the chain has %s', t.chain_len, v_n);
+        END IF;
+        detail := coalesce(detail, v_n || ' blocks link and hash');
+        RETURN NEXT;
+
+        check_name := 'signatures'; v_bad := NULL;
+        FOR c IN SELECT * FROM chips.chits y WHERE y.tally_id = t.id AND y.status = 'good' AND y.chit_type <> 'lift' LOOP
+            IF NOT chips.verify_signature(chips._key_of(t, c.issuer), chips._chit_doc(c, t.tally_uuid), c.signature) THEN
+                v_bad := c.chit_uuid::text;
+                EXIT;
+            END IF;
+        END LOOP;
+        ok := v_bad IS NULL;
+        detail := coalesce('chit ' || v_bad || ' is not signed by its issuer', 'every good chit is signed by its issuer');
+        RETURN NEXT;
+    END LOOP;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no tally %', tally_audit.tally USING ERRCODE = '42704';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chips._lift_settle(p_id bigint, p_status text, p_reason text DEFAULT NULL,
+                                   p_tallies uuid[] DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    l chips.lifts;
+    v_halves bigint[];
+BEGIN
+    SELECT * INTO l FROM chips.lifts x WHERE x.id = p_id FOR UPDATE;
+    IF l.status IN ('good', 'void') THEN
+        RETURN;
+    END IF;
+    v_halves := chips._lift_halves(p_id, p_tallies);
+    UPDATE chips.chits y SET status = p_status
+    WHERE y.lift_id = p_id AND y.status = 'pend' AND y.tally_id = ANY (v_halves);
+    IF p_status = 'good' THEN
+        LOOP
+            UPDATE chips.chits y SET chain_idx = t.chain_len + 1, chain_prev = chips._chain_tip(t),
+                chain_hash = chips.chit_chain_hash(chips._chit_doc(y, t.tally_uuid), t.chain_len + 1,
+                                                   chips._chain_tip(t), y.signature)
+            FROM (SELECT DISTINCT ON (z.tally_id) z.id FROM chips.chits z
+                  WHERE z.lift_id = p_id AND z.status = 'good' AND z.chain_idx IS NULL
+                    AND z.tally_id = ANY (v_halves)
+                  ORDER BY z.tally_id, z.id) f, chips.tallies t
+            WHERE y.id = f.id AND t.id = y.tally_id AND (t.side = 'foil' OR t.part_ent IS NOT NULL);
+            EXIT WHEN NOT FOUND;
+        END LOOP;
+        IF EXISTS (SELECT 1 FROM chips.chits a JOIN chips.tallies ta ON ta.id = a.tally_id
+                   JOIN chips.tallies tb ON tb.tally_uuid = ta.tally_uuid AND tb.side = 'stock'
+                   JOIN chips.chits b ON b.tally_id = tb.id AND b.chit_uuid = a.chit_uuid
+                   WHERE a.lift_id = p_id AND ta.side = 'foil' AND ta.part_ent IS NOT NULL
+                     AND a.tally_id = ANY (v_halves) AND a.chain_hash IS DISTINCT FROM b.chain_hash) THEN
+            RAISE EXCEPTION 'the halves of a tally chain lift % differently', l.lift_uuid USING ERRCODE = '55000';
+        END IF;
+        -- a closing tally closes once settled
+        PERFORM chips._close_if_settled(x.id) FROM chips.tallies x
+        WHERE x.id = ANY (v_halves) AND x.status = 'closing' ORDER BY x.id;
+    END IF;
+    IF p_tallies IS NOT NULL THEN
+        RETURN;
+    END IF;
+    IF p_status = 'good' THEN
+        -- every half the lift moved here (a round's pieces leave this to the last call, so that
+        -- each partner site gets its chain updates gathered, not a few tallies a message): a
+        -- stock half the foil half's chain update reached first asks for it again; the foil
+        -- halves send their chain updates
+        v_halves := ARRAY(SELECT DISTINCT y.tally_id FROM chips.chits y WHERE y.lift_id = p_id ORDER BY 1);
+        -- (gathered per partner site, about 300 to a message: a round's member asks for
+        -- thousands)
+        PERFORM chips._send(pg_catalog.jsonb_build_object('cuid', '_site', 'agent', n.me),
+                            chips._site_address(n.peer), 'chit', 'chains',
+                            pg_catalog.jsonb_build_object('cmd', 'nak', 'tallies', n.tallies))
+        FROM (SELECT k.me, k.peer, pg_catalog.jsonb_agg(k.item ORDER BY k.id) AS tallies
+              FROM (SELECT x.id, x.hold_cert->'chad'->>'agent' AS me, x.part_cert->'chad'->>'agent' AS peer,
+                           pg_catalog.jsonb_build_object('tally', x.tally_uuid, 'index', x.chain_len) AS item,
+                           pg_catalog.row_number() OVER (PARTITION BY x.part_cert->'chad'->>'agent' ORDER BY x.id) AS k
+                    FROM chips.tallies x
+                    WHERE x.id = ANY (v_halves) AND x.side = 'stock' AND x.part_ent IS NULL
+                      AND x.chain_seen > x.chain_len) k
+              GROUP BY k.me, k.peer, (k.k - 1) / 300) n
+        ORDER BY n.peer;
+        PERFORM chips._chains_send(v_halves);
+    END IF;
+    UPDATE chips.lifts x SET status = p_status, decided = pg_catalog.now(),
+        reason = coalesce(p_reason, x.reason)
+    WHERE x.id = p_id;
+END
+$$;
+REVOKE ALL ON FUNCTION chips._chain_tip(chips.tallies) FROM PUBLIC;
