@@ -133,6 +133,7 @@ fn bar(args: &Args, len: u64, what: &str) -> ProgressBar {
     b
 }
 
+/// The demo, phase by phase.
 async fn go(
     args: &Args,
     stop: &AtomicBool,
@@ -141,9 +142,41 @@ async fn go(
     cars: &mut Vec<Sidecar>,
 ) -> Res<()> {
     let started = Instant::now();
-    let cluster = Cluster::new(&args.dsn);
     let mut rng = StdRng::seed_from_u64(args.seed);
+    let up = start_sites(args, stop, chipsd, keys, cars).await?;
+    join_rounds(args, stop, &up).await?;
+    let people = people_join(args, stop, &up).await?;
+    let tallies = open_tallies(args, stop, &up.sites, &people, &mut rng).await?;
+    let net = Arc::new(Net {
+        names: up.names,
+        sites: up.sites,
+        people,
+        tallies,
+    });
+    let mut trading = trade(args, stop, &net).await?;
+    quiesce(stop, &net, &mut trading).await?;
+    let last = last_clearing(stop, &net, &mut trading).await?;
+    finish(args, stop, &net, trading, last, started).await
+}
 
+/// The sites the demo runs: each a database with its own chipsd (peers over Noise, the user
+/// gateway on), automatic clearing on.
+struct Sites {
+    names: Vec<String>,
+    sites: Vec<Site>,
+    gateways: Vec<String>,
+    ports: Vec<u16>,
+}
+
+/// Phase 1: the sites, each its own database and chipsd.
+async fn start_sites(
+    args: &Args,
+    stop: &AtomicBool,
+    chipsd: &std::path::Path,
+    keys: &std::path::Path,
+    cars: &mut Vec<Sidecar>,
+) -> Res<Sites> {
+    let cluster = Cluster::new(&args.dsn);
     println!(
         "== {} sites, each its own database and chipsd (peers over Noise, user gateway on)",
         args.sites
@@ -209,7 +242,17 @@ async fn go(
         ports.push(port);
     }
 
-    // Clearing rounds: the first site coordinates, every site (itself too) takes part.
+    Ok(Sites {
+        names,
+        sites,
+        gateways,
+        ports,
+    })
+}
+
+/// Phase 2: clearing rounds: the first site coordinates, every site (itself too) takes part.
+async fn join_rounds(args: &Args, stop: &AtomicBool, up: &Sites) -> Res<()> {
+    let (names, sites, ports) = (&up.names, &up.sites, &up.ports);
     let coordinator = format!("{}@127.0.0.1:{}", sites[0].agent_id(), ports[0]);
     let every = args.clear_every.to_string();
     sites[0]
@@ -220,7 +263,7 @@ async fn go(
         )
         .await
         .map_err(db)?;
-    for s in &sites {
+    for s in sites {
         s.admin
             .execute(
                 "SELECT * FROM chips.round_configure(coordinator => $1)",
@@ -229,7 +272,7 @@ async fn go(
             .await
             .map_err(db)?;
     }
-    quiet(&sites, stop, false).await?;
+    quiet(sites, stop, false).await?;
     let members: i64 = sites[0]
         .admin
         .query_one("SELECT count(*) FROM chips.round_members", &[])
@@ -241,6 +284,13 @@ async fn go(
         names[0], args.clear_every
     );
 
+    Ok(())
+}
+
+/// Phase 3: people join each site, each with their own signing key; the first of each site
+/// gets a login link for the app.
+async fn people_join(args: &Args, stop: &AtomicBool, up: &Sites) -> Res<Vec<Person>> {
+    let (names, sites, gateways) = (&up.names, &up.sites, &up.gateways);
     println!(
         "\n== {} people per site join (each with their own signing key)",
         args.users
@@ -277,7 +327,18 @@ async fn go(
         );
     }
 
-    // Who buys from whom: each person picks `vendors` vendors, some on other sites.
+    Ok(people)
+}
+
+/// Phase 4: who buys from whom (each person picks vendors, some on other sites), and their
+/// tallies opened through tickets, offers and acceptances.
+async fn open_tallies(
+    args: &Args,
+    stop: &AtomicBool,
+    sites: &[Site],
+    people: &[Person],
+    rng: &mut StdRng,
+) -> Res<Vec<Tally>> {
     let mut plan: Vec<(usize, usize, i64)> = Vec::new();
     for c in 0..people.len() {
         let mut chosen = vec![];
@@ -329,22 +390,22 @@ async fn go(
         });
         b.inc(1);
     }
-    quiet(&sites, stop, false).await?;
+    quiet(sites, stop, false).await?;
     for t in &tallies {
         interrupted(stop)?;
         people[t.vendor].user.offer(t.uuid).await.map_err(db)?;
         b.inc(1);
     }
-    quiet(&sites, stop, false).await?;
+    quiet(sites, stop, false).await?;
     for t in &tallies {
         interrupted(stop)?;
         people[t.client].user.accept(t.uuid).await.map_err(db)?;
         b.inc(1);
     }
-    quiet(&sites, stop, false).await?;
+    quiet(sites, stop, false).await?;
     b.finish_and_clear();
     let mut open = 0;
-    for s in &sites {
+    for s in sites {
         let n: i64 = s
             .admin
             .query_one(
@@ -360,14 +421,20 @@ async fn go(
     if open as usize != tallies.len() {
         return Err("not every tally opened".into());
     }
-    let net = Arc::new(Net {
-        names,
-        sites,
-        people,
-        tallies,
-    });
+    Ok(tallies)
+}
 
-    // Trading, with automatic clearing running at every site.
+/// What the trading phase leaves: the agents' figures, the network sampled every half second,
+/// when trading started and how long it ran.
+struct Trading {
+    stats: Arc<Stats>,
+    samples: Vec<Sample>,
+    t0: Instant,
+    traded: Duration,
+}
+
+/// Phase 5: trading, with automatic clearing running at every site.
+async fn trade(args: &Args, stop: &AtomicBool, net: &Arc<Net>) -> Res<Trading> {
     println!(
         "\n== trading for {} s: {} agents pay on credit, refund, and pay people on other sites; clearing runs every {} s",
         args.duration, args.agents, args.clear_every
@@ -402,7 +469,7 @@ async fn go(
             done.store(true, Ordering::SeqCst);
             break;
         }
-        let s = sample(&net, t0).await?;
+        let s = sample(net, t0).await?;
         b.set_position(t0.elapsed().as_secs().min(args.duration));
         b.set_message(format!(
             "{} payments, {} lifts, {} rounds, debt {}",
@@ -421,6 +488,18 @@ async fn go(
     interrupted(stop)?;
     let traded = t0.elapsed();
 
+    Ok(Trading {
+        stats,
+        samples,
+        t0,
+        traded,
+    })
+}
+
+/// Phase 6: automatic clearing stops and the network quiesces (every message delivered, every
+/// lift decided).
+async fn quiesce(stop: &AtomicBool, net: &Net, trading: &mut Trading) -> Res<()> {
+    let (t0, samples) = (trading.t0, &mut trading.samples);
     println!("\n== the network quiesces (every message delivered, every lift decided)");
     let q = Instant::now();
     for s in &net.sites {
@@ -438,14 +517,29 @@ async fn go(
         .await
         .map_err(db)?;
     quiet(&net.sites, stop, true).await?;
-    samples.push(sample(&net, t0).await?);
+    samples.push(sample(net, t0).await?);
     println!("  quiet after {:.1} s", q.elapsed().as_secs_f64());
 
+    Ok(())
+}
+
+/// What the last clearing measured: the debt before it, the whole network's graph and the
+/// optimum the solver finds for it.
+struct LastClearing {
+    before_pass: i64,
+    graph: Vec<Debt>,
+    optimum: i64,
+}
+
+/// Phase 7: a last clearing round over the federation, then each site's own pass and route
+/// discovery for anything the round could not take, against the whole network's optimum.
+async fn last_clearing(stop: &AtomicBool, net: &Net, trading: &mut Trading) -> Res<LastClearing> {
+    let (t0, samples) = (trading.t0, &mut trading.samples);
     println!(
         "\n== a last clearing round over the federation, against the optimum for the whole network"
     );
     let before_pass = samples.last().expect("a sample").outstanding;
-    let graph = network(&net).await?;
+    let graph = network(net).await?;
     let optimum = optimum(&graph)?;
     let coord = &net.sites[0].admin;
     coord
@@ -479,7 +573,7 @@ async fn go(
         )
         .await
         .map_err(db)?;
-    let s = sample(&net, t0).await?;
+    let s = sample(net, t0).await?;
     println!(
         "  round {}: {} after {} attempt(s) in {:.0} ms, {} sites ready, {} arcs; debt {} -> {}{}",
         &round.to_string()[..8],
@@ -507,7 +601,7 @@ async fn go(
                 .map_err(db)?;
         }
         quiet(&net.sites, stop, true).await?;
-        let s = sample(&net, t0).await?;
+        let s = sample(net, t0).await?;
         let now = s.outstanding;
         samples.push(s);
         if now >= last {
@@ -515,6 +609,35 @@ async fn go(
         }
         last = now;
     }
+
+    Ok(LastClearing {
+        before_pass,
+        graph,
+        optimum,
+    })
+}
+
+/// Phase 8: every invariant checked (chipsd check, no lift left undecided), the summary and the
+/// HTML report.
+async fn finish(
+    args: &Args,
+    stop: &AtomicBool,
+    net: &Net,
+    trading: Trading,
+    last: LastClearing,
+    started: Instant,
+) -> Res<()> {
+    let Trading {
+        stats,
+        samples,
+        t0,
+        traded,
+    } = trading;
+    let LastClearing {
+        before_pass,
+        graph,
+        optimum,
+    } = last;
     let fin = samples.last().expect("a sample").clone();
     let pass_cleared = before_pass - fin.outstanding;
 
