@@ -109,11 +109,9 @@ BEGIN
     IF c.chit_type = 'set' THEN
         s := chips.settings_check(c.reference);
         IF c.issuer = t.side THEN
-            UPDATE chips.tallies x SET
-                target = coalesce((s->>'target')::bigint, x.target),
-                bound = coalesce((s->>'bound')::bigint, x.bound),
-                reward = coalesce((s->>'reward')::double precision, x.reward),
-                clutch = coalesce((s->>'clutch')::double precision, x.clutch)
+            UPDATE chips.tallies x SET (target, bound, reward, clutch) =
+                (SELECT a.target, a.bound, a.reward, a.clutch
+                 FROM chips._settings_apply(s, x.target, x.bound, x.reward, x.clutch) a)
             WHERE x.id = t.id;
         ELSE
             UPDATE chips.tallies x SET part_sets = x.part_sets || (s - 'close') WHERE x.id = t.id;
@@ -360,11 +358,7 @@ BEGIN
         PERFORM chips._check_limit(t, (v_doc->>'units')::bigint);
     ELSE
         -- settings: checked against the trading variables they change
-        PERFORM chips.trading_check(
-            coalesce((v_doc->'ref'->>'target')::bigint, t.target),
-            coalesce((v_doc->'ref'->>'bound')::bigint, t.bound),
-            coalesce((v_doc->'ref'->>'reward')::double precision, t.reward),
-            coalesce((v_doc->'ref'->>'clutch')::double precision, t.clutch));
+        PERFORM chips._settings_apply(v_doc->'ref', t.target, t.bound, t.reward, t.clutch);
     END IF;
     IF t.part_ent IS NOT NULL THEN
         -- the partner's half is in this database: written here at once (chips._chit_local)

@@ -1338,3 +1338,98 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION chips._chain_tip(chips.tallies) FROM PUBLIC;
+
+-- One place where settings meet trading variables: core's Settings::apply, as
+-- chips._settings_apply, for issuing a setting chit and applying it (both wrote coalesces).
+CREATE FUNCTION chips."_settings_apply"(
+	"settings" jsonb, /* JsonB */
+	"target" bigint, /* i64 */
+	"bound" bigint, /* i64 */
+	"reward" double precision, /* f64 */
+	"clutch" double precision /* f64 */
+) RETURNS TABLE (
+	"target" bigint,  /* i64 */
+	"bound" bigint,  /* i64 */
+	"reward" double precision,  /* f64 */
+	"clutch" double precision  /* f64 */
+)
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'settings_apply_wrapper';
+REVOKE ALL ON FUNCTION chips._settings_apply(jsonb, bigint, bigint, double precision, double precision) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION chips._chit_issue(t chips.tallies, v_doc jsonb, v_sig text) RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    c chips.chits;
+BEGIN
+    IF v_doc->>'by' <> t.side THEN
+        RAISE EXCEPTION 'you are the % of tally %: you can only issue chits by %', t.side, t.tally_uuid, t.side
+            USING ERRCODE = '22023', HINT = 'To ask your partner for value, send an invoice (chips.chit_invoice).';
+    END IF;
+    IF v_doc->>'type' = 'lift' THEN
+        RAISE EXCEPTION 'lift chits are written by lifts only' USING ERRCODE = '22023';
+    END IF;
+    IF abs(extract(epoch FROM (v_doc->>'date')::timestamptz - pg_catalog.now())) > 3600 THEN
+        RAISE EXCEPTION 'chit date % is more than an hour from now', v_doc->>'date' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO c FROM chips.chits y WHERE y.tally_id = t.id AND y.chit_uuid = (v_doc->>'uuid')::uuid;
+    IF FOUND THEN
+        IF c.status = 'good' AND c.signature = v_sig
+           AND chips.canonical_json(chips._chit_doc(c, t.tally_uuid)) = chips.canonical_json(v_doc) THEN
+            RETURN 'good';   -- the same chit again (a retry): nothing to do
+        END IF;
+        RAISE EXCEPTION 'tally % already has a chit %', t.tally_uuid, v_doc->>'uuid' USING ERRCODE = '23505';
+    END IF;
+    IF v_sig IS NULL THEN
+        RAISE EXCEPTION 'chit % carries no signature', v_doc->>'uuid' USING ERRCODE = '28000';
+    END IF;
+    -- a forgery is reported as one, before any rule about its content
+    PERFORM chips.chit_verify(v_doc, t.hold_cert->>'public', v_sig);
+    IF v_doc->>'type' = 'tran' THEN
+        PERFORM chips._check_limit(t, (v_doc->>'units')::bigint);
+    ELSE
+        -- settings: checked against the trading variables they change
+        PERFORM chips._settings_apply(v_doc->'ref', t.target, t.bound, t.reward, t.clutch);
+    END IF;
+    IF t.part_ent IS NOT NULL THEN
+        -- the partner's half is in this database: written here at once (chips._chit_local)
+        PERFORM chips._chit_local(t, v_doc, v_sig);
+        RETURN 'good';
+    END IF;
+    c := chips._chit_insert(t, v_doc, 'good', v_sig);      -- the trigger verifies it again
+    PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'good',
+                        pg_catalog.jsonb_build_object('chit', v_doc, 'sign', v_sig));
+    PERFORM chips._chit_good(t.id, c);
+    RETURN 'good';
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chips._chit_effects(p_tally_id bigint, c chips.chits) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    t chips.tallies;
+    s jsonb;
+BEGIN
+    SELECT * INTO t FROM chips.tallies x WHERE x.id = p_tally_id;
+    IF c.chit_type = 'set' THEN
+        s := chips.settings_check(c.reference);
+        IF c.issuer = t.side THEN
+            UPDATE chips.tallies x SET (target, bound, reward, clutch) =
+                (SELECT a.target, a.bound, a.reward, a.clutch
+                 FROM chips._settings_apply(s, x.target, x.bound, x.reward, x.clutch) a)
+            WHERE x.id = t.id;
+        ELSE
+            UPDATE chips.tallies x SET part_sets = x.part_sets || (s - 'close') WHERE x.id = t.id;
+        END IF;
+        IF (s->>'close')::boolean AND t.status = 'open' THEN
+            UPDATE chips.tallies x SET status = 'closing' WHERE x.id = t.id;
+            t.status := 'closing';
+        END IF;
+    END IF;
+    IF t.status = 'closing' THEN
+        PERFORM chips._close_if_settled(t.id);
+    END IF;
+END
+$$;

@@ -85,6 +85,35 @@ fn chit_chain_hash(doc: JsonB, index: i32, prior: &[u8], signature: Option<&str>
     ok(d.chain_hash(i64::from(index), prior, signature)).to_vec()
 }
 
+/// The trading variables after a `set` chit's settings (`chips_core::chit::Settings::apply`:
+/// each setting given replaces its variable, the result checked, 22023 when it breaks a rule):
+/// the one place settings meet trading variables, for issuing a setting chit and applying it.
+#[pg_extern(immutable, strict, parallel_safe, name = "_settings_apply")]
+fn settings_apply(
+    settings: JsonB,
+    target: i64,
+    bound: i64,
+    reward: f64,
+    clutch: f64,
+) -> TableIterator<
+    'static,
+    (
+        name!(target, i64),
+        name!(bound, i64),
+        name!(reward, f64),
+        name!(clutch, f64),
+    ),
+> {
+    let s = ok(Settings::from_json(&settings.0));
+    let next = ok(s.apply(chips_core::tally::TradingVars {
+        target,
+        bound,
+        reward,
+        clutch,
+    }));
+    TableIterator::once((next.target, next.bound, next.reward, next.clutch))
+}
+
 /// Validates the settings of a `set` chit and returns them normalized.
 #[pg_extern(immutable, strict, parallel_safe)]
 fn settings_check(settings: JsonB) -> JsonB {
