@@ -63,10 +63,8 @@ $$;
 -- Small helpers
 ------------------------------------------------------------------------------------------------
 
--- A timestamp as the documents write it: YYYY-MM-DDTHH:MM:SS.mmmZ (UTC).
-CREATE FUNCTION chips._iso(ts timestamptz) RETURNS text
-LANGUAGE sql STABLE
-AS $$ SELECT pg_catalog.to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') $$;
+-- A timestamp as the documents write it, YYYY-MM-DDTHH:MM:SS.mmmZ: chips._iso(ts), core's
+-- chit::iso_millis (extension/src/tally.rs), created before this file.
 
 -- When something given `p_lifetime` expires: 22023 unless the lifetime is positive and at most
 -- `p_max` (tickets, logins, sessions; `p_what` names it in the message).

@@ -1433,3 +1433,12 @@ BEGIN
     END IF;
 END
 $$;
+
+-- One format of document dates: core's chit::iso_millis, as chips._iso (a C function now; it
+-- was a to_char pattern of its own). Replaced in place: its grants stay.
+CREATE OR REPLACE FUNCTION chips."_iso"(
+	"ts" timestamp with time zone /* pgrx :: datum :: TimestampWithTimeZone */
+) RETURNS TEXT /* String */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'iso_wrapper';

@@ -26,7 +26,7 @@ extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!(
     "../../sql/identity.sql",
     name = "identity",
-    requires = ["schema"]
+    requires = ["schema", tally::iso]
 );
 extension_sql_file!(
     "../../sql/peer.sql",

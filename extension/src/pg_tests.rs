@@ -31,6 +31,21 @@ mod tests {
     }
 
     #[pg_test]
+    fn document_dates_are_utc_milliseconds() {
+        // chips._iso (core's iso_millis) writes what PostgreSQL's own to_char does, milliseconds
+        // truncated, in UTC whatever the session's time zone
+        Spi::run("SET LOCAL TimeZone = 'Asia/Kolkata'").unwrap();
+        let same: bool = one(
+            "SELECT bool_and(chips._iso(ts) = to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))
+             FROM (SELECT '2026-11-21T09:12:25.678901Z'::timestamptz + n * interval '37 minutes 1.000999 seconds' AS ts
+                   FROM generate_series(-5000, 5000) n) x",
+        );
+        assert!(same);
+        let epoch: String = one("SELECT chips._iso('1970-01-01T00:00:00Z')");
+        assert_eq!(epoch, "1970-01-01T00:00:00.000Z");
+    }
+
+    #[pg_test]
     fn every_peer_message_has_its_receiver_and_no_other_is_applied() {
         // core's table is the one list of messages: each receiver it names exists in SQL
         for (target, action, receiver) in chips_core::peer::MESSAGES {

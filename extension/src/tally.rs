@@ -120,3 +120,16 @@ fn pubkey_check(key: &str) -> bool {
         .unwrap_or_else(|e| ChipsError::Invalid(format!("public key: {e}")).raise());
     true
 }
+
+/// A timestamp as the documents write it, `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC, milliseconds):
+/// `chips_core::chit::iso_millis`, the one format of dates in tally and chit documents, for the
+/// SQL that builds documents and answers.
+#[pg_extern(immutable, strict, parallel_safe, name = "_iso")]
+pub(crate) fn iso(ts: pgrx::datum::TimestampWithTimeZone) -> String {
+    // PostgreSQL counts microseconds from 2000-01-01; documents, milliseconds from 1970
+    const FROM_1970_US: i64 = 946_684_800_000_000;
+    let us: i64 = pg_sys::TimestampTz::from(ts);
+    ok(chips_core::chit::iso_millis(
+        us.saturating_add(FROM_1970_US).div_euclid(1000),
+    ))
+}
