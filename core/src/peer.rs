@@ -166,6 +166,35 @@ pub struct Envelope {
     pub object: Value,
 }
 
+/// A site's answer to one peer message, sent back on the same channel: the message's id and
+/// what the receiving database did with it (`chips.peer_receive`'s word: applied, `duplicate`,
+/// ...), or why it refused it (the database's message and SQLSTATE; `id` null when the
+/// envelope could not be read). The sender acknowledges an applied message in its outbox and
+/// backs off from a refused one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Applied {
+        id: String,
+        result: String,
+    },
+    Refused {
+        id: Option<String>,
+        error: String,
+        sqlstate: String,
+    },
+}
+
+impl Reply {
+    /// The id of the message this answers, if it names one.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Reply::Applied { id, .. } => Some(id),
+            Reply::Refused { id, .. } => id.as_deref(),
+        }
+    }
+}
+
 /// The messages sites exchange: (target, action, the SQL function in schema chips that receives
 /// it at the addressee's site). `chips._apply` dispatches by this table (`chips._receiver`), and
 /// an envelope naming anything else is refused before it reaches the database.
@@ -277,6 +306,27 @@ mod tests {
             version: 1,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn replies_keep_their_wire_form() {
+        let ok = Reply::Applied {
+            id: "m1".into(),
+            result: "duplicate".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&ok).unwrap(),
+            json!({"id": "m1", "result": "duplicate"})
+        );
+        let no: Reply = serde_json::from_value(
+            json!({"id": null, "error": "envelope: bad", "sqlstate": "22023"}),
+        )
+        .unwrap();
+        assert_eq!(no.id(), None);
+        assert!(matches!(no, Reply::Refused { ref sqlstate, .. } if sqlstate == "22023"));
+        let back: Reply = serde_json::from_slice(&serde_json::to_vec(&ok).unwrap()).unwrap();
+        assert_eq!(back, ok);
+        assert!(serde_json::from_value::<Reply>(json!({"id": "m1"})).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chips_core::peer::Reply;
 use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_postgres::Client;
@@ -297,26 +298,27 @@ async fn send_all(
             .recv(wait)
             .await?
             .ok_or_else(|| Error::Protocol("the peer closed the session".into()))?;
-        let reply: Value = serde_json::from_slice(&reply)
+        let reply: Reply = serde_json::from_slice(&reply)
             .map_err(|e| Error::Protocol(format!("bad reply: {e}")))?;
-        if reply.get("id") != msg.get("id") {
+        if reply.id() != msg.get("id").and_then(Value::as_str) {
             return Err(Error::Protocol(format!(
-                "reply for another message: {reply}"
+                "reply for another message: {reply:?}"
             )));
         }
-        if let Some(result) = reply.get("result") {
-            debug!(peer = %to, id = %msg["id"], %result, "delivered");
-            crate::metrics::METRICS
-                .peer_messages
-                .get_or_create(&crate::metrics::Kind { kind: "out" })
-                .inc();
-            acked.push(*id);
-        } else {
-            return Err(Error::Protocol(format!(
-                "refused ({}): {}",
-                reply["sqlstate"].as_str().unwrap_or(""),
-                reply["error"].as_str().unwrap_or("")
-            )));
+        match reply {
+            Reply::Applied { result, .. } => {
+                debug!(peer = %to, id = %msg["id"], %result, "delivered");
+                crate::metrics::METRICS
+                    .peer_messages
+                    .get_or_create(&crate::metrics::Kind { kind: "out" })
+                    .inc();
+                acked.push(*id);
+            }
+            Reply::Refused {
+                error, sqlstate, ..
+            } => {
+                return Err(Error::Protocol(format!("refused ({sqlstate}): {error}")));
+            }
         }
     }
     Ok(())

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chips_core::peer::Envelope;
-use serde_json::{json, Value};
+use chips_core::peer::{Envelope, Reply};
+use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_postgres::error::SqlState;
@@ -87,10 +87,16 @@ async fn handle(
 const TRANSIENT_RETRIES: u64 = 5;
 
 /// Applies one message; the reply names it and says what happened.
-async fn apply(client: &tokio_postgres::Client, peer: &str, msg: &[u8]) -> Value {
+async fn apply(client: &tokio_postgres::Client, peer: &str, msg: &[u8]) -> Reply {
     let env = match Envelope::from_slice(msg) {
         Ok(e) => e,
-        Err(e) => return json!({"id": null, "error": e.to_string(), "sqlstate": "22023"}),
+        Err(e) => {
+            return Reply::Refused {
+                id: None,
+                error: e.to_string(),
+                sqlstate: "22023".into(),
+            }
+        }
     };
     let doc: Value = serde_json::to_value(&env).expect("envelopes serialize");
     let mut tries = 0;
@@ -118,7 +124,7 @@ async fn apply(client: &tokio_postgres::Client, peer: &str, msg: &[u8]) -> Value
                 .peer_messages
                 .get_or_create(&crate::metrics::Kind { kind: "in" })
                 .inc();
-            json!({"id": env.id, "result": result})
+            Reply::Applied { id: env.id, result }
         }
         Err(e) => {
             let (code, text) = match e.as_db_error() {
@@ -126,7 +132,11 @@ async fn apply(client: &tokio_postgres::Client, peer: &str, msg: &[u8]) -> Value
                 None => (String::new(), e.to_string()),
             };
             warn!(id = %env.id, sqlstate = %code, error = %text, "refused");
-            json!({"id": env.id, "error": text, "sqlstate": code})
+            Reply::Refused {
+                id: Some(env.id),
+                error: text,
+                sqlstate: code,
+            }
         }
     }
 }
