@@ -710,12 +710,12 @@ DECLARE
     v_hash bytea;
 BEGIN
     IF p_status = 'good' AND (t.side = 'foil' OR t.part_ent IS NOT NULL) THEN
-        SELECT x.chain_len + 1, coalesce(x.chain_tip, x.digest) INTO v_idx, v_prior
+        SELECT x.chain_len + 1, chips._chain_tip(x) INTO v_idx, v_prior
         FROM chips.tallies x WHERE x.id = t.id;
         IF p_stock.id IS NOT NULL AND NOT EXISTS (
             SELECT 1 FROM chips.tallies x
             WHERE x.id = p_stock.id AND x.tally_uuid = t.tally_uuid AND t.side = 'foil'
-              AND x.chain_len + 1 = v_idx AND coalesce(x.chain_tip, x.digest) = v_prior) THEN
+              AND x.chain_len + 1 = v_idx AND chips._chain_tip(x) = v_prior) THEN
             RAISE EXCEPTION 'the halves of tally % chain chit % differently', t.tally_uuid, p_doc->>'uuid'
                 USING ERRCODE = '55000';
         END IF;
@@ -790,81 +790,6 @@ AS 'MODULE_PATHNAME', 'restoring_wrapper';
 REVOKE ALL ON FUNCTION chips._chit_insert(chips.tallies, jsonb, text, text, bigint, chips.tallies),
     chips._restoring() FROM PUBLIC;
 
--- The install SQL is cut by concern (sql/identity.sql, peer.sql, clearing.sql, lifts.sql): a
--- comment in this function names the file distributed lifts are in now.
-CREATE OR REPLACE FUNCTION chips._chain_upd(t chips.tallies, p_chits jsonb) RETURNS jsonb
-LANGUAGE plpgsql
-AS $$
-DECLARE
-    e jsonb;
-    c chips.chits;
-    v_doc jsonb;
-    v_idx integer;
-    v_prior bytea;
-    v_hash bytea;
-    v_here bytea;
-BEGIN
-    IF t.side <> 'stock' THEN
-        RAISE EXCEPTION 'only the foil half orders the chain of tally %', t.tally_uuid USING ERRCODE = '22023';
-    END IF;
-    IF pg_catalog.jsonb_typeof(p_chits) IS DISTINCT FROM 'array' THEN
-        RAISE EXCEPTION 'a chain update of tally % carries no chits', t.tally_uuid USING ERRCODE = '22023';
-    END IF;
-    FOR e IN SELECT x.value FROM pg_catalog.jsonb_array_elements(p_chits) x
-             ORDER BY (x.value->>'index')::integer LOOP
-        v_idx := (e->>'index')::integer;
-        SELECT * INTO t FROM chips.tallies x WHERE x.id = t.id;
-        IF v_idx <= t.chain_len THEN
-            SELECT y.chain_hash INTO v_here FROM chips.chits y WHERE y.tally_id = t.id AND y.chain_idx = v_idx;
-            IF v_here IS DISTINCT FROM chips.b64url_decode(e->>'hash') THEN
-                RAISE EXCEPTION 'the chain of tally % differs from the partner''s at index %', t.tally_uuid, v_idx
-                    USING ERRCODE = '55000';
-            END IF;
-            CONTINUE;
-        END IF;
-        IF v_idx > t.chain_len + 1 THEN
-            -- a gap: ask for everything after what we have
-            PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'chain',
-                pg_catalog.jsonb_build_object('cmd', 'nak', 'tally', t.tally_uuid, 'index', t.chain_len));
-            RETURN NULL;
-        END IF;
-        v_doc := chips.chit_doc_check(e->'chit');
-        SELECT * INTO c FROM chips.chits y
-        WHERE y.tally_id = t.id AND y.chit_uuid = (v_doc->>'uuid')::uuid FOR UPDATE;
-        IF NOT FOUND AND v_doc->>'type' = 'lift' THEN
-            -- a lift chit this half never took part in: no lift moves value without the
-            -- holder's site (sql/lifts.sql)
-            RAISE EXCEPTION 'lift chit % of tally % is not known here', v_doc->>'uuid', t.tally_uuid
-                USING ERRCODE = '55000';
-        ELSIF FOUND AND c.chit_type = 'lift' AND c.status = 'pend' THEN
-            -- the lift is not decided here yet: settling it asks again (nak)
-            UPDATE chips.tallies x SET chain_seen = greatest(x.chain_seen, (
-                SELECT max((y.value->>'index')::integer) FROM pg_catalog.jsonb_array_elements(p_chits) y))
-            WHERE x.id = t.id;
-            EXIT;
-        ELSIF NOT FOUND THEN
-            c := chips._chit_insert(t, v_doc, 'good', e->>'sign');
-            PERFORM chips._chit_effects(t.id, c);
-        ELSIF c.status <> 'good' THEN
-            IF chips.canonical_json(chips._chit_doc(c, t.tally_uuid)) <> chips.canonical_json(v_doc) THEN
-                RAISE EXCEPTION 'chit % differs from the partner''s', c.chit_uuid USING ERRCODE = '22023';
-            END IF;
-            UPDATE chips.chits y SET status = 'good', signature = e->>'sign' WHERE y.id = c.id RETURNING * INTO c;
-            PERFORM chips._chit_effects(t.id, c);
-        END IF;
-        v_prior := coalesce(t.chain_tip, t.digest);
-        v_hash := chips.chit_chain_hash(chips._chit_doc(c, t.tally_uuid), v_idx, v_prior, c.signature);
-        IF v_hash <> chips.b64url_decode(e->>'hash') THEN
-            RAISE EXCEPTION 'chit % hashes differently here at index % of tally %', c.chit_uuid, v_idx, t.tally_uuid
-                USING ERRCODE = '55000';
-        END IF;
-        UPDATE chips.chits y SET chain_idx = v_idx, chain_prev = v_prior, chain_hash = v_hash WHERE y.id = c.id;
-    END LOOP;
-    SELECT * INTO t FROM chips.tallies x WHERE x.id = t.id;
-    RETURN pg_catalog.jsonb_build_object('tally', t.tally_uuid, 'index', t.chain_len,
-                                         'hash', chips.b64url_encode(coalesce(t.chain_tip, t.digest)));
-END
-$$;
 
 -- One table of peer messages and their receivers, and one place for the size limits: core's
 -- peer::MESSAGES, MAX_MESSAGE_BYTES and MAX_CHAIN_BATCH_BYTES, read through these functions
@@ -1041,62 +966,6 @@ GRANT EXECUTE ON FUNCTION chips._chit_change(text, text, bigint),
 CREATE FUNCTION chips._chain_tip(t chips.tallies) RETURNS bytea
 LANGUAGE sql IMMUTABLE
 AS $$ SELECT coalesce(t.chain_tip, t.digest) $$;
-
-CREATE OR REPLACE FUNCTION chips._chit_insert(t chips.tallies, p_doc jsonb, p_status text, p_sig text,
-                                   p_lift bigint DEFAULT NULL, p_stock chips.tallies DEFAULT NULL)
-RETURNS chips.chits
-LANGUAGE plpgsql
-AS $$
-DECLARE
-    c chips.chits;
-    v_idx integer;
-    v_prior bytea;
-    v_hash bytea;
-BEGIN
-    IF p_status = 'good' AND (t.side = 'foil' OR t.part_ent IS NOT NULL) THEN
-        SELECT x.chain_len + 1, chips._chain_tip(x) INTO v_idx, v_prior
-        FROM chips.tallies x WHERE x.id = t.id;
-        IF p_stock.id IS NOT NULL AND NOT EXISTS (
-            SELECT 1 FROM chips.tallies x
-            WHERE x.id = p_stock.id AND x.tally_uuid = t.tally_uuid AND t.side = 'foil'
-              AND x.chain_len + 1 = v_idx AND chips._chain_tip(x) = v_prior) THEN
-            RAISE EXCEPTION 'the halves of tally % chain chit % differently', t.tally_uuid, p_doc->>'uuid'
-                USING ERRCODE = '55000';
-        END IF;
-        IF t.side = 'stock' THEN
-            -- a local tally: the stock half takes the place the foil half gave the chit, if it has
-            -- one already (else the foil half chains both when it gets the chit)
-            -- (two lookups by unique keys: plans made while chits is small stay index scans)
-            IF NOT EXISTS (SELECT 1 FROM chips.chits y
-                           WHERE y.tally_id = (SELECT f.id FROM chips.tallies f
-                                               WHERE f.tally_uuid = t.tally_uuid AND f.side = 'foil')
-                             AND y.chit_uuid = (p_doc->>'uuid')::uuid AND y.chain_idx = v_idx) THEN
-                v_idx := NULL;
-                v_prior := NULL;
-            END IF;
-        END IF;
-    END IF;
-    IF v_idx IS NOT NULL THEN
-        v_hash := chips.chit_chain_hash(p_doc, v_idx, v_prior, p_sig);
-    END IF;
-    WITH written AS (
-        INSERT INTO chips.chits (tally_id, chit_uuid, chit_type, issuer, units, reference, memo,
-                                 chit_date, signature, status, value, chain_idx, chain_prev,
-                                 chain_hash, lift_id)
-        SELECT h.id, (p_doc->>'uuid')::uuid, p_doc->>'type', p_doc->>'by', (p_doc->>'units')::bigint,
-               p_doc->'ref', p_doc->>'memo', (p_doc->>'date')::timestamptz, p_sig, p_status,
-               chips.chit_value(p_doc, h.side), v_idx, v_prior, v_hash, p_lift
-        FROM (VALUES (1, t.id, t.side), (2, p_stock.id, p_stock.side)) h(k, id, side)
-        WHERE h.id IS NOT NULL ORDER BY h.k
-        RETURNING *)
-    SELECT * INTO c FROM written w WHERE w.tally_id = t.id;
-    IF chips._chit_doc(c, t.tally_uuid) <> p_doc THEN
-        RAISE EXCEPTION 'chit % cannot be stored exactly as it was written', p_doc->>'uuid'
-            USING ERRCODE = '22023', DETAIL = chips.canonical_json(p_doc);
-    END IF;
-    RETURN c;
-END
-$$;
 
 CREATE OR REPLACE FUNCTION chips._chain_append(p_tally_id bigint, p_chit_id bigint) RETURNS void
 LANGUAGE plpgsql
