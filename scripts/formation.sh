@@ -139,12 +139,19 @@ state)
     ;;
 stop)
     [ -d "$DIR" ] || exit 0
+    # the keepers first (so nothing starts a server again), then each server stops with its
+    # processes (a SIGKILLed postmaster leaves the monitor's health-check worker and logger
+    # running), then SIGKILL for anything that would not stop
     for d in node1 node2 monitor; do
-        lose "$d"
+        pg=$(cat "$DIR/$d.pid" 2>/dev/null || true)
+        [ -n "$pg" ] && kill -KILL -- "-$pg" 2>/dev/null || true
     done
     sleep 0.5
     for d in node1 node2 monitor; do
-        [ -f "$DIR/$d/postmaster.pid" ] && as_postgres "$PG_BIN/pg_ctl" -D "$DIR/$d" -m immediate stop >/dev/null 2>&1 || true
+        [ -f "$DIR/$d/postmaster.pid" ] && as_postgres "$PG_BIN/pg_ctl" -D "$DIR/$d" -m immediate -w -t 10 stop >/dev/null 2>&1 || true
+    done
+    for d in node1 node2 monitor; do
+        lose "$d"
     done
     rm -rf "$DIR"
     ;;
