@@ -226,9 +226,14 @@ mod tests {
         })
     }
 
+    /// The test's own scratch directory (removed at its end).
+    fn scratch() -> PathBuf {
+        std::env::temp_dir().join(format!("chipsd-config-{}", std::process::id()))
+    }
+
     fn file(name: &str, text: &str) -> PathBuf {
-        let path =
-            std::env::temp_dir().join(format!("chipsd-config-{}-{name}.toml", std::process::id()));
+        std::fs::create_dir_all(scratch()).unwrap();
+        let path = scratch().join(format!("{name}.toml"));
         std::fs::write(&path, text).unwrap();
         path
     }
@@ -325,5 +330,6 @@ mod tests {
             .unwrap()
             .gateway()
             .is_none());
+        std::fs::remove_dir_all(scratch()).unwrap();
     }
 }
