@@ -198,7 +198,9 @@ GRANT SELECT ON chips.users, chips.tallies, chips.tickets, chips.tallies_v, chip
 GRANT SELECT ON chips.agents, chips.contracts TO chips_user;
 GRANT EXECUTE ON FUNCTION
     chips.my_ent(), chips.user_cert(), chips._tally_doc(chips.tallies), chips._state(chips.tallies),
-    chips._iso(timestamptz), chips._other(text), chips._chit_change(text, text, bigint),
+    chips._iso(timestamptz),
+    chips._tally_doc_make(integer, integer, text, timestamptz, text, text, text, jsonb, jsonb, jsonb, jsonb),
+    chips._other(text), chips._chit_change(text, text, bigint),
     chips._chit_event(chips.tallies, uuid, text, text, text, bigint, text),
     chips.tally_create(text, text, jsonb, jsonb, text),
     chips.tally_update(uuid, jsonb, jsonb, text, text), chips.tally_json(uuid),
@@ -263,7 +265,9 @@ TO chips_admin;
 GRANT SELECT ON ALL TABLES IN SCHEMA chips TO chips_admin;
 GRANT EXECUTE ON FUNCTION
     chips.my_ent(), chips._tally_doc(chips.tallies), chips._state(chips.tallies),
-    chips._iso(timestamptz), chips._other(text), chips._chit_change(text, text, bigint),
+    chips._iso(timestamptz),
+    chips._tally_doc_make(integer, integer, text, timestamptz, text, text, text, jsonb, jsonb, jsonb, jsonb),
+    chips._other(text), chips._chit_change(text, text, bigint),
     chips._chit_event(chips.tallies, uuid, text, text, text, bigint, text),
     chips.agent_register(text, text, integer, boolean),
     chips.user_create(text, text, text, text, text, name, boolean),

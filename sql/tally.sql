@@ -8,19 +8,14 @@
 -- Helpers
 ------------------------------------------------------------------------------------------------
 
--- The document both parties sign, built from one half. Both halves of a tally build the same one.
+-- The document both parties sign, built from one half (core's tally::HalfDoc: its one
+-- definition). Both halves of a tally build the same one.
 CREATE FUNCTION chips._tally_doc(t chips.tallies) RETURNS jsonb
 LANGUAGE sql STABLE
 AS $$
-    SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
-        'version', t.version,
-        'revision', t.revision,
-        'uuid', t.tally_uuid,
-        'date', chips._iso(t.tally_date),
-        'memo', t.memo,
-        'agree', t.contract,
-        t.side, pg_catalog.jsonb_build_object('cert', t.hold_cert, 'terms', t.hold_terms),
-        chips._other(t.side), pg_catalog.jsonb_build_object('cert', t.part_cert, 'terms', t.part_terms)))
+    SELECT chips._tally_doc_make(t.version, t.revision, t.tally_uuid::text, t.tally_date, t.memo,
+                                 t.contract, t.side, t.hold_cert, t.hold_terms, t.part_cert,
+                                 t.part_terms)
 $$;
 
 -- The state a person sees (draft, P.draft, H.offer, P.offer, open, closing, closed, void).

@@ -307,21 +307,91 @@ pub struct TallyParty {
     pub terms: Terms,
 }
 
-/// The document both parties sign (over its canonical JSON) to open a tally.
+/// The tally document's shape, written once: the document both parties sign ([`TallyDoc`],
+/// every part present and typed) and what one half's row makes of it ([`HalfDoc`], built by
+/// `chips._tally_doc` for drafts and offers as for open tallies).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TallyDoc {
+pub struct Doc<P> {
     pub version: i32,
     pub revision: i32,
     pub uuid: String,
-    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, UTC.
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, UTC ([`crate::chit::iso_millis`]).
     pub date: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memo: Option<String>,
     /// The contract: base64url SHA-256 of the contract document.
     pub agree: String,
-    pub stock: TallyParty,
-    pub foil: TallyParty,
+    pub stock: P,
+    pub foil: P,
+}
+
+/// The document both parties sign (over its canonical JSON) to open a tally.
+pub type TallyDoc = Doc<TallyParty>;
+
+/// One party's part as a tally half holds it: its certificate (not known on a draft nobody
+/// has redeemed yet) and its terms, as stored (JSON, so that the document a half builds is
+/// byte for byte what was signed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HalfParty {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<Value>,
+    pub terms: Value,
+}
+
+/// The tally document built from one half's columns: the holder's part goes under the half's
+/// side, the partner's under the other, so both halves of a tally build the same document;
+/// once both certificates are in it reads as a [`TallyDoc`].
+pub type HalfDoc = Doc<HalfParty>;
+
+impl HalfDoc {
+    /// The document of the half on `side` (`date_ms`: the tally's date, milliseconds since 1970).
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_half(
+        version: i32,
+        revision: i32,
+        uuid: &str,
+        date_ms: i64,
+        memo: Option<&str>,
+        agree: &str,
+        side: Side,
+        hold: HalfParty,
+        part: HalfParty,
+    ) -> Result<HalfDoc> {
+        let (stock, foil) = match side {
+            Side::Stock => (hold, part),
+            Side::Foil => (part, hold),
+        };
+        Ok(Doc {
+            version,
+            revision,
+            uuid: uuid.to_string(),
+            date: crate::chit::iso_millis(date_ms)?,
+            memo: memo.map(str::to_string),
+            agree: agree.to_string(),
+            stock,
+            foil,
+        })
+    }
+
+    /// Its JSON, with no null anywhere in it (a certificate or terms stored with a null field
+    /// are signed without it, as PostgreSQL's `jsonb_strip_nulls` writes them).
+    pub fn to_json(&self) -> Value {
+        fn strip(v: Value) -> Value {
+            match v {
+                Value::Object(m) => Value::Object(
+                    m.into_iter()
+                        .filter(|(_, v)| !v.is_null())
+                        .map(|(k, v)| (k, strip(v)))
+                        .collect(),
+                ),
+                Value::Array(a) => Value::Array(a.into_iter().map(strip).collect()),
+                other => other,
+            }
+        }
+        strip(serde_json::to_value(self).expect("a tally document always serializes"))
+    }
 }
 
 /// Deserializes `v` as `T`, refusing anything but a JSON object (serde would take an array).
@@ -599,6 +669,69 @@ mod tests {
             d2.verify(Side::Stock, &ssig),
             Err(Error::BadSignature(_))
         ));
+    }
+
+    #[test]
+    fn a_half_builds_the_document_both_sign() {
+        let (d, _, _) = doc();
+        let v = d.to_json();
+        let part = |p: &TallyParty| HalfParty {
+            cert: Some(serde_json::to_value(&p.cert).unwrap()),
+            terms: serde_json::to_value(&p.terms).unwrap(),
+        };
+        // 2026-11-21T10:00:00.000Z
+        let ms = 1_795_255_200_000;
+        let half = |side: Side| {
+            let (hold, other) = match side {
+                Side::Stock => (&d.stock, &d.foil),
+                Side::Foil => (&d.foil, &d.stock),
+            };
+            HalfDoc::from_half(
+                1,
+                1,
+                &d.uuid,
+                ms,
+                d.memo.as_deref(),
+                &d.agree,
+                side,
+                part(hold),
+                part(other),
+            )
+            .unwrap()
+            .to_json()
+        };
+        // both halves build the signed document itself
+        assert_eq!(half(Side::Stock), v);
+        assert_eq!(half(Side::Foil), v);
+        assert_eq!(TallyDoc::from_json(&half(Side::Foil)).unwrap(), d);
+        // a draft without a partner: no certificate on the other side, no memo, no nulls
+        let mut cert = serde_json::to_value(&d.stock.cert).unwrap();
+        cert["nickname"] = Value::Null;
+        let draft = HalfDoc::from_half(
+            1,
+            2,
+            &d.uuid,
+            ms,
+            None,
+            &d.agree,
+            Side::Stock,
+            HalfParty {
+                cert: Some(cert),
+                terms: json!({"limit": 5, "call": null}),
+            },
+            HalfParty {
+                cert: None,
+                terms: json!({}),
+            },
+        )
+        .unwrap()
+        .to_json();
+        assert_eq!(draft["foil"], json!({"terms": {}}));
+        assert_eq!(draft["stock"]["terms"], json!({"limit": 5}));
+        assert_eq!(draft["stock"]["cert"], v["stock"]["cert"]);
+        assert!(draft.get("memo").is_none());
+        assert_eq!(draft["revision"], json!(2));
+        assert!(TallyDoc::from_json(&draft).is_err());
     }
 
     #[test]

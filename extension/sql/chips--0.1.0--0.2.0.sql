@@ -1311,3 +1311,35 @@ CREATE OR REPLACE FUNCTION chips."_iso"(
 IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'iso_wrapper';
+
+-- One definition of the tally document: chips._tally_doc builds it with core's tally::HalfDoc
+-- (chips._tally_doc_make) instead of a jsonb_build_object of its own; the document is the same
+-- (every open tally's digest still audits clean). Replaced in place: its grants stay.
+CREATE FUNCTION chips."_tally_doc_make"(
+	"version" INT, /* i32 */
+	"revision" INT, /* i32 */
+	"uuid" TEXT, /* & str */
+	"date" timestamp with time zone, /* pgrx :: datum :: TimestampWithTimeZone */
+	"memo" TEXT, /* Option < & str > */
+	"contract" TEXT, /* & str */
+	"side" TEXT, /* & str */
+	"hold_cert" jsonb, /* Option < JsonB > */
+	"hold_terms" jsonb, /* JsonB */
+	"part_cert" jsonb, /* Option < JsonB > */
+	"part_terms" jsonb /* JsonB */
+) RETURNS jsonb /* JsonB */
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'tally_doc_make_wrapper';
+REVOKE ALL ON FUNCTION chips._tally_doc_make(integer, integer, text, timestamptz, text, text, text,
+                                             jsonb, jsonb, jsonb, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION chips._tally_doc_make(integer, integer, text, timestamptz, text, text, text,
+                                                jsonb, jsonb, jsonb, jsonb) TO chips_user, chips_admin;
+
+CREATE OR REPLACE FUNCTION chips._tally_doc(t chips.tallies) RETURNS jsonb
+LANGUAGE sql STABLE
+AS $$
+    SELECT chips._tally_doc_make(t.version, t.revision, t.tally_uuid::text, t.tally_date, t.memo,
+                                 t.contract, t.side, t.hold_cert, t.hold_terms, t.part_cert,
+                                 t.part_terms)
+$$;

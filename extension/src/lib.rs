@@ -36,7 +36,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../../sql/tally.sql",
     name = "tally",
-    requires = ["schema", "identity", "peer"]
+    requires = ["schema", "identity", "peer", tally::tally_doc_make]
 );
 extension_sql_file!(
     "../../sql/chits.sql",

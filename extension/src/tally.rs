@@ -126,10 +126,50 @@ fn pubkey_check(key: &str) -> bool {
 /// SQL that builds documents and answers.
 #[pg_extern(immutable, strict, parallel_safe, name = "_iso")]
 pub(crate) fn iso(ts: pgrx::datum::TimestampWithTimeZone) -> String {
-    // PostgreSQL counts microseconds from 2000-01-01; documents, milliseconds from 1970
+    ok(chips_core::chit::iso_millis(millis(ts)))
+}
+
+/// Milliseconds since 1970 (PostgreSQL counts microseconds from 2000-01-01).
+fn millis(ts: pgrx::datum::TimestampWithTimeZone) -> i64 {
     const FROM_1970_US: i64 = 946_684_800_000_000;
     let us: i64 = pg_sys::TimestampTz::from(ts);
-    ok(chips_core::chit::iso_millis(
-        us.saturating_add(FROM_1970_US).div_euclid(1000),
-    ))
+    us.saturating_add(FROM_1970_US).div_euclid(1000)
+}
+
+/// The tally document a half's columns make (`chips._tally_doc(t)` passes them):
+/// `chips_core::tally::HalfDoc`, the one definition of the document both parties sign.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(immutable, parallel_safe, name = "_tally_doc_make")]
+pub(crate) fn tally_doc_make(
+    version: i32,
+    revision: i32,
+    uuid: &str,
+    date: pgrx::datum::TimestampWithTimeZone,
+    memo: Option<&str>,
+    contract: &str,
+    side: &str,
+    hold_cert: Option<JsonB>,
+    hold_terms: JsonB,
+    part_cert: Option<JsonB>,
+    part_terms: JsonB,
+) -> JsonB {
+    let side: Side = ok(side.parse());
+    let party = |cert: Option<JsonB>, terms: JsonB| tally::HalfParty {
+        cert: cert.map(|c| c.0),
+        terms: terms.0,
+    };
+    JsonB(
+        ok(tally::HalfDoc::from_half(
+            version,
+            revision,
+            uuid,
+            millis(date),
+            memo,
+            contract,
+            side,
+            party(hold_cert, hold_terms),
+            party(part_cert, part_terms),
+        ))
+        .to_json(),
+    )
 }
