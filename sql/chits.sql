@@ -34,10 +34,11 @@ AS $$ SELECT CASE WHEN p_side = t.side THEN t.hold_cert ELSE t.part_cert END->>'
 
 -- Insert a chit into a half from its (checked) document; returns the row written. A good chit
 -- on the foil half takes its place at the end of the chain at once (the foil half orders the
--- chain). `p_stock`, the stock half of a local tally whose foil half is `t`: a good chit is
--- written on both halves in the one statement, at the same place in both chains (the two
--- halves of a local tally are chained in the same transactions, so they have the same length
--- and tip; halves out of step refuse the chit).
+-- chain; the same place chips._chain_place gives a chit that becomes good later). `p_stock`,
+-- the stock half of a local tally whose foil half is `t` (chips._chit_local): the chit is
+-- written on both halves in the one statement, a good one at the same place in both chains (the
+-- two halves of a local tally are chained in the same transactions, so they have the same
+-- length and tip; halves out of step refuse the chit).
 CREATE FUNCTION chips._chit_insert(t chips.tallies, p_doc jsonb, p_status text, p_sig text,
                                    p_lift bigint DEFAULT NULL, p_stock chips.tallies DEFAULT NULL)
 RETURNS chips.chits
@@ -49,27 +50,15 @@ DECLARE
     v_prior bytea;
     v_hash bytea;
 BEGIN
-    IF p_status = 'good' AND (t.side = 'foil' OR t.part_ent IS NOT NULL) THEN
+    IF p_status = 'good' AND t.side = 'foil' THEN
         SELECT x.chain_len + 1, chips._chain_tip(x) INTO v_idx, v_prior
         FROM chips.tallies x WHERE x.id = t.id;
         IF p_stock.id IS NOT NULL AND NOT EXISTS (
             SELECT 1 FROM chips.tallies x
-            WHERE x.id = p_stock.id AND x.tally_uuid = t.tally_uuid AND t.side = 'foil'
+            WHERE x.id = p_stock.id AND x.tally_uuid = t.tally_uuid
               AND x.chain_len + 1 = v_idx AND chips._chain_tip(x) = v_prior) THEN
             RAISE EXCEPTION 'the halves of tally % chain chit % differently', t.tally_uuid, p_doc->>'uuid'
                 USING ERRCODE = '55000';
-        END IF;
-        IF t.side = 'stock' THEN
-            -- a local tally: the stock half takes the place the foil half gave the chit, if it has
-            -- one already (else the foil half chains both when it gets the chit)
-            -- (two lookups by unique keys: plans made while chits is small stay index scans)
-            IF NOT EXISTS (SELECT 1 FROM chips.chits y
-                           WHERE y.tally_id = (SELECT f.id FROM chips.tallies f
-                                               WHERE f.tally_uuid = t.tally_uuid AND f.side = 'foil')
-                             AND y.chit_uuid = (p_doc->>'uuid')::uuid AND y.chain_idx = v_idx) THEN
-                v_idx := NULL;
-                v_prior := NULL;
-            END IF;
         END IF;
     END IF;
     IF v_idx IS NOT NULL THEN
@@ -138,24 +127,42 @@ CREATE FUNCTION chips._chain_tip(t chips.tallies) RETURNS bytea
 LANGUAGE sql IMMUTABLE
 AS $$ SELECT coalesce(t.chain_tip, t.digest) $$;
 
--- Append a good chit to the end of a half's chain (the chits trigger moves the tally's tip).
-CREATE FUNCTION chips._chain_append(p_tally_id bigint, p_chit_id bigint) RETURNS void
+-- Chains good chits that are not chained yet, where their chains are ordered: on a foil half,
+-- and on both halves of a tally between two local users, whose stock half takes the same place
+-- as its foil half (so both chits must be in `p_chits`). Each half's chits go on in id order,
+-- each at chain_len + 1 after chips._chain_tip (the chits statement trigger moves the tip after
+-- every round). The one path by which a chit that was pending becomes part of a chain: an
+-- invoice signed, a chit from a partner site, a lift settled. (A new good chit is inserted at
+-- that place at once: chips._chit_insert, and a clearing pass's writer.) 55000 when the two
+-- halves of a local tally would chain one differently.
+CREATE FUNCTION chips._chain_place(p_chits bigint[]) RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    t chips.tallies;
-    c chips.chits;
-    v_prior bytea;
+    v_tally uuid;
+    v_chit uuid;
 BEGIN
-    SELECT * INTO t FROM chips.tallies x WHERE x.id = p_tally_id FOR UPDATE;
-    SELECT * INTO c FROM chips.chits y WHERE y.id = p_chit_id;
-    IF c.chain_idx IS NOT NULL THEN
-        RETURN;
+    LOOP
+        UPDATE chips.chits y SET chain_idx = t.chain_len + 1, chain_prev = chips._chain_tip(t),
+            chain_hash = chips.chit_chain_hash(chips._chit_doc(y, t.tally_uuid), t.chain_len + 1,
+                                               chips._chain_tip(t), y.signature)
+        FROM (SELECT DISTINCT ON (z.tally_id) z.id FROM chips.chits z
+              WHERE z.id = ANY (p_chits) AND z.status = 'good' AND z.chain_idx IS NULL
+              ORDER BY z.tally_id, z.id) f, chips.tallies t
+        WHERE y.id = f.id AND t.id = y.tally_id AND (t.side = 'foil' OR t.part_ent IS NOT NULL);
+        EXIT WHEN NOT FOUND;
+    END LOOP;
+    SELECT ta.tally_uuid, a.chit_uuid INTO v_tally, v_chit
+    FROM chips.chits a JOIN chips.tallies ta ON ta.id = a.tally_id
+    JOIN chips.tallies tb ON tb.tally_uuid = ta.tally_uuid AND tb.side = 'stock'
+    LEFT JOIN chips.chits b ON b.tally_id = tb.id AND b.chit_uuid = a.chit_uuid
+    WHERE a.id = ANY (p_chits) AND ta.side = 'foil' AND ta.part_ent IS NOT NULL
+      AND a.chain_hash IS DISTINCT FROM b.chain_hash
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'the halves of tally % chain chit % differently', v_tally, v_chit
+            USING ERRCODE = '55000';
     END IF;
-    v_prior := chips._chain_tip(t);
-    UPDATE chips.chits y SET chain_idx = t.chain_len + 1, chain_prev = v_prior,
-        chain_hash = chips.chit_chain_hash(chips._chit_doc(c, t.tally_uuid), t.chain_len + 1, v_prior, c.signature)
-    WHERE y.id = c.id;
 END
 $$;
 
@@ -196,41 +203,21 @@ AS $$
                    WHERE o.delivered IS NULL AND o.to_agent = t.part_cert->'chad'->>'agent')
 $$;
 
--- A chit became good on a half: the foil half chains it and tells the stock half. When the stock
--- half is in this database too (a tally between two local users, whose chit is already on both
--- halves), it is chained here at once, to the same hash, and no message is needed.
+-- A chit became good on a half of a tally with another site: the foil half chains it and tells
+-- the stock half (a tally between two local users is written by chips._chit_local instead).
 CREATE FUNCTION chips._chit_good(p_tally_id bigint, c chips.chits) RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
     t chips.tallies;
-    v_stock bigint;
-    v_chit bigint;
-    v_foil_hash bytea;
-    v_stock_hash bytea;
 BEGIN
     PERFORM chips._chit_effects(p_tally_id, c);
     SELECT * INTO t FROM chips.tallies x WHERE x.id = p_tally_id;
     IF t.side <> 'foil' THEN
         RETURN;
     END IF;
-    PERFORM chips._chain_append(p_tally_id, c.id);
-    IF t.part_ent IS NULL THEN
-        PERFORM chips._chain_send(p_tally_id);
-        RETURN;
-    END IF;
-    SELECT x.id INTO v_stock FROM chips.tallies x WHERE x.tally_uuid = t.tally_uuid AND x.side = 'stock';
-    SELECT y.id INTO v_chit FROM chips.chits y WHERE y.tally_id = v_stock AND y.chit_uuid = c.chit_uuid;
-    IF v_chit IS NULL THEN
-        RETURN;     -- the stock half chains it when it writes it
-    END IF;
-    PERFORM chips._chain_append(v_stock, v_chit);
-    SELECT y.chain_hash INTO v_foil_hash FROM chips.chits y WHERE y.id = c.id;
-    SELECT y.chain_hash INTO v_stock_hash FROM chips.chits y WHERE y.id = v_chit;
-    IF v_foil_hash IS DISTINCT FROM v_stock_hash THEN
-        RAISE EXCEPTION 'the halves of tally % chain chit % differently', t.tally_uuid, c.chit_uuid
-            USING ERRCODE = '55000';
-    END IF;
+    PERFORM chips._chain_place(ARRAY[c.id]);
+    PERFORM chips._chain_send(p_tally_id);
 END
 $$;
 
@@ -373,10 +360,14 @@ BEGIN
 END
 $$;
 
--- A good chit issued on a tally whose two halves are both in this database: what issuing it on
--- one half and applying the chit message on the other does, without the message: both halves
--- in one statement, at the same index and hash (chips._chit_insert).
-CREATE FUNCTION chips._chit_local(t chips.tallies, p_doc jsonb, p_sig text) RETURNS void
+-- A chit on a tally whose two halves are both in this database: what a chit on one half and
+-- the chit message applied on the other do, without the message, on both halves in one
+-- statement. A new chit (a payment, `p_status` good; an invoice, pend) is inserted on both
+-- (chips._chit_insert: a good one at the same index and hash); an invoice signed (`p_status`
+-- signed: its pending chit on both halves, `p_sig` its signature) becomes good on both and is
+-- chained by chips._chain_place, as a lift's chits are when it settles.
+CREATE FUNCTION chips._chit_local(t chips.tallies, p_doc jsonb, p_sig text, p_status text DEFAULT 'good')
+RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -384,6 +375,7 @@ DECLARE
     f chips.tallies;
     s chips.tallies;
     c chips.chits;
+    v_ids bigint[];
 BEGIN
     SELECT * INTO p FROM chips.tallies x WHERE x.tally_uuid = t.tally_uuid AND x.id <> t.id;
     IF NOT FOUND OR p.ent IS DISTINCT FROM t.part_ent THEN
@@ -393,10 +385,26 @@ BEGIN
         RAISE EXCEPTION 'tally % is not open here yet', t.tally_uuid USING ERRCODE = '55000';
     END IF;
     IF t.side = 'foil' THEN f := t; s := p; ELSE f := p; s := t; END IF;
-    c := chips._chit_insert(f, p_doc, 'good', p_sig, NULL, s);
-    -- (what the effects read, type, issuer and settings, is the same on both halves)
-    PERFORM chips._chit_effects(s.id, c);
-    PERFORM chips._chit_effects(f.id, c);
+    IF p_status = 'signed' THEN
+        WITH signed AS (
+            UPDATE chips.chits y SET status = 'good', signature = p_sig
+            WHERE y.tally_id IN (f.id, s.id) AND y.chit_uuid = (p_doc->>'uuid')::uuid AND y.status = 'pend'
+            RETURNING y.id)
+        SELECT pg_catalog.array_agg(x.id) INTO v_ids FROM signed x;
+        IF pg_catalog.cardinality(v_ids) IS DISTINCT FROM 2 THEN
+            RAISE EXCEPTION 'chit % is pending on one half of tally % only', p_doc->>'uuid', t.tally_uuid
+                USING ERRCODE = '55000';
+        END IF;
+        PERFORM chips._chain_place(v_ids);
+        SELECT * INTO c FROM chips.chits y WHERE y.id = ANY (v_ids) LIMIT 1;
+    ELSE
+        c := chips._chit_insert(f, p_doc, p_status, p_sig, NULL, s);
+    END IF;
+    IF p_status IN ('good', 'signed') THEN
+        -- (what the effects read, type, issuer and settings, is the same on both halves)
+        PERFORM chips._chit_effects(s.id, c);
+        PERFORM chips._chit_effects(f.id, c);
+    END IF;
 END
 $$;
 
@@ -571,6 +579,10 @@ BEGIN
     v_doc := chips.chit_doc_make(t.tally_uuid, chips._other(t.side), 'tran', pg_catalog.gen_random_uuid(),
         (extract(epoch FROM pg_catalog.now()) * 1000)::bigint, chit_invoice.units,
         chit_invoice.reference, chit_invoice.memo);
+    IF t.part_ent IS NOT NULL THEN
+        PERFORM chips._chit_local(t, v_doc, NULL, 'pend');
+        RETURN (v_doc->>'uuid')::uuid;
+    END IF;
     PERFORM chips._chit_insert(t, v_doc, 'pend', NULL);
     PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'pend',
                         pg_catalog.jsonb_build_object('chit', v_doc));
@@ -618,6 +630,10 @@ BEGIN
     END IF;
     PERFORM chips.chit_verify(v_doc, t.hold_cert->>'public', v_sig);
     PERFORM chips._check_limit(t, c.units);
+    IF t.part_ent IS NOT NULL THEN
+        PERFORM chips._chit_local(t, v_doc, v_sig, 'signed');
+        RETURN 'good';
+    END IF;
     UPDATE chips.chits y SET status = 'good', signature = v_sig WHERE y.id = c.id RETURNING * INTO c;
     PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'good',
                         pg_catalog.jsonb_build_object('chit', v_doc, 'sign', v_sig));

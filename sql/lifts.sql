@@ -270,24 +270,10 @@ BEGIN
     UPDATE chips.chits y SET status = p_status
     WHERE y.lift_id = p_id AND y.status = 'pend' AND y.tally_id = ANY (v_halves);
     IF p_status = 'good' THEN
-        LOOP
-            UPDATE chips.chits y SET chain_idx = t.chain_len + 1, chain_prev = chips._chain_tip(t),
-                chain_hash = chips.chit_chain_hash(chips._chit_doc(y, t.tally_uuid), t.chain_len + 1,
-                                                   chips._chain_tip(t), y.signature)
-            FROM (SELECT DISTINCT ON (z.tally_id) z.id FROM chips.chits z
-                  WHERE z.lift_id = p_id AND z.status = 'good' AND z.chain_idx IS NULL
-                    AND z.tally_id = ANY (v_halves)
-                  ORDER BY z.tally_id, z.id) f, chips.tallies t
-            WHERE y.id = f.id AND t.id = y.tally_id AND (t.side = 'foil' OR t.part_ent IS NOT NULL);
-            EXIT WHEN NOT FOUND;
-        END LOOP;
-        IF EXISTS (SELECT 1 FROM chips.chits a JOIN chips.tallies ta ON ta.id = a.tally_id
-                   JOIN chips.tallies tb ON tb.tally_uuid = ta.tally_uuid AND tb.side = 'stock'
-                   JOIN chips.chits b ON b.tally_id = tb.id AND b.chit_uuid = a.chit_uuid
-                   WHERE a.lift_id = p_id AND ta.side = 'foil' AND ta.part_ent IS NOT NULL
-                     AND a.tally_id = ANY (v_halves) AND a.chain_hash IS DISTINCT FROM b.chain_hash) THEN
-            RAISE EXCEPTION 'the halves of a tally chain lift % differently', l.lift_uuid USING ERRCODE = '55000';
-        END IF;
+        PERFORM chips._chain_place(ARRAY(
+            SELECT z.id FROM chips.chits z
+            WHERE z.lift_id = p_id AND z.status = 'good' AND z.chain_idx IS NULL
+              AND z.tally_id = ANY (v_halves)));
         -- a closing tally closes once settled
         PERFORM chips._close_if_settled(x.id) FROM chips.tallies x
         WHERE x.id = ANY (v_halves) AND x.status = 'closing' ORDER BY x.id;

@@ -709,27 +709,15 @@ DECLARE
     v_prior bytea;
     v_hash bytea;
 BEGIN
-    IF p_status = 'good' AND (t.side = 'foil' OR t.part_ent IS NOT NULL) THEN
+    IF p_status = 'good' AND t.side = 'foil' THEN
         SELECT x.chain_len + 1, chips._chain_tip(x) INTO v_idx, v_prior
         FROM chips.tallies x WHERE x.id = t.id;
         IF p_stock.id IS NOT NULL AND NOT EXISTS (
             SELECT 1 FROM chips.tallies x
-            WHERE x.id = p_stock.id AND x.tally_uuid = t.tally_uuid AND t.side = 'foil'
+            WHERE x.id = p_stock.id AND x.tally_uuid = t.tally_uuid
               AND x.chain_len + 1 = v_idx AND chips._chain_tip(x) = v_prior) THEN
             RAISE EXCEPTION 'the halves of tally % chain chit % differently', t.tally_uuid, p_doc->>'uuid'
                 USING ERRCODE = '55000';
-        END IF;
-        IF t.side = 'stock' THEN
-            -- a local tally: the stock half takes the place the foil half gave the chit, if it has
-            -- one already (else the foil half chains both when it gets the chit)
-            -- (two lookups by unique keys: plans made while chits is small stay index scans)
-            IF NOT EXISTS (SELECT 1 FROM chips.chits y
-                           WHERE y.tally_id = (SELECT f.id FROM chips.tallies f
-                                               WHERE f.tally_uuid = t.tally_uuid AND f.side = 'foil')
-                             AND y.chit_uuid = (p_doc->>'uuid')::uuid AND y.chain_idx = v_idx) THEN
-                v_idx := NULL;
-                v_prior := NULL;
-            END IF;
         END IF;
     END IF;
     IF v_idx IS NOT NULL THEN
@@ -754,10 +742,15 @@ BEGIN
 END
 $$;
 
--- A good chit issued on a tally whose two halves are both in this database: what issuing it on
--- one half and applying the chit message on the other does, without the message: both halves
--- in one statement, at the same index and hash (chips._chit_insert).
-CREATE OR REPLACE FUNCTION chips._chit_local(t chips.tallies, p_doc jsonb, p_sig text) RETURNS void
+-- A chit on a tally whose two halves are both in this database: what a chit on one half and
+-- the chit message applied on the other do, without the message, on both halves in one
+-- statement. A new chit (a payment, `p_status` good; an invoice, pend) is inserted on both
+-- (chips._chit_insert: a good one at the same index and hash); an invoice signed (`p_status`
+-- signed: its pending chit on both halves, `p_sig` its signature) becomes good on both and is
+-- chained by chips._chain_place, as a lift's chits are when it settles.
+DROP FUNCTION chips._chit_local(chips.tallies, jsonb, text);
+CREATE FUNCTION chips._chit_local(t chips.tallies, p_doc jsonb, p_sig text, p_status text DEFAULT 'good')
+RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -765,6 +758,7 @@ DECLARE
     f chips.tallies;
     s chips.tallies;
     c chips.chits;
+    v_ids bigint[];
 BEGIN
     SELECT * INTO p FROM chips.tallies x WHERE x.tally_uuid = t.tally_uuid AND x.id <> t.id;
     IF NOT FOUND OR p.ent IS DISTINCT FROM t.part_ent THEN
@@ -774,10 +768,26 @@ BEGIN
         RAISE EXCEPTION 'tally % is not open here yet', t.tally_uuid USING ERRCODE = '55000';
     END IF;
     IF t.side = 'foil' THEN f := t; s := p; ELSE f := p; s := t; END IF;
-    c := chips._chit_insert(f, p_doc, 'good', p_sig, NULL, s);
-    -- (what the effects read, type, issuer and settings, is the same on both halves)
-    PERFORM chips._chit_effects(s.id, c);
-    PERFORM chips._chit_effects(f.id, c);
+    IF p_status = 'signed' THEN
+        WITH signed AS (
+            UPDATE chips.chits y SET status = 'good', signature = p_sig
+            WHERE y.tally_id IN (f.id, s.id) AND y.chit_uuid = (p_doc->>'uuid')::uuid AND y.status = 'pend'
+            RETURNING y.id)
+        SELECT pg_catalog.array_agg(x.id) INTO v_ids FROM signed x;
+        IF pg_catalog.cardinality(v_ids) IS DISTINCT FROM 2 THEN
+            RAISE EXCEPTION 'chit % is pending on one half of tally % only', p_doc->>'uuid', t.tally_uuid
+                USING ERRCODE = '55000';
+        END IF;
+        PERFORM chips._chain_place(v_ids);
+        SELECT * INTO c FROM chips.chits y WHERE y.id = ANY (v_ids) LIMIT 1;
+    ELSE
+        c := chips._chit_insert(f, p_doc, p_status, p_sig, NULL, s);
+    END IF;
+    IF p_status IN ('good', 'signed') THEN
+        -- (what the effects read, type, issuer and settings, is the same on both halves)
+        PERFORM chips._chit_effects(s.id, c);
+        PERFORM chips._chit_effects(f.id, c);
+    END IF;
 END
 $$;
 
@@ -967,23 +977,35 @@ CREATE FUNCTION chips._chain_tip(t chips.tallies) RETURNS bytea
 LANGUAGE sql IMMUTABLE
 AS $$ SELECT coalesce(t.chain_tip, t.digest) $$;
 
-CREATE OR REPLACE FUNCTION chips._chain_append(p_tally_id bigint, p_chit_id bigint) RETURNS void
+DROP FUNCTION chips._chain_append(bigint, bigint);
+CREATE FUNCTION chips._chain_place(p_chits bigint[]) RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    t chips.tallies;
-    c chips.chits;
-    v_prior bytea;
+    v_tally uuid;
+    v_chit uuid;
 BEGIN
-    SELECT * INTO t FROM chips.tallies x WHERE x.id = p_tally_id FOR UPDATE;
-    SELECT * INTO c FROM chips.chits y WHERE y.id = p_chit_id;
-    IF c.chain_idx IS NOT NULL THEN
-        RETURN;
+    LOOP
+        UPDATE chips.chits y SET chain_idx = t.chain_len + 1, chain_prev = chips._chain_tip(t),
+            chain_hash = chips.chit_chain_hash(chips._chit_doc(y, t.tally_uuid), t.chain_len + 1,
+                                               chips._chain_tip(t), y.signature)
+        FROM (SELECT DISTINCT ON (z.tally_id) z.id FROM chips.chits z
+              WHERE z.id = ANY (p_chits) AND z.status = 'good' AND z.chain_idx IS NULL
+              ORDER BY z.tally_id, z.id) f, chips.tallies t
+        WHERE y.id = f.id AND t.id = y.tally_id AND (t.side = 'foil' OR t.part_ent IS NOT NULL);
+        EXIT WHEN NOT FOUND;
+    END LOOP;
+    SELECT ta.tally_uuid, a.chit_uuid INTO v_tally, v_chit
+    FROM chips.chits a JOIN chips.tallies ta ON ta.id = a.tally_id
+    JOIN chips.tallies tb ON tb.tally_uuid = ta.tally_uuid AND tb.side = 'stock'
+    LEFT JOIN chips.chits b ON b.tally_id = tb.id AND b.chit_uuid = a.chit_uuid
+    WHERE a.id = ANY (p_chits) AND ta.side = 'foil' AND ta.part_ent IS NOT NULL
+      AND a.chain_hash IS DISTINCT FROM b.chain_hash
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'the halves of tally % chain chit % differently', v_tally, v_chit
+            USING ERRCODE = '55000';
     END IF;
-    v_prior := chips._chain_tip(t);
-    UPDATE chips.chits y SET chain_idx = t.chain_len + 1, chain_prev = v_prior,
-        chain_hash = chips.chit_chain_hash(chips._chit_doc(c, t.tally_uuid), t.chain_len + 1, v_prior, c.signature)
-    WHERE y.id = c.id;
 END
 $$;
 
@@ -1154,24 +1176,10 @@ BEGIN
     UPDATE chips.chits y SET status = p_status
     WHERE y.lift_id = p_id AND y.status = 'pend' AND y.tally_id = ANY (v_halves);
     IF p_status = 'good' THEN
-        LOOP
-            UPDATE chips.chits y SET chain_idx = t.chain_len + 1, chain_prev = chips._chain_tip(t),
-                chain_hash = chips.chit_chain_hash(chips._chit_doc(y, t.tally_uuid), t.chain_len + 1,
-                                                   chips._chain_tip(t), y.signature)
-            FROM (SELECT DISTINCT ON (z.tally_id) z.id FROM chips.chits z
-                  WHERE z.lift_id = p_id AND z.status = 'good' AND z.chain_idx IS NULL
-                    AND z.tally_id = ANY (v_halves)
-                  ORDER BY z.tally_id, z.id) f, chips.tallies t
-            WHERE y.id = f.id AND t.id = y.tally_id AND (t.side = 'foil' OR t.part_ent IS NOT NULL);
-            EXIT WHEN NOT FOUND;
-        END LOOP;
-        IF EXISTS (SELECT 1 FROM chips.chits a JOIN chips.tallies ta ON ta.id = a.tally_id
-                   JOIN chips.tallies tb ON tb.tally_uuid = ta.tally_uuid AND tb.side = 'stock'
-                   JOIN chips.chits b ON b.tally_id = tb.id AND b.chit_uuid = a.chit_uuid
-                   WHERE a.lift_id = p_id AND ta.side = 'foil' AND ta.part_ent IS NOT NULL
-                     AND a.tally_id = ANY (v_halves) AND a.chain_hash IS DISTINCT FROM b.chain_hash) THEN
-            RAISE EXCEPTION 'the halves of a tally chain lift % differently', l.lift_uuid USING ERRCODE = '55000';
-        END IF;
+        PERFORM chips._chain_place(ARRAY(
+            SELECT z.id FROM chips.chits z
+            WHERE z.lift_id = p_id AND z.status = 'good' AND z.chain_idx IS NULL
+              AND z.tally_id = ANY (v_halves)));
         -- a closing tally closes once settled
         PERFORM chips._close_if_settled(x.id) FROM chips.tallies x
         WHERE x.id = ANY (v_halves) AND x.status = 'closing' ORDER BY x.id;
@@ -1342,4 +1350,87 @@ AS $$
     SELECT chips._tally_doc_make(t.version, t.revision, t.tally_uuid::text, t.tally_date, t.memo,
                                  t.contract, t.side, t.hold_cert, t.hold_terms, t.part_cert,
                                  t.part_terms)
+$$;
+
+-- One path for a chit on a tally between two local users: an invoice and its signature are
+-- written on both halves by chips._chit_local (no longer a message to the site itself), and a
+-- chit that becomes good is chained by chips._chain_place (an invoice signed, a chit from a
+-- partner site, a lift settled), which replaces _chain_append and the loop of _lift_settle.
+REVOKE ALL ON FUNCTION chips._chit_local(chips.tallies, jsonb, text, text),
+    chips._chain_place(bigint[]) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION chips._chit_good(p_tally_id bigint, c chips.chits) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    t chips.tallies;
+BEGIN
+    PERFORM chips._chit_effects(p_tally_id, c);
+    SELECT * INTO t FROM chips.tallies x WHERE x.id = p_tally_id;
+    IF t.side <> 'foil' THEN
+        RETURN;
+    END IF;
+    PERFORM chips._chain_place(ARRAY[c.id]);
+    PERFORM chips._chain_send(p_tally_id);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chips.chit_invoice(tally uuid, units bigint, memo text DEFAULT NULL,
+                                   reference jsonb DEFAULT NULL)
+RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_me chips.users := chips._me();
+    t chips.tallies := chips._my_open_tally(v_me, chit_invoice.tally);
+    v_doc jsonb;
+BEGIN
+    IF chit_invoice.units IS NULL THEN
+        RAISE EXCEPTION 'an invoice needs units' USING ERRCODE = '22023';
+    END IF;
+    v_doc := chips.chit_doc_make(t.tally_uuid, chips._other(t.side), 'tran', pg_catalog.gen_random_uuid(),
+        (extract(epoch FROM pg_catalog.now()) * 1000)::bigint, chit_invoice.units,
+        chit_invoice.reference, chit_invoice.memo);
+    IF t.part_ent IS NOT NULL THEN
+        PERFORM chips._chit_local(t, v_doc, NULL, 'pend');
+        RETURN (v_doc->>'uuid')::uuid;
+    END IF;
+    PERFORM chips._chit_insert(t, v_doc, 'pend', NULL);
+    PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'pend',
+                        pg_catalog.jsonb_build_object('chit', v_doc));
+    RETURN (v_doc->>'uuid')::uuid;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chips.chit_sign(tally uuid, chit uuid, signature text DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_me chips.users := chips._me();
+    t chips.tallies := chips._my_open_tally(v_me, chit_sign.tally);
+    c chips.chits := chips._my_pending(t, chit_sign.chit);
+    v_doc jsonb := chips._chit_doc(c, t.tally_uuid);
+    v_sig text := coalesce(chit_sign.signature, chips._custodial_sign(v_me.ent, v_doc));
+BEGIN
+    IF c.issuer <> t.side THEN
+        RAISE EXCEPTION 'chit % is your own invoice: your partner signs it', chit_sign.chit
+            USING ERRCODE = '55000';
+    END IF;
+    IF v_sig IS NULL THEN
+        RAISE EXCEPTION 'chit % carries no signature', chit_sign.chit USING ERRCODE = '28000';
+    END IF;
+    PERFORM chips.chit_verify(v_doc, t.hold_cert->>'public', v_sig);
+    PERFORM chips._check_limit(t, c.units);
+    IF t.part_ent IS NOT NULL THEN
+        PERFORM chips._chit_local(t, v_doc, v_sig, 'signed');
+        RETURN 'good';
+    END IF;
+    UPDATE chips.chits y SET status = 'good', signature = v_sig WHERE y.id = c.id RETURNING * INTO c;
+    PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'good',
+                        pg_catalog.jsonb_build_object('chit', v_doc, 'sign', v_sig));
+    PERFORM chips._chit_good(t.id, c);
+    RETURN 'good';
+END
 $$;

@@ -670,13 +670,12 @@ fn write_pass(
         ));
         let idx = s.chain_len + 1;
         let hash = ok(doc.chain_hash(i64::from(idx), &s.tip, None)).to_vec();
-        for h in [s, f] {
-            let own = h.ent == creditor;
+        for (h, side) in [(s, Side::Stock), (f, Side::Foil)] {
             c_tally.push(h.id);
             c_uuid.push(pgrx::Uuid::from_bytes(chit));
             c_issuer.push(issuer.as_str());
             c_units.push(m.units);
-            c_value.push(if own { -m.units } else { m.units });
+            c_value.push(chips_core::chit::change(side, issuer, m.units));
             c_idx.push(idx);
             c_prev.push(s.tip.clone());
             c_hash.push(hash.clone());
