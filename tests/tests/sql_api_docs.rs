@@ -19,6 +19,7 @@ const CHECKED: &[&str] = &[
     "Users: tickets and tallies",
     "Users: chits",
     "Audit",
+    "Clearing",
     "Helpers anyone may call",
 ];
 
