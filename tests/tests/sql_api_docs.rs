@@ -20,6 +20,8 @@ const CHECKED: &[&str] = &[
     "Users: chits",
     "Audit",
     "Clearing",
+    "Distributed lifts",
+    "Clearing rounds",
     "Helpers anyone may call",
 ];
 
