@@ -22,6 +22,7 @@ const CHECKED: &[&str] = &[
     "Clearing",
     "Distributed lifts",
     "Clearing rounds",
+    "The sidecar: peer messages",
     "Helpers anyone may call",
 ];
 
