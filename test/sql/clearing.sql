@@ -76,6 +76,8 @@ SET ROLE chips_site1_p1001;
 SELECT lift IS NOT NULL AS lifted, units, tallies, status FROM chips.lift_through_me(execute => true);
 SELECT * FROM chips.lift_through_me();
 SELECT kind, side, change, through, chain_idx FROM chips.lifts_v ORDER BY chain_idx, side;
+SELECT kind, status, units, side, change FROM chips.lifts_list(max_lifts => 1);
+SELECT * FROM chips.lifts_list(0);
 RESET ROLE;
 
 ------------------------------------------------------------------------------------------------

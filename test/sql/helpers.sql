@@ -33,6 +33,10 @@ SELECT chips.chit_doc_make('6f2c4b1e-0000-4000-8000-000000000001', 'foil', 'tran
 SELECT chips.chit_doc_check('{"tally": "6f2c4b1e-0000-4000-8000-000000000001", "by": "foil", "type": "tran", "uuid": "6f2c4b1e-0000-4000-8000-000000000002", "date": "2026-11-21T09:12:25.678Z", "units": 0}');
 SELECT chips.settings_check('{"target": 3, "bound": 7}');
 SELECT chips.settings_check('{}');
+SELECT chips.cert_check('{"chad": {"cuid": "ann", "agent": "mqgKOvyon0P2CX3WLun7WmRzKbJDZLU-CggZMAy5qVE", "host": "127.0.0.1", "port": 65430}, "name": "Ann Baker", "type": "p", "public": "6WK89tz5f3PRxa5Us46PWAJnffZlmGXRuhyu8eCj7xU"}');
+SELECT chips.cert_check('{"chad": {"cuid": "ann", "agent": "mqgKOvyon0P2CX3WLun7WmRzKbJDZLU-CggZMAy5qVE"}, "public": "6WK89tz5f3PRxa5Us46PWAJnffZlmGXRuhyu8eCj7xU"}');
+SELECT encode(chips.chit_chain_hash(chips.chit_doc_make('6f2c4b1e-0000-4000-8000-000000000001', 'foil', 'tran', '6f2c4b1e-0000-4000-8000-000000000002', 1795252345678, 1500, NULL, 'lunch'), 1, sha256('tally'), 'sig'), 'hex');
+SELECT chips.tally_doc_check('{"version": 1}');
 -- strict: a null argument gives null
 SELECT chips.canonical_json(NULL) IS NULL AS strict;
 RESET ROLE;

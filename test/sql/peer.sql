@@ -30,7 +30,7 @@ SELECT chips.agent_register('Y4n_5cmGUp_2cOFrrsUeio_J6lyuHozsJnGaGbRGNBo', '127.
 SELECT chips.contract_add('{"title": "Peer contract"}') IS NOT NULL AS contract;
 SELECT chips.user_create('Eve Stone', cuid => 'eve', custodial => true, username => 'chips_site2_p1000');
 SET ROLE chips_site2_p1000;
-SELECT chips.ticket_redeem(:'ticket');
+SELECT chips.ticket_redeem(:'ticket');   -- Ann's ticket, at Eve's site
 RESET ROLE;
 
 ------------------------------------------------------------------------------------------------

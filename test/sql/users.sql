@@ -41,6 +41,7 @@ SELECT chips.ticket_redeem(:'ticket');
 SELECT chips.ticket_redeem(:'ticket');
 -- Ann signs the tally document and offers it
 SET ROLE chips_site1_p1000;
+SELECT jsonb_pretty(chips.tally_json(:'t'));
 SELECT chips.tally_json(:'t') AS doc \gset
 RESET ROLE;
 SELECT chips.seed_sign(:'ann_seed', :'doc') AS sig \gset
@@ -131,6 +132,7 @@ RESET ROLE;
 -- the helpers over a user's chits and tallies
 SELECT chips.chit_verify(doc, '7MG1hyfz8SsxlIgansud4LKM57IHIw2Okw_hvOdeJWw', signature) FROM chips.chits_v WHERE chit_uuid = :'inv' AND ent = 'p1001';
 SELECT chips.chit_value(doc, 'foil') AS foil, chips.chit_value(doc, 'stock') AS stock FROM chips.chits_v WHERE chit_uuid = :'inv' AND ent = 'p1001';
+SELECT jsonb_pretty(chips.tally_doc_check(doc)) FROM chips.tallies_v WHERE tally_uuid = :'t' LIMIT 1;
 SELECT chips.tally_verify(doc, 'stock', 'AAAA') FROM chips.tallies_v WHERE tally_uuid = :'t' LIMIT 1;
 SELECT chips.seed_sign(:'bob_seed', '{"units": 1500}') AS sig \gset
 SELECT chips.verify_signature('7MG1hyfz8SsxlIgansud4LKM57IHIw2Okw_hvOdeJWw', '{"units": 1500}', :'sig') AS good,
