@@ -15,17 +15,9 @@ SELECT chips.contract_add('{"title": "Tally contract", "version": 1}') AS rid \g
 SELECT chips.user_create('Ann Baker', cuid => 'ann', custodial => true, username => 'chips_site1_p1000');
 SELECT chips.user_create('Bob', cuid => 'bob', custodial => true, username => 'chips_site1_p1001');
 -- Ann sells to Bob on account; Bob pays 2.500 for lunch
-SET ROLE chips_site1_p1000;
-SELECT chips.tally_create('stock', hold_terms => '{"limit": 10000}') AS t \gset
-SELECT chips.ticket_create(:'t') AS ticket \gset
-SET ROLE chips_site1_p1001;
-SELECT chips.ticket_redeem(:'ticket') = :'t' AS redeemed;
-SET ROLE chips_site1_p1000;
-SELECT chips.tally_offer(:'t');
-SET ROLE chips_site1_p1001;
-SELECT chips.tally_accept(:'t');
-SELECT chips.pay(:'t', 2500, 'lunch') IS NOT NULL AS paid;
-RESET ROLE;
+\i sql/include/tallies.psql
+SELECT pg_temp.tally('p1000', 'p1001', 10000) AS t \gset
+SELECT pg_temp.pay('p1001', :'t', 2500, 'lunch');
 -- the phone's key
 SELECT sha256('ann phone') AS seed \gset
 SELECT chips.seed_public(:'seed') AS key \gset

@@ -15,34 +15,7 @@ SELECT chips.user_create(name, cuid => cuid, custodial => true, username => 'chi
 FROM (VALUES ('p1000', 'Ann Baker', 'ann'), ('p1001', 'Bob Miller', 'bob'), ('p1002', 'Cat Weaver', 'cat'),
              ('p1003', 'Dan Mill', 'dan'), ('p1004', 'Eve Farm', 'eve')) u(ent, name, cuid)
 ORDER BY ent;
--- an open tally between two custodial users: the vendor (stock) grants `credit`
-CREATE FUNCTION pg_temp.tally(vendor text, client text, credit bigint) RETURNS uuid
-LANGUAGE plpgsql AS $$
-DECLARE
-    t uuid;
-    ticket jsonb;
-BEGIN
-    PERFORM set_config('role', 'chips_site1_' || vendor, true);
-    t := chips.tally_create('stock', hold_terms => jsonb_build_object('limit', credit));
-    ticket := chips.ticket_create(t);
-    PERFORM set_config('role', 'chips_site1_' || client, true);
-    PERFORM chips.ticket_redeem(ticket);
-    PERFORM set_config('role', 'chips_site1_' || vendor, true);
-    PERFORM chips.tally_offer(t);
-    PERFORM set_config('role', 'chips_site1_' || client, true);
-    PERFORM chips.tally_accept(t);
-    PERFORM set_config('role', 'postgres', true);
-    RETURN t;
-END $$;
--- a payment by a custodial user
-CREATE FUNCTION pg_temp.pay(payer text, t uuid, units bigint) RETURNS text
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM set_config('role', 'chips_site1_' || payer, true);
-    PERFORM chips.pay(t, units);
-    PERFORM set_config('role', 'postgres', true);
-    RETURN 'paid';
-END $$;
+\i sql/include/tallies.psql
 
 -- Ann owes Bob 10, Bob owes Cat 10; Cat grants Ann 10 of credit, and their tally is at zero
 SELECT pg_temp.tally('p1001', 'p1000', 20000) AS ab, pg_temp.tally('p1002', 'p1001', 20000) AS bc,

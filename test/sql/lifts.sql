@@ -19,36 +19,10 @@ FROM (VALUES ('p1001', 'Ulla Ten', 'u10'), ('p1002', 'Uwe Twenty-three', 'u23'),
 ORDER BY ent;
 -- u10 grants u00 1,000 of credit, u23 and u30 grant u10 1,000 each, and each vendor takes up
 -- to what it grants (its target and bound)
-CREATE FUNCTION pg_temp.tally(vendor text, client text, credit bigint) RETURNS uuid
-LANGUAGE plpgsql AS $$
-DECLARE
-    t uuid;
-    ticket jsonb;
-    doc jsonb;
-    sig text;
-BEGIN
-    PERFORM set_config('role', 'chips_site1_' || vendor, true);
-    t := chips.tally_create('stock', hold_terms => jsonb_build_object('limit', credit));
-    ticket := chips.ticket_create(t);
-    PERFORM set_config('role', 'chips_site1_' || client, true);
-    PERFORM chips.ticket_redeem(ticket);
-    PERFORM set_config('role', 'chips_site1_' || vendor, true);
-    PERFORM chips.tally_offer(t);
-    PERFORM set_config('role', 'chips_site1_' || client, true);
-    doc := chips.tally_json(t);
-    PERFORM set_config('role', 'postgres', true);
-    sig := CASE WHEN client = 'p1000' THEN chips.seed_sign(sha256('u00'), doc) END;
-    PERFORM set_config('role', 'chips_site1_' || client, true);
-    PERFORM chips.tally_accept(t, sig);
-    -- the vendor will be owed as much as it lends (a lift through it needs its word)
-    PERFORM set_config('role', 'chips_site1_' || vendor, true);
-    PERFORM chips.tally_trade(t, jsonb_build_object('target', credit, 'bound', credit));
-    PERFORM set_config('role', 'postgres', true);
-    RETURN t;
-END $$;
-SELECT pg_temp.tally('p1001', 'p1000', 1000) IS NOT NULL AS u10_u00,
-       pg_temp.tally('p1002', 'p1001', 1000) IS NOT NULL AS u23_u10,
-       pg_temp.tally('p1003', 'p1001', 1000) IS NOT NULL AS u30_u10;
+\i sql/include/tallies.psql
+SELECT pg_temp.tally('p1001', 'p1000', 1000, :'seed', trade => true) IS NOT NULL AS u10_u00,
+       pg_temp.tally('p1002', 'p1001', 1000, trade => true) IS NOT NULL AS u23_u10,
+       pg_temp.tally('p1003', 'p1001', 1000, trade => true) IS NOT NULL AS u30_u10;
 
 ------------------------------------------------------------------------------------------------
 -- Distributed lifts: pay_address, pay_address_json, pay_address_sign

@@ -139,15 +139,9 @@ SELECT chips.verify_signature('7MG1hyfz8SsxlIgansud4LKM57IHIw2Okw_hvOdeJWw', '{"
        chips.verify_signature('7MG1hyfz8SsxlIgansud4LKM57IHIw2Okw_hvOdeJWw', '{"units": 15000}', :'sig') AS tampered;
 
 -- a batch of payments, by Cal, whom Dan (the vendor) grants 900
-SET ROLE chips_site1_p1003;
-SELECT chips.tally_create('stock', hold_terms => '{"limit": 900}', memo => 'grain') AS tc \gset
-SELECT chips.ticket_create(:'tc') AS ticketc \gset
+\i sql/include/tallies.psql
+SELECT pg_temp.tally('p1003', 'p1002', 900) AS tc \gset
 SET ROLE chips_site1_p1002;
-SELECT chips.ticket_redeem(:'ticketc') = :'tc' AS redeemed;
-SET ROLE chips_site1_p1003;
-SELECT chips.tally_offer(:'tc');
-SET ROLE chips_site1_p1002;
-SELECT chips.tally_accept(:'tc');
 SELECT chips.pay(:'tc', 351, 'seed grain') IS NOT NULL AS paid;
 \set t :tc
 SELECT * FROM chips.pay_batch(jsonb_build_array(
