@@ -238,7 +238,7 @@ GRANT SELECT ON chips.event_heads TO chips_gateway;
 -- The sidecar: peer messages in and out.
 GRANT SELECT ON chips.agents, chips.outbox, chips.inbox TO chips_agent;
 GRANT EXECUTE ON FUNCTION
-    chips.peer_receive(text, jsonb), chips.outbox_claim(integer, interval, text[], text[]),
+    chips.peer_receive(text, jsonb), chips.outbox_claim(integer, interval, text[], text[], text),
     chips.outbox_ack(bigint[]), chips.outbox_release(bigint[], bigint[]), chips.chain_sync(uuid)
 TO chips_agent;
 -- Automatic clearing (chipsd's tick, or cron as an admin): the procedures and what they call.

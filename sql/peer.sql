@@ -127,11 +127,15 @@ $$;
 -- several sidecars on one database never send the same message at the same time. Messages to
 -- the peers in `skip` are left where they are (chipsd skips a peer it is sending to already,
 -- whose later messages must wait for the earlier ones, and a peer it is backing off from): a
--- peer that is slow or down never holds up the messages to the others.
+-- peer that is slow or down never holds up the messages to the others. With `lane`, only the
+-- messages of that lane (core's peer::Lane, by chips._lane: 'route' for route discovery's
+-- queries and answers, 'ordered' for the rest), so that a peer's route queries do not wait
+-- behind its ordered messages (chipsd sends each lane of a peer by a task of its own).
 CREATE FUNCTION chips.outbox_claim(max_messages integer DEFAULT 100,
                                    lease interval DEFAULT '30 seconds',
                                    agents text[] DEFAULT NULL,
-                                   skip text[] DEFAULT NULL)
+                                   skip text[] DEFAULT NULL,
+                                   lane text DEFAULT NULL)
 RETURNS TABLE (id bigint, msg_id uuid, from_agent text, to_agent text, host text, port integer,
                msg jsonb)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -141,6 +145,10 @@ BEGIN
     IF max_messages IS NULL OR max_messages < 1 OR lease IS NULL OR lease <= interval '0' THEN
         RAISE EXCEPTION 'max_messages must be >= 1 and lease positive' USING ERRCODE = '22023';
     END IF;
+    IF outbox_claim.lane NOT IN ('ordered', 'route') THEN
+        RAISE EXCEPTION 'lane must be ''ordered'' or ''route'', not %', outbox_claim.lane
+            USING ERRCODE = '22023';
+    END IF;
     RETURN QUERY
     WITH c AS (
         SELECT o.id FROM chips.outbox o
@@ -148,6 +156,7 @@ BEGIN
           AND (o.claimed_until IS NULL OR o.claimed_until < pg_catalog.now())
           AND (outbox_claim.agents IS NULL OR o.from_agent = ANY (outbox_claim.agents))
           AND NOT coalesce(o.to_agent = ANY (outbox_claim.skip), false)
+          AND (outbox_claim.lane IS NULL OR chips._lane(o.target, o.action) = outbox_claim.lane)
         ORDER BY o.id
         LIMIT max_messages
         FOR UPDATE SKIP LOCKED

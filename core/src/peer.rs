@@ -195,47 +195,114 @@ impl Reply {
     }
 }
 
-/// The messages sites exchange: (target, action, the SQL function in schema chips that receives
-/// it at the addressee's site). `chips._apply` dispatches by this table (`chips._receiver`), and
-/// an envelope naming anything else is refused before it reaches the database.
-pub const MESSAGES: [(&str, &str, &str); 29] = [
-    ("tally", "ticket", "_recv_ticket"),
-    ("tally", "offer", "_recv_offer"),
-    ("tally", "open", "_recv_open"),
-    ("tally", "void", "_recv_void"),
-    ("tally", "close", "_recv_close"),
-    ("chit", "pend", "_recv_chit_pend"),
-    ("chit", "good", "_recv_chit_good"),
-    ("chit", "void", "_recv_chit_void"),
-    ("chit", "chain", "_recv_chain"),
-    ("chit", "chains", "_recv_chains"),
-    ("lift", "query", "_recv_lift_query"),
-    ("lift", "answer", "_recv_lift_answer"),
-    ("lift", "prepare", "_recv_lift_prepare"),
-    ("lift", "ready", "_recv_lift_ready"),
-    ("lift", "reject", "_recv_lift_reject"),
-    ("lift", "commit", "_recv_lift_decision"),
-    ("lift", "void", "_recv_lift_decision"),
-    ("lift", "status", "_recv_lift_status"),
-    ("round", "join", "_recv_round_join"),
-    ("round", "leave", "_recv_round_leave"),
-    ("round", "open", "_recv_round_open"),
-    ("round", "graph", "_recv_round_graph"),
-    ("round", "flows", "_recv_round_flows"),
-    ("round", "refuse", "_recv_round_refuse"),
-    ("round", "agree", "_recv_round_agree"),
-    ("round", "ready", "_recv_round_ready"),
-    ("round", "good", "_recv_round_good"),
-    ("round", "void", "_recv_round_void"),
-    ("round", "status", "_recv_round_status"),
+/// The lane a message travels in between two sites. A peer's `Ordered` messages go in the order
+/// they were queued (a tally's chits and chain, a lift's prepare, decision and status, a round's
+/// steps need it), so one that waits for its answer holds up those after it. Route discovery's
+/// queries and answers need no order among the rest, and a payment waits for them, so they have
+/// a lane of their own: the sidecar sends each lane of a peer by a task and a session of its own
+/// (`chips.outbox_claim(lane => ...)`), and a query does not wait behind a stalled chain update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    Ordered,
+    Route,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 2] = [Lane::Route, Lane::Ordered];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Ordered => "ordered",
+            Lane::Route => "route",
+        }
+    }
+}
+
+impl std::str::FromStr for Lane {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Lane> {
+        match s {
+            "ordered" => Ok(Lane::Ordered),
+            "route" => Ok(Lane::Route),
+            _ => Err(Error::value(format!(
+                "lane must be 'ordered' or 'route', not {s:?}"
+            ))),
+        }
+    }
+}
+
+/// A message sites exchange: its target and action, the SQL function in schema chips that
+/// receives it at the addressee's site, and its lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Message {
+    pub target: &'static str,
+    pub action: &'static str,
+    pub receiver: &'static str,
+    pub lane: Lane,
+}
+
+impl Message {
+    const fn new(
+        target: &'static str,
+        action: &'static str,
+        receiver: &'static str,
+        lane: Lane,
+    ) -> Message {
+        Message {
+            target,
+            action,
+            receiver,
+            lane,
+        }
+    }
+}
+
+/// The messages sites exchange. `chips._apply` dispatches by this table (`chips._receiver`),
+/// `chips.outbox_claim` sorts them into lanes by it (`chips._lane`), and an envelope naming
+/// anything else is refused before it reaches the database.
+pub const MESSAGES: [Message; 29] = [
+    Message::new("tally", "ticket", "_recv_ticket", Lane::Ordered),
+    Message::new("tally", "offer", "_recv_offer", Lane::Ordered),
+    Message::new("tally", "open", "_recv_open", Lane::Ordered),
+    Message::new("tally", "void", "_recv_void", Lane::Ordered),
+    Message::new("tally", "close", "_recv_close", Lane::Ordered),
+    Message::new("chit", "pend", "_recv_chit_pend", Lane::Ordered),
+    Message::new("chit", "good", "_recv_chit_good", Lane::Ordered),
+    Message::new("chit", "void", "_recv_chit_void", Lane::Ordered),
+    Message::new("chit", "chain", "_recv_chain", Lane::Ordered),
+    Message::new("chit", "chains", "_recv_chains", Lane::Ordered),
+    Message::new("lift", "query", "_recv_lift_query", Lane::Route),
+    Message::new("lift", "answer", "_recv_lift_answer", Lane::Route),
+    Message::new("lift", "prepare", "_recv_lift_prepare", Lane::Ordered),
+    Message::new("lift", "ready", "_recv_lift_ready", Lane::Ordered),
+    Message::new("lift", "reject", "_recv_lift_reject", Lane::Ordered),
+    Message::new("lift", "commit", "_recv_lift_decision", Lane::Ordered),
+    Message::new("lift", "void", "_recv_lift_decision", Lane::Ordered),
+    Message::new("lift", "status", "_recv_lift_status", Lane::Ordered),
+    Message::new("round", "join", "_recv_round_join", Lane::Ordered),
+    Message::new("round", "leave", "_recv_round_leave", Lane::Ordered),
+    Message::new("round", "open", "_recv_round_open", Lane::Ordered),
+    Message::new("round", "graph", "_recv_round_graph", Lane::Ordered),
+    Message::new("round", "flows", "_recv_round_flows", Lane::Ordered),
+    Message::new("round", "refuse", "_recv_round_refuse", Lane::Ordered),
+    Message::new("round", "agree", "_recv_round_agree", Lane::Ordered),
+    Message::new("round", "ready", "_recv_round_ready", Lane::Ordered),
+    Message::new("round", "good", "_recv_round_good", Lane::Ordered),
+    Message::new("round", "void", "_recv_round_void", Lane::Ordered),
+    Message::new("round", "status", "_recv_round_status", Lane::Ordered),
 ];
+
+/// The message `target`/`action`, if it is one (`MESSAGES`).
+pub fn message(target: &str, action: &str) -> Option<&'static Message> {
+    MESSAGES
+        .iter()
+        .find(|m| m.target == target && m.action == action)
+}
 
 /// The SQL function that receives message `target`/`action`, if it is one (`MESSAGES`).
 pub fn receiver(target: &str, action: &str) -> Option<&'static str> {
-    MESSAGES
-        .iter()
-        .find(|(t, a, _)| *t == target && *a == action)
-        .map(|(_, _, f)| *f)
+    message(target, action).map(|m| m.receiver)
 }
 
 /// The most bytes of a message's JSON a site sends another: a message travels in one Noise
@@ -332,14 +399,29 @@ mod tests {
     #[test]
     fn every_message_has_one_receiver_and_fits_a_noise_message() {
         let mut seen = std::collections::HashSet::new();
-        for (t, a, f) in MESSAGES {
+        for Message {
+            target: t,
+            action: a,
+            receiver: f,
+            lane,
+        } in MESSAGES
+        {
             assert!(seen.insert((t, a)), "{t}/{a} listed twice");
             assert_eq!(receiver(t, a), Some(f));
             assert!(
                 f.starts_with("_recv_") && f.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
             );
+            assert_eq!(lane.as_str().parse::<Lane>().unwrap(), lane);
         }
         assert_eq!(receiver("tally", "steal"), None);
+        // only route discovery leaves the order of a peer's messages
+        let route: Vec<_> = MESSAGES
+            .iter()
+            .filter(|m| m.lane == Lane::Route)
+            .map(|m| (m.target, m.action))
+            .collect();
+        assert_eq!(route, [("lift", "query"), ("lift", "answer")]);
+        assert!("fast".parse::<Lane>().is_err());
     }
 
     /// Runs an IK handshake in memory; returns both transport states, or the responder's error.

@@ -4,19 +4,23 @@
 -- with these scripts has exactly the schema of a fresh install (docs/operations.md, "Upgrading").
 \echo Use "ALTER EXTENSION chips UPDATE" to load this file. \quit
 
--- outbox_claim(..., skip): chipsd claims no messages for the peers it is sending to or backing
--- off from (one send task per peer; docs/architecture.md). A new argument is a new signature:
--- the old function goes, with its grant.
+-- outbox_claim(..., skip, lane): chipsd claims no messages for the peers it is sending to or
+-- backing off from (one send task per peer and lane; docs/architecture.md). A new argument is a
+-- new signature: the old function goes, with its grant.
 DROP FUNCTION chips.outbox_claim(integer, interval, text[]);
 -- Claim undelivered outbox messages for delivery: each is leased to the caller for `lease`, so
 -- several sidecars on one database never send the same message at the same time. Messages to
 -- the peers in `skip` are left where they are (chipsd skips a peer it is sending to already,
 -- whose later messages must wait for the earlier ones, and a peer it is backing off from): a
--- peer that is slow or down never holds up the messages to the others.
+-- peer that is slow or down never holds up the messages to the others. With `lane`, only the
+-- messages of that lane (core's peer::Lane, by chips._lane: 'route' for route discovery's
+-- queries and answers, 'ordered' for the rest), so that a peer's route queries do not wait
+-- behind its ordered messages (chipsd sends each lane of a peer by a task of its own).
 CREATE FUNCTION chips.outbox_claim(max_messages integer DEFAULT 100,
                                    lease interval DEFAULT '30 seconds',
                                    agents text[] DEFAULT NULL,
-                                   skip text[] DEFAULT NULL)
+                                   skip text[] DEFAULT NULL,
+                                   lane text DEFAULT NULL)
 RETURNS TABLE (id bigint, msg_id uuid, from_agent text, to_agent text, host text, port integer,
                msg jsonb)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -26,6 +30,10 @@ BEGIN
     IF max_messages IS NULL OR max_messages < 1 OR lease IS NULL OR lease <= interval '0' THEN
         RAISE EXCEPTION 'max_messages must be >= 1 and lease positive' USING ERRCODE = '22023';
     END IF;
+    IF outbox_claim.lane NOT IN ('ordered', 'route') THEN
+        RAISE EXCEPTION 'lane must be ''ordered'' or ''route'', not %', outbox_claim.lane
+            USING ERRCODE = '22023';
+    END IF;
     RETURN QUERY
     WITH c AS (
         SELECT o.id FROM chips.outbox o
@@ -33,6 +41,7 @@ BEGIN
           AND (o.claimed_until IS NULL OR o.claimed_until < pg_catalog.now())
           AND (outbox_claim.agents IS NULL OR o.from_agent = ANY (outbox_claim.agents))
           AND NOT coalesce(o.to_agent = ANY (outbox_claim.skip), false)
+          AND (outbox_claim.lane IS NULL OR chips._lane(o.target, o.action) = outbox_claim.lane)
         ORDER BY o.id
         LIMIT max_messages
         FOR UPDATE SKIP LOCKED
@@ -47,8 +56,8 @@ BEGIN
     ORDER BY u.id;
 END
 $$;
-REVOKE EXECUTE ON FUNCTION chips.outbox_claim(integer, interval, text[], text[]) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION chips.outbox_claim(integer, interval, text[], text[]) TO chips_agent;
+REVOKE EXECUTE ON FUNCTION chips.outbox_claim(integer, interval, text[], text[], text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION chips.outbox_claim(integer, interval, text[], text[], text) TO chips_agent;
 
 -- Route checks (chips.route_check, route_check_result): a user asks whether a route to a CHIP
 -- address carries an amount, without paying; the query's row at the asking site names the user.
@@ -1434,3 +1443,14 @@ BEGIN
     RETURN 'good';
 END
 $$;
+
+-- The lane of each peer message (core's peer::Lane), by which outbox_claim(lane => ...) lets
+-- chipsd send a peer's route queries and answers apart from its ordered messages.
+CREATE FUNCTION chips."_lane"(
+	"target" TEXT, /* & str */
+	"action" TEXT /* & str */
+) RETURNS TEXT /* Option < & '_ str > */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'lane_wrapper';
+REVOKE ALL ON FUNCTION chips._lane(text, text) FROM PUBLIC;

@@ -12,6 +12,13 @@ fn receiver(target: &str, action: &str) -> Option<&'static str> {
     peer::receiver(target, action)
 }
 
+/// The lane message `target`/`action` travels in (`peer::Lane`: 'ordered' or 'route'), or null
+/// when there is no such message; `chips.outbox_claim` claims a lane's messages by it.
+#[pg_extern(immutable, parallel_safe, name = "_lane")]
+fn lane(target: &str, action: &str) -> Option<&'static str> {
+    peer::message(target, action).map(|m| m.lane.as_str())
+}
+
 /// The most bytes of a message's JSON a site sends another (`peer::MAX_MESSAGE_BYTES`).
 #[pg_extern(immutable, parallel_safe, name = "_max_message_bytes")]
 fn max_message_bytes() -> i32 {

@@ -48,7 +48,13 @@ mod tests {
     #[pg_test]
     fn every_peer_message_has_its_receiver_and_no_other_is_applied() {
         // core's table is the one list of messages: each receiver it names exists in SQL
-        for (target, action, receiver) in chips_core::peer::MESSAGES {
+        for chips_core::peer::Message {
+            target,
+            action,
+            receiver,
+            ..
+        } in chips_core::peer::MESSAGES
+        {
             let exists: bool = one(&format!(
                 "SELECT to_regprocedure('chips.{receiver}(jsonb)') IS NOT NULL"
             ));

@@ -2,6 +2,9 @@
 //! them to their peers, each peer's in order, and acknowledge what the peers applied. Every peer
 //! is sent to by a task of its own: a peer that is slow, down or behind a dead link holds up only
 //! its own messages (while one is being sent to, or backing off, its messages are not claimed).
+//! Each lane of a peer (`chips_core::peer::Lane`) has its own task, session and back-off: route
+//! discovery's queries and answers, which a payment waits for, do not wait behind a peer's
+//! ordered messages (a chain update whose reply was lost holds those up for the reply wait).
 //! A message a peer refuses, or one that cannot be sent, stays in the outbox: its claim is given
 //! back and it is sent again after a back-off for that peer (if this sidecar dies, its lease runs
 //! out).
@@ -10,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chips_core::peer::Reply;
+use chips_core::peer::{Lane, Reply};
 use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_postgres::Client;
@@ -47,26 +50,29 @@ impl Peer {
     }
 }
 
-/// What a peer's send task hands back: the peer, the messages it was given (ids, in order),
-/// those the peer applied, and how it ended.
+/// A peer's lane: what one send task serves.
+type Link = (String, Lane);
+
+/// What a peer's send task hands back: the peer's lane, its state, the messages it was given
+/// (ids, in order), those the peer applied, and how it ended.
 struct Sent {
-    to: String,
+    link: Link,
     peer: Peer,
     ids: Vec<i64>,
     done: Vec<i64>,
     result: Result<()>,
 }
 
-/// The sender's state: idle peers, and the peers being sent to (their claimed messages).
+/// The sender's state: idle peers' lanes, and the lanes being sent to (their claimed messages).
 struct Sender {
     agent: String,
     seed: [u8; 32],
     wait: Duration,
-    idle: HashMap<String, Peer>,
-    busy: HashMap<String, Vec<i64>>,
+    idle: HashMap<Link, Peer>,
+    busy: HashMap<Link, Vec<i64>>,
     tasks: JoinSet<Sent>,
-    /// The peer each send task serves.
-    task_peer: HashMap<tokio::task::Id, String>,
+    /// The peer's lane each send task serves.
+    task_peer: HashMap<tokio::task::Id, Link>,
 }
 
 pub async fn run(cfg: Arc<Config>, seed: [u8; 32], token: CancellationToken) -> Result<()> {
@@ -116,62 +122,76 @@ pub async fn run(cfg: Arc<Config>, seed: [u8; 32], token: CancellationToken) -> 
 }
 
 impl Sender {
-    /// Claims what is claimable now (nothing for a peer being sent to or backing off) and
-    /// starts a send task for each peer in it.
+    /// Claims what is claimable now, lane by lane (nothing for a peer's lane being sent to or
+    /// backing off), and starts a send task for each peer's lane in it.
     async fn claim(&mut self, client: &Client) -> Result<()> {
         loop {
-            let now = Instant::now();
-            let skip: Vec<&str> = self
-                .busy
-                .keys()
-                .map(String::as_str)
-                .chain(
-                    self.idle
-                        .iter()
-                        .filter(|(_, p)| p.next_try > now)
-                        .map(|(to, _)| to.as_str()),
-                )
-                .collect();
-            let rows = client
-                .query(
-                    "SELECT id, to_agent, host, port, msg
-                     FROM chips.outbox_claim(100, '10 seconds', ARRAY[$1], $2)",
-                    &[&self.agent, &skip],
-                )
-                .await?;
-            if rows.is_empty() {
+            let mut claimed = false;
+            for lane in Lane::ALL {
+                claimed |= self.claim_lane(client, lane).await?;
+            }
+            if !claimed {
                 return Ok(());
             }
-            // by peer, each peer's messages in order
-            let mut groups: HashMap<String, Vec<Outgoing>> = HashMap::new();
-            for r in &rows {
-                groups.entry(r.get(1)).or_default().push(Outgoing {
-                    id: r.get(0),
-                    host: r.get(2),
-                    port: r.get(3),
-                    msg: r.get(4),
-                });
-            }
-            for (to, msgs) in groups {
-                let mut peer = self.idle.remove(&to).unwrap_or_else(Peer::new);
-                let ids: Vec<i64> = msgs.iter().map(|m| m.id).collect();
-                self.busy.insert(to.clone(), ids.clone());
-                let to_peer = to.clone();
-                let (seed, wait) = (self.seed, self.wait);
-                let task = self.tasks.spawn(async move {
-                    let mut done = Vec::new();
-                    let result = send_all(&mut peer, &to, &msgs, &seed, &mut done, wait).await;
-                    Sent {
-                        to,
-                        peer,
-                        ids,
-                        done,
-                        result,
-                    }
-                });
-                self.task_peer.insert(task.id(), to_peer);
-            }
         }
+    }
+
+    /// One claim of a lane's messages; whether it claimed any.
+    async fn claim_lane(&mut self, client: &Client, lane: Lane) -> Result<bool> {
+        let now = Instant::now();
+        let skip: Vec<&str> = self
+            .busy
+            .keys()
+            .filter(|(_, l)| *l == lane)
+            .map(|(to, _)| to.as_str())
+            .chain(
+                self.idle
+                    .iter()
+                    .filter(|((_, l), p)| *l == lane && p.next_try > now)
+                    .map(|((to, _), _)| to.as_str()),
+            )
+            .collect();
+        let rows = client
+            .query(
+                "SELECT id, to_agent, host, port, msg
+                 FROM chips.outbox_claim(100, '10 seconds', ARRAY[$1], $2, $3)",
+                &[&self.agent, &skip, &lane.as_str()],
+            )
+            .await?;
+        if rows.is_empty() {
+            return Ok(false);
+        }
+        // by peer, each peer's messages in order
+        let mut groups: HashMap<String, Vec<Outgoing>> = HashMap::new();
+        for r in &rows {
+            groups.entry(r.get(1)).or_default().push(Outgoing {
+                id: r.get(0),
+                host: r.get(2),
+                port: r.get(3),
+                msg: r.get(4),
+            });
+        }
+        for (to, msgs) in groups {
+            let link = (to, lane);
+            let mut peer = self.idle.remove(&link).unwrap_or_else(Peer::new);
+            let ids: Vec<i64> = msgs.iter().map(|m| m.id).collect();
+            self.busy.insert(link.clone(), ids.clone());
+            let task_link = link.clone();
+            let (seed, wait) = (self.seed, self.wait);
+            let task = self.tasks.spawn(async move {
+                let mut done = Vec::new();
+                let result = send_all(&mut peer, &link.0, &msgs, &seed, &mut done, wait).await;
+                Sent {
+                    link,
+                    peer,
+                    ids,
+                    done,
+                    result,
+                }
+            });
+            self.task_peer.insert(task.id(), task_link);
+        }
+        Ok(true)
     }
 
     /// Records how a peer's send task ended: what the peer applied is acknowledged; on a
@@ -183,7 +203,7 @@ impl Sender {
         sent: std::result::Result<(tokio::task::Id, Sent), tokio::task::JoinError>,
     ) -> Result<()> {
         let Sent {
-            to,
+            link,
             mut peer,
             ids,
             done,
@@ -196,8 +216,10 @@ impl Sender {
             Err(e) => {
                 // a send task that panicked or was stopped: its peer starts afresh and its
                 // claims are given back
-                let to = self.task_peer.remove(&e.id());
-                let ids = to.and_then(|to| self.busy.remove(&to)).unwrap_or_default();
+                let link = self.task_peer.remove(&e.id());
+                let ids = link
+                    .and_then(|link| self.busy.remove(&link))
+                    .unwrap_or_default();
                 warn!(error = %e, "a send task ended early");
                 client
                     .execute("SELECT chips.outbox_release($1, '{}')", &[&ids])
@@ -205,7 +227,7 @@ impl Sender {
                 return Ok(());
             }
         };
-        self.busy.remove(&to);
+        self.busy.remove(&link);
         if !done.is_empty() {
             client
                 .execute("SELECT chips.outbox_ack($1)", &[&done])
@@ -237,14 +259,15 @@ impl Sender {
                 let wait = Duration::from_millis(200 * 2u64.pow(peer.failures.min(8)))
                     .min(Duration::from_secs(60));
                 peer.next_try = Instant::now() + wait;
-                warn!(peer = %to, error = %e, retry_in = ?wait, "delivery stopped");
+                warn!(peer = %link.0, lane = link.1.as_str(), error = %e, retry_in = ?wait,
+                      "delivery stopped");
                 // given back at once: it waits for its peer's back-off, not for a lease
                 client
                     .execute("SELECT chips.outbox_release($1, $2)", &[&unsent, &tried])
                     .await?;
             }
         }
-        self.idle.insert(to, peer);
+        self.idle.insert(link, peer);
         Ok(())
     }
 

@@ -579,3 +579,110 @@ async fn a_peer_that_never_answers_holds_up_only_its_own_messages() {
     assert_eq!(hung_queue, 1, "the hung peer's message is still waiting");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Route discovery has a lane of its own (`chips_core::peer::Lane`): a route query to a peer
+/// does not wait behind that peer's ordered messages. Here Eve's payment to Ann is stuck at
+/// Ann's site (a DBA holds Ann's tally row, so its `peer_receive` waits, and Eve's chipsd waits
+/// for the reply); Eve's route check to Ann still goes out and is answered. With one queue per
+/// peer the query would wait behind the payment and run out its life (`none`).
+#[tokio::test]
+async fn a_route_query_does_not_wait_behind_a_peers_stuck_message() {
+    let cl = Cluster::from_env();
+    let (pa, pb) = (free_port(), free_port());
+    let a = cl.site("t_relay_lane_a", pa).await.unwrap();
+    let b = cl.site("t_relay_lane_b", pb).await.unwrap();
+    let dir = chips_tests::scratch_dir("relay_lane");
+    let patient = |site: &Site, port: u16| {
+        Sidecar::start(
+            std::path::Path::new(CHIPSD),
+            site,
+            port,
+            &dir,
+            &["--poll-ms", "100", "--reply-timeout-ms", "600000"],
+            "warn",
+        )
+        .unwrap()
+    };
+    let (_sa, _sb) = (patient(&a, pa), patient(&b, pb));
+    let ann = a.user("Ann", "ann").await.unwrap();
+    let eve = b.user("Eve", "eve").await.unwrap();
+    let t = open_over_noise(&ann, &eve, 100_000, "a lane for routes").await;
+    // Ann will be owed up to 1,000 through a lift (her trading variables, known at Eve's site)
+    ann.settings(t, json!({"target": 1000, "bound": 1000}))
+        .await
+        .unwrap();
+    eventually("Eve's site knows Ann's target", || async {
+        let sets: serde_json::Value = b
+            .admin
+            .query_one(
+                "SELECT part_sets FROM chips.tallies WHERE tally_uuid = $1",
+                &[&t],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        sets["target"] == 1000
+    })
+    .await;
+
+    // a DBA at Ann's site holds her half of the tally: Eve's payment waits there
+    let (dba, conn) = tokio_postgres::connect(&a.dsn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    dba.batch_execute("BEGIN").await.unwrap();
+    dba.execute(
+        "SELECT 1 FROM chips.tallies WHERE tally_uuid = $1 FOR UPDATE",
+        &[&t],
+    )
+    .await
+    .unwrap();
+    eve.pay(t, 5, "stuck").await.unwrap();
+    eventually("Eve's payment waits at Ann's site", || async {
+        let waiting: i64 = a
+            .admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        waiting > 0
+    })
+    .await;
+
+    // Eve asks whether a route to Ann carries 10: a query to Ann's site, answered from there
+    let to_ann = json!({"cuid": ann.cuid, "agent": a.agent_id()});
+    let query: String = eve
+        .db
+        .query_one("SELECT query FROM chips.route_check($1, 10)", &[&to_ann])
+        .await
+        .unwrap()
+        .get(0);
+    eventually("the route check is answered", || async {
+        let status: String = eve
+            .db
+            .query_one("SELECT status FROM chips.route_check_result($1)", &[&query])
+            .await
+            .unwrap()
+            .get(0);
+        assert_ne!(status, "none", "the query ran out waiting");
+        status == "found"
+    })
+    .await;
+    assert_eq!(
+        ann.balance(t).await.unwrap().0,
+        0,
+        "the payment is still held up at Ann's site"
+    );
+
+    // once the DBA lets go, the payment goes through
+    dba.batch_execute("ROLLBACK").await.unwrap();
+    eventually("Ann has the payment", || async {
+        ann.balance(t).await.unwrap().0 == 5
+    })
+    .await;
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -36,6 +36,8 @@ RESET ROLE;
 ------------------------------------------------------------------------------------------------
 -- outbox_claim, outbox_ack (site2)
 ------------------------------------------------------------------------------------------------
+SELECT count(*) FROM chips.outbox_claim(10, '30 seconds', lane => 'route');
+SELECT chips.outbox_claim(10, '30 seconds', lane => 'fast');
 SELECT id, to_agent, host, port, msg->>'action' AS action, msg->'object'->>'token' AS token FROM chips.outbox_claim(10, '30 seconds');
 SELECT msg FROM chips.outbox WHERE id = 1 \gset
 SELECT chips.outbox_claim(10, '30 seconds');   -- claimed already: nothing for another sidecar
