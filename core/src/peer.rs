@@ -154,6 +154,39 @@ impl Hello {
     }
 }
 
+/// What the responder says in its handshake reply (`A`): what the initiator may rely on in the
+/// session. A site before 0.2.0 sends nothing (every field false).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The responder ends the session at the first message it refuses (after its reply), so an
+    /// initiator may send messages ahead of their replies: none sent after a refused one is
+    /// applied, and each peer's order holds.
+    #[serde(default)]
+    pub ends_at_refusal: bool,
+}
+
+impl Welcome {
+    /// What this build's responder says.
+    pub fn ours() -> Welcome {
+        Welcome {
+            ends_at_refusal: true,
+        }
+    }
+
+    /// Reads a responder's handshake payload: empty from an older site; fields this build does
+    /// not know are a newer site's and are ignored.
+    pub fn parse(payload: &[u8]) -> Result<Welcome> {
+        if payload.is_empty() {
+            return Ok(Welcome::default());
+        }
+        serde_json::from_slice(payload).map_err(|e| Error::value(format!("welcome: {e}")))
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a welcome serializes")
+    }
+}
+
 /// The envelope of every peer message (docs/protocol.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -373,6 +406,19 @@ mod tests {
             version: 1,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn a_welcome_reads_old_and_newer_responders() {
+        assert_eq!(Welcome::parse(b"").unwrap(), Welcome::default());
+        assert!(!Welcome::parse(b"").unwrap().ends_at_refusal);
+        let ours = Welcome::parse(&Welcome::ours().to_bytes()).unwrap();
+        assert!(ours.ends_at_refusal);
+        assert_eq!(ours.to_bytes(), br#"{"ends_at_refusal":true}"#);
+        let newer = Welcome::parse(br#"{"ends_at_refusal":true,"later":1}"#).unwrap();
+        assert!(newer.ends_at_refusal);
+        assert!(Welcome::parse(b"not json").is_err());
+        assert!(Welcome::parse(br#"{"ends_at_refusal":"yes"}"#).is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use chips_core::peer::{self, FrameType, Hello, MAX_FRAME, MAX_NOISE_MESSAGE};
+use chips_core::peer::{self, FrameType, Hello, Welcome, MAX_FRAME, MAX_NOISE_MESSAGE};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
@@ -23,6 +23,8 @@ pub struct Channel {
     noise: Option<snow::TransportState>,
     /// The peer's agent id, as the handshake proved it.
     pub peer_agent: String,
+    /// What the responder said it does (the initiator's side; ours on the responder's).
+    pub welcome: Welcome,
     buf: Vec<u8>,
 }
 
@@ -82,9 +84,10 @@ impl Channel {
         let mut buf = vec![0u8; MAX_NOISE_MESSAGE];
         let n = hs.write_message(&hello, &mut buf)?;
         send_frame(&mut framed, FrameType::Hello, &buf[..n]).await?;
-        match next_frame(&mut framed, wait).await? {
+        let welcome = match next_frame(&mut framed, wait).await? {
             Some((FrameType::Accept, reply)) => {
-                hs.read_message(&reply, &mut buf)?;
+                let n = hs.read_message(&reply, &mut buf)?;
+                Welcome::parse(&buf[..n])?
             }
             Some((other, _)) => {
                 return Err(Error::Protocol(format!(
@@ -96,11 +99,12 @@ impl Channel {
                     "the peer closed during the handshake".into(),
                 ))
             }
-        }
+        };
         Ok(Channel {
             framed,
             noise: Some(hs.into_transport_mode()?),
             peer_agent: remote_agent.to_string(),
+            welcome,
             buf,
         })
     }
@@ -124,12 +128,14 @@ impl Channel {
             }
             None => return Err(Error::Protocol(CLOSED_EARLY.into())),
         };
-        let n = hs.write_message(b"", &mut buf)?;
+        let welcome = Welcome::ours();
+        let n = hs.write_message(&welcome.to_bytes(), &mut buf)?;
         send_frame(&mut framed, FrameType::Accept, &buf[..n]).await?;
         Ok(Channel {
             framed,
             noise: Some(hs.into_transport_mode()?),
             peer_agent: hello.agent,
+            welcome,
             buf,
         })
     }
@@ -142,6 +148,7 @@ impl Channel {
             framed: Framed::new(stream, codec()),
             noise: None,
             peer_agent: String::new(),
+            welcome: Welcome::default(),
             buf: vec![0u8; MAX_NOISE_MESSAGE],
         }
     }

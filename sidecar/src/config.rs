@@ -43,6 +43,10 @@ pub struct Config {
     /// How long to wait to connect, for a handshake, or for a peer's reply, in ms.
     #[arg(long, env = "CHIPSD_REPLY_TIMEOUT_MS", default_value_t = 10_000)]
     pub reply_timeout_ms: u64,
+    /// The same for route discovery's messages (the route lane), in ms: a route query lives a
+    /// few seconds, so a lost frame is given up on and sent again sooner.
+    #[arg(long, env = "CHIPSD_ROUTE_REPLY_TIMEOUT_MS", default_value_t = 1_000)]
+    pub route_reply_timeout_ms: u64,
     /// How often `chips.clearing_tick()` is called, in seconds (0: never). The site's
     /// chips.clearing_configure decides whether and how often a pass actually runs.
     #[arg(long, env = "CHIPSD_CLEARING_SECS", default_value_t = 5)]

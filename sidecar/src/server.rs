@@ -80,6 +80,12 @@ async fn handle(
         let reply = apply(&client, &ch.peer_agent, &msg).await;
         ch.send(&serde_json::to_vec(&reply).expect("replies serialize"))
             .await?;
+        if matches!(reply, Reply::Refused { .. }) {
+            // the session ends at a refusal (our welcome says so): what the peer sent after
+            // it is not applied, so it comes again, in order, after the refused message
+            debug!(peer = %ch.peer_agent, "session ended at a refused message");
+            return Ok(());
+        }
     }
 }
 

@@ -686,3 +686,79 @@ async fn a_route_query_does_not_wait_behind_a_peers_stuck_message() {
     .await;
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A sender may send messages ahead of their replies (pipelining) because a site ends the
+/// session at the first message it refuses: what was sent after it is not applied, so a peer's
+/// order holds. Three messages go out back to back; the second is refused; the third is not
+/// applied, and the session is closed.
+#[tokio::test]
+async fn a_session_ends_at_a_refused_message_so_messages_sent_ahead_keep_their_order() {
+    let cl = Cluster::from_env();
+    let port = free_port();
+    let s = cl.site("t_relay_ahead", port).await.unwrap();
+    let ann = s.user("Ann", "ann").await.unwrap();
+    let dir = chips_tests::scratch_dir("ahead");
+    let _sc = sidecar(&s, port, &dir);
+    let peer = chips_core::sign::KeyPair::from_phrase("a pipelining peer");
+    let mut ch = chipsd::channel::Channel::connect(
+        &format!("127.0.0.1:{port}"),
+        &peer.seed(),
+        &s.agent_id(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert!(
+        ch.welcome.ends_at_refusal,
+        "the site says it ends a session at a refusal"
+    );
+    let envelope = |action: &str, object: serde_json::Value| {
+        json!({
+            "id": uuid::Uuid::new_v4().to_string(),
+            "target": if action == "void" { "tally" } else { "lift" },
+            "action": action,
+            "from": {"cuid": "pipe", "agent": peer.public_b64()},
+            "to": {"cuid": ann.cuid, "agent": s.agent_id()},
+            "object": object,
+        })
+    };
+    let void = || envelope("void", json!({"uuid": uuid::Uuid::new_v4(), "revision": 1}));
+    // a route query without its fields: refused with 22023
+    let (first, bad, third) = (void(), envelope("query", json!({"query": "q"})), void());
+    for m in [&first, &bad, &third] {
+        ch.send(&serde_json::to_vec(m).unwrap()).await.unwrap();
+    }
+    let reply = |b: Vec<u8>| serde_json::from_slice::<chips_core::peer::Reply>(&b).unwrap();
+    let r1 = reply(ch.recv(Duration::from_secs(10)).await.unwrap().unwrap());
+    assert!(
+        matches!(r1, chips_core::peer::Reply::Applied { ref result, .. } if result == "ignored"),
+        "{r1:?}"
+    );
+    let r2 = reply(ch.recv(Duration::from_secs(10)).await.unwrap().unwrap());
+    assert!(
+        matches!(r2, chips_core::peer::Reply::Refused { ref sqlstate, .. } if sqlstate == "22023"),
+        "{r2:?}"
+    );
+    assert_eq!(r2.id(), bad["id"].as_str());
+    assert!(
+        ch.recv(Duration::from_secs(10)).await.unwrap().is_none(),
+        "the session ends after the refusal's reply"
+    );
+    let got: Vec<String> = s
+        .admin
+        .query(
+            "SELECT msg_id::text FROM chips.inbox ORDER BY received",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        got,
+        vec![first["id"].as_str().unwrap().to_string()],
+        "the message sent after the refused one was not applied"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

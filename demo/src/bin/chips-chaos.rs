@@ -53,6 +53,12 @@ struct Args {
     /// them (their connection strings are printed).
     #[arg(long, default_value_t = 0)]
     hold: u64,
+    /// chipsd's log filter (CHIPSD_LOG), written to this program's standard error.
+    #[arg(long, default_value = "error")]
+    chipsd_log: String,
+    /// Keep the sites up for `--hold` seconds whatever the check found (to look at a run's rows).
+    #[arg(long)]
+    keep: bool,
 }
 
 const SITES: usize = 4;
@@ -219,7 +225,7 @@ async fn run(args: Args) -> Res<bool> {
                 "--sync-secs",
                 "2",
             ],
-            "error",
+            &args.chipsd_log,
         )
         .map_err(|x| format!("chipsd: {x}"))?;
         for i in 0..3 {
@@ -520,7 +526,7 @@ async fn run(args: Args) -> Res<bool> {
     );
     println!("  the last round, after the faults: {last_round}");
     println!("\n== chipsd check across the four sites\n{report}");
-    if args.hold > 0 && !checked {
+    if args.hold > 0 && (!checked || args.keep) {
         // keep the evidence: the sites stay up (sidecars too) for a look with psql
         println!("== the sites stay up {} s for a look:", args.hold);
         for s in sites.iter() {
