@@ -124,7 +124,9 @@ END
 $$;
 
 -- Claim undelivered outbox messages for delivery: each is leased to the caller for `lease`, so
--- several sidecars on one database never send the same message at the same time. Messages to
+-- several sidecars on one database never send the same message at the same time. A claim is
+-- also free once the database session that made it has ended (a sidecar killed, or one that
+-- lost its connection): a restarted sidecar goes on at once, not after the lease. Messages to
 -- the peers in `skip` are left where they are (chipsd skips a peer it is sending to already,
 -- whose later messages must wait for the earlier ones, and a peer it is backing off from): a
 -- peer that is slow or down never holds up the messages to the others. With `lane`, only the
@@ -153,7 +155,9 @@ BEGIN
     WITH c AS (
         SELECT o.id FROM chips.outbox o
         WHERE o.delivered IS NULL
-          AND (o.claimed_until IS NULL OR o.claimed_until < pg_catalog.now())
+          AND (o.claimed_until IS NULL OR o.claimed_until < pg_catalog.now()
+               OR o.claimed_pid IS DISTINCT FROM pg_catalog.pg_backend_pid()
+                  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = o.claimed_pid))
           AND (outbox_claim.agents IS NULL OR o.from_agent = ANY (outbox_claim.agents))
           AND NOT coalesce(o.to_agent = ANY (outbox_claim.skip), false)
           AND (outbox_claim.lane IS NULL OR chips._lane(o.target, o.action) = outbox_claim.lane)
@@ -162,7 +166,8 @@ BEGIN
         FOR UPDATE SKIP LOCKED
     ), u AS (
         UPDATE chips.outbox o
-        SET claimed_until = pg_catalog.now() + lease, attempts = o.attempts + 1
+        SET claimed_until = pg_catalog.now() + lease, claimed_pid = pg_catalog.pg_backend_pid(),
+            attempts = o.attempts + 1
         FROM c WHERE o.id = c.id
         RETURNING o.id, o.msg_id, o.from_agent, o.to_agent, o.msg
     )

@@ -147,7 +147,11 @@ CREATE TABLE chips.outbox (
     created       timestamptz NOT NULL DEFAULT now(),
     attempts      integer NOT NULL DEFAULT 0,
     claimed_until timestamptz,
-    delivered     timestamptz
+    delivered     timestamptz,
+    -- the database session (backend pid) that made the claim (with claimed_until): a claim
+    -- whose session has ended (its sidecar died or lost its connection) is free before its
+    -- lease runs out
+    claimed_pid   integer
 );
 CREATE INDEX outbox_pending_idx ON chips.outbox (to_agent, id) WHERE delivered IS NULL;
 

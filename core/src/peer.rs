@@ -163,6 +163,12 @@ pub struct Welcome {
     /// applied, and each peer's order holds.
     #[serde(default)]
     pub ends_at_refusal: bool,
+    /// The responder answers an empty message (a ping) with an empty message, at once and in
+    /// order with its replies: a sender whose reply is late sends one, and if its message was
+    /// lost on the way, the ping fails to decrypt and the session closes (a lost frame shows in
+    /// a ping's time, not after the whole reply wait).
+    #[serde(default)]
+    pub pings: bool,
 }
 
 impl Welcome {
@@ -170,6 +176,7 @@ impl Welcome {
     pub fn ours() -> Welcome {
         Welcome {
             ends_at_refusal: true,
+            pings: true,
         }
     }
 
@@ -412,9 +419,15 @@ mod tests {
     fn a_welcome_reads_old_and_newer_responders() {
         assert_eq!(Welcome::parse(b"").unwrap(), Welcome::default());
         assert!(!Welcome::parse(b"").unwrap().ends_at_refusal);
+        assert!(
+            !Welcome::parse(br#"{"ends_at_refusal":true}"#)
+                .unwrap()
+                .pings
+        );
         let ours = Welcome::parse(&Welcome::ours().to_bytes()).unwrap();
         assert!(ours.ends_at_refusal);
-        assert_eq!(ours.to_bytes(), br#"{"ends_at_refusal":true}"#);
+        assert!(ours.pings);
+        assert_eq!(ours.to_bytes(), br#"{"ends_at_refusal":true,"pings":true}"#);
         let newer = Welcome::parse(br#"{"ends_at_refusal":true,"later":1}"#).unwrap();
         assert!(newer.ends_at_refusal);
         assert!(Welcome::parse(b"not json").is_err());

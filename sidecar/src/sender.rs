@@ -33,11 +33,13 @@ struct Outgoing {
     msg: Value,
 }
 
-/// A peer between sends: its open session, if any, and its back-off.
+/// A peer between sends: its open session, if any, its back-off, and how many messages may go
+/// out ahead of their replies (see [`send_all`]).
 struct Peer {
     channel: Option<Channel>,
     failures: u32,
     next_try: Instant,
+    window: usize,
 }
 
 impl Peer {
@@ -46,6 +48,7 @@ impl Peer {
             channel: None,
             failures: 0,
             next_try: Instant::now(),
+            window: 1,
         }
     }
 }
@@ -241,8 +244,12 @@ impl Sender {
                 .await?;
         }
         match result {
-            Ok(()) => peer.failures = 0,
+            Ok(()) => {
+                peer.failures = 0;
+                peer.window = (peer.window * 2).min(MAX_WINDOW);
+            }
             Err(e) => {
+                peer.window = (peer.window / 2).max(1);
                 let tried: Vec<i64> = ids
                     .iter()
                     .copied()
@@ -305,14 +312,46 @@ fn backoff(lane: Lane, failures: u32) -> Duration {
     }
 }
 
-/// The most messages a sender has sent to a peer ahead of their replies (to a peer whose
-/// welcome says it ends a session at a refusal; one at a time to an older one).
-const AHEAD: usize = 32;
+/// How long a sender waits for a reply before it pings (to a peer that answers pings).
+const PING_AFTER: Duration = Duration::from_millis(500);
+
+/// The peer's next reply, within `wait`. To a peer that answers pings, a ping goes out after
+/// every [`PING_AFTER`] of silence: if the message (or the reply) was lost, the ping's answer
+/// cannot be decrypted, or the peer closes the session on the ping, so the loss shows at once;
+/// a peer that is only slow (a lock) answers the ping after its reply. Answers to pings are
+/// skipped.
+async fn next_reply(ch: &mut Channel, wait: Duration) -> Result<Vec<u8>> {
+    let pings = ch.welcome.pings;
+    let started = Instant::now();
+    loop {
+        let left = wait.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err(Error::Protocol("timed out waiting for a reply".into()));
+        }
+        let step = if pings { left.min(PING_AFTER) } else { left };
+        // (Channel::recv is cancel-safe: a frame half read stays in its buffer)
+        match tokio::time::timeout(step, ch.recv(wait)).await {
+            Ok(r) => match r? {
+                Some(m) if m.is_empty() && pings => continue, // a ping's answer
+                Some(m) => return Ok(m),
+                None => return Err(Error::Protocol("the peer closed the session".into())),
+            },
+            Err(_) if pings => ch.send(&[]).await?,
+            Err(_) => {}
+        }
+    }
+}
+
+/// The most messages a sender has sent to a peer ahead of their replies.
+const MAX_WINDOW: usize = 32;
 
 /// Sends one peer its messages in order, stopping at the first it refuses. To a peer that ends
-/// a session at a refusal, up to [`AHEAD`] messages go out before their replies are read: a
+/// a session at a refusal, up to `peer.window` messages go out before their replies are read: a
 /// frame lost on the way shows at once (the next one fails to decrypt and the session closes)
-/// instead of after a reply wait for each message, and a round trip is paid once a window.
+/// instead of after a reply wait, and a round trip is paid once a window. The window doubles
+/// (to [`MAX_WINDOW`]) with every batch delivered whole and halves (to 1) with every session
+/// that broke: on a link that loses frames, what was sent ahead of the loss is sent again, so
+/// the window stays small there (an older peer is sent one message at a time).
 async fn send_all(
     peer: &mut Peer,
     to: &str,
@@ -337,7 +376,11 @@ async fn send_all(
         info!(peer = %to, %addr, "peer session open");
     }
     let ch = peer.channel.as_mut().expect("just opened");
-    let ahead = if ch.welcome.ends_at_refusal { AHEAD } else { 1 };
+    let ahead = if ch.welcome.ends_at_refusal {
+        peer.window
+    } else {
+        1
+    };
     let mut sent = 0;
     for (k, Outgoing { id, msg, .. }) in msgs.iter().enumerate() {
         while sent < msgs.len() && sent < k + ahead {
@@ -345,10 +388,7 @@ async fn send_all(
                 .await?;
             sent += 1;
         }
-        let reply = ch
-            .recv(wait)
-            .await?
-            .ok_or_else(|| Error::Protocol("the peer closed the session".into()))?;
+        let reply = next_reply(ch, wait).await?;
         let reply: Reply = serde_json::from_slice(&reply)
             .map_err(|e| Error::Protocol(format!("bad reply: {e}")))?;
         if reply.id() != msg.get("id").and_then(Value::as_str) {

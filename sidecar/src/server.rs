@@ -77,6 +77,11 @@ async fn handle(
                 None => return Ok(()),
             },
         };
+        if msg.is_empty() {
+            // a ping (our welcome offers them): answered at once, nothing applied
+            ch.send(&[]).await?;
+            continue;
+        }
         let reply = apply(&client, &ch.peer_agent, &msg).await;
         ch.send(&serde_json::to_vec(&reply).expect("replies serialize"))
             .await?;

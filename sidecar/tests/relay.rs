@@ -709,8 +709,14 @@ async fn a_session_ends_at_a_refused_message_so_messages_sent_ahead_keep_their_o
     .await
     .unwrap();
     assert!(
-        ch.welcome.ends_at_refusal,
-        "the site says it ends a session at a refusal"
+        ch.welcome.ends_at_refusal && ch.welcome.pings,
+        "the site says it ends a session at a refusal and answers pings"
+    );
+    // a ping (an empty message) is answered at once with an empty message, nothing applied
+    ch.send(&[]).await.unwrap();
+    assert_eq!(
+        ch.recv(Duration::from_secs(10)).await.unwrap(),
+        Some(vec![])
     );
     let envelope = |action: &str, object: serde_json::Value| {
         json!({

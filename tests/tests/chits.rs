@@ -851,6 +851,59 @@ async fn outbox_claims_given_back_are_claimed_again_at_once() {
     assert_eq!(n, 0);
 }
 
+/// A claim lives as long as the database session that made it: a sidecar killed while it held
+/// messages (its connection ends with it) leaves them free at once for the one that restarts,
+/// not after its lease; while the session lives, the lease holds them.
+#[tokio::test]
+async fn outbox_claims_of_an_ended_session_are_free_at_once() {
+    let (a, b, ann, eve, t) = cross("t_chit_claim_pid", 50_000).await;
+    eve.pay(t, 3_000, "").await.unwrap();
+    relay_all(&[&a, &b]).await.unwrap();
+    ann.pay(t, 100, "").await.unwrap();
+    let claim = "SELECT id FROM chips.outbox_claim(10, '1 hour')";
+    let first = connect(&a.dsn).await.unwrap();
+    let held: Vec<i64> = first
+        .query(claim, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!held.is_empty());
+    assert!(
+        a.admin.query(claim, &[]).await.unwrap().is_empty(),
+        "held by a live session"
+    );
+    drop(first);
+    // (the backend of a closed connection goes a moment later)
+    let mut again: Vec<i64> = vec![];
+    for _ in 0..100 {
+        again = a
+            .admin
+            .query(claim, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !again.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(again, held, "free once the session that claimed them ended");
+    let attempts: i32 = a
+        .admin
+        .query_one(
+            "SELECT max(attempts) FROM chips.outbox WHERE id = ANY ($1)",
+            &[&held],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 2, "each claim counts an attempt");
+}
+
 /// A link down while hundreds of chits are chained: the foil half's chain updates stay under the
 /// size a peer message may have (they carry the first unconfirmed entries; each ack brings the
 /// next), every payment is accepted, and the halves converge once the link is back.
