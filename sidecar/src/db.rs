@@ -1,9 +1,32 @@
 //! Database connections.
 
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use crate::error::Result;
+
+/// A pool of up to `size` connections to `dsn`, opened as they are first needed and kept
+/// (a connection found closed, after a database restart, is replaced). `what` names it in
+/// errors.
+pub fn pool(dsn: &str, size: usize, what: &str) -> std::result::Result<Pool, String> {
+    let pg: tokio_postgres::Config = dsn.parse().map_err(|e| format!("{what}: {e}"))?;
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size.max(1))
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| format!("{what} pool: {e}"))
+}
 
 /// A connection whose driver runs on its own task.
 pub async fn connect(dsn: &str) -> Result<Client> {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chips_core::peer::{Envelope, Reply};
+use deadpool_postgres::Pool;
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -27,6 +28,16 @@ pub async fn serve(
     tracker: TaskTracker,
 ) {
     let limit = Arc::new(Semaphore::new(cfg.max_connections));
+    // the database connections messages are applied on: shared by the sessions, each message
+    // takes one for its transaction, so a session that opens and breaks (a lossy link) costs no
+    // new database connection
+    let pool = match db::pool(&cfg.db, cfg.max_connections, "peer database") {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %e, "the listener cannot start");
+            return;
+        }
+    };
     loop {
         let (stream, addr) = tokio::select! {
             _ = token.cancelled() => break,
@@ -43,9 +54,9 @@ pub async fn serve(
             warn!(%addr, "too many peer connections: refused");
             continue; // dropping the stream closes it
         };
-        let (cfg, token) = (cfg.clone(), token.clone());
+        let (cfg, token, pool) = (cfg.clone(), token.clone(), pool.clone());
         tracker.spawn(async move {
-            match handle(stream, &cfg, &seed, &token).await {
+            match handle(stream, &cfg, &pool, &seed, &token).await {
                 Ok(()) => debug!(%addr, "peer connection closed"),
                 // a probe or a port scan: nothing was said
                 Err(Error::Protocol(m)) if m == CLOSED_EARLY => {
@@ -62,13 +73,13 @@ pub async fn serve(
 async fn handle(
     stream: TcpStream,
     cfg: &Config,
+    pool: &Pool,
     seed: &[u8; 32],
     token: &CancellationToken,
 ) -> Result<()> {
     let idle = Duration::from_secs(cfg.idle_timeout_secs);
     let mut ch = Channel::accept(stream, seed, Duration::from_millis(cfg.reply_timeout_ms)).await?;
     info!(peer = %ch.peer_agent, "peer session open");
-    let client = db::connect(&cfg.db).await?;
     loop {
         let msg = tokio::select! {
             _ = token.cancelled() => return Ok(()),
@@ -82,7 +93,22 @@ async fn handle(
             ch.send(&[]).await?;
             continue;
         }
-        let reply = apply(&client, &ch.peer_agent, &msg).await;
+        let reply = match pool.get().await {
+            Ok(client) => {
+                let reply = apply(&client, &ch.peer_agent, &msg).await;
+                if matches!(reply, Reply::Refused { .. }) {
+                    // (a connection that failed a message is not kept: it may be one to a
+                    // server that is gone or no longer the primary)
+                    drop(deadpool_postgres::Object::take(client));
+                }
+                reply
+            }
+            Err(e) => Reply::Refused {
+                id: Envelope::from_slice(&msg).ok().map(|m| m.id),
+                error: format!("the database cannot be reached: {e}"),
+                sqlstate: "08006".into(),
+            },
+        };
         ch.send(&serde_json::to_vec(&reply).expect("replies serialize"))
             .await?;
         if matches!(reply, Reply::Refused { .. }) {

@@ -768,3 +768,74 @@ async fn a_session_ends_at_a_refused_message_so_messages_sent_ahead_keep_their_o
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Peer sessions share the site's database connections: a session that opens after another
+/// closed applies its message on a connection the site already had (on a lossy link sessions
+/// break every few frames; each used to cost a new database connection).
+#[tokio::test]
+async fn peer_sessions_reuse_the_sites_database_connections() {
+    let cl = Cluster::from_env();
+    let port = free_port();
+    let s = cl.site("t_relay_pool", port).await.unwrap();
+    let ann = s.user("Ann", "ann").await.unwrap();
+    let dir = chips_tests::scratch_dir("pool");
+    let _sc = sidecar(&s, port, &dir);
+    let peer = chips_core::sign::KeyPair::from_phrase("a returning peer");
+    let backends = || async {
+        let mut pids: Vec<i32> = s
+            .admin
+            .query(
+                "SELECT pid FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        pids.sort();
+        pids
+    };
+    // (the sidecar's own connections are open once it listens)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut seen = backends().await;
+    for round in 0..3 {
+        let mut ch = chipsd::channel::Channel::connect(
+            &format!("127.0.0.1:{port}"),
+            &peer.seed(),
+            &s.agent_id(),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        let msg = json!({
+            "id": uuid::Uuid::new_v4().to_string(),
+            "target": "tally", "action": "void",
+            "from": {"cuid": "back", "agent": peer.public_b64()},
+            "to": {"cuid": ann.cuid, "agent": s.agent_id()},
+            "object": {"uuid": uuid::Uuid::new_v4(), "revision": 1},
+        });
+        ch.send(&serde_json::to_vec(&msg).unwrap()).await.unwrap();
+        let reply = ch.recv(Duration::from_secs(10)).await.unwrap().unwrap();
+        let reply: chips_core::peer::Reply = serde_json::from_slice(&reply).unwrap();
+        assert!(
+            matches!(reply, chips_core::peer::Reply::Applied { .. }),
+            "{reply:?}"
+        );
+        let now = backends().await;
+        if round == 0 {
+            let added: Vec<&i32> = now.iter().filter(|p| !seen.contains(p)).collect();
+            assert_eq!(
+                added.len(),
+                1,
+                "one connection applied the message: {seen:?} -> {now:?}"
+            );
+        } else {
+            assert_eq!(now, seen, "session {round} opened no database connection");
+        }
+        seen = now;
+        drop(ch);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

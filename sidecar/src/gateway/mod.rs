@@ -23,11 +23,10 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -70,23 +69,7 @@ impl Gateway {
         token: CancellationToken,
         tracker: TaskTracker,
     ) -> Result<Arc<Gateway>, String> {
-        let pg: tokio_postgres::Config = settings
-            .db
-            .parse()
-            .map_err(|e| format!("gateway database: {e}"))?;
-        let manager = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(settings.pool_size.max(1))
-            .wait_timeout(Some(Duration::from_secs(10)))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|e| format!("gateway database pool: {e}"))?;
+        let pool = crate::db::pool(&settings.db, settings.pool_size, "gateway database")?;
         let quota = Quota::per_second(
             NonZeroU32::new(settings.rate_per_sec.max(1)).unwrap_or(NonZeroU32::MIN),
         )
