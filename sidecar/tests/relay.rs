@@ -687,6 +687,46 @@ async fn a_route_query_does_not_wait_behind_a_peers_stuck_message() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// A Noise session to the site's chipsd on `port`, as the agent `peer`.
+async fn session(
+    s: &Site,
+    port: u16,
+    peer: &chips_core::sign::KeyPair,
+) -> chipsd::channel::Channel {
+    chipsd::channel::Channel::connect(
+        &format!("127.0.0.1:{port}"),
+        &peer.seed(),
+        &s.agent_id(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap()
+}
+
+/// A peer message from `peer` to `to` at site `s`.
+fn envelope(
+    s: &Site,
+    to: &User,
+    peer: &chips_core::sign::KeyPair,
+    target: &str,
+    action: &str,
+    object: serde_json::Value,
+) -> serde_json::Value {
+    json!({
+        "id": uuid::Uuid::new_v4().to_string(),
+        "target": target,
+        "action": action,
+        "from": {"cuid": "peer", "agent": peer.public_b64()},
+        "to": {"cuid": to.cuid, "agent": s.agent_id()},
+        "object": object,
+    })
+}
+
+/// A tally void for a tally nobody has: applied, answered `ignored`.
+fn void_object() -> serde_json::Value {
+    json!({"uuid": uuid::Uuid::new_v4(), "revision": 1})
+}
+
 /// A sender may send messages ahead of their replies (pipelining) because a site ends the
 /// session at the first message it refuses: what was sent after it is not applied, so a peer's
 /// order holds. Three messages go out back to back; the second is refused; the third is not
@@ -700,14 +740,7 @@ async fn a_session_ends_at_a_refused_message_so_messages_sent_ahead_keep_their_o
     let dir = chips_tests::scratch_dir("ahead");
     let _sc = sidecar(&s, port, &dir);
     let peer = chips_core::sign::KeyPair::from_phrase("a pipelining peer");
-    let mut ch = chipsd::channel::Channel::connect(
-        &format!("127.0.0.1:{port}"),
-        &peer.seed(),
-        &s.agent_id(),
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
+    let mut ch = session(&s, port, &peer).await;
     assert!(
         ch.welcome.ends_at_refusal && ch.welcome.pings,
         "the site says it ends a session at a refusal and answers pings"
@@ -718,19 +751,10 @@ async fn a_session_ends_at_a_refused_message_so_messages_sent_ahead_keep_their_o
         ch.recv(Duration::from_secs(10)).await.unwrap(),
         Some(vec![])
     );
-    let envelope = |action: &str, object: serde_json::Value| {
-        json!({
-            "id": uuid::Uuid::new_v4().to_string(),
-            "target": if action == "void" { "tally" } else { "lift" },
-            "action": action,
-            "from": {"cuid": "pipe", "agent": peer.public_b64()},
-            "to": {"cuid": ann.cuid, "agent": s.agent_id()},
-            "object": object,
-        })
-    };
-    let void = || envelope("void", json!({"uuid": uuid::Uuid::new_v4(), "revision": 1}));
+    let void = || envelope(&s, &ann, &peer, "tally", "void", void_object());
     // a route query without its fields: refused with 22023
-    let (first, bad, third) = (void(), envelope("query", json!({"query": "q"})), void());
+    let bad = envelope(&s, &ann, &peer, "lift", "query", json!({"query": "q"}));
+    let (first, third) = (void(), void());
     for m in [&first, &bad, &third] {
         ch.send(&serde_json::to_vec(m).unwrap()).await.unwrap();
     }
@@ -801,21 +825,8 @@ async fn peer_sessions_reuse_the_sites_database_connections() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut seen = backends().await;
     for round in 0..3 {
-        let mut ch = chipsd::channel::Channel::connect(
-            &format!("127.0.0.1:{port}"),
-            &peer.seed(),
-            &s.agent_id(),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
-        let msg = json!({
-            "id": uuid::Uuid::new_v4().to_string(),
-            "target": "tally", "action": "void",
-            "from": {"cuid": "back", "agent": peer.public_b64()},
-            "to": {"cuid": ann.cuid, "agent": s.agent_id()},
-            "object": {"uuid": uuid::Uuid::new_v4(), "revision": 1},
-        });
+        let mut ch = session(&s, port, &peer).await;
+        let msg = envelope(&s, &ann, &peer, "tally", "void", void_object());
         ch.send(&serde_json::to_vec(&msg).unwrap()).await.unwrap();
         let reply = ch.recv(Duration::from_secs(10)).await.unwrap().unwrap();
         let reply: chips_core::peer::Reply = serde_json::from_slice(&reply).unwrap();
