@@ -14,6 +14,9 @@ use crate::error::{Error, Result};
 /// What a connection that closes before saying anything is refused with.
 pub const CLOSED_EARLY: &str = "the peer closed before its hello";
 
+/// How long [`Channel::reply`] waits before it pings (a peer that answers pings).
+pub const PING_AFTER: Duration = Duration::from_millis(500);
+
 /// Noise adds a 16-byte tag to every transport message.
 pub const MAX_PAYLOAD: usize = MAX_NOISE_MESSAGE - 16;
 
@@ -186,6 +189,37 @@ impl Channel {
             Some((other, _)) => Err(Error::Protocol(format!(
                 "unexpected {other:?} frame in a session"
             ))),
+        }
+    }
+
+    /// The peer's next reply, within `wait`. To a peer that answers pings, a ping goes out
+    /// after every [`PING_AFTER`] of silence: if the message (or the reply) was lost, the
+    /// ping's answer cannot be decrypted, or the peer closes the session on the ping, so the
+    /// loss shows at once; a peer that is only slow (a lock) answers the ping after its reply.
+    /// Answers to pings are skipped.
+    pub async fn reply(&mut self, wait: Duration) -> Result<Vec<u8>> {
+        let pings = self.welcome.pings;
+        let started = std::time::Instant::now();
+        loop {
+            let left = wait.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(Error::Protocol("timed out waiting for a reply".into()));
+            }
+            if !pings {
+                return self
+                    .recv(left)
+                    .await?
+                    .ok_or_else(|| Error::Protocol("the peer closed the session".into()));
+            }
+            // (recv is cancel-safe: a frame half read stays in the codec's buffer)
+            match tokio::time::timeout(left.min(PING_AFTER), self.recv(wait)).await {
+                Ok(r) => match r? {
+                    Some(m) if m.is_empty() => continue, // a ping's answer
+                    Some(m) => return Ok(m),
+                    None => return Err(Error::Protocol("the peer closed the session".into())),
+                },
+                Err(_) => self.send(&[]).await?,
+            }
         }
     }
 }

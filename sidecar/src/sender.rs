@@ -312,36 +312,6 @@ fn backoff(lane: Lane, failures: u32) -> Duration {
     }
 }
 
-/// How long a sender waits for a reply before it pings (to a peer that answers pings).
-const PING_AFTER: Duration = Duration::from_millis(500);
-
-/// The peer's next reply, within `wait`. To a peer that answers pings, a ping goes out after
-/// every [`PING_AFTER`] of silence: if the message (or the reply) was lost, the ping's answer
-/// cannot be decrypted, or the peer closes the session on the ping, so the loss shows at once;
-/// a peer that is only slow (a lock) answers the ping after its reply. Answers to pings are
-/// skipped.
-async fn next_reply(ch: &mut Channel, wait: Duration) -> Result<Vec<u8>> {
-    let pings = ch.welcome.pings;
-    let started = Instant::now();
-    loop {
-        let left = wait.saturating_sub(started.elapsed());
-        if left.is_zero() {
-            return Err(Error::Protocol("timed out waiting for a reply".into()));
-        }
-        let step = if pings { left.min(PING_AFTER) } else { left };
-        // (Channel::recv is cancel-safe: a frame half read stays in its buffer)
-        match tokio::time::timeout(step, ch.recv(wait)).await {
-            Ok(r) => match r? {
-                Some(m) if m.is_empty() && pings => continue, // a ping's answer
-                Some(m) => return Ok(m),
-                None => return Err(Error::Protocol("the peer closed the session".into())),
-            },
-            Err(_) if pings => ch.send(&[]).await?,
-            Err(_) => {}
-        }
-    }
-}
-
 /// The most messages a sender has sent to a peer ahead of their replies.
 const MAX_WINDOW: usize = 32;
 
@@ -388,7 +358,7 @@ async fn send_all(
                 .await?;
             sent += 1;
         }
-        let reply = next_reply(ch, wait).await?;
+        let reply = ch.reply(wait).await?;
         let reply: Reply = serde_json::from_slice(&reply)
             .map_err(|e| Error::Protocol(format!("bad reply: {e}")))?;
         if reply.id() != msg.get("id").and_then(Value::as_str) {

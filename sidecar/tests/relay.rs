@@ -287,6 +287,52 @@ async fn dropped_duplicated_reordered_frames_and_cut_connections_still_converge(
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// A message lost on the way is found out by a ping, not by the reply wait: through a proxy
+/// that drops the message's frame, `Channel::reply` (what chipsd's sender waits with) gives
+/// up long before its 60 s wait, because its ping after 0.5 s cannot be decrypted at the site
+/// (its nonce follows the lost frame's) and the site closes the session. Without pings it
+/// would wait the whole 60 s.
+#[tokio::test]
+async fn a_lost_message_is_found_out_by_a_ping_not_the_reply_wait() {
+    let cl = Cluster::from_env();
+    let (port, front) = (free_port(), free_port());
+    let s = cl.site("t_relay_ping", front).await.unwrap();
+    let ann = s.user("Ann", "ann").await.unwrap();
+    let proxy = FaultyProxy::start(front, port, 3, 0).await;
+    let dir = chips_tests::scratch_dir("ping");
+    let _sc = sidecar(&s, port, &dir);
+    let peer = chips_core::sign::KeyPair::from_phrase("a peer on a lossy link");
+    let mut ch = session(&s, front, &peer).await;
+    proxy.drop_requests(1);
+    let lost = envelope(&s, &ann, &peer, "tally", "void", void_object());
+    ch.send(&serde_json::to_vec(&lost).unwrap()).await.unwrap();
+    let t = Instant::now();
+    let r = ch.reply(Duration::from_secs(60)).await;
+    assert!(r.is_err(), "no reply to a lost message: {r:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "found out by the ping, not the 60 s wait ({:?})",
+        t.elapsed()
+    );
+    assert_eq!(
+        proxy
+            .counts()
+            .dropped
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    // nothing reached SQL; the message goes again on a new session and is applied
+    let mut ch = session(&s, front, &peer).await;
+    ch.send(&serde_json::to_vec(&lost).unwrap()).await.unwrap();
+    let reply: chips_core::peer::Reply =
+        serde_json::from_slice(&ch.reply(Duration::from_secs(10)).await.unwrap()).unwrap();
+    assert!(
+        matches!(reply, chips_core::peer::Reply::Applied { ref result, .. } if result == "ignored"),
+        "{reply:?}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// A Noise implementation we did not write (PyPI `noiseprotocol`, run by the interpreter in
 /// `CHIPS_PYTHON`) completes a handshake with chipsd and exchanges a message.
 #[tokio::test]

@@ -52,6 +52,9 @@ struct Shared {
     counts: Arc<Counts>,
     on: Arc<AtomicBool>,
     budget: usize,
+    /// Transport frames towards the sidecar still to drop whether faults are on or not
+    /// ([`FaultyProxy::drop_requests`]).
+    drop_requests: Arc<AtomicUsize>,
 }
 
 pub struct FaultyProxy {
@@ -66,6 +69,7 @@ impl FaultyProxy {
             counts: Arc::new(Counts::default()),
             on: Arc::new(AtomicBool::new(true)),
             budget,
+            drop_requests: Arc::new(AtomicUsize::new(0)),
         };
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", listen))
             .await
@@ -80,8 +84,8 @@ impl FaultyProxy {
                 };
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                tokio::spawn(pump(cr, sw, seed ^ n, s.clone()));
-                tokio::spawn(pump(sr, cw, seed ^ n ^ 0x5555, s.clone()));
+                tokio::spawn(pump(cr, sw, seed ^ n, s.clone(), true));
+                tokio::spawn(pump(sr, cw, seed ^ n ^ 0x5555, s.clone(), false));
             }
         });
         FaultyProxy { shared }
@@ -99,9 +103,21 @@ impl FaultyProxy {
     pub fn injected(&self) -> usize {
         self.shared.counts.total()
     }
+
+    /// Drops the next `n` transport frames sent to the sidecar (counted as dropped), whether
+    /// random faults are on or not: a lost message, exactly where a test wants one.
+    pub fn drop_requests(&self, n: usize) {
+        self.shared.drop_requests.store(n, Ordering::SeqCst);
+    }
 }
 
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, seed: u64, s: Shared) {
+async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    seed: u64,
+    s: Shared,
+    to_sidecar: bool,
+) {
     let mut rng = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);
@@ -129,6 +145,15 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, seed: u64, s: Sha
                 && s.counts.total() < s.budget
                 && c.fetch_add(1, Ordering::SeqCst) < usize::MAX
         };
+        if body.first() == Some(&b'T')
+            && to_sidecar
+            && s.drop_requests
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            s.counts.dropped.fetch_add(1, Ordering::SeqCst);
+            continue;
+        }
         if body.first() == Some(&b'T') {
             let c = &s.counts;
             match next() {

@@ -782,6 +782,15 @@ async fn payments_to_one_peer_site_do_not_wait_for_each_other() {
     assert_eq!(eve.balance(t2).await.unwrap().0, -900);
 }
 
+/// The outbox messages `db` claims now (ids), for an hour.
+async fn claim(db: &tokio_postgres::Client) -> Vec<i64> {
+    db.query("SELECT id FROM chips.outbox_claim(10, '1 hour')", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
 /// A sidecar gives back the claims it did not deliver (a peer refused an earlier message): they
 /// are claimed again at once, and only the message it tried counts an attempt.
 #[tokio::test]
@@ -792,20 +801,9 @@ async fn outbox_claims_given_back_are_claimed_again_at_once() {
     for _ in 0..3 {
         ann.pay(t, 100, "").await.unwrap();
     }
-    let claim = "SELECT id FROM chips.outbox_claim(10, '1 hour')";
-    let ids: Vec<i64> = a
-        .admin
-        .query(claim, &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids = claim(&a.admin).await;
     assert_eq!(ids.len(), 3);
-    assert!(
-        a.admin.query(claim, &[]).await.unwrap().is_empty(),
-        "leased"
-    );
+    assert!(claim(&a.admin).await.is_empty(), "leased");
     let n: i32 = a
         .admin
         .query_one(
@@ -829,14 +827,7 @@ async fn outbox_claims_given_back_are_claimed_again_at_once() {
         .collect();
     assert_eq!(attempts, vec![(ids[0], 1), (ids[1], 0), (ids[2], 0)]);
     // claimed again at once, in order; delivered ones are not given back
-    let again: Vec<i64> = a
-        .admin
-        .query(claim, &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let again = claim(&a.admin).await;
     assert_eq!(again, ids);
     a.admin
         .execute("SELECT chips.outbox_ack($1)", &[&ids])
@@ -860,32 +851,15 @@ async fn outbox_claims_of_an_ended_session_are_free_at_once() {
     eve.pay(t, 3_000, "").await.unwrap();
     relay_all(&[&a, &b]).await.unwrap();
     ann.pay(t, 100, "").await.unwrap();
-    let claim = "SELECT id FROM chips.outbox_claim(10, '1 hour')";
     let first = connect(&a.dsn).await.unwrap();
-    let held: Vec<i64> = first
-        .query(claim, &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let held = claim(&first).await;
     assert!(!held.is_empty());
-    assert!(
-        a.admin.query(claim, &[]).await.unwrap().is_empty(),
-        "held by a live session"
-    );
+    assert!(claim(&a.admin).await.is_empty(), "held by a live session");
     drop(first);
     // (the backend of a closed connection goes a moment later)
-    let mut again: Vec<i64> = vec![];
+    let mut again = vec![];
     for _ in 0..100 {
-        again = a
-            .admin
-            .query(claim, &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        again = claim(&a.admin).await;
         if !again.is_empty() {
             break;
         }
