@@ -473,6 +473,31 @@ AS $$
     ORDER BY (c.tally IS NOT NULL) DESC, c.hops NULLS LAST, r.hops, t.id
 $$;
 
+-- What every way on from the tally query `r` came in on carries together (an answer's `total`;
+-- its `max` is the most one way carries): the most that can move at once from `p_holder`, the
+-- tally's holder, over this site's tallies to the payee `p_target` (when here) and to the exits
+-- whose queries found ways (each up to what the ways beyond it carry together and the exit
+-- tally carries), no more than the tally in carries. An origin splits a payment over one exit
+-- into parts by it (chips._lift_place), and the sites beyond pass each part on a way of its own.
+CREATE FUNCTION chips._route_total(r chips.lift_routes, p_holder text, p_target text) RETURNS bigint
+LANGUAGE sql STABLE
+AS $$
+    WITH a AS (SELECT * FROM chips._local_arcs()),
+         e AS (SELECT t.ent, least(coalesce(x.total, x.max), chips._send_capacity(t)) AS cap
+               FROM chips.lift_routes x
+               JOIN chips.tallies t ON t.tally_uuid = x.tally AND t.part_ent IS NULL
+               WHERE x.query = r.query AND x.dir = 'out' AND x.status = 'found' AND x.tally <> r.tally
+               UNION ALL
+               SELECT p_target, 1::bigint << 48 WHERE p_target IS NOT NULL)
+    SELECT least(
+        (SELECT chips._recv_capacity(h, (h.part_sets->>'clutch')::double precision)
+         FROM chips.tallies h WHERE h.tally_uuid = r.tally AND h.part_ent IS NULL),
+        chips._route_flow(a.payers, a.receivers, a.caps, p_holder,
+                          coalesce((SELECT array_agg(e.ent) FROM e), '{}'),
+                          coalesce((SELECT array_agg(e.cap) FROM e), '{}')))
+    FROM a
+$$;
+
 -- Answers a query upstream (over the tally it came in on), or, asked here, starts the lift.
 CREATE FUNCTION chips._route_answer(p_in bigint) RETURNS void
 LANGUAGE plpgsql
@@ -540,7 +565,8 @@ BEGIN
         o.max := least(o.max, (SELECT min(c) FROM pg_catalog.unnest(g.caps) c));
         CONTINUE WHEN o.max < r.units;                  -- the tally in or out moved since
         CONTINUE WHEN o.max < v_whole AND v_waiting;    -- a wider one may still come
-        UPDATE chips.lift_routes x SET status = 'found', max = o.max, hops = o.hops + 1
+        UPDATE chips.lift_routes x SET status = 'found', max = o.max, hops = o.hops + 1,
+            total = greatest(o.max, chips._route_total(r, v_in_holder, NULL))
         WHERE x.id = r.id RETURNING * INTO r;
         PERFORM chips._route_reply(r);
         RETURN;
@@ -560,7 +586,7 @@ AS $$
 BEGIN
     PERFORM chips._lift_send(r.tally, 'answer', pg_catalog.jsonb_build_object(
         'query', r.query, 'link', chips._link_id(r.query, r.tally),
-        'found', r.status = 'found', 'max', r.max, 'hops', r.hops));
+        'found', r.status = 'found', 'max', r.max, 'hops', r.hops, 'total', r.total));
 END
 $$;
 
@@ -702,6 +728,8 @@ BEGIN
             UPDATE chips.lift_routes x SET status = 'found', hops = pg_catalog.cardinality(g.tallies),
                 max = (SELECT min(c) FROM pg_catalog.unnest(g.caps) c)
             WHERE x.id = r.id RETURNING * INTO r;
+            UPDATE chips.lift_routes x SET total = greatest(r.max, chips._route_total(r, t.ent, v_target))
+            WHERE x.id = r.id RETURNING * INTO r;
             PERFORM chips._route_reply(r);
             RETURN 'found';
         END IF;
@@ -739,7 +767,11 @@ BEGIN
     -- moved since the query went out)
     IF (o->>'found')::boolean AND (o->>'max')::bigint >= r.units AND chips._send_capacity(t) >= r.units THEN
         UPDATE chips.lift_routes x SET status = 'found',
-            max = least((o->>'max')::bigint, chips._send_capacity(t)), hops = (o->>'hops')::integer
+            max = least((o->>'max')::bigint, chips._send_capacity(t)), hops = (o->>'hops')::integer,
+            -- (what the ways beyond carry together: at least the one way, at most the tally)
+            total = least(greatest(CASE WHEN o->>'total' ~ '^[0-9]{1,18}$' THEN (o->>'total')::bigint END,
+                                   (o->>'max')::bigint),
+                          chips._send_capacity(t))
         WHERE x.id = r.id RETURNING * INTO r;
         -- (the origin remembers the way when its prepare goes out on it, as a relay does: a
         -- way only asked about is not one the sites beyond it know)
@@ -871,22 +903,27 @@ BEGIN
         RETURN false;
     END IF;
     BEGIN
-        FOR e IN SELECT x.tally, x.max, x.hops, t.ent AS holder FROM chips.lift_routes x
+        FOR e IN SELECT x.tally, x.max, coalesce(x.total, x.max) AS total, x.hops, t.ent AS holder
+                 FROM chips.lift_routes x
                  JOIN chips.tallies t ON t.tally_uuid = x.tally AND t.part_ent IS NULL
                  WHERE x.query = l.query AND x.dir = 'out' AND x.status = 'found' AND x.max >= 1
-                 ORDER BY x.max DESC, x.hops, x.id LOOP
+                 ORDER BY coalesce(x.total, x.max) DESC, x.max DESC, x.hops, x.id LOOP
             EXIT WHEN v_left = 0 OR n >= s.parts;
-            -- up to what the way beyond carries (its answer's max), in one part or, when no
-            -- single way here from the payer to the exit carries that, in several over distinct
-            -- ways here
-            v_room := e.max;
+            -- up to what the ways beyond carry together (its answer's total, less the parts of
+            -- this payment under way over the exit already), in parts no larger than the most one
+            -- way beyond carries (its answer's max): the sites beyond pass each part on a way of
+            -- its own; and, when no single way here from the payer to the exit carries a part,
+            -- over distinct ways here
+            v_room := e.total - coalesce((SELECT sum(y.units) FROM chips.lifts y
+                                          WHERE y.parent = l.lift_uuid AND y.role = 'origin'
+                                            AND y.status <> 'void' AND y.tally_out = e.tally), 0);
             LOOP
                 EXIT WHEN v_left = 0 OR n >= s.parts OR v_room < 1;
-                -- as much as a way here and the route beyond carry (what earlier parts reserved
+                -- as much as a way here and a way beyond carry (what earlier parts reserved
                 -- here counts: their chits are pending): a way that carries it all, else one that
                 -- carries half as much, ... a few times over; then as much as that way, the exit
                 -- tally included, carries
-                v_part := least(v_left, v_room);
+                v_part := least(v_left, v_room, e.max);
                 g := chips._route_wide(l.payer, e.holder, v_part, v_part / 64, NULL, e.tally);
                 EXIT WHEN NOT g.ok;
                 v_part := least(v_part, (SELECT min(c) FROM pg_catalog.unnest(g.caps) c));

@@ -255,6 +255,10 @@ CREATE TABLE chips.lift_routes (
     created     timestamptz NOT NULL DEFAULT now(),
     -- in, asked here by chips.route_check: the user who asked (no lift follows it)
     checker     text REFERENCES chips.users ON DELETE CASCADE,
+    -- found: what every way on carries together (`max` is the most one of them carries); out:
+    -- as the site beyond answered (null from a site that does not say: `max`), in: as this
+    -- site answered
+    total       bigint,
     CHECK (checker IS NULL OR (dir = 'in' AND tally IS NULL AND lift IS NULL))
 );
 CREATE UNIQUE INDEX lift_routes_key ON chips.lift_routes

@@ -125,6 +125,45 @@ pub fn widest(n: usize, arcs: &[Arc], from: u32, to: u32) -> Result<Option<i64>>
     Ok(None)
 }
 
+/// The most any one arc or exit counts for in [`flow_out`] (2^48 units): sums of capacities
+/// stay far from overflowing, and no route carries more than that.
+pub const FLOW_CAP: i64 = 1 << 48;
+
+/// The most units that can leave from `from` at once over any number of routes, each ending at
+/// one of the `exits` (a node and the most that may leave through it): the maximum flow to the
+/// exits together. What a site's ways on carry together, where [`widest`] gives the most one
+/// of them carries. Capacities count up to [`FLOW_CAP`]; 0 when no exit is reachable.
+pub fn flow_out(n: usize, arcs: &[Arc], from: u32, exits: &[(u32, i64)]) -> Result<i64> {
+    if from as usize >= n || exits.iter().any(|&(x, _)| x as usize >= n) {
+        return Err(Error::value("a route's ends must be nodes of the graph"));
+    }
+    let cap = |c: i64| c.clamp(0, FLOW_CAP) as u64;
+    let mut g: DiGraph<(), u64> = DiGraph::with_capacity(n + 1, arcs.len() + exits.len());
+    for _ in 0..=n {
+        g.add_node(());
+    }
+    for (i, a) in arcs.iter().enumerate() {
+        if a.from as usize >= n || a.to as usize >= n {
+            return Err(Error::value(format!("arc {i} names a node past {n}")));
+        }
+        if a.capacity > 0 && a.from != a.to {
+            g.add_edge(
+                NodeIndex::new(a.from as usize),
+                NodeIndex::new(a.to as usize),
+                cap(a.capacity),
+            );
+        }
+    }
+    let sink = NodeIndex::new(n);
+    for &(x, c) in exits {
+        if c > 0 {
+            g.add_edge(NodeIndex::new(x as usize), sink, cap(c));
+        }
+    }
+    let (flow, _) = petgraph::algo::dinics(&g, NodeIndex::new(from as usize), sink);
+    Ok(i64::try_from(flow).unwrap_or(i64::MAX))
+}
+
 /// The lock of a lift: SHA-256 of a 32-byte secret.
 pub fn condition(secret: &[u8]) -> Result<[u8; 32]> {
     if secret.len() != 32 {
@@ -165,6 +204,24 @@ mod tests {
 
     fn a(from: u32, to: u32, capacity: i64) -> Arc {
         Arc { from, to, capacity }
+    }
+
+    #[test]
+    fn ways_to_several_exits_carry_together() {
+        // 0 -> 1 (10); 1 -> 2 (6), 1 -> 3 (5): exits at 2 (up to 6) and 3 (up to 9)
+        let arcs = [a(0, 1, 10), a(1, 2, 6), a(1, 3, 5)];
+        assert_eq!(flow_out(4, &arcs, 0, &[(2, 6), (3, 9)]).unwrap(), 10);
+        assert_eq!(flow_out(4, &arcs, 0, &[(2, 2), (3, 9)]).unwrap(), 7);
+        assert_eq!(widest(4, &arcs, 0, 2).unwrap(), Some(6), "one way alone");
+        // leaving from an exit itself; none reachable; huge capacities do not overflow
+        assert_eq!(flow_out(4, &arcs, 1, &[(1, 4)]).unwrap(), 4);
+        assert_eq!(flow_out(4, &arcs, 2, &[(3, 9)]).unwrap(), 0);
+        let big = [a(0, 1, i64::MAX), a(0, 2, i64::MAX)];
+        assert_eq!(
+            flow_out(3, &big, 0, &[(1, i64::MAX), (2, i64::MAX)]).unwrap(),
+            2 * FLOW_CAP
+        );
+        assert!(flow_out(3, &big, 0, &[(5, 1)]).is_err());
     }
 
     #[test]
@@ -275,6 +332,31 @@ mod tests {
                     (p, d) => prop_assert!(false, "route {:?} but distance {:?}", p, d),
                 }
             }
+        }
+
+        #[test]
+        fn what_all_ways_to_the_exits_carry_is_the_least_cut(
+            n in 2usize..8,
+            raw in proptest::collection::vec((0u32..8, 0u32..8, 0i64..20), 0..24),
+            outs in proptest::collection::vec((0u32..8, 0i64..30), 0..4),
+        ) {
+            let arcs: Vec<Arc> = raw.iter().map(|&(f, t, c)| a(f % n as u32, t % n as u32, c)).collect();
+            let exits: Vec<(u32, i64)> = outs.iter().map(|&(x, c)| (x % n as u32, c)).collect();
+            // the oracle: max flow = min cut; every set of nodes that holds 0 (the sink is
+            // outside), what the arcs and exits leaving it carry
+            let cut = (0u32..1 << n)
+                .filter(|m| m & 1 == 1)
+                .map(|m| {
+                    let inside = |x: u32| m >> x & 1 == 1;
+                    arcs.iter()
+                        .filter(|a| inside(a.from) && !inside(a.to))
+                        .map(|a| a.capacity)
+                        .chain(exits.iter().filter(|e| inside(e.0)).map(|e| e.1))
+                        .sum::<i64>()
+                })
+                .min()
+                .unwrap();
+            prop_assert_eq!(flow_out(n, &arcs, 0, &exits).unwrap(), cut);
         }
 
         #[test]

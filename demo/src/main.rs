@@ -63,6 +63,10 @@ pub struct Args {
     /// No progress bar (for logs and tests).
     #[arg(long)]
     pub quiet: bool,
+    /// For every payment to a CHIP address that failed though the network could have carried
+    /// it, print the routes the oracle's flow took and what each site's route queries found.
+    #[arg(long)]
+    pub explain: bool,
     /// After the summary, keep the sites running this many seconds (or until Ctrl-C), to look
     /// around in the admin views.
     #[arg(long, default_value_t = 0)]

@@ -78,6 +78,8 @@ struct Stats {
     /// it started (the oracle's max flow), and how it ended (good, or why not).
     addr: Mutex<Vec<(bool, String)>>,
     errors: Mutex<HashMap<String, usize>>,
+    /// `--explain`: say why each payment the network could have carried failed.
+    explain: bool,
     tally_ms: Mutex<Vec<f64>>,
     addr_ms: Mutex<Vec<f64>>,
 }
@@ -441,7 +443,10 @@ async fn trade(args: &Args, stop: &AtomicBool, net: &Arc<Net>) -> Res<Trading> {
     );
     let t0 = Instant::now();
     let trading_ends = t0 + Duration::from_secs(args.duration);
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(Stats {
+        explain: args.explain,
+        ..Stats::default()
+    });
     let done = Arc::new(AtomicBool::new(false));
     let stop_flag = Arc::new(AtomicBool::new(false));
     let mut tasks = vec![];
@@ -957,21 +962,33 @@ async fn act(net: &Net, stats: &Stats, rng: &mut StdRng) {
         let units = rng.gen_range(100..=3_000);
         // the oracle: could the network as it is now carry the payment at all?
         let sites: Vec<&tokio_postgres::Client> = net.sites.iter().map(|s| &s.admin).collect();
-        let could = match oracle::Graph::read(&sites).await {
-            Ok(g) => {
-                g.max_flow(
-                    &oracle::node(&chad(&net.sites[payer.site], &payer.user)),
-                    &oracle::node(&to),
-                ) >= units
-            }
+        let (from_node, to_node) = (
+            oracle::node(&chad(&net.sites[payer.site], &payer.user)),
+            oracle::node(&to),
+        );
+        let graph = match oracle::Graph::read(&sites).await {
+            Ok(g) => g,
             Err(e) => return stats.error(db(e)),
         };
+        let could = graph.max_flow(&from_node, &to_node) >= units;
         let end = |how: &str| {
             stats
                 .addr
                 .lock()
                 .expect("stats")
                 .push((could, how.to_string()))
+        };
+        let explain = |lift: Option<Uuid>, how: String| {
+            let graph = &graph;
+            let (from_node, to_node) = (&from_node, &to_node);
+            async move {
+                if stats.explain && could {
+                    println!(
+                        "{}",
+                        explain(net, graph, from_node, to_node, units, lift, &how).await
+                    );
+                }
+            }
         };
         let start = Instant::now();
         match pay_address_as(&payer.user.db, &payer.user.key, &to, units).await {
@@ -994,6 +1011,7 @@ async fn act(net: &Net, stats: &Stats, rng: &mut StdRng) {
                     }
                     Ok(("void", reason)) => {
                         end(reason.unwrap_or("void"));
+                        explain(Some(lift), reason.unwrap_or("void").to_string()).await;
                         stats.addr_void.fetch_add(1, Ordering::Relaxed);
                         return;
                     }
@@ -1008,11 +1026,107 @@ async fn act(net: &Net, stats: &Stats, rng: &mut StdRng) {
             },
             Err(e) if sqlstate(&e) == "55000" => {
                 end("no tally of the payer's leads out");
+                explain(None, errmsg(&e)).await;
                 stats.addr_none.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => stats.error(db(e)),
         }
     }
+}
+
+/// `--explain`: why a payment the network could have carried failed. The routes the oracle's
+/// flow takes (users as `site:cuid`, with what each route carries) and, for each route query
+/// the payment sent, every row it left at every site: which tally it went out or came in on,
+/// what was answered, when (ms after the query started at the payer's site).
+async fn explain(
+    net: &Net,
+    graph: &oracle::Graph,
+    from: &str,
+    to: &str,
+    units: i64,
+    lift: Option<Uuid>,
+    how: &str,
+) -> String {
+    let site_of = |node: &str| -> String {
+        let (cuid, agent) = node.split_once('@').unwrap_or((node, ""));
+        let site = net
+            .sites
+            .iter()
+            .position(|s| s.agent_id() == agent)
+            .and_then(|i| net.names.get(i).cloned())
+            .unwrap_or_else(|| "?".into());
+        format!("{site}:{cuid}")
+    };
+    let (flow, paths) = graph.flow_paths(from, to);
+    let mut out = format!(
+        "explain: {} pays {} {units} units: {how}; the oracle's flow {flow}",
+        site_of(from),
+        site_of(to)
+    );
+    for (path, carried) in paths {
+        let names: Vec<String> = path.iter().map(|n| site_of(n)).collect();
+        out += &format!("\n  route carrying {carried}: {}", names.join(" -> "));
+    }
+    let Some(lift) = lift else {
+        return out;
+    };
+    let mut queries: Vec<String> = vec![];
+    for s in &net.sites {
+        if let Ok(rows) = s
+            .admin
+            .query(
+                "SELECT query FROM chips.lift_routes WHERE lift = $1 AND dir = 'in' ORDER BY id",
+                &[&lift],
+            )
+            .await
+        {
+            queries.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+        }
+    }
+    for (i, q) in queries.iter().enumerate() {
+        out += &format!("\n  query {}:", i + 1);
+        let mut rows = vec![];
+        for (k, s) in net.sites.iter().enumerate() {
+            let Ok(found) = s
+                .admin
+                .query(
+                    "SELECT r.dir, coalesce(left(r.tally::text, 8), '-'), r.status,
+                            coalesce(r.max::text, '-'), coalesce(r.hops::text, '-'), r.units,
+                            coalesce(t.ent, '-'),
+                            extract(epoch FROM r.created)::float8 * 1000
+                     FROM chips.lift_routes r
+                     LEFT JOIN chips.tallies t ON t.tally_uuid = r.tally AND t.part_ent IS NULL
+                     WHERE r.query = $1",
+                    &[q],
+                )
+                .await
+            else {
+                continue;
+            };
+            for r in found {
+                rows.push((
+                    r.get::<_, f64>(7),
+                    format!(
+                        "{} {} {} tally {} of {} units {} max {} hops {}",
+                        net.names[k],
+                        r.get::<_, String>(0),
+                        r.get::<_, String>(2),
+                        r.get::<_, String>(1),
+                        r.get::<_, String>(6),
+                        r.get::<_, i64>(5),
+                        r.get::<_, String>(3),
+                        r.get::<_, String>(4),
+                    ),
+                ));
+            }
+        }
+        rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let t0 = rows.first().map(|r| r.0).unwrap_or_default();
+        for (t, line) in rows {
+            out += &format!("\n    {:7.1} ms {line}", t - t0);
+        }
+    }
+    out
 }
 
 /// Waits until every site's outbox is delivered (and, with `lifts`, no lift is undecided),

@@ -1463,3 +1463,346 @@ IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'lane_wrapper';
 REVOKE ALL ON FUNCTION chips._lane(text, text) FROM PUBLIC;
+
+-- Route answers say what every way on carries together (`total`) beside the most one way
+-- carries (`max`): an origin splits a payment over one exit into parts, and the sites beyond pass
+-- each part on a way of its own.
+ALTER TABLE chips.lift_routes ADD COLUMN total bigint;
+
+CREATE FUNCTION chips."_route_flow"(
+	"payers" TEXT[], /* Vec < Option < String > > */
+	"receivers" TEXT[], /* Vec < Option < String > > */
+	"capacities" bigint[], /* Vec < Option < i64 > > */
+	"from" TEXT, /* & str */
+	"exits" TEXT[], /* Vec < Option < String > > */
+	"exit_caps" bigint[] /* Vec < Option < i64 > > */
+) RETURNS bigint /* i64 */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'route_flow_wrapper';
+REVOKE ALL ON FUNCTION chips._route_flow(text[], text[], bigint[], text, text[], bigint[]) FROM PUBLIC;
+
+-- What every way on from the tally query `r` came in on carries together (an answer's `total`;
+-- its `max` is the most one way carries): the most that can move at once from `p_holder`, the
+-- tally's holder, over this site's tallies to the payee `p_target` (when here) and to the exits
+-- whose queries found ways (each up to what the ways beyond it carry together and the exit
+-- tally carries), no more than the tally in carries. An origin splits a payment over one exit
+-- into parts by it (chips._lift_place), and the sites beyond pass each part on a way of its own.
+CREATE FUNCTION chips._route_total(r chips.lift_routes, p_holder text, p_target text) RETURNS bigint
+LANGUAGE sql STABLE
+AS $$
+    WITH a AS (SELECT * FROM chips._local_arcs()),
+         e AS (SELECT t.ent, least(coalesce(x.total, x.max), chips._send_capacity(t)) AS cap
+               FROM chips.lift_routes x
+               JOIN chips.tallies t ON t.tally_uuid = x.tally AND t.part_ent IS NULL
+               WHERE x.query = r.query AND x.dir = 'out' AND x.status = 'found' AND x.tally <> r.tally
+               UNION ALL
+               SELECT p_target, 1::bigint << 48 WHERE p_target IS NOT NULL)
+    SELECT least(
+        (SELECT chips._recv_capacity(h, (h.part_sets->>'clutch')::double precision)
+         FROM chips.tallies h WHERE h.tally_uuid = r.tally AND h.part_ent IS NULL),
+        chips._route_flow(a.payers, a.receivers, a.caps, p_holder,
+                          coalesce((SELECT array_agg(e.ent) FROM e), '{}'),
+                          coalesce((SELECT array_agg(e.cap) FROM e), '{}')))
+    FROM a
+$$;
+REVOKE ALL ON FUNCTION chips._route_total(chips.lift_routes, text, text) FROM PUBLIC;
+
+-- Answers a query upstream (over the tally it came in on), or, asked here, starts the lift.
+CREATE OR REPLACE FUNCTION chips._route_answer(p_in bigint) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    r chips.lift_routes;
+    o record;
+    g record;
+    l chips.lifts;
+    v_whole bigint;
+    v_waiting boolean;
+    v_in_holder text;
+BEGIN
+    SELECT * INTO r FROM chips.lift_routes x WHERE x.id = p_in FOR UPDATE;
+    IF r.status <> 'pend' THEN
+        RETURN;
+    END IF;
+    v_whole := greatest(r.units, coalesce(r.want, r.units));
+    -- (each way a query came in on waits only for the exits it asked itself: a query that comes
+    -- back to a site over another tally never waits for itself)
+    v_waiting := r.expires > pg_catalog.now()
+                 AND EXISTS (SELECT 1 FROM chips.lift_routes x WHERE x.query = r.query AND x.dir = 'out'
+                             AND x.status = 'pend' AND x.asker = r.id);
+    IF r.checker IS NOT NULL THEN
+        -- a route check: found once a way carries the units, none once nothing is to come
+        IF (chips._route_check_ways(r)).carries THEN
+            UPDATE chips.lift_routes x SET status = 'found' WHERE x.id = r.id;
+        ELSIF NOT v_waiting THEN
+            UPDATE chips.lift_routes x SET status = 'none' WHERE x.id = r.id;
+        END IF;
+        RETURN;
+    END IF;
+    IF r.tally IS NULL THEN
+        -- asked here: the lift starts on a way that carries all of it; a payment no one way
+        -- carries waits for every exit's answer (or the query's end) and is split over them
+        SELECT * INTO l FROM chips.lifts x WHERE x.lift_uuid = r.lift AND x.role = 'origin';
+        IF l.status = 'seek' AND chips._lift_start(l.id, NOT v_waiting) THEN
+            UPDATE chips.lift_routes x SET status = 'found' WHERE x.id = r.id;
+        ELSIF NOT v_waiting THEN
+            UPDATE chips.lift_routes x SET status = 'none' WHERE x.id = r.id;
+            IF l.status = 'seek' AND NOT chips._lift_again(l.id) THEN
+                PERFORM chips._lift_settle(l.id, 'void',
+                    CASE WHEN EXISTS (SELECT 1 FROM chips.lift_routes x WHERE x.query = r.query AND x.dir = 'out'
+                                      AND x.status = 'found')
+                         THEN 'no route carries the lift now' ELSE 'no route' END);
+            END IF;
+        END IF;
+        RETURN;
+    END IF;
+    -- a relay answers at once with a way on that carries all the payment (`want`) from the
+    -- tally the query came in on; else, once every exit answered (or the query ran out), with
+    -- its widest. What a way carries: the tally in, the way across this site, the tally out
+    -- and the rest
+    v_in_holder := (SELECT t.ent FROM chips.tallies t WHERE t.tally_uuid = r.tally AND t.part_ent IS NULL);
+    FOR o IN SELECT x.tally, x.max, x.hops, t.ent AS holder FROM chips.lift_routes x
+             JOIN chips.tallies t ON t.tally_uuid = x.tally AND t.part_ent IS NULL
+             WHERE x.query = r.query AND x.dir = 'out' AND x.status = 'found' AND x.tally <> r.tally
+               AND x.max >= r.units
+             ORDER BY x.max >= v_whole DESC, CASE WHEN x.max >= v_whole THEN x.hops END, x.max DESC, x.id LOOP
+        g := chips._route(v_in_holder, o.holder, least(v_whole, o.max), r.tally, o.tally);
+        IF NOT g.ok THEN
+            g := chips._route(v_in_holder, o.holder, r.units, r.tally, o.tally);
+        END IF;
+        CONTINUE WHEN NOT g.ok;
+        o.max := least(o.max, (SELECT min(c) FROM pg_catalog.unnest(g.caps) c));
+        CONTINUE WHEN o.max < r.units;                  -- the tally in or out moved since
+        CONTINUE WHEN o.max < v_whole AND v_waiting;    -- a wider one may still come
+        UPDATE chips.lift_routes x SET status = 'found', max = o.max, hops = o.hops + 1,
+            total = greatest(o.max, chips._route_total(r, v_in_holder, NULL))
+        WHERE x.id = r.id RETURNING * INTO r;
+        PERFORM chips._route_reply(r);
+        RETURN;
+    END LOOP;
+    IF v_waiting THEN
+        RETURN;     -- still waiting for an answer
+    END IF;
+    UPDATE chips.lift_routes x SET status = 'none' WHERE x.id = r.id RETURNING * INTO r;
+    PERFORM chips._route_reply(r);
+END
+$$;
+
+-- A relay's answer goes back over the tally the query came in on.
+CREATE OR REPLACE FUNCTION chips._route_reply(r chips.lift_routes) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM chips._lift_send(r.tally, 'answer', pg_catalog.jsonb_build_object(
+        'query', r.query, 'link', chips._link_id(r.query, r.tally),
+        'found', r.status = 'found', 'max', r.max, 'hops', r.hops, 'total', r.total));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chips._recv_lift_query(msg jsonb) RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    o jsonb := msg->'object';
+    t chips.tallies := chips._link_half(msg);
+    v_find jsonb;
+    v_units bigint;
+    v_depth integer;
+    v_expires timestamptz;
+    v_target text;
+    v_want bigint;
+    g record;
+    r chips.lift_routes;
+    s chips.lift_settings := chips._lift_set();
+BEGIN
+    IF o->>'query' IS NULL OR pg_catalog.jsonb_typeof(o->'find') IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'a route query has query, find, units >= 1, depth and expires' USING ERRCODE = '22023';
+    END IF;
+    BEGIN
+        IF o->'find' ? 'tag' THEN
+            IF pg_catalog.jsonb_typeof(o->'find'->'tag') IS DISTINCT FROM 'string'
+               OR pg_catalog.jsonb_typeof(o->'find'->'agent') IS DISTINCT FROM 'string' THEN
+                RAISE EXCEPTION 'a blinded find is {agent, tag}' USING ERRCODE = '22023';
+            END IF;
+            v_find := pg_catalog.jsonb_build_object('agent', o->'find'->>'agent', 'tag', o->'find'->>'tag');
+        ELSE
+            -- a peer that sends the payee in clear: blinded from here on
+            v_find := chips._find_blind(o->>'query', chips._chad(o->'find'));
+        END IF;
+        v_units := (o->>'units')::bigint;
+        v_want := coalesce((o->>'want')::bigint, v_units);
+        v_depth := least((o->>'depth')::integer, s.max_depth);
+        v_expires := pg_catalog.to_timestamp((o->>'expires')::bigint / 1000.0);
+    EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range OR invalid_parameter_value THEN
+        RAISE EXCEPTION 'a route query has find, units, depth and expires' USING ERRCODE = '22023';
+    END;
+    IF v_units IS NULL OR v_units < 1 OR v_want < v_units OR v_depth IS NULL OR v_expires IS NULL
+       OR o->>'query' IS NULL THEN
+        RAISE EXCEPTION 'a route query has query, find, units >= 1, want >= units (if given), depth and expires'
+            USING ERRCODE = '22023';
+    END IF;
+    IF t.id IS NULL THEN
+        RETURN 'ignored';     -- no such tally here: the asker's query runs out
+    END IF;
+    IF v_expires <= pg_catalog.now() THEN
+        RETURN 'expired';
+    END IF;
+    IF EXISTS (SELECT 1 FROM chips.lift_routes x WHERE x.query = o->>'query' AND x.dir = 'in' AND x.tally = t.tally_uuid) THEN
+        RETURN 'ignored';     -- this query came this way already
+    END IF;
+    v_target := chips._find_local(o->>'query', v_find);
+    -- (it waits for its own exits a step less than its asker does, so that its answer, found or
+    -- none, reaches the asker before the asker stops waiting: query_life / (max_depth + 1) a hop)
+    INSERT INTO chips.lift_routes (query, dir, tally, find, units, want, expires)
+    VALUES (o->>'query', 'in', t.tally_uuid, v_find, v_units, v_want,
+            least(v_expires - s.query_life / (s.max_depth + 1), pg_catalog.now() + s.query_life))
+    RETURNING * INTO r;
+    IF chips._recv_capacity(t, (t.part_sets->>'clutch')::double precision) < v_units THEN
+        UPDATE chips.lift_routes x SET status = 'none' WHERE x.id = r.id RETURNING * INTO r;
+        PERFORM chips._route_reply(r);
+        RETURN 'none';
+    END IF;
+    IF v_target IS NOT NULL THEN
+        -- the lift ends here: a route from the tally it arrives on to the user it is for (one
+        -- that carries all the payment, if there is one)
+        g := chips._route(t.ent, v_target, v_want, t.tally_uuid);
+        IF NOT g.ok THEN
+            g := chips._route(t.ent, v_target, v_units, t.tally_uuid);
+        END IF;
+        IF g.ok THEN
+            UPDATE chips.lift_routes x SET status = 'found', hops = pg_catalog.cardinality(g.tallies),
+                max = (SELECT min(c) FROM pg_catalog.unnest(g.caps) c)
+            WHERE x.id = r.id RETURNING * INTO r;
+            UPDATE chips.lift_routes x SET total = greatest(r.max, chips._route_total(r, t.ent, v_target))
+            WHERE x.id = r.id RETURNING * INTO r;
+            PERFORM chips._route_reply(r);
+            RETURN 'found';
+        END IF;
+        -- no way across this site from that tally reaches the payee: the query goes on, as at a
+        -- relay, and may come back here over another tally that does
+    END IF;
+    -- (a query that reaches a site again over another tally, even the origin's, goes on from
+    -- there over the exits it was not sent on yet: a lift may pass a site more than once, over
+    -- distinct tallies; the depth and the tallies bound how far it goes)
+    IF chips._route_ask(r.id, t.ent, v_depth) = 0 THEN
+        RETURN 'none';
+    END IF;
+    RETURN 'asked';
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chips._recv_lift_answer(msg jsonb) RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    o jsonb := msg->'object';
+    t chips.tallies := chips._link_half(msg);
+    r chips.lift_routes;
+    v_in record;
+BEGIN
+    IF t.id IS NULL THEN
+        RETURN 'ignored';
+    END IF;
+    SELECT * INTO r FROM chips.lift_routes x
+    WHERE x.query = o->>'query' AND x.dir = 'out' AND x.tally = t.tally_uuid FOR UPDATE;
+    IF NOT FOUND OR r.status <> 'pend' THEN
+        RETURN 'ignored';
+    END IF;
+    -- (found only if the tally out here still carries the units asked: its capacity may have
+    -- moved since the query went out)
+    IF (o->>'found')::boolean AND (o->>'max')::bigint >= r.units AND chips._send_capacity(t) >= r.units THEN
+        UPDATE chips.lift_routes x SET status = 'found',
+            max = least((o->>'max')::bigint, chips._send_capacity(t)), hops = (o->>'hops')::integer,
+            -- (what the ways beyond carry together: at least the one way, at most the tally)
+            total = least(greatest(CASE WHEN o->>'total' ~ '^[0-9]{1,18}$' THEN (o->>'total')::bigint END,
+                                   (o->>'max')::bigint),
+                          chips._send_capacity(t))
+        WHERE x.id = r.id RETURNING * INTO r;
+        -- (the origin remembers the way when its prepare goes out on it, as a relay does: a
+        -- way only asked about is not one the sites beyond it know)
+    ELSE
+        UPDATE chips.lift_routes x SET status = 'none' WHERE x.id = r.id;
+        DELETE FROM chips.lift_route_cache c
+        WHERE c.tally = t.tally_uuid AND c.find_cuid = r.find->>'cuid' AND c.find_agent = r.find->>'agent';
+    END IF;
+    FOR v_in IN SELECT x.id FROM chips.lift_routes x WHERE x.query = r.query AND x.dir = 'in' ORDER BY x.id LOOP
+        PERFORM chips._route_answer(v_in.id);
+    END LOOP;
+    RETURN r.status;
+END
+$$;
+
+-- Sends `p_units` of payment `l` as parts over the routes its query found, widest first, so that
+-- it has at most `parts` parts under way: each part a lift of its own (its own uuid, the
+-- payment's locks and signed document) with its own segment here and prepare. All of the units,
+-- or nothing (false): a payment is never partly sent. (A split payment's parts, and the parts
+-- that replace one a site on the way refused; chips._recv_lift_reject.)
+CREATE OR REPLACE FUNCTION chips._lift_place(l chips.lifts, p_units bigint) RETURNS boolean
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    s chips.lift_settings := chips._lift_set();
+    e record;
+    g record;
+    p chips.lifts;
+    v_left bigint := p_units;
+    v_part bigint;
+    v_room bigint;
+    n integer;
+    v_tries integer;
+BEGIN
+    -- (the parts under way count; so do, four times over, those refused on the way: a payment
+    -- stops trying after that many)
+    SELECT count(*) FILTER (WHERE x.status <> 'void'), count(*) INTO n, v_tries
+    FROM chips.lifts x WHERE x.parent = l.lift_uuid AND x.role = 'origin';
+    IF v_tries >= 4 * s.parts THEN
+        RETURN false;
+    END IF;
+    BEGIN
+        FOR e IN SELECT x.tally, x.max, coalesce(x.total, x.max) AS total, x.hops, t.ent AS holder
+                 FROM chips.lift_routes x
+                 JOIN chips.tallies t ON t.tally_uuid = x.tally AND t.part_ent IS NULL
+                 WHERE x.query = l.query AND x.dir = 'out' AND x.status = 'found' AND x.max >= 1
+                 ORDER BY coalesce(x.total, x.max) DESC, x.max DESC, x.hops, x.id LOOP
+            EXIT WHEN v_left = 0 OR n >= s.parts;
+            -- up to what the ways beyond carry together (its answer's total, less the parts of
+            -- this payment under way over the exit already), in parts no larger than the most one
+            -- way beyond carries (its answer's max): the sites beyond pass each part on a way of
+            -- its own; and, when no single way here from the payer to the exit carries a part,
+            -- over distinct ways here
+            v_room := e.total - coalesce((SELECT sum(y.units) FROM chips.lifts y
+                                          WHERE y.parent = l.lift_uuid AND y.role = 'origin'
+                                            AND y.status <> 'void' AND y.tally_out = e.tally), 0);
+            LOOP
+                EXIT WHEN v_left = 0 OR n >= s.parts OR v_room < 1;
+                -- as much as a way here and a way beyond carry (what earlier parts reserved
+                -- here counts: their chits are pending): a way that carries it all, else one that
+                -- carries half as much, ... a few times over; then as much as that way, the exit
+                -- tally included, carries
+                v_part := least(v_left, v_room, e.max);
+                g := chips._route_wide(l.payer, e.holder, v_part, v_part / 64, NULL, e.tally);
+                EXIT WHEN NOT g.ok;
+                v_part := least(v_part, (SELECT min(c) FROM pg_catalog.unnest(g.caps) c));
+                EXIT WHEN v_part < 1 OR chips._lift_lock(g.tallies, g.payers, g.receivers, v_part) <> 0;
+                INSERT INTO chips.lifts (lift_uuid, kind, status, units, role, origin, find, payer, query,
+                                         condition, void_cond, secret, void_secret, expires, pay, parent, tally_out)
+                VALUES (pg_catalog.gen_random_uuid(), 'linear', 'pend', v_part, 'origin', l.origin, l.find,
+                        l.payer, l.query, l.condition, l.void_cond, l.secret, l.void_secret, l.expires, l.pay,
+                        l.lift_uuid, e.tally)
+                RETURNING * INTO p;
+                PERFORM chips._lift_go(p, g.tallies, g.payers, g.receivers, e.max, e.hops);
+                v_left := v_left - v_part;
+                v_room := v_room - v_part;
+                n := n + 1;
+            END LOOP;
+        END LOOP;
+        IF v_left > 0 THEN
+            RAISE EXCEPTION 'the routes found do not carry the payment together' USING ERRCODE = 'CHP01';
+        END IF;
+    EXCEPTION WHEN SQLSTATE 'CHP01' THEN
+        RETURN false;       -- nothing of it stays: no part row, chit or prepare
+    END;
+    RETURN true;
+END
+$$;

@@ -108,6 +108,35 @@ fn route_widest(
     ok(route::widest(ids.len(), &arcs, f, t))
 }
 
+/// The most units that can leave from `from` at once over the arcs, over any number of routes,
+/// each ending at one of the `exits` (a user, with the most that may leave through them,
+/// `exit_caps`): what a site's ways on carry together. 0 when none carries a unit.
+#[pg_extern(immutable, parallel_safe, name = "_route_flow")]
+fn route_flow(
+    payers: Vec<Option<String>>,
+    receivers: Vec<Option<String>>,
+    capacities: Vec<Option<i64>>,
+    from: &str,
+    exits: Vec<Option<String>>,
+    exit_caps: Vec<Option<i64>>,
+) -> i64 {
+    if exits.len() != exit_caps.len() {
+        ChipsError::Invalid("exits and exit capacities must have the same length".into()).raise();
+    }
+    let (mut ids, _, arcs) = arcs(&payers, &receivers, &capacities);
+    let mut node = |s: &str| -> u32 {
+        let n = ids.len() as u32;
+        *ids.entry(s.to_string()).or_insert(n)
+    };
+    let from = node(from);
+    let exits: Vec<(u32, i64)> = exits
+        .iter()
+        .zip(&exit_caps)
+        .filter_map(|(x, c)| Some((node(x.as_deref()?), c.unwrap_or(0))))
+        .collect();
+    ok(route::flow_out(ids.len(), &arcs, from, &exits))
+}
+
 /// SHA-256 of a 32-byte lift secret (its lock); 22023 for any other length.
 #[pg_extern(immutable, parallel_safe, name = "_lift_condition")]
 fn lift_condition(secret: &[u8]) -> Vec<u8> {

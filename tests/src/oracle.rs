@@ -12,6 +12,7 @@ use std::collections::HashMap;
 
 use petgraph::algo::dinics;
 use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::EdgeRef;
 use serde_json::Value;
 
 use tokio_postgres::Client;
@@ -61,20 +62,60 @@ impl Graph {
     /// The most units that can move from `from` to `to` at once, over any number of routes
     /// (0 when either is not in the graph, or they are the same user).
     pub fn max_flow(&self, from: &str, to: &str) -> i64 {
-        let mut g: DiGraph<(), u64> = DiGraph::new();
+        self.flow_paths(from, to).0
+    }
+
+    /// The maximum flow from `from` to `to` and the routes it takes: each a list of users from
+    /// `from` to `to` with the units it carries (their sum is the flow; a flow that goes round a
+    /// circle on the way leaves that circle out).
+    pub fn flow_paths(&self, from: &str, to: &str) -> (i64, Vec<(Vec<String>, i64)>) {
+        let mut g: DiGraph<&str, u64> = DiGraph::new();
         let mut ids: HashMap<&str, NodeIndex> = HashMap::new();
         for (a, b, c) in &self.arcs {
             if a == b {
                 continue;
             }
-            let x = *ids.entry(a.as_str()).or_insert_with(|| g.add_node(()));
-            let y = *ids.entry(b.as_str()).or_insert_with(|| g.add_node(()));
+            let x = *ids.entry(a.as_str()).or_insert_with(|| g.add_node(a.as_str()));
+            let y = *ids.entry(b.as_str()).or_insert_with(|| g.add_node(b.as_str()));
             g.add_edge(x, y, c.unsigned_abs());
         }
-        match (ids.get(from), ids.get(to)) {
-            (Some(&s), Some(&t)) if s != t => i64::try_from(dinics(&g, s, t).0).unwrap_or(i64::MAX),
-            _ => 0,
+        let (Some(&s), Some(&t)) = (ids.get(from), ids.get(to)) else {
+            return (0, vec![]);
+        };
+        if s == t {
+            return (0, vec![]);
         }
+        let (value, mut flows) = dinics(&g, s, t);
+        let mut paths = Vec::new();
+        // peel routes off the flow: follow arcs with flow left from `from` until `to`
+        loop {
+            let mut path = vec![s];
+            let mut arcs = Vec::new();
+            let mut at = s;
+            while at != t {
+                let Some(e) = g
+                    .edges(at)
+                    .find(|e| flows[e.id().index()] > 0 && !path.contains(&e.target()))
+                else {
+                    break;
+                };
+                arcs.push(e.id().index());
+                at = e.target();
+                path.push(at);
+            }
+            if at != t {
+                break;
+            }
+            let units = arcs.iter().map(|&a| flows[a]).min().unwrap_or(0);
+            for &a in &arcs {
+                flows[a] -= units;
+            }
+            paths.push((
+                path.iter().map(|&n| g[n].to_string()).collect(),
+                i64::try_from(units).unwrap_or(i64::MAX),
+            ));
+        }
+        (i64::try_from(value).unwrap_or(i64::MAX), paths)
     }
 }
 
@@ -109,5 +150,16 @@ mod tests {
         assert_eq!(two.max_flow("d", "a"), 0);
         assert_eq!(two.max_flow("a", "nobody"), 0);
         assert_eq!(two.max_flow("a", "a"), 0);
+        // the routes the flow takes
+        let (v, mut paths) = two.flow_paths("a", "d");
+        paths.sort();
+        let names = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(v, 12);
+        assert_eq!(
+            paths,
+            vec![(names(&["a", "b", "d"]), 5), (names(&["a", "c", "d"]), 7)]
+        );
+        let (v, paths) = shared.flow_paths("a", "d");
+        assert_eq!((v, paths.iter().map(|p| p.1).sum::<i64>()), (8, 8));
     }
 }

@@ -490,6 +490,80 @@ async fn a_payment_no_one_route_carries_goes_split_over_two() {
 }
 
 #[tokio::test]
+async fn a_payment_splits_beyond_the_first_site_it_reaches() {
+    // P (site 0) has one way out, to R (site 1, up to 1,000); R's ways on go through A (site
+    // 2, 600) or B (site 3, 500) to Q (site 4): no one way carries 1,000, R's two together do
+    let net = Net::graph(
+        "splitfar",
+        &[47210, 47211, 47212, 47213, 47214],
+        &[&["P"], &["R"], &["A"], &["B"], &["Q"]],
+        &[
+            ((0, 0), (1, 0), 1000),
+            ((1, 0), (2, 0), 600),
+            ((1, 0), (3, 0), 500),
+            ((2, 0), (4, 0), 600),
+            ((3, 0), (4, 0), 500),
+        ],
+        1000,
+    )
+    .await;
+    let (payer, payee) = (&net.users[0][0], &net.users[4][0]);
+    let to = chad(&net.sites[4], payee);
+    let before = net.positions().await;
+
+    let l = pay_address(payer, &to, 1000).await.unwrap();
+    net.settle_all().await;
+    assert_eq!(
+        net.lift_status(l).await,
+        vec![(0, "good".to_string(), "origin".to_string())]
+    );
+    // R answered what its ways carry together, so the origin sent two parts over its one way
+    // out, each no more than one way beyond carries; R passed each on a way of its own
+    assert_eq!(
+        parts(&net, l).await,
+        vec![(600, "good".to_string()), (400, "good".to_string())]
+    );
+    let total: Option<i64> = net.sites[0]
+        .admin
+        .query_one(
+            "SELECT total FROM chips.lift_routes WHERE dir = 'out' AND status = 'found' \
+             AND query = (SELECT query FROM chips.lifts WHERE lift_uuid = $1)",
+            &[&l],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, Some(1000), "R's answer: 600 and 500, no more than P -> R carries");
+    let ways: Vec<Uuid> = net.sites[1]
+        .admin
+        .query(
+            "SELECT tally_out FROM chips.lifts WHERE status = 'good' AND role = 'relay' ORDER BY units DESC",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ways, [net.tallies[1][0], net.tallies[1][1]], "through A, then B");
+    net.check_consistent().await;
+    let after = net.positions().await;
+    let moved: Vec<i64> = (0..5).map(|k| after[k][0] - before[k][0]).collect();
+    assert_eq!(moved, [-1000, 0, 0, 0, 1000], "R, A and B only pass it on");
+
+    // what is left (through B 100; P -> R is used up) carries nothing more: void, nothing moves
+    match pay_address(payer, &to, 101).await {
+        Ok(l) => {
+            net.settle_all().await;
+            assert!(net.lift_status(l).await.iter().all(|(_, s, _)| s == "void"));
+        }
+        Err(e) => assert_eq!(sqlstate(&e), "55000", "{e}"),
+    }
+    net.check_consistent().await;
+    assert_eq!(net.positions().await, after);
+}
+
+#[tokio::test]
 async fn a_part_refused_mid_prepare_voids_the_whole_payment_at_once() {
     let net = Net::diamond("splitdie", 600, 500, [47170, 47171, 47172, 47173]).await;
     let (payer, payee) = (&net.users[0][0], &net.users[3][0]);
