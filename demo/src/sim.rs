@@ -78,6 +78,9 @@ struct Stats {
     /// it started (the oracle's max flow), and how it ended (good, or why not).
     addr: Mutex<Vec<(bool, String)>>,
     errors: Mutex<HashMap<String, usize>>,
+    /// Payments the network could have carried when they started, failed, that it could no
+    /// longer carry when they failed (the oracle asked again then).
+    addr_gone: AtomicUsize,
     /// `--explain`: say why each payment the network could have carried failed.
     explain: bool,
     tally_ms: Mutex<Vec<f64>>,
@@ -751,6 +754,13 @@ async fn finish(
         for (h, n, c) in why {
             println!("    failed, {h}: {n} ({c} of them the network could have carried)");
         }
+        if could > good_could {
+            println!(
+                "    of the {} failed that the network could have carried, it could no longer carry {} when they failed (capacity taken meanwhile by other payments, lifts and clearing)",
+                could - good_could,
+                stats.addr_gone.load(Ordering::Relaxed)
+            );
+        }
     }
     println!(
         "  total debt before clearing: {}   after: {}   cleared: {} ({:.1} %)",
@@ -981,8 +991,18 @@ async fn act(net: &Net, stats: &Stats, rng: &mut StdRng) {
         let explain = |lift: Option<Uuid>, how: String| {
             let graph = &graph;
             let (from_node, to_node) = (&from_node, &to_node);
+            let sites = &sites;
             async move {
-                if stats.explain && could {
+                if !could {
+                    return;
+                }
+                // could the network still carry it when it failed?
+                if let Ok(g) = oracle::Graph::read(sites).await {
+                    if g.max_flow(from_node, to_node) < units {
+                        stats.addr_gone.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if stats.explain {
                     println!(
                         "{}",
                         explain(net, graph, from_node, to_node, units, lift, &how).await
@@ -1083,6 +1103,71 @@ async fn explain(
             queries.extend(rows.iter().map(|r| r.get::<_, String>(0)));
         }
     }
+    // the payment and its parts at the payer's site, and what its own ways carry now
+    let payer_site = net
+        .sites
+        .iter()
+        .position(|s| from.ends_with(&format!("@{}", s.agent_id())))
+        .unwrap_or(0);
+    if let Ok(rows) = net.sites[payer_site]
+        .admin
+        .query(
+            "SELECT l.units, l.status, coalesce(l.reason, '-'), coalesce(left(l.tally_out::text, 8), '-'),
+                    coalesce(t.ent, '-'),
+                    CASE WHEN l.parent IS NULL THEN 'payment' ELSE 'part' END,
+                    coalesce((SELECT chips._route_widest(a.payers, a.receivers, a.caps, l.payer, t.ent)
+                              FROM chips._local_arcs() a)::text, '-'),
+                    coalesce(chips._send_capacity(t)::text, '-')
+             FROM chips.lifts l
+             LEFT JOIN chips.tallies t ON t.tally_uuid = l.tally_out AND t.part_ent IS NULL
+             WHERE (l.lift_uuid = $1 OR l.parent = $1) AND l.role = 'origin' ORDER BY l.id",
+            &[&lift],
+        )
+        .await
+    {
+        for r in rows {
+            out += &format!(
+                "\n  {} of {} units: {} ({}); out on {} of {}; now: widest way there {}, the tally out {}",
+                r.get::<_, String>(5),
+                r.get::<_, i64>(0),
+                r.get::<_, String>(1),
+                r.get::<_, String>(2),
+                r.get::<_, String>(3),
+                r.get::<_, String>(4),
+                r.get::<_, String>(6),
+                r.get::<_, String>(7),
+            );
+        }
+    }
+    // the refusals sent about it or its parts, by any site
+    for (k, s) in net.sites.iter().enumerate() {
+        let Ok(rows) = s
+            .admin
+            .query(
+                "SELECT o.msg->'object'->>'reason', coalesce(o.msg->'object'->>'max', '-'),
+                        coalesce(o.msg->'object'->>'lift', '-')
+                 FROM chips.outbox o
+                 WHERE o.target = 'lift' AND o.action = 'reject'
+                   AND (o.msg->'object'->>'lift' = $1::text
+                        OR o.msg->'object'->>'lift' IN (SELECT x.lift_uuid::text FROM chips.lifts x
+                                                         WHERE x.parent = $1))
+                 ORDER BY o.id",
+                &[&lift],
+            )
+            .await
+        else {
+            continue;
+        };
+        for r in rows {
+            out += &format!(
+                "\n  {} refused {}: {} (max {})",
+                net.names[k],
+                &r.get::<_, String>(2)[..8.min(r.get::<_, String>(2).len())],
+                r.get::<_, String>(0),
+                r.get::<_, String>(1)
+            );
+        }
+    }
     for (i, q) in queries.iter().enumerate() {
         out += &format!("\n  query {}:", i + 1);
         let mut rows = vec![];
@@ -1091,7 +1176,8 @@ async fn explain(
                 .admin
                 .query(
                     "SELECT r.dir, coalesce(left(r.tally::text, 8), '-'), r.status,
-                            coalesce(r.max::text, '-'), coalesce(r.hops::text, '-'), r.units,
+                            coalesce(r.max::text, '-') || '/' || coalesce(r.total::text, '-'),
+                            coalesce(r.hops::text, '-'), r.units,
                             coalesce(t.ent, '-'),
                             extract(epoch FROM r.created)::float8 * 1000
                      FROM chips.lift_routes r
@@ -1107,7 +1193,7 @@ async fn explain(
                 rows.push((
                     r.get::<_, f64>(7),
                     format!(
-                        "{} {} {} tally {} of {} units {} max {} hops {}",
+                        "{} {} {} tally {} of {} units {} max/total {} hops {}",
                         net.names[k],
                         r.get::<_, String>(0),
                         r.get::<_, String>(2),
