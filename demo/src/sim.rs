@@ -756,7 +756,7 @@ async fn finish(
         }
         if could > good_could {
             println!(
-                "    of the {} failed that the network could have carried, it could no longer carry {} when they failed (capacity taken meanwhile by other payments, lifts and clearing)",
+                "    of the {} failed that the network could have carried, it could no longer carry {} when they failed and held nothing (capacity taken meanwhile by other payments, lifts and clearing)",
                 could - good_could,
                 stats.addr_gone.load(Ordering::Relaxed)
             );
@@ -996,7 +996,11 @@ async fn act(net: &Net, stats: &Stats, rng: &mut StdRng) {
                 if !could {
                     return;
                 }
-                // could the network still carry it when it failed?
+                // could the network still carry it when it failed, once nothing of it holds
+                // capacity anywhere (its releases travel as messages)?
+                if let Some(lift) = lift {
+                    released(net, lift).await;
+                }
                 if let Ok(g) = oracle::Graph::read(sites).await {
                     if g.max_flow(from_node, to_node) < units {
                         stats.addr_gone.fetch_add(1, Ordering::Relaxed);
@@ -1051,6 +1055,42 @@ async fn act(net: &Net, stats: &Stats, rng: &mut StdRng) {
             }
             Err(e) => stats.error(db(e)),
         }
+    }
+}
+
+/// Waits (up to 10 s) until no site holds a pending chit of payment `lift` or of its parts.
+async fn released(net: &Net, lift: Uuid) {
+    let mut ids = vec![lift];
+    for s in &net.sites {
+        if let Ok(rows) = s
+            .admin
+            .query(
+                "SELECT lift_uuid FROM chips.lifts WHERE parent = $1",
+                &[&lift],
+            )
+            .await
+        {
+            ids.extend(rows.iter().map(|r| r.get::<_, Uuid>(0)));
+        }
+    }
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        let mut held = 0i64;
+        for s in &net.sites {
+            held += s
+                .admin
+                .query_one(
+                    "SELECT count(*) FROM chips.chits c JOIN chips.lifts l ON l.id = c.lift_id
+                     WHERE l.lift_uuid = ANY ($1) AND c.status = 'pend'",
+                    &[&ids],
+                )
+                .await
+                .map_or(1, |r| r.get::<_, i64>(0));
+        }
+        if held == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

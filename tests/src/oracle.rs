@@ -75,8 +75,12 @@ impl Graph {
             if a == b {
                 continue;
             }
-            let x = *ids.entry(a.as_str()).or_insert_with(|| g.add_node(a.as_str()));
-            let y = *ids.entry(b.as_str()).or_insert_with(|| g.add_node(b.as_str()));
+            let x = *ids
+                .entry(a.as_str())
+                .or_insert_with(|| g.add_node(a.as_str()));
+            let y = *ids
+                .entry(b.as_str())
+                .or_insert_with(|| g.add_node(b.as_str()));
             g.add_edge(x, y, c.unsigned_abs());
         }
         let (Some(&s), Some(&t)) = (ids.get(from), ids.get(to)) else {

@@ -533,7 +533,11 @@ async fn a_payment_splits_beyond_the_first_site_it_reaches() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(total, Some(1000), "R's answer: 600 and 500, no more than P -> R carries");
+    assert_eq!(
+        total,
+        Some(1000),
+        "R's answer: 600 and 500, no more than P -> R carries"
+    );
     let ways: Vec<Uuid> = net.sites[1]
         .admin
         .query(
@@ -545,7 +549,11 @@ async fn a_payment_splits_beyond_the_first_site_it_reaches() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(ways, [net.tallies[1][0], net.tallies[1][1]], "through A, then B");
+    assert_eq!(
+        ways,
+        [net.tallies[1][0], net.tallies[1][1]],
+        "through A, then B"
+    );
     net.check_consistent().await;
     let after = net.positions().await;
     let moved: Vec<i64> = (0..5).map(|k| after[k][0] - before[k][0]).collect();
