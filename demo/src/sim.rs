@@ -83,6 +83,8 @@ struct Stats {
     addr_gone: AtomicUsize,
     /// `--explain`: say why each payment the network could have carried failed.
     explain: bool,
+    /// The checks of failed payments under way (awaited when trading ends).
+    checks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     tally_ms: Mutex<Vec<f64>>,
     addr_ms: Mutex<Vec<f64>>,
 }
@@ -490,6 +492,10 @@ async fn trade(args: &Args, stop: &AtomicBool, net: &Arc<Net>) -> Res<Trading> {
         tokio::time::sleep(Duration::from_millis(500).min(trading_ends - now)).await;
     }
     for t in tasks {
+        t.await.map_err(|e| e.to_string())?;
+    }
+    let checks = std::mem::take(&mut *stats.checks.lock().expect("stats"));
+    for t in checks {
         t.await.map_err(|e| e.to_string())?;
     }
     b.finish_and_clear();
@@ -920,7 +926,7 @@ pub fn chips(milli: i64) -> String {
 }
 
 /// One agent's action: pay on credit, refund, or pay someone on another site.
-async fn act(net: &Net, stats: &Stats, rng: &mut StdRng) {
+async fn act(net: &Arc<Net>, stats: &Arc<Stats>, rng: &mut StdRng) {
     let roll: f64 = rng.gen();
     if roll < 0.9 || net.sites.len() < 2 {
         let t = &net.tallies[rng.gen_range(0..net.tallies.len())];
@@ -988,31 +994,36 @@ async fn act(net: &Net, stats: &Stats, rng: &mut StdRng) {
                 .expect("stats")
                 .push((could, how.to_string()))
         };
+        // (after a failure the network could have carried, on a task of its own: the agent goes
+        // on paying meanwhile)
         let explain = |lift: Option<Uuid>, how: String| {
-            let graph = &graph;
-            let (from_node, to_node) = (&from_node, &to_node);
-            let sites = &sites;
-            async move {
-                if !could {
-                    return;
-                }
+            if !could {
+                return;
+            }
+            let (net, stats, graph) = (net.clone(), stats.clone(), graph.clone());
+            let (from_node, to_node) = (from_node.clone(), to_node.clone());
+            let checks = stats.clone();
+            let task = tokio::spawn(async move {
                 // could the network still carry it when it failed, once nothing of it holds
                 // capacity anywhere (its releases travel as messages)?
                 if let Some(lift) = lift {
-                    released(net, lift).await;
+                    released(&net, lift).await;
                 }
-                if let Ok(g) = oracle::Graph::read(sites).await {
-                    if g.max_flow(from_node, to_node) < units {
+                let sites: Vec<&tokio_postgres::Client> =
+                    net.sites.iter().map(|s| &s.admin).collect();
+                if let Ok(g) = oracle::Graph::read(&sites).await {
+                    if g.max_flow(&from_node, &to_node) < units {
                         stats.addr_gone.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 if stats.explain {
                     println!(
                         "{}",
-                        explain(net, graph, from_node, to_node, units, lift, &how).await
+                        explain(&net, &graph, &from_node, &to_node, units, lift, &how).await
                     );
                 }
-            }
+            });
+            checks.checks.lock().expect("stats").push(task);
         };
         let start = Instant::now();
         match pay_address_as(&payer.user.db, &payer.user.key, &to, units).await {
@@ -1035,7 +1046,7 @@ async fn act(net: &Net, stats: &Stats, rng: &mut StdRng) {
                     }
                     Ok(("void", reason)) => {
                         end(reason.unwrap_or("void"));
-                        explain(Some(lift), reason.unwrap_or("void").to_string()).await;
+                        explain(Some(lift), reason.unwrap_or("void").to_string());
                         stats.addr_void.fetch_add(1, Ordering::Relaxed);
                         return;
                     }
@@ -1050,7 +1061,7 @@ async fn act(net: &Net, stats: &Stats, rng: &mut StdRng) {
             },
             Err(e) if sqlstate(&e) == "55000" => {
                 end("no tally of the payer's leads out");
-                explain(None, errmsg(&e)).await;
+                explain(None, errmsg(&e));
                 stats.addr_none.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => stats.error(db(e)),

@@ -70,6 +70,34 @@ mod tests {
     }
 
     #[pg_test]
+    fn the_ways_on_from_a_site_carry_together_what_its_least_cut_allows() {
+        // a pays b (10); b pays c (6) and d (5); exits at c (up to 6) and d (up to 9)
+        let arcs = "ARRAY['a','b','b'], ARRAY['b','c','d'], ARRAY[10,6,5]::bigint[]";
+        let both: i64 = one(&format!(
+            "SELECT chips._route_flow({arcs}, 'a', ARRAY['c','d'], ARRAY[6,9]::bigint[])"
+        ));
+        assert_eq!(both, 10, "the tally a -> b bounds them");
+        let one_way: i64 = one(&format!(
+            "SELECT chips._route_flow({arcs}, 'a', ARRAY['c'], ARRAY[6]::bigint[])"
+        ));
+        assert_eq!(one_way, 6);
+        // an exit's holder or the start outside the arcs: nothing moves (no error)
+        let none: i64 = one(&format!(
+            "SELECT chips._route_flow({arcs}, 'z', ARRAY['c','q'], ARRAY[6,1]::bigint[])"
+        ));
+        assert_eq!(none, 0);
+    }
+
+    #[pg_test(error = "exits and exit capacities must have the same length")]
+    fn the_ways_on_need_a_capacity_for_every_exit() {
+        Spi::run(
+            "SELECT chips._route_flow(ARRAY['a'], ARRAY['b'], ARRAY[1]::bigint[], 'a',
+                                      ARRAY['b'], ARRAY[1,2]::bigint[])",
+        )
+        .unwrap();
+    }
+
+    #[pg_test]
     fn canonical_json_sorts_keys_and_normalizes_numbers() {
         let got: String = one(
             r#"SELECT chips.canonical_json('{"b": [1, 2.50, "é\n"], "a": null, "A": true}'::jsonb)"#,
