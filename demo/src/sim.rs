@@ -1069,7 +1069,8 @@ async fn act(net: &Arc<Net>, stats: &Arc<Stats>, rng: &mut StdRng) {
     }
 }
 
-/// Waits (up to 10 s) until no site holds a pending chit of payment `lift` or of its parts.
+/// Waits (up to 5 s, looking every 100 ms) until no site holds a pending chit of payment `lift`
+/// or of its parts.
 async fn released(net: &Net, lift: Uuid) {
     let mut ids = vec![lift];
     for s in &net.sites {
@@ -1085,7 +1086,7 @@ async fn released(net: &Net, lift: Uuid) {
         }
     }
     let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(10) {
+    while t.elapsed() < Duration::from_secs(5) {
         let mut held = 0i64;
         for s in &net.sites {
             held += s
@@ -1101,7 +1102,7 @@ async fn released(net: &Net, lift: Uuid) {
         if held == 0 {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
