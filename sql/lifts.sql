@@ -985,14 +985,21 @@ END
 $$;
 
 -- The most a way across this site carries now, from `p_from` (after tally `p_in`) to `p_to`
--- (and out on `p_out`), of half of `p_units`, a quarter, ... a sixteenth: 0 if not that much.
+-- (and out on `p_out`), of half of `p_units`, a quarter, ... a sixteenth: 0 if not that much
+-- (and for a lift of 1 unit, which has no half: no way is asked for 0 units).
 CREATE FUNCTION chips._route_most(p_from text, p_to text, p_units bigint, p_in uuid, p_out uuid DEFAULT NULL)
 RETURNS bigint
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
-    SELECT CASE WHEN g.ok AND p_units >= 2 THEN greatest(0, (SELECT min(c) FROM pg_catalog.unnest(g.caps) c))
-                ELSE 0 END
-    FROM chips._route_wide(p_from, p_to, p_units / 2, p_units / 16, p_in, p_out) g
+DECLARE
+    g record;
+BEGIN
+    IF p_units < 2 THEN
+        RETURN 0;
+    END IF;
+    g := chips._route_wide(p_from, p_to, p_units / 2, p_units / 16, p_in, p_out);
+    RETURN CASE WHEN g.ok THEN greatest(0, (SELECT min(c) FROM pg_catalog.unnest(g.caps) c)) ELSE 0 END;
+END
 $$;
 
 CREATE FUNCTION chips._recv_lift_prepare(msg jsonb) RETURNS text

@@ -63,6 +63,9 @@ pub struct Args {
     /// No progress bar (for logs and tests).
     #[arg(long)]
     pub quiet: bool,
+    /// The log filter of every chipsd (CHIPSD_LOG; their logs go to this program's stderr).
+    #[arg(long, default_value = "error")]
+    pub chipsd_log: String,
     /// For every payment to a CHIP address that failed though the network could have carried
     /// it, print the routes the oracle's flow took and what each site's route queries found.
     #[arg(long)]

@@ -217,7 +217,7 @@ async fn start_sites(
                     "--gateway-db",
                     &gw_dsn,
                 ],
-                "error",
+                &args.chipsd_log,
             )
             .map_err(|e| format!("chipsd of {name} ({}): {e}", chipsd.display()))?,
         );

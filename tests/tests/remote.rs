@@ -572,6 +572,52 @@ async fn a_payment_splits_beyond_the_first_site_it_reaches() {
 }
 
 #[tokio::test]
+async fn a_one_unit_lift_the_way_no_longer_carries_is_rejected_not_refused() {
+    // P (site 0) pays Q (site 1) through T, Q's neighbour there: P -> T, T -> Q, 1 unit each
+    let net = Net::graph(
+        "oneunit",
+        &[47215, 47216],
+        &[&["P"], &["T", "Q"]],
+        &[((0, 0), (1, 0), 1), ((1, 0), (1, 1), 1)],
+        1000,
+    )
+    .await;
+    // (a lift lives long enough here that no step of the test outlasts it)
+    for s in &net.sites {
+        s.admin
+            .execute("SELECT chips.lift_configure(life => '60 seconds')", &[])
+            .await
+            .unwrap();
+    }
+    let (payer, payee) = (&net.users[0][0], &net.users[1][1]);
+    let before = net.positions().await;
+    let l = pay_address(payer, &chad(&net.sites[1], payee), 1)
+        .await
+        .unwrap();
+    // discovery only; then T pays Q (both at site 1) the unit the way had left
+    while relay_round(&net, |m| m["action"] == "prepare", false)
+        .await
+        .0
+        > 0
+    {}
+    net.users[1][0]
+        .pay(net.tallies[1][0], 1, "direct")
+        .await
+        .unwrap();
+    // the prepare reaches the payee's site, whose way from T to Q carries nothing now: it
+    // rejects it (what would get through instead of a 1-unit lift is 0; asking for a way of
+    // half a unit was an error that refused the message, and a sender retries a refused
+    // message for ever, holding up the messages behind it)
+    net.settle_all().await;
+    assert!(net.lift_status(l).await.iter().all(|(_, s, _)| s == "void"));
+    assert_eq!(held(&net).await, [0, 0], "nothing of it held anywhere");
+    net.check_consistent().await;
+    let after = net.positions().await;
+    assert_eq!(after[0][0], before[0][0], "the payer paid nothing");
+    assert_eq!(after[1][0] - before[1][0], -1, "T paid Q directly");
+}
+
+#[tokio::test]
 async fn a_part_refused_mid_prepare_voids_the_whole_payment_at_once() {
     let net = Net::diamond("splitdie", 600, 500, [47170, 47171, 47172, 47173]).await;
     let (payer, payee) = (&net.users[0][0], &net.users[3][0]);
