@@ -1824,3 +1824,110 @@ BEGIN
     RETURN CASE WHEN g.ok THEN greatest(0, (SELECT min(c) FROM pg_catalog.unnest(g.caps) c)) ELSE 0 END;
 END
 $$;
+
+-- A payment that finds no way asks again after growing pauses (chips._lift_again), five times
+-- in all by default.
+ALTER TABLE chips.lifts ADD COLUMN seek_at timestamptz;
+ALTER TABLE chips.lift_settings ALTER COLUMN tries SET DEFAULT 5;
+
+-- Sends the route queries of a lift in 'seek' (or answers from the cache).
+CREATE OR REPLACE FUNCTION chips._lift_seek(p_id bigint) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    s chips.lift_settings := chips._lift_set();
+    l chips.lifts;
+    v_in bigint;
+BEGIN
+    UPDATE chips.lifts x SET seek_at = NULL WHERE x.id = p_id RETURNING * INTO l;
+    -- a payment asks for routes that carry at least an even part of it (it may be split over up
+    -- to `parts` routes); a circle for its least units
+    INSERT INTO chips.lift_routes (query, dir, tally, lift, find, units, want, expires)
+    VALUES (l.query, 'in', NULL, l.lift_uuid, l.find,
+            CASE WHEN l.kind = 'linear' THEN (l.units + s.parts - 1) / s.parts ELSE l.units END,
+            CASE WHEN l.kind = 'linear' THEN l.units END, least(l.expires, pg_catalog.now() + s.query_life))
+    RETURNING id INTO v_in;
+    PERFORM chips._route_ask(v_in, l.payer, s.max_depth);
+END
+$$;
+
+-- Payment `p_id`, which found no way that carries it, asks again (a new route query: the ways
+-- that refused it hold nothing now), if it has tries left and time for the query; whether it
+-- will. The first time at once; each time after that, after a pause half a second longer than
+-- the last (lift_tick sends the query): the payments and lifts that took the capacity it
+-- wanted move on, and what its refused parts held is back at every site they reached.
+CREATE OR REPLACE FUNCTION chips._lift_again(p_id bigint) RETURNS boolean
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    s chips.lift_settings := chips._lift_set();
+    l chips.lifts;
+    n integer;
+    v_pause interval;
+BEGIN
+    SELECT * INTO l FROM chips.lifts x WHERE x.id = p_id FOR UPDATE;
+    n := (SELECT count(*) FROM chips.lift_routes x WHERE x.lift = l.lift_uuid AND x.dir = 'in');
+    v_pause := greatest(n - 1, 0) * interval '500 milliseconds';
+    IF l.kind <> 'linear' OR l.status NOT IN ('seek', 'pend') OR l.parent IS NOT NULL
+       OR pg_catalog.now() + v_pause + s.query_life + s.hop_step >= l.expires
+       OR n >= s.tries THEN
+        RETURN false;
+    END IF;
+    UPDATE chips.lifts x SET status = 'seek', query = pg_catalog.gen_random_uuid()::text,
+        seek_at = pg_catalog.now() + v_pause
+    WHERE x.id = l.id;
+    IF v_pause = interval '0' THEN
+        PERFORM chips._lift_seek(l.id);
+    END IF;
+    RETURN true;
+END
+$$;
+
+-- The timer of distributed lifts (chipsd calls it every lift_tick_ms; cron will do): route queries
+-- past their time are answered none; the origin decides void for a lift not ready by its expiry;
+-- a payment that asks again after a pause sends its query; a site that prepared and is past its
+-- expiry asks the origin for the decision (every ask_every); old route rows and cache entries go.
+CREATE OR REPLACE FUNCTION chips.lift_tick(OUT queries integer, OUT voided integer, OUT asked integer)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    s chips.lift_settings := chips._lift_set();
+    r record;
+BEGIN
+    queries := 0; voided := 0; asked := 0;
+    FOR r IN SELECT x.id FROM chips.lift_routes x
+             WHERE x.dir = 'in' AND x.status = 'pend' AND x.expires <= pg_catalog.now() LOOP
+        UPDATE chips.lift_routes x SET status = 'none'
+        WHERE x.query = (SELECT y.query FROM chips.lift_routes y WHERE y.id = r.id)
+          AND x.dir = 'out' AND x.status = 'pend' AND x.asker = r.id;
+        PERFORM chips._route_answer(r.id);
+        queries := queries + 1;
+    END LOOP;
+    FOR r IN SELECT x.id, x.status FROM chips.lifts x
+             WHERE x.role = 'origin' AND x.status IN ('draft', 'seek', 'pend') AND x.parent IS NULL
+               AND x.expires <= pg_catalog.now() LOOP
+        PERFORM chips._lift_decide(r.id, 'void', 'expired');
+        voided := voided + 1;
+    END LOOP;
+    -- payments that ask again after a pause (chips._lift_again)
+    FOR r IN SELECT x.id FROM chips.lifts x
+             WHERE x.role = 'origin' AND x.status = 'seek' AND x.seek_at <= pg_catalog.now()
+             ORDER BY x.id LOOP
+        PERFORM chips._lift_seek(r.id);
+    END LOOP;
+    FOR r IN SELECT x.* FROM chips.lifts x
+             WHERE x.role IN ('relay', 'terminus') AND x.status = 'pend' AND x.expires <= pg_catalog.now()
+               AND (x.asked IS NULL OR x.asked + s.ask_every <= pg_catalog.now()) LOOP
+        PERFORM chips._send(
+            (SELECT t.hold_cert->'chad' FROM chips.tallies t WHERE t.tally_uuid = r.tally_in AND t.part_ent IS NULL),
+            r.origin, 'lift', 'status', pg_catalog.jsonb_build_object('lift', r.lift_uuid));
+        UPDATE chips.lifts x SET asked = pg_catalog.now() WHERE x.id = r.id;
+        asked := asked + 1;
+    END LOOP;
+    DELETE FROM chips.lift_routes x WHERE x.expires < pg_catalog.now() - interval '10 minutes';
+    DELETE FROM chips.lift_route_cache c WHERE c.expires < pg_catalog.now();
+    -- and the timers of clearing rounds (sql/rounds.sql)
+    PERFORM chips.round_tick();
+END
+$$;

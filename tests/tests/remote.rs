@@ -618,6 +618,73 @@ async fn a_one_unit_lift_the_way_no_longer_carries_is_rejected_not_refused() {
 }
 
 #[tokio::test]
+async fn a_payment_that_finds_no_way_asks_again_after_a_pause() {
+    // P (site 0) pays Q (site 1) on their one tally; Q takes up to 500 past what P owes
+    let net = Net::graph(
+        "again",
+        &[47218, 47219],
+        &[&["P"], &["Q"]],
+        &[((0, 0), (1, 0), 500)],
+        1000,
+    )
+    .await;
+    for s in &net.sites {
+        s.admin
+            .execute("SELECT chips.lift_configure(life => '60 seconds')", &[])
+            .await
+            .unwrap();
+    }
+    let (p, q) = (&net.users[0][0], &net.users[1][0]);
+    let t = net.tallies[0][0];
+    // P pays Q all the tally takes: no way to Q is left
+    p.pay(t, 500, "all of it").await.unwrap();
+    net.settle().await;
+    let before = net.positions().await;
+    // a payment to Q's address finds no way at once, asks again at once, finds none again, and
+    // waits (status seek) to ask a third time half a second later
+    let l = pay_address(p, &chad(&net.sites[1], q), 300).await.unwrap();
+    let r = net.sites[0]
+        .admin
+        .query_one(
+            "SELECT status, seek_at > now() FROM chips.lifts WHERE lift_uuid = $1",
+            &[&l],
+        )
+        .await
+        .unwrap();
+    let (status, seek_at): (String, bool) = (r.get(0), r.get(1));
+    assert_eq!((status.as_str(), seek_at), ("seek", true));
+    let queries = |n: i64| {
+        let site = &net.sites[0];
+        async move {
+            let got: i64 = site
+                .admin
+                .query_one(
+                    "SELECT count(*) FROM chips.lift_routes WHERE lift = $1 AND dir = 'in'",
+                    &[&l],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(got, n, "route queries sent");
+        }
+    };
+    queries(2).await;
+    // meanwhile Q pays P back 400 on the tally: the way is there again
+    q.pay(t, 400, "refund").await.unwrap();
+    net.settle().await;
+    queries(2).await; // (the pause is not over)
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    net.settle_all().await;
+    queries(3).await;
+    assert_eq!(net.lift_status(l).await[0].1, "good");
+    net.check_consistent().await;
+    let after = net.positions().await;
+    // the refund, less the payment
+    assert_eq!(after[0][0] - before[0][0], 400 - 300);
+    assert_eq!(after[1][0] - before[1][0], 300 - 400);
+}
+
+#[tokio::test]
 async fn a_part_refused_mid_prepare_voids_the_whole_payment_at_once() {
     let net = Net::diamond("splitdie", 600, 500, [47170, 47171, 47172, 47173]).await;
     let (payer, payee) = (&net.users[0][0], &net.users[3][0]);
