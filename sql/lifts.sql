@@ -1438,7 +1438,7 @@ DECLARE
     l chips.lifts;
     v_in bigint;
 BEGIN
-    UPDATE chips.lifts x SET seek_at = NULL WHERE x.id = p_id RETURNING * INTO l;
+    SELECT * INTO l FROM chips.lifts x WHERE x.id = p_id;
     -- a payment asks for routes that carry at least an even part of it (it may be split over up
     -- to `parts` routes); a circle for its least units
     INSERT INTO chips.lift_routes (query, dir, tally, lift, find, units, want, expires)
@@ -1452,32 +1452,22 @@ $$;
 
 -- Payment `p_id`, which found no way that carries it, asks again (a new route query: the ways
 -- that refused it hold nothing now), if it has tries left and time for the query; whether it
--- will. The first time at once; each time after that, after a pause half a second longer than
--- the last (lift_tick sends the query): the payments and lifts that took the capacity it
--- wanted move on, and what its refused parts held is back at every site they reached.
+-- did.
 CREATE FUNCTION chips._lift_again(p_id bigint) RETURNS boolean
 LANGUAGE plpgsql
 AS $$
 DECLARE
     s chips.lift_settings := chips._lift_set();
     l chips.lifts;
-    n integer;
-    v_pause interval;
 BEGIN
     SELECT * INTO l FROM chips.lifts x WHERE x.id = p_id FOR UPDATE;
-    n := (SELECT count(*) FROM chips.lift_routes x WHERE x.lift = l.lift_uuid AND x.dir = 'in');
-    v_pause := greatest(n - 1, 0) * interval '500 milliseconds';
     IF l.kind <> 'linear' OR l.status NOT IN ('seek', 'pend') OR l.parent IS NOT NULL
-       OR pg_catalog.now() + v_pause + s.query_life + s.hop_step >= l.expires
-       OR n >= s.tries THEN
+       OR pg_catalog.now() + s.query_life + s.hop_step >= l.expires
+       OR (SELECT count(*) FROM chips.lift_routes x WHERE x.lift = l.lift_uuid AND x.dir = 'in') >= s.tries THEN
         RETURN false;
     END IF;
-    UPDATE chips.lifts x SET status = 'seek', query = pg_catalog.gen_random_uuid()::text,
-        seek_at = pg_catalog.now() + v_pause
-    WHERE x.id = l.id;
-    IF v_pause = interval '0' THEN
-        PERFORM chips._lift_seek(l.id);
-    END IF;
+    UPDATE chips.lifts x SET status = 'seek', query = pg_catalog.gen_random_uuid()::text WHERE x.id = l.id;
+    PERFORM chips._lift_seek(l.id);
     RETURN true;
 END
 $$;
@@ -1736,8 +1726,8 @@ $$;
 
 -- The timer of distributed lifts (chipsd calls it every lift_tick_ms; cron will do): route queries
 -- past their time are answered none; the origin decides void for a lift not ready by its expiry;
--- a payment that asks again after a pause sends its query; a site that prepared and is past its
--- expiry asks the origin for the decision (every ask_every); old route rows and cache entries go.
+-- a site that prepared and is past its expiry asks the origin for the decision (every
+-- ask_every); old route rows and cache entries go.
 CREATE FUNCTION chips.lift_tick(OUT queries integer, OUT voided integer, OUT asked integer)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = chips, pg_catalog, pg_temp
@@ -1760,12 +1750,6 @@ BEGIN
                AND x.expires <= pg_catalog.now() LOOP
         PERFORM chips._lift_decide(r.id, 'void', 'expired');
         voided := voided + 1;
-    END LOOP;
-    -- payments that ask again after a pause (chips._lift_again)
-    FOR r IN SELECT x.id FROM chips.lifts x
-             WHERE x.role = 'origin' AND x.status = 'seek' AND x.seek_at <= pg_catalog.now()
-             ORDER BY x.id LOOP
-        PERFORM chips._lift_seek(r.id);
     END LOOP;
     FOR r IN SELECT x.* FROM chips.lifts x
              WHERE x.role IN ('relay', 'terminus') AND x.status = 'pend' AND x.expires <= pg_catalog.now()

@@ -211,9 +211,6 @@ CREATE TABLE chips.lifts (
     -- the coordinator gave the round's lift chits (so both halves of a tally write the same one)
     attempt     integer,
     chit_date   timestamptz(3),
-    -- an origin's payment that asks again (chips._lift_again): when its next route query goes
-    -- out (chips.lift_tick sends it)
-    seek_at     timestamptz,
     CHECK (cardinality(tallies) = cardinality(debtors)),
     CHECK (kind <> 'local' OR cardinality(tallies) >= 2),
     CHECK (kind = 'local' OR (role IS NOT NULL AND condition IS NOT NULL AND void_cond IS NOT NULL
@@ -295,8 +292,8 @@ CREATE TABLE chips.lift_settings (
     -- the most routes a payment is split over when no one route carries all of it (1: never split)
     parts       integer NOT NULL DEFAULT 4 CHECK (parts BETWEEN 1 AND 16),
     -- the most route queries a payment sends (one, then again while no way it found carried it
-    -- and time is left: the network moves while it waits; each again after a longer pause)
-    tries       integer NOT NULL DEFAULT 5 CHECK (tries BETWEEN 1 AND 8)
+    -- and time is left: the network moves while it waits)
+    tries       integer NOT NULL DEFAULT 3 CHECK (tries BETWEEN 1 AND 8)
 );
 
 -- Clearing rounds across sites (sql/rounds.sql). One row: the coordinator this site takes part
