@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use chips_tests::ring::{chad, pay_address, Net, Who};
-use chips_tests::sqlstate;
+use chips_tests::{sqlstate, User};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -415,6 +415,18 @@ async fn route_queries_hide_the_payee(net: &Net, cuid: &str, blind: &[usize]) {
     }
 }
 
+/// Payment `l` of `units` from `payer` to `to`, once every site settled: good at its origin
+/// (site 0), which holds its only row of that uuid (its parts have their own).
+async fn paid_at_origin(net: &Net, payer: &User, to: &Value, units: i64) -> Uuid {
+    let l = pay_address(payer, to, units).await.unwrap();
+    net.settle_all().await;
+    assert_eq!(
+        net.lift_status(l).await,
+        vec![(0, "good".to_string(), "origin".to_string())]
+    );
+    l
+}
+
 /// The parts of split payment `l` at its origin (site 0): units and status, widest first.
 async fn parts(net: &Net, l: Uuid) -> Vec<(i64, String)> {
     net.sites[0]
@@ -438,12 +450,7 @@ async fn a_payment_no_one_route_carries_goes_split_over_two() {
     let to = chad(&net.sites[3], payee);
     let before = net.positions().await;
 
-    let l = pay_address(payer, &to, 1000).await.unwrap();
-    net.settle_all().await;
-    assert_eq!(
-        net.lift_status(l).await,
-        vec![(0, "good".to_string(), "origin".to_string())]
-    );
+    let l = paid_at_origin(&net, payer, &to, 1000).await;
     assert_eq!(
         parts(&net, l).await,
         vec![(600, "good".to_string()), (400, "good".to_string())],
@@ -511,12 +518,7 @@ async fn a_payment_splits_beyond_the_first_site_it_reaches() {
     let to = chad(&net.sites[4], payee);
     let before = net.positions().await;
 
-    let l = pay_address(payer, &to, 1000).await.unwrap();
-    net.settle_all().await;
-    assert_eq!(
-        net.lift_status(l).await,
-        vec![(0, "good".to_string(), "origin".to_string())]
-    );
+    let l = paid_at_origin(&net, payer, &to, 1000).await;
     // R answered what its ways carry together, so the origin sent two parts over its one way
     // out, each no more than one way beyond carries; R passed each on a way of its own
     assert_eq!(
