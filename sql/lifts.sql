@@ -483,12 +483,12 @@ CREATE FUNCTION chips._route_total(r chips.lift_routes, p_holder text, p_target 
 LANGUAGE sql STABLE
 AS $$
     WITH a AS (SELECT * FROM chips._local_arcs()),
-         e AS (SELECT t.ent, least(coalesce(x.total, x.max), chips._send_capacity(t)) AS cap
+         e AS (SELECT t.ent, coalesce(least(coalesce(x.total, x.max), chips._send_capacity(t)), 0) AS cap
                FROM chips.lift_routes x
                JOIN chips.tallies t ON t.tally_uuid = x.tally AND t.part_ent IS NULL
                WHERE x.query = r.query AND x.dir = 'out' AND x.status = 'found' AND x.tally <> r.tally
                UNION ALL
-               SELECT p_target, 1::bigint << 48 WHERE p_target IS NOT NULL)
+               SELECT p_target, NULL::bigint WHERE p_target IS NOT NULL)   -- (no bound of its own)
     SELECT least(
         (SELECT chips._recv_capacity(h, (h.part_sets->>'clutch')::double precision)
          FROM chips.tallies h WHERE h.tally_uuid = r.tally AND h.part_ent IS NULL),

@@ -81,6 +81,11 @@ mod tests {
             "SELECT chips._route_flow({arcs}, 'a', ARRAY['c'], ARRAY[6]::bigint[])"
         ));
         assert_eq!(one_way, 6);
+        // an exit with no bound of its own (the payee): what the ways to it carry
+        let payee: i64 = one(&format!(
+            "SELECT chips._route_flow({arcs}, 'a', ARRAY['c','d'], ARRAY[NULL,1]::bigint[])"
+        ));
+        assert_eq!(payee, 7);
         // an exit's holder or the start outside the arcs: nothing moves (no error)
         let none: i64 = one(&format!(
             "SELECT chips._route_flow({arcs}, 'z', ARRAY['c','q'], ARRAY[6,1]::bigint[])"

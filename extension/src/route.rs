@@ -110,7 +110,8 @@ fn route_widest(
 
 /// The most units that can leave from `from` at once over the arcs, over any number of routes,
 /// each ending at one of the `exits` (a user, with the most that may leave through them,
-/// `exit_caps`): what a site's ways on carry together. 0 when none carries a unit.
+/// `exit_caps`; NULL: no bound of its own): what a site's ways on carry together. 0 when none
+/// carries a unit.
 #[pg_extern(immutable, parallel_safe, name = "_route_flow")]
 fn route_flow(
     payers: Vec<Option<String>>,
@@ -132,7 +133,7 @@ fn route_flow(
     let exits: Vec<(u32, i64)> = exits
         .iter()
         .zip(&exit_caps)
-        .filter_map(|(x, c)| Some((node(x.as_deref()?), c.unwrap_or(0))))
+        .filter_map(|(x, c)| Some((node(x.as_deref()?), c.unwrap_or(route::FLOW_CAP))))
         .collect();
     ok(route::flow_out(ids.len(), &arcs, from, &exits))
 }
