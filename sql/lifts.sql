@@ -669,6 +669,7 @@ DECLARE
     g record;
     r chips.lift_routes;
     s chips.lift_settings := chips._lift_set();
+    v_max bigint;
 BEGIN
     IF o->>'query' IS NULL OR pg_catalog.jsonb_typeof(o->'find') IS DISTINCT FROM 'object' THEN
         RAISE EXCEPTION 'a route query has query, find, units >= 1, depth and expires' USING ERRCODE = '22023';
@@ -725,10 +726,9 @@ BEGIN
             g := chips._route(t.ent, v_target, v_units, t.tally_uuid);
         END IF;
         IF g.ok THEN
+            v_max := (SELECT min(c) FROM pg_catalog.unnest(g.caps) c);
             UPDATE chips.lift_routes x SET status = 'found', hops = pg_catalog.cardinality(g.tallies),
-                max = (SELECT min(c) FROM pg_catalog.unnest(g.caps) c)
-            WHERE x.id = r.id RETURNING * INTO r;
-            UPDATE chips.lift_routes x SET total = greatest(r.max, chips._route_total(r, t.ent, v_target))
+                max = v_max, total = greatest(v_max, chips._route_total(r, t.ent, v_target))
             WHERE x.id = r.id RETURNING * INTO r;
             PERFORM chips._route_reply(r);
             RETURN 'found';

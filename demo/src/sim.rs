@@ -996,7 +996,7 @@ async fn act(net: &Arc<Net>, stats: &Arc<Stats>, rng: &mut StdRng) {
         };
         // (after a failure the network could have carried, on a task of its own: the agent goes
         // on paying meanwhile)
-        let explain = |lift: Option<Uuid>, how: String| {
+        let check_failure = |lift: Option<Uuid>, how: String| {
             if !could {
                 return;
             }
@@ -1046,7 +1046,7 @@ async fn act(net: &Arc<Net>, stats: &Arc<Stats>, rng: &mut StdRng) {
                     }
                     Ok(("void", reason)) => {
                         end(reason.unwrap_or("void"));
-                        explain(Some(lift), reason.unwrap_or("void").to_string());
+                        check_failure(Some(lift), reason.unwrap_or("void").to_string());
                         stats.addr_void.fetch_add(1, Ordering::Relaxed);
                         return;
                     }
@@ -1061,7 +1061,7 @@ async fn act(net: &Arc<Net>, stats: &Arc<Stats>, rng: &mut StdRng) {
             },
             Err(e) if sqlstate(&e) == "55000" => {
                 end("no tally of the payer's leads out");
-                explain(None, errmsg(&e));
+                check_failure(None, errmsg(&e));
                 stats.addr_none.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => stats.error(db(e)),
@@ -1069,9 +1069,9 @@ async fn act(net: &Arc<Net>, stats: &Arc<Stats>, rng: &mut StdRng) {
     }
 }
 
-/// Waits (up to 5 s, looking every 100 ms) until no site holds a pending chit of payment `lift`
-/// or of its parts.
-async fn released(net: &Net, lift: Uuid) {
+/// Payment `lift` and its parts (each a lift of its own uuid at the sites it passes), as the
+/// origin's rows name them.
+async fn payment_lifts(net: &Net, lift: Uuid) -> Vec<Uuid> {
     let mut ids = vec![lift];
     for s in &net.sites {
         if let Ok(rows) = s
@@ -1085,6 +1085,13 @@ async fn released(net: &Net, lift: Uuid) {
             ids.extend(rows.iter().map(|r| r.get::<_, Uuid>(0)));
         }
     }
+    ids
+}
+
+/// Waits (up to 5 s, looking every 100 ms) until no site holds a pending chit of payment `lift`
+/// or of its parts.
+async fn released(net: &Net, lift: Uuid) {
+    let ids = payment_lifts(net, lift).await;
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(5) {
         let mut held = 0i64;
@@ -1191,7 +1198,13 @@ async fn explain(
             );
         }
     }
-    // the refusals sent about it or its parts, by any site
+    // the refusals sent about it or its parts, by any site (a part's uuid is its own at the
+    // sites it passes: only the origin knows which payment it belongs to)
+    let ids: Vec<String> = payment_lifts(net, lift)
+        .await
+        .iter()
+        .map(Uuid::to_string)
+        .collect();
     for (k, s) in net.sites.iter().enumerate() {
         let Ok(rows) = s
             .admin
@@ -1200,11 +1213,9 @@ async fn explain(
                         coalesce(o.msg->'object'->>'lift', '-')
                  FROM chips.outbox o
                  WHERE o.target = 'lift' AND o.action = 'reject'
-                   AND (o.msg->'object'->>'lift' = $1::text
-                        OR o.msg->'object'->>'lift' IN (SELECT x.lift_uuid::text FROM chips.lifts x
-                                                         WHERE x.parent = $1))
+                   AND o.msg->'object'->>'lift' = ANY ($1)
                  ORDER BY o.id",
-                &[&lift],
+                &[&ids],
             )
             .await
         else {

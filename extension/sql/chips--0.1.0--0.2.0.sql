@@ -85,86 +85,6 @@ IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'route_widest_wrapper';
 
--- Answers a query upstream (over the tally it came in on), or, asked here, starts the lift.
-CREATE OR REPLACE FUNCTION chips._route_answer(p_in bigint) RETURNS void
-LANGUAGE plpgsql
-AS $$
-DECLARE
-    r chips.lift_routes;
-    o record;
-    g record;
-    l chips.lifts;
-    v_whole bigint;
-    v_waiting boolean;
-    v_in_holder text;
-BEGIN
-    SELECT * INTO r FROM chips.lift_routes x WHERE x.id = p_in FOR UPDATE;
-    IF r.status <> 'pend' THEN
-        RETURN;
-    END IF;
-    v_whole := greatest(r.units, coalesce(r.want, r.units));
-    -- (each way a query came in on waits only for the exits it asked itself: a query that comes
-    -- back to a site over another tally never waits for itself)
-    v_waiting := r.expires > pg_catalog.now()
-                 AND EXISTS (SELECT 1 FROM chips.lift_routes x WHERE x.query = r.query AND x.dir = 'out'
-                             AND x.status = 'pend' AND x.asker = r.id);
-    IF r.checker IS NOT NULL THEN
-        -- a route check: found once a way carries the units, none once nothing is to come
-        IF (chips._route_check_ways(r)).carries THEN
-            UPDATE chips.lift_routes x SET status = 'found' WHERE x.id = r.id;
-        ELSIF NOT v_waiting THEN
-            UPDATE chips.lift_routes x SET status = 'none' WHERE x.id = r.id;
-        END IF;
-        RETURN;
-    END IF;
-    IF r.tally IS NULL THEN
-        -- asked here: the lift starts on a way that carries all of it; a payment no one way
-        -- carries waits for every exit's answer (or the query's end) and is split over them
-        SELECT * INTO l FROM chips.lifts x WHERE x.lift_uuid = r.lift AND x.role = 'origin';
-        IF l.status = 'seek' AND chips._lift_start(l.id, NOT v_waiting) THEN
-            UPDATE chips.lift_routes x SET status = 'found' WHERE x.id = r.id;
-        ELSIF NOT v_waiting THEN
-            UPDATE chips.lift_routes x SET status = 'none' WHERE x.id = r.id;
-            IF l.status = 'seek' AND NOT chips._lift_again(l.id) THEN
-                PERFORM chips._lift_settle(l.id, 'void',
-                    CASE WHEN EXISTS (SELECT 1 FROM chips.lift_routes x WHERE x.query = r.query AND x.dir = 'out'
-                                      AND x.status = 'found')
-                         THEN 'no route carries the lift now' ELSE 'no route' END);
-            END IF;
-        END IF;
-        RETURN;
-    END IF;
-    -- a relay answers at once with a way on that carries all the payment (`want`) from the
-    -- tally the query came in on; else, once every exit answered (or the query ran out), with
-    -- its widest. What a way carries: the tally in, the way across this site, the tally out
-    -- and the rest
-    v_in_holder := (SELECT t.ent FROM chips.tallies t WHERE t.tally_uuid = r.tally AND t.part_ent IS NULL);
-    FOR o IN SELECT x.tally, x.max, x.hops, t.ent AS holder FROM chips.lift_routes x
-             JOIN chips.tallies t ON t.tally_uuid = x.tally AND t.part_ent IS NULL
-             WHERE x.query = r.query AND x.dir = 'out' AND x.status = 'found' AND x.tally <> r.tally
-               AND x.max >= r.units
-             ORDER BY x.max >= v_whole DESC, CASE WHEN x.max >= v_whole THEN x.hops END, x.max DESC, x.id LOOP
-        g := chips._route(v_in_holder, o.holder, least(v_whole, o.max), r.tally, o.tally);
-        IF NOT g.ok THEN
-            g := chips._route(v_in_holder, o.holder, r.units, r.tally, o.tally);
-        END IF;
-        CONTINUE WHEN NOT g.ok;
-        o.max := least(o.max, (SELECT min(c) FROM pg_catalog.unnest(g.caps) c));
-        CONTINUE WHEN o.max < r.units;                  -- the tally in or out moved since
-        CONTINUE WHEN o.max < v_whole AND v_waiting;    -- a wider one may still come
-        UPDATE chips.lift_routes x SET status = 'found', max = o.max, hops = o.hops + 1
-        WHERE x.id = r.id RETURNING * INTO r;
-        PERFORM chips._route_reply(r);
-        RETURN;
-    END LOOP;
-    IF v_waiting THEN
-        RETURN;     -- still waiting for an answer
-    END IF;
-    UPDATE chips.lift_routes x SET status = 'none' WHERE x.id = r.id RETURNING * INTO r;
-    PERFORM chips._route_reply(r);
-END
-$$;
-
 -- What the ways a route check's query found carry, from the user who asked: each way is the
 -- asker's own segment (the widest local route to the exit's holder), the exit tally and what
 -- the sites beyond answered. `max`: the most one of them carries; `carries`: whether one
@@ -1615,6 +1535,7 @@ DECLARE
     g record;
     r chips.lift_routes;
     s chips.lift_settings := chips._lift_set();
+    v_max bigint;
 BEGIN
     IF o->>'query' IS NULL OR pg_catalog.jsonb_typeof(o->'find') IS DISTINCT FROM 'object' THEN
         RAISE EXCEPTION 'a route query has query, find, units >= 1, depth and expires' USING ERRCODE = '22023';
@@ -1671,10 +1592,9 @@ BEGIN
             g := chips._route(t.ent, v_target, v_units, t.tally_uuid);
         END IF;
         IF g.ok THEN
+            v_max := (SELECT min(c) FROM pg_catalog.unnest(g.caps) c);
             UPDATE chips.lift_routes x SET status = 'found', hops = pg_catalog.cardinality(g.tallies),
-                max = (SELECT min(c) FROM pg_catalog.unnest(g.caps) c)
-            WHERE x.id = r.id RETURNING * INTO r;
-            UPDATE chips.lift_routes x SET total = greatest(r.max, chips._route_total(r, t.ent, v_target))
+                max = v_max, total = greatest(v_max, chips._route_total(r, t.ent, v_target))
             WHERE x.id = r.id RETURNING * INTO r;
             PERFORM chips._route_reply(r);
             RETURN 'found';
