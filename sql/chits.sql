@@ -260,19 +260,20 @@ $$;
 
 -- Raises 23514 when a good chit of `p_units` issued by the holder of `t` would take the holder's
 -- balance below minus the credit its partner granted it, counting what pending lifts may still
--- take from it (net_hold): a lift that commits after the payment cannot take it past the limit.
+-- take from it (net_hold): a lift that commits after the payment cannot take it past the limit
+-- (core's chit::pay_room, chips._pay_room).
 CREATE FUNCTION chips._check_limit(t chips.tallies, p_units bigint) RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
     v_limit bigint := coalesce((t.part_terms->>'limit')::bigint, 0);
-    v_have bigint := t.net_good + t.net_hold;   -- what lifts under way may still take is held back
+    v_room bigint := chips._pay_room(t.net_good, t.net_hold, v_limit);
 BEGIN
-    IF v_have - p_units < -v_limit THEN
+    IF p_units > v_room THEN
         RAISE EXCEPTION 'paying % would take your balance on tally % to %, past the credit limit of % your partner granted',
-            p_units, t.tally_uuid, v_have - p_units, v_limit
+            p_units, t.tally_uuid, t.net_good + t.net_hold - p_units, v_limit
             USING ERRCODE = '23514',
-                  HINT = 'Pay at most ' || greatest(v_have + v_limit, 0) || ' milliCHIPs.';
+                  HINT = 'Pay at most ' || greatest(v_room, 0) || ' milliCHIPs.';
     END IF;
 END
 $$;
@@ -459,6 +460,11 @@ $$;
 -- and message it was refused with, nothing of a refused one written. With `all_or_nothing`,
 -- the first refusal refuses the whole call with that item's SQLSTATE and message, and nothing
 -- is written (no subtransactions: faster). One transaction either way.
+--
+-- A batch of custodial payments on open tallies between users of this site that would all be
+-- applied is written at once (chips._pay_bulk, extension/src/pay.rs: one INSERT of every chit,
+-- one run of the chits statement trigger); any other batch, or one with an item that would be
+-- refused, is paid item by item as above (the set-based attempt then leaves nothing behind).
 CREATE FUNCTION chips.pay_batch(payments jsonb, all_or_nothing boolean DEFAULT false)
 RETURNS TABLE (item integer, chit uuid, sqlstate text, message text)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -469,10 +475,21 @@ DECLARE
     k integer := 0;
     v_state text;
     v_message text;
+    v_chits uuid[];
 BEGIN
     IF pg_catalog.jsonb_typeof(pay_batch.payments) IS DISTINCT FROM 'array'
        OR pg_catalog.jsonb_array_length(pay_batch.payments) NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'payments is a JSON array of 1 to 1,000 payments' USING ERRCODE = '22023';
+    END IF;
+    BEGIN
+        v_chits := chips._pay_bulk(pay_batch.payments);
+    EXCEPTION WHEN OTHERS THEN
+        v_chits := NULL;   -- item by item below says what went wrong
+    END;
+    IF v_chits IS NOT NULL THEN
+        RETURN QUERY SELECT u.k::integer, u.c, NULL::text, NULL::text
+                     FROM pg_catalog.unnest(v_chits) WITH ORDINALITY u(c, k) ORDER BY u.k;
+        RETURN;
     END IF;
     FOR p IN SELECT x FROM pg_catalog.jsonb_array_elements(pay_batch.payments) x LOOP
         k := k + 1;

@@ -195,6 +195,14 @@ pub fn change(holder: Side, by: Side, units: i64) -> i64 {
     }
 }
 
+/// The most the holder of a tally half may pay now: its balance, plus what lifts under way may
+/// still take from it (`held`, at most 0), plus the credit `limit` its partner granted. A
+/// payment of more would take the balance past the limit. The one rule of the limit: one
+/// payment (`chips._check_limit`) and a batch written at once (`chips.pay_batch`) both use it.
+pub fn pay_room(balance: i64, held: i64, limit: i64) -> i64 {
+    balance.saturating_add(held).saturating_add(limit)
+}
+
 /// A fresh random (version 4) uuid.
 pub fn random_uuid() -> [u8; 16] {
     let mut b: [u8; 16] = rand::random();
@@ -352,6 +360,17 @@ mod tests {
     use super::*;
     use crate::sign::KeyPair;
     use serde_json::json;
+
+    #[test]
+    fn pay_room_is_balance_held_and_limit() {
+        assert_eq!(pay_room(0, 0, 0), 0);
+        assert_eq!(pay_room(500, 0, 1000), 1500);
+        // a lift under way holds back what it may still take
+        assert_eq!(pay_room(500, -200, 1000), 1300);
+        // already past the limit (a limit lowered since): nothing may be paid
+        assert!(pay_room(-1500, 0, 1000) < 0);
+        assert_eq!(pay_room(i64::MAX, 0, i64::MAX), i64::MAX);
+    }
 
     fn doc(by: Side, units: Option<i64>) -> ChitDoc {
         ChitDoc {

@@ -1744,3 +1744,105 @@ BEGIN
     RETURN CASE WHEN g.ok THEN greatest(0, (SELECT min(c) FROM pg_catalog.unnest(g.caps) c)) ELSE 0 END;
 END
 $$;
+
+-- A batch of payments written at once (issue: payments as fast as a ledger): the limit rule in
+-- core (chips._pay_room), the set-based writer (chips._pay_bulk), pay_batch trying it first.
+CREATE FUNCTION chips."_pay_room"(
+	"balance" bigint, /* i64 */
+	"held" bigint, /* i64 */
+	"credit_limit" bigint /* i64 */
+) RETURNS bigint /* i64 */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'pay_room_wrapper';
+
+CREATE FUNCTION chips."_pay_bulk"(
+	"payments" jsonb /* JsonB */
+) RETURNS uuid[] /* :: std :: option :: Option < Vec < pgrx :: Uuid > > */
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'pay_bulk_wrapper';
+REVOKE ALL ON FUNCTION chips._pay_room(bigint, bigint, bigint), chips._pay_bulk(jsonb) FROM PUBLIC;
+
+-- Raises 23514 when a good chit of `p_units` issued by the holder of `t` would take the holder's
+-- balance below minus the credit its partner granted it, counting what pending lifts may still
+-- take from it (net_hold): a lift that commits after the payment cannot take it past the limit
+-- (core's chit::pay_room, chips._pay_room).
+CREATE OR REPLACE FUNCTION chips._check_limit(t chips.tallies, p_units bigint) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_limit bigint := coalesce((t.part_terms->>'limit')::bigint, 0);
+    v_room bigint := chips._pay_room(t.net_good, t.net_hold, v_limit);
+BEGIN
+    IF p_units > v_room THEN
+        RAISE EXCEPTION 'paying % would take your balance on tally % to %, past the credit limit of % your partner granted',
+            p_units, t.tally_uuid, t.net_good + t.net_hold - p_units, v_limit
+            USING ERRCODE = '23514',
+                  HINT = 'Pay at most ' || greatest(v_room, 0) || ' milliCHIPs.';
+    END IF;
+END
+$$;
+
+-- Many payments in one call (a payroll, a shop's end of day): each item a payment the caller
+-- may make, `{tally, units, memo?, reference?, payer?}` (signed here with a custodial key, as
+-- chips.pay) or `{doc, signature?, payer?}` (a chit document its payer signed, as
+-- chips.chit_issue); `payer` (an entity id) lets a role that acts for several users (a member
+-- of each one's role) pay for each of them, else the caller's own user pays. Every item is
+-- checked and signed like a single payment. Per item (the default) each is applied or refused
+-- on its own, in a subtransaction of its own: one row per item, its chit uuid or the SQLSTATE
+-- and message it was refused with, nothing of a refused one written. With `all_or_nothing`,
+-- the first refusal refuses the whole call with that item's SQLSTATE and message, and nothing
+-- is written (no subtransactions: faster). One transaction either way.
+--
+-- A batch of custodial payments on open tallies between users of this site that would all be
+-- applied is written at once (chips._pay_bulk, extension/src/pay.rs: one INSERT of every chit,
+-- one run of the chits statement trigger); any other batch, or one with an item that would be
+-- refused, is paid item by item as above (the set-based attempt then leaves nothing behind).
+CREATE OR REPLACE FUNCTION chips.pay_batch(payments jsonb, all_or_nothing boolean DEFAULT false)
+RETURNS TABLE (item integer, chit uuid, sqlstate text, message text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    p jsonb;
+    k integer := 0;
+    v_state text;
+    v_message text;
+    v_chits uuid[];
+BEGIN
+    IF pg_catalog.jsonb_typeof(pay_batch.payments) IS DISTINCT FROM 'array'
+       OR pg_catalog.jsonb_array_length(pay_batch.payments) NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'payments is a JSON array of 1 to 1,000 payments' USING ERRCODE = '22023';
+    END IF;
+    BEGIN
+        v_chits := chips._pay_bulk(pay_batch.payments);
+    EXCEPTION WHEN OTHERS THEN
+        v_chits := NULL;   -- item by item below says what went wrong
+    END;
+    IF v_chits IS NOT NULL THEN
+        RETURN QUERY SELECT u.k::integer, u.c, NULL::text, NULL::text
+                     FROM pg_catalog.unnest(v_chits) WITH ORDINALITY u(c, k) ORDER BY u.k;
+        RETURN;
+    END IF;
+    FOR p IN SELECT x FROM pg_catalog.jsonb_array_elements(pay_batch.payments) x LOOP
+        k := k + 1;
+        item := k;
+        chit := NULL;
+        pay_batch.sqlstate := NULL;
+        pay_batch.message := NULL;
+        IF coalesce(pay_batch.all_or_nothing, false) THEN
+            chit := chips._pay_item(p);
+        ELSE
+            BEGIN
+                chit := chips._pay_item(p);
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
+                pay_batch.sqlstate := v_state;
+                pay_batch.message := v_message;
+            END;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;

@@ -78,6 +78,13 @@ fn chit_change(side: &str, by: &str, units: i64) -> i64 {
     chips_core::chit::change(side, by, units)
 }
 
+/// The most the holder of a half may pay now (core's `chit::pay_room`): its balance plus what
+/// lifts under way may still take (`held`, at most 0) plus the credit limit its partner granted.
+#[pg_extern(immutable, strict, parallel_safe, name = "_pay_room")]
+fn pay_room(balance: i64, held: i64, credit_limit: i64) -> i64 {
+    chit::pay_room(balance, held, credit_limit)
+}
+
 /// The chain hash of a chit at `index` after the block hashed `prior`.
 #[pg_extern(immutable, parallel_safe)]
 fn chit_chain_hash(doc: JsonB, index: i32, prior: &[u8], signature: Option<&str>) -> Vec<u8> {

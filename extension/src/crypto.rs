@@ -113,8 +113,13 @@ thread_local! {
 /// construction), so the row trigger that checks it next does not verify it again.
 #[pg_extern(immutable, strict, parallel_safe)]
 fn seed_sign(seed: &[u8], doc: JsonB) -> String {
+    sign_with_seed(seed, &doc.0)
+}
+
+/// [`seed_sign`] for Rust callers.
+pub(crate) fn sign_with_seed(seed: &[u8], doc: &serde_json::Value) -> String {
     let key = keypair(seed);
-    ok(VERIFIED.with(|c| c.borrow_mut().sign_json(&key, &doc.0)))
+    ok(VERIFIED.with(|c| c.borrow_mut().sign_json(&key, doc)))
 }
 
 fn keypair(seed: &[u8]) -> std::rc::Rc<sign::KeyPair> {

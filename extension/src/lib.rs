@@ -12,6 +12,7 @@ mod continuous;
 mod crypto;
 mod error;
 mod events;
+mod pay;
 mod peer;
 mod rounds;
 mod route;

@@ -632,6 +632,153 @@ async fn a_batch_pays_each_item_or_refuses_it_with_its_sqlstate() {
     assert!(s.audit_failures(t2).await.unwrap().is_empty());
 }
 
+/// A batch of custodial payments that would all be applied is written at once (chips._pay_bulk:
+/// one INSERT, one run of the statement trigger), with what paying item by item writes: every
+/// chit signed and chained in item order on both halves (several on one tally), the balances,
+/// one event per chit for each holder, numbered without a gap. A batch with an item the limit
+/// refuses (counting the items before it) is declined by that path with nothing written, and
+/// pay_batch pays it item by item, refusing that item alone.
+#[tokio::test]
+async fn a_clean_batch_is_written_at_once_with_what_item_by_item_writes() {
+    let s = site("t_chit_bulk").await;
+    let (shop, shop_db) = custodial(&s, "Shop", "shop").await;
+    let (cust, cust_db) = custodial(&s, "Cust", "cust").await;
+    let t = custodial_tally(&shop_db, &cust_db, 900).await;
+    let t3 = custodial_tally(&shop_db, &cust_db, 900).await;
+    // the set-based path itself, callable here through a SECURITY DEFINER wrapper (it is
+    // internal to chips.pay_batch, revoked from PUBLIC)
+    let role = s.role_of(&cust).await.unwrap();
+    s.admin
+        .batch_execute(&format!(
+            "CREATE FUNCTION public.bulk(j jsonb) RETURNS uuid[] LANGUAGE sql SECURITY DEFINER
+                 SET search_path = chips, pg_catalog AS 'SELECT chips._pay_bulk(j)';
+             GRANT EXECUTE ON FUNCTION public.bulk(jsonb) TO \"{role}\""
+        ))
+        .await
+        .unwrap();
+    let chits = "SELECT count(*) FROM chips.chits";
+    let before = count(&s, chits).await;
+    let written: Option<Vec<Uuid>> = cust_db
+        .query_one(
+            "SELECT public.bulk($1)",
+            &[&json!([
+                {"tally": t, "units": 100, "memo": "one"},
+                {"tally": t3, "units": 50},
+                {"tally": t, "units": 200, "reference": {"invoice": 7}},
+                {"tally": t.to_string().to_uppercase(), "units": 1, "payer": cust},
+            ])],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(written.map(|w| w.len()), Some(4), "all four at once");
+    assert_eq!(count(&s, chits).await - before, 8, "both halves of each");
+    let balance = |tally: Uuid| {
+        let (s, cust) = (&s, &cust);
+        async move {
+            let r = s
+                .admin
+                .query_one(
+                    "SELECT net_good, chain_len FROM chips.tallies WHERE tally_uuid = $1 AND ent = $2",
+                    &[&tally, cust],
+                )
+                .await
+                .unwrap();
+            (r.get::<_, i64>(0), r.get::<_, i32>(1))
+        }
+    };
+    assert_eq!(balance(t).await, (-301, 3));
+    assert_eq!(balance(t3).await, (-50, 1));
+    for x in [t, t3] {
+        assert!(s.audit_failures(x).await.unwrap().is_empty(), "{x}");
+    }
+    // the memo and reference went where a single payment puts them, in item order
+    let rows = s
+        .admin
+        .query(
+            "SELECT c.units, c.memo, c.reference FROM chips.chits c JOIN chips.tallies x ON x.id = c.tally_id
+             WHERE x.tally_uuid = $1 AND x.ent = $2 ORDER BY c.chain_idx",
+            &[&t, &cust],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(i64, Option<String>, Option<Value>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (100, Some("one".to_string()), None),
+            (200, None, Some(json!({"invoice": 7}))),
+            (1, None, None),
+        ]
+    );
+    // each holder's feed: one event per chit, numbered 1, 2, 3, ... without a gap
+    for ent in [&cust, &shop] {
+        let seqs: Vec<i64> = s
+            .admin
+            .query(
+                "SELECT seq FROM chips.events WHERE ent = $1 AND kind = 'chit' ORDER BY seq",
+                &[ent],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(seqs.len(), 4, "{ent}");
+        let all: Vec<i64> = s
+            .admin
+            .query(
+                "SELECT seq FROM chips.events WHERE ent = $1 ORDER BY seq",
+                &[ent],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(all, (1..=all.len() as i64).collect::<Vec<_>>(), "{ent}");
+    }
+
+    // 500 fits the room left on t (599), 200 more does not: declined, nothing written
+    let over =
+        json!([{"tally": t, "units": 500}, {"tally": t, "units": 200}, {"tally": t3, "units": 5}]);
+    let before = count(&s, chits).await;
+    let declined: Option<Vec<Uuid>> = cust_db
+        .query_one("SELECT public.bulk($1)", &[&over])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(declined.is_none());
+    assert_eq!(count(&s, chits).await, before);
+    // pay_batch pays it item by item: the second refused as a single payment would be
+    let rows = cust_db
+        .query("SELECT item, sqlstate FROM chips.pay_batch($1)", &[&over])
+        .await
+        .unwrap();
+    let states: Vec<(i32, Option<String>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        states,
+        [(1, None), (2, Some("23514".to_string())), (3, None)]
+    );
+    assert_eq!(balance(t).await, (-801, 4));
+    // a user who signs with their own key, and a tally not open, are declined too
+    let declined: Option<Vec<Uuid>> = cust_db
+        .query_one(
+            "SELECT public.bulk($1)",
+            &[&json!([{"tally": Uuid::new_v4(), "units": 1}])],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(declined.is_none(), "no such tally");
+    for x in [t, t3] {
+        assert!(s.audit_failures(x).await.unwrap().is_empty(), "{x}");
+    }
+}
+
 /// The event feed under concurrency: 16 sessions pay at once on two tallies between the same two
 /// users, in both directions (Ann grants Bob credit on one and Bob pays on it, Bob grants Ann
 /// credit on the other and Ann pays on it). No

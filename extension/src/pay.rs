@@ -1,0 +1,293 @@
+//! Many payments written at once: the set-based path of `chips.pay_batch` (sql/chits.sql).
+//!
+//! A payroll or a shop's end of day is a batch of custodial payments on open tallies between
+//! users of this site. Item by item, each payment runs some thirty statements (its chit on both
+//! halves, the statement trigger's balances and events, the checks); here the whole batch is
+//! checked in memory against its tallies, locked once, and written in one INSERT, so the chits
+//! statement trigger (sql/chits.sql, `chips._chits_ins`) moves every balance and chain tip and
+//! makes every event in one run. The rules are the single payment's: each chit is built, signed
+//! with its payer's custodial key and chained as `chips._custodial_issue` and
+//! `chips._chit_insert` do, the credit limit is core's `pay_room` counted over the items in
+//! order, and the row trigger verifies every signature.
+//!
+//! The path only takes batches it can write whole: when any item is not such a payment, or would
+//! be refused, it declines (returns null) and `chips.pay_batch` pays item by item, which says
+//! what each refused item's SQLSTATE and message are. Anything it raises is caught there the same
+//! way (in a subtransaction, so nothing it wrote stays).
+
+use std::collections::HashMap;
+
+use chips_core::chit::{change, iso_millis, pay_room, random_uuid, uuid_text, ChitDoc, ChitType};
+use chips_core::tally::Side;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::Value;
+
+use crate::error::ChipsError;
+
+/// One item of a batch as the set-based path takes it: `{tally, units, memo?, reference?,
+/// payer?}`.
+struct Item {
+    tally: String,
+    units: i64,
+    memo: Option<String>,
+    reference: Option<Value>,
+    payer: Option<String>,
+}
+
+/// The items, or None when any is not a plain custodial payment (a signed document, a field of
+/// another type or an unknown one): those go item by item.
+fn items(payments: &Value) -> Option<Vec<Item>> {
+    let list = payments.as_array()?;
+    if list.is_empty() || list.len() > 1000 {
+        return None;
+    }
+    list.iter()
+        .map(|p| {
+            let o = p.as_object()?;
+            if o.keys().any(|k| {
+                !matches!(
+                    k.as_str(),
+                    "tally" | "units" | "memo" | "reference" | "payer"
+                )
+            }) {
+                return None;
+            }
+            Some(Item {
+                tally: o.get("tally")?.as_str()?.to_string(),
+                units: o.get("units")?.as_i64()?,
+                memo: match o.get("memo") {
+                    None => None,
+                    Some(m) => Some(m.as_str()?.to_string()),
+                },
+                reference: match o.get("reference") {
+                    None => None,
+                    Some(r) if r.is_object() => Some(r.clone()),
+                    Some(_) => return None,
+                },
+                payer: match o.get("payer") {
+                    None | Some(Value::Null) => None,
+                    Some(x) => Some(x.as_str()?.to_string()),
+                },
+            })
+        })
+        .collect()
+}
+
+/// A tally half as locked for the batch.
+struct Half {
+    id: i64,
+    ent: String,
+    side: Side,
+    open: bool,
+    part_ent: Option<String>,
+    room: i64,
+    chain_len: i32,
+    tip: Vec<u8>,
+}
+
+fn field<T>(v: Option<T>) -> T {
+    v.unwrap_or_else(|| ChipsError::Invalid("pay_batch: a row with a null field".into()).raise())
+}
+
+fn spi<T>(r: Result<T, pgrx::spi::Error>) -> T {
+    r.unwrap_or_else(|e| ChipsError::Invalid(format!("pay_batch: {e}")).raise())
+}
+
+/// Pays every item of `payments` (chips.pay_batch's array) at once, in the caller's transaction:
+/// the chit uuids in item order, or null when the batch is not one the set-based path writes
+/// whole (then nothing was written). Internal to `chips.pay_batch` (SECURITY DEFINER).
+#[pg_extern(volatile, name = "_pay_bulk")]
+fn pay_bulk(payments: JsonB) -> Option<Vec<pgrx::Uuid>> {
+    let items = items(&payments.0)?;
+    // who pays: the caller, or a user the caller acts for (each raises what a single item would)
+    let mut payers: HashMap<Option<String>, String> = HashMap::new();
+    for it in &items {
+        if !payers.contains_key(&it.payer) {
+            let ent = spi(Spi::get_one_with_args::<String>(
+                "SELECT (CASE WHEN $1::text IS NULL THEN chips._me() ELSE chips._acting_for($1) END).ent",
+                &[it.payer.clone().into()],
+            ));
+            payers.insert(it.payer.clone(), field(ent));
+        }
+    }
+    // their custodial keys (a payer who signs with their own key pays item by item: 55000)
+    let ents: Vec<String> = payers.values().cloned().collect();
+    let mut seeds: HashMap<String, Vec<u8>> = HashMap::new();
+    Spi::connect(|c| {
+        for r in spi(c.select(
+            "SELECT k.ent, k.seed FROM chips.custody k WHERE k.ent = ANY ($1)",
+            None,
+            &[ents.clone().into()],
+        )) {
+            seeds.insert(field(spi(r.get(1))), field(spi(r.get(2))));
+        }
+    });
+    if ents.iter().any(|e| !seeds.contains_key(e)) {
+        return None;
+    }
+    // the tallies, both halves locked in id order (as every writer locks them)
+    let texts: Vec<String> = items.iter().map(|i| i.tally.clone()).collect();
+    let uuids: Vec<pgrx::Uuid> = field(spi(Spi::get_one_with_args(
+        "SELECT pg_catalog.array_agg(DISTINCT u::uuid) FROM pg_catalog.unnest($1::text[]) u",
+        &[texts.into()],
+    )));
+    let mut halves: HashMap<[u8; 16], Vec<Half>> = HashMap::new();
+    Spi::connect_mut(|c| {
+        for r in spi(c.update(
+            "SELECT x.tally_uuid, x.id, x.ent, x.side, x.status = 'open', x.part_ent, x.net_good,
+                    x.net_hold, coalesce((x.part_terms->>'limit')::bigint, 0), x.chain_len,
+                    coalesce(x.chain_tip, x.digest)
+             FROM chips.tallies x WHERE x.tally_uuid = ANY ($1) ORDER BY x.id FOR UPDATE",
+            None,
+            &[uuids.clone().into()],
+        )) {
+            let uuid: pgrx::Uuid = field(spi(r.get(1)));
+            let side: String = field(spi(r.get(4)));
+            halves.entry(*uuid.as_bytes()).or_default().push(Half {
+                id: field(spi(r.get(2))),
+                ent: field(spi(r.get(3))),
+                side: if side == "stock" {
+                    Side::Stock
+                } else {
+                    Side::Foil
+                },
+                open: field(spi(r.get(5))),
+                part_ent: spi(r.get(6)),
+                room: pay_room(
+                    field(spi(r.get(7))),
+                    field(spi(r.get(8))),
+                    field(spi(r.get(9))),
+                ),
+                chain_len: field(spi(r.get(10))),
+                tip: field(spi(r.get(11))),
+            });
+        }
+    });
+    let date_ms: i64 = field(spi(Spi::get_one(
+        "SELECT (extract(epoch FROM pg_catalog.now()) * 1000)::bigint",
+    )));
+    let date = iso_millis(date_ms).ok()?;
+    let n = items.len();
+    let mut chits = Vec::with_capacity(n);
+    let (mut c_tally, mut c_uuid, mut c_issuer, mut c_units, mut c_ref, mut c_memo) = (
+        Vec::with_capacity(2 * n),
+        Vec::with_capacity(2 * n),
+        Vec::with_capacity(2 * n),
+        Vec::with_capacity(2 * n),
+        Vec::with_capacity(2 * n),
+        Vec::with_capacity(2 * n),
+    );
+    let (mut c_sig, mut c_value, mut c_idx, mut c_prev, mut c_hash) = (
+        Vec::with_capacity(2 * n),
+        Vec::with_capacity(2 * n),
+        Vec::with_capacity(2 * n),
+        Vec::with_capacity(2 * n),
+        Vec::with_capacity(2 * n),
+    );
+    // tally uuid text -> its uuid bytes, as the database parsed it
+    let parsed: HashMap<String, [u8; 16]> = uuids
+        .iter()
+        .map(|u| (uuid_text(u.as_bytes()), *u.as_bytes()))
+        .collect();
+    for it in &items {
+        let ent = &payers[&it.payer];
+        let key = parsed.get(&it.tally.to_ascii_lowercase())?;
+        let pair = halves.get_mut(key)?;
+        // the payer's half and its partner's, both here and open, their chains in step
+        let mine = pair.iter().position(|h| &h.ent == ent)?;
+        let other = pair.iter().position(|h| h.id != pair[mine].id)?;
+        let (m, o) = (&pair[mine], &pair[other]);
+        if pair.len() != 2
+            || !m.open
+            || !o.open
+            || m.part_ent.as_deref() != Some(o.ent.as_str())
+            || m.chain_len != o.chain_len
+            || m.tip != o.tip
+            || it.units > m.room
+        {
+            return None;
+        }
+        let uuid = random_uuid();
+        let doc = ChitDoc {
+            tally: uuid_text(key),
+            by: m.side,
+            kind: ChitType::Tran,
+            uuid: uuid_text(&uuid),
+            date: date.clone(),
+            units: Some(it.units),
+            reference: it.reference.clone(),
+            memo: it.memo.clone(),
+        };
+        doc.check().ok()?;
+        let sig = crate::crypto::sign_with_seed(&seeds[ent], &doc.to_json());
+        let idx = m.chain_len + 1;
+        let hash = doc
+            .chain_hash(i64::from(idx), &m.tip, Some(&sig))
+            .ok()?
+            .to_vec();
+        let by = m.side;
+        // the foil half first, as a single payment writes them
+        let order = if m.side == Side::Foil {
+            [mine, other]
+        } else {
+            [other, mine]
+        };
+        for k in order {
+            let h = &pair[k];
+            c_tally.push(h.id);
+            c_uuid.push(pgrx::Uuid::from_bytes(uuid));
+            c_issuer.push(by.as_str());
+            c_units.push(it.units);
+            c_ref.push(it.reference.clone().map(JsonB));
+            c_memo.push(it.memo.clone());
+            c_sig.push(sig.clone());
+            c_value.push(change(h.side, by, it.units));
+            c_idx.push(idx);
+            c_prev.push(h.tip.clone());
+            c_hash.push(hash.clone());
+        }
+        for h in pair.iter_mut() {
+            h.chain_len = idx;
+            h.tip = hash.clone();
+            if h.ent == *ent {
+                h.room = h.room.saturating_sub(it.units);
+            }
+        }
+        chits.push(pgrx::Uuid::from_bytes(uuid));
+    }
+    Spi::connect_mut(|c| {
+        spi(c.update(
+            "INSERT INTO chips.chits (tally_id, chit_uuid, chit_type, issuer, units, reference, memo,
+                                      chit_date, signature, status, value, chain_idx, chain_prev,
+                                      chain_hash)
+             SELECT k.t, k.u, 'tran', k.i, k.n, k.r, k.m,
+                    timestamptz '1970-01-01 00:00:00+00' + $12 * interval '1 millisecond',
+                    k.s, 'good', k.v, k.x, k.p, k.h
+             FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::uuid[]),
+                             pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bigint[]),
+                             pg_catalog.unnest($5::jsonb[]), pg_catalog.unnest($6::text[]),
+                             pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::bigint[]),
+                             pg_catalog.unnest($9::int[]), pg_catalog.unnest($10::bytea[]),
+                             pg_catalog.unnest($11::bytea[]))
+                  WITH ORDINALITY k(t, u, i, n, r, m, s, v, x, p, h, o)
+             ORDER BY k.o",
+            None,
+            &[
+                c_tally.into(),
+                c_uuid.into(),
+                c_issuer.into(),
+                c_units.into(),
+                c_ref.into(),
+                c_memo.into(),
+                c_sig.into(),
+                c_value.into(),
+                c_idx.into(),
+                c_prev.into(),
+                c_hash.into(),
+                date_ms.into(),
+            ],
+        ));
+    });
+    Some(chits)
+}
