@@ -15,12 +15,15 @@
 //! what each refused item's SQLSTATE and message are. Anything it raises is caught there the same
 //! way (in a subtransaction, so nothing it wrote stays).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use chips_core::chit::{change, iso_millis, pay_room, random_uuid, uuid_text, ChitDoc, ChitType};
 use chips_core::tally::Side;
 use pgrx::prelude::*;
-use pgrx::JsonB;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use pgrx::{IntoDatum, JsonB, PgOid};
 use serde_json::Value;
 
 use crate::error::ChipsError;
@@ -94,54 +97,108 @@ fn spi<T>(r: Result<T, pgrx::spi::Error>) -> T {
     r.unwrap_or_else(|e| ChipsError::Invalid(format!("pay_batch: {e}")).raise())
 }
 
+thread_local! {
+    /// The path's statements, planned once per backend (a one-payment batch would otherwise
+    /// spend most of its time parsing and planning them).
+    static PLANS: RefCell<HashMap<&'static str, Rc<OwnedPreparedStatement>>> =
+        RefCell::new(HashMap::new());
+}
+
+/// The kept plan of `sql`, whose parameters are of `types`.
+fn plan(c: &SpiClient<'_>, sql: &'static str, types: &[PgOid]) -> Rc<OwnedPreparedStatement> {
+    if let Some(p) = PLANS.with(|m| m.borrow().get(sql).cloned()) {
+        return p;
+    }
+    let p = Rc::new(spi(c.prepare_mut(sql, types)).keep());
+    PLANS.with(|m| m.borrow_mut().insert(sql, p.clone()));
+    p
+}
+
+fn oid<T: IntoDatum>() -> PgOid {
+    PgOid::from_untagged(T::type_oid())
+}
+
+/// A uuid written as 32 hex digits in 8-4-4-4-12 groups (either case), or None.
+fn parse_uuid(t: &str) -> Option<[u8; 16]> {
+    let b = t.as_bytes();
+    if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
+        return None;
+    }
+    let hex: Vec<u8> = b.iter().copied().filter(|&c| c != b'-').collect();
+    let mut out = [0u8; 16];
+    for (k, pair) in hex.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        *out.get_mut(k)? = u8::from_str_radix(s, 16).ok()?;
+    }
+    (hex.len() == 32).then_some(out)
+}
+
 /// Pays every item of `payments` (chips.pay_batch's array) at once, in the caller's transaction:
 /// the chit uuids in item order, or null when the batch is not one the set-based path writes
 /// whole (then nothing was written). Internal to `chips.pay_batch` (SECURITY DEFINER).
 #[pg_extern(volatile, name = "_pay_bulk")]
 fn pay_bulk(payments: JsonB) -> Option<Vec<pgrx::Uuid>> {
     let items = items(&payments.0)?;
-    // who pays: the caller, or a user the caller acts for (each raises what a single item would)
+    // the tallies, as their uuids are written (any other form goes item by item)
+    let keys: Vec<[u8; 16]> = items
+        .iter()
+        .map(|i| parse_uuid(&i.tally))
+        .collect::<Option<_>>()?;
+    let mut uuids: Vec<pgrx::Uuid> = keys.iter().map(|k| pgrx::Uuid::from_bytes(*k)).collect();
+    uuids.sort_unstable_by_key(|u| *u.as_bytes());
+    uuids.dedup_by_key(|u| *u.as_bytes());
     let mut payers: HashMap<Option<String>, String> = HashMap::new();
-    for it in &items {
-        if !payers.contains_key(&it.payer) {
-            let ent = spi(Spi::get_one_with_args::<String>(
-                "SELECT (CASE WHEN $1::text IS NULL THEN chips._me() ELSE chips._acting_for($1) END).ent",
-                &[it.payer.clone().into()],
-            ));
-            payers.insert(it.payer.clone(), field(ent));
-        }
-    }
-    // their custodial keys (a payer who signs with their own key pays item by item: 55000)
-    let ents: Vec<String> = payers.values().cloned().collect();
     let mut seeds: HashMap<String, Vec<u8>> = HashMap::new();
-    Spi::connect(|c| {
-        for r in spi(c.select(
-            "SELECT k.ent, k.seed FROM chips.custody k WHERE k.ent = ANY ($1)",
-            None,
-            &[ents.clone().into()],
-        )) {
-            seeds.insert(field(spi(r.get(1))), field(spi(r.get(2))));
-        }
-    });
-    if ents.iter().any(|e| !seeds.contains_key(e)) {
-        return None;
-    }
-    // the tallies, both halves locked in id order (as every writer locks them)
-    let texts: Vec<String> = items.iter().map(|i| i.tally.clone()).collect();
-    let uuids: Vec<pgrx::Uuid> = field(spi(Spi::get_one_with_args(
-        "SELECT pg_catalog.array_agg(DISTINCT u::uuid) FROM pg_catalog.unnest($1::text[]) u",
-        &[texts.into()],
-    )));
     let mut halves: HashMap<[u8; 16], Vec<Half>> = HashMap::new();
+    let mut date_ms = 0;
     Spi::connect_mut(|c| {
-        for r in spi(c.update(
-            "SELECT x.tally_uuid, x.id, x.ent, x.side, x.status = 'open', x.part_ent, x.net_good,
-                    x.net_hold, coalesce((x.part_terms->>'limit')::bigint, 0), x.chain_len,
-                    coalesce(x.chain_tip, x.digest)
-             FROM chips.tallies x WHERE x.tally_uuid = ANY ($1) ORDER BY x.id FOR UPDATE",
-            None,
-            &[uuids.clone().into()],
-        )) {
+        // who pays: the caller, or a user the caller acts for (each raises what a single item
+        // would), their custodial key (a payer who signs with their own key pays item by item:
+        // 55000), and the time every chit of the batch carries
+        let who = plan(
+            c,
+            "SELECT u.ent, (extract(epoch FROM pg_catalog.now()) * 1000)::bigint, k.seed
+             FROM (SELECT (CASE WHEN $1 IS NULL THEN chips._me() ELSE chips._acting_for($1) END).ent) u
+             LEFT JOIN chips.custody k ON k.ent = u.ent",
+            &[oid::<String>()],
+        );
+        for it in &items {
+            if !payers.contains_key(&it.payer) {
+                let r = spi(c.select(&*who, None, &[it.payer.clone().into()]));
+                let r = spi(r.first().get_three::<String, i64, Vec<u8>>());
+                let ent: String = field(r.0);
+                date_ms = field(r.1);
+                if let Some(seed) = r.2 {
+                    seeds.insert(ent.clone(), seed);
+                }
+                payers.insert(it.payer.clone(), ent);
+            }
+        }
+        // the tallies, both halves locked in id order (as every writer locks them)
+        // (one tally by its own statement: PostgreSQL plans `= ANY ($1)` afresh at every call,
+        // its generic plan costing more than one made for the array given)
+        let rows = if let [one] = uuids[..] {
+            let lock = plan(
+                c,
+                "SELECT x.tally_uuid, x.id, x.ent, x.side, x.status = 'open', x.part_ent, x.net_good,
+                        x.net_hold, coalesce((x.part_terms->>'limit')::bigint, 0), x.chain_len,
+                        coalesce(x.chain_tip, x.digest)
+                 FROM chips.tallies x WHERE x.tally_uuid = $1 ORDER BY x.id FOR UPDATE",
+                &[oid::<pgrx::Uuid>()],
+            );
+            spi(c.select(&*lock, None, &[one.into()]))
+        } else {
+            let lock = plan(
+                c,
+                "SELECT x.tally_uuid, x.id, x.ent, x.side, x.status = 'open', x.part_ent, x.net_good,
+                        x.net_hold, coalesce((x.part_terms->>'limit')::bigint, 0), x.chain_len,
+                        coalesce(x.chain_tip, x.digest)
+                 FROM chips.tallies x WHERE x.tally_uuid = ANY ($1) ORDER BY x.id FOR UPDATE",
+                &[oid::<Vec<pgrx::Uuid>>()],
+            );
+            spi(c.select(&*lock, None, &[uuids.into()]))
+        };
+        for r in rows {
             let uuid: pgrx::Uuid = field(spi(r.get(1)));
             let side: String = field(spi(r.get(4)));
             halves.entry(*uuid.as_bytes()).or_default().push(Half {
@@ -160,13 +217,13 @@ fn pay_bulk(payments: JsonB) -> Option<Vec<pgrx::Uuid>> {
                     field(spi(r.get(9))),
                 ),
                 chain_len: field(spi(r.get(10))),
-                tip: field(spi(r.get(11))),
+                tip: spi(r.get(11)).unwrap_or_default(), // none before a tally is signed (not open)
             });
         }
     });
-    let date_ms: i64 = field(spi(Spi::get_one(
-        "SELECT (extract(epoch FROM pg_catalog.now()) * 1000)::bigint",
-    )));
+    if payers.values().any(|e| !seeds.contains_key(e)) {
+        return None;
+    }
     let date = iso_millis(date_ms).ok()?;
     let n = items.len();
     let mut chits = Vec::with_capacity(n);
@@ -185,14 +242,8 @@ fn pay_bulk(payments: JsonB) -> Option<Vec<pgrx::Uuid>> {
         Vec::with_capacity(2 * n),
         Vec::with_capacity(2 * n),
     );
-    // tally uuid text -> its uuid bytes, as the database parsed it
-    let parsed: HashMap<String, [u8; 16]> = uuids
-        .iter()
-        .map(|u| (uuid_text(u.as_bytes()), *u.as_bytes()))
-        .collect();
-    for it in &items {
+    for (it, key) in items.iter().zip(&keys) {
         let ent = &payers[&it.payer];
-        let key = parsed.get(&it.tally.to_ascii_lowercase())?;
         let pair = halves.get_mut(key)?;
         // the payer's half and its partner's, both here and open, their chains in step
         let mine = pair.iter().position(|h| &h.ent == ent)?;
@@ -257,7 +308,8 @@ fn pay_bulk(payments: JsonB) -> Option<Vec<pgrx::Uuid>> {
         chits.push(pgrx::Uuid::from_bytes(uuid));
     }
     Spi::connect_mut(|c| {
-        spi(c.update(
+        let insert = plan(
+            c,
             "INSERT INTO chips.chits (tally_id, chit_uuid, chit_type, issuer, units, reference, memo,
                                       chit_date, signature, status, value, chain_idx, chain_prev,
                                       chain_hash)
@@ -272,6 +324,23 @@ fn pay_bulk(payments: JsonB) -> Option<Vec<pgrx::Uuid>> {
                              pg_catalog.unnest($11::bytea[]))
                   WITH ORDINALITY k(t, u, i, n, r, m, s, v, x, p, h, o)
              ORDER BY k.o",
+            &[
+                oid::<Vec<i64>>(),
+                oid::<Vec<pgrx::Uuid>>(),
+                oid::<Vec<String>>(),
+                oid::<Vec<i64>>(),
+                oid::<Vec<JsonB>>(),
+                oid::<Vec<String>>(),
+                oid::<Vec<String>>(),
+                oid::<Vec<i64>>(),
+                oid::<Vec<i32>>(),
+                oid::<Vec<Vec<u8>>>(),
+                oid::<Vec<Vec<u8>>>(),
+                oid::<i64>(),
+            ],
+        );
+        spi(c.update(
+            &*insert,
             None,
             &[
                 c_tally.into(),
