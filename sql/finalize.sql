@@ -10,8 +10,15 @@ CREATE TRIGGER tallies_bi BEFORE INSERT ON chips.tallies
 -- The WHEN clauses (evaluated without calling the function) skip what the functions would do
 -- nothing for: an update of the working columns only (balances, chain, trading variables) that
 -- already sets `updated` (every chit's balance update), and updates that change nothing the
--- holder is told about.
-CREATE TRIGGER tallies_bu BEFORE UPDATE ON chips.tallies
+-- holder is told about. The column lists skip even the WHEN clauses (compiled at every statement,
+-- evaluated on every row) for the one update every chit makes, the chits statement trigger's
+-- balances and chain tip (net_good, net_pend, net_hold, chain_len, chain_tip and updated): a
+-- column not named in an UPDATE's SET list cannot change, so the rules hold. A new column of
+-- chips.tallies goes into tallies_bu's list.
+CREATE TRIGGER tallies_bu BEFORE UPDATE OF id, ent, tally_uuid, side, version, revision, status,
+        tally_date, memo, contract, hold_cert, part_cert, hold_terms, part_terms, hold_sig, part_sig,
+        digest, part_ent, target, bound, reward, clutch, part_sets, chain_conf, chain_seen, created
+    ON chips.tallies
     FOR EACH ROW
     WHEN ((OLD.id, OLD.ent, OLD.tally_uuid, OLD.side, OLD.status, OLD.version, OLD.revision,
            OLD.tally_date, OLD.memo, OLD.contract, OLD.hold_cert, OLD.part_cert, OLD.hold_terms,
@@ -24,7 +31,8 @@ CREATE TRIGGER tallies_bu BEFORE UPDATE ON chips.tallies
     EXECUTE FUNCTION chips._tallies_bu();
 CREATE TRIGGER tallies_notify AFTER INSERT ON chips.tallies
     FOR EACH ROW EXECUTE FUNCTION chips._tallies_notify();
-CREATE TRIGGER tallies_notify_update AFTER UPDATE ON chips.tallies
+CREATE TRIGGER tallies_notify_update AFTER UPDATE OF status, revision, part_cert, hold_sig, part_sig
+    ON chips.tallies
     FOR EACH ROW
     WHEN ((OLD.status, OLD.revision, OLD.part_cert IS NULL, OLD.hold_sig IS NULL, OLD.part_sig IS NULL)
           IS DISTINCT FROM

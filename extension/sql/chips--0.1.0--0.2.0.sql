@@ -1875,3 +1875,28 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- The balance update every chit makes skips the tally update triggers altogether (column lists).
+DROP TRIGGER tallies_bu ON chips.tallies;
+CREATE TRIGGER tallies_bu BEFORE UPDATE OF id, ent, tally_uuid, side, version, revision, status,
+        tally_date, memo, contract, hold_cert, part_cert, hold_terms, part_terms, hold_sig, part_sig,
+        digest, part_ent, target, bound, reward, clutch, part_sets, chain_conf, chain_seen, created
+    ON chips.tallies
+    FOR EACH ROW
+    WHEN ((OLD.id, OLD.ent, OLD.tally_uuid, OLD.side, OLD.status, OLD.version, OLD.revision,
+           OLD.tally_date, OLD.memo, OLD.contract, OLD.hold_cert, OLD.part_cert, OLD.hold_terms,
+           OLD.part_terms, OLD.hold_sig, OLD.part_sig, OLD.digest)
+          IS DISTINCT FROM
+          (NEW.id, NEW.ent, NEW.tally_uuid, NEW.side, NEW.status, NEW.version, NEW.revision,
+           NEW.tally_date, NEW.memo, NEW.contract, NEW.hold_cert, NEW.part_cert, NEW.hold_terms,
+           NEW.part_terms, NEW.hold_sig, NEW.part_sig, NEW.digest)
+          OR NEW.updated IS DISTINCT FROM pg_catalog.now())
+    EXECUTE FUNCTION chips._tallies_bu();
+DROP TRIGGER tallies_notify_update ON chips.tallies;
+CREATE TRIGGER tallies_notify_update AFTER UPDATE OF status, revision, part_cert, hold_sig, part_sig
+    ON chips.tallies
+    FOR EACH ROW
+    WHEN ((OLD.status, OLD.revision, OLD.part_cert IS NULL, OLD.hold_sig IS NULL, OLD.part_sig IS NULL)
+          IS DISTINCT FROM
+          (NEW.status, NEW.revision, NEW.part_cert IS NULL, NEW.hold_sig IS NULL, NEW.part_sig IS NULL))
+    EXECUTE FUNCTION chips._tallies_notify();
