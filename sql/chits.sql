@@ -27,6 +27,16 @@ CREATE FUNCTION chips._chit_doc(c chips.chits) RETURNS jsonb
 LANGUAGE sql STABLE
 AS $$ SELECT chips._chit_doc(c, (SELECT t.tally_uuid FROM chips.tallies t WHERE t.id = c.tally_id)) $$;
 
+-- Raises 28000 unless the chit row `c` on half `t` carries its issuer's signature over its
+-- document (the fields _chit_doc reads, checked in one call without the jsonb in between).
+CREATE FUNCTION chips._chit_verify(c chips.chits, t chips.tallies) RETURNS boolean
+LANGUAGE sql STABLE
+AS $$
+    SELECT chips._chit_row_verify(t.tally_uuid, c.issuer, c.chit_type, c.chit_uuid,
+                                  (extract(epoch FROM c.chit_date) * 1000)::bigint, c.units,
+                                  c.reference, c.memo, chips._key_of(t, c.issuer), c.signature)
+$$;
+
 -- The public key of a side of a tally half.
 CREATE FUNCTION chips._key_of(t chips.tallies, p_side text) RETURNS text
 LANGUAGE sql IMMUTABLE
@@ -1156,8 +1166,6 @@ $$;
 CREATE FUNCTION chips._chits_biu() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
-DECLARE
-    t chips.tallies;
 BEGIN
     IF TG_OP = 'UPDATE' THEN
         IF NOT chips.chit_transition_allowed(OLD.status, NEW.status) THEN
@@ -1177,11 +1185,10 @@ BEGIN
     END IF;
     IF NEW.status = 'good' AND NEW.chit_type <> 'lift'
        AND (TG_OP = 'INSERT' OR OLD.status <> 'good') THEN
-        SELECT * INTO t FROM chips.tallies x WHERE x.id = NEW.tally_id;
         IF NEW.signature IS NULL OR NEW.signature = '' THEN
             RAISE EXCEPTION 'chit % carries no signature', NEW.chit_uuid USING ERRCODE = '28000';
         END IF;
-        PERFORM chips.chit_verify(chips._chit_doc(NEW, t.tally_uuid), chips._key_of(t, NEW.issuer), NEW.signature);
+        PERFORM chips._chit_verify(NEW, x) FROM chips.tallies x WHERE x.id = NEW.tally_id;
     END IF;
     NEW.updated := pg_catalog.now();
     RETURN NEW;

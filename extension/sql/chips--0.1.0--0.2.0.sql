@@ -1900,3 +1900,66 @@ CREATE TRIGGER tallies_notify_update AFTER UPDATE OF status, revision, part_cert
           IS DISTINCT FROM
           (NEW.status, NEW.revision, NEW.part_cert IS NULL, NEW.hold_sig IS NULL, NEW.part_sig IS NULL))
     EXECUTE FUNCTION chips._tallies_notify();
+
+-- The chits row trigger checks a stored chit's signature from its fields in one call.
+CREATE FUNCTION chips."_chit_row_verify"(
+	"tally" uuid, /* pgrx :: Uuid */
+	"by" TEXT, /* & str */
+	"kind" TEXT, /* & str */
+	"uuid" uuid, /* pgrx :: Uuid */
+	"date_ms" bigint, /* i64 */
+	"units" bigint, /* Option < i64 > */
+	"reference" jsonb, /* Option < JsonB > */
+	"memo" TEXT, /* Option < String > */
+	"issuer_key" TEXT, /* & str */
+	"signature" TEXT /* & str */
+) RETURNS bool /* bool */
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'chit_row_verify_wrapper';
+
+-- Raises 28000 unless the chit row `c` on half `t` carries its issuer's signature over its
+-- document (the fields _chit_doc reads, checked in one call without the jsonb in between).
+CREATE FUNCTION chips._chit_verify(c chips.chits, t chips.tallies) RETURNS boolean
+LANGUAGE sql STABLE
+AS $$
+    SELECT chips._chit_row_verify(t.tally_uuid, c.issuer, c.chit_type, c.chit_uuid,
+                                  (extract(epoch FROM c.chit_date) * 1000)::bigint, c.units,
+                                  c.reference, c.memo, chips._key_of(t, c.issuer), c.signature)
+$$;
+
+REVOKE ALL ON FUNCTION chips._chit_row_verify(uuid, text, text, uuid, bigint, bigint, jsonb, text, text, text),
+    chips._chit_verify(chips.chits, chips.tallies) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION chips._chits_biu() RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        IF NOT chips.chit_transition_allowed(OLD.status, NEW.status) THEN
+            RAISE EXCEPTION 'chit % cannot go from % to %', OLD.chit_uuid, OLD.status, NEW.status
+                USING ERRCODE = '55000';
+        END IF;
+        IF (NEW.id, NEW.tally_id, NEW.chit_uuid, NEW.chit_type, NEW.issuer, NEW.units, NEW.reference,
+            NEW.memo, NEW.chit_date, NEW.value) IS DISTINCT FROM
+           (OLD.id, OLD.tally_id, OLD.chit_uuid, OLD.chit_type, OLD.issuer, OLD.units, OLD.reference,
+            OLD.memo, OLD.chit_date, OLD.value)
+           OR (OLD.lift_id IS NOT NULL AND NEW.lift_id IS DISTINCT FROM OLD.lift_id)
+           OR (OLD.signature IS NOT NULL AND NEW.signature IS DISTINCT FROM OLD.signature)
+           OR (OLD.chain_idx IS NOT NULL AND (NEW.chain_idx, NEW.chain_prev, NEW.chain_hash)
+                                             IS DISTINCT FROM (OLD.chain_idx, OLD.chain_prev, OLD.chain_hash)) THEN
+            RAISE EXCEPTION 'chit % cannot change once written', OLD.chit_uuid USING ERRCODE = '55000';
+        END IF;
+    END IF;
+    IF NEW.status = 'good' AND NEW.chit_type <> 'lift'
+       AND (TG_OP = 'INSERT' OR OLD.status <> 'good') THEN
+        IF NEW.signature IS NULL OR NEW.signature = '' THEN
+            RAISE EXCEPTION 'chit % carries no signature', NEW.chit_uuid USING ERRCODE = '28000';
+        END IF;
+        PERFORM chips._chit_verify(NEW, x) FROM chips.tallies x WHERE x.id = NEW.tally_id;
+    END IF;
+    NEW.updated := pg_catalog.now();
+    RETURN NEW;
+END
+$$;
+

@@ -29,6 +29,21 @@ fn chit_doc_make(
     reference: Option<JsonB>,
     memo: Option<String>,
 ) -> JsonB {
+    JsonB(doc_of(tally, by, kind, uuid, date_ms, units, reference, memo).to_json())
+}
+
+/// The checked chit document of a chit's fields: `chit_doc_make`, and the row check below.
+#[allow(clippy::too_many_arguments)]
+fn doc_of(
+    tally: pgrx::Uuid,
+    by: &str,
+    kind: &str,
+    uuid: pgrx::Uuid,
+    date_ms: i64,
+    units: Option<i64>,
+    reference: Option<JsonB>,
+    memo: Option<String>,
+) -> ChitDoc {
     let doc = ChitDoc {
         tally: uuid_text(&tally),
         by: ok(by.parse()),
@@ -40,7 +55,30 @@ fn chit_doc_make(
         memo,
     };
     ok(doc.check());
-    JsonB(doc.to_json())
+    doc
+}
+
+/// Raises 28000 unless `signature` is the issuer's (`issuer_key`) signature over the chit
+/// document of these fields (as `chit_doc_make` builds it): `chit_verify` of a stored chit row
+/// (`chips._chit_verify`, the chits row trigger) without building the document as jsonb and
+/// reading it back.
+#[pg_extern(immutable, parallel_safe, name = "_chit_row_verify")]
+#[allow(clippy::too_many_arguments)]
+fn chit_row_verify(
+    tally: pgrx::Uuid,
+    by: &str,
+    kind: &str,
+    uuid: pgrx::Uuid,
+    date_ms: i64,
+    units: Option<i64>,
+    reference: Option<JsonB>,
+    memo: Option<String>,
+    issuer_key: &str,
+    signature: &str,
+) -> bool {
+    let doc = doc_of(tally, by, kind, uuid, date_ms, units, reference, memo);
+    ok(doc.verify_with(issuer_key, signature, crate::crypto::verify_json_cached));
+    true
 }
 
 pub(crate) fn uuid_text(u: &pgrx::Uuid) -> String {
