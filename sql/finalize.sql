@@ -54,10 +54,12 @@ CREATE TRIGGER chits_upd AFTER UPDATE ON chips.chits
     FOR EACH STATEMENT EXECUTE FUNCTION chips._chits_upd();
 CREATE TRIGGER outbox_notify AFTER INSERT ON chips.outbox
     FOR EACH ROW EXECUTE FUNCTION chips._outbox_notify();
--- Events are numbered at commit (sql/access.sql, chips._events_number).
+-- Events are numbered at commit (sql/access.sql, chips._events_number): its first firing numbers
+-- every event of the transaction, so a statement that writes many (a payment's two, a clearing
+-- pass's thousands) queues it for its first row only (`fire`), not once a row.
 CREATE CONSTRAINT TRIGGER events_number AFTER INSERT ON chips.events_pending
     DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW EXECUTE FUNCTION chips._events_number();
+    FOR EACH ROW WHEN (NEW.fire) EXECUTE FUNCTION chips._events_number();
 
 ------------------------------------------------------------------------------------------------
 -- Views

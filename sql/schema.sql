@@ -559,7 +559,8 @@ CREATE UNLOGGED TABLE chips.events_pending (
     kind       text NOT NULL,
     chit       bigint,
     status     text,
-    body       jsonb
+    body       jsonb,
+    fire       boolean NOT NULL DEFAULT true   -- queues the numbering (one row a statement is enough)
 );
 CREATE INDEX events_pending_xid_idx ON chips.events_pending (xid, id);
 

@@ -367,7 +367,8 @@ CREATE UNLOGGED TABLE chips.events_pending (
     kind       text NOT NULL,
     chit       bigint,
     status     text,
-    body       jsonb
+    body       jsonb,
+    fire       boolean NOT NULL DEFAULT true   -- queues the numbering (one row a statement is enough)
 );
 CREATE INDEX events_pending_xid_idx ON chips.events_pending (xid, id);
 DROP TRIGGER events_number ON chips.events;
@@ -499,7 +500,7 @@ $$;
 
 CREATE CONSTRAINT TRIGGER events_number AFTER INSERT ON chips.events_pending
     DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW EXECUTE FUNCTION chips._events_number();
+    FOR EACH ROW WHEN (NEW.fire) EXECUTE FUNCTION chips._events_number();
 
 -- The caller's events after `cursor` (the last seq the client has), oldest first.
 CREATE OR REPLACE FUNCTION chips.events_since(cursor bigint DEFAULT 0, max_events integer DEFAULT 500)
@@ -573,14 +574,15 @@ BEGIN
     PERFORM chips._chit_invoiced(t.ent, t.tally_uuid, n.chit_uuid, n.units)
     FROM new_chits n JOIN chips.tallies t ON t.id = n.tally_id AND t.side = n.issuer
     WHERE n.status = 'pend' AND n.chit_type <> 'lift';
-    INSERT INTO chips.events_pending (ent, kind, chit, status)
-    SELECT t.ent, 'chit', n.id, n.status
+    INSERT INTO chips.events_pending (ent, kind, chit, status, fire)
+    SELECT t.ent, 'chit', n.id, n.status, pg_catalog.row_number() OVER (ORDER BY n.id) = 1
     FROM new_chits n JOIN chips.tallies t ON t.id = n.tally_id
     WHERE n.lift_id IS NULL ORDER BY n.id;
-    INSERT INTO chips.events_pending (ent, kind, body)
+    INSERT INTO chips.events_pending (ent, kind, body, fire)
     SELECT t.ent, 'lift', chips._lift_event(l.lift_uuid, n.status, pg_catalog.count(*)::integer,
                pg_catalog.sum(n.units), pg_catalog.sum(chips._chit_change(t.side, n.issuer, n.units)),
-               pg_catalog.min(t.tally_uuid::text), pg_catalog.min(n.chit_uuid::text))
+               pg_catalog.min(t.tally_uuid::text), pg_catalog.min(n.chit_uuid::text)),
+           pg_catalog.row_number() OVER (ORDER BY pg_catalog.min(n.id)) = 1
     FROM new_chits n JOIN chips.tallies t ON t.id = n.tally_id JOIN chips.lifts l ON l.id = n.lift_id
     GROUP BY t.ent, l.lift_uuid, n.status ORDER BY min(n.id);
     RETURN NULL;
@@ -611,14 +613,15 @@ BEGIN
     PERFORM chips._chit_invoiced(t.ent, t.tally_uuid, n.chit_uuid, n.units)
     FROM new_chits n JOIN old_chits o ON o.id = n.id JOIN chips.tallies t ON t.id = n.tally_id AND t.side = n.issuer
     WHERE n.status = 'pend' AND n.chit_type <> 'lift' AND o.status <> 'pend';
-    INSERT INTO chips.events_pending (ent, kind, chit, status)
-    SELECT t.ent, 'chit', n.id, n.status
+    INSERT INTO chips.events_pending (ent, kind, chit, status, fire)
+    SELECT t.ent, 'chit', n.id, n.status, pg_catalog.row_number() OVER (ORDER BY n.id) = 1
     FROM new_chits n JOIN old_chits o ON o.id = n.id JOIN chips.tallies t ON t.id = n.tally_id
     WHERE n.lift_id IS NULL AND o.status <> n.status ORDER BY n.id;
-    INSERT INTO chips.events_pending (ent, kind, body)
+    INSERT INTO chips.events_pending (ent, kind, body, fire)
     SELECT t.ent, 'lift', chips._lift_event(l.lift_uuid, n.status, pg_catalog.count(*)::integer,
                pg_catalog.sum(n.units), pg_catalog.sum(chips._chit_change(t.side, n.issuer, n.units)),
-               pg_catalog.min(t.tally_uuid::text), pg_catalog.min(n.chit_uuid::text))
+               pg_catalog.min(t.tally_uuid::text), pg_catalog.min(n.chit_uuid::text)),
+           pg_catalog.row_number() OVER (ORDER BY pg_catalog.min(n.id)) = 1
     FROM new_chits n JOIN old_chits o ON o.id = n.id JOIN chips.tallies t ON t.id = n.tally_id
     JOIN chips.lifts l ON l.id = n.lift_id
     WHERE o.status <> n.status

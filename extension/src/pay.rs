@@ -155,16 +155,26 @@ fn pay_bulk(payments: JsonB) -> Option<Vec<pgrx::Uuid>> {
         // who pays: the caller, or a user the caller acts for (each raises what a single item
         // would), their custodial key (a payer who signs with their own key pays item by item:
         // 55000), and the time every chit of the batch carries
-        let who = plan(
+        // (the caller and a payer acted for by statements of their own: a function in FROM is
+        // called once, where a CASE over both would call chips._me() twice)
+        let me = plan(
             c,
             "SELECT u.ent, (extract(epoch FROM pg_catalog.now()) * 1000)::bigint, k.seed
-             FROM (SELECT (CASE WHEN $1 IS NULL THEN chips._me() ELSE chips._acting_for($1) END).ent) u
-             LEFT JOIN chips.custody k ON k.ent = u.ent",
+             FROM chips._me() u LEFT JOIN chips.custody k ON k.ent = u.ent",
+            &[],
+        );
+        let acted = plan(
+            c,
+            "SELECT u.ent, (extract(epoch FROM pg_catalog.now()) * 1000)::bigint, k.seed
+             FROM chips._acting_for($1) u LEFT JOIN chips.custody k ON k.ent = u.ent",
             &[oid::<String>()],
         );
         for it in &items {
             if !payers.contains_key(&it.payer) {
-                let r = spi(c.select(&*who, None, &[it.payer.clone().into()]));
+                let r = match &it.payer {
+                    None => spi(c.select(&*me, None, &[])),
+                    Some(p) => spi(c.select(&*acted, None, &[p.clone().into()])),
+                };
                 let r = spi(r.first().get_three::<String, i64, Vec<u8>>());
                 let ent: String = field(r.0);
                 date_ms = field(r.1);
