@@ -5,7 +5,9 @@
 # the WAL bytes and records per payment, and per payment the bytes of each kind of record
 # (heap inserts, HOT updates, index inserts, commits, full-page images, ...), largest first.
 # Against the same for pgledger's transfer (from ../shared/anchors/pgledger, ANCHORS=<dir>), one
-# session, N transfers, in the same run. docs/benchmarks.md says how to read it.
+# session, N transfers, in the same run; and the CPU time each session's backend spent a
+# transaction (one client: what bounds the rate when the WAL device does not; REPS=3 repeats
+# both, alternating). docs/benchmarks.md says how to read it.
 #
 #   bash scripts/bench-wal.sh            # N=2000
 set -euo pipefail
@@ -49,6 +51,9 @@ SQL
     SELECT (SELECT x.id FROM pgledger_create_account('a', 'CHIP') x) AS a,
            (SELECT x.id FROM pgledger_create_account('b', 'CHIP') x) AS b" >/dev/null
 
+TICK=$(getconf CLK_TCK)
+CPU="SELECT (string_to_array(split_part(pg_read_file('/proc/self/stat'), ') ', 2), ' '))[12]::bigint
+          + (string_to_array(split_part(pg_read_file('/proc/self/stat'), ') ', 2), ' '))[13]::bigint;"
 # EXPR N times in one session acting as ROLE (after a warm-up of 100), one transaction each as
 # clients make them, and the WAL it wrote
 measure() { # NAME DB ROLE EXPR
@@ -56,10 +61,16 @@ measure() { # NAME DB ROLE EXPR
     "${PSQL[@]}" -d "$db" -c "SET ROLE $role" -c "DO \$\$ BEGIN FOR i IN 1..100 LOOP PERFORM $expr; END LOOP; END \$\$" >/dev/null
     "${PSQL[@]}" -d "$db" -c "CHECKPOINT" >/dev/null
     start=$("${PSQL[@]}" -d "$db" -At -c "SELECT pg_current_wal_insert_lsn()")
-    { echo "SET ROLE $role;"; for _ in $(seq "$N"); do echo "SELECT $expr;"; done; } | "${PSQL[@]}" -d "$db" >/dev/null
+    # the session's backend reads its own CPU time (user + system, in clock ticks) before and after
+    ticks=$({ echo "$CPU"; echo "SET ROLE $role;"; for _ in $(seq "$N"); do echo "SELECT $expr;"; done
+              echo "RESET ROLE;"; echo "$CPU"; } | "${PSQL[@]}" -d "$db" -At | grep -E '^[0-9]+$' | tr '\n' ' ')
     end=$("${PSQL[@]}" -d "$db" -At -c "SELECT pg_current_wal_insert_lsn()")
     bytes=$("${PSQL[@]}" -d "$db" -At -c "SELECT pg_wal_lsn_diff('$end', '$start')")
     echo "$name: $N transactions, $(echo "scale=1; $bytes / $N" | bc) WAL bytes each (from $start to $end)"
+    read -r t0 t1 <<<"$ticks"
+    cpu=$(echo "scale=1; ($t1 - $t0) * 1000000 / $TICK / $N" | bc)
+    CPUS[$name]+="$cpu "
+    echo "  $cpu us of its backend's CPU time (user and system) a transaction"
     as_postgres "$PG_BIN/pg_waldump" -p "$DIR/data/pg_wal" -s "$start" -e "$end" --stats=record 2>/dev/null |
         sed -e 's/([^)]*)//g' |
         awk -v n="$N" '$1 ~ /\// && NF >= 5 {
@@ -67,6 +78,14 @@ measure() { # NAME DB ROLE EXPR
                    $1, $2 / n, $5 / n, $4 / n
         }' | sort -k4 -rn | head -15
 }
-say "WAL of $N payments (chips.pay) and $N transfers (pgledger), one session each"
-measure "chips.pay" bench bench_payer "chips.pay((SELECT t FROM public.bench_t), 1)"
-measure "pgledger transfer" ledger postgres "pgledger_create_transfer((SELECT a FROM public.bench_acc), (SELECT b FROM public.bench_acc), 1)"
+REPS=${REPS:-1}
+declare -A CPUS
+median() { tr ' ' '\n' | grep . | sort -n | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+say "WAL of $N payments (chips.pay) and $N transfers (pgledger), one session each, $REPS time(s)"
+for _ in $(seq "$REPS"); do
+    measure "chips.pay" bench bench_payer "chips.pay((SELECT t FROM public.bench_t), 1)"
+    measure "pgledger transfer" ledger postgres "pgledger_create_transfer((SELECT a FROM public.bench_acc), (SELECT b FROM public.bench_acc), 1)"
+done
+pay=$(median <<<"${CPUS[chips.pay]}")
+led=$(median <<<"${CPUS[pgledger transfer]}")
+echo "backend CPU a transaction, median of $REPS: chips.pay $pay us (${CPUS[chips.pay]% }), pgledger transfer $led us (${CPUS[pgledger transfer]% }): a transfer takes $(echo "scale=3; $led / $pay" | bc) of a payment's CPU time"
