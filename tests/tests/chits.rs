@@ -27,6 +27,20 @@ async fn count(s: &Site, q: &str) -> i64 {
     s.admin.query_one(q, &[]).await.unwrap().get(0)
 }
 
+/// The numbers of a user's events (of `kind`, or all), in order.
+async fn feed(s: &Site, ent: &str, kind: Option<&str>) -> Vec<i64> {
+    s.admin
+        .query(
+            "SELECT seq FROM chips.events WHERE ent = $1 AND kind = coalesce($2, kind) ORDER BY seq",
+            &[&ent, &kind],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 #[tokio::test]
 async fn payments_move_balances_on_both_halves_and_chain_them() {
     let (s, ann, bob, t) = local_pair("t_chit_pay", 10_000).await;
@@ -716,29 +730,8 @@ async fn a_clean_batch_is_written_at_once_with_what_item_by_item_writes() {
     );
     // each holder's feed: one event per chit, numbered 1, 2, 3, ... without a gap
     for ent in [&cust, &shop] {
-        let seqs: Vec<i64> = s
-            .admin
-            .query(
-                "SELECT seq FROM chips.events WHERE ent = $1 AND kind = 'chit' ORDER BY seq",
-                &[ent],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        assert_eq!(seqs.len(), 4, "{ent}");
-        let all: Vec<i64> = s
-            .admin
-            .query(
-                "SELECT seq FROM chips.events WHERE ent = $1 ORDER BY seq",
-                &[ent],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        assert_eq!(feed(&s, ent, Some("chit")).await.len(), 4, "{ent}");
+        let all = feed(&s, ent, None).await;
         assert_eq!(all, (1..=all.len() as i64).collect::<Vec<_>>(), "{ent}");
     }
 
@@ -823,22 +816,10 @@ async fn sixteen_sessions_paying_between_two_users_leave_each_feed_gapless() {
     let (bob, bob_db) = custodial(&s, "Bob", "bob").await;
     let t1 = custodial_tally(&ann_db, &bob_db, 1_000_000).await;
     let t2 = custodial_tally(&bob_db, &ann_db, 1_000_000).await;
-    let feed = |ent: String| {
-        let s = &s;
-        async move {
-            s.admin
-                .query(
-                    "SELECT seq FROM chips.events WHERE ent = $1 ORDER BY seq",
-                    &[&ent],
-                )
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get::<_, i64>(0))
-                .collect::<Vec<i64>>()
-        }
-    };
-    let (ann0, bob0) = (feed(ann.clone()).await.len(), feed(bob.clone()).await.len());
+    let (ann0, bob0) = (
+        feed(&s, &ann, None).await.len(),
+        feed(&s, &bob, None).await.len(),
+    );
     const SESSIONS: usize = 16;
     const EACH: usize = 20;
     let mut jobs = Vec::new();
@@ -861,7 +842,7 @@ async fn sixteen_sessions_paying_between_two_users_leave_each_feed_gapless() {
             .expect("no payment fails (a deadlock would be 40P01)");
     }
     for (who, ent, before) in [("Ann", ann, ann0), ("Bob", bob, bob0)] {
-        let seqs = feed(ent).await;
+        let seqs = feed(&s, &ent, None).await;
         assert_eq!(
             seqs.len() - before,
             SESSIONS * EACH,
@@ -973,17 +954,7 @@ async fn concurrent_batches_over_the_same_tallies_neither_deadlock_nor_lose_a_ch
         assert!(s.audit_failures(t).await.unwrap().is_empty(), "{t}");
     }
     for ent in [&a, &b, &shop] {
-        let seqs: Vec<i64> = s
-            .admin
-            .query(
-                "SELECT seq FROM chips.events WHERE ent = $1 ORDER BY seq",
-                &[ent],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let seqs = feed(&s, ent, None).await;
         assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "{ent}");
     }
 }
