@@ -445,8 +445,8 @@ $$;
 
 -- Pay through SQL alone: for custodial users (the database holds their key). A payment on an
 -- open tally between two users of this site that would be applied is written by the writer of
--- clean batches (chips._pay_bulk, one item: its statements planned once per backend); any other,
--- or one it would refuse, by chips._custodial_issue, which says why.
+-- clean batches (chips._pay_one: extension/src/pay.rs, its statements planned once per
+-- backend); any other, or one it would refuse, by chips._custodial_issue, which says why.
 CREATE FUNCTION chips.pay(tally uuid, units bigint, memo text DEFAULT NULL,
                           reference jsonb DEFAULT NULL)
 RETURNS uuid
@@ -454,19 +454,15 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_chits uuid[];
+    v_chit uuid;
 BEGIN
     IF pay.units IS NULL THEN
         PERFORM chips._me();   -- who may not pay at all is told so first
         RAISE EXCEPTION 'a payment needs units' USING ERRCODE = '22023';
     END IF;
-    v_chits := chips._pay_bulk(pg_catalog.jsonb_build_array(
-        pg_catalog.jsonb_build_object('tally', pay.tally, 'units', pay.units)
-        || CASE WHEN pay.memo IS NULL THEN '{}' ELSE pg_catalog.jsonb_build_object('memo', pay.memo) END
-        || CASE WHEN pay.reference IS NULL THEN '{}'
-                ELSE pg_catalog.jsonb_build_object('reference', pay.reference) END));
-    IF v_chits IS NOT NULL THEN
-        RETURN v_chits[1];
+    v_chit := chips._pay_one(pay.tally, pay.units, pay.memo, pay.reference);
+    IF v_chit IS NOT NULL THEN
+        RETURN v_chit;
     END IF;
     RETURN chips._custodial_issue(chips._me(), pay.tally, pay.units, pay.memo, pay.reference);
 END

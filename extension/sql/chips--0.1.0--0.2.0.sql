@@ -1765,7 +1765,17 @@ CREATE FUNCTION chips."_pay_bulk"(
 STRICT VOLATILE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'pay_bulk_wrapper';
-REVOKE ALL ON FUNCTION chips._pay_room(bigint, bigint, bigint), chips._pay_bulk(jsonb) FROM PUBLIC;
+CREATE FUNCTION chips."_pay_one"(
+	"tally" uuid, /* Option < pgrx :: Uuid > */
+	"units" bigint, /* Option < i64 > */
+	"memo" TEXT, /* Option < String > */
+	"reference" jsonb /* Option < JsonB > */
+) RETURNS uuid /* Option < pgrx :: Uuid > */
+VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'pay_one_wrapper';
+REVOKE ALL ON FUNCTION chips._pay_room(bigint, bigint, bigint), chips._pay_bulk(jsonb),
+    chips._pay_one(uuid, bigint, text, jsonb) FROM PUBLIC;
 
 -- Pay through SQL alone: for custodial users (the database holds their key). A payment on an
 -- open tally between two users of this site that would be applied is written by the writer of
@@ -1778,19 +1788,15 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = chips, pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_chits uuid[];
+    v_chit uuid;
 BEGIN
     IF pay.units IS NULL THEN
         PERFORM chips._me();   -- who may not pay at all is told so first
         RAISE EXCEPTION 'a payment needs units' USING ERRCODE = '22023';
     END IF;
-    v_chits := chips._pay_bulk(pg_catalog.jsonb_build_array(
-        pg_catalog.jsonb_build_object('tally', pay.tally, 'units', pay.units)
-        || CASE WHEN pay.memo IS NULL THEN '{}' ELSE pg_catalog.jsonb_build_object('memo', pay.memo) END
-        || CASE WHEN pay.reference IS NULL THEN '{}'
-                ELSE pg_catalog.jsonb_build_object('reference', pay.reference) END));
-    IF v_chits IS NOT NULL THEN
-        RETURN v_chits[1];
+    v_chit := chips._pay_one(pay.tally, pay.units, pay.memo, pay.reference);
+    IF v_chit IS NOT NULL THEN
+        RETURN v_chit;
     END IF;
     RETURN chips._custodial_issue(chips._me(), pay.tally, pay.units, pay.memo, pay.reference);
 END

@@ -138,7 +138,35 @@ fn parse_uuid(t: &str) -> Option<[u8; 16]> {
 /// whole (then nothing was written). Internal to `chips.pay_batch` (SECURITY DEFINER).
 #[pg_extern(volatile, name = "_pay_bulk")]
 fn pay_bulk(payments: JsonB) -> Option<Vec<pgrx::Uuid>> {
-    let items = items(&payments.0)?;
+    write(items(&payments.0)?)
+}
+
+/// One payment by the caller (`chips.pay`'s arguments) written the same way: its chit's uuid,
+/// or null when it is not one this path writes (then nothing was written). Internal to
+/// `chips.pay` (SECURITY DEFINER).
+#[pg_extern(volatile, name = "_pay_one")]
+fn pay_one(
+    tally: Option<pgrx::Uuid>,
+    units: Option<i64>,
+    memo: Option<String>,
+    reference: Option<JsonB>,
+) -> Option<pgrx::Uuid> {
+    let reference = match reference {
+        Some(r) if !r.0.is_object() => return None,
+        r => r.map(|r| r.0),
+    };
+    let item = Item {
+        tally: uuid_text(tally?.as_bytes()),
+        units: units?,
+        memo,
+        reference,
+        payer: None,
+    };
+    write(vec![item])?.pop()
+}
+
+/// Writes `items` at once (see the module's comment), or None.
+fn write(items: Vec<Item>) -> Option<Vec<pgrx::Uuid>> {
     // the tallies, as their uuids are written (any other form goes item by item)
     let keys: Vec<[u8; 16]> = items
         .iter()
