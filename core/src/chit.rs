@@ -183,6 +183,13 @@ pub fn iso_millis(ms: i64) -> Result<String> {
         .ok_or_else(|| Error::value(format!("{ms} ms is not a date between years 0 and 9999")))
 }
 
+/// The milliseconds since 1970 (UTC) of a document date (`YYYY-MM-DDTHH:MM:SS.mmmZ`).
+pub fn millis_of(date: &str) -> Result<i64> {
+    chrono::DateTime::parse_from_rfc3339(date)
+        .map(|d| d.timestamp_millis())
+        .map_err(|e| Error::value(format!("{date:?} is not a date: {e}")))
+}
+
 /// What a chit of `units` issued by side `by` does to the balance of the half on side `holder`:
 /// the issuer's balance goes down, the other half's up. The one rule of a chit's sign: chit
 /// documents (`ChitDoc::value_for`) and the database's sums over chit rows
@@ -360,6 +367,14 @@ mod tests {
     use super::*;
     use crate::sign::KeyPair;
     use serde_json::json;
+
+    #[test]
+    fn millis_of_reads_what_iso_millis_writes() {
+        for ms in [0, 1_764_000_000_123, 253_402_300_799_999] {
+            assert_eq!(millis_of(&iso_millis(ms).unwrap()).unwrap(), ms);
+        }
+        assert!(millis_of("yesterday").is_err());
+    }
 
     #[test]
     fn pay_room_is_balance_held_and_limit() {

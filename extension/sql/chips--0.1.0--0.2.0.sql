@@ -1833,10 +1833,11 @@ $$;
 -- the first refusal refuses the whole call with that item's SQLSTATE and message, and nothing
 -- is written (no subtransactions: faster). One transaction either way.
 --
--- A batch of custodial payments on open tallies between users of this site that would all be
--- applied is written at once (chips._pay_bulk, extension/src/pay.rs: one INSERT of every chit,
--- one run of the chits statement trigger); any other batch, or one with an item that would be
--- refused, is paid item by item as above (the set-based attempt then leaves nothing behind).
+-- A batch of payments on open tallies between users of this site (custodial ones, or documents
+-- their payers signed) that would all be applied is written at once (chips._pay_bulk,
+-- extension/src/pay.rs: one INSERT of every chit, one run of the chits statement trigger); any
+-- other batch, or one with an item that would be refused, is paid item by item as above (the
+-- set-based attempt then leaves nothing behind).
 CREATE OR REPLACE FUNCTION chips.pay_batch(payments jsonb, all_or_nothing boolean DEFAULT false)
 RETURNS TABLE (item integer, chit uuid, sqlstate text, message text)
 LANGUAGE plpgsql SECURITY DEFINER

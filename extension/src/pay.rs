@@ -1,14 +1,16 @@
 //! Many payments written at once: the set-based path of `chips.pay_batch` (sql/chits.sql).
 //!
-//! A payroll or a shop's end of day is a batch of custodial payments on open tallies between
-//! users of this site. Item by item, each payment runs some thirty statements (its chit on both
-//! halves, the statement trigger's balances and events, the checks); here the whole batch is
-//! checked in memory against its tallies, locked once, and written in one INSERT, so the chits
-//! statement trigger (sql/chits.sql, `chips._chits_ins`) moves every balance and chain tip and
-//! makes every event in one run. The rules are the single payment's: each chit is built, signed
-//! with its payer's custodial key and chained as `chips._custodial_issue` and
-//! `chips._chit_insert` do, the credit limit is core's `pay_room` counted over the items in
-//! order, and the row trigger verifies every signature.
+//! A payroll or a shop's end of day is a batch of payments on open tallies between users of this
+//! site: signed here with the payers' custodial keys, or documents the payers signed themselves.
+//! Item by item, each payment runs some thirty statements (its chit on both halves, the
+//! statement trigger's balances and events, the checks); here the whole batch is checked in
+//! memory against its tallies, locked once, and written in one INSERT, so the chits statement
+//! trigger (sql/chits.sql, `chips._chits_ins`) moves every balance and chain tip and makes every
+//! event in one run. The rules are the single payment's: each chit is built and signed with its
+//! payer's custodial key as `chips._custodial_issue` does (or, written by its payer, checked as
+//! `chips._chit_issue` checks one: the payer's side, dated within the hour, new on its tally,
+//! signed by the payer) and chained as `chips._chit_insert` chains it; the credit limit is
+//! core's `pay_room` counted over the items in order; the row trigger verifies every signature.
 //!
 //! The path only takes batches it can write whole: when any item is not such a payment, or would
 //! be refused, it declines (returns null) and `chips.pay_batch` pays item by item, which says
@@ -29,17 +31,19 @@ use serde_json::Value;
 use crate::error::ChipsError;
 
 /// One item of a batch as the set-based path takes it: `{tally, units, memo?, reference?,
-/// payer?}`.
+/// payer?}`, signed here with the payer's custodial key, or `{doc, signature?, payer?}`, a
+/// payment document (`tran`) its payer signed (or, without a signature, one to sign here).
 struct Item {
     tally: String,
     units: i64,
     memo: Option<String>,
     reference: Option<Value>,
     payer: Option<String>,
+    doc: Option<(ChitDoc, Option<String>)>,
 }
 
-/// The items, or None when any is not a plain custodial payment (a signed document, a field of
-/// another type or an unknown one): those go item by item.
+/// The items, or None when any is not such a payment (a setting, a field of another type or an
+/// unknown one): those go item by item.
 fn items(payments: &Value) -> Option<Vec<Item>> {
     let list = payments.as_array()?;
     if list.is_empty() || list.len() > 1000 {
@@ -48,6 +52,33 @@ fn items(payments: &Value) -> Option<Vec<Item>> {
     list.iter()
         .map(|p| {
             let o = p.as_object()?;
+            let payer = match o.get("payer") {
+                None | Some(Value::Null) => None,
+                Some(x) => Some(x.as_str()?.to_string()),
+            };
+            if let Some(d) = o.get("doc") {
+                if o.keys()
+                    .any(|k| !matches!(k.as_str(), "doc" | "signature" | "payer"))
+                {
+                    return None;
+                }
+                let doc = ChitDoc::from_json(d).ok()?;
+                let signature = match o.get("signature") {
+                    None | Some(Value::Null) => None,
+                    Some(x) => Some(x.as_str()?.to_string()),
+                };
+                if doc.kind != ChitType::Tran {
+                    return None;
+                }
+                return Some(Item {
+                    tally: doc.tally.clone(),
+                    units: doc.units?,
+                    memo: doc.memo.clone(),
+                    reference: doc.reference.clone(),
+                    payer,
+                    doc: Some((doc, signature)),
+                });
+            }
             if o.keys().any(|k| {
                 !matches!(
                     k.as_str(),
@@ -68,10 +99,8 @@ fn items(payments: &Value) -> Option<Vec<Item>> {
                     Some(r) if r.is_object() => Some(r.clone()),
                     Some(_) => return None,
                 },
-                payer: match o.get("payer") {
-                    None | Some(Value::Null) => None,
-                    Some(x) => Some(x.as_str()?.to_string()),
-                },
+                payer,
+                doc: None,
             })
         })
         .collect()
@@ -87,6 +116,8 @@ struct Half {
     room: i64,
     chain_len: i32,
     tip: Vec<u8>,
+    /// the holder's public key (what its signed documents verify with)
+    key: Option<String>,
 }
 
 fn field<T>(v: Option<T>) -> T {
@@ -161,6 +192,7 @@ fn pay_one(
         memo,
         reference,
         payer: None,
+        doc: None,
     };
     write(vec![item])?.pop()
 }
@@ -220,7 +252,7 @@ fn write(items: Vec<Item>) -> Option<Vec<pgrx::Uuid>> {
                 c,
                 "SELECT x.tally_uuid, x.id, x.ent, x.side, x.status = 'open', x.part_ent, x.net_good,
                         x.net_hold, coalesce((x.part_terms->>'limit')::bigint, 0), x.chain_len,
-                        coalesce(x.chain_tip, x.digest)
+                        coalesce(x.chain_tip, x.digest), x.hold_cert->>'public'
                  FROM chips.tallies x WHERE x.tally_uuid = $1 ORDER BY x.id FOR UPDATE",
                 &[oid::<pgrx::Uuid>()],
             );
@@ -230,7 +262,7 @@ fn write(items: Vec<Item>) -> Option<Vec<pgrx::Uuid>> {
                 c,
                 "SELECT x.tally_uuid, x.id, x.ent, x.side, x.status = 'open', x.part_ent, x.net_good,
                         x.net_hold, coalesce((x.part_terms->>'limit')::bigint, 0), x.chain_len,
-                        coalesce(x.chain_tip, x.digest)
+                        coalesce(x.chain_tip, x.digest), x.hold_cert->>'public'
                  FROM chips.tallies x WHERE x.tally_uuid = ANY ($1) ORDER BY x.id FOR UPDATE",
                 &[oid::<Vec<pgrx::Uuid>>()],
             );
@@ -256,11 +288,51 @@ fn write(items: Vec<Item>) -> Option<Vec<pgrx::Uuid>> {
                 ),
                 chain_len: field(spi(r.get(10))),
                 tip: spi(r.get(11)).unwrap_or_default(), // none before a tally is signed (not open)
+                key: spi(r.get(12)),
             });
         }
     });
-    if payers.values().any(|e| !seeds.contains_key(e)) {
+    // a payment signed here needs its payer's custodial key (without one it goes item by item:
+    // 55000)
+    if items
+        .iter()
+        .any(|i| !matches!(i.doc, Some((_, Some(_)))) && !seeds.contains_key(&payers[&i.payer]))
+    {
         return None;
+    }
+    // a signed document's uuid is its signer's: one already on its tally (a retry, or a
+    // clash) goes item by item, which tells them apart
+    let mut given: Vec<(i64, pgrx::Uuid)> = Vec::new();
+    for (it, key) in items.iter().zip(&keys) {
+        if let Some((doc, _)) = &it.doc {
+            let half = halves
+                .get(key)?
+                .iter()
+                .find(|h| h.ent == payers[&it.payer])?;
+            given.push((half.id, pgrx::Uuid::from_bytes(parse_uuid(&doc.uuid)?)));
+        }
+    }
+    if !given.is_empty() {
+        let mut seen: Vec<(i64, [u8; 16])> =
+            given.iter().map(|(t, u)| (*t, *u.as_bytes())).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        if seen.len() < given.len() {
+            return None;
+        }
+        let (ids, uuids): (Vec<i64>, Vec<pgrx::Uuid>) = given.into_iter().unzip();
+        let taken: i64 = Spi::connect(|c| {
+            let q = plan(
+                c,
+                "SELECT count(*) FROM chips.chits y WHERE y.tally_id = ANY ($1) AND y.chit_uuid = ANY ($2)",
+                &[oid::<Vec<i64>>(), oid::<Vec<pgrx::Uuid>>()],
+            );
+            spi(spi(c.select(&*q, None, &[ids.into(), uuids.into()])).first().get_one::<i64>())
+        })
+        .unwrap_or(0);
+        if taken > 0 {
+            return None;
+        }
     }
     let date = iso_millis(date_ms).ok()?;
     let n = items.len();
@@ -273,7 +345,8 @@ fn write(items: Vec<Item>) -> Option<Vec<pgrx::Uuid>> {
         Vec::with_capacity(2 * n),
         Vec::with_capacity(2 * n),
     );
-    let (mut c_sig, mut c_value, mut c_idx, mut c_prev, mut c_hash) = (
+    let (mut c_sig, mut c_value, mut c_idx, mut c_prev, mut c_hash, mut c_date) = (
+        Vec::with_capacity(2 * n),
         Vec::with_capacity(2 * n),
         Vec::with_capacity(2 * n),
         Vec::with_capacity(2 * n),
@@ -297,19 +370,41 @@ fn write(items: Vec<Item>) -> Option<Vec<pgrx::Uuid>> {
         {
             return None;
         }
-        let uuid = random_uuid();
-        let doc = ChitDoc {
-            tally: uuid_text(key),
-            by: m.side,
-            kind: ChitType::Tran,
-            uuid: uuid_text(&uuid),
-            date: date.clone(),
-            units: Some(it.units),
-            reference: it.reference.clone(),
-            memo: it.memo.clone(),
+        let (doc, uuid, ms, given) = match &it.doc {
+            // a document its payer wrote: by the payer's side, dated within the hour (as
+            // chips._chit_issue checks; near the edge it goes item by item), its signature
+            // verified with the payer's key
+            Some((doc, sig)) => {
+                let ms = chips_core::chit::millis_of(&doc.date).ok()?;
+                if doc.by != m.side || (ms - date_ms).abs() > 3_599_000 {
+                    return None;
+                }
+                if let Some(sig) = sig {
+                    doc.verify_with(m.key.as_deref()?, sig, crate::crypto::verify_json_cached)
+                        .ok()?;
+                }
+                (doc.clone(), parse_uuid(&doc.uuid)?, ms, sig.clone())
+            }
+            None => {
+                let uuid = random_uuid();
+                let doc = ChitDoc {
+                    tally: uuid_text(key),
+                    by: m.side,
+                    kind: ChitType::Tran,
+                    uuid: uuid_text(&uuid),
+                    date: date.clone(),
+                    units: Some(it.units),
+                    reference: it.reference.clone(),
+                    memo: it.memo.clone(),
+                };
+                doc.check().ok()?;
+                (doc, uuid, date_ms, None)
+            }
         };
-        doc.check().ok()?;
-        let sig = crate::crypto::sign_with_seed(&seeds[ent], &doc.to_json());
+        let sig = match given {
+            Some(sig) => sig,
+            None => crate::crypto::sign_with_seed(seeds.get(ent)?, &doc.to_json()),
+        };
         let idx = m.chain_len + 1;
         let hash = doc
             .chain_hash(i64::from(idx), &m.tip, Some(&sig))
@@ -335,6 +430,7 @@ fn write(items: Vec<Item>) -> Option<Vec<pgrx::Uuid>> {
             c_idx.push(idx);
             c_prev.push(h.tip.clone());
             c_hash.push(hash.clone());
+            c_date.push(ms);
         }
         for h in pair.iter_mut() {
             h.chain_len = idx;
@@ -352,15 +448,15 @@ fn write(items: Vec<Item>) -> Option<Vec<pgrx::Uuid>> {
                                       chit_date, signature, status, value, chain_idx, chain_prev,
                                       chain_hash)
              SELECT k.t, k.u, 'tran', k.i, k.n, k.r, k.m,
-                    timestamptz '1970-01-01 00:00:00+00' + $12 * interval '1 millisecond',
+                    timestamptz '1970-01-01 00:00:00+00' + k.d * interval '1 millisecond',
                     k.s, 'good', k.v, k.x, k.p, k.h
              FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::uuid[]),
                              pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bigint[]),
                              pg_catalog.unnest($5::jsonb[]), pg_catalog.unnest($6::text[]),
                              pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::bigint[]),
                              pg_catalog.unnest($9::int[]), pg_catalog.unnest($10::bytea[]),
-                             pg_catalog.unnest($11::bytea[]))
-                  WITH ORDINALITY k(t, u, i, n, r, m, s, v, x, p, h, o)
+                             pg_catalog.unnest($11::bytea[]), pg_catalog.unnest($12::bigint[]))
+                  WITH ORDINALITY k(t, u, i, n, r, m, s, v, x, p, h, d, o)
              ORDER BY k.o",
             &[
                 oid::<Vec<i64>>(),
@@ -374,7 +470,7 @@ fn write(items: Vec<Item>) -> Option<Vec<pgrx::Uuid>> {
                 oid::<Vec<i32>>(),
                 oid::<Vec<Vec<u8>>>(),
                 oid::<Vec<Vec<u8>>>(),
-                oid::<i64>(),
+                oid::<Vec<i64>>(),
             ],
         );
         spi(c.update(
@@ -392,7 +488,7 @@ fn write(items: Vec<Item>) -> Option<Vec<pgrx::Uuid>> {
                 c_idx.into(),
                 c_prev.into(),
                 c_hash.into(),
-                date_ms.into(),
+                c_date.into(),
             ],
         ));
     });

@@ -772,6 +772,106 @@ async fn a_clean_batch_is_written_at_once_with_what_item_by_item_writes() {
     }
 }
 
+/// Documents their payer signed (`{doc, signature}`: a user who holds their own key) are written
+/// at once too, with the uuid and date the payer gave them. A forged one, one already on its
+/// tally (a retry), or a batch that also asks the database to sign for a payer who holds their
+/// own key, is declined with nothing written, and pay_batch pays it item by item, which says what
+/// each item is: the retry good, the forgery 28000, the custodial item 55000.
+#[tokio::test]
+async fn a_batch_of_signed_documents_is_written_at_once_too() {
+    let (s, ann, bob, t) = local_pair("t_chit_bulk_signed", 10_000).await;
+    let role = s.role_of(&bob.ent).await.unwrap();
+    s.admin
+        .batch_execute(&format!(
+            "CREATE FUNCTION public.bulk(j jsonb) RETURNS uuid[] LANGUAGE sql SECURITY DEFINER
+                 SET search_path = chips, pg_catalog AS 'SELECT chips._pay_bulk(j)';
+             GRANT EXECUTE ON FUNCTION public.bulk(jsonb) TO \"{role}\""
+        ))
+        .await
+        .unwrap();
+    let signed = |units: i64, by: &chips_core::sign::KeyPair| {
+        let (db, key) = (&bob.db, by.seed());
+        async move {
+            let doc: Value = db
+                .query_one("SELECT chips.chit_json($1, $2, 'signed')", &[&t, &units])
+                .await
+                .unwrap()
+                .get(0);
+            let sig = chips_core::sign::KeyPair::from_seed(&key)
+                .sign_json(&doc)
+                .unwrap();
+            json!({"doc": doc, "signature": sig})
+        }
+    };
+    let uuid_of = |item: &Value| Uuid::parse_str(item["doc"]["uuid"].as_str().unwrap()).unwrap();
+    let (a, b) = (signed(100, &bob.key).await, signed(200, &bob.key).await);
+    let chits = "SELECT count(*) FROM chips.chits";
+    let before = count(&s, chits).await;
+    let written: Option<Vec<Uuid>> = bob
+        .db
+        .query_one("SELECT public.bulk($1)", &[&json!([a, b])])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(written, Some(vec![uuid_of(&a), uuid_of(&b)]));
+    assert_eq!(count(&s, chits).await - before, 4);
+    let owed: i64 = s
+        .admin
+        .query_one(
+            "SELECT net_good FROM chips.tallies WHERE tally_uuid = $1 AND ent = $2",
+            &[&t, &bob.ent],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owed, -300);
+    assert!(s.audit_failures(t).await.unwrap().is_empty());
+
+    let forged = signed(5, &ann.key).await;
+    let mine = signed(7, &bob.key).await;
+    for (batch, why) in [
+        (json!([a]), "already on the tally"),
+        (json!([mine, forged]), "not signed by its payer"),
+        (
+            json!([mine, {"tally": t, "units": 1}]),
+            "bob holds his own key",
+        ),
+    ] {
+        let got: Option<Vec<Uuid>> = bob
+            .db
+            .query_one("SELECT public.bulk($1)", &[&batch])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(got.is_none(), "{why}");
+    }
+    assert_eq!(count(&s, chits).await - before, 4, "nothing written");
+    let rows = bob
+        .db
+        .query(
+            "SELECT item, chit, sqlstate FROM chips.pay_batch($1)",
+            &[&json!([a, forged, {"tally": t, "units": 1}, mine])],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(i32, Option<Uuid>, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, Some(uuid_of(&a)), None),
+            (2, None, Some("28000".to_string())),
+            (3, None, Some("55000".to_string())),
+            (4, Some(uuid_of(&mine)), None),
+        ],
+        "the retry is good again, once"
+    );
+    assert_eq!(count(&s, chits).await - before, 6);
+    assert!(s.audit_failures(t).await.unwrap().is_empty());
+}
+
 /// The tally update trigger guarding identity and signed documents names every column but the
 /// ones the chits statement trigger moves (sql/finalize.sql): a column added to chips.tallies
 /// and left out of its list could change without the trigger seeing it.
