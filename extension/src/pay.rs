@@ -120,6 +120,39 @@ struct Half {
     key: Option<String>,
 }
 
+/// The chit rows of a batch, column by column (both halves of each chit, the foil half first), as
+/// the INSERT takes them.
+#[derive(Default)]
+struct Rows {
+    tally: Vec<i64>,
+    uuid: Vec<pgrx::Uuid>,
+    issuer: Vec<&'static str>,
+    units: Vec<i64>,
+    reference: Vec<Option<JsonB>>,
+    memo: Vec<Option<String>>,
+    signature: Vec<String>,
+    value: Vec<i64>,
+    idx: Vec<i32>,
+    prev: Vec<Vec<u8>>,
+    hash: Vec<Vec<u8>>,
+    date: Vec<i64>,
+}
+
+/// The statement that locks a batch's tallies (`$1`: one uuid, or an array of them), both halves
+/// in id order as every writer locks them, and reads what the batch is checked against.
+macro_rules! lock_sql {
+    ($which:literal) => {
+        concat!(
+            "SELECT x.tally_uuid, x.id, x.ent, x.side, x.status = 'open', x.part_ent, x.net_good,
+                    x.net_hold, coalesce((x.part_terms->>'limit')::bigint, 0), x.chain_len,
+                    coalesce(x.chain_tip, x.digest), x.hold_cert->>'public'
+             FROM chips.tallies x WHERE x.tally_uuid ",
+            $which,
+            " ORDER BY x.id FOR UPDATE"
+        )
+    };
+}
+
 fn field<T>(v: Option<T>) -> T {
     v.unwrap_or_else(|| ChipsError::Invalid("pay_batch: a row with a null field".into()).raise())
 }
@@ -244,28 +277,14 @@ fn write(items: Vec<Item>) -> Option<Vec<pgrx::Uuid>> {
                 payers.insert(it.payer.clone(), ent);
             }
         }
-        // the tallies, both halves locked in id order (as every writer locks them)
-        // (one tally by its own statement: PostgreSQL plans `= ANY ($1)` afresh at every call,
-        // its generic plan costing more than one made for the array given)
+        // the tallies, locked (one tally by a statement of its own: PostgreSQL plans
+        // `= ANY ($1)` afresh at every call, its generic plan costing more than one made for the
+        // array given)
         let rows = if let [one] = uuids[..] {
-            let lock = plan(
-                c,
-                "SELECT x.tally_uuid, x.id, x.ent, x.side, x.status = 'open', x.part_ent, x.net_good,
-                        x.net_hold, coalesce((x.part_terms->>'limit')::bigint, 0), x.chain_len,
-                        coalesce(x.chain_tip, x.digest), x.hold_cert->>'public'
-                 FROM chips.tallies x WHERE x.tally_uuid = $1 ORDER BY x.id FOR UPDATE",
-                &[oid::<pgrx::Uuid>()],
-            );
+            let lock = plan(c, lock_sql!("= $1"), &[oid::<pgrx::Uuid>()]);
             spi(c.select(&*lock, None, &[one.into()]))
         } else {
-            let lock = plan(
-                c,
-                "SELECT x.tally_uuid, x.id, x.ent, x.side, x.status = 'open', x.part_ent, x.net_good,
-                        x.net_hold, coalesce((x.part_terms->>'limit')::bigint, 0), x.chain_len,
-                        coalesce(x.chain_tip, x.digest), x.hold_cert->>'public'
-                 FROM chips.tallies x WHERE x.tally_uuid = ANY ($1) ORDER BY x.id FOR UPDATE",
-                &[oid::<Vec<pgrx::Uuid>>()],
-            );
+            let lock = plan(c, lock_sql!("= ANY ($1)"), &[oid::<Vec<pgrx::Uuid>>()]);
             spi(c.select(&*lock, None, &[uuids.into()]))
         };
         for r in rows {
@@ -335,24 +354,8 @@ fn write(items: Vec<Item>) -> Option<Vec<pgrx::Uuid>> {
         }
     }
     let date = iso_millis(date_ms).ok()?;
-    let n = items.len();
-    let mut chits = Vec::with_capacity(n);
-    let (mut c_tally, mut c_uuid, mut c_issuer, mut c_units, mut c_ref, mut c_memo) = (
-        Vec::with_capacity(2 * n),
-        Vec::with_capacity(2 * n),
-        Vec::with_capacity(2 * n),
-        Vec::with_capacity(2 * n),
-        Vec::with_capacity(2 * n),
-        Vec::with_capacity(2 * n),
-    );
-    let (mut c_sig, mut c_value, mut c_idx, mut c_prev, mut c_hash, mut c_date) = (
-        Vec::with_capacity(2 * n),
-        Vec::with_capacity(2 * n),
-        Vec::with_capacity(2 * n),
-        Vec::with_capacity(2 * n),
-        Vec::with_capacity(2 * n),
-        Vec::with_capacity(2 * n),
-    );
+    let mut chits = Vec::with_capacity(items.len());
+    let mut rows = Rows::default();
     for (it, key) in items.iter().zip(&keys) {
         let ent = &payers[&it.payer];
         let pair = halves.get_mut(key)?;
@@ -419,18 +422,18 @@ fn write(items: Vec<Item>) -> Option<Vec<pgrx::Uuid>> {
         };
         for k in order {
             let h = &pair[k];
-            c_tally.push(h.id);
-            c_uuid.push(pgrx::Uuid::from_bytes(uuid));
-            c_issuer.push(by.as_str());
-            c_units.push(it.units);
-            c_ref.push(it.reference.clone().map(JsonB));
-            c_memo.push(it.memo.clone());
-            c_sig.push(sig.clone());
-            c_value.push(change(h.side, by, it.units));
-            c_idx.push(idx);
-            c_prev.push(h.tip.clone());
-            c_hash.push(hash.clone());
-            c_date.push(ms);
+            rows.tally.push(h.id);
+            rows.uuid.push(pgrx::Uuid::from_bytes(uuid));
+            rows.issuer.push(by.as_str());
+            rows.units.push(it.units);
+            rows.reference.push(it.reference.clone().map(JsonB));
+            rows.memo.push(it.memo.clone());
+            rows.signature.push(sig.clone());
+            rows.value.push(change(h.side, by, it.units));
+            rows.idx.push(idx);
+            rows.prev.push(h.tip.clone());
+            rows.hash.push(hash.clone());
+            rows.date.push(ms);
         }
         for h in pair.iter_mut() {
             h.chain_len = idx;
@@ -477,18 +480,18 @@ fn write(items: Vec<Item>) -> Option<Vec<pgrx::Uuid>> {
             &*insert,
             None,
             &[
-                c_tally.into(),
-                c_uuid.into(),
-                c_issuer.into(),
-                c_units.into(),
-                c_ref.into(),
-                c_memo.into(),
-                c_sig.into(),
-                c_value.into(),
-                c_idx.into(),
-                c_prev.into(),
-                c_hash.into(),
-                c_date.into(),
+                rows.tally.into(),
+                rows.uuid.into(),
+                rows.issuer.into(),
+                rows.units.into(),
+                rows.reference.into(),
+                rows.memo.into(),
+                rows.signature.into(),
+                rows.value.into(),
+                rows.idx.into(),
+                rows.prev.into(),
+                rows.hash.into(),
+                rows.date.into(),
             ],
         ));
     });
