@@ -336,7 +336,7 @@ BEGIN
     IF v_doc->>'type' = 'lift' THEN
         RAISE EXCEPTION 'lift chits are written by lifts only' USING ERRCODE = '22023';
     END IF;
-    IF abs(extract(epoch FROM (v_doc->>'date')::timestamptz - pg_catalog.now())) > 3600 THEN
+    IF NOT chips._chit_dated_near(v_doc->>'date', (extract(epoch FROM pg_catalog.now()) * 1000)::bigint) THEN
         RAISE EXCEPTION 'chit date % is more than an hour from now', v_doc->>'date' USING ERRCODE = '22023';
     END IF;
     SELECT * INTO c FROM chips.chits y WHERE y.tally_id = t.id AND y.chit_uuid = (v_doc->>'uuid')::uuid;

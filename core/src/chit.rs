@@ -190,6 +190,16 @@ pub fn millis_of(date: &str) -> Result<i64> {
         .map_err(|e| Error::value(format!("{date:?} is not a date: {e}")))
 }
 
+/// How far from now a chit may be dated: an hour either way.
+pub const DATE_SKEW_MS: i64 = 3_600_000;
+
+/// Whether a chit dated `date_ms` may be issued at `now_ms` (both in milliseconds since 1970):
+/// no more than [`DATE_SKEW_MS`] from it. The one rule of a chit's date: a single chit
+/// (`chips._chit_issue`, through `chips._chit_dated_near`) and a batch written at once both ask it.
+pub fn dated_near(date_ms: i64, now_ms: i64) -> bool {
+    date_ms.abs_diff(now_ms) <= DATE_SKEW_MS as u64
+}
+
 /// What a chit of `units` issued by side `by` does to the balance of the half on side `holder`:
 /// the issuer's balance goes down, the other half's up. The one rule of a chit's sign: chit
 /// documents (`ChitDoc::value_for`) and the database's sums over chit rows
@@ -374,6 +384,21 @@ mod tests {
             assert_eq!(millis_of(&iso_millis(ms).unwrap()).unwrap(), ms);
         }
         assert!(millis_of("yesterday").is_err());
+    }
+
+    #[test]
+    fn a_chit_may_be_dated_an_hour_either_way() {
+        let now = 1_764_000_000_000;
+        for (date, ok) in [
+            (now, true),
+            (now + DATE_SKEW_MS, true),
+            (now - DATE_SKEW_MS, true),
+            (now + DATE_SKEW_MS + 1, false),
+            (now - DATE_SKEW_MS - 1, false),
+        ] {
+            assert_eq!(dated_near(date, now), ok, "{}", date - now);
+        }
+        assert!(!dated_near(i64::MIN, i64::MAX));
     }
 
     #[test]

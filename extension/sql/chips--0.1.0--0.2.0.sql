@@ -1188,7 +1188,7 @@ BEGIN
     IF v_doc->>'type' = 'lift' THEN
         RAISE EXCEPTION 'lift chits are written by lifts only' USING ERRCODE = '22023';
     END IF;
-    IF abs(extract(epoch FROM (v_doc->>'date')::timestamptz - pg_catalog.now())) > 3600 THEN
+    IF NOT chips._chit_dated_near(v_doc->>'date', (extract(epoch FROM pg_catalog.now()) * 1000)::bigint) THEN
         RAISE EXCEPTION 'chit date % is more than an hour from now', v_doc->>'date' USING ERRCODE = '22023';
     END IF;
     SELECT * INTO c FROM chips.chits y WHERE y.tally_id = t.id AND y.chit_uuid = (v_doc->>'uuid')::uuid;
@@ -1774,8 +1774,15 @@ CREATE FUNCTION chips."_pay_one"(
 VOLATILE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'pay_one_wrapper';
+CREATE FUNCTION chips."_chit_dated_near"(
+	"date" TEXT, /* & str */
+	"now_ms" bigint /* i64 */
+) RETURNS bool /* bool */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'chit_dated_near_wrapper';
 REVOKE ALL ON FUNCTION chips._pay_room(bigint, bigint, bigint), chips._pay_bulk(jsonb),
-    chips._pay_one(uuid, bigint, text, jsonb) FROM PUBLIC;
+    chips._pay_one(uuid, bigint, text, jsonb), chips._chit_dated_near(text, bigint) FROM PUBLIC;
 
 -- Pay through SQL alone: for custodial users (the database holds their key). A payment on an
 -- open tally between two users of this site that would be applied is written by the writer of

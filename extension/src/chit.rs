@@ -116,6 +116,13 @@ fn chit_change(side: &str, by: &str, units: i64) -> i64 {
     chips_core::chit::change(side, by, units)
 }
 
+/// Whether a chit dated `date` (a document date) may be issued at `now_ms` (core's
+/// `chit::dated_near`: an hour either way). 22023 for a date that is no date.
+#[pg_extern(immutable, strict, parallel_safe, name = "_chit_dated_near")]
+fn chit_dated_near(date: &str, now_ms: i64) -> bool {
+    chit::dated_near(ok(chit::millis_of(date)), now_ms)
+}
+
 /// The most the holder of a half may pay now (core's `chit::pay_room`): its balance plus what
 /// lifts under way may still take (`held`, at most 0) plus the credit limit its partner granted.
 #[pg_extern(immutable, strict, parallel_safe, name = "_pay_room")]

@@ -21,7 +21,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use chips_core::chit::{change, iso_millis, pay_room, random_uuid, uuid_text, ChitDoc, ChitType};
+use chips_core::chit::{
+    change, dated_near, iso_millis, millis_of, pay_room, random_uuid, uuid_text, ChitDoc, ChitType,
+};
 use chips_core::tally::Side;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
@@ -32,14 +34,24 @@ use crate::error::ChipsError;
 
 /// One item of a batch as the set-based path takes it: `{tally, units, memo?, reference?,
 /// payer?}`, signed here with the payer's custodial key, or `{doc, signature?, payer?}`, a
-/// payment document (`tran`) its payer signed (or, without a signature, one to sign here).
+/// payment document (`tran`) its payer signed (or, without a signature, one to sign here), whose
+/// tally, units, memo and reference are read into the item's own fields.
 struct Item {
-    tally: String,
+    tally: [u8; 16],
     units: i64,
     memo: Option<String>,
     reference: Option<Value>,
     payer: Option<String>,
-    doc: Option<(ChitDoc, Option<String>)>,
+    signed: Option<(ChitDoc, Option<String>)>,
+}
+
+/// The bytes of a uuid in a form PostgreSQL reads too (hyphenated, plain or braced: the `uuid`
+/// crate also reads `urn:uuid:...`, which a single payment's `::uuid` refuses), or None.
+fn uuid_bytes(text: &str) -> Option<[u8; 16]> {
+    if text.starts_with("urn:") {
+        return None;
+    }
+    uuid::Uuid::parse_str(text).ok().map(|u| *u.as_bytes())
 }
 
 /// The items, or None when any is not such a payment (a setting, a field of another type or an
@@ -71,12 +83,12 @@ fn items(payments: &Value) -> Option<Vec<Item>> {
                     return None;
                 }
                 return Some(Item {
-                    tally: doc.tally.clone(),
+                    tally: uuid_bytes(&doc.tally)?,
                     units: doc.units?,
                     memo: doc.memo.clone(),
                     reference: doc.reference.clone(),
                     payer,
-                    doc: Some((doc, signature)),
+                    signed: Some((doc, signature)),
                 });
             }
             if o.keys().any(|k| {
@@ -88,7 +100,7 @@ fn items(payments: &Value) -> Option<Vec<Item>> {
                 return None;
             }
             Some(Item {
-                tally: o.get("tally")?.as_str()?.to_string(),
+                tally: uuid_bytes(o.get("tally")?.as_str()?)?,
                 units: o.get("units")?.as_i64()?,
                 memo: match o.get("memo") {
                     None => None,
@@ -100,7 +112,7 @@ fn items(payments: &Value) -> Option<Vec<Item>> {
                     Some(_) => return None,
                 },
                 payer,
-                doc: None,
+                signed: None,
             })
         })
         .collect()
@@ -182,21 +194,6 @@ fn oid<T: IntoDatum>() -> PgOid {
     PgOid::from_untagged(T::type_oid())
 }
 
-/// A uuid written as 32 hex digits in 8-4-4-4-12 groups (either case), or None.
-fn parse_uuid(t: &str) -> Option<[u8; 16]> {
-    let b = t.as_bytes();
-    if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
-        return None;
-    }
-    let hex: Vec<u8> = b.iter().copied().filter(|&c| c != b'-').collect();
-    let mut out = [0u8; 16];
-    for (k, pair) in hex.chunks(2).enumerate() {
-        let s = std::str::from_utf8(pair).ok()?;
-        *out.get_mut(k)? = u8::from_str_radix(s, 16).ok()?;
-    }
-    (hex.len() == 32).then_some(out)
-}
-
 /// Pays every item of `payments` (chips.pay_batch's array) at once, in the caller's transaction:
 /// the chit uuids in item order, or null when the batch is not one the set-based path writes
 /// whole (then nothing was written). Internal to `chips.pay_batch` (SECURITY DEFINER).
@@ -220,24 +217,22 @@ fn pay_one(
         r => r.map(|r| r.0),
     };
     let item = Item {
-        tally: uuid_text(tally?.as_bytes()),
+        tally: *tally?.as_bytes(),
         units: units?,
         memo,
         reference,
         payer: None,
-        doc: None,
+        signed: None,
     };
     write(vec![item])?.pop()
 }
 
 /// Writes `items` at once (see the module's comment), or None.
 fn write(items: Vec<Item>) -> Option<Vec<pgrx::Uuid>> {
-    // the tallies, as their uuids are written (any other form goes item by item)
-    let keys: Vec<[u8; 16]> = items
+    let mut uuids: Vec<pgrx::Uuid> = items
         .iter()
-        .map(|i| parse_uuid(&i.tally))
-        .collect::<Option<_>>()?;
-    let mut uuids: Vec<pgrx::Uuid> = keys.iter().map(|k| pgrx::Uuid::from_bytes(*k)).collect();
+        .map(|i| pgrx::Uuid::from_bytes(i.tally))
+        .collect();
     uuids.sort_unstable_by_key(|u| *u.as_bytes());
     uuids.dedup_by_key(|u| *u.as_bytes());
     let mut payers: HashMap<Option<String>, String> = HashMap::new();
@@ -315,20 +310,20 @@ fn write(items: Vec<Item>) -> Option<Vec<pgrx::Uuid>> {
     // 55000)
     if items
         .iter()
-        .any(|i| !matches!(i.doc, Some((_, Some(_)))) && !seeds.contains_key(&payers[&i.payer]))
+        .any(|i| !matches!(i.signed, Some((_, Some(_)))) && !seeds.contains_key(&payers[&i.payer]))
     {
         return None;
     }
     // a signed document's uuid is its signer's: one already on its tally (a retry, or a
     // clash) goes item by item, which tells them apart
     let mut given: Vec<(i64, pgrx::Uuid)> = Vec::new();
-    for (it, key) in items.iter().zip(&keys) {
-        if let Some((doc, _)) = &it.doc {
+    for it in &items {
+        if let Some((doc, _)) = &it.signed {
             let half = halves
-                .get(key)?
+                .get(&it.tally)?
                 .iter()
                 .find(|h| h.ent == payers[&it.payer])?;
-            given.push((half.id, pgrx::Uuid::from_bytes(parse_uuid(&doc.uuid)?)));
+            given.push((half.id, pgrx::Uuid::from_bytes(uuid_bytes(&doc.uuid)?)));
         }
     }
     if !given.is_empty() {
@@ -356,9 +351,9 @@ fn write(items: Vec<Item>) -> Option<Vec<pgrx::Uuid>> {
     let date = iso_millis(date_ms).ok()?;
     let mut chits = Vec::with_capacity(items.len());
     let mut rows = Rows::default();
-    for (it, key) in items.iter().zip(&keys) {
+    for it in &items {
         let ent = &payers[&it.payer];
-        let pair = halves.get_mut(key)?;
+        let pair = halves.get_mut(&it.tally)?;
         // the payer's half and its partner's, both here and open, their chains in step
         let mine = pair.iter().position(|h| &h.ent == ent)?;
         let other = pair.iter().position(|h| h.id != pair[mine].id)?;
@@ -373,25 +368,24 @@ fn write(items: Vec<Item>) -> Option<Vec<pgrx::Uuid>> {
         {
             return None;
         }
-        let (doc, uuid, ms, given) = match &it.doc {
-            // a document its payer wrote: by the payer's side, dated within the hour (as
-            // chips._chit_issue checks; near the edge it goes item by item), its signature
-            // verified with the payer's key
+        let (doc, uuid, ms, their_sig) = match &it.signed {
+            // a document its payer wrote: by the payer's side, dated near now and signed by the
+            // payer, as chips._chit_issue checks one
             Some((doc, sig)) => {
-                let ms = chips_core::chit::millis_of(&doc.date).ok()?;
-                if doc.by != m.side || (ms - date_ms).abs() > 3_599_000 {
+                let ms = millis_of(&doc.date).ok()?;
+                if doc.by != m.side || !dated_near(ms, date_ms) {
                     return None;
                 }
                 if let Some(sig) = sig {
                     doc.verify_with(m.key.as_deref()?, sig, crate::crypto::verify_json_cached)
                         .ok()?;
                 }
-                (doc.clone(), parse_uuid(&doc.uuid)?, ms, sig.clone())
+                (doc.clone(), uuid_bytes(&doc.uuid)?, ms, sig.clone())
             }
             None => {
                 let uuid = random_uuid();
                 let doc = ChitDoc {
-                    tally: uuid_text(key),
+                    tally: uuid_text(&it.tally),
                     by: m.side,
                     kind: ChitType::Tran,
                     uuid: uuid_text(&uuid),
@@ -404,7 +398,7 @@ fn write(items: Vec<Item>) -> Option<Vec<pgrx::Uuid>> {
                 (doc, uuid, date_ms, None)
             }
         };
-        let sig = match given {
+        let sig = match their_sig {
             Some(sig) => sig,
             None => crate::crypto::sign_with_seed(seeds.get(ent)?, &doc.to_json()),
         };

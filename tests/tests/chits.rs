@@ -775,8 +775,9 @@ async fn a_clean_batch_is_written_at_once_with_what_item_by_item_writes() {
 /// Documents their payer signed (`{doc, signature}`: a user who holds their own key) are written
 /// at once too, with the uuid and date the payer gave them. A forged one, one already on its
 /// tally (a retry), or a batch that also asks the database to sign for a payer who holds their
-/// own key, is declined with nothing written, and pay_batch pays it item by item, which says what
-/// each item is: the retry good, the forgery 28000, the custodial item 55000.
+/// own key, or one dated more than an hour from now, is declined with nothing written, and
+/// pay_batch pays it item by item, which says what each item is: the retry good, the forgery
+/// 28000, the custodial item 55000, the stale document 22023.
 #[tokio::test]
 async fn a_batch_of_signed_documents_is_written_at_once_too() {
     let (s, ann, bob, t) = local_pair("t_chit_bulk_signed", 10_000).await;
@@ -829,6 +830,19 @@ async fn a_batch_of_signed_documents_is_written_at_once_too() {
 
     let forged = signed(5, &ann.key).await;
     let mine = signed(7, &bob.key).await;
+    // dated two hours ago, and signed so
+    let mut stale = signed(9, &bob.key).await;
+    let two_hours_ago: String = bob
+        .db
+        .query_one(
+            "SELECT to_char((now() - interval '2 hours') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    stale["doc"]["date"] = json!(two_hours_ago);
+    stale["signature"] = json!(bob.key.sign_json(&stale["doc"]).unwrap());
     for (batch, why) in [
         (json!([a]), "already on the tally"),
         (json!([mine, forged]), "not signed by its payer"),
@@ -836,6 +850,7 @@ async fn a_batch_of_signed_documents_is_written_at_once_too() {
             json!([mine, {"tally": t, "units": 1}]),
             "bob holds his own key",
         ),
+        (json!([mine, stale]), "dated more than an hour from now"),
     ] {
         let got: Option<Vec<Uuid>> = bob
             .db
@@ -850,7 +865,7 @@ async fn a_batch_of_signed_documents_is_written_at_once_too() {
         .db
         .query(
             "SELECT item, chit, sqlstate FROM chips.pay_batch($1)",
-            &[&json!([a, forged, {"tally": t, "units": 1}, mine])],
+            &[&json!([a, forged, {"tally": t, "units": 1}, mine, stale])],
         )
         .await
         .unwrap();
@@ -865,8 +880,9 @@ async fn a_batch_of_signed_documents_is_written_at_once_too() {
             (2, None, Some("28000".to_string())),
             (3, None, Some("55000".to_string())),
             (4, Some(uuid_of(&mine)), None),
+            (5, None, Some("22023".to_string())),
         ],
-        "the retry is good again, once"
+        "the retry is good again, once; the stale document is refused"
     );
     assert_eq!(count(&s, chits).await - before, 6);
     assert!(s.audit_failures(t).await.unwrap().is_empty());
