@@ -374,8 +374,8 @@ AS $$
 DECLARE
     v_digest text;
 BEGIN
-    IF file_add.data IS NULL THEN
-        RAISE EXCEPTION 'no data' USING ERRCODE = '22023';
+    IF file_add.data IS NULL OR pg_catalog.length(file_add.data) = 0 THEN
+        RAISE EXCEPTION 'no data (a file holds at least one byte)' USING ERRCODE = '22023';
     END IF;
     IF file_add.media_type IS NULL OR file_add.media_type !~ '^[a-zA-Z0-9.+-]+/[a-zA-Z0-9.+-]+(;.{0,100})?$' THEN
         RAISE EXCEPTION 'media type % is not of the form type/subtype', file_add.media_type

@@ -1980,3 +1980,25 @@ BEGIN
 END
 $$;
 
+-- An empty file is refused like a missing one (it stored a zero-byte file).
+CREATE OR REPLACE FUNCTION chips.file_add(data bytea, media_type text DEFAULT 'application/octet-stream')
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = chips, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_digest text;
+BEGIN
+    IF file_add.data IS NULL OR pg_catalog.length(file_add.data) = 0 THEN
+        RAISE EXCEPTION 'no data (a file holds at least one byte)' USING ERRCODE = '22023';
+    END IF;
+    IF file_add.media_type IS NULL OR file_add.media_type !~ '^[a-zA-Z0-9.+-]+/[a-zA-Z0-9.+-]+(;.{0,100})?$' THEN
+        RAISE EXCEPTION 'media type % is not of the form type/subtype', file_add.media_type
+            USING ERRCODE = '22023';
+    END IF;
+    v_digest := chips.b64url_encode(pg_catalog.sha256(file_add.data));
+    INSERT INTO chips.files (digest, media_type, data) VALUES (v_digest, file_add.media_type, file_add.data)
+    ON CONFLICT (digest) DO NOTHING;
+    RETURN v_digest;
+END
+$$;

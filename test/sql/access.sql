@@ -65,6 +65,7 @@ RESET ROLE;
 ------------------------------------------------------------------------------------------------
 SELECT chips.file_add(convert_to('hello, chips' || chr(10), 'UTF8'), 'text/plain');
 SELECT chips.file_add(NULL, 'text/plain');
+SELECT chips.file_add(''::bytea, 'text/plain');
 SELECT chips.file_add(convert_to('x', 'UTF8'), 'text');
 SELECT media_type, convert_from(body, 'UTF8') AS body FROM chips.document(:'rid');
 SELECT media_type, convert_from(body, 'UTF8') AS body FROM chips.document('3-LeTHBvuj8pWoMnReBAAE9u0Ul1yt-eFsw5eVV8GuU');
