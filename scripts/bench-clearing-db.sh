@@ -17,7 +17,7 @@
 #   cleared         debt before - debt after, checked against the optimum that core's
 #                   solver finds on the CSV outside the database (the script fails otherwise)
 #
-# With PAYERS > 0 (default 4) it then reloads the network and measures payment latency
+# With PAYERS > 0 (default 4) it then, REPS times, reloads the network and measures payment latency
 # (p50/p99, pgbench, each client a custodial creditor of a tally the pass moves, paying 1 unit
 # back on it) for PAY_SECS seconds with no pass, then while a pass runs, in the same run; that
 # pass commits pieces of at most PIECE tallies (`clearing_run(piece => PIECE)`; 0: the whole
@@ -186,11 +186,6 @@ echo "file=$(basename "$CSV") tallies=$tallies total_debt=$before cleared=$clear
 echo "floor_ms=$f (the pass's rows into the real tables, keys and indexes, no product trigger) floor_over_copy=$(echo "scale=2; $f / $c" | bc) end_to_end_over_floor=$(echo "scale=2; $e / $f" | bc)"
 
 [ "$PAYERS" -gt 0 ] || exit 0
-say "payment latency: $PAYERS payers, ${PAY_SECS}s with no pass, then while a pass runs"
-load_network "$CSV"
-# Payers: the creditors of tallies the pass will move.
-network_payers "$PAYERS" "SELECT DISTINCT ON (p.creditor) p.tally, p.creditor
-                          FROM chips.clearing_plan() p ORDER BY p.creditor, random()"
 # pgbench's per-transaction log: client, transaction, latency (us), script, epoch s, us.
 payers() { # seconds log-prefix
     (cd "$WORK" && pgbench -n -h 127.0.0.1 -p "$PORT" -U bench_client -D first=1 -c "$PAYERS" \
@@ -201,27 +196,42 @@ pct() { # p (0-100) < latencies in us -> ms
     sort -n | awk -v p="$1" '{a[NR]=$1} END {i=int((NR-1)*p/100)+1; printf "%.2f", a[i]/1000}'
 }
 now_us() { date +%s%6N; }
-payers "$PAY_SECS" idle
-cat "$WORK"/idle.* | awk '{print $3}' > "$WORK/idle.lat"
-# The pass runs while the payers pay (for longer than the passes above took); count the
-# payments that started while it ran.
-payers $(( ${e%.*} * 2 / 1000 + 5 )) during &
-pay_pid=$!
-sleep 2
-t0=$(now_us)
-pass_ms=$(ms "CALL chips.clearing_run(piece => $PIECE)")
-t1=$(now_us)
-wait "$pay_pid"
-read -r plifts pmoved pchits <<<"$("${PSQL[@]}" -d bench -At -F ' ' -c "
-    SELECT count(*), sum(cardinality(tallies)), (SELECT count(*) FROM chips.chits WHERE lift_id IS NOT NULL)
-    FROM chips.lifts")"
-cat "$WORK"/during.* | awk -v a="$t0" -v b="$t1" '{t = $5 * 1000000 + $6 - $3; if (t >= a && t <= b) print $3}' > "$WORK/during.lat"
-n_idle=$(wc -l < "$WORK/idle.lat"); n_during=$(wc -l < "$WORK/during.lat")
-i50=$(pct 50 < "$WORK/idle.lat"); i99=$(pct 99 < "$WORK/idle.lat")
-d50=$(pct 50 < "$WORK/during.lat"); d99=$(pct 99 < "$WORK/during.lat")
-echo "payments with no pass: n=$n_idle p50_ms=$i50 p99_ms=$i99"
-echo "the pass in pieces of at most $PIECE tallies: lifts=$plifts tally_moves=$pmoved chits=$pchits end_to_end_ms=$pass_ms"
-echo "payments during a pass (${pass_ms} ms): n=$n_during p50_ms=$d50 p99_ms=$d99 p99_during_over_idle=$(echo "scale=2; $d99 / $i99" | bc)"
-bad=$(payers_unsound)
-echo "chain or balance failures on the payers' tallies: $bad"
-[ "$bad" = 0 ]
+# REPS times, each on the network reloaded: the payers with no pass, then while a pass runs.
+ratios=(); i99s=(); d99s=()
+for r in $(seq "$REPS"); do
+    say "payment latency, run $r of $REPS: $PAYERS payers, ${PAY_SECS}s with no pass, then while a pass runs"
+    load_network "$CSV"
+    # Payers: the creditors of tallies the pass will move.
+    network_payers "$PAYERS" "SELECT DISTINCT ON (p.creditor) p.tally, p.creditor
+                              FROM chips.clearing_plan() p ORDER BY p.creditor, random()"
+    rm -f "$WORK"/idle.* "$WORK"/during.* "$WORK"/*.lat
+    payers "$PAY_SECS" idle
+    # pgbench's logs only (idle.PID, idle.PID.N): not its output (idle.out), nor the .lat file
+    # this pipeline is writing, which a wider pattern could read back while it grows
+    cat "$WORK"/idle.[0-9]* | awk '{print $3}' > "$WORK/idle.lat"
+    # The pass runs while the payers pay (for longer than the passes above took); count the
+    # payments that started while it ran.
+    payers $(( ${e%.*} * 2 / 1000 + 5 )) during &
+    pay_pid=$!
+    sleep 2
+    t0=$(now_us)
+    pass_ms=$(ms "CALL chips.clearing_run(piece => $PIECE)")
+    t1=$(now_us)
+    wait "$pay_pid"
+    read -r plifts pmoved pchits <<<"$("${PSQL[@]}" -d bench -At -F ' ' -c "
+        SELECT count(*), sum(cardinality(tallies)), (SELECT count(*) FROM chips.chits WHERE lift_id IS NOT NULL)
+        FROM chips.lifts")"
+    cat "$WORK"/during.[0-9]* | awk -v a="$t0" -v b="$t1" '{t = $5 * 1000000 + $6 - $3; if (t >= a && t <= b) print $3}' > "$WORK/during.lat"
+    n_idle=$(wc -l < "$WORK/idle.lat"); n_during=$(wc -l < "$WORK/during.lat")
+    i50=$(pct 50 < "$WORK/idle.lat"); i99=$(pct 99 < "$WORK/idle.lat")
+    d50=$(pct 50 < "$WORK/during.lat"); d99=$(pct 99 < "$WORK/during.lat")
+    ratio=$(echo "scale=2; $d99 / $i99" | bc)
+    ratios+=("$ratio"); i99s+=("$i99"); d99s+=("$d99")
+    echo "run $r: payments with no pass: n=$n_idle p50_ms=$i50 p99_ms=$i99"
+    echo "run $r: the pass in pieces of at most $PIECE tallies: lifts=$plifts tally_moves=$pmoved chits=$pchits end_to_end_ms=$pass_ms"
+    echo "run $r: payments during a pass (${pass_ms} ms): n=$n_during p50_ms=$d50 p99_ms=$d99 p99_during_over_idle=$ratio"
+    bad=$(payers_unsound)
+    echo "run $r: chain or balance failures on the payers' tallies: $bad"
+    [ "$bad" = 0 ]
+done
+echo "payments, medians of $REPS runs: p99 idle $(printf '%s\n' "${i99s[@]}" | median) ms, during a pass $(printf '%s\n' "${d99s[@]}" | median) ms; p99_during_over_idle ${ratios[*]}: median $(printf '%s\n' "${ratios[@]}" | median)"
