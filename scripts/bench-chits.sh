@@ -11,7 +11,11 @@
 # clients, chips.pay's ratio to each, and the WAL bytes per transaction of each.
 #
 # Client n acts for payer n mod 16 and pays on that payer's tally with vendor n mod 16: as
-# many people paying at once. A last line measures the contended case: the clients (as many as
+# many people paying at once. At the last client count, the batch API (chips.pay_batch) against
+# chips.pay's single calls there: each client's payer pays its 100 staff in one call, custodial
+# items each on its own, all or nothing, and documents the payer signed beforehand (outside the
+# measured runs; verified in the database like any client's: the script checks every one was
+# paid). A last line measures the contended case: the clients (as many as
 # the last count) all acting for one payer, paying its 16 vendors (one user's payments commit one after the other, because
 # each user's event feed is numbered in commit order: docs/benchmarks.md).
 #
@@ -99,6 +103,36 @@ GRANT INSERT ON public.raw_chits TO bench_client;
 SQL
 "${PSQL[@]}" -d bench -c "SET ROLE bench_p0" -c "SELECT chips.pay(tally, 1) FROM public.bench_tallies WHERE n = 0" >/dev/null
 
+# The same payrolls as documents their payers signed beforehand, as a client holding its own
+# key signs them outside the database: SIGNED batches of 100 for every payer (each used once:
+# a document's uuid pays once), dated now (the database takes a document dated within an hour).
+SIGNED_PER_REP=$(( DURATION * 15 ))
+SIGNED=$(( REPS * SIGNED_PER_REP ))
+say "signing $SIGNED payrolls of 100 documents for each of the 16 payers"
+"${PSQL[@]}" -d bench <<SQL >/dev/null
+CREATE TABLE public.bench_docs (n int, k int, i int, doc jsonb, sig text);
+GRANT INSERT ON public.bench_docs TO PUBLIC;
+DO \$\$
+BEGIN
+    FOR p IN 0..15 LOOP
+        EXECUTE format('SET ROLE %I', 'bench_p' || p);
+        INSERT INTO public.bench_docs (n, k, i, doc)
+        SELECT p, j, b.k, chips.chit_json(b.tally, 1, 'signed')
+        FROM public.bench_batch b, generate_series(1, $SIGNED) j WHERE b.n = p;
+        RESET ROLE;
+    END LOOP;
+END
+\$\$;
+UPDATE public.bench_docs d SET sig = chips.seed_sign(c.seed, d.doc)
+FROM chips.users u JOIN chips.custody c ON c.ent = u.ent WHERE u.cuid = 'p' || d.n;
+CREATE TABLE public.bench_signed AS
+    SELECT n, k, jsonb_agg(jsonb_build_object('doc', doc, 'signature', sig) ORDER BY i) AS items
+    FROM public.bench_docs GROUP BY n, k;
+ALTER TABLE public.bench_signed ADD PRIMARY KEY (n, k);
+GRANT SELECT ON public.bench_signed TO PUBLIC;
+DROP TABLE public.bench_docs;
+SQL
+
 ANCHORS=${ANCHORS:-$(cd "$(dirname "$0")/../.." && pwd)/shared/anchors}
 LEDGER=$ANCHORS/pgledger
 if [ ! -f "$LEDGER/pgledger.sql" ]; then
@@ -147,6 +181,17 @@ SELECT count(*) FROM chips.pay_batch((SELECT jsonb_agg(jsonb_build_object('tally
     FROM public.bench_batch b WHERE b.n = :n), $mode);
 SQL
 done
+# A signed batch: the client's payer sends its next payroll of signed documents (k counts this
+# client's batches from the run's offset, -D k=...).
+cat > "$WORK/batch_signed.sql" <<'SQL'
+\set n :client_id % 16
+\if :first
+\set first 0
+SET ROLE bench_p:n;
+\endif
+\set k :k + 1
+SELECT count(*) FROM chips.pay_batch((SELECT s.items FROM public.bench_signed s WHERE s.n = :n AND s.k = :k));
+SQL
 cat > "$WORK/ledger.sql" <<'SQL'
 \set n :client_id % 16
 SELECT pgledger_create_transfer(a.id, b.id, 1) FROM public.bench_accounts a, public.bench_accounts b
@@ -161,21 +206,22 @@ VALUES (nextval('public.raw_seq'), :client_id + 1, gen_random_uuid(), 'tran', 'f
   decode('1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b', 'hex'), now(), now());
 SQL
 
+EXTRA_D=()
 lsn() { "${PSQL[@]}" -d bench -At -c "SELECT pg_current_wal_lsn()"; }
 run() { # script clients -> tps and the WAL bytes per transaction (the whole cluster's)
     local out before after tps how
     case $1 in
         ledger) how=(-U postgres -f "$WORK/ledger.sql" ledger) ;;
         tpcb) how=(-U postgres -b tpcb-like tpcb) ;;
-        *) how=(-U bench_client -D first=1 -f "$WORK/$1.sql" bench) ;;
+        *) how=(-U bench_client -D first=1 "${EXTRA_D[@]}" -f "$WORK/$1.sql" bench) ;;
     esac
     before=$(lsn)
     out=$(pgbench -n -h 127.0.0.1 -p "$PORT" -c "$2" -j "$(( $2 < 2 ? 1 : 2 ))" -T "$DURATION" "${how[@]}" 2>&1) \
         || { echo "$out" >&2; return 1; }
     after=$(lsn)
     tps=$(echo "$out" | awk '/^tps/ {print $3; exit}')
-    echo "$tps $("${PSQL[@]}" -d bench -At -c "SELECT round(pg_wal_lsn_diff('$after', '$before') \
-        / $(echo "$out" | awk '/number of transactions actually processed/ {split($NF, a, "/"); print a[1]; exit}'))")"
+    n=$(echo "$out" | awk '/number of transactions actually processed/ {split($NF, a, "/"); print a[1]; exit}')
+    echo "$tps $("${PSQL[@]}" -d bench -At -c "SELECT round(pg_wal_lsn_diff('$after', '$before') / $n)") $n"
 }
 
 say "pgbench: ${DURATION}s per run, median of $REPS runs, alternating api, ledger, tpcb and raw runs"
@@ -185,7 +231,7 @@ for c in $CLIENTS; do
     declare -A tps=() wal=()
     for _ in $(seq "$REPS"); do
         for k in api ledger tpcb raw; do
-            read -r t w < <(run "$k" "$c"); tps[$k]+="$t "; wal[$k]+="$w "
+            read -r t w _ < <(run "$k" "$c"); tps[$k]+="$t "; wal[$k]+="$w "
         done
     done
     declare -A m=() mw=()
@@ -203,22 +249,31 @@ done
 # The batch API at the last client count, against chips.pay's single calls there: payments a
 # second (100 to a call, on 100 tallies), alternating the two modes.
 declare -A bt=()
-for _ in $(seq "$REPS"); do
-    for mode in false true; do read -r t _ < <(run "batch_$mode" "$c"); bt[$mode]+="$t "; done
+for rep in $(seq "$REPS"); do
+    for mode in false true; do read -r t _ _ < <(run "batch_$mode" "$c"); bt[$mode]+="$t "; done
+    EXTRA_D=(-D "k=$(( (rep - 1) * SIGNED_PER_REP ))")
+    read -r t _ sent < <(run batch_signed "$c"); bt[signed]+="$t "; signed_sent=$(( ${signed_sent:-0} + sent ))
+    EXTRA_D=()
 done
-for mode in false true; do
+for mode in false true signed; do
     b=$(printf '%s\n' ${bt[$mode]} | median)
     printf '%-8s %10.1f payments/s in batches of 100 tallies (%s): %.2f x chips.pay at %s clients\n' "$c" \
-        "$(echo "$b * 100" | bc -l)" "$([ $mode = true ] && echo "all or nothing" || echo "each item on its own")" \
+        "$(echo "$b * 100" | bc -l)" "$(case $mode in true) echo "all or nothing" ;; false) echo "each item on its own" ;;
+                                         *) echo "documents their payers signed, each on its own" ;; esac)" \
         "$(echo "$b * 100 / $ap" | bc -l)" "$c"
 done
 # The contended case, at the last client count and against its raw figure: the clients all act
 # for one payer, paying on its 16 tallies.
 one=()
-for _ in $(seq "$REPS"); do read -r t _ < <(run one_payer "$c"); one+=("$t"); done
+for _ in $(seq "$REPS"); do read -r t _ _ < <(run one_payer "$c"); one+=("$t"); done
 o=$(printf '%s\n' "${one[@]}" | median)
 printf '%-8s %10.1f   (%s clients, one payer: %.3f of the ledger at %s clients, %.3f of raw)\n' "$c/1" "$o" "$c" \
     "$(echo "$o / $lg" | bc -l)" "$c" "$(echo "$o / $r" | bc -l)"
+# Every signed payroll sent was paid whole (none refused: a refused one would be measured as
+# something else).
+paid=$("${PSQL[@]}" -d bench -At -c "SELECT count(*) / 2 FROM chips.chits WHERE memo = 'signed'")
+echo "signed documents paid: $paid of $(( signed_sent * 100 )) sent"
+[ "$paid" = $(( signed_sent * 100 )) ]
 # The payments left every chain and balance sound.
 bad=$("${PSQL[@]}" -d bench -At -c "SELECT count(*) FROM (SELECT tally FROM public.bench_tallies UNION SELECT tally FROM public.bench_one_payer UNION SELECT tally FROM public.bench_batch) b, chips.tally_audit(b.tally) a WHERE NOT a.ok")
 chits=$("${PSQL[@]}" -d bench -At -c "SELECT count(*) FROM chips.chits")
