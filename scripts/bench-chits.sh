@@ -36,7 +36,7 @@ cluster_fresh "$DIR" "$PORT"
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
 "${PSQL[@]}" -d postgres -c "CREATE DATABASE bench"
 
-say "setting up: 16 payers and 16 vendors (custodial keys), 31 open tallies; 100 staff paid by every payer"
+say "setting up: 16 payers and 16 vendors (custodial keys), 31 open tallies; 100 staff paid by every payer, and 100 of its own"
 "${PSQL[@]}" -d bench <<'SQL' >/dev/null
 CREATE EXTENSION chips;
 SELECT chips.agent_register('kHgBc9ZaNUEG1QKJRV3uM5yyZHv8yiVtGzxPwZJ6SLo', '127.0.0.1', 65430, local => true);
@@ -91,6 +91,22 @@ BEGIN
     FOR i IN 0..15 LOOP
         FOR k IN 0..99 LOOP
             INSERT INTO public.bench_batch VALUES (i, k, pg_temp.open_tally('bench_s' || k, 'bench_p' || i));
+        END LOOP;
+    END LOOP;
+END
+$$;
+-- The same payrolls paid to staff of each payer's own (16 x 100 staff): no two payers' batches
+-- share a payee, so no two wait for each other's commit to number a payee's events.
+CREATE TABLE public.bench_batch_own (n int, k int, tally uuid NOT NULL, PRIMARY KEY (n, k));
+GRANT SELECT ON public.bench_batch_own TO PUBLIC;
+DO $$
+BEGIN
+    FOR i IN 0..15 LOOP
+        FOR k IN 0..99 LOOP
+            PERFORM chips.user_create('Staff ' || i || '.' || k, 'o' || i || '_' || k, custodial => true,
+                                      username => 'bench_o' || i || '_' || k);
+            INSERT INTO public.bench_batch_own
+            VALUES (i, k, pg_temp.open_tally('bench_o' || i || '_' || k, 'bench_p' || i));
         END LOOP;
     END LOOP;
 END
@@ -181,6 +197,15 @@ SELECT count(*) FROM chips.pay_batch((SELECT jsonb_agg(jsonb_build_object('tally
     FROM public.bench_batch b WHERE b.n = :n), $mode);
 SQL
 done
+cat > "$WORK/batch_own.sql" <<'SQL'
+\set n :client_id % 16
+\if :first
+\set first 0
+SET ROLE bench_p:n;
+\endif
+SELECT count(*) FROM chips.pay_batch((SELECT jsonb_agg(jsonb_build_object('tally', b.tally, 'units', 1, 'memo', 'pay'))
+    FROM public.bench_batch_own b WHERE b.n = :n), false);
+SQL
 # A signed batch: the client's payer sends its next payroll of signed documents (k counts this
 # client's batches from the run's offset, -D k=...).
 cat > "$WORK/batch_signed.sql" <<'SQL'
@@ -250,16 +275,17 @@ done
 # second (100 to a call, on 100 tallies), alternating the two modes.
 declare -A bt=()
 for rep in $(seq "$REPS"); do
-    for mode in false true; do read -r t _ _ < <(run "batch_$mode" "$c"); bt[$mode]+="$t "; done
+    for mode in false true own; do read -r t _ _ < <(run "batch_$mode" "$c"); bt[$mode]+="$t "; done
     EXTRA_D=(-D "k=$(( (rep - 1) * SIGNED_PER_REP ))")
     read -r t _ sent < <(run batch_signed "$c"); bt[signed]+="$t "; signed_sent=$(( ${signed_sent:-0} + sent ))
     EXTRA_D=()
 done
-for mode in false true signed; do
+for mode in false true signed own; do
     b=$(printf '%s\n' ${bt[$mode]} | median)
     printf '%-8s %10.1f payments/s in batches of 100 tallies (%s): %.2f x chips.pay at %s clients\n' "$c" \
         "$(echo "$b * 100" | bc -l)" "$(case $mode in true) echo "all or nothing" ;; false) echo "each item on its own" ;;
-                                         *) echo "documents their payers signed, each on its own" ;; esac)" \
+                                         signed) echo "documents their payers signed, each on its own" ;;
+                                         *) echo "each on its own, to staff of each payer's own" ;; esac)" \
         "$(echo "$b * 100 / $ap" | bc -l)" "$c"
 done
 # The contended case, at the last client count and against its raw figure: the clients all act
@@ -275,7 +301,7 @@ paid=$("${PSQL[@]}" -d bench -At -c "SELECT count(*) / 2 FROM chips.chits WHERE 
 echo "signed documents paid: $paid of $(( signed_sent * 100 )) sent"
 [ "$paid" = $(( signed_sent * 100 )) ]
 # The payments left every chain and balance sound.
-bad=$("${PSQL[@]}" -d bench -At -c "SELECT count(*) FROM (SELECT tally FROM public.bench_tallies UNION SELECT tally FROM public.bench_one_payer UNION SELECT tally FROM public.bench_batch) b, chips.tally_audit(b.tally) a WHERE NOT a.ok")
+bad=$("${PSQL[@]}" -d bench -At -c "SELECT count(*) FROM (SELECT tally FROM public.bench_tallies UNION SELECT tally FROM public.bench_one_payer UNION SELECT tally FROM public.bench_batch UNION SELECT tally FROM public.bench_batch_own) b, chips.tally_audit(b.tally) a WHERE NOT a.ok")
 chits=$("${PSQL[@]}" -d bench -At -c "SELECT count(*) FROM chips.chits")
 echo "chit rows written: $chits; audit failures: $bad"
 rm -rf "$WORK"
