@@ -12,10 +12,10 @@
 #
 # Client n acts for payer n mod 16 and pays on that payer's tally with vendor n mod 16: as
 # many people paying at once. At the last client count, the batch API (chips.pay_batch) against
-# chips.pay's single calls there: each client's payer pays its 100 staff in one call, custodial
+# chips.pay's single calls there: each client's payer pays 100 staff in one call, custodial
 # items each on its own, all or nothing, and documents the payer signed beforehand (outside the
 # measured runs; verified in the database like any client's: the script checks every one was
-# paid). A last line measures the contended case: the clients (as many as
+# paid), all to the same 100 staff; and custodial items to 100 staff of each payer's own. A last line measures the contended case: the clients (as many as
 # the last count) all acting for one payer, paying its 16 vendors (one user's payments commit one after the other, because
 # each user's event feed is numbered in commit order: docs/benchmarks.md).
 #
