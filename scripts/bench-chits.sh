@@ -184,28 +184,23 @@ SET ROLE bench_p0;
 \endif
 SELECT chips.pay(tally, 1, 'bench') FROM public.bench_one_payer WHERE n = :n;
 SQL
-# A batch: the client's payer pays its 100 staff in one call (chips.pay_batch, 100 tallies),
-# each item on its own (a subtransaction each) or all or nothing.
-for mode in false true; do
-    cat > "$WORK/batch_$mode.sql" <<SQL
+# A batch: the client's payer pays 100 staff in one call (chips.pay_batch, 100 tallies), each
+# item on its own (a subtransaction each) or all or nothing; to the staff every payer pays
+# (bench_batch) or to its own (bench_batch_own).
+batch_script() { # NAME TABLE ALL_OR_NOTHING
+    cat > "$WORK/$1.sql" <<SQL
 \\set n :client_id % 16
 \\if :first
 \\set first 0
 SET ROLE bench_p:n;
 \\endif
 SELECT count(*) FROM chips.pay_batch((SELECT jsonb_agg(jsonb_build_object('tally', b.tally, 'units', 1, 'memo', 'pay'))
-    FROM public.bench_batch b WHERE b.n = :n), $mode);
+    FROM public.$2 b WHERE b.n = :n), $3);
 SQL
-done
-cat > "$WORK/batch_own.sql" <<'SQL'
-\set n :client_id % 16
-\if :first
-\set first 0
-SET ROLE bench_p:n;
-\endif
-SELECT count(*) FROM chips.pay_batch((SELECT jsonb_agg(jsonb_build_object('tally', b.tally, 'units', 1, 'memo', 'pay'))
-    FROM public.bench_batch_own b WHERE b.n = :n), false);
-SQL
+}
+batch_script batch_false bench_batch false
+batch_script batch_true bench_batch true
+batch_script batch_own bench_batch_own false
 # A signed batch: the client's payer sends its next payroll of signed documents (k counts this
 # client's batches from the run's offset, -D k=...).
 cat > "$WORK/batch_signed.sql" <<'SQL'

@@ -215,7 +215,8 @@ pub fn change(holder: Side, by: Side, units: i64) -> i64 {
 /// The most the holder of a tally half may pay now: its balance, plus what lifts under way may
 /// still take from it (`held`, at most 0), plus the credit `limit` its partner granted. A
 /// payment of more would take the balance past the limit. The one rule of the limit: one
-/// payment (`chips._check_limit`) and a batch written at once (`chips.pay_batch`) both use it.
+/// payment (`chips._check_limit`) and the writer of payments at once (`chips._pay_bulk` and
+/// `chips._pay_one`, extension/src/pay.rs) both use it.
 pub fn pay_room(balance: i64, held: i64, limit: i64) -> i64 {
     balance.saturating_add(held).saturating_add(limit)
 }

@@ -58,7 +58,7 @@ struct ReadHalf {
 /// tally waits) is `settled`. One scan of the open halves into one row of arrays (one aggregate
 /// pass, so every array is in the same order), not a row per half; the halves are paired here
 /// by tally uuid: a join of the table with itself in the query cost a second scan and a hash
-/// of every half (on MTCS network 03, 590 ms against 335 ms for the scan alone).
+/// of every half (docs/benchmarks.md, "Clearing inside PostgreSQL", has both timed).
 pub(crate) fn read_tallies(only: Option<&[pgrx::Uuid]>) -> Vec<Row> {
     const SQL: &str = "
         SELECT array_agg(x.id), array_agg(x.tally_uuid), array_agg(x.side = 'stock'),
