@@ -8,13 +8,21 @@
 #
 #   bash scripts/bench-rounds.sh [FILE.csv ...]   # default: MTCS network 01; SITES=8 PAYERS=4 PAY_SECS=10
 #   STEPS=2 bash scripts/bench-rounds.sh          # the payments step alone
+#   MEMBER_CLUSTER=1 ...                          # the payers' site (site 1) on a cluster of its
+#                                                 # own in the payments step (port 54386)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 DATA=${CHIPS_DATA:-$REPO/../shared/data}
 CLUSTER_OPTS=${CLUSTER_OPTS:-"-c shared_buffers=2GB -c max_connections=300"} \
     chipsd_bench bench-rounds 54385
 WORK=$(mktemp -d)
-trap 'cluster_stop "$BENCH_DIR"; rm -rf "$BENCH_DIR" "$WORK"' EXIT
+MEMBER_DIR=$BENCH_DIR-member
+trap 'cluster_stop "$BENCH_DIR"; cluster_stop "$MEMBER_DIR"; rm -rf "$BENCH_DIR" "$MEMBER_DIR" "$WORK"' EXIT
+if [ "${MEMBER_CLUSTER:-0}" = 1 ]; then
+    CLUSTER_OPTS=${CLUSTER_OPTS:-"-c shared_buffers=2GB -c max_connections=300"} \
+        cluster_fresh "$MEMBER_DIR" 54386
+    export MEMBER_DSN="host=127.0.0.1 port=54386 user=postgres"
+fi
 if [ $# -eq 0 ]; then
     command -v unzip >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq unzip >/dev/null; }
     unzip -q -o "$DATA/mtcs-synthetic/synthetic-networks.zip" -d "$WORK"

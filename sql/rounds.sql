@@ -222,6 +222,7 @@ BEGIN
            (a.v->>2)::bigint, (a.v->>3)::bigint
     FROM pg_catalog.jsonb_array_elements(msg->'object'->'arcs') WITH ORDINALITY a(v, n);
     UPDATE chips.round_sites y SET parts = v_parts, got = y.got + 1,
+        arcs = y.arcs + pg_catalog.jsonb_array_length(msg->'object'->'arcs'),
         bytes = y.bytes + pg_catalog.octet_length(msg::text),
         lock = coalesce(chips.b64url_decode(msg->'object'->>'lock'), y.lock),
         status = CASE WHEN y.got + 1 = v_parts THEN 'graph' ELSE y.status END
@@ -246,6 +247,16 @@ DECLARE
     v_locks jsonb;
 BEGIN
     UPDATE chips.round_sites y SET status = 'absent' WHERE y.round_id = p_round AND y.status = 'invited';
+    -- round_arcs is unlogged: after a crash or a failover it holds fewer arcs than came in, and
+    -- a solve over what is left would leave the emptied sites' arcs out; the round ends void
+    IF EXISTS (SELECT 1 FROM chips.round_sites y
+               WHERE y.round_id = p_round AND y.status <> 'absent'
+                 AND y.arcs <> (SELECT count(*) FROM chips.round_arcs a
+                                WHERE a.round_id = p_round AND a.agent = y.agent)) THEN
+        PERFORM chips._round_decide(p_round, 'void',
+            'the coordinator lost the round''s graph (a crash or a failover)');
+        RETURN;
+    END IF;
     SELECT pg_catalog.jsonb_agg(chips.b64url_encode(y.lock) ORDER BY y.lock) INTO v_locks
     FROM chips.round_sites y WHERE y.round_id = p_round AND y.status <> 'absent';
     PERFORM chips._round_solve(p_round);
@@ -427,8 +438,7 @@ BEGIN
             pg_catalog.sha256(v_share), chips.b64url_decode(o->>'void'),
             (o->>'expires')::timestamptz, (o->>'date')::timestamptz, 0)
     RETURNING id INTO v_id;
-    INSERT INTO chips.round_state (lift_id) VALUES (v_id);
-    PERFORM chips._round_graph(v_id, o->>'round', s.secret);
+    INSERT INTO chips.round_state (lift_id, arcs) VALUES (v_id, chips._round_graph(v_id, o->>'round', s.secret));
     SELECT count(*) INTO v_parts FROM chips._round_parts_of(v_id);
     FOR v_arcs IN SELECT g.arcs FROM chips._round_parts_of(v_id) g LOOP
         v_i := v_i + 1;
@@ -480,7 +490,7 @@ BEGIN
     IF v_attempt > l.attempt THEN
         -- a new attempt: what this site reserved for the last one goes, piece by piece, before
         -- this one is reserved
-        UPDATE chips.round_parts p SET flow = 0 WHERE p.lift_id = l.id;
+        UPDATE chips.round_parts p SET flow = 0 WHERE p.lift_id = l.id AND p.flow <> 0;
         UPDATE chips.round_state x SET parts = NULL, got = 0, partners = '{}', work = NULL
         WHERE x.lift_id = l.id;
         IF EXISTS (SELECT 1 FROM chips.round_moves m WHERE m.lift_id = l.id AND m.stage = 1) THEN
@@ -523,6 +533,13 @@ BEGIN
     SELECT * INTO l FROM chips.lifts x WHERE x.id = p_lift;
     UPDATE chips.round_state x SET prepared = l.attempt WHERE x.lift_id = l.id;
     BEGIN
+        -- round_parts is unlogged: after a crash or a failover this site no longer knows what
+        -- its arcs were, and refuses its part
+        IF (SELECT x.arcs FROM chips.round_state x WHERE x.lift_id = l.id)
+           IS DISTINCT FROM (SELECT count(*) FROM chips.round_parts p WHERE p.lift_id = l.id) THEN
+            RAISE EXCEPTION 'this site lost its part of round % (a crash or a failover)', l.lift_uuid
+                USING ERRCODE = '22023';
+        END IF;
         v := chips._round_check(p_lift);
     EXCEPTION WHEN invalid_parameter_value THEN
         -- the flows themselves do not hold: nothing is reserved for them, and the round must end

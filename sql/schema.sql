@@ -354,11 +354,16 @@ CREATE TABLE chips.round_sites (
     attempt    integer,
     lock       bytea,                  -- SHA-256 of its share
     share      bytea,                  -- its share, once it is ready
+    arcs       integer NOT NULL DEFAULT 0,  -- how many arcs its graph parts held (round_arcs)
     PRIMARY KEY (round_id, agent)
 );
 
--- The arcs of a round's union graph, at the coordinator: pseudonyms and links only.
-CREATE TABLE chips.round_arcs (
+-- The arcs of a round's union graph, at the coordinator: pseudonyms and links only. Unlogged,
+-- like a member's round_parts: a round's graph is a copy of the members' tallies for one solve,
+-- about two thirds of what a round would write to the WAL otherwise (docs/architecture.md,
+-- "Rounds"). A crash or a failover empties it; the coordinator then finds fewer arcs than
+-- round_sites.arcs counts and ends the round void (chips._round_flows).
+CREATE UNLOGGED TABLE chips.round_arcs (
     round_id   bigint NOT NULL REFERENCES chips.rounds,
     agent      text NOT NULL,
     k          integer NOT NULL,       -- the arc's place in its site's part
@@ -371,7 +376,10 @@ CREATE TABLE chips.round_arcs (
 );
 
 -- A member's own arcs in a round (what each is here), and the flows the coordinator sent.
-CREATE TABLE chips.round_parts (
+-- Unlogged, as round_arcs: a crash or a failover empties it, and a member that finds fewer arcs
+-- than round_state.arcs counts refuses its part, so the round ends void (chips._round_prepare).
+-- What the member moves is kept in round_moves, logged, from its check on.
+CREATE UNLOGGED TABLE chips.round_parts (
     lift_id    bigint NOT NULL REFERENCES chips.lifts,
     k          integer NOT NULL,
     tally      uuid NOT NULL,
@@ -396,7 +404,8 @@ CREATE TABLE chips.round_state (
     ready      integer,                 -- the attempt this site said ready for (its consent)
     prepared   integer,                 -- the attempt whose flows this site checked last
     work       text CHECK (work IN ('reserve', 'release', 'good', 'void')),
-    reason     text                     -- why, for work 'void'
+    reason     text,                    -- why, for work 'void'
+    arcs       integer                  -- how many arcs this site kept in round_parts
 );
 CREATE INDEX round_state_work_idx ON chips.round_state (lift_id) WHERE work IS NOT NULL;
 

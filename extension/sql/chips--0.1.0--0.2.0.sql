@@ -2002,3 +2002,237 @@ BEGIN
     RETURN v_digest;
 END
 $$;
+
+-- Rounds write about two thirds less WAL: a round's graph (round_arcs at the coordinator,
+-- round_parts at each member) is unlogged, a copy of the members' tallies for one solve. A
+-- crash or a failover empties it; the counts below tell the coordinator and the members so, and
+-- the round ends void (docs/architecture.md, "Rounds").
+ALTER TABLE chips.round_sites ADD COLUMN arcs integer;
+UPDATE chips.round_sites y SET arcs = (SELECT count(*) FROM chips.round_arcs a
+                                       WHERE a.round_id = y.round_id AND a.agent = y.agent);
+ALTER TABLE chips.round_sites ALTER COLUMN arcs SET DEFAULT 0, ALTER COLUMN arcs SET NOT NULL;
+ALTER TABLE chips.round_state ADD COLUMN arcs integer;
+UPDATE chips.round_state x SET arcs = (SELECT count(*) FROM chips.round_parts p WHERE p.lift_id = x.lift_id);
+ALTER TABLE chips.round_arcs SET UNLOGGED;
+ALTER TABLE chips.round_parts SET UNLOGGED;
+
+CREATE OR REPLACE FUNCTION chips._recv_round_graph(msg jsonb) RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    r chips.rounds := chips._round_of(msg);
+    v_agent text := msg->'from'->>'agent';
+    v_part integer := (msg->'object'->>'part')::integer;
+    v_parts integer := (msg->'object'->>'parts')::integer;
+    x chips.round_sites;
+BEGIN
+    SELECT * INTO x FROM chips.round_sites y WHERE y.round_id = r.id AND y.agent = v_agent FOR UPDATE;
+    IF r.status <> 'collect' OR x.status <> 'invited' THEN
+        RETURN 'ignored';    -- too late: the round went on without it
+    END IF;
+    IF v_parts IS NULL OR v_parts < 1 OR v_part IS NULL OR v_part NOT BETWEEN 1 AND v_parts
+       OR pg_catalog.jsonb_typeof(msg->'object'->'arcs') <> 'array'
+       OR (v_part = 1 AND pg_catalog.octet_length(chips.b64url_decode(msg->'object'->>'lock')) IS DISTINCT FROM 32) THEN
+        RAISE EXCEPTION 'a graph part is {round, part, parts, first, arcs} (and the first, the site''s lock)'
+            USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO chips.round_arcs (round_id, agent, k, tail, head, cap, cost)
+    SELECT r.id, v_agent, (msg->'object'->>'first')::integer + a.n - 1, a.v->>0, a.v->>1,
+           (a.v->>2)::bigint, (a.v->>3)::bigint
+    FROM pg_catalog.jsonb_array_elements(msg->'object'->'arcs') WITH ORDINALITY a(v, n);
+    UPDATE chips.round_sites y SET parts = v_parts, got = y.got + 1,
+        arcs = y.arcs + pg_catalog.jsonb_array_length(msg->'object'->'arcs'),
+        bytes = y.bytes + pg_catalog.octet_length(msg::text),
+        lock = coalesce(chips.b64url_decode(msg->'object'->>'lock'), y.lock),
+        status = CASE WHEN y.got + 1 = v_parts THEN 'graph' ELSE y.status END
+    WHERE y.round_id = r.id AND y.agent = v_agent;
+    IF NOT EXISTS (SELECT 1 FROM chips.round_sites y WHERE y.round_id = r.id AND y.status = 'invited') THEN
+        PERFORM chips._round_flows(r.id);
+    END IF;
+    RETURN 'graph';
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chips._round_flows(p_round bigint) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    r chips.rounds;
+    x record;
+    v_chunk jsonb;
+    v_n integer;
+    v_i integer;
+    v_locks jsonb;
+BEGIN
+    UPDATE chips.round_sites y SET status = 'absent' WHERE y.round_id = p_round AND y.status = 'invited';
+    -- round_arcs is unlogged: after a crash or a failover it holds fewer arcs than came in, and
+    -- a solve over what is left would leave the emptied sites' arcs out; the round ends void
+    IF EXISTS (SELECT 1 FROM chips.round_sites y
+               WHERE y.round_id = p_round AND y.status <> 'absent'
+                 AND y.arcs <> (SELECT count(*) FROM chips.round_arcs a
+                                WHERE a.round_id = p_round AND a.agent = y.agent)) THEN
+        PERFORM chips._round_decide(p_round, 'void',
+            'the coordinator lost the round''s graph (a crash or a failover)');
+        RETURN;
+    END IF;
+    SELECT pg_catalog.jsonb_agg(chips.b64url_encode(y.lock) ORDER BY y.lock) INTO v_locks
+    FROM chips.round_sites y WHERE y.round_id = p_round AND y.status <> 'absent';
+    PERFORM chips._round_solve(p_round);
+    UPDATE chips.rounds y SET status = 'prepare', solved = pg_catalog.now() WHERE y.id = p_round
+    RETURNING * INTO r;
+    UPDATE chips.round_sites y SET status = 'solved', attempt = r.attempt
+    WHERE y.round_id = p_round AND y.status NOT IN ('absent');
+    FOR x IN SELECT y.agent, y.address FROM chips.round_sites y
+             WHERE y.round_id = p_round AND y.status = 'solved' ORDER BY y.agent LOOP
+        -- the site's nonzero flows, about 2,000 to a message
+        SELECT count(*) INTO v_n FROM chips.round_arcs a
+        WHERE a.round_id = p_round AND a.agent = x.agent AND a.flow <> 0;
+        v_n := greatest((v_n + 1999) / 2000, 1);
+        v_i := 0;
+        FOR v_chunk IN
+            SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(f.k, f.flow) ORDER BY f.k)
+                            FILTER (WHERE f.k IS NOT NULL), '[]')
+            FROM (SELECT a.k, a.flow, (pg_catalog.row_number() OVER (ORDER BY a.k) - 1) / 2000 AS chunk
+                  FROM chips.round_arcs a
+                  WHERE a.round_id = p_round AND a.agent = x.agent AND a.flow <> 0) f
+            RIGHT JOIN pg_catalog.generate_series(0, v_n - 1) g(chunk) ON g.chunk = f.chunk
+            GROUP BY g.chunk ORDER BY g.chunk
+        LOOP
+            v_i := v_i + 1;
+            PERFORM chips._send(chips._round_me(), x.address, 'round', 'flows',
+                pg_catalog.jsonb_build_object('round', r.round_uuid, 'attempt', r.attempt,
+                                              'part', v_i, 'parts', v_n, 'flows', v_chunk,
+                                              'locks', v_locks));
+        END LOOP;
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chips._recv_round_open(msg jsonb) RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    s chips.round_settings := chips._round_set();
+    o jsonb := msg->'object';
+    v_id bigint;
+    v_arcs jsonb;
+    v_parts integer;
+    v_first integer := 0;
+    v_i integer := 0;
+    v_share bytea;
+BEGIN
+    IF s.coordinator IS NULL OR s.coordinator->>'agent' IS DISTINCT FROM msg->'from'->>'agent' THEN
+        RAISE EXCEPTION 'agent % is not this site''s clearing coordinator', msg->'from'->>'agent'
+            USING ERRCODE = '42501';
+    END IF;
+    IF EXISTS (SELECT 1 FROM chips.lifts x WHERE x.lift_uuid = (o->>'round')::uuid) THEN
+        RETURN 'ignored';
+    END IF;
+    -- this site's share: revealed only when its part is reserved and its partners agree
+    v_share := chips.new_seed();
+    INSERT INTO chips.lifts (lift_uuid, kind, status, units, role, origin, find, secret, condition,
+                             void_cond, expires, chit_date, attempt)
+    VALUES ((o->>'round')::uuid, 'round', 'draft', 0, 'member', msg->'from', msg->'from', v_share,
+            pg_catalog.sha256(v_share), chips.b64url_decode(o->>'void'),
+            (o->>'expires')::timestamptz, (o->>'date')::timestamptz, 0)
+    RETURNING id INTO v_id;
+    INSERT INTO chips.round_state (lift_id, arcs) VALUES (v_id, chips._round_graph(v_id, o->>'round', s.secret));
+    SELECT count(*) INTO v_parts FROM chips._round_parts_of(v_id);
+    FOR v_arcs IN SELECT g.arcs FROM chips._round_parts_of(v_id) g LOOP
+        v_i := v_i + 1;
+        PERFORM chips._send(chips._round_me(), msg->'from', 'round', 'graph',
+            pg_catalog.jsonb_build_object('round', o->>'round', 'part', v_i, 'parts', v_parts,
+                                          'first', v_first, 'arcs', v_arcs,
+                                          'lock', chips.b64url_encode(pg_catalog.sha256(v_share))));
+        v_first := v_first + pg_catalog.jsonb_array_length(v_arcs);
+    END LOOP;
+    RETURN 'open';
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chips._recv_round_flows(msg jsonb) RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    l chips.lifts := chips._round_lift(msg);
+    o jsonb := msg->'object';
+    v_attempt integer := (o->>'attempt')::integer;
+    st chips.round_state;
+BEGIN
+    IF l.status NOT IN ('draft', 'pend') OR v_attempt IS NULL OR v_attempt < l.attempt THEN
+        RETURN 'ignored';
+    END IF;
+    IF v_attempt > l.attempt THEN
+        -- a new attempt: what this site reserved for the last one goes, piece by piece, before
+        -- this one is reserved
+        UPDATE chips.round_parts p SET flow = 0 WHERE p.lift_id = l.id AND p.flow <> 0;
+        UPDATE chips.round_state x SET parts = NULL, got = 0, partners = '{}', work = NULL
+        WHERE x.lift_id = l.id;
+        IF EXISTS (SELECT 1 FROM chips.round_moves m WHERE m.lift_id = l.id AND m.stage = 1) THEN
+            PERFORM chips._round_work_on(l.id, 'release');
+        ELSE
+            DELETE FROM chips.round_moves m WHERE m.lift_id = l.id;
+        END IF;
+        UPDATE chips.lifts x SET attempt = v_attempt, status = 'draft', units = 0, tallies = '{}', debtors = '{}'
+        WHERE x.id = l.id RETURNING * INTO l;
+    END IF;
+    -- the round commits only with the shares of every member whose lock is listed here, this
+    -- site's among them
+    IF pg_catalog.jsonb_typeof(o->'locks') <> 'array'
+       OR NOT (o->'locks') ? chips.b64url_encode(pg_catalog.sha256(l.secret)) THEN
+        RAISE EXCEPTION 'the flows of round % do not list this site''s lock', l.lift_uuid USING ERRCODE = '22023';
+    END IF;
+    UPDATE chips.lifts x SET condition = chips._round_condition(o->'locks') WHERE x.id = l.id;
+    UPDATE chips.round_parts p SET flow = (f.v->>1)::bigint
+    FROM pg_catalog.jsonb_array_elements(o->'flows') f(v)
+    WHERE p.lift_id = l.id AND p.k = (f.v->>0)::integer;
+    UPDATE chips.round_state x SET parts = (o->>'parts')::integer, got = x.got + 1
+    WHERE x.lift_id = l.id RETURNING * INTO st;
+    -- (while the last attempt's reservation is released, that release prepares this one)
+    IF st.got = st.parts AND st.work IS NULL AND st.prepared IS DISTINCT FROM l.attempt THEN
+        PERFORM chips._round_prepare(l.id);
+    END IF;
+    RETURN 'flows';
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chips._round_prepare(p_lift bigint) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    l chips.lifts;
+    v jsonb;
+BEGIN
+    SELECT * INTO l FROM chips.lifts x WHERE x.id = p_lift;
+    UPDATE chips.round_state x SET prepared = l.attempt WHERE x.lift_id = l.id;
+    BEGIN
+        -- round_parts is unlogged: after a crash or a failover this site no longer knows what
+        -- its arcs were, and refuses its part
+        IF (SELECT x.arcs FROM chips.round_state x WHERE x.lift_id = l.id)
+           IS DISTINCT FROM (SELECT count(*) FROM chips.round_parts p WHERE p.lift_id = l.id) THEN
+            RAISE EXCEPTION 'this site lost its part of round % (a crash or a failover)', l.lift_uuid
+                USING ERRCODE = '22023';
+        END IF;
+        v := chips._round_check(p_lift);
+    EXCEPTION WHEN invalid_parameter_value THEN
+        -- the flows themselves do not hold: nothing is reserved for them, and the round must end
+        -- void (its lift here too, piece by piece: an earlier attempt may have left some)
+        PERFORM chips._send(chips._round_me(), l.origin, 'round', 'refuse', pg_catalog.jsonb_build_object(
+            'round', l.lift_uuid, 'attempt', l.attempt, 'reason', SQLERRM));
+        PERFORM chips._round_work_on(l.id, 'void', SQLERRM);
+        RETURN;
+    END;
+    IF v ? 'caps' THEN
+        PERFORM chips._send(chips._round_me(), l.origin, 'round', 'refuse', pg_catalog.jsonb_build_object(
+            'round', l.lift_uuid, 'attempt', l.attempt, 'caps', v->'caps'));
+        RETURN;
+    END IF;
+    DELETE FROM chips.round_moves m WHERE m.lift_id = l.id;
+    INSERT INTO chips.round_moves (lift_id, n, tally, local, flow, by, units, debtor)
+    SELECT l.id, m.n, m.tally, m.local, m.flow, m.by, m.units, m.debtor
+    FROM ROWS FROM (pg_catalog.jsonb_to_recordset(v->'moves')
+                    AS (tally uuid, local boolean, flow bigint, by text, units bigint, debtor text))
+         WITH ORDINALITY m(tally, local, flow, by, units, debtor, n);
+    PERFORM chips._round_work_on(l.id, 'reserve');
+END
+$$;

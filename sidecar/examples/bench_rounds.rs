@@ -16,7 +16,8 @@
 //!    creditors of local tallies pay 1 back in a loop, PAY_SECS (10) seconds with no round,
 //!    then while a round runs: the payments' p50, p99 and longest wait in each, failures and
 //!    their errors, and what the payers' backends waited on (sampled every 5 ms). STEPS=2 runs
-//!    this step alone.
+//!    this step alone. With MEMBER_DSN (MEMBER_CLUSTER=1 in the script), site 1 lives on a
+//!    cluster of its own, so its commits flush its own WAL, not the other sites' too.
 //! 3. The same partition, loaded again into fresh sites, cleared the way sites clear without a
 //!    coordinator (automatic clearing every second: each site's own pass and route-discovery
 //!    circular lifts) for the same wall time as the round took: its share of the optimum.
@@ -101,9 +102,12 @@ struct Fed {
 }
 
 impl Fed {
-    /// Sites `{prefix}_0..` with the partition loaded, each with its chipsd.
+    /// Sites `{prefix}_0..` with the partition loaded, each with its chipsd; site 1 on `apart`
+    /// when given (a cluster of its own), every other site on `cl`.
+    #[allow(clippy::too_many_arguments)]
     async fn build(
         cl: &Cluster,
+        apart: Option<&Cluster>,
         prefix: &str,
         obls: &[Obl],
         n: usize,
@@ -114,7 +118,11 @@ impl Fed {
         let mut ports = Vec::new();
         for k in 0..n {
             let port = free_port();
-            sites.push(cl.site(&format!("{prefix}_{k}"), port).await?);
+            let on = match apart {
+                Some(a) if k == 1 => a,
+                _ => cl,
+            };
+            sites.push(on.site(&format!("{prefix}_{k}"), port).await?);
             ports.push(port);
         }
         let uuids = load(&sites, &ports, obls, |f| site_of(f, n)).await?;
@@ -463,7 +471,9 @@ async fn payments_during_a_round(
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
-    let fed = Fed::build(cl, "bench_pay", obls, n, chipsd, dir).await?;
+    // MEMBER_DSN: site 1 on a cluster of its own, so its commits flush only its own WAL
+    let apart = std::env::var("MEMBER_DSN").ok().map(Cluster::new);
+    let fed = Fed::build(cl, apart.as_ref(), "bench_pay", obls, n, chipsd, dir).await?;
     fed.federate().await?;
     let site = &fed.sites[1];
     // half the payers on local tallies the optimum of the whole network moves, half on others
@@ -554,15 +564,16 @@ async fn payments_during_a_round(
     let (i_n, i50, i99, imax, ifail) = latency(idle.iter(), t0, t1);
     let (d_n, d50, d99, dmax, dfail) = latency(during.iter(), from, to);
     println!(
-        "  payments at site 1 ({payers} payers, each paying 1 back on a local tally; {} of those tallies moved by the round):",
-        moved.len()
+        "  payments at site 1 ({payers} payers, each paying 1 back on a local tally; {} of those tallies moved by the round; site 1 on {}):",
+        moved.len(),
+        if apart.is_some() { "a cluster of its own" } else { "the cluster of every site" }
     );
     println!(
-        "    no round ({secs} s): n={i_n} p50 {i50:.2} ms, p99 {i99:.2} ms, max {imax:.2} ms, failed {ifail}; the cluster wrote {:.1} MB/s of WAL",
+        "    no round ({secs} s): n={i_n} p50 {i50:.2} ms, p99 {i99:.2} ms, max {imax:.2} ms, failed {ifail}; site 1's cluster wrote {:.1} MB/s of WAL",
         (w1 - w0) / 1e6 / (t1 - t0).as_secs_f64()
     );
     println!(
-        "    the round: {status}, attempt {attempt}, cleared {cleared}; the cluster wrote {:.1} MB/s of WAL while it ran",
+        "    the round: {status}, attempt {attempt}, cleared {cleared}; site 1's cluster wrote {:.1} MB/s of WAL while it ran",
         (w2 - w1) / 1e6 / (to - t1).as_secs_f64()
     );
     println!(
@@ -603,7 +614,11 @@ async fn payments_during_a_round(
         return Err("payments during a round: the round did not commit, a payment failed or halves disagree (databases bench_pay_* kept)".into());
     }
     for k in 0..n {
-        cl.drop_db(&format!("bench_pay_{k}")).await?;
+        let on = match &apart {
+            Some(a) if k == 1 => a,
+            _ => cl,
+        };
+        on.drop_db(&format!("bench_pay_{k}")).await?;
     }
     Ok(())
 }
@@ -675,7 +690,7 @@ async fn run(cl: &Cluster, chipsd: &str, csv: &str, n: usize) -> Res<()> {
 
     // 1. one round
     let t = Instant::now();
-    let fed = Fed::build(cl, "bench_round", &obls, n, chipsd, &dir).await?;
+    let fed = Fed::build(cl, None, "bench_round", &obls, n, chipsd, &dir).await?;
     println!(
         "  loaded {} sites and started their chipsd in {:.1} s",
         n,
@@ -827,7 +842,7 @@ async fn run(cl: &Cluster, chipsd: &str, csv: &str, n: usize) -> Res<()> {
 
     // 3. route discovery, on the same partition, for the same wall time
     let budget = settled;
-    let fed = Fed::build(cl, "bench_route", &obls, n, chipsd, &dir).await?;
+    let fed = Fed::build(cl, None, "bench_route", &obls, n, chipsd, &dir).await?;
     let before = fed.debt().await?;
     let t = Instant::now();
     for s in &fed.sites {

@@ -646,6 +646,68 @@ async fn a_lying_coordinator_is_refused_and_nothing_changes() {
     assert_eq!(debt - fed.debt().await, 23_000);
 }
 
+/// A round's graph is unlogged (round_arcs at the coordinator, round_parts at a member): a
+/// crash or a failover empties it, as TRUNCATE does here. The coordinator that lost arcs, or a
+/// member that lost its part, ends the round void everywhere, with nothing changed.
+#[tokio::test]
+async fn a_round_whose_graph_a_crash_emptied_ends_void_everywhere() {
+    let fed = Fed::new("lost", 47390).await;
+    fed.two_circles().await;
+    let (debt, positions) = (fed.debt().await, fed.positions().await);
+    let unlogged: Vec<String> = fed.sites[0]
+        .admin
+        .query(
+            "SELECT relname::text FROM pg_class
+             WHERE relnamespace = 'chips'::regnamespace AND relpersistence = 'u'
+               AND relname IN ('round_arcs', 'round_parts', 'round_moves', 'round_state')
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(unlogged, ["round_arcs", "round_parts"]);
+    let lost = [
+        (0, "round_arcs", "the coordinator lost the round's graph"),
+        (1, "round_parts", "this site lost its part of round"),
+    ];
+    for (site, table, why) in lost {
+        // open to b and c; a (its own member) sent its graph at the open
+        let r = fed.open().await;
+        for k in 1..3 {
+            chips_tests::relay(&fed.sites[0], &fed.sites[k])
+                .await
+                .unwrap();
+        }
+        fed.sites[site]
+            .admin
+            .batch_execute(&format!("TRUNCATE chips.{table}"))
+            .await
+            .unwrap();
+        fed.relay().await;
+        let (status, _, reason) = fed.coordinated(r).await;
+        assert_eq!(status, "void", "{table}: {reason:?}");
+        assert!(
+            reason.as_deref().unwrap_or("").contains(why),
+            "{table}: {reason:?}"
+        );
+        assert_eq!(
+            fed.lifts(r).await,
+            vec![Some("void".to_string()); 3],
+            "{table}"
+        );
+        assert_eq!(fed.debt().await, debt, "{table}: nothing cleared");
+        assert_eq!(fed.positions().await, positions, "{table}");
+        fed.check_sound().await;
+    }
+    // and the next round clears the optimum
+    let r = fed.round().await;
+    assert_eq!(fed.coordinated(r).await.0, "good");
+    assert_eq!(debt - fed.debt().await, 23_000);
+}
+
 #[tokio::test]
 async fn a_payment_after_the_snapshot_makes_the_coordinator_solve_again() {
     let fed = Fed::new("stale", 47330).await;
