@@ -7,7 +7,7 @@
 # then route discovery on the same partition for the same wall time.
 #
 #   bash scripts/bench-rounds.sh [FILE.csv ...]   # default: MTCS network 01; SITES=8 PAYERS=4 PAY_SECS=10
-#   STEPS=2 bash scripts/bench-rounds.sh          # the payments step alone
+#   STEPS=2 bash scripts/bench-rounds.sh          # the payments step alone (STEPS=1: the round alone)
 #   MEMBER_CLUSTER=1 ...                          # the payers' site (site 1) on a cluster of its
 #                                                 # own in the payments step (port 54386)
 set -euo pipefail

@@ -16,7 +16,7 @@
 //!    creditors of local tallies pay 1 back in a loop, PAY_SECS (10) seconds with no round,
 //!    then while a round runs: the payments' p50, p99 and longest wait in each, failures and
 //!    their errors, and what the payers' backends waited on (sampled every 5 ms). STEPS=2 runs
-//!    this step alone. With MEMBER_DSN (MEMBER_CLUSTER=1 in the script), site 1 lives on a
+//!    this step alone (STEPS=1: the first step alone). With MEMBER_DSN (MEMBER_CLUSTER=1 in the script), site 1 lives on a
 //!    cluster of its own, so its commits flush its own WAL, not the other sites' too.
 //! 3. The same partition, loaded again into fresh sites, cleared the way sites clear without a
 //!    coordinator (automatic clearing every second: each site's own pass and route-discovery
@@ -516,19 +516,12 @@ async fn payments_during_a_round(
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    let wal = || async {
-        let r = site
-            .admin
-            .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::float8", &[])
-            .await?;
-        Ok::<f64, tokio_postgres::Error>(r.get(0))
-    };
-    let w0 = wal().await?;
+    let w0 = wal_bytes(&site.admin).await?;
     let t0 = Instant::now();
     let ((), (idle, idle_waits)) =
         paying(site, &list, tokio::time::sleep(Duration::from_secs(secs))).await;
     let t1 = Instant::now();
-    let w1 = wal().await?;
+    let w1 = wal_bytes(&site.admin).await?;
     let (round, (during, during_waits)) = paying(site, &list, async {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let from = Instant::now();
@@ -537,7 +530,7 @@ async fn payments_during_a_round(
     })
     .await;
     let ((round, status), from, to) = (round.0?, round.1, round.2);
-    let w2 = wal().await?;
+    let w2 = wal_bytes(&site.admin).await?;
     let (attempt, cleared): (i32, i64) = {
         let r = fed.sites[0]
             .admin
@@ -621,6 +614,14 @@ async fn payments_during_a_round(
         on.drop_db(&format!("bench_pay_{k}")).await?;
     }
     Ok(())
+}
+
+/// Where the WAL of `c`'s cluster stands, in bytes.
+async fn wal_bytes(c: &Client) -> Res<f64> {
+    let r = c
+        .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::float8", &[])
+        .await?;
+    Ok(r.get(0))
 }
 
 /// What each site sent (messages, bytes, by target) and received since the marks.
@@ -723,6 +724,7 @@ async fn run(cl: &Cluster, chipsd: &str, csv: &str, n: usize) -> Res<()> {
         })
     };
 
+    let wal0 = wal_bytes(&fed.sites[0].admin).await?;
     let t0 = Instant::now();
     let (round, status) = fed.round().await?;
     let settled = t0.elapsed();
@@ -746,6 +748,7 @@ async fn run(cl: &Cluster, chipsd: &str, csv: &str, n: usize) -> Res<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let chained = t0.elapsed();
+    let wal = wal_bytes(&fed.sites[0].admin).await? - wal0;
     stop.store(true, Ordering::SeqCst);
     let chipsd_hwm = sampler.await.unwrap_or(0);
     let after = fed.debt().await?;
@@ -794,6 +797,10 @@ async fn run(cl: &Cluster, chipsd: &str, csv: &str, n: usize) -> Res<()> {
         chained.as_secs_f64() * 1e3
     );
     println!(
+        "    WAL the cluster (every site) wrote from the open to the chains confirmed: {:.1} MB",
+        wal / 1e6
+    );
+    println!(
         "    collect (open to solved: graphs in, read {:.1} ms, solve {:.1} ms over {} arcs, {} with flow) {:.1} ms",
         r.get::<_, f64>(4),
         r.get::<_, f64>(5),
@@ -833,6 +840,10 @@ async fn run(cl: &Cluster, chipsd: &str, csv: &str, n: usize) -> Res<()> {
     }
     for k in 0..n {
         cl.drop_db(&format!("bench_round_{k}")).await?;
+    }
+
+    if std::env::var("STEPS").as_deref() == Ok("1") {
+        return Ok(());
     }
 
     // 2. payments at a member while a round runs
