@@ -16,6 +16,7 @@ DATA=${CHIPS_DATA:-$REPO/../shared/data}
 CLUSTER_OPTS=${CLUSTER_OPTS:-"-c shared_buffers=2GB -c max_connections=300"} \
     chipsd_bench bench-rounds 54385
 WORK=$(mktemp -d)
+export BENCH_LOG=$BENCH_DIR/server.log MEMBER_LOG=$BENCH_DIR-member/server.log
 MEMBER_DIR=$BENCH_DIR-member
 trap 'cluster_stop "$BENCH_DIR"; cluster_stop "$MEMBER_DIR"; rm -rf "$BENCH_DIR" "$MEMBER_DIR" "$WORK"' EXIT
 if [ "${MEMBER_CLUSTER:-0}" = 1 ]; then

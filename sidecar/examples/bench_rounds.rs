@@ -16,7 +16,9 @@
 //!    creditors of local tallies pay 1 back in a loop, PAY_SECS (10) seconds with no round,
 //!    then while a round runs: the payments' p50, p99 and longest wait in each, failures and
 //!    their errors, and what the payers' backends waited on (sampled every 5 ms). STEPS=2 runs
-//!    this step alone (STEPS=1: the first step alone). With MEMBER_DSN (MEMBER_CLUSTER=1 in the script), site 1 lives on a
+//!    this step alone (STEPS=1: the first step alone). The payers' sessions log their lock
+//!    waits past 1 ms, read back from the server log (BENCH_LOG, MEMBER_LOG): the longest wait
+//!    on a lock the round's work held, against the longest on one another payer held. With MEMBER_DSN (MEMBER_CLUSTER=1 in the script), site 1 lives on a
 //!    cluster of its own, so its commits flush its own WAL, not the other sites' too.
 //! 3. The same partition, loaded again into fresh sites, cleared the way sites clear without a
 //!    coordinator (automatic clearing every second: each site's own pass and route-discovery
@@ -323,17 +325,27 @@ type Sample = (Uuid, Instant, Duration, Option<String>);
 
 /// `who` (a payer scripts/bench/payers.sql made) pays 1 back on `tally`, again and again until
 /// `stop`.
-async fn pay_loop(dsn: String, who: String, tally: Uuid, stop: Arc<AtomicBool>) -> Vec<Sample> {
+/// Its session logs every lock wait past 1 ms (`log_lock_waits`), which `lock_waits` reads back.
+async fn pay_loop(
+    dsn: String,
+    who: String,
+    tally: Uuid,
+    stop: Arc<AtomicBool>,
+) -> (i32, Vec<Sample>) {
     let Ok(c) = chips_tests::connect(&dsn).await else {
-        return vec![];
+        return (0, vec![]);
+    };
+    let Ok(pid) = c.query_one("SELECT pg_backend_pid()", &[]).await else {
+        return (0, vec![]);
     };
     if c.batch_execute(&format!(
-        "SET application_name = 'bench_payer'; SET ROLE \"{who}\""
+        "SET application_name = 'bench_payer'; SET deadlock_timeout = '1ms';
+         SET log_lock_waits = on; SET ROLE \"{who}\""
     ))
     .await
     .is_err()
     {
-        return vec![];
+        return (0, vec![]);
     }
     let mut out = Vec::new();
     while !stop.load(Ordering::SeqCst) {
@@ -346,6 +358,51 @@ async fn pay_loop(dsn: String, who: String, tally: Uuid, stop: Arc<AtomicBool>) 
             None => e.to_string(),
         });
         out.push((tally, t, t.elapsed(), err));
+    }
+    (pid.get(0), out)
+}
+
+/// The lock waits past 1 ms that the server log `log` holds between byte offsets `from` and
+/// `to` (the payers' sessions log them, see `pay_loop`): the longest wait on a lock another
+/// payer held, the longest on one anything else held (the round's work, chipsd), and how many
+/// of each (past 1 ms, past 10 ms). Each wait is the log's "acquired ... after N ms" line; who
+/// held the lock is the "still waiting" line's detail before it.
+fn lock_waits(log: &str, from: u64, to: u64, payers: &[i32]) -> [(usize, usize, f64); 2] {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut text = String::new();
+    if let Ok(mut f) = std::fs::File::open(log) {
+        if f.seek(SeekFrom::Start(from)).is_ok() {
+            let _ = f.take(to.saturating_sub(from)).read_to_string(&mut text);
+        }
+    }
+    let mut holders: HashMap<String, Vec<i32>> = HashMap::new();
+    let mut out = [(0usize, 0usize, 0f64); 2];
+    for line in text.lines() {
+        let Some(pid) = line.split('[').nth(1).and_then(|r| r.split(']').next()) else {
+            continue;
+        };
+        if let Some(d) = line
+            .split("holding the lock: ")
+            .nth(1)
+            .and_then(|r| r.split('.').next())
+        {
+            let pids = d
+                .split(", ")
+                .filter_map(|x| x.trim().parse().ok())
+                .collect();
+            holders.insert(pid.to_string(), pids);
+        } else if line.contains("LOG:  process ") && line.contains(" acquired ") {
+            let ms: f64 = line
+                .rsplit(" after ")
+                .next()
+                .and_then(|r| r.trim_end_matches(" ms").parse().ok())
+                .unwrap_or(0.0);
+            let by = holders.remove(pid).unwrap_or_default();
+            let k = usize::from(!by.iter().all(|h| payers.contains(h)));
+            out[k].0 += 1;
+            out[k].1 += usize::from(ms > 10.0);
+            out[k].2 = out[k].2.max(ms);
+        }
     }
     out
 }
@@ -399,8 +456,9 @@ fn print_waits(label: &str, (seen, busy): &(HashMap<String, usize>, usize)) {
     }
 }
 
-/// Payments paid by a bench payer, sampled: every payment's sample and the payers' waits.
-type Paid = (Vec<Sample>, (HashMap<String, usize>, usize));
+/// Payments paid by a bench payer, sampled: every payment's sample, the payers' waits and their
+/// backends' pids.
+type Paid = (Vec<Sample>, (HashMap<String, usize>, usize), Vec<i32>);
 
 /// `payers` clients paying at `site` for as long as `f` runs: every payment's sample, and what
 /// their backends waited on.
@@ -417,12 +475,14 @@ async fn paying<F: std::future::Future>(
     let sampler = tokio::spawn(waits(site.dsn.clone(), stop.clone()));
     let out = f.await;
     stop.store(true, Ordering::SeqCst);
-    let mut samples = Vec::new();
+    let (mut pids, mut samples) = (Vec::new(), Vec::new());
     for t in tasks {
-        samples.extend(t.await.unwrap_or_default());
+        let (pid, s) = t.await.unwrap_or_default();
+        pids.push(pid);
+        samples.extend(s);
     }
     let w = sampler.await.unwrap_or_default();
-    (out, (samples, w))
+    (out, (samples, w, pids))
 }
 
 /// n, p50, p99 and max (ms) of the committed payments that started in [from, to], and how many
@@ -516,13 +576,26 @@ async fn payments_during_a_round(
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
+    // the server log of site 1's cluster (BENCH_LOG, or MEMBER_LOG with MEMBER_DSN), where the
+    // payers' lock waits go
+    let log = std::env::var(if apart.is_some() {
+        "MEMBER_LOG"
+    } else {
+        "BENCH_LOG"
+    })
+    .ok();
+    let at = || {
+        log.as_deref()
+            .and_then(|l| std::fs::metadata(l).ok())
+            .map_or(0, |m| m.len())
+    };
     let w0 = wal_bytes(&site.admin).await?;
-    let t0 = Instant::now();
-    let ((), (idle, idle_waits)) =
+    let (l0, t0) = (at(), Instant::now());
+    let ((), (idle, idle_waits, idle_pids)) =
         paying(site, &list, tokio::time::sleep(Duration::from_secs(secs))).await;
-    let t1 = Instant::now();
+    let (l1, t1) = (at(), Instant::now());
     let w1 = wal_bytes(&site.admin).await?;
-    let (round, (during, during_waits)) = paying(site, &list, async {
+    let (round, (during, during_waits, during_pids)) = paying(site, &list, async {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let from = Instant::now();
         let r = fed.round().await;
@@ -530,6 +603,7 @@ async fn payments_during_a_round(
     })
     .await;
     let ((round, status), from, to) = (round.0?, round.1, round.2);
+    let l2 = at();
     let w2 = wal_bytes(&site.admin).await?;
     let (attempt, cleared): (i32, i64) = {
         let r = fed.sites[0]
@@ -586,6 +660,22 @@ async fn payments_during_a_round(
     }
     print_waits("no round", &idle_waits);
     print_waits("during the round", &during_waits);
+    if let Some(log) = &log {
+        for (label, (a, b), pids) in [
+            ("no round", (l0, l1), &idle_pids),
+            (
+                "during the round (and the payers' last payments after it)",
+                (l1, l2),
+                &during_pids,
+            ),
+        ] {
+            let [payer, other] = lock_waits(log, a, b, pids);
+            println!(
+                "    lock waits past 1 ms ({label}): on a lock another payer held {} ({} past 10 ms, longest {:.3} ms); on one anything else held (the round's work, chipsd) {} ({} past 10 ms, longest {:.3} ms)",
+                payer.0, payer.1, payer.2, other.0, other.1, other.2
+            );
+        }
+    }
     let mut errors: HashMap<&str, usize> = HashMap::new();
     for (_, _, _, e) in &during {
         if let Some(e) = e {
