@@ -2236,3 +2236,31 @@ BEGIN
     PERFORM chips._round_work_on(l.id, 'reserve');
 END
 $$;
+
+-- The tally halves held here with pending chits of lift `p_id`, locked in id order: all of them,
+-- or (with `p_tallies`) those of these tallies, each looked up by its own chits. (OFFSET 0 keeps
+-- the EXISTS a probe per tally: without it the planner, whose statistics have not seen a
+-- round's fresh chits, joined every pending chit of the lift to the tallies, in every piece.)
+CREATE OR REPLACE FUNCTION chips._lift_halves(p_id bigint, p_tallies uuid[] DEFAULT NULL) RETURNS bigint[]
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v bigint[];
+BEGIN
+    IF p_tallies IS NULL THEN
+        SELECT coalesce(pg_catalog.array_agg(x.id ORDER BY x.id), '{}') INTO v
+        FROM (SELECT x.id FROM chips.tallies x
+              WHERE x.id IN (SELECT y.tally_id FROM chips.chits y WHERE y.lift_id = p_id AND y.status = 'pend')
+              ORDER BY x.id FOR UPDATE) x;
+    ELSE
+        SELECT coalesce(pg_catalog.array_agg(x.id ORDER BY x.id), '{}') INTO v
+        FROM (SELECT x.id FROM chips.tallies x
+              WHERE x.tally_uuid = ANY (p_tallies)
+                AND EXISTS (SELECT 1 FROM chips.chits y
+                            WHERE y.tally_id = x.id AND y.lift_id = p_id AND y.status = 'pend'
+                            OFFSET 0)
+              ORDER BY x.id FOR UPDATE) x;
+    END IF;
+    RETURN v;
+END
+$$;
