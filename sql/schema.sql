@@ -360,9 +360,9 @@ CREATE TABLE chips.round_sites (
 
 -- The arcs of a round's union graph, at the coordinator: pseudonyms and links only. Unlogged,
 -- like a member's round_parts: a round's graph is a copy of the members' tallies for one solve,
--- about two thirds of what a round would write to the WAL otherwise (docs/architecture.md,
--- "Rounds"). A crash or a failover empties it; the coordinator then finds fewer arcs than
--- round_sites.arcs counts and ends the round void (chips._round_flows).
+-- about two thirds of what a round would write to the WAL otherwise (docs/architecture.md, "A
+-- round's graph is unlogged"). A crash or a failover empties it; the coordinator then finds
+-- fewer arcs than round_sites.arcs counts and ends the round void (chips._round_flows).
 CREATE UNLOGGED TABLE chips.round_arcs (
     round_id   bigint NOT NULL REFERENCES chips.rounds,
     agent      text NOT NULL,

@@ -2006,7 +2006,7 @@ $$;
 -- Rounds write about two thirds less WAL: a round's graph (round_arcs at the coordinator,
 -- round_parts at each member) is unlogged, a copy of the members' tallies for one solve. A
 -- crash or a failover empties it; the counts below tell the coordinator and the members so, and
--- the round ends void (docs/architecture.md, "Rounds").
+-- the round ends void (docs/architecture.md, "A round's graph is unlogged").
 ALTER TABLE chips.round_sites ADD COLUMN arcs integer;
 UPDATE chips.round_sites y SET arcs = (SELECT count(*) FROM chips.round_arcs a
                                        WHERE a.round_id = y.round_id AND a.agent = y.agent);

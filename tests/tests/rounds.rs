@@ -305,6 +305,28 @@ impl Fed {
         out
     }
 
+    /// Round `r` ended void at the coordinator (returns its reason) and at every site, and
+    /// nothing moved: the debt and every position as they were, every tally sound.
+    async fn void_and_unchanged(
+        &self,
+        r: Uuid,
+        debt: i64,
+        positions: &[Vec<(String, i64)>],
+        what: &str,
+    ) -> Option<String> {
+        let (status, _, reason) = self.coordinated(r).await;
+        assert_eq!(status, "void", "{what}: {reason:?}");
+        assert_eq!(
+            self.lifts(r).await,
+            vec![Some("void".to_string()); self.sites.len()],
+            "{what}"
+        );
+        assert_eq!(self.debt().await, debt, "{what}: nothing cleared");
+        assert_eq!(self.positions().await, positions, "{what}");
+        self.check_sound().await;
+        reason
+    }
+
     /// Two circles through sites sharing a0 -> b0: a0 b0 c0 (4) and a0 b0 b1 c1 (5), with a0
     /// owing b0 6. The optimum lifts 1 round the first and 5 round the second: 23 units cleared,
     /// which no site can see alone (b0 -> b1 is b's only local tally).
@@ -626,19 +648,7 @@ async fn a_lying_coordinator_is_refused_and_nothing_changes() {
         let r = solved(&fed).await;
         tamper(&fed, 1, lie).await;
         fed.relay().await;
-        let (status, _, reason) = fed.coordinated(r).await;
-        assert_eq!(status, "void", "{what}: {reason:?}");
-        assert!(
-            fed.lifts(r)
-                .await
-                .iter()
-                .all(|s| s.as_deref() == Some("void")),
-            "{what}: {:?}",
-            fed.lifts(r).await
-        );
-        assert_eq!(fed.debt().await, debt, "{what}: nothing cleared");
-        assert_eq!(fed.positions().await, positions, "{what}");
-        fed.check_sound().await;
+        fed.void_and_unchanged(r, debt, &positions, what).await;
     }
     // and an honest round still clears the optimum
     let r = fed.round().await;
@@ -687,20 +697,11 @@ async fn a_round_whose_graph_a_crash_emptied_ends_void_everywhere() {
             .await
             .unwrap();
         fed.relay().await;
-        let (status, _, reason) = fed.coordinated(r).await;
-        assert_eq!(status, "void", "{table}: {reason:?}");
+        let reason = fed.void_and_unchanged(r, debt, &positions, table).await;
         assert!(
             reason.as_deref().unwrap_or("").contains(why),
             "{table}: {reason:?}"
         );
-        assert_eq!(
-            fed.lifts(r).await,
-            vec![Some("void".to_string()); 3],
-            "{table}"
-        );
-        assert_eq!(fed.debt().await, debt, "{table}: nothing cleared");
-        assert_eq!(fed.positions().await, positions, "{table}");
-        fed.check_sound().await;
     }
     // and the next round clears the optimum
     let r = fed.round().await;
