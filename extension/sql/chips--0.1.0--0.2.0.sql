@@ -950,7 +950,17 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION chips._chain_upd(t chips.tallies, p_chits jsonb) RETURNS jsonb
+-- chips._chain_upd returns the places of its entries for its caller to write, for a whole
+-- message at once (chips._chain_write): a new return type, so the old function goes.
+DROP FUNCTION chips._chain_upd(chips.tallies, jsonb);
+-- The stock half `t` takes the foil half's chain entries (`p_chits`: [{index, hash, chit,
+-- sign}]) in order: each must extend its chain to the same hash. Returns what to acknowledge,
+-- `ack` {tally, index, hash} (its chain as it will be), or null when it found a gap and asked
+-- for everything after what it has (nak); and the places its entries take (`ids`, `idxs`,
+-- `priors`, `hashes`), which the caller writes with chips._chain_write, for every tally of a
+-- message at once: one statement, so the chits trigger runs once, not once an entry.
+CREATE FUNCTION chips._chain_upd(t chips.tallies, p_chits jsonb, OUT ack jsonb, OUT ids bigint[],
+                                 OUT idxs integer[], OUT priors bytea[], OUT hashes bytea[])
 LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -958,33 +968,44 @@ DECLARE
     c chips.chits;
     v_doc jsonb;
     v_idx integer;
-    v_prior bytea;
     v_hash bytea;
     v_here bytea;
+    v_had integer;         -- the chain's length in the table
+    v_len integer;         -- and with the places taken so far
+    v_tip bytea;
 BEGIN
+    ids := '{}'; idxs := '{}'; priors := '{}'; hashes := '{}';
     IF t.side <> 'stock' THEN
         RAISE EXCEPTION 'only the foil half orders the chain of tally %', t.tally_uuid USING ERRCODE = '22023';
     END IF;
     IF pg_catalog.jsonb_typeof(p_chits) IS DISTINCT FROM 'array' THEN
         RAISE EXCEPTION 'a chain update of tally % carries no chits', t.tally_uuid USING ERRCODE = '22023';
     END IF;
+    SELECT * INTO t FROM chips.tallies x WHERE x.id = t.id;
+    v_had := t.chain_len;
+    v_len := t.chain_len;
+    v_tip := chips._chain_tip(t);
     FOR e IN SELECT x.value FROM pg_catalog.jsonb_array_elements(p_chits) x
              ORDER BY (x.value->>'index')::integer LOOP
         v_idx := (e->>'index')::integer;
         SELECT * INTO t FROM chips.tallies x WHERE x.id = t.id;
-        IF v_idx <= t.chain_len THEN
-            SELECT y.chain_hash INTO v_here FROM chips.chits y WHERE y.tally_id = t.id AND y.chain_idx = v_idx;
+        IF v_idx <= v_len THEN
+            IF v_idx <= v_had THEN
+                SELECT y.chain_hash INTO v_here FROM chips.chits y WHERE y.tally_id = t.id AND y.chain_idx = v_idx;
+            ELSE
+                v_here := hashes[v_idx - v_had];
+            END IF;
             IF v_here IS DISTINCT FROM chips.b64url_decode(e->>'hash') THEN
                 RAISE EXCEPTION 'the chain of tally % differs from the partner''s at index %', t.tally_uuid, v_idx
                     USING ERRCODE = '55000';
             END IF;
             CONTINUE;
         END IF;
-        IF v_idx > t.chain_len + 1 THEN
+        IF v_idx > v_len + 1 THEN
             -- a gap: ask for everything after what we have
             PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'chain',
-                pg_catalog.jsonb_build_object('cmd', 'nak', 'tally', t.tally_uuid, 'index', t.chain_len));
-            RETURN NULL;
+                pg_catalog.jsonb_build_object('cmd', 'nak', 'tally', t.tally_uuid, 'index', v_len));
+            RETURN;
         END IF;
         v_doc := chips.chit_doc_check(e->'chit');
         SELECT * INTO c FROM chips.chits y
@@ -1010,19 +1031,41 @@ BEGIN
             UPDATE chips.chits y SET status = 'good', signature = e->>'sign' WHERE y.id = c.id RETURNING * INTO c;
             PERFORM chips._chit_effects(t.id, c);
         END IF;
-        v_prior := chips._chain_tip(t);
-        v_hash := chips.chit_chain_hash(chips._chit_doc(c, t.tally_uuid), v_idx, v_prior, c.signature);
+        v_hash := chips.chit_chain_hash(chips._chit_doc(c, t.tally_uuid), v_idx, v_tip, c.signature);
         IF v_hash <> chips.b64url_decode(e->>'hash') THEN
             RAISE EXCEPTION 'chit % hashes differently here at index % of tally %', c.chit_uuid, v_idx, t.tally_uuid
                 USING ERRCODE = '55000';
         END IF;
-        UPDATE chips.chits y SET chain_idx = v_idx, chain_prev = v_prior, chain_hash = v_hash WHERE y.id = c.id;
+        ids := ids || c.id;
+        idxs := idxs || v_idx;
+        priors := priors || v_tip;
+        hashes := hashes || v_hash;
+        v_len := v_idx;
+        v_tip := v_hash;
     END LOOP;
-    SELECT * INTO t FROM chips.tallies x WHERE x.id = t.id;
-    RETURN pg_catalog.jsonb_build_object('tally', t.tally_uuid, 'index', t.chain_len,
-                                         'hash', chips.b64url_encode(chips._chain_tip(t)));
+    ack := pg_catalog.jsonb_build_object('tally', t.tally_uuid, 'index', v_len,
+                                         'hash', chips.b64url_encode(v_tip));
 END
 $$;
+
+
+-- Chain entries into their places (chips._chain_upd's): chit `p_ids[k]` at `p_idxs[k]` after
+-- `p_priors[k]`, hashing to `p_hashes[k]`; the chits trigger moves each half's chain tip.
+CREATE FUNCTION chips._chain_write(p_ids bigint[], p_idxs integer[], p_priors bytea[], p_hashes bytea[])
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF pg_catalog.cardinality(p_ids) > 0 THEN    -- (the trigger runs even for no row)
+        UPDATE chips.chits y SET chain_idx = u.i, chain_prev = u.p, chain_hash = u.h
+        FROM ROWS FROM (pg_catalog.unnest(p_ids), pg_catalog.unnest(p_idxs), pg_catalog.unnest(p_priors),
+                        pg_catalog.unnest(p_hashes)) u(id, i, p, h)
+        WHERE y.id = u.id;
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION chips._chain_upd(chips.tallies, jsonb),
+                      chips._chain_write(bigint[], integer[], bytea[], bytea[]) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION chips.tally_audit(tally uuid)
 RETURNS TABLE (ent text, side text, check_name text, ok boolean, detail text)
@@ -2262,5 +2305,110 @@ BEGIN
               ORDER BY x.id FOR UPDATE) x;
     END IF;
     RETURN v;
+END
+$$;
+
+
+-- Chain messages: upd (foil -> stock), ack and nak (stock -> foil).
+CREATE OR REPLACE FUNCTION chips._recv_chain(msg jsonb) RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    t chips.tallies := chips._chit_half(msg, (msg->'object'->>'tally')::uuid);
+    u record;
+BEGIN
+    CASE msg->'object'->>'cmd'
+    WHEN 'upd' THEN
+        SELECT * INTO u FROM chips._chain_upd(t, msg->'object'->'chits');
+        PERFORM chips._chain_write(u.ids, u.idxs, u.priors, u.hashes);
+        IF u.ack IS NULL THEN
+            RETURN 'nak';
+        END IF;
+        PERFORM chips._send(t.hold_cert->'chad', t.part_cert->'chad', 'chit', 'chain',
+                            u.ack || '{"cmd": "ack"}');
+        RETURN 'upd';
+    WHEN 'ack' THEN
+        RETURN chips._chain_ack(t, (msg->'object'->>'index')::integer, msg->'object'->>'hash');
+    WHEN 'nak' THEN
+        IF t.side <> 'foil' THEN
+            RETURN 'ignored';
+        END IF;
+        UPDATE chips.tallies x SET chain_conf = least(x.chain_conf, (msg->'object'->>'index')::integer)
+        WHERE x.id = t.id;
+        PERFORM chips._chain_send(t.id);
+        RETURN 'nak';
+    ELSE
+        RAISE EXCEPTION 'unknown chain command %', msg->'object'->>'cmd' USING ERRCODE = '22023';
+    END CASE;
+END
+$$;
+
+-- Chain updates of many tallies with one partner site in one message each way (a lift or a
+-- clearing round settles thousands of tallies at once; one message per tally would be most of
+-- its cost): `{cmd: upd, tallies: [{tally, chits}]}` from the foil halves' site, answered by
+-- `{cmd: ack, tallies: [{tally, index, hash}]}`. Each tally's entries and acknowledgement are
+-- those of chit/chain; site to site (cuid `_site`), each tally one this pair of sites shares.
+CREATE OR REPLACE FUNCTION chips._recv_chains(msg jsonb) RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    x jsonb;
+    t chips.tallies;
+    u record;
+    v_acks jsonb := '[]';
+    v_naked bigint[] := '{}';
+    v_ids bigint[] := '{}';
+    v_idxs integer[] := '{}';
+    v_priors bytea[] := '{}';
+    v_hashes bytea[] := '{}';
+BEGIN
+    IF msg->'object'->>'cmd' NOT IN ('upd', 'ack', 'nak')
+       OR pg_catalog.jsonb_typeof(msg->'object'->'tallies') IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'chain updates are {cmd: upd, ack or nak, tallies: [...]}' USING ERRCODE = '22023';
+    END IF;
+    PERFORM 1 FROM chips.tallies y
+    WHERE y.tally_uuid IN (SELECT (z.value->>'tally')::uuid FROM pg_catalog.jsonb_array_elements(msg->'object'->'tallies') z)
+    ORDER BY y.id FOR UPDATE;
+    FOR x IN SELECT z.value FROM pg_catalog.jsonb_array_elements(msg->'object'->'tallies') z LOOP
+        SELECT * INTO t FROM chips.tallies y
+        WHERE y.tally_uuid = (x->>'tally')::uuid AND y.part_ent IS NULL
+          AND y.part_cert->'chad'->>'agent' = msg->'from'->>'agent'
+          AND y.hold_cert->'chad'->>'agent' = msg->'to'->>'agent';
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'no tally % here with agent %', x->>'tally', msg->'from'->>'agent'
+                USING ERRCODE = '42704';
+        END IF;
+        IF t.status NOT IN ('open', 'closing', 'closed') THEN
+            RAISE EXCEPTION 'tally % is not open here yet', t.tally_uuid USING ERRCODE = '55000';
+        END IF;
+        IF msg->'object'->>'cmd' = 'ack' THEN
+            PERFORM chips._chain_ack(t, (x->>'index')::integer, x->>'hash');
+        ELSIF msg->'object'->>'cmd' = 'nak' THEN
+            -- as chit/chain nak, the sends gathered below
+            IF t.side = 'foil' THEN
+                UPDATE chips.tallies y SET chain_conf = least(y.chain_conf, (x->>'index')::integer)
+                WHERE y.id = t.id;
+                v_naked := v_naked || t.id;
+            END IF;
+        ELSE
+            SELECT * INTO u FROM chips._chain_upd(t, x->'chits');
+            v_ids := v_ids || u.ids;
+            v_idxs := v_idxs || u.idxs;
+            v_priors := v_priors || u.priors;
+            v_hashes := v_hashes || u.hashes;
+            IF u.ack IS NOT NULL THEN
+                v_acks := v_acks || pg_catalog.jsonb_build_array(u.ack);
+            END IF;
+        END IF;
+    END LOOP;
+    -- every tally's entries into their places at once
+    PERFORM chips._chain_write(v_ids, v_idxs, v_priors, v_hashes);
+    PERFORM chips._chains_send(v_naked);
+    -- the acknowledgements, about 300 to a message
+    PERFORM chips._send(msg->'to', msg->'from', 'chit', 'chains',
+                        pg_catalog.jsonb_build_object('cmd', 'ack', 'tallies', pg_catalog.jsonb_agg(a.v ORDER BY a.n)))
+    FROM pg_catalog.jsonb_array_elements(v_acks) WITH ORDINALITY a(v, n)
+    GROUP BY (a.n - 1) / 300 ORDER BY (a.n - 1) / 300;
+    RETURN msg->'object'->>'cmd';
 END
 $$;
