@@ -23,10 +23,6 @@ AS $$
                                c.reference, c.memo)
 $$;
 
-CREATE FUNCTION chips._chit_doc(c chips.chits) RETURNS jsonb
-LANGUAGE sql STABLE
-AS $$ SELECT chips._chit_doc(c, (SELECT t.tally_uuid FROM chips.tallies t WHERE t.id = c.tally_id)) $$;
-
 -- Raises 28000 unless the chit row `c` on half `t` carries its issuer's signature over its
 -- document (the fields _chit_doc reads, checked in one call without the jsonb in between).
 CREATE FUNCTION chips._chit_verify(c chips.chits, t chips.tallies) RETURNS boolean

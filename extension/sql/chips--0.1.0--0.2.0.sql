@@ -2412,3 +2412,7 @@ BEGIN
     RETURN msg->'object'->>'cmd';
 END
 $$;
+
+-- chips._chit_doc(chips.chits), the one-argument form, had no caller left: every caller names
+-- the tally's uuid it already holds (chips._chit_doc(chits, uuid)).
+DROP FUNCTION chips._chit_doc(chips.chits);
