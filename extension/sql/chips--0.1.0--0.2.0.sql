@@ -934,12 +934,7 @@ BEGIN
               WHERE z.id = ANY (p_chits) AND z.status = 'good' AND z.chain_idx IS NULL
               ORDER BY z.tally_id, z.id) f, chips.tallies t
         WHERE y.id = f.id AND t.id = y.tally_id AND (t.side = 'foil' OR t.part_ent IS NOT NULL);
-        -- (asked before another round: an UPDATE of no row still runs the chits statement
-        -- trigger, and most calls place one chit a half, done after the first round)
-        EXIT WHEN NOT FOUND OR NOT EXISTS (
-            SELECT 1 FROM chips.chits z JOIN chips.tallies t ON t.id = z.tally_id
-            WHERE z.id = ANY (p_chits) AND z.status = 'good' AND z.chain_idx IS NULL
-              AND (t.side = 'foil' OR t.part_ent IS NOT NULL));
+        EXIT WHEN NOT FOUND;
     END LOOP;
     SELECT ta.tally_uuid, a.chit_uuid INTO v_tally, v_chit
     FROM chips.chits a JOIN chips.tallies ta ON ta.id = a.tally_id

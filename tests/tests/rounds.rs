@@ -305,6 +305,13 @@ impl Fed {
         out
     }
 
+    /// A round opened now ends good and lowers the debt, `debt` before it, by `cleared`.
+    async fn round_clears(&self, debt: i64, cleared: i64) {
+        let r = self.round().await;
+        assert_eq!(self.coordinated(r).await.0, "good");
+        assert_eq!(debt - self.debt().await, cleared);
+    }
+
     /// Round `r` ended void at the coordinator (returns its reason) and at every site, and
     /// nothing moved: the debt and every position as they were, every tally sound.
     async fn void_and_unchanged(
@@ -651,9 +658,7 @@ async fn a_lying_coordinator_is_refused_and_nothing_changes() {
         fed.void_and_unchanged(r, debt, &positions, what).await;
     }
     // and an honest round still clears the optimum
-    let r = fed.round().await;
-    assert_eq!(fed.coordinated(r).await.0, "good");
-    assert_eq!(debt - fed.debt().await, 23_000);
+    fed.round_clears(debt, 23_000).await;
 }
 
 /// A round's graph is unlogged (round_arcs at the coordinator, round_parts at a member): a
@@ -704,9 +709,7 @@ async fn a_round_whose_graph_a_crash_emptied_ends_void_everywhere() {
         );
     }
     // and the next round clears the optimum
-    let r = fed.round().await;
-    assert_eq!(fed.coordinated(r).await.0, "good");
-    assert_eq!(debt - fed.debt().await, 23_000);
+    fed.round_clears(debt, 23_000).await;
 }
 
 #[tokio::test]
