@@ -11,11 +11,21 @@
 
 -- Remember a partner's agent (and where it listens) so the sidecar can reach it.
 CREATE FUNCTION chips._agent_seen(p_chad jsonb) RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql
 AS $$
-    -- Every message to a peer passes here: it must not lock the agent's row when nothing
-    -- changes (ON CONFLICT DO UPDATE would, to commit), or every transaction sending to one peer
-    -- would wait for the last, and deadlock with one that locked tallies first.
+BEGIN
+    -- Every message to a peer passes here, and the agent is nearly always known with nothing to
+    -- fill in: one index probe then, no write (an INSERT ... ON CONFLICT DO NOTHING and an UPDATE
+    -- that finds nothing cost a message 0.57 ms, pg_stat_user_functions over a 5-site demo).
+    IF EXISTS (SELECT 1 FROM chips.agents a
+               WHERE a.agent = p_chad->>'agent'
+                 AND (a.local OR ((a.host IS NOT NULL OR p_chad->>'host' IS NULL)
+                                  AND (a.port IS NOT NULL OR p_chad->>'port' IS NULL)))) THEN
+        RETURN;
+    END IF;
+    -- It must not lock the agent's row when nothing changes (ON CONFLICT DO UPDATE would, to
+    -- commit), or every transaction sending to one peer would wait for the last, and deadlock
+    -- with one that locked tallies first.
     INSERT INTO chips.agents (agent, host, port)
     VALUES (p_chad->>'agent', p_chad->>'host', (p_chad->>'port')::integer)
     ON CONFLICT (agent) DO NOTHING;
@@ -24,6 +34,7 @@ AS $$
     WHERE a.agent = p_chad->>'agent' AND NOT a.local
       AND ((a.host IS NULL AND p_chad->>'host' IS NOT NULL)
            OR (a.port IS NULL AND p_chad->>'port' IS NOT NULL));
+END
 $$;
 
 -- The address of another site's agent, as a site.
@@ -219,8 +230,11 @@ LANGUAGE plpgsql
 SET search_path = chips, pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- the lane lets the sidecar claim only that lane, and not at all while it is sending to
+    -- that peer's lane (it claims again when that send ends)
     PERFORM pg_catalog.pg_notify('chips_agent', pg_catalog.json_build_object(
-        'outbox', NEW.id, 'from', NEW.from_agent, 'to', NEW.to_agent)::text);
+        'outbox', NEW.id, 'from', NEW.from_agent, 'to', NEW.to_agent,
+        'lane', chips._lane(NEW.target, NEW.action))::text);
     RETURN NULL;
 END
 $$;

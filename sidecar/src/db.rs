@@ -1,5 +1,6 @@
 //! Database connections.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -39,17 +40,56 @@ pub async fn connect(dsn: &str) -> Result<Client> {
     Ok(client)
 }
 
-/// A connection that LISTENs on `channel`; each notification sends `()` (a wake-up: the
-/// payload is only a hint, the outbox is the truth).
-pub async fn listen(dsn: &str, channel: &str) -> Result<(Client, mpsc::Receiver<()>)> {
+/// Notifications heard on a LISTENed channel, as wake-ups: [`Notes::recv`] returns when any
+/// arrived since the last call, with their payloads (a payload is only a hint: the tables are
+/// the truth).
+pub struct Notes {
+    wake: mpsc::Receiver<()>,
+    kept: Arc<Mutex<Kept>>,
+}
+
+/// Payloads not taken yet; `overflow` when more arrived than are kept.
+#[derive(Default)]
+struct Kept {
+    payloads: Vec<String>,
+    overflow: bool,
+}
+
+/// The most payloads kept between two [`Notes::recv`] calls; past it they count as "anything".
+const KEPT_MAX: usize = 4096;
+
+impl Notes {
+    /// Waits for notifications: `None` when the listening connection ended, else their payloads
+    /// (`None` inside when too many came to keep; possibly empty when they were taken with the
+    /// previous call's).
+    pub async fn recv(&mut self) -> Option<Option<Vec<String>>> {
+        self.wake.recv().await?;
+        let mut k = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let k = std::mem::take(&mut *k);
+        Some((!k.overflow).then_some(k.payloads))
+    }
+}
+
+/// A connection that LISTENs on `channel`, and what it hears.
+pub async fn listen(dsn: &str, channel: &str) -> Result<(Client, Notes)> {
     use futures_util::StreamExt;
     let (client, mut conn) = tokio_postgres::connect(dsn, NoTls).await?;
-    let (tx, rx) = mpsc::channel(1);
+    let (tx, wake) = mpsc::channel(1);
+    let kept = Arc::new(Mutex::new(Kept::default()));
+    let heard = kept.clone();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
         while let Some(m) = messages.next().await {
             match m {
-                Ok(AsyncMessage::Notification(_)) => {
+                Ok(AsyncMessage::Notification(n)) => {
+                    {
+                        let mut k = heard.lock().unwrap_or_else(|e| e.into_inner());
+                        if k.payloads.len() < KEPT_MAX {
+                            k.payloads.push(n.payload().to_string());
+                        } else {
+                            k.overflow = true;
+                        }
+                    }
                     let _ = tx.try_send(()); // one pending wake-up is enough
                 }
                 Ok(_) => {}
@@ -63,5 +103,5 @@ pub async fn listen(dsn: &str, channel: &str) -> Result<(Client, mpsc::Receiver<
     client
         .batch_execute(&format!("LISTEN \"{channel}\""))
         .await?;
-    Ok((client, rx))
+    Ok((client, Notes { wake, kept }))
 }

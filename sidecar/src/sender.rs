@@ -9,7 +9,7 @@
 //! back and it is sent again after a back-off for that peer (if this sidecar dies, its lease runs
 //! out).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -78,6 +78,10 @@ struct Sender {
     tasks: JoinSet<Sent>,
     /// The peer's lane each send task serves.
     task_peer: HashMap<tokio::task::Id, Link>,
+    /// Lanes to claim at the next turn: a claim costs a query, so a lane is claimed when a
+    /// notification names it (unless that peer's lane is being sent to: its send's end claims
+    /// it), when a send on it ends, when a back-off on it runs out, and at every poll.
+    due: HashSet<Lane>,
 }
 
 pub async fn run(cfg: Arc<Config>, seed: [u8; 32], token: CancellationToken) -> Result<()> {
@@ -92,6 +96,7 @@ pub async fn run(cfg: Arc<Config>, seed: [u8; 32], token: CancellationToken) -> 
         busy: HashMap::new(),
         tasks: JoinSet::new(),
         task_peer: HashMap::new(),
+        due: Lane::ALL.into_iter().collect(),
     };
     let mut last_sync = Instant::now();
     info!(%agent, "sender running");
@@ -109,6 +114,7 @@ pub async fn run(cfg: Arc<Config>, seed: [u8; 32], token: CancellationToken) -> 
             // the database went away (a restart): the caller connects again
             break Err(Error::Protocol("the database connection was lost".into()));
         }
+        let (retry, retry_lane) = s.next_retry(Duration::from_millis(cfg.poll_ms));
         tokio::select! {
             _ = token.cancelled() => break Ok(()),
             Some(sent) = s.tasks.join_next_with_id() => {
@@ -116,10 +122,14 @@ pub async fn run(cfg: Arc<Config>, seed: [u8; 32], token: CancellationToken) -> 
                     warn!(error = %e, "acknowledging failed");
                 }
             }
-            w = wake.recv() => if w.is_none() {
-                break Err(Error::Protocol("the listening connection ended".into()));
+            w = wake.recv() => match w {
+                None => break Err(Error::Protocol("the listening connection ended".into())),
+                Some(payloads) => s.heard(payloads),
             },
-            _ = tokio::time::sleep(Duration::from_millis(cfg.poll_ms)) => {}
+            _ = tokio::time::sleep_until(retry.into()) => match retry_lane {
+                Some(lane) => { s.due.insert(lane); }
+                None => s.due.extend(Lane::ALL),
+            },
         }
     };
     s.stop(&client).await;
@@ -129,21 +139,55 @@ pub async fn run(cfg: Arc<Config>, seed: [u8; 32], token: CancellationToken) -> 
 
 impl Sender {
     /// Claims what is claimable now, lane by lane (nothing for a peer's lane being sent to or
-    /// backing off), and starts a send task for each peer's lane in it.
+    /// backing off), and starts a send task for each peer's lane in it. A lane is claimed again
+    /// only when a claim came back full: one that came back short took all there was (claiming
+    /// until one came back empty was most of the sidecar's claims, each a database query).
     async fn claim(&mut self, client: &Client) -> Result<()> {
-        loop {
-            let mut claimed = false;
-            for lane in Lane::ALL {
-                claimed |= self.claim_lane(client, lane).await?;
+        for lane in Lane::ALL {
+            if self.due.remove(&lane) {
+                while self.claim_lane(client, lane).await? == CLAIM_MAX {}
             }
-            if !claimed {
-                return Ok(());
+        }
+        Ok(())
+    }
+
+    /// Notes the lanes that `chips_agent` notifications name (`None`: too many to keep, so
+    /// every lane); a message to a peer's lane being sent to waits for that send's end.
+    fn heard(&mut self, payloads: Option<Vec<String>>) {
+        let Some(payloads) = payloads else {
+            self.due.extend(Lane::ALL);
+            return;
+        };
+        for p in payloads {
+            let note: Value = serde_json::from_str(&p).unwrap_or(Value::Null);
+            let (to, lane) = (note["to"].as_str(), note["lane"].as_str());
+            match (to, lane.and_then(|l| l.parse::<Lane>().ok())) {
+                (Some(to), Some(lane)) => {
+                    if !self.busy.contains_key(&(to.to_string(), lane)) {
+                        self.due.insert(lane);
+                    }
+                }
+                // a payload without a lane (a database before 0.2.0): any lane
+                _ => self.due.extend(Lane::ALL),
             }
         }
     }
 
-    /// One claim of a lane's messages; whether it claimed any.
-    async fn claim_lane(&mut self, client: &Client, lane: Lane) -> Result<bool> {
+    /// When the sender next looks at the outbox unasked: at the first back-off that runs out
+    /// (for its lane), else after `poll` (every lane).
+    fn next_retry(&self, poll: Duration) -> (Instant, Option<Lane>) {
+        let now = Instant::now();
+        self.idle
+            .iter()
+            .filter(|(_, p)| p.next_try > now && p.next_try < now + poll)
+            .min_by_key(|(_, p)| p.next_try)
+            .map_or((now + poll, None), |((_, lane), p)| {
+                (p.next_try, Some(*lane))
+            })
+    }
+
+    /// One claim of a lane's messages (at most [`CLAIM_MAX`]); how many it claimed.
+    async fn claim_lane(&mut self, client: &Client, lane: Lane) -> Result<usize> {
         let now = Instant::now();
         let skip: Vec<&str> = self
             .busy
@@ -160,13 +204,11 @@ impl Sender {
         let rows = client
             .query(
                 "SELECT id, to_agent, host, port, msg
-                 FROM chips.outbox_claim(100, '10 seconds', ARRAY[$1], $2, $3)",
-                &[&self.agent, &skip, &lane.as_str()],
+                 FROM chips.outbox_claim($4, '10 seconds', ARRAY[$1], $2, $3)",
+                &[&self.agent, &skip, &lane.as_str(), &(CLAIM_MAX as i32)],
             )
             .await?;
-        if rows.is_empty() {
-            return Ok(false);
-        }
+        let n = rows.len();
         // by peer, each peer's messages in order
         let mut groups: HashMap<String, Vec<Outgoing>> = HashMap::new();
         for r in &rows {
@@ -201,7 +243,7 @@ impl Sender {
             });
             self.task_peer.insert(task.id(), task_link);
         }
-        Ok(true)
+        Ok(n)
     }
 
     /// Records how a peer's send task ended: what the peer applied is acknowledged; on a
@@ -238,6 +280,8 @@ impl Sender {
             }
         };
         self.busy.remove(&link);
+        // the rest of that peer's lane, and what came for it meanwhile
+        self.due.insert(link.1);
         if !done.is_empty() {
             client
                 .execute("SELECT chips.outbox_ack($1)", &[&done])
@@ -315,6 +359,9 @@ fn backoff(lane: Lane, failures: u32) -> Duration {
 /// The most messages a sender has sent to a peer ahead of their replies.
 const MAX_WINDOW: usize = 32;
 
+/// The most messages one claim takes (`chips.outbox_claim`'s `max_messages`).
+const CLAIM_MAX: usize = 100;
+
 /// Sends one peer its messages in order, stopping at the first it refuses. To a peer that ends
 /// a session at a refusal, up to `peer.window` messages go out before their replies are read: a
 /// frame lost on the way shows at once (the next one fails to decrypt and the session closes)
@@ -383,4 +430,68 @@ async fn send_all(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sender() -> Sender {
+        Sender {
+            agent: "me".into(),
+            seed: [0; 32],
+            wait: Duration::from_secs(1),
+            route_wait: Duration::from_secs(1),
+            idle: HashMap::new(),
+            busy: HashMap::new(),
+            tasks: JoinSet::new(),
+            task_peer: HashMap::new(),
+            due: HashSet::new(),
+        }
+    }
+
+    fn note(to: &str, lane: &str) -> String {
+        serde_json::json!({"outbox": 1, "from": "me", "to": to, "lane": lane}).to_string()
+    }
+
+    #[test]
+    fn a_notification_makes_its_lane_due_unless_that_peers_lane_is_being_sent_to() {
+        let mut s = sender();
+        s.busy.insert(("bob".into(), Lane::Route), vec![7]);
+        s.heard(Some(vec![note("bob", "route")]));
+        assert!(s.due.is_empty(), "bob's route lane is claimed when its send ends");
+        s.heard(Some(vec![note("bob", "ordered")]));
+        assert_eq!(s.due, HashSet::from([Lane::Ordered]));
+        s.due.clear();
+        s.heard(Some(vec![note("eve", "route")]));
+        assert_eq!(s.due, HashSet::from([Lane::Route]));
+    }
+
+    #[test]
+    fn a_notification_without_a_lane_or_too_many_make_every_lane_due() {
+        let mut s = sender();
+        s.heard(Some(vec![r#"{"outbox":1,"from":"me","to":"bob"}"#.into()]));
+        assert_eq!(s.due, HashSet::from(Lane::ALL));
+        s.due.clear();
+        s.heard(Some(vec!["not json".into()]));
+        assert_eq!(s.due, HashSet::from(Lane::ALL));
+        s.due.clear();
+        s.heard(None);
+        assert_eq!(s.due, HashSet::from(Lane::ALL));
+    }
+
+    #[test]
+    fn the_sender_looks_again_when_a_back_off_runs_out_else_at_the_poll() {
+        let mut s = sender();
+        let poll = Duration::from_secs(1);
+        let (at, lane) = s.next_retry(poll);
+        assert_eq!(lane, None);
+        assert!(at > Instant::now() + poll / 2);
+        let mut p = Peer::new();
+        p.next_try = Instant::now() + Duration::from_millis(100);
+        s.idle.insert(("bob".into(), Lane::Route), p);
+        let (at, lane) = s.next_retry(poll);
+        assert_eq!(lane, Some(Lane::Route));
+        assert!(at <= Instant::now() + Duration::from_millis(100));
+    }
 }

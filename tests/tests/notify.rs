@@ -67,6 +67,8 @@ async fn the_agent_hears_of_every_outbox_message() {
     assert_eq!(ch, "chips_agent");
     assert_eq!(p["from"], b.agent_id());
     assert_eq!(p["to"], a.agent_id());
+    // the lane the sidecar claims it in (an offer is a tally message: the ordered lane)
+    assert_eq!(p["lane"], "ordered");
     let id: i64 = b
         .admin
         .query_one("SELECT id FROM chips.outbox", &[])
