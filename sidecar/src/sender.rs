@@ -459,7 +459,10 @@ mod tests {
         let mut s = sender();
         s.busy.insert(("bob".into(), Lane::Route), vec![7]);
         s.heard(Some(vec![note("bob", "route")]));
-        assert!(s.due.is_empty(), "bob's route lane is claimed when its send ends");
+        assert!(
+            s.due.is_empty(),
+            "bob's route lane is claimed when its send ends"
+        );
         s.heard(Some(vec![note("bob", "ordered")]));
         assert_eq!(s.due, HashSet::from([Lane::Ordered]));
         s.due.clear();
