@@ -1455,8 +1455,11 @@ REVOKE ALL ON FUNCTION chips._route_flow(text[], text[], bigint[], text, text[],
 -- tally carries), no more than the tally in carries. An origin splits a payment over one exit
 -- into parts by it (chips._lift_place), and the sites beyond pass each part on a way of its own.
 CREATE FUNCTION chips._route_total(r chips.lift_routes, p_holder text, p_target text) RETURNS bigint
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
+BEGIN
+    -- (PL/pgSQL for its kept plan, as chips._local_arcs)
+    RETURN (
     WITH a AS (SELECT * FROM chips._local_arcs()),
          e AS (SELECT t.ent, coalesce(least(coalesce(x.total, x.max), chips._send_capacity(t)), 0) AS cap
                FROM chips.lift_routes x
@@ -1470,7 +1473,8 @@ AS $$
         chips._route_flow(a.payers, a.receivers, a.caps, p_holder,
                           coalesce((SELECT array_agg(e.ent) FROM e), '{}'),
                           coalesce((SELECT array_agg(e.cap) FROM e), '{}')))
-    FROM a
+    FROM a);
+END
 $$;
 REVOKE ALL ON FUNCTION chips._route_total(chips.lift_routes, text, text) FROM PUBLIC;
 
@@ -2460,9 +2464,9 @@ BEGIN
 END
 $$;
 
--- Route discovery's hot SQL functions become PL/pgSQL: a PL/pgSQL function's plans are kept for
--- the session, a SQL function's are made again at every call.
-
+-- Route discovery's hot SQL functions become PL/pgSQL (chips._route_total, new in this version,
+-- is created so above): a PL/pgSQL function's plans are kept for the session, a SQL function's
+-- are made again at every call.
 CREATE OR REPLACE FUNCTION chips._local_arcs(OUT payers text[], OUT receivers text[], OUT caps bigint[],
                                   OUT tallies uuid[])
 LANGUAGE plpgsql STABLE
@@ -2476,29 +2480,6 @@ BEGIN
     INTO payers, receivers, caps, tallies
     FROM chips.tallies h JOIN chips.tallies p ON p.tally_uuid = h.tally_uuid AND p.side <> h.side
     WHERE h.status = 'open' AND p.status = 'open';
-END
-$$;
-
-CREATE OR REPLACE FUNCTION chips._route_total(r chips.lift_routes, p_holder text, p_target text) RETURNS bigint
-LANGUAGE plpgsql STABLE
-AS $$
-BEGIN
-    -- (PL/pgSQL for its kept plan, as chips._local_arcs)
-    RETURN (
-    WITH a AS (SELECT * FROM chips._local_arcs()),
-         e AS (SELECT t.ent, coalesce(least(coalesce(x.total, x.max), chips._send_capacity(t)), 0) AS cap
-               FROM chips.lift_routes x
-               JOIN chips.tallies t ON t.tally_uuid = x.tally AND t.part_ent IS NULL
-               WHERE x.query = r.query AND x.dir = 'out' AND x.status = 'found' AND x.tally <> r.tally
-               UNION ALL
-               SELECT p_target, NULL::bigint WHERE p_target IS NOT NULL)   -- (no bound of its own)
-    SELECT least(
-        (SELECT chips._recv_capacity(h, (h.part_sets->>'clutch')::double precision)
-         FROM chips.tallies h WHERE h.tally_uuid = r.tally AND h.part_ent IS NULL),
-        chips._route_flow(a.payers, a.receivers, a.caps, p_holder,
-                          coalesce((SELECT array_agg(e.ent) FROM e), '{}'),
-                          coalesce((SELECT array_agg(e.cap) FROM e), '{}')))
-    FROM a);
 END
 $$;
 
