@@ -145,7 +145,16 @@ impl Sender {
     async fn claim(&mut self, client: &Client) -> Result<()> {
         for lane in Lane::ALL {
             if self.due.remove(&lane) {
-                while self.claim_lane(client, lane).await? == CLAIM_MAX {}
+                loop {
+                    match self.claim_lane(client, lane).await {
+                        Ok(CLAIM_MAX) => continue,
+                        Ok(_) => break,
+                        Err(e) => {
+                            self.due.insert(lane); // tried again at the next turn
+                            return Err(e);
+                        }
+                    }
+                }
             }
         }
         Ok(())
@@ -269,6 +278,9 @@ impl Sender {
                 // a send task that panicked or was stopped: its peer starts afresh and its
                 // claims are given back
                 let link = self.task_peer.remove(&e.id());
+                if let Some((_, lane)) = &link {
+                    self.due.insert(*lane); // its messages, once given back
+                }
                 let ids = link
                     .and_then(|link| self.busy.remove(&link))
                     .unwrap_or_default();
