@@ -853,7 +853,6 @@ BEGIN
     FOR e IN SELECT x.value FROM pg_catalog.jsonb_array_elements(p_chits) x
              ORDER BY (x.value->>'index')::integer LOOP
         v_idx := (e->>'index')::integer;
-        SELECT * INTO t FROM chips.tallies x WHERE x.id = t.id;
         IF v_idx <= v_len THEN
             IF v_idx <= v_had THEN
                 SELECT y.chain_hash INTO v_here FROM chips.chits y WHERE y.tally_id = t.id AND y.chain_idx = v_idx;

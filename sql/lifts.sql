@@ -110,7 +110,8 @@ LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
     -- (PL/pgSQL, not SQL: its plan is kept for the session; a SQL function's is made again at
-    -- every call, which cost a route message 1.1 ms of a 1.3 ms call in a 5-site demo)
+    -- every call: EXPLAIN ANALYZE of this statement on a 5-site demo's site, planning 1.827 ms,
+    -- execution 0.318 ms)
     SELECT coalesce(array_agg(p.ent ORDER BY h.id), '{}'), coalesce(array_agg(h.ent ORDER BY h.id), '{}'),
            coalesce(array_agg(chips._recv_capacity(h, p.clutch) ORDER BY h.id), '{}'),
            coalesce(array_agg(h.tally_uuid ORDER BY h.id), '{}')

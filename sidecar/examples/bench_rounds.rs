@@ -18,8 +18,9 @@
 //!    their errors, and what the payers' backends waited on (sampled every 5 ms). STEPS=2 runs
 //!    this step alone (STEPS=1: the first step alone). The payers' sessions log their lock
 //!    waits past 1 ms, read back from the server log (BENCH_LOG, MEMBER_LOG): the longest wait
-//!    on a lock the round's work held, against the longest on one another payer held. With MEMBER_DSN (MEMBER_CLUSTER=1 in the script), site 1 lives on a
-//!    cluster of its own, so its commits flush its own WAL, not the other sites' too.
+//!    on a lock the round's work held, against the longest on one another payer held. With
+//!    MEMBER_DSN (MEMBER_CLUSTER=1 in the script), site 1 lives on a cluster of its own, so its
+//!    commits flush its own WAL, not the other sites' too.
 //! 3. The same partition, loaded again into fresh sites, cleared the way sites clear without a
 //!    coordinator (automatic clearing every second: each site's own pass and route-discovery
 //!    circular lifts) for the same wall time as the round took: its share of the optimum.
