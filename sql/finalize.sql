@@ -39,9 +39,11 @@ CREATE TRIGGER tallies_notify_update AFTER UPDATE OF status, revision, part_cert
           (NEW.status, NEW.revision, NEW.part_cert IS NULL, NEW.hold_sig IS NULL, NEW.part_sig IS NULL))
     EXECUTE FUNCTION chips._tallies_notify();
 -- A new chit is checked only when it is a good chit that needs a signature (the WHEN clause
--- skips the function for lift chits and invoices); every update is checked.
+-- skips the function for lift chits and invoices) and the set-based payment writer has not
+-- checked it itself (chips._chit_checked, extension/src/pay.rs); every update is checked.
 CREATE TRIGGER chits_bi BEFORE INSERT ON chips.chits
-    FOR EACH ROW WHEN (NEW.status = 'good' AND NEW.chit_type <> 'lift')
+    FOR EACH ROW WHEN (NEW.status = 'good' AND NEW.chit_type <> 'lift'
+                       AND NOT chips._chit_checked(NEW.tally_id, NEW.chit_uuid, NEW.signature))
     EXECUTE FUNCTION chips._chits_biu();
 CREATE TRIGGER chits_bu BEFORE UPDATE ON chips.chits
     FOR EACH ROW EXECUTE FUNCTION chips._chits_biu();

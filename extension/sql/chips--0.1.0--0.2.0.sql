@@ -1827,8 +1827,23 @@ CREATE FUNCTION chips."_chit_dated_near"(
 IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'chit_dated_near_wrapper';
+-- The rows whose signatures the writer checked itself: the chits row trigger skips them.
+CREATE FUNCTION chips."_chit_checked"(
+	"tally_id" bigint, /* Option < i64 > */
+	"chit" uuid, /* Option < pgrx :: Uuid > */
+	"signature" TEXT /* Option < & str > */
+) RETURNS bool /* bool */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'chit_checked_wrapper';
 REVOKE ALL ON FUNCTION chips._pay_room(bigint, bigint, bigint), chips._pay_bulk(jsonb),
-    chips._pay_one(uuid, bigint, text, jsonb), chips._chit_dated_near(text, bigint) FROM PUBLIC;
+    chips._pay_one(uuid, bigint, text, jsonb), chips._chit_dated_near(text, bigint),
+    chips._chit_checked(bigint, uuid, text) FROM PUBLIC;
+DROP TRIGGER chits_bi ON chips.chits;
+CREATE TRIGGER chits_bi BEFORE INSERT ON chips.chits
+    FOR EACH ROW WHEN (NEW.status = 'good' AND NEW.chit_type <> 'lift'
+                       AND NOT chips._chit_checked(NEW.tally_id, NEW.chit_uuid, NEW.signature))
+    EXECUTE FUNCTION chips._chits_biu();
 
 -- Pay through SQL alone: for custodial users (the database holds their key). A payment on an
 -- open tally between two users of this site that would be applied is written by the writer of

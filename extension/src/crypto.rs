@@ -100,6 +100,11 @@ fn new_seed() -> Vec<u8> {
 /// The base64url public key of a seed.
 #[pg_extern(immutable, strict, parallel_safe)]
 fn seed_public(seed: &[u8]) -> String {
+    seed_public_key(seed)
+}
+
+/// [`seed_public`] for Rust callers.
+pub(crate) fn seed_public_key(seed: &[u8]) -> String {
     keypair(seed).public_b64()
 }
 

@@ -10,7 +10,13 @@
 //! payer's custodial key as `chips._custodial_issue` does (or, written by its payer, checked as
 //! `chips._chit_issue` checks one: the payer's side, dated within the hour, new on its tally,
 //! signed by the payer) and chained as `chips._chit_insert` chains it; the credit limit is
-//! core's `pay_room` counted over the items in order; the row trigger verifies every signature.
+//! core's `pay_room` counted over the items in order. Every signature is checked here, as the
+//! chits row trigger would check it (`chips._chits_biu`: valid under the key the row's half names
+//! for its issuer, `chips._key_of`): a document its payer signed is verified under the payer's
+//! key, one signed here is made with the payer's custodial key, and both halves must name that
+//! key. The rows are then marked as checked (`chips._chit_checked`), and the row trigger, whose
+//! WHEN clause asks, skips them instead of building each document again and verifying it once
+//! more through a statement of its own (two of them for every payment).
 //!
 //! The path only takes batches it can write whole: when any item is not such a payment, or would
 //! be refused, it declines (returns null) and `chips.pay_batch` pays item by item, which says
@@ -18,7 +24,7 @@
 //! way (in a subtransaction, so nothing it wrote stays).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use chips_core::chit::{
@@ -130,6 +136,19 @@ struct Half {
     tip: Vec<u8>,
     /// the holder's public key (what its signed documents verify with)
     key: Option<String>,
+    /// the partner's public key as this half names it
+    part_key: Option<String>,
+}
+
+impl Half {
+    /// The key a chit by `by` on this half verifies with (`chips._key_of`).
+    fn key_of(&self, by: Side) -> Option<&str> {
+        if by == self.side {
+            self.key.as_deref()
+        } else {
+            self.part_key.as_deref()
+        }
+    }
 }
 
 /// The chit rows of a batch, column by column (both halves of each chit, the foil half first), as
@@ -157,7 +176,7 @@ macro_rules! lock_sql {
         concat!(
             "SELECT x.tally_uuid, x.id, x.ent, x.side, x.status = 'open', x.part_ent, x.net_good,
                     x.net_hold, coalesce((x.part_terms->>'limit')::bigint, 0), x.chain_len,
-                    coalesce(x.chain_tip, x.digest), x.hold_cert->>'public'
+                    coalesce(x.chain_tip, x.digest), x.hold_cert->>'public', x.part_cert->>'public'
              FROM chips.tallies x WHERE x.tally_uuid ",
             $which,
             " ORDER BY x.id FOR UPDATE"
@@ -192,6 +211,51 @@ fn plan(c: &SpiClient<'_>, sql: &'static str, types: &[PgOid]) -> Rc<OwnedPrepar
 
 fn oid<T: IntoDatum>() -> PgOid {
     PgOid::from_untagged(T::type_oid())
+}
+
+thread_local! {
+    /// The chit rows the writer is inserting whose signatures it checked itself: (tally half,
+    /// chit uuid, signature). Filled just before its INSERT and emptied when the INSERT ends,
+    /// however it ends; only this module adds to it.
+    static CHECKED: RefCell<HashSet<(i64, [u8; 16], String)>> = RefCell::new(HashSet::new());
+}
+
+/// The rows of one INSERT marked as checked, for as long as the guard lives (a PostgreSQL
+/// error raised inside the INSERT unwinds through it too).
+struct Checked;
+
+impl Checked {
+    fn mark(rows: &Rows) -> Checked {
+        CHECKED.with(|s| {
+            let mut s = s.borrow_mut();
+            s.clear();
+            for ((t, u), sig) in rows.tally.iter().zip(&rows.uuid).zip(&rows.signature) {
+                s.insert((*t, *u.as_bytes(), sig.clone()));
+            }
+        });
+        Checked
+    }
+}
+
+impl Drop for Checked {
+    fn drop(&mut self) {
+        CHECKED.with(|s| s.borrow_mut().clear());
+    }
+}
+
+/// Whether the chit row (half `tally_id`, `chit`, `signature`) being inserted is one whose
+/// signature the set-based writer checked itself (see the module's comment); each row is
+/// answered true once. The WHEN clause of the chits row trigger (sql/finalize.sql) asks it, so
+/// that the trigger verifies every other good chit written.
+#[pg_extern(volatile, parallel_unsafe, name = "_chit_checked")]
+fn chit_checked(tally_id: Option<i64>, chit: Option<pgrx::Uuid>, signature: Option<&str>) -> bool {
+    let (Some(tally_id), Some(chit), Some(signature)) = (tally_id, chit, signature) else {
+        return false;
+    };
+    CHECKED.with(|s| {
+        let mut s = s.borrow_mut();
+        !s.is_empty() && s.remove(&(tally_id, *chit.as_bytes(), signature.to_string()))
+    })
 }
 
 /// Pays every item of `payments` (chips.pay_batch's array) at once, in the caller's transaction:
@@ -303,6 +367,7 @@ fn write(items: Vec<Item>) -> Option<Vec<pgrx::Uuid>> {
                 chain_len: field(spi(r.get(10))),
                 tip: spi(r.get(11)).unwrap_or_default(), // none before a tally is signed (not open)
                 key: spi(r.get(12)),
+                part_key: spi(r.get(13)),
             });
         }
     });
@@ -404,10 +469,26 @@ fn write(items: Vec<Item>) -> Option<Vec<pgrx::Uuid>> {
                 (doc, uuid, date_ms, None)
             }
         };
-        let sig = match their_sig {
-            Some(sig) => sig,
-            None => crate::crypto::sign_with_seed(seeds.get(ent)?, &doc.to_json()),
+        // the key the signature is valid under: the payer's (verified above), or the custodial
+        // seed's (signed now); both halves must name it for the payer, else the item path and
+        // the row trigger say what is wrong
+        let (sig, signer) = match their_sig {
+            Some(sig) => (sig, m.key.clone()?),
+            None => {
+                let seed = seeds.get(ent)?;
+                (
+                    crate::crypto::sign_with_seed(seed, &doc.to_json()),
+                    crate::crypto::seed_public_key(seed),
+                )
+            }
         };
+        if sig.is_empty()
+            || pair
+                .iter()
+                .any(|h| h.key_of(m.side) != Some(signer.as_str()))
+        {
+            return None;
+        }
         let idx = m.chain_len + 1;
         let hash = doc
             .chain_hash(i64::from(idx), &m.tip, Some(&sig))
@@ -444,6 +525,7 @@ fn write(items: Vec<Item>) -> Option<Vec<pgrx::Uuid>> {
         }
         chits.push(pgrx::Uuid::from_bytes(uuid));
     }
+    let _checked = Checked::mark(&rows);
     Spi::connect_mut(|c| {
         let insert = plan(
             c,

@@ -494,6 +494,92 @@ async fn custodial_users_pay_through_sql_alone() {
     assert_eq!(sqlstate(&e), "55000");
 }
 
+/// The set-based writer checks a payment's signature itself and marks its rows so that the row
+/// trigger does not verify them again (`chips._chit_checked`): a custodial key that no longer
+/// matches the key the tally's halves name must still be refused, by the writer declining and the
+/// trigger refusing, and nothing written; a mark cannot be made from SQL.
+#[tokio::test]
+async fn the_writers_own_signature_check_refuses_a_key_the_tally_does_not_name() {
+    let s = site("t_chit_checked").await;
+    let (_, shop_db) = custodial(&s, "Shop", "shop").await;
+    let (cust, cust_db) = custodial(&s, "Cust", "cust").await;
+    let t = custodial_tally(&shop_db, &cust_db, 900).await;
+    cust_db
+        .execute("SELECT chips.pay($1, 10)", &[&t])
+        .await
+        .unwrap();
+    let chits = "SELECT count(*) FROM chips.chits";
+    let before = count(&s, chits).await;
+    // the customer's custodial key replaced behind the tally's back
+    s.admin
+        .execute(
+            "UPDATE chips.custody SET seed = chips.new_seed() WHERE ent = $1",
+            &[&cust],
+        )
+        .await
+        .unwrap();
+    let e = cust_db
+        .execute("SELECT chips.pay($1, 10)", &[&t])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "28000", "{}", errmsg(&e));
+    let rows = cust_db
+        .query(
+            "SELECT sqlstate FROM chips.pay_batch($1)",
+            &[&json!([{"tally": t, "units": 5}, {"tally": t, "units": 6}])],
+        )
+        .await
+        .unwrap();
+    let states: Vec<Option<String>> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(
+        states,
+        vec![Some("28000".to_string()), Some("28000".to_string())]
+    );
+    let e = cust_db
+        .query(
+            "SELECT * FROM chips.pay_batch($1, all_or_nothing => true)",
+            &[&json!([{"tally": t, "units": 5}])],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "28000", "{}", errmsg(&e));
+    assert_eq!(count(&s, chits).await, before, "nothing written");
+    // asking whether a row was checked marks nothing: an invented chit is still verified
+    let a = &s.admin;
+    a.batch_execute("BEGIN").await.unwrap();
+    let (half, uuid): (i64, Uuid) = {
+        let r = a
+            .query_one(
+                "SELECT id, gen_random_uuid() FROM chips.tallies WHERE tally_uuid = $1 AND side = 'stock'",
+                &[&t],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let sig = "A".repeat(86);
+    let marked: bool = a
+        .query_one(
+            "SELECT chips._chit_checked($1, $2, $3)",
+            &[&half, &uuid, &sig],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!marked);
+    let e = a
+        .execute(
+            "INSERT INTO chips.chits (tally_id, chit_uuid, chit_type, issuer, units, chit_date, signature, status, value)
+             VALUES ($1, $2, 'tran', 'foil', 5, now(), $3, 'good', 5)",
+            &[&half, &uuid, &sig],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "28000", "{}", errmsg(&e));
+    a.batch_execute("ROLLBACK").await.unwrap();
+    assert!(s.audit_failures(t).await.unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn a_batch_pays_each_item_or_refuses_it_with_its_sqlstate() {
     let s = site("t_chit_batch").await;
