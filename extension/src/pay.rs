@@ -24,7 +24,7 @@
 //! way (in a subtransaction, so nothing it wrote stays).
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use chips_core::chit::{
@@ -134,20 +134,15 @@ struct Half {
     room: i64,
     chain_len: i32,
     tip: Vec<u8>,
-    /// the holder's public key (what its signed documents verify with)
-    key: Option<String>,
-    /// the partner's public key as this half names it
-    part_key: Option<String>,
+    /// the keys a chit by the stock side and by the foil side verify with on this half, as the
+    /// chits row trigger finds them (`chips._key_of`)
+    keys: [Option<String>; 2],
 }
 
 impl Half {
-    /// The key a chit by `by` on this half verifies with (`chips._key_of`).
+    /// The key a chit issued by `by` verifies with on this half.
     fn key_of(&self, by: Side) -> Option<&str> {
-        if by == self.side {
-            self.key.as_deref()
-        } else {
-            self.part_key.as_deref()
-        }
+        self.keys[usize::from(by == Side::Foil)].as_deref()
     }
 }
 
@@ -176,7 +171,7 @@ macro_rules! lock_sql {
         concat!(
             "SELECT x.tally_uuid, x.id, x.ent, x.side, x.status = 'open', x.part_ent, x.net_good,
                     x.net_hold, coalesce((x.part_terms->>'limit')::bigint, 0), x.chain_len,
-                    coalesce(x.chain_tip, x.digest), x.hold_cert->>'public', x.part_cert->>'public'
+                    coalesce(x.chain_tip, x.digest), chips._key_of(x, 'stock'), chips._key_of(x, 'foil')
              FROM chips.tallies x WHERE x.tally_uuid ",
             $which,
             " ORDER BY x.id FOR UPDATE"
@@ -217,7 +212,7 @@ thread_local! {
     /// The chit rows the writer is inserting whose signatures it checked itself: (tally half,
     /// chit uuid, signature). Filled just before its INSERT and emptied when the INSERT ends,
     /// however it ends; only this module adds to it.
-    static CHECKED: RefCell<HashSet<(i64, [u8; 16], String)>> = RefCell::new(HashSet::new());
+    static CHECKED: RefCell<HashMap<(i64, [u8; 16]), String>> = RefCell::new(HashMap::new());
 }
 
 /// The rows of one INSERT marked as checked, for as long as the guard lives (a PostgreSQL
@@ -230,7 +225,7 @@ impl Checked {
             let mut s = s.borrow_mut();
             s.clear();
             for ((t, u), sig) in rows.tally.iter().zip(&rows.uuid).zip(&rows.signature) {
-                s.insert((*t, *u.as_bytes(), sig.clone()));
+                s.insert((*t, *u.as_bytes()), sig.clone());
             }
         });
         Checked
@@ -254,7 +249,8 @@ fn chit_checked(tally_id: Option<i64>, chit: Option<pgrx::Uuid>, signature: Opti
     };
     CHECKED.with(|s| {
         let mut s = s.borrow_mut();
-        !s.is_empty() && s.remove(&(tally_id, *chit.as_bytes(), signature.to_string()))
+        s.remove(&(tally_id, *chit.as_bytes()))
+            .is_some_and(|checked| checked == signature)
     })
 }
 
@@ -366,8 +362,7 @@ fn write(items: Vec<Item>) -> Option<Vec<pgrx::Uuid>> {
                 ),
                 chain_len: field(spi(r.get(10))),
                 tip: spi(r.get(11)).unwrap_or_default(), // none before a tally is signed (not open)
-                key: spi(r.get(12)),
-                part_key: spi(r.get(13)),
+                keys: [spi(r.get(12)), spi(r.get(13))],
             });
         }
     });
@@ -448,7 +443,7 @@ fn write(items: Vec<Item>) -> Option<Vec<pgrx::Uuid>> {
                     return None;
                 }
                 if let Some(sig) = sig {
-                    doc.verify_with(m.key.as_deref()?, sig, crate::crypto::verify_json_cached)
+                    doc.verify_with(m.key_of(m.side)?, sig, crate::crypto::verify_json_cached)
                         .ok()?;
                 }
                 (doc.clone(), uuid_bytes(&doc.uuid)?, ms, sig.clone())
@@ -473,7 +468,7 @@ fn write(items: Vec<Item>) -> Option<Vec<pgrx::Uuid>> {
         // seed's (signed now); both halves must name it for the payer, else the item path and
         // the row trigger say what is wrong
         let (sig, signer) = match their_sig {
-            Some(sig) => (sig, m.key.clone()?),
+            Some(sig) => (sig, m.key_of(m.side)?.to_string()),
             None => {
                 let seed = seeds.get(ent)?;
                 (
